@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""Checks of the rendered k8s/ manifests that a schema cannot express, and the split of the
+documents for kubernetes-validate.
+
+    python3 deploy/tools/check_manifests.py RENDERED.yaml OUTDIR [EXAMPLE.yaml ...]
+
+* Core kinds (Deployment, Service, ConfigMap, Secret, PodDisruptionBudget, NetworkPolicy,
+  HorizontalPodAutoscaler) are written one per file to OUTDIR/core/ for
+  `kubernetes-validate --strict` (the caller runs it).
+* CRD kinds (KEDA ScaledObject / TriggerAuthentication, Prometheus Operator ServiceMonitor /
+  PrometheusRule) are unknown to kubernetes-validate, which ships only the built-in API
+  schemas; they are checked here for apiVersion/kind and for the fields this deployment relies
+  on. Any other kind is an error.
+* Cross-references: selectors match the pod labels, referenced ConfigMaps/Secrets/ports exist,
+  the grace period outlasts the drain timeout, the hardening settings are present, ConfigMap
+  keys are known to the binary (read from src/config.rs when it has the KEYS table), and so on.
+
+Exits 1 listing every problem found.
+"""
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CORE = {
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+}
+CRDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+EXPECTED_KINDS_IN_BASE = {
+    "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
+    "ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule",
+}
+SECRET_KEYS = {"WXD_AMQP_URL", "WXD_SECRET", "WXD_CALLBACK_TOKEN", "WXD_CALLBACK_AES_KEY"}
+CONFIG_KEYS = {
+    "WXD_JOBS_QUEUE", "WXD_OUTCOMES_EXCHANGE", "WXD_OUTCOMES_QUEUE", "WXD_DEAD_QUEUE",
+    "WXD_API_BASE", "WXD_APPID", "WXD_TOKEN_MODE", "WXD_RATE_PER_SEC", "WXD_HTTP_ADDR",
+    "WXD_CALLBACK_PATH", "WXD_CONCURRENCY", "WXD_PREFETCH", "WXD_MAX_ATTEMPTS",
+    "WXD_QUOTA_PROBE_SECS", "WXD_DRAIN_TIMEOUT_SECS", "WXD_REDIS_URL", "WXD_EXPECTED_REPLICAS",
+    "WXD_LOG_FORMAT",
+}
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+problems = []
+
+
+def fail(msg):
+    problems.append(msg)
+
+
+def get(obj, *path, default=None):
+    for p in path:
+        if isinstance(obj, dict) and p in obj:
+            obj = obj[p]
+        elif isinstance(obj, list) and isinstance(p, int) and -len(obj) <= p < len(obj):
+            obj = obj[p]
+        else:
+            return default
+    return obj
+
+
+def subset(small, big):
+    return isinstance(small, dict) and bool(small) and all(
+        (big or {}).get(k) == v for k, v in small.items())
+
+
+def known_binary_keys():
+    """WXD_<KEY> names accepted by the binary, from the KEYS table in src/config.rs."""
+    src = ROOT / "src/config.rs"
+    if not src.is_file():
+        return None
+    m = re.search(r"const KEYS:[^=]*=\s*&\[(.*?)\];", src.read_text(), re.S)
+    if not m:
+        return None
+    keys = re.findall(r'\(\s*"([a-z0-9_]+)"\s*,', m.group(1))
+    return {"WXD_" + k.upper() for k in keys} or None
+
+
+def load(path):
+    try:
+        return [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
+    except yaml.YAMLError as e:
+        fail(f"{path}: not valid YAML: {e}")
+        return []
+
+
+def main(argv):
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    rendered, outdir, examples = argv[0], Path(argv[1]), argv[2:]
+    core_dir = outdir / "core"
+    core_dir.mkdir(parents=True, exist_ok=True)
+    for old in core_dir.glob("*.yaml"):
+        old.unlink()
+
+    base = load(rendered)
+    extra = []
+    for ex in examples:
+        extra.extend((ex, d) for d in load(ex))
+
+    by_kind = {}
+    written = 0
+    for origin, doc in [("base", d) for d in base] + extra:
+        if not isinstance(doc, dict):
+            fail(f"{origin}: document is not a mapping")
+            continue
+        av, kind = doc.get("apiVersion"), doc.get("kind")
+        name = get(doc, "metadata", "name")
+        label = f"{origin}: {kind}/{name}"
+        if not isinstance(name, str) or not DNS1123.match(name) or len(name) > 63:
+            fail(f"{label}: metadata.name missing or not a DNS-1123 label")
+        if (av, kind) in CORE:
+            written += 1
+            path = core_dir / f"{written:02d}-{str(kind).lower()}-{name}.yaml"
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        elif (av, kind) in CRDS:
+            if not isinstance(doc.get("spec"), dict):
+                fail(f"{label}: spec missing")
+        else:
+            fail(f"{label}: unexpected apiVersion/kind {av}/{kind}")
+        if origin == "base":
+            by_kind.setdefault(kind, []).append(doc)
+
+    missing = EXPECTED_KINDS_IN_BASE - set(by_kind)
+    if missing:
+        fail(f"base: missing kinds {sorted(missing)}")
+    if "Secret" in by_kind:
+        fail("base: contains a Secret; keep secrets out of the base (k8s/examples/secret.example.yaml "
+             "is the shape only) so `kubectl apply -k` never overwrites the real one")
+
+    def one(kind):
+        docs = by_kind.get(kind) or []
+        return docs[0] if docs else {}
+
+    examples_by_kind = {}
+    for _, d in extra:
+        if isinstance(d, dict):
+            examples_by_kind.setdefault(d.get("kind"), []).append(d)
+
+    # ---- ConfigMaps
+    configmaps = {get(c, "metadata", "name"): c for c in by_kind.get("ConfigMap", [])}
+    cfg = configmaps.get("wxdispatch-config", {})
+    data = cfg.get("data") or {}
+    if not cfg:
+        fail("ConfigMap wxdispatch-config missing")
+    for k, v in data.items():
+        if not isinstance(v, str):
+            fail(f"ConfigMap wxdispatch-config: {k} must be a string, got {type(v).__name__}")
+    if set(data) & SECRET_KEYS:
+        fail(f"ConfigMap wxdispatch-config holds secret keys {sorted(set(data) & SECRET_KEYS)}")
+    if CONFIG_KEYS - set(data):
+        fail(f"ConfigMap wxdispatch-config lacks {sorted(CONFIG_KEYS - set(data))}")
+    if data.get("WXD_LOG_FORMAT") != "json":
+        fail("ConfigMap: WXD_LOG_FORMAT must be json")
+    if not str(data.get("WXD_REDIS_URL", "")).startswith(("redis://", "rediss://")):
+        fail("ConfigMap: WXD_REDIS_URL must be a redis:// or rediss:// URL")
+    if data.get("WXD_TOKEN_MODE") not in ("stable", "classic"):
+        fail("ConfigMap: WXD_TOKEN_MODE must be stable or classic")
+    if data.get("WXD_HTTP_ADDR", "").rsplit(":", 1)[-1] != "9090":
+        fail("ConfigMap: WXD_HTTP_ADDR must listen on port 9090")
+    known = known_binary_keys()
+    if known is None:
+        print("  note: src/config.rs KEYS table not found; skipped the known-key check")
+    else:
+        unknown = sorted(k for k in data if k.startswith("WXD_") and k not in known)
+        if unknown:
+            fail(f"ConfigMap: keys unknown to the binary (src/config.rs KEYS): {unknown}")
+        print(f"  ConfigMap keys all known to src/config.rs ({len(known)} keys there)")
+    try:
+        drain = int(data.get("WXD_DRAIN_TIMEOUT_SECS", "30"))
+        expected_replicas = int(data.get("WXD_EXPECTED_REPLICAS", "0"))
+    except ValueError:
+        fail("ConfigMap: WXD_DRAIN_TIMEOUT_SECS / WXD_EXPECTED_REPLICAS must be integers")
+        drain, expected_replicas = 30, 0
+
+    # ---- Secret (example)
+    secret_keys = set()
+    for s in examples_by_kind.get("Secret", []):
+        sd = {**(s.get("data") or {}), **(s.get("stringData") or {})}
+        secret_keys |= set(sd)
+        if set(sd) != SECRET_KEYS:
+            fail(f"Secret example: keys {sorted(sd)} != {sorted(SECRET_KEYS)}")
+        for k, v in sd.items():
+            if "CHANGE_ME" not in str(v):
+                fail(f"Secret example: {k} must hold a CHANGE_ME placeholder, not a value")
+        if len(str(sd.get("WXD_CALLBACK_AES_KEY", ""))) != 43:
+            fail("Secret example: WXD_CALLBACK_AES_KEY placeholder must be 43 characters")
+    secret_names = {get(s, "metadata", "name") for s in examples_by_kind.get("Secret", [])}
+
+    # ---- Deployment
+    dep = one("Deployment")
+    pod = get(dep, "spec", "template", "spec", default={})
+    pod_labels = get(dep, "spec", "template", "metadata", "labels", default={})
+    if not subset(get(dep, "spec", "selector", "matchLabels"), pod_labels):
+        fail("Deployment: selector does not match the pod template labels")
+    containers = pod.get("containers") or []
+    c = containers[0] if containers else {}
+    grace = pod.get("terminationGracePeriodSeconds")
+    if not isinstance(grace, int) or grace <= drain:
+        fail(f"Deployment: terminationGracePeriodSeconds ({grace}) must exceed "
+             f"WXD_DRAIN_TIMEOUT_SECS ({drain})")
+    psc = pod.get("securityContext") or {}
+    csc = c.get("securityContext") or {}
+    for what, ok in [
+        ("runAsNonRoot", psc.get("runAsNonRoot") is True and csc.get("runAsNonRoot", True) is True),
+        ("runAsUser 10001", psc.get("runAsUser") == 10001 and csc.get("runAsUser", 10001) == 10001),
+        ("seccompProfile RuntimeDefault",
+         get(psc, "seccompProfile", "type") == "RuntimeDefault"
+         or get(csc, "seccompProfile", "type") == "RuntimeDefault"),
+        ("readOnlyRootFilesystem", csc.get("readOnlyRootFilesystem") is True),
+        ("allowPrivilegeEscalation false", csc.get("allowPrivilegeEscalation") is False),
+        ("capabilities drop ALL", "ALL" in (get(csc, "capabilities", "drop") or [])),
+    ]:
+        if not ok:
+            fail(f"Deployment: securityContext lacks {what}")
+    if pod.get("enableServiceLinks") is not False:
+        fail("Deployment: enableServiceLinks must be false (a Service named wxd-* would inject "
+             "WXD_* variables the binary rejects)")
+    if c.get("args") != ["run"]:
+        fail("Deployment: container args must be [\"run\"]")
+    ports = {p.get("name"): p for p in c.get("ports") or []}
+    if get(ports, "http", "containerPort") != 9090:
+        fail("Deployment: container port 9090 named http missing")
+    for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+        if get(c, probe, "httpGet", "path") != path or get(c, probe, "httpGet", "port") not in ("http", 9090):
+            fail(f"Deployment: {probe} must GET {path} on port http")
+    res = c.get("resources") or {}
+    if get(res, "requests", "cpu") is None or get(res, "limits", "memory") is None:
+        fail("Deployment: resources requests/limits missing")
+    env_from = c.get("envFrom") or []
+    cm_refs = [get(e, "configMapRef", "name") for e in env_from if "configMapRef" in e]
+    sec_refs = [get(e, "secretRef", "name") for e in env_from if "secretRef" in e]
+    if "wxdispatch-config" not in cm_refs:
+        fail("Deployment: envFrom must reference ConfigMap wxdispatch-config")
+    if not sec_refs:
+        fail("Deployment: envFrom must reference the Secret")
+    for s in sec_refs:
+        if s not in secret_names:
+            fail(f"Deployment: envFrom Secret {s} has no example in k8s/examples/")
+    for e in c.get("env") or []:
+        if str(e.get("name", "")).startswith("WXD_") and known and e["name"] not in known \
+                and e["name"] not in ("WXD_CONFIG",) and not e["name"].startswith("WXD_SECRET"):
+            fail(f"Deployment: env {e['name']} unknown to the binary")
+    for v in pod.get("volumes") or []:
+        ref = get(v, "configMap", "name")
+        if ref and ref not in configmaps:
+            fail(f"Deployment: volume {v.get('name')} references missing ConfigMap {ref}")
+
+    # ---- Service
+    svc = one("Service")
+    if not subset(get(svc, "spec", "selector"), pod_labels):
+        fail("Service: selector does not match the pod labels")
+    sports = {p.get("name"): p for p in get(svc, "spec", "ports", default=[])}
+    if get(sports, "http", "port") != 9090 or get(sports, "http", "targetPort") not in ("http", 9090):
+        fail("Service: port 9090 named http (targetPort http) missing")
+
+    # ---- PodDisruptionBudget
+    if not subset(get(one("PodDisruptionBudget"), "spec", "selector", "matchLabels"), pod_labels):
+        fail("PodDisruptionBudget: selector does not match the pod labels")
+
+    # ---- NetworkPolicy
+    np = one("NetworkPolicy")
+    if not subset(get(np, "spec", "podSelector", "matchLabels"), pod_labels):
+        fail("NetworkPolicy: podSelector does not match the pod labels")
+    ingress_ports = {(p.get("protocol", "TCP"), p.get("port"))
+                     for r in get(np, "spec", "ingress", default=[]) for p in r.get("ports") or []}
+    egress_ports = {(p.get("protocol", "TCP"), p.get("port"))
+                    for r in get(np, "spec", "egress", default=[]) for p in r.get("ports") or []}
+    if ("TCP", 9090) not in ingress_ports:
+        fail("NetworkPolicy: ingress to TCP 9090 missing")
+    for need in [("UDP", 53), ("TCP", 53), ("TCP", 5672), ("TCP", 5671), ("TCP", 6379), ("TCP", 443)]:
+        if need not in egress_ports:
+            fail(f"NetworkPolicy: egress {need[0]} {need[1]} missing")
+    if set(get(np, "spec", "policyTypes", default=[])) != {"Ingress", "Egress"}:
+        fail("NetworkPolicy: policyTypes must be Ingress and Egress")
+
+    # ---- KEDA (CRD: structural checks only)
+    so = one("ScaledObject")
+    ta_names = {get(t, "metadata", "name") for t in by_kind.get("TriggerAuthentication", [])}
+    if get(so, "spec", "scaleTargetRef", "name") != get(dep, "metadata", "name"):
+        fail("ScaledObject: scaleTargetRef.name is not the Deployment")
+    mn, mx = get(so, "spec", "minReplicaCount"), get(so, "spec", "maxReplicaCount")
+    if not (isinstance(mn, int) and isinstance(mx, int) and 1 <= mn <= mx):
+        fail("ScaledObject: need integer 1 <= minReplicaCount <= maxReplicaCount")
+    elif mx != expected_replicas:
+        fail(f"ScaledObject: maxReplicaCount ({mx}) != WXD_EXPECTED_REPLICAS ({expected_replicas})")
+    rabbit = [t for t in get(so, "spec", "triggers", default=[]) if t.get("type") == "rabbitmq"]
+    if not rabbit:
+        fail("ScaledObject: no rabbitmq trigger")
+    for t in rabbit:
+        md = t.get("metadata") or {}
+        if md.get("queueName") != data.get("WXD_JOBS_QUEUE", "wxdispatch.jobs"):
+            fail("ScaledObject: rabbitmq trigger queueName must be the jobs queue")
+        if md.get("mode") not in ("QueueLength", "MessageRate") or not isinstance(md.get("value"), str):
+            fail("ScaledObject: rabbitmq trigger needs mode QueueLength|MessageRate and a string value")
+        if get(t, "authenticationRef", "name") not in ta_names:
+            fail("ScaledObject: authenticationRef names no TriggerAuthentication in the base")
+    for ta in by_kind.get("TriggerAuthentication", []):
+        for ref in get(ta, "spec", "secretTargetRef", default=[]):
+            if ref.get("name") not in secret_names or ref.get("key") not in secret_keys:
+                fail(f"TriggerAuthentication: secretTargetRef {ref} names no key of the Secret")
+
+    # ---- Prometheus Operator (CRD: structural checks only)
+    sm = one("ServiceMonitor")
+    if not subset(get(sm, "spec", "selector", "matchLabels"), get(svc, "metadata", "labels")):
+        fail("ServiceMonitor: selector does not match the Service labels")
+    for ep in get(sm, "spec", "endpoints", default=[]):
+        if ep.get("port") not in sports or ep.get("path", "/metrics") != "/metrics":
+            fail("ServiceMonitor: endpoint must scrape /metrics on a named Service port")
+    pr = one("PrometheusRule")
+    for g in get(pr, "spec", "groups", default=[]):
+        for r in g.get("rules") or []:
+            if not r.get("expr") or not (r.get("alert") or r.get("record")):
+                fail(f"PrometheusRule: rule without expr/alert in group {g.get('name')}")
+    if not get(pr, "spec", "groups"):
+        fail("PrometheusRule: no groups")
+
+    # ---- HPA example, if any
+    for h in examples_by_kind.get("HorizontalPodAutoscaler", []):
+        if get(h, "spec", "scaleTargetRef", "name") != get(dep, "metadata", "name"):
+            fail("HPA example: scaleTargetRef.name is not the Deployment")
+
+    print(f"  {len(base)} rendered documents, {len(extra)} example documents; "
+          f"{written} core documents written to {core_dir}")
+    if problems:
+        for p in problems:
+            print(f"FAIL: {p}")
+        return 1
+    print("ok: manifest cross-checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,154 @@
+//! A publisher that only reports success once the broker has confirmed the message.
+//!
+//! Confirms are pipelined: each call publishes and awaits its own confirm, so many tasks can
+//! have messages in flight on one channel at once.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+
+use crate::amqp::headers;
+use crate::amqp::topology;
+use crate::config::Config;
+use crate::outcome::Outcome;
+
+/// Why a publish did not get a positive confirm. Either way the job must not be acked.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker nacked the message")]
+    Nacked,
+    #[error("message was returned as unroutable")]
+    Returned,
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("no confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Publishes outcomes, dead letters, deferred and expanded jobs with confirms.
+pub struct Publisher {
+    channel: Channel,
+    exchange: String,
+    jobs_queue: String,
+    dead_queue: String,
+    config: Config,
+}
+
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `conn`.
+    pub async fn new(conn: &Connection, config: &Config) -> lapin::Result<Publisher> {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            channel,
+            exchange: config.outcomes_exchange.clone(),
+            jobs_queue: config.jobs_queue.clone(),
+            dead_queue: config.dead_queue.clone(),
+            config: config.clone(),
+        })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes and waits for the broker's ack.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                props,
+            )
+            .await?;
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(PublishError::Returned),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::NotRequested => Ok(()),
+        }
+    }
+
+    /// Publishes an outcome to the outcome exchange with routing key `<kind>.<status>`.
+    pub async fn outcome(&self, outcome: &Outcome) -> Result<(), PublishError> {
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_timestamp(outcome.finished_at.timestamp() as u64);
+        let props = match &outcome.id {
+            Some(id) => props.with_correlation_id(id.as_str().into()),
+            None => props,
+        };
+        self.publish(
+            &self.exchange,
+            &outcome.routing_key(),
+            &outcome.to_json(),
+            props,
+        )
+        .await
+    }
+
+    /// Copies a job that can never be sent to the dead-letter queue, with the reason in
+    /// headers. The original properties are kept, so the job can be fixed and replayed.
+    pub async fn dead_letter(
+        &self,
+        body: &[u8],
+        props: &BasicProperties,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), PublishError> {
+        let mut table = props.headers().clone().unwrap_or_default();
+        headers::insert(&mut table, headers::REASON, reason);
+        headers::insert(&mut table, headers::ERROR, detail);
+        headers::insert(&mut table, headers::SOURCE_QUEUE, &self.jobs_queue);
+        let props = props.clone().with_headers(table).with_delivery_mode(2);
+        self.publish("", &self.dead_queue, body, props).await
+    }
+
+    /// Parks a job in the delay queue tier for `delay`; it dead-letters back to the jobs queue.
+    pub async fn defer(
+        &self,
+        body: &[u8],
+        props: BasicProperties,
+        delay: Duration,
+    ) -> Result<(), PublishError> {
+        let tier = topology::tier_for(delay);
+        let props = props
+            .with_expiration((tier * 1000).to_string().into())
+            .with_delivery_mode(2);
+        self.publish("", &topology::delay_queue(&self.config, tier), body, props)
+            .await
+    }
+
+    /// Publishes a job to the jobs queue (used to expand batches).
+    pub async fn job(&self, body: Vec<u8>, batch_id: &str) -> Result<(), PublishError> {
+        let mut table = FieldTable::default();
+        headers::insert(&mut table, headers::BATCH, batch_id);
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(table);
+        self.publish("", &self.jobs_queue, &body, props).await
+    }
+}

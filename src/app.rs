@@ -1,0 +1,146 @@
+//! Subcommand entry points and an embeddable worker (used by `run`, the demo and the tests).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::cli::MockArgs;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::mock::{Behaviour, Fault, MockConfig, MockServer, push::PushTarget};
+use crate::receipts::Receipts;
+use crate::shutdown::Shutdown;
+use crate::worker::{self, Ctx};
+
+/// A worker running inside this process.
+pub struct RunningWorker {
+    pub ctx: Arc<Ctx>,
+    /// Where `/metrics`, the probes and the callback are served.
+    pub http_addr: std::net::SocketAddr,
+    pub shutdown: Shutdown,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Triggers shutdown and waits for the drain to finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        self.handle.await.context("worker task")?
+    }
+}
+
+/// Starts the worker and its HTTP server.
+pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningWorker> {
+    let metrics = Arc::new(Metrics::new());
+    let receipts = Receipts::from_config(&config, metrics.clone())?;
+    let ctx = Ctx::new(config, metrics);
+    let app = crate::http::router(ctx.clone(), receipts.map(Receipts::router));
+    let (http_addr, _) = crate::http::serve(&ctx.config.http_addr, app, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", ctx.config.http_addr))?;
+    let handle = tokio::spawn(worker::run(ctx.clone(), shutdown.clone()));
+    Ok(RunningWorker {
+        ctx,
+        http_addr,
+        shutdown,
+        handle,
+    })
+}
+
+/// `wxdispatch run`.
+pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(config_file)?;
+    crate::logging::init(config.log_format);
+    if config.accounts.is_empty() {
+        anyhow::bail!(
+            "configuration error: no account configured; set WXD_APPID and WXD_SECRET, or [[accounts]] in the file"
+        );
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        accounts = config.accounts.len(),
+        jobs_queue = %config.jobs_queue,
+        api_base = %config.api_base,
+        http_addr = %config.http_addr,
+        redis = config.redis_url.is_some(),
+        "starting wxdispatch"
+    );
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let worker = start(config, shutdown.clone()).await?;
+    tracing::info!(addr = %worker.http_addr, "serving /metrics, /healthz, /readyz");
+    worker.handle.await.context("worker task")??;
+    tracing::info!("drained; bye");
+    Ok(())
+}
+
+/// `wxdispatch mock-wechat`.
+pub async fn mock_wechat(config_file: Option<&Path>, args: MockArgs) -> anyhow::Result<()> {
+    let config = Config::load(config_file)?;
+    crate::logging::init(config.log_format);
+    let mut accounts: Vec<(String, String)> = config
+        .accounts
+        .iter()
+        .map(|a| (a.appid.clone(), a.secret.expose().to_string()))
+        .collect();
+    for a in &args.accounts {
+        let (id, secret) = a
+            .split_once(':')
+            .with_context(|| format!("--account {a:?}: use APPID:SECRET"))?;
+        accounts.push((id.to_string(), secret.to_string()));
+    }
+    if accounts.is_empty() {
+        anyhow::bail!("no account: set WXD_APPID and WXD_SECRET (or [[accounts]], or --account)");
+    }
+    let faults = args
+        .faults
+        .iter()
+        .map(|f| Fault::parse(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let push = match &args.push_url {
+        Some(url) => {
+            let token = config
+                .callback_token
+                .as_ref()
+                .context("--push-url needs WXD_CALLBACK_TOKEN")?;
+            let aes_key = config
+                .callback_aes_key
+                .as_ref()
+                .map(|k| crate::callback::AesKey::from_encoding_aes_key(k.expose()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("WXD_CALLBACK_AES_KEY: {e}"))?;
+            Some(PushTarget {
+                url: url.clone(),
+                token: token.expose().to_string(),
+                aes_key,
+                delay_ms: 0,
+            })
+        }
+        None => None,
+    };
+    let server = MockServer::start(
+        &args.listen,
+        MockConfig {
+            accounts,
+            behaviour: Behaviour {
+                faults,
+                latency_ms: args.latency_ms,
+                quota: args.quota,
+                token_ttl_secs: args.token_ttl,
+                stall_ms: args.stall_ms,
+                outage: None,
+            },
+            push,
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(addr = %server.addr, "mock WeChat API listening; GET /mock/stats for counts");
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    shutdown.wait().await;
+    server.stop();
+    Ok(())
+}

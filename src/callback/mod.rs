@@ -1,0 +1,381 @@
+//! WeChat Official Account server-push callbacks.
+//!
+//! WeChat calls back into the worker to report what happened to template
+//! messages (`TEMPLATESENDJOBFINISH` receipts) and to deliver other events.
+//! Before any of that can be trusted, the request has to be authenticated,
+//! possibly decrypted, and parsed, and each of those steps lives in its own
+//! submodule:
+//!
+//! * [`signature`]: the SHA-1 signatures on the URL check, plaintext POSTs
+//!   and safe-mode POSTs, compared in constant time.
+//! * [`crypto`]: AES-256-CBC "safe mode", including WeChat's 32-byte padding.
+//! * [`event`]: a deliberately strict parser for the pushed XML.
+//!
+//! The [`open_plain`] and [`open_safe_mode`] helpers run those steps in the
+//! right order, so HTTP handlers do not have to remember that the signature
+//! comes first. [`seal_safe_mode`] does the reverse for the simulator.
+//!
+//! Nothing here does I/O or keeps state; it is plain functions over bytes,
+//! which keeps it easy to test and to call from any handler.
+
+pub mod crypto;
+pub mod event;
+pub mod signature;
+
+pub use crypto::{AesKey, CryptoError, Decrypted, decrypt, encrypt};
+pub use event::{Event, Inbound, ReceiptStatus, XmlError, parse};
+pub use signature::{sign, verify};
+
+/// Why a callback request was refused by [`open_plain`] or [`open_safe_mode`].
+///
+/// Wraps the per-step errors so a handler can log one
+/// [`reason`](CallbackError::reason) word and answer WeChat uniformly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    /// The `signature` or `msg_signature` did not match.
+    #[error("callback signature mismatch")]
+    BadSignature,
+    /// The body (outer or decrypted) was not acceptable XML.
+    #[error(transparent)]
+    Xml(#[from] XmlError),
+    /// The encrypted payload could not be decrypted or unpacked.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// A safe-mode request whose body has no `<Encrypt>` element.
+    #[error("safe-mode callback body has no <Encrypt> element")]
+    NotEncrypted,
+    /// The decrypted XML was itself an encrypted envelope.
+    #[error("decrypted callback is itself encrypted")]
+    NestedEncryption,
+}
+
+impl CallbackError {
+    /// A short machine-readable word for logs and metric labels; step errors
+    /// pass their own word through (e.g. `bad_padding`, `doctype`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallbackError::BadSignature => "bad_signature",
+            CallbackError::Xml(e) => e.reason(),
+            CallbackError::Crypto(e) => e.reason(),
+            CallbackError::NotEncrypted => "not_encrypted",
+            CallbackError::NestedEncryption => "nested_encryption",
+        }
+    }
+}
+
+/// The query parameters WeChat adds to a safe-mode POST.
+#[derive(Debug, Clone, Copy)]
+pub struct SafeModeQuery<'a> {
+    /// `timestamp` query parameter.
+    pub timestamp: &'a str,
+    /// `nonce` query parameter.
+    pub nonce: &'a str,
+    /// `msg_signature` query parameter.
+    pub msg_signature: &'a str,
+}
+
+/// A successfully authenticated and decrypted safe-mode callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The appid found after the XML; already checked against the allowed list.
+    pub appid: String,
+    /// The parsed inner message.
+    pub inbound: Inbound,
+}
+
+/// A safe-mode request body and the `msg_signature` that goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The envelope XML to POST.
+    pub body: String,
+    /// The `msg_signature` query parameter to send alongside it.
+    pub msg_signature: String,
+}
+
+/// Authenticates and parses a plaintext-mode POST.
+///
+/// The signature is checked before the body is looked at, so unauthenticated
+/// requests cost one hash and never reach the XML parser.
+pub fn open_plain(
+    token: &str,
+    signature: &str,
+    timestamp: &str,
+    nonce: &str,
+    body: &[u8],
+    max_body: usize,
+) -> Result<Inbound, CallbackError> {
+    if !signature::verify_url_signature(signature, token, timestamp, nonce) {
+        return Err(CallbackError::BadSignature);
+    }
+    Ok(event::parse_bytes(body, max_body)?)
+}
+
+/// Authenticates, decrypts and parses a safe-mode (`encrypt_type=aes`) POST.
+///
+/// The order matters: the envelope must be parsed to find the ciphertext,
+/// but `msg_signature` is verified before anything is decrypted, so AES and
+/// padding errors are only reachable with a valid signature (no padding
+/// oracle for outsiders). The appid after the XML must be one of
+/// `allowed_appids`.
+pub fn open_safe_mode<S: AsRef<str>>(
+    token: &str,
+    key: &AesKey,
+    allowed_appids: &[S],
+    query: &SafeModeQuery<'_>,
+    body: &[u8],
+    max_body: usize,
+) -> Result<Opened, CallbackError> {
+    let encrypt = match event::parse_bytes(body, max_body)? {
+        Inbound::Encrypted { encrypt, .. } => encrypt,
+        _ => return Err(CallbackError::NotEncrypted),
+    };
+    if !signature::verify_msg_signature(
+        query.msg_signature,
+        token,
+        query.timestamp,
+        query.nonce,
+        &encrypt,
+    ) {
+        return Err(CallbackError::BadSignature);
+    }
+    let decrypted = crypto::decrypt(key, &encrypt)?;
+    decrypted.check_appid(allowed_appids)?;
+    let inbound = event::parse_with_limit(&decrypted.xml, max_body)?;
+    if matches!(inbound, Inbound::Encrypted { .. }) {
+        return Err(CallbackError::NestedEncryption);
+    }
+    Ok(Opened {
+        appid: decrypted.appid,
+        inbound,
+    })
+}
+
+/// Builds a safe-mode POST the way WeChat would, for the callback simulator.
+///
+/// `inner_xml` is encrypted for `appid` with a fresh random prefix, wrapped
+/// in an envelope addressed to `to_user`, and signed with `token`.
+pub fn seal_safe_mode(
+    token: &str,
+    key: &AesKey,
+    appid: &str,
+    to_user: &str,
+    inner_xml: &str,
+    timestamp: &str,
+    nonce: &str,
+) -> Sealed {
+    let encrypt = crypto::encrypt_with_random(key, inner_xml, appid);
+    Sealed {
+        msg_signature: signature::msg_signature(token, timestamp, nonce, &encrypt),
+        body: event::encrypted_envelope(to_user, &encrypt),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::event::DEFAULT_MAX_XML_BYTES;
+
+    const TOKEN: &str = "QDG6eK";
+    const APPID: &str = "wx5823bf96d3bd56c7";
+
+    fn key() -> AesKey {
+        AesKey::from_encoding_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap()
+    }
+
+    fn receipt_xml() -> String {
+        Event {
+            to_user: "gh_7f083739789a".into(),
+            from_user: "oia2TjuEGTNoeX76QEjQNrcURxG8".into(),
+            create_time: 1395658920,
+            msg_type: "event".into(),
+            event: "TEMPLATESENDJOBFINISH".into(),
+            msg_id: Some(200163836),
+            status: Some("failed:user block".into()),
+        }
+        .to_xml()
+    }
+
+    fn query<'a>(sealed: &'a Sealed) -> SafeModeQuery<'a> {
+        SafeModeQuery {
+            timestamp: "1409659813",
+            nonce: "1372623149",
+            msg_signature: &sealed.msg_signature,
+        }
+    }
+
+    fn seal(appid: &str, inner: &str) -> Sealed {
+        seal_safe_mode(
+            TOKEN,
+            &key(),
+            appid,
+            "gh_7f083739789a",
+            inner,
+            "1409659813",
+            "1372623149",
+        )
+    }
+
+    #[test]
+    fn sealed_safe_mode_request_opens_to_the_original_event() {
+        let sealed = seal(APPID, &receipt_xml());
+        let opened = open_safe_mode(
+            TOKEN,
+            &key(),
+            &[APPID],
+            &query(&sealed),
+            sealed.body.as_bytes(),
+            DEFAULT_MAX_XML_BYTES,
+        )
+        .unwrap();
+        assert_eq!(opened.appid, APPID);
+        match opened.inbound {
+            Inbound::Event(e) => {
+                assert_eq!(e.msg_id, Some(200163836));
+                assert_eq!(e.receipt_status(), Some(ReceiptStatus::Blocked));
+            }
+            other => panic!("expected event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn safe_mode_with_wrong_signature_is_refused_before_decrypting() {
+        // Garbage ciphertext: if decryption ran first we would see bad_length.
+        let body = event::encrypted_envelope("gh", "AAAA");
+        let q = SafeModeQuery {
+            timestamp: "1",
+            nonce: "2",
+            msg_signature: "0000000000000000000000000000000000000000",
+        };
+        let err = open_safe_mode(TOKEN, &key(), &[APPID], &q, body.as_bytes(), 1024).unwrap_err();
+        assert_eq!(err, CallbackError::BadSignature);
+        assert_eq!(err.reason(), "bad_signature");
+    }
+
+    #[test]
+    fn safe_mode_with_wrong_token_is_refused() {
+        let sealed = seal(APPID, &receipt_xml());
+        let err = open_safe_mode(
+            "other-token",
+            &key(),
+            &[APPID],
+            &query(&sealed),
+            sealed.body.as_bytes(),
+            DEFAULT_MAX_XML_BYTES,
+        )
+        .unwrap_err();
+        assert_eq!(err, CallbackError::BadSignature);
+    }
+
+    #[test]
+    fn safe_mode_for_an_unconfigured_appid_is_refused() {
+        let sealed = seal("wx_someone_else", &receipt_xml());
+        let err = open_safe_mode(
+            TOKEN,
+            &key(),
+            &[APPID],
+            &query(&sealed),
+            sealed.body.as_bytes(),
+            DEFAULT_MAX_XML_BYTES,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            CallbackError::Crypto(CryptoError::UnknownAppId("wx_someone_else".into()))
+        );
+        assert_eq!(err.reason(), "unknown_appid");
+    }
+
+    #[test]
+    fn safe_mode_body_without_encrypt_is_refused() {
+        let q = SafeModeQuery {
+            timestamp: "1",
+            nonce: "2",
+            msg_signature: "x",
+        };
+        let err = open_safe_mode(
+            TOKEN,
+            &key(),
+            &[APPID],
+            &q,
+            receipt_xml().as_bytes(),
+            DEFAULT_MAX_XML_BYTES,
+        )
+        .unwrap_err();
+        assert_eq!(err, CallbackError::NotEncrypted);
+    }
+
+    #[test]
+    fn safe_mode_inner_xml_with_doctype_is_refused() {
+        let sealed = seal(APPID, "<!DOCTYPE x [<!ENTITY a \"b\">]><xml/>");
+        let err = open_safe_mode(
+            TOKEN,
+            &key(),
+            &[APPID],
+            &query(&sealed),
+            sealed.body.as_bytes(),
+            DEFAULT_MAX_XML_BYTES,
+        )
+        .unwrap_err();
+        assert_eq!(err, CallbackError::Xml(XmlError::Doctype));
+    }
+
+    #[test]
+    fn safe_mode_nested_envelope_is_refused() {
+        let sealed = seal(APPID, &event::encrypted_envelope("gh", "QUJD"));
+        let err = open_safe_mode(
+            TOKEN,
+            &key(),
+            &[APPID],
+            &query(&sealed),
+            sealed.body.as_bytes(),
+            DEFAULT_MAX_XML_BYTES,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "nested_encryption");
+    }
+
+    #[test]
+    fn plain_mode_checks_signature_then_parses() {
+        let sig = signature::url_signature(TOKEN, "1", "2");
+        let body = receipt_xml();
+        let ok = open_plain(
+            TOKEN,
+            &sig,
+            "1",
+            "2",
+            body.as_bytes(),
+            DEFAULT_MAX_XML_BYTES,
+        );
+        assert!(matches!(ok, Ok(Inbound::Event(_))));
+
+        let bad = open_plain(
+            TOKEN,
+            &sig,
+            "1",
+            "3",
+            body.as_bytes(),
+            DEFAULT_MAX_XML_BYTES,
+        );
+        assert_eq!(bad.unwrap_err(), CallbackError::BadSignature);
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused_in_both_modes() {
+        let sig = signature::url_signature(TOKEN, "1", "2");
+        let body = receipt_xml();
+        let err = open_plain(TOKEN, &sig, "1", "2", body.as_bytes(), 16).unwrap_err();
+        assert_eq!(err.reason(), "too_large");
+
+        let sealed = seal(APPID, &body);
+        let err = open_safe_mode(
+            TOKEN,
+            &key(),
+            &[APPID],
+            &query(&sealed),
+            sealed.body.as_bytes(),
+            16,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "too_large");
+    }
+}

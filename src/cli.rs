@@ -1,0 +1,71 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Sends WeChat Official Account template messages from RabbitMQ jobs.
+#[derive(Debug, Parser)]
+#[command(name = "wxdispatch", version, about, propagate_version = true)]
+pub struct Cli {
+    /// TOML configuration file (also WXD_CONFIG). Every key can be overridden by WXD_<KEY>.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker: consume jobs, send, publish outcomes, serve metrics and callbacks.
+    Run,
+    /// Run a local WeChat API simulator (token, stable_token, template/send, clear_quota).
+    MockWechat(MockArgs),
+    /// Run everything end to end on the local broker with an embedded simulator, then print a
+    /// summary. Needs RabbitMQ on WXD_AMQP_URL (default localhost) and no WeChat credentials.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// A random fault KIND:RATE, repeatable. KIND is an errcode (-1, 45009 ...), httpNNN or
+    /// timeout. Example: --fail -1:0.05 --fail http502:0.01
+    #[arg(long = "fail", value_name = "KIND:RATE")]
+    pub faults: Vec<String>,
+    /// Latency added to every send, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Daily template quota per appid (45009 past it).
+    #[arg(long)]
+    pub quota: Option<u64>,
+    /// Lifetime of issued access tokens, in seconds.
+    #[arg(long, default_value_t = 7200)]
+    pub token_ttl: u64,
+    /// How long a `timeout` fault stalls its reply, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub stall_ms: u64,
+    /// Push TEMPLATESENDJOBFINISH receipts to this callback URL after successful sends
+    /// (signed with WXD_CALLBACK_TOKEN; AES safe mode when WXD_CALLBACK_AES_KEY is set).
+    #[arg(long)]
+    pub push_url: Option<String>,
+    /// Extra accounts APPID:SECRET accepted besides the configured ones (for local testing
+    /// only; never use a real secret on a command line).
+    #[arg(long = "account", value_name = "APPID:SECRET")]
+    pub accounts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of good jobs to publish (bad and faulty ones are added).
+    #[arg(long, default_value_t = 2000)]
+    pub jobs: usize,
+    /// Simulator latency per send, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub latency_ms: u64,
+    /// Deliver receipts in AES safe mode instead of plaintext.
+    #[arg(long)]
+    pub safe_mode: bool,
+}

@@ -1,0 +1,392 @@
+//! `wxdispatch demo`: the whole pipeline on the local broker with an embedded simulator.
+//!
+//! It publishes a batch of sample jobs (including bad ones and injected faults), waits for
+//! every outcome, and prints a table of outcome counts, throughput and latency. It uses its own
+//! queue names (`wxdispatch.demo.*`) and deletes them afterwards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+
+use crate::amqp::{self, Publisher};
+use crate::cli::DemoArgs;
+use crate::config::{Config, LogFormat};
+use crate::mock::{Behaviour, Fault, MockConfig, MockServer, push::PushTarget};
+use crate::shutdown::Shutdown;
+
+const APPID: &str = "wxd0000000000demo";
+const SECRET: &str = "demo-secret-not-real";
+const CALLBACK_TOKEN: &str = "demo-callback-token";
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+/// One published job and what outcome it should get.
+struct Planned {
+    body: Vec<u8>,
+    props: BasicProperties,
+    /// Outcomes it will produce (a batch produces one per recipient).
+    outcomes: usize,
+}
+
+fn sample(id: &str, touser: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": id,
+        "touser": touser,
+        "template_id": "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY",
+        "url": "http://weixin.qq.com/download",
+        "topcolor": "#FF0000",
+        "data": {
+            "User": {"value": "黄先生", "color": "#173177"},
+            "Money": {"value": "人民币260.00元", "color": "#173177"}
+        }
+    }))
+    .expect("static JSON")
+}
+
+fn plan(n: usize, run: &str) -> Vec<Planned> {
+    let json = || {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+    };
+    let mut v: Vec<Planned> = (0..n)
+        .map(|i| Planned {
+            body: sample(&format!("{run}-{i}"), &format!("o{run}user{i}")),
+            props: json(),
+            outcomes: 1,
+        })
+        .collect();
+    let mut add = |body: Vec<u8>, outcomes| {
+        v.push(Planned {
+            body,
+            props: json(),
+            outcomes,
+        })
+    };
+    // Transient faults that succeed on retry (same client_msg_id every time).
+    add(sample(&format!("{run}-busy"), "flaky:-1:2:a"), 1);
+    add(sample(&format!("{run}-502"), "flaky:http502:1:b"), 1);
+    add(sample(&format!("{run}-timeout"), "flaky:timeout:1:c"), 1);
+    add(sample(&format!("{run}-token"), "flaky:40001:1:d"), 1);
+    // Permanent refusals.
+    add(sample(&format!("{run}-badopenid"), "fail:40003"), 1);
+    add(sample(&format!("{run}-unsub"), "fail:43004"), 1);
+    // A batch of five recipients: five outcomes.
+    add(
+        serde_json::to_vec(&serde_json::json!({
+            "id": format!("{run}-batch"), "template_id": "t",
+            "touser": ["ob1", "ob2", "ob3", "ob4", "ob5"], "data": {}
+        }))
+        .expect("static JSON"),
+        5,
+    );
+    // Past its deadline.
+    add(
+        serde_json::to_vec(&serde_json::json!({
+            "id": format!("{run}-late"), "template_id": "t", "touser": "olate",
+            "not_after": "2020-01-01T00:00:00Z"
+        }))
+        .expect("static JSON"),
+        1,
+    );
+    // Bad input: each becomes `invalid` and a dead letter.
+    add(b"this is not json".to_vec(), 1);
+    add(vec![0xff, 0xfe, 0xfd], 1);
+    add(
+        br#"{"id":"x-missing-touser","template_id":"t"}"#.to_vec(),
+        1,
+    );
+    add(
+        br#"{"id":"x-unknown-account","appid":"wxnope","touser":"o","template_id":"t"}"#.to_vec(),
+        1,
+    );
+    add(vec![b'{'; 1024 * 1024], 1);
+    v
+}
+
+/// Runs the demo and prints the summary.
+pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<()> {
+    let base = Config::load(config_file)?;
+    crate::logging::init_with_default(LogFormat::Text, "warn");
+    let run = format!("{:x}", chrono::Utc::now().timestamp_millis() & 0xffffff);
+    let mut config = base.clone();
+    config.jobs_queue = "wxdispatch.demo.jobs".into();
+    config.outcomes_exchange = "wxdispatch.demo.outcomes".into();
+    config.outcomes_queue = "wxdispatch.demo.outcomes".into();
+    config.dead_queue = "wxdispatch.demo.dead".into();
+    config.http_addr = "127.0.0.1:0".into();
+    config.http_timeout_ms = 1000;
+    config.inline_retry_max_ms = 3000;
+    config.concurrency = config.concurrency.max(128);
+    config.prefetch = config.prefetch.max(256);
+    config.callback_token = Some(crate::config::Secret::new(CALLBACK_TOKEN));
+    config.callback_aes_key = Some(crate::config::Secret::new(AES_KEY));
+    config.accounts = vec![crate::config::Account {
+        appid: APPID.into(),
+        secret: crate::config::Secret::new(SECRET),
+        rate_per_sec: 5000,
+        daily_quota: None,
+    }];
+
+    println!("wxdispatch demo: broker {}", redact(&config.amqp_url));
+    let conn = amqp::connect(&config.amqp_url, "wxdispatch-demo")
+        .await
+        .context("cannot reach RabbitMQ (is it running on 127.0.0.1:5672?)")?;
+    let publisher = Publisher::new(&conn, &config).await?;
+    delete_queues(&publisher, &config).await;
+    amqp::topology::declare(publisher.channel(), &config).await?;
+
+    // The simulator pushes receipts to the worker's callback; the worker's address is only known
+    // once it listens, so start the worker first with the simulator's future address.
+    let mock_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mock_addr = mock_listener.local_addr()?;
+    drop(mock_listener);
+    config.api_base = format!("http://{mock_addr}");
+    let shutdown = Shutdown::new();
+    let worker = crate::app::start(config.clone(), shutdown.clone()).await?;
+    let mock = MockServer::start(
+        &mock_addr.to_string(),
+        MockConfig {
+            accounts: vec![(APPID.into(), SECRET.into())],
+            behaviour: Behaviour {
+                faults: vec![Fault::parse("-1:0.01").map_err(anyhow::Error::msg)?],
+                latency_ms: args.latency_ms,
+                stall_ms: 1500,
+                ..Behaviour::default()
+            },
+            push: Some(PushTarget {
+                url: format!("http://{}{}", worker.http_addr, config.callback_path),
+                token: CALLBACK_TOKEN.into(),
+                aes_key: args
+                    .safe_mode
+                    .then(|| crate::callback::AesKey::from_encoding_aes_key(AES_KEY))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+                delay_ms: 0,
+            }),
+        },
+    )
+    .await?;
+
+    let jobs = plan(args.jobs, &run);
+    let expected: usize = jobs.iter().map(|j| j.outcomes).sum();
+    let good = args.jobs + 4; // good jobs and the flaky ones: each gets a receipt
+    println!(
+        "publishing {} jobs ({} outcomes expected) ...",
+        jobs.len(),
+        expected
+    );
+    let started = Instant::now();
+    let publishes = futures_util::stream::iter(jobs.iter())
+        .map(|j| publisher.publish("", &config.jobs_queue, &j.body, j.props.clone()))
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await;
+    let failed_publishes = publishes.iter().filter(|r| r.is_err()).count();
+    anyhow::ensure!(
+        failed_publishes == 0,
+        "{failed_publishes} jobs were not confirmed by the broker"
+    );
+    let published_in = started.elapsed();
+
+    let outcomes = collect(
+        &conn,
+        &config.outcomes_queue,
+        expected,
+        good,
+        Duration::from_secs(50),
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    let stats = mock.state.stats();
+    worker.stop().await?;
+    mock.stop();
+
+    let mut sends: BTreeMap<String, usize> = BTreeMap::new();
+    let mut receipts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    for (o, at) in &outcomes.items {
+        let kind = o["kind"].as_str().unwrap_or("?");
+        let status = o["status"].as_str().unwrap_or("?").to_string();
+        if kind == "receipt" {
+            *receipts.entry(status).or_default() += 1;
+        } else {
+            if status != "sent"
+                && let Some(r) = o["reason"].as_str()
+            {
+                *reasons.entry(format!("{status}: {r}")).or_default() += 1;
+            }
+            *sends.entry(status).or_default() += 1;
+            latencies.push(at.duration_since(started));
+        }
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    };
+    let dead = count_queue(&publisher, &config.dead_queue).await;
+
+    println!();
+    println!("  outcome (kind send)        count");
+    println!("  ------------------------  ------");
+    for (k, v) in &sends {
+        println!("  {k:<24}  {v:>6}");
+    }
+    println!("  ------------------------  ------");
+    println!("  {:<24}  {:>6}", "total", sends.values().sum::<usize>());
+    println!();
+    for (k, v) in &reasons {
+        println!("    {k:<30} {v:>4}");
+    }
+    println!();
+    println!("  receipts (kind receipt)    count");
+    for (k, v) in &receipts {
+        println!("  {k:<24}  {v:>6}");
+    }
+    println!();
+    println!("  dead-letter queue          {dead:>6}");
+    println!(
+        "  simulator: {} messages, {} duplicate requests suppressed, {} send requests",
+        stats.messages, stats.duplicates_suppressed, stats.send_requests
+    );
+    println!(
+        "  throughput: {:.0} outcomes/s ({} outcomes in {:.2}s; publishing took {:.2}s)",
+        outcomes.sends as f64 / elapsed.as_secs_f64(),
+        outcomes.sends,
+        elapsed.as_secs_f64(),
+        published_in.as_secs_f64()
+    );
+    println!(
+        "  time to outcome since the first publish: p50 {} ms, p99 {} ms, max {} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    delete_queues(&publisher, &config).await;
+    let _ = conn.close(200, "bye".into()).await;
+    anyhow::ensure!(
+        outcomes.sends == expected,
+        "only {} of {expected} outcomes arrived",
+        outcomes.sends
+    );
+    Ok(())
+}
+
+/// Outcomes read from a queue, with the time each arrived.
+pub struct Collected {
+    pub items: Vec<(serde_json::Value, Instant)>,
+    pub sends: usize,
+    pub receipts: usize,
+}
+
+/// Consumes `queue` until `sends` send outcomes and `receipts` receipts arrived, or timeout.
+pub async fn collect(
+    conn: &lapin::Connection,
+    queue: &str,
+    sends: usize,
+    receipts: usize,
+    timeout: Duration,
+) -> anyhow::Result<Collected> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(1000, Default::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "wxdispatch-collect".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut got = Collected {
+        items: Vec::new(),
+        sends: 0,
+        receipts: 0,
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen: HashMap<(String, String, String), ()> = HashMap::new();
+    while got.sends < sends || got.receipts < receipts {
+        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+        let Ok(Some(Ok(d))) = next else { break };
+        let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
+        d.acker.ack(BasicAckOptions::default()).await?;
+        let key = (
+            v["kind"].as_str().unwrap_or("").to_string(),
+            v["id"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v["msgid"].to_string()),
+            v["touser"].as_str().unwrap_or("").to_string(),
+        );
+        // At-least-once delivery can repeat an outcome; consumers dedupe by (id, touser).
+        if seen.insert(key, ()).is_some() {
+            continue;
+        }
+        if v["kind"] == "receipt" {
+            got.receipts += 1;
+        } else {
+            got.sends += 1;
+        }
+        got.items.push((v, Instant::now()));
+    }
+    let _ = ch.close(200, "bye".into()).await;
+    Ok(got)
+}
+
+async fn count_queue(publisher: &Publisher, queue: &str) -> u32 {
+    publisher
+        .channel()
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0)
+}
+
+async fn delete_queues(publisher: &Publisher, config: &Config) {
+    let ch = publisher.channel();
+    let mut names = vec![
+        config.jobs_queue.clone(),
+        config.outcomes_queue.clone(),
+        config.dead_queue.clone(),
+    ];
+    names.extend(
+        amqp::topology::DELAY_TIERS
+            .iter()
+            .map(|t| amqp::topology::delay_queue(config, *t)),
+    );
+    for q in names {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = ch
+        .exchange_delete(config.outcomes_exchange.as_str().into(), Default::default())
+        .await;
+}
+
+/// The broker URL without its password, for printing.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,526 @@
+//! Send jobs: parsing and validating what upstream systems publish.
+//!
+//! A job is WeChat's own template-send body plus an `id` (and optionally `appid` and
+//! `not_after`). Parsing never panics and never gives up silently: every way a body can be
+//! wrong maps to an [`InvalidJob`] with a short machine `reason`, which becomes an `invalid`
+//! outcome and a dead-letter copy.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sha1::{Digest, Sha1};
+
+use crate::config::Config;
+
+/// WeChat deduplicates on `(openid, client_msg_id)`, and `client_msg_id` is at most 64 bytes.
+pub const MAX_ID_LEN: usize = 64;
+/// Upper bound on recipients in one batch job.
+pub const MAX_BATCH: usize = 10_000;
+
+/// The upstream's idempotency key, sent to WeChat as `client_msg_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Validates an id: 1 to 64 bytes of printable ASCII, because it travels as a header,
+    /// a log field and WeChat's `client_msg_id`.
+    pub fn parse(s: &str) -> Result<JobId, InvalidJob> {
+        if s.is_empty() || s.len() > MAX_ID_LEN || !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(InvalidJob::new(
+                "bad_id",
+                "id must be 1-64 printable ASCII characters",
+            ));
+        }
+        Ok(JobId(s.to_string()))
+    }
+
+    /// An id derived from the body, for jobs that bring none: the same body always gets the
+    /// same id, so a re-published job is still deduplicated by WeChat.
+    pub fn from_body(body: &[u8]) -> JobId {
+        JobId(format!("sha1-{}", hex::encode(Sha1::digest(body))))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a job can never be sent as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct InvalidJob {
+    /// A short machine word, used in the outcome, the dead-letter header and metrics.
+    pub reason: &'static str,
+    /// A human sentence for logs and the dead-letter header.
+    pub detail: String,
+}
+
+impl InvalidJob {
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        InvalidJob {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A validated job for one recipient, ready to send.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: JobId,
+    pub appid: String,
+    pub touser: String,
+    pub not_after: Option<DateTime<Utc>>,
+    /// The exact JSON body to POST to WeChat (with `touser` and `client_msg_id` set),
+    /// serialized once at parse time so retries don't re-encode it.
+    pub body: Vec<u8>,
+}
+
+/// A parsed job: one recipient, or a batch to be expanded into one job per recipient.
+#[derive(Debug)]
+pub enum Parsed {
+    Single(Job),
+    Batch(Batch),
+}
+
+/// A job addressed to several recipients. Each becomes its own single job with the same id
+/// (WeChat deduplicates per openid, so the shared `client_msg_id` is safe).
+#[derive(Debug)]
+pub struct Batch {
+    pub id: JobId,
+    pub appid: String,
+    pub recipients: Vec<String>,
+    pub not_after: Option<DateTime<Utc>>,
+    /// The job object without `touser`, to be copied into each recipient's job.
+    pub template: Map<String, Value>,
+}
+
+impl Batch {
+    /// The JSON body of recipient `touser`'s single job, as it is published back to the queue.
+    pub fn job_for(&self, touser: &str) -> Vec<u8> {
+        let mut m = self.template.clone();
+        m.insert("id".into(), Value::String(self.id.0.clone()));
+        m.insert("appid".into(), Value::String(self.appid.clone()));
+        m.insert("touser".into(), Value::String(touser.to_string()));
+        if let Some(t) = self.not_after {
+            m.insert("not_after".into(), Value::String(t.to_rfc3339()));
+        }
+        serde_json::to_vec(&Value::Object(m)).expect("a JSON map always serializes")
+    }
+}
+
+/// Partial facts about a job, known even when it is invalid, so the `invalid` outcome can
+/// still carry whatever id, appid and touser could be read.
+#[derive(Debug, Default, Clone)]
+pub struct Known {
+    pub id: Option<String>,
+    pub appid: Option<String>,
+    pub touser: Option<String>,
+}
+
+/// Parses and validates a job body.
+///
+/// `message_id` is the AMQP `message_id` property, used as the id when the body has none.
+pub fn parse(
+    body: &[u8],
+    message_id: Option<&str>,
+    config: &Config,
+) -> Result<Parsed, (InvalidJob, Known)> {
+    let mut known = Known::default();
+    parse_inner(body, message_id, config, &mut known).map_err(|e| {
+        // Even an unreadable job gets an id (as a valid one would), so its outcome can be told
+        // apart from others.
+        if known.id.is_none() {
+            known.id = Some(match message_id.and_then(|m| JobId::parse(m).ok()) {
+                Some(id) => id.0,
+                None => JobId::from_body(body).0,
+            });
+        }
+        (e, known)
+    })
+}
+
+fn parse_inner(
+    body: &[u8],
+    message_id: Option<&str>,
+    config: &Config,
+    known: &mut Known,
+) -> Result<Parsed, InvalidJob> {
+    if body.len() > config.max_job_bytes {
+        return Err(InvalidJob::new(
+            "too_large",
+            format!(
+                "body is {} bytes, the limit is {}",
+                body.len(),
+                config.max_job_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| InvalidJob::new("bad_utf8", format!("body is not UTF-8: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| InvalidJob::new("bad_json", format!("body is not JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(InvalidJob::new("not_object", "body must be a JSON object"));
+    };
+
+    // Gather what we can before validating, for the outcome of an invalid job.
+    if let Some(Value::String(s)) = obj.get("id") {
+        known.id = Some(truncate(s, MAX_ID_LEN));
+    }
+    if let Some(Value::String(s)) = obj.get("appid") {
+        known.appid = Some(truncate(s, 64));
+    }
+    if let Some(Value::String(s)) = obj.get("touser") {
+        known.touser = Some(truncate(s, 128));
+    }
+
+    let id = match obj.remove("id") {
+        Some(Value::String(s)) => JobId::parse(&s)?,
+        Some(Value::Null) | None => match message_id {
+            Some(m) => JobId::parse(m)?,
+            None => JobId::from_body(body),
+        },
+        Some(_) => return Err(InvalidJob::new("bad_id", "id must be a string")),
+    };
+    known.id = Some(id.0.clone());
+
+    let appid = match obj.remove("appid") {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(InvalidJob::new("bad_appid", "appid must be a string")),
+    };
+    let account = config
+        .account(appid.as_deref())
+        .ok_or_else(|| match &appid {
+            Some(a) => InvalidJob::new(
+                "unknown_account",
+                format!("appid {} is not configured", truncate(a, 64)),
+            ),
+            None => InvalidJob::new(
+                "unknown_account",
+                "appid is required when several accounts are configured",
+            ),
+        })?;
+    let appid = account.appid.clone();
+    known.appid = Some(appid.clone());
+
+    let not_after = match obj.remove("not_after") {
+        Some(Value::String(s)) => Some(
+            DateTime::parse_from_rfc3339(&s)
+                .map_err(|e| InvalidJob::new("bad_not_after", format!("not_after: {e}")))?
+                .with_timezone(&Utc),
+        ),
+        Some(Value::Null) | None => None,
+        Some(_) => {
+            return Err(InvalidJob::new(
+                "bad_not_after",
+                "not_after must be an RFC 3339 string",
+            ));
+        }
+    };
+
+    match obj.get("template_id") {
+        Some(Value::String(s)) if !s.is_empty() => {}
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(InvalidJob::new(
+                "missing_template_id",
+                "template_id is required",
+            ));
+        }
+        Some(_) => {
+            return Err(InvalidJob::new(
+                "bad_template_id",
+                "template_id must be a string",
+            ));
+        }
+    }
+    check_type(&obj, "url", |v| v.is_string(), "a string")?;
+    check_type(&obj, "topcolor", |v| v.is_string(), "a string")?;
+    check_type(&obj, "miniprogram", |v| v.is_object(), "an object")?;
+    check_type(&obj, "data", |v| v.is_object(), "an object")?;
+    if let Some(Value::Object(data)) = obj.get("data") {
+        for (k, v) in data {
+            let ok = match v {
+                Value::Object(field) => field.get("value").is_none_or(|x| !x.is_object()),
+                _ => false,
+            };
+            if !ok {
+                return Err(InvalidJob::new(
+                    "bad_data",
+                    format!(
+                        "data.{} must be an object like {{\"value\": \"...\"}}",
+                        truncate(k, 32)
+                    ),
+                ));
+            }
+        }
+    }
+
+    let recipients = match obj.remove("touser") {
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_BATCH {
+                return Err(InvalidJob::new(
+                    "batch_too_large",
+                    format!(
+                        "touser has {} recipients, the limit is {MAX_BATCH}",
+                        items.len()
+                    ),
+                ));
+            }
+            items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(InvalidJob::new(
+                        "bad_touser",
+                        "touser entries must be strings",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None | Some(Value::Null) => {
+            return Err(InvalidJob::new("missing_touser", "touser is required"));
+        }
+        Some(_) => {
+            return Err(InvalidJob::new(
+                "bad_touser",
+                "touser must be a string or an array of strings",
+            ));
+        }
+    };
+    if recipients.is_empty() {
+        return Err(InvalidJob::new("missing_touser", "touser is empty"));
+    }
+    for r in &recipients {
+        if r.is_empty() || r.len() > 128 || r.chars().any(char::is_control) {
+            return Err(InvalidJob::new(
+                "bad_touser",
+                "an openid must be 1-128 characters without control characters",
+            ));
+        }
+    }
+
+    if recipients.len() > 1 {
+        obj.remove("client_msg_id");
+        return Ok(Parsed::Batch(Batch {
+            id,
+            appid,
+            recipients,
+            not_after,
+            template: obj,
+        }));
+    }
+    let touser = recipients.into_iter().next().expect("one recipient");
+    known.touser = Some(touser.clone());
+    obj.insert("touser".into(), Value::String(touser.clone()));
+    obj.insert("client_msg_id".into(), Value::String(id.0.clone()));
+    let body = serde_json::to_vec(&Value::Object(obj)).expect("a JSON map always serializes");
+    Ok(Parsed::Single(Job {
+        id,
+        appid,
+        touser,
+        not_after,
+        body,
+    }))
+}
+
+fn check_type(
+    obj: &Map<String, Value>,
+    key: &str,
+    ok: impl Fn(&Value) -> bool,
+    what: &str,
+) -> Result<(), InvalidJob> {
+    match obj.get(key) {
+        Some(v) if !v.is_null() && !ok(v) => Err(InvalidJob::new(
+            "bad_field",
+            format!("{key} must be {what}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The sample body from the source document, verbatim (WeChat's send JSON, no id).
+    pub const SEED_SAMPLE: &str = r##"{
+"touser":"OPENID",
+"template_id":"ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY",
+"url":"http://weixin.qq.com/download",
+"topcolor":"#FF0000",
+"data":{
+"User": {
+"value":"黄先生",
+"color":"#173177"
+},
+"Date":{
+"value":"06月07日 19时24分",
+"color":"#173177"
+},
+"CardNumber":{
+"value":"0426",
+"color":"#173177"
+},
+"Type":{
+"value":"消费",
+"color":"#173177"
+},
+"Money":{
+"value":"人民币260.00元",
+"color":"#173177"
+},
+"DeadTime":{
+"value":"06月07日19时24分",
+"color":"#173177"
+},
+"Left":{
+"value":"6504.09",
+"color":"#173177"
+}
+}
+}"##;
+
+    fn config() -> Config {
+        let env: BTreeMap<String, String> =
+            [("WXD_APPID", "wx0123456789abcdef"), ("WXD_SECRET", "s")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        Config::from_sources(None, &env).unwrap()
+    }
+
+    fn reason(body: &[u8]) -> &'static str {
+        parse(body, None, &config()).unwrap_err().0.reason
+    }
+
+    #[test]
+    fn the_seed_sample_is_accepted_verbatim_with_a_stable_digest_id() {
+        let Parsed::Single(job) = parse(SEED_SAMPLE.as_bytes(), None, &config()).unwrap() else {
+            panic!("expected a single job");
+        };
+        assert_eq!(job.touser, "OPENID");
+        assert_eq!(job.appid, "wx0123456789abcdef");
+        assert!(job.id.as_str().starts_with("sha1-") && job.id.as_str().len() <= MAX_ID_LEN);
+        let again = match parse(SEED_SAMPLE.as_bytes(), None, &config()).unwrap() {
+            Parsed::Single(j) => j.id,
+            _ => unreachable!(),
+        };
+        assert_eq!(job.id, again, "same body, same id");
+        let sent: Value = serde_json::from_slice(&job.body).unwrap();
+        assert_eq!(sent["client_msg_id"], job.id.as_str());
+        assert_eq!(sent["data"]["User"]["value"], "黄先生");
+        assert!(sent.get("id").is_none() && sent.get("appid").is_none());
+    }
+
+    #[test]
+    fn message_id_property_is_the_fallback_id() {
+        let Parsed::Single(job) =
+            parse(SEED_SAMPLE.as_bytes(), Some("amqp-mid-1"), &config()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(job.id.as_str(), "amqp-mid-1");
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_has_its_reason() {
+        assert_eq!(reason(b"not json"), "bad_json");
+        assert_eq!(reason(&[0xff, 0xfe, b'{', b'}']), "bad_utf8");
+        assert_eq!(reason(b"[1,2]"), "not_object");
+        assert_eq!(reason(br#"{"template_id":"t"}"#), "missing_touser");
+        assert_eq!(reason(br#"{"touser":"o"}"#), "missing_template_id");
+        assert_eq!(reason(br#"{"touser":5,"template_id":"t"}"#), "bad_touser");
+        assert_eq!(
+            reason(br#"{"touser":"o","template_id":7}"#),
+            "bad_template_id"
+        );
+        assert_eq!(
+            reason(br#"{"id":12,"touser":"o","template_id":"t"}"#),
+            "bad_id"
+        );
+        assert_eq!(
+            reason(br#"{"touser":"o","template_id":"t","appid":"wxnope"}"#),
+            "unknown_account"
+        );
+        assert_eq!(
+            reason(br#"{"touser":"o","template_id":"t","data":"x"}"#),
+            "bad_field"
+        );
+        assert_eq!(
+            reason(br#"{"touser":"o","template_id":"t","data":{"a":1}}"#),
+            "bad_data"
+        );
+        assert_eq!(
+            reason(br#"{"touser":"o","template_id":"t","not_after":"tomorrow"}"#),
+            "bad_not_after"
+        );
+        let long = format!(
+            r#"{{"id":"{}","touser":"o","template_id":"t"}}"#,
+            "x".repeat(65)
+        );
+        assert_eq!(reason(long.as_bytes()), "bad_id");
+        let big = vec![b' '; 1024 * 1024];
+        assert_eq!(reason(&big), "too_large");
+    }
+
+    #[test]
+    fn invalid_jobs_keep_what_could_be_read() {
+        let (e, known) = parse(
+            br#"{"id":"j1","touser":"o1","template_id":5}"#,
+            None,
+            &config(),
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, "bad_template_id");
+        assert_eq!(known.id.as_deref(), Some("j1"));
+        assert_eq!(known.touser.as_deref(), Some("o1"));
+        let (_, known) = parse(b"garbage", None, &config()).unwrap_err();
+        assert!(
+            known.id.unwrap().starts_with("sha1-"),
+            "unreadable jobs get the digest id"
+        );
+    }
+
+    #[test]
+    fn an_array_of_recipients_is_a_batch_with_one_body_per_recipient() {
+        let body = br#"{"id":"b1","touser":["o1","o2"],"template_id":"t","data":{}}"#;
+        let Parsed::Batch(b) = parse(body, None, &config()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(b.recipients, vec!["o1", "o2"]);
+        let one = b.job_for("o2");
+        let Parsed::Single(j) = parse(&one, None, &config()).unwrap() else {
+            panic!()
+        };
+        assert_eq!((j.id.as_str(), j.touser.as_str()), ("b1", "o2"));
+    }
+
+    #[test]
+    fn unknown_fields_pass_through_to_wechat() {
+        let body = br#"{"id":"j","touser":"o","template_id":"t","future_field":{"x":1}}"#;
+        let Parsed::Single(j) = parse(body, None, &config()).unwrap() else {
+            panic!()
+        };
+        let sent: Value = serde_json::from_slice(&j.body).unwrap();
+        assert_eq!(sent["future_field"]["x"], 1);
+    }
+}

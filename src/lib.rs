@@ -1,0 +1,42 @@
+//! # wxdispatch
+//!
+//! A RabbitMQ worker that sends WeChat Official Account template messages (模板消息).
+//!
+//! Upstream systems publish *send jobs* (WeChat's own send body plus an id) to a queue. The
+//! worker consumes them with manual acks, paces each account, keeps a shared access token
+//! fresh, sends with the job id as `client_msg_id` so a retry can never produce a second
+//! message, and publishes exactly one confirmed *outcome* per job (per recipient) before
+//! acking it. It also receives WeChat's delivery receipts and publishes them as outcomes.
+//!
+//! ## Layout
+//! - [`config`]: the TOML file plus `WXD_*` environment overrides; secrets.
+//! - [`job`] and [`outcome`]: the message schemas of the contract.
+//! - [`wechat`]: the HTTP client, the token cache and the error-code policy table.
+//! - [`dispatch`]: what to do with one job: pace, token, send, retry or defer.
+//! - [`limiter`]: per-account rate limiting and quota pauses.
+//! - [`amqp`]: connections, topology, the confirming publisher.
+//! - [`worker`]: the consume → dispatch → publish → ack loop and its supervisor.
+//! - [`callback`] and [`receipts`]: WeChat's push callback (signatures, AES safe mode, XML).
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
+//! - [`metrics`], [`shutdown`], [`logging`]: operations.
+//! - [`mock`]: the WeChat API simulator behind `wxdispatch mock-wechat`.
+//! - [`app`], [`demo`], [`cli`]: the subcommands; `main.rs` only wires them up.
+
+pub mod amqp;
+pub mod app;
+pub mod callback;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod dispatch;
+pub mod http;
+pub mod job;
+pub mod limiter;
+pub mod logging;
+pub mod metrics;
+pub mod mock;
+pub mod outcome;
+pub mod receipts;
+pub mod shutdown;
+pub mod wechat;
+pub mod worker;

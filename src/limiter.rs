@@ -1,0 +1,322 @@
+//! Per-account pacing and pausing.
+//!
+//! Each account has a governor rate limiter (its configured sends per second with a small
+//! burst) shared by every in-flight send of the process, and a gate that says whether the
+//! account may send at all right now:
+//! - **quota paused** after WeChat's 45009 or when the local daily counter reaches the
+//!   configured `daily_quota`: jobs are deferred through the delay queue, and one probe send is
+//!   let through per probe interval; a successful probe resumes the account;
+//! - **slowed** after 45011 (minute limit) until the next minute.
+//!
+//! Nothing here ever calls `clear_quota`: that is an operator's decision.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{FixedOffset, NaiveDate, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::metrics::Metrics;
+
+/// Beijing time (Asia/Shanghai has no daylight saving), in which WeChat's daily quota resets.
+fn beijing() -> FixedOffset {
+    FixedOffset::east_opt(8 * 3600).expect("valid offset")
+}
+
+fn beijing_today() -> NaiveDate {
+    Utc::now().with_timezone(&beijing()).date_naive()
+}
+
+/// Time left until the next midnight in Beijing.
+pub fn until_beijing_midnight() -> Duration {
+    let now = Utc::now().with_timezone(&beijing());
+    let next = (now.date_naive() + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists");
+    (next - now.naive_local())
+        .to_std()
+        .unwrap_or(Duration::from_secs(1))
+}
+
+/// Time left until the start of the next wall-clock minute.
+pub fn until_next_minute() -> Duration {
+    let now = Utc::now();
+    let ms = (now.timestamp_millis().rem_euclid(60_000)) as u64;
+    Duration::from_millis(60_000 - ms + 50)
+}
+
+/// What the gate says about sending one job now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Send it.
+    Go,
+    /// The account is paused, but this job may send as the probe.
+    Probe,
+    /// Not now: come back after `delay`. `reason` is a metric label.
+    Later {
+        delay: Duration,
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug)]
+struct GateState {
+    /// Set while paused on the daily quota.
+    paused_since: Option<Instant>,
+    last_probe: Option<Instant>,
+    probe_in_flight: bool,
+    slow_until: Option<Instant>,
+    day: NaiveDate,
+    sent_today: u64,
+}
+
+/// One account's limiter and gate.
+pub struct AccountGate {
+    appid: String,
+    limiter: DefaultDirectRateLimiter,
+    daily_quota: Option<u64>,
+    probe_every: Duration,
+    state: Mutex<GateState>,
+    metrics: Arc<Metrics>,
+}
+
+impl AccountGate {
+    pub fn new(
+        appid: &str,
+        rate_per_sec: u32,
+        daily_quota: Option<u64>,
+        probe_every: Duration,
+        metrics: Arc<Metrics>,
+    ) -> AccountGate {
+        AccountGate {
+            appid: appid.to_string(),
+            limiter: RateLimiter::direct(quota_for(rate_per_sec)),
+            daily_quota,
+            probe_every,
+            state: Mutex::new(GateState {
+                paused_since: None,
+                last_probe: None,
+                probe_in_flight: false,
+                slow_until: None,
+                day: beijing_today(),
+                sent_today: 0,
+            }),
+            metrics,
+        }
+    }
+
+    /// Whether a job may be sent now.
+    pub fn admit(&self) -> Admission {
+        let now = Instant::now();
+        let mut st = self.state.lock().expect("gate lock");
+        self.roll_day(&mut st);
+        if let Some(until) = st.slow_until {
+            if now < until {
+                return Admission::Later {
+                    delay: until - now,
+                    reason: "rate_minute",
+                };
+            }
+            st.slow_until = None;
+        }
+        if let Some(q) = self.daily_quota
+            && st.sent_today >= q
+        {
+            // Our own counter says today's quota is used up: wait for the Beijing midnight.
+            return Admission::Later {
+                delay: until_beijing_midnight().min(self.probe_every),
+                reason: "quota",
+            };
+        }
+        if st.paused_since.is_some() {
+            let due = st
+                .last_probe
+                .is_none_or(|t| now.duration_since(t) >= self.probe_every);
+            if due && !st.probe_in_flight {
+                st.probe_in_flight = true;
+                st.last_probe = Some(now);
+                return Admission::Probe;
+            }
+            let next = st
+                .last_probe
+                .map(|t| (t + self.probe_every).saturating_duration_since(now))
+                .unwrap_or(self.probe_every);
+            return Admission::Later {
+                delay: next.max(Duration::from_secs(1)),
+                reason: "quota",
+            };
+        }
+        Admission::Go
+    }
+
+    /// Waits for the rate limiter; returns how long it waited.
+    pub async fn pace(&self) -> Duration {
+        let start = Instant::now();
+        self.limiter.until_ready().await;
+        let waited = start.elapsed();
+        self.metrics
+            .limiter_wait_seconds
+            .with_label_values(&[&self.appid])
+            .observe(waited.as_secs_f64());
+        waited
+    }
+
+    /// Records a successful send; a successful probe resumes a paused account.
+    pub fn on_sent(&self, was_probe: bool) {
+        let mut st = self.state.lock().expect("gate lock");
+        self.roll_day(&mut st);
+        st.sent_today += 1;
+        if was_probe {
+            st.probe_in_flight = false;
+        }
+        if st.paused_since.take().is_some() {
+            self.metrics
+                .quota_paused
+                .with_label_values(&[&self.appid])
+                .set(0);
+            tracing::info!(appid = %self.appid, "daily quota available again; account resumed");
+        }
+    }
+
+    /// A probe ended without telling us anything about the quota (a transient error).
+    pub fn probe_done(&self) {
+        self.state.lock().expect("gate lock").probe_in_flight = false;
+    }
+
+    /// WeChat said 45009: today's quota is spent. Pause the account.
+    pub fn pause_quota(&self) {
+        let mut st = self.state.lock().expect("gate lock");
+        st.probe_in_flight = false;
+        if st.paused_since.is_none() {
+            st.paused_since = Some(Instant::now());
+            st.last_probe = Some(Instant::now());
+            self.metrics
+                .quota_paused
+                .with_label_values(&[&self.appid])
+                .set(1);
+            tracing::warn!(
+                appid = %self.appid,
+                errcode = 45009,
+                probe_every_secs = self.probe_every.as_secs(),
+                "daily template quota reached; account PAUSED, jobs are deferred (not failed) \
+                 and one probe is sent per interval. An operator may call clear_quota."
+            );
+        }
+    }
+
+    /// WeChat said 45011: slow down until the next minute.
+    pub fn slow_down(&self) -> Duration {
+        let d = until_next_minute();
+        let mut st = self.state.lock().expect("gate lock");
+        st.slow_until = Some(Instant::now() + d);
+        d
+    }
+
+    fn roll_day(&self, st: &mut GateState) {
+        let today = beijing_today();
+        if st.day != today {
+            st.day = today;
+            st.sent_today = 0;
+        }
+    }
+
+    /// Successful sends counted today (Beijing day).
+    pub fn sent_today(&self) -> u64 {
+        self.state.lock().expect("gate lock").sent_today
+    }
+}
+
+/// The governor quota for a rate: a burst of about 5 % of a second's sends (at least 1), so the
+/// busiest wall-clock second stays well under 1.1 times the rate.
+pub fn quota_for(rate_per_sec: u32) -> Quota {
+    let rate = NonZeroU32::new(rate_per_sec.max(1)).expect("non-zero");
+    let burst = NonZeroU32::new((rate_per_sec / 20).max(1)).expect("non-zero");
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(quota: Option<u64>, probe: Duration) -> AccountGate {
+        AccountGate::new("wxa", 1000, quota, probe, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn a_paused_account_lets_exactly_one_probe_through_per_interval() {
+        let g = gate(None, Duration::from_secs(600));
+        assert_eq!(g.admit(), Admission::Go);
+        g.pause_quota();
+        // Paused just now: the next probe is one interval away.
+        assert!(matches!(
+            g.admit(),
+            Admission::Later {
+                reason: "quota",
+                ..
+            }
+        ));
+        // Pretend the interval passed.
+        g.state.lock().unwrap().last_probe = Some(Instant::now() - Duration::from_secs(601));
+        assert_eq!(g.admit(), Admission::Probe);
+        assert!(
+            matches!(g.admit(), Admission::Later { .. }),
+            "one probe at a time"
+        );
+        g.on_sent(true);
+        assert_eq!(g.admit(), Admission::Go, "a successful probe resumes");
+    }
+
+    #[test]
+    fn the_local_daily_quota_pauses_before_it_is_exceeded() {
+        let g = gate(Some(2), Duration::from_secs(600));
+        g.on_sent(false);
+        assert_eq!(g.admit(), Admission::Go);
+        g.on_sent(false);
+        assert!(matches!(
+            g.admit(),
+            Admission::Later {
+                reason: "quota",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn minute_limit_waits_for_the_next_minute() {
+        let g = gate(None, Duration::from_secs(600));
+        let d = g.slow_down();
+        assert!(d <= Duration::from_millis(60_050));
+        assert!(matches!(
+            g.admit(),
+            Admission::Later {
+                reason: "rate_minute",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn beijing_midnight_is_within_a_day() {
+        let d = until_beijing_midnight();
+        assert!(d > Duration::ZERO && d <= Duration::from_secs(86_400));
+    }
+
+    #[tokio::test]
+    async fn pacing_holds_the_rate() {
+        let g = AccountGate::new(
+            "wxa",
+            100,
+            None,
+            Duration::from_secs(1),
+            Arc::new(Metrics::new()),
+        );
+        let start = Instant::now();
+        for _ in 0..55 {
+            g.pace().await;
+        }
+        // 5 of burst, then 50 at 100/s: about half a second.
+        let e = start.elapsed();
+        assert!(e >= Duration::from_millis(450), "{e:?}");
+    }
+}

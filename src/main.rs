@@ -1,0 +1,21 @@
+//! The `wxdispatch` binary: parse the command line and hand over to the library.
+
+use clap::Parser;
+
+use wxdispatch::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run => wxdispatch::app::run(cli.config.as_deref()).await,
+        Command::MockWechat(args) => {
+            wxdispatch::app::mock_wechat(cli.config.as_deref(), args).await
+        }
+        Command::Demo(args) => wxdispatch::demo::run(cli.config.as_deref(), args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("wxdispatch: {e:#}");
+        std::process::exit(1);
+    }
+}

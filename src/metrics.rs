@@ -1,0 +1,238 @@
+//! Prometheus metrics.
+//!
+//! Each worker owns its own [`Registry`], so several workers in one test process never mix
+//! their numbers. Labels stay bounded: `appid`, `errcode`, `status` and `reason` words, never an
+//! openid or a job id.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics of one worker process.
+pub struct Metrics {
+    registry: Registry,
+    pub jobs_total: IntCounterVec,
+    pub api_requests_total: IntCounterVec,
+    pub send_duration_seconds: HistogramVec,
+    pub retries_total: IntCounterVec,
+    pub token_refreshes_total: IntCounterVec,
+    pub inflight: IntGauge,
+    pub quota_paused: IntGaugeVec,
+    pub receipts_total: IntCounterVec,
+    pub amqp_connected: IntGauge,
+    pub token_expires_in_seconds: IntGaugeVec,
+    pub token_age_seconds: IntGaugeVec,
+    pub limiter_wait_seconds: HistogramVec,
+    pub deferred_total: IntCounterVec,
+    pub dead_letters_total: IntCounterVec,
+    pub amqp_reconnects_total: IntCounter,
+    pub callback_requests_total: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub account_stopped: IntGaugeVec,
+    pub ready: IntGauge,
+    pub redis_fallback: IntGauge,
+    pub outcome_latency_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+            let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(m.clone())).expect("unique metric");
+            m
+        }
+        fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+            let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(m.clone())).expect("unique metric");
+            m
+        }
+        fn plain_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+            let m = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(m.clone())).expect("unique metric");
+            m
+        }
+        fn histogram(
+            r: &Registry,
+            name: &str,
+            help: &str,
+            labels: &[&str],
+            buckets: Vec<f64>,
+        ) -> HistogramVec {
+            let m = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("valid metric");
+            r.register(Box::new(m.clone())).expect("unique metric");
+            m
+        }
+        let latency = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let r = &registry;
+        let amqp_reconnects_total =
+            IntCounter::new("wxdispatch_amqp_reconnects_total", "AMQP reconnections")
+                .expect("valid metric");
+        r.register(Box::new(amqp_reconnects_total.clone()))
+            .expect("unique metric");
+        let outcome_latency_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "wxdispatch_job_latency_seconds",
+                "Time from a job's first delivery to its confirmed outcome",
+            )
+            .buckets(latency.clone()),
+        )
+        .expect("valid metric");
+        r.register(Box::new(outcome_latency_seconds.clone()))
+            .expect("unique metric");
+        let m = Metrics {
+            jobs_total: counter(
+                r,
+                "wxdispatch_jobs_total",
+                "Final job outcomes by status",
+                &["appid", "status"],
+            ),
+            api_requests_total: counter(
+                r,
+                "wxdispatch_api_requests_total",
+                "WeChat send API requests by errcode (or http_<status>, timeout, connect)",
+                &["appid", "errcode"],
+            ),
+            send_duration_seconds: histogram(
+                r,
+                "wxdispatch_send_duration_seconds",
+                "Duration of one template/send HTTP request",
+                &["appid"],
+                latency.clone(),
+            ),
+            retries_total: counter(
+                r,
+                "wxdispatch_retries_total",
+                "Send retries by reason",
+                &["appid", "reason"],
+            ),
+            token_refreshes_total: counter(
+                r,
+                "wxdispatch_token_refreshes_total",
+                "Access-token fetches by result",
+                &["appid", "result"],
+            ),
+            inflight: plain_gauge(r, "wxdispatch_inflight", "Jobs being processed now"),
+            quota_paused: gauge(
+                r,
+                "wxdispatch_quota_paused",
+                "1 while an account is paused on its daily quota (45009)",
+                &["appid"],
+            ),
+            receipts_total: counter(
+                r,
+                "wxdispatch_receipts_total",
+                "Delivery receipts (TEMPLATESENDJOBFINISH) by status",
+                &["status"],
+            ),
+            amqp_connected: plain_gauge(
+                r,
+                "wxdispatch_amqp_connected",
+                "1 while both AMQP connections are up",
+            ),
+            token_expires_in_seconds: gauge(
+                r,
+                "wxdispatch_token_expires_in_seconds",
+                "Seconds until the cached access token expires",
+                &["appid"],
+            ),
+            token_age_seconds: gauge(
+                r,
+                "wxdispatch_token_age_seconds",
+                "Seconds since the cached access token was fetched",
+                &["appid"],
+            ),
+            limiter_wait_seconds: histogram(
+                r,
+                "wxdispatch_limiter_wait_seconds",
+                "Time a send waited for its account's rate limiter",
+                &["appid"],
+                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
+            ),
+            deferred_total: counter(
+                r,
+                "wxdispatch_deferred_total",
+                "Jobs parked in a delay queue, by reason",
+                &["appid", "reason"],
+            ),
+            dead_letters_total: counter(
+                r,
+                "wxdispatch_dead_letters_total",
+                "Jobs copied to the dead-letter queue, by reason",
+                &["reason"],
+            ),
+            amqp_reconnects_total,
+            callback_requests_total: counter(
+                r,
+                "wxdispatch_callback_requests_total",
+                "WeChat callback requests by result",
+                &["result"],
+            ),
+            build_info: gauge(
+                r,
+                "wxdispatch_build_info",
+                "Build information; always 1",
+                &["version"],
+            ),
+            account_stopped: gauge(
+                r,
+                "wxdispatch_account_stopped",
+                "1 while an account is stopped by a configuration error",
+                &["appid"],
+            ),
+            ready: plain_gauge(r, "wxdispatch_ready", "1 while the worker is ready"),
+            redis_fallback: plain_gauge(
+                r,
+                "wxdispatch_redis_fallback",
+                "1 while the shared Redis limiter is unreachable and the local fallback rate is in use",
+            ),
+            outcome_latency_seconds,
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// Creates the per-account series at zero so that dashboards and alerts see them from the
+    /// start, not only after the first event.
+    pub fn init_account(&self, appid: &str) {
+        for s in crate::outcome::SendStatus::ALL {
+            self.jobs_total.with_label_values(&[appid, s.as_str()]);
+        }
+        self.quota_paused.with_label_values(&[appid]).set(0);
+        self.account_stopped.with_label_values(&[appid]).set(0);
+        self.token_refreshes_total.with_label_values(&[appid, "ok"]);
+        self.retries_total.with_label_values(&[appid, "busy"]);
+        self.deferred_total.with_label_values(&[appid, "quota"]);
+        self.send_duration_seconds.with_label_values(&[appid]);
+        self.limiter_wait_seconds.with_label_values(&[appid]);
+        self.api_requests_total.with_label_values(&[appid, "0"]);
+        self.token_expires_in_seconds.with_label_values(&[appid]);
+        self.token_age_seconds.with_label_values(&[appid]);
+        for s in ["delivered", "blocked", "undelivered"] {
+            self.receipts_total.with_label_values(&[s]);
+        }
+        self.dead_letters_total.with_label_values(&["invalid"]);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("metrics are UTF-8")
+    }
+}

@@ -1,0 +1,660 @@
+//! `wxdispatch mock-wechat`: a local simulator of the WeChat API endpoints wxdispatch uses.
+//!
+//! It answers like WeChat (JSON with `Content-Type: text/plain`), enforces the things the
+//! worker must respect (token validity, the daily quota, deduplication of
+//! `(touser, client_msg_id)` for 10 minutes) and injects faults on demand, so the tests, the
+//! demo and the benchmarks exercise every path without a real account.
+//!
+//! Faults come three ways:
+//! - random, by rate: `--fail -1:0.05 --fail http502:0.01 --fail timeout:0.001`;
+//! - deterministic, in-band by openid: `fail:<code>` always answers `<code>`, and
+//!   `flaky:<code>:<n>:<anything>` answers `<code>` to the first `n` tries of a message
+//!   (`<code>` may also be `http502` or `timeout`);
+//! - at run time, via `POST /mock/faults`, `POST /mock/expire_tokens` and `POST /mock/outage`.
+//!
+//! A "timeout" fault accepts the message and then stalls the reply, which is exactly the case
+//! where a careless retry would send a second message.
+//!
+//! `GET /mock/stats` reports what was received: requests, unique messages, duplicates
+//! suppressed, per-second send counts per appid, token calls and errors by code.
+
+pub mod push;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::shutdown::Shutdown;
+
+/// One kind of injected fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FaultKind {
+    /// Answer with this WeChat errcode.
+    Errcode(i64),
+    /// Answer with this HTTP status and no JSON.
+    Http(u16),
+    /// Accept the message, then stall the reply.
+    Timeout,
+}
+
+impl FaultKind {
+    /// Parses `-1`, `45009`, `http502` or `timeout`.
+    pub fn parse(s: &str) -> Result<FaultKind, String> {
+        if s == "timeout" {
+            Ok(FaultKind::Timeout)
+        } else if let Some(code) = s.strip_prefix("http") {
+            code.parse()
+                .map(FaultKind::Http)
+                .map_err(|_| format!("bad http status in {s:?}"))
+        } else {
+            s.parse()
+                .map(FaultKind::Errcode)
+                .map_err(|_| format!("bad fault {s:?}: use an errcode, httpNNN or timeout"))
+        }
+    }
+}
+
+/// A random fault with the probability of hitting one send request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub rate: f64,
+}
+
+impl Fault {
+    /// Parses `KIND:RATE`, e.g. `-1:0.05`.
+    pub fn parse(s: &str) -> Result<Fault, String> {
+        let (kind, rate) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("bad fault {s:?}: use KIND:RATE, e.g. -1:0.05"))?;
+        let rate: f64 = rate.parse().map_err(|_| format!("bad rate in {s:?}"))?;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(format!("rate in {s:?} must be between 0 and 1"));
+        }
+        Ok(Fault {
+            kind: FaultKind::parse(kind)?,
+            rate,
+        })
+    }
+}
+
+/// Settings that tests may change while the simulator runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Behaviour {
+    pub faults: Vec<Fault>,
+    pub latency_ms: u64,
+    /// Daily template quota per appid; `None` means unlimited.
+    pub quota: Option<u64>,
+    pub token_ttl_secs: u64,
+    /// How long a `timeout` fault stalls its reply.
+    pub stall_ms: u64,
+    /// When set, every request is refused with this fault (an outage).
+    pub outage: Option<FaultKind>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            faults: Vec::new(),
+            latency_ms: 0,
+            quota: None,
+            token_ttl_secs: 7200,
+            stall_ms: 30_000,
+            outage: None,
+        }
+    }
+}
+
+/// Simulator configuration.
+#[derive(Debug, Clone, Default)]
+pub struct MockConfig {
+    /// `(appid, secret)` pairs it accepts.
+    pub accounts: Vec<(String, String)>,
+    pub behaviour: Behaviour,
+    /// Where to push TEMPLATESENDJOBFINISH receipts after successful sends.
+    pub push: Option<push::PushTarget>,
+}
+
+#[derive(Debug)]
+struct TokenInfo {
+    appid: String,
+    expires_at: Instant,
+}
+
+#[derive(Default, Serialize, Clone, Debug)]
+pub struct Stats {
+    /// Template send requests received (all, including failed ones).
+    pub send_requests: u64,
+    /// Distinct messages accepted, i.e. what users would see.
+    pub messages: u64,
+    /// Requests that repeated an accepted `(touser, client_msg_id)` within 10 minutes.
+    pub duplicates_suppressed: u64,
+    pub token_calls: u64,
+    pub stable_token_calls: u64,
+    pub forced_refreshes: u64,
+    pub clear_quota_calls: u64,
+    /// Errors answered, by errcode or `httpNNN`/`timeout`.
+    pub errors: BTreeMap<String, u64>,
+    /// Accepted messages per Unix second, per appid.
+    pub per_second: BTreeMap<String, BTreeMap<i64, u64>>,
+    /// Accepted messages per appid.
+    pub per_appid: BTreeMap<String, u64>,
+    /// Receipts pushed to the callback URL, and how many were answered `success`.
+    pub receipts_pushed: u64,
+    pub receipts_acknowledged: u64,
+}
+
+/// A message the simulator accepted: `(touser, client_msg_id)` → msgid.
+struct Accepted {
+    msgid: i64,
+    at: Instant,
+}
+
+/// Shared simulator state.
+pub struct MockState {
+    accounts: HashMap<String, String>,
+    behaviour: RwLock<Behaviour>,
+    tokens: Mutex<HashMap<String, TokenInfo>>,
+    /// The current stable token per appid and the time of the last forced refresh.
+    stable: Mutex<HashMap<String, (String, Option<Instant>)>>,
+    classic: Mutex<HashMap<String, String>>,
+    accepted: Mutex<HashMap<(String, String), Accepted>>,
+    tries: Mutex<HashMap<(String, String), u32>>,
+    quota_used: Mutex<HashMap<String, u64>>,
+    stats: Mutex<Stats>,
+    next_msgid: AtomicI64,
+    token_seq: AtomicU64,
+    push: Option<push::PushTarget>,
+    http: reqwest::Client,
+}
+
+type Shared = Arc<MockState>;
+
+/// A running simulator.
+pub struct MockServer {
+    pub addr: std::net::SocketAddr,
+    pub state: Shared,
+    shutdown: Shutdown,
+}
+
+impl MockServer {
+    /// Starts a simulator on `listen` (use port 0 for a free port).
+    pub async fn start(listen: &str, config: MockConfig) -> std::io::Result<MockServer> {
+        let state = Arc::new(MockState {
+            accounts: config.accounts.into_iter().collect(),
+            behaviour: RwLock::new(config.behaviour),
+            tokens: Mutex::default(),
+            stable: Mutex::default(),
+            classic: Mutex::default(),
+            accepted: Mutex::default(),
+            tries: Mutex::default(),
+            quota_used: Mutex::default(),
+            stats: Mutex::default(),
+            // Above i32::MAX on purpose: msgid is an i64.
+            next_msgid: AtomicI64::new(3_000_000_000),
+            token_seq: AtomicU64::new(1),
+            push: config.push,
+            http: reqwest::Client::new(),
+        });
+        let shutdown = Shutdown::new();
+        let (addr, _) = crate::http::serve(listen, router(state.clone()), shutdown.clone()).await?;
+        Ok(MockServer {
+            addr,
+            state,
+            shutdown,
+        })
+    }
+
+    /// The base URL to give the worker as `api_base`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.trigger();
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+impl MockState {
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap().clone()
+    }
+
+    pub fn set_behaviour(&self, b: Behaviour) {
+        *self.behaviour.write().unwrap() = b;
+    }
+
+    pub fn behaviour(&self) -> Behaviour {
+        self.behaviour.read().unwrap().clone()
+    }
+
+    /// Expires every token now (a mid-run expiry).
+    pub fn expire_tokens(&self) {
+        let past = Instant::now() - Duration::from_secs(1);
+        for t in self.tokens.lock().unwrap().values_mut() {
+            t.expires_at = past;
+        }
+    }
+
+    /// Resets the used daily quota of every appid, like an operator's `clear_quota`.
+    pub fn clear_quota(&self) {
+        self.quota_used.lock().unwrap().clear();
+    }
+
+    fn error(&self, key: String) {
+        *self.stats.lock().unwrap().errors.entry(key).or_default() += 1;
+    }
+
+    fn issue_token(&self, appid: &str, ttl: u64) -> String {
+        let n = self.token_seq.fetch_add(1, Ordering::Relaxed);
+        let token = format!("MOCK_{appid}_{n}_{:08x}", rand::rng().random::<u32>());
+        self.tokens.lock().unwrap().insert(
+            token.clone(),
+            TokenInfo {
+                appid: appid.to_string(),
+                expires_at: Instant::now() + Duration::from_secs(ttl),
+            },
+        );
+        token
+    }
+
+    fn remaining(&self, token: &str) -> Option<u64> {
+        let tokens = self.tokens.lock().unwrap();
+        let t = tokens.get(token)?;
+        let left = t.expires_at.checked_duration_since(Instant::now())?;
+        Some(left.as_secs())
+    }
+}
+
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/cgi-bin/token", get(classic_token))
+        .route("/cgi-bin/stable_token", post(stable_token))
+        .route("/cgi-bin/message/template/send", post(template_send))
+        .route("/cgi-bin/clear_quota", post(clear_quota))
+        .route("/mock/stats", get(stats))
+        .route("/mock/faults", post(set_faults).get(get_faults))
+        .route("/mock/expire_tokens", post(expire_tokens))
+        .route("/mock/clear_quota", post(mock_clear_quota))
+        .with_state(state)
+}
+
+/// WeChat answers JSON as text/plain.
+fn wx(value: serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain")], value.to_string()).into_response()
+}
+
+fn wx_err(code: i64, msg: &str) -> Response {
+    wx(serde_json::json!({"errcode": code, "errmsg": msg}))
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    grant_type: Option<String>,
+    appid: Option<String>,
+    secret: Option<String>,
+}
+
+/// Checks credentials like WeChat: unknown appid 40013, wrong secret 40001/40125.
+fn check_credentials(
+    s: &MockState,
+    appid: Option<&str>,
+    secret: Option<&str>,
+    wrong_secret: i64,
+) -> Result<String, Response> {
+    let Some(appid) = appid.filter(|a| !a.is_empty()) else {
+        return Err(wx_err(41002, "appid missing"));
+    };
+    let Some(secret) = secret.filter(|a| !a.is_empty()) else {
+        return Err(wx_err(41004, "appsecret missing"));
+    };
+    match s.accounts.get(appid) {
+        None => {
+            s.error("40013".into());
+            Err(wx_err(40013, "invalid appid"))
+        }
+        Some(expected) if expected != secret => {
+            s.error(wrong_secret.to_string());
+            Err(wx_err(wrong_secret, "invalid appsecret"))
+        }
+        Some(_) => Ok(appid.to_string()),
+    }
+}
+
+async fn classic_token(State(s): State<Shared>, Query(q): Query<TokenQuery>) -> Response {
+    s.stats.lock().unwrap().token_calls += 1;
+    if q.grant_type.as_deref() != Some("client_credential") {
+        return wx_err(40002, "invalid grant_type");
+    }
+    let appid = match check_credentials(&s, q.appid.as_deref(), q.secret.as_deref(), 40001) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let ttl = s.behaviour.read().unwrap().token_ttl_secs;
+    let token = s.issue_token(&appid, ttl);
+    // The classic endpoint invalidates the previous token after a 5-minute overlap.
+    if let Some(prev) = s.classic.lock().unwrap().insert(appid, token.clone())
+        && let Some(t) = s.tokens.lock().unwrap().get_mut(&prev)
+    {
+        t.expires_at = t.expires_at.min(Instant::now() + Duration::from_secs(300));
+    }
+    wx(serde_json::json!({"access_token": token, "expires_in": ttl}))
+}
+
+#[derive(Deserialize)]
+struct StableQuery {
+    grant_type: Option<String>,
+    appid: Option<String>,
+    secret: Option<String>,
+    #[serde(default)]
+    force_refresh: bool,
+}
+
+async fn stable_token(State(s): State<Shared>, body: Bytes) -> Response {
+    s.stats.lock().unwrap().stable_token_calls += 1;
+    let Ok(q) = serde_json::from_slice::<StableQuery>(&body) else {
+        return wx_err(47001, "data format error");
+    };
+    if q.grant_type.as_deref() != Some("client_credential") {
+        return wx_err(40002, "invalid grant_type");
+    }
+    let appid = match check_credentials(&s, q.appid.as_deref(), q.secret.as_deref(), 40125) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let ttl = s.behaviour.read().unwrap().token_ttl_secs;
+    let mut stable = s.stable.lock().unwrap();
+    let entry = stable.get(&appid).cloned();
+    if q.force_refresh {
+        if let Some((_, Some(last))) = &entry
+            && last.elapsed() < Duration::from_secs(30)
+        {
+            s.error("45011".into());
+            return wx_err(
+                45011,
+                "api minute-quota reach limit: force refresh at most once per 30s",
+            );
+        }
+        s.stats.lock().unwrap().forced_refreshes += 1;
+        if let Some((old, _)) = &entry {
+            s.tokens.lock().unwrap().remove(old);
+        }
+        let token = s.issue_token(&appid, ttl);
+        stable.insert(appid, (token.clone(), Some(Instant::now())));
+        return wx(serde_json::json!({"access_token": token, "expires_in": ttl}));
+    }
+    // Normal mode: everyone gets the current token while it is valid.
+    if let Some((token, forced)) = entry {
+        if let Some(left) = s.remaining(&token)
+            && left > 0
+        {
+            return wx(serde_json::json!({"access_token": token, "expires_in": left}));
+        }
+        let token = s.issue_token(&appid, ttl);
+        stable.insert(appid, (token.clone(), forced));
+        return wx(serde_json::json!({"access_token": token, "expires_in": ttl}));
+    }
+    let token = s.issue_token(&appid, ttl);
+    stable.insert(appid, (token.clone(), None));
+    wx(serde_json::json!({"access_token": token, "expires_in": ttl}))
+}
+
+#[derive(Deserialize)]
+struct AccessQuery {
+    access_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    touser: Option<String>,
+    template_id: Option<String>,
+    client_msg_id: Option<String>,
+}
+
+/// Validates the access token: the appid it belongs to, or WeChat's error.
+fn check_token(s: &MockState, token: Option<&str>) -> Result<String, (i64, &'static str)> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err((41001, "access_token missing"));
+    };
+    let tokens = s.tokens.lock().unwrap();
+    match tokens.get(token) {
+        None => Err((
+            40001,
+            "invalid credential, access_token is invalid or not latest",
+        )),
+        Some(t) if t.expires_at <= Instant::now() => Err((42001, "access_token expired")),
+        Some(t) => Ok(t.appid.clone()),
+    }
+}
+
+async fn template_send(
+    State(s): State<Shared>,
+    Query(q): Query<AccessQuery>,
+    body: Bytes,
+) -> Response {
+    let behaviour = s.behaviour.read().unwrap().clone();
+    s.stats.lock().unwrap().send_requests += 1;
+    if behaviour.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    }
+    if let Some(kind) = behaviour.outage {
+        return fault_reply(&s, kind, behaviour.stall_ms).await;
+    }
+    let appid = match check_token(&s, q.access_token.as_deref()) {
+        Ok(a) => a,
+        Err((code, msg)) => {
+            s.error(code.to_string());
+            return wx_err(code, msg);
+        }
+    };
+    let Ok(req) = serde_json::from_slice::<SendBody>(&body) else {
+        s.error("47001".into());
+        return wx_err(47001, "data format error");
+    };
+    let Some(touser) = req.touser.filter(|t| !t.is_empty()) else {
+        s.error("40003".into());
+        return wx_err(40003, "invalid openid");
+    };
+    if req.template_id.as_deref().is_none_or(str::is_empty) {
+        s.error("40037".into());
+        return wx_err(40037, "invalid template_id");
+    }
+    let client_msg_id = req.client_msg_id.unwrap_or_default();
+    let key = (touser.clone(), client_msg_id.clone());
+
+    // In-band deterministic faults by openid.
+    if let Some(code) = touser.strip_prefix("fail:") {
+        let code = code.split(':').next().unwrap_or(code);
+        if let Ok(kind) = FaultKind::parse(code) {
+            return fault_reply(&s, kind, behaviour.stall_ms).await;
+        }
+    }
+    let mut stall_after_accept = false;
+    if let Some(rest) = touser.strip_prefix("flaky:") {
+        let mut parts = rest.splitn(3, ':');
+        if let (Some(code), Some(n)) = (parts.next(), parts.next())
+            && let (Ok(kind), Ok(n)) = (FaultKind::parse(code), n.parse::<u32>())
+        {
+            let tries = {
+                let mut t = s.tries.lock().unwrap();
+                let e = t.entry(key.clone()).or_default();
+                *e += 1;
+                *e
+            };
+            if tries <= n {
+                if kind == FaultKind::Timeout {
+                    stall_after_accept = true;
+                } else {
+                    return fault_reply(&s, kind, behaviour.stall_ms).await;
+                }
+            }
+        }
+    }
+    if !stall_after_accept {
+        // Random faults by rate.
+        let roll: f64 = rand::rng().random();
+        let mut acc = 0.0;
+        for f in &behaviour.faults {
+            acc += f.rate;
+            if roll < acc {
+                if f.kind == FaultKind::Timeout {
+                    stall_after_accept = true;
+                    break;
+                }
+                return fault_reply(&s, f.kind, behaviour.stall_ms).await;
+            }
+        }
+    }
+
+    // Deduplicate (touser, client_msg_id) within 10 minutes, like WeChat.
+    let now = Instant::now();
+    let (msgid, new) = {
+        let mut acc = s.accepted.lock().unwrap();
+        match acc.get(&key) {
+            Some(a)
+                if !client_msg_id.is_empty()
+                    && now.duration_since(a.at) < Duration::from_secs(600) =>
+            {
+                (a.msgid, false)
+            }
+            _ => {
+                if let Some(q) = behaviour.quota {
+                    let mut used = s.quota_used.lock().unwrap();
+                    let u = used.entry(appid.clone()).or_default();
+                    if *u >= q {
+                        drop(used);
+                        drop(acc);
+                        s.error("45009".into());
+                        return wx_err(45009, "reach max api daily quota limit");
+                    }
+                    *u += 1;
+                }
+                let msgid = s.next_msgid.fetch_add(1, Ordering::Relaxed);
+                acc.insert(key, Accepted { msgid, at: now });
+                (msgid, true)
+            }
+        }
+    };
+    {
+        let mut st = s.stats.lock().unwrap();
+        if new {
+            st.messages += 1;
+            *st.per_appid.entry(appid.clone()).or_default() += 1;
+            let sec = chrono::Utc::now().timestamp();
+            *st.per_second
+                .entry(appid.clone())
+                .or_default()
+                .entry(sec)
+                .or_default() += 1;
+        } else {
+            st.duplicates_suppressed += 1;
+        }
+    }
+    if new && let Some(target) = &s.push {
+        push::spawn_receipt(s.clone(), target.clone(), appid, touser, msgid);
+    }
+    if stall_after_accept {
+        s.error("timeout".into());
+        tokio::time::sleep(Duration::from_millis(behaviour.stall_ms)).await;
+    }
+    wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+}
+
+async fn fault_reply(s: &MockState, kind: FaultKind, stall_ms: u64) -> Response {
+    match kind {
+        FaultKind::Errcode(code) => {
+            s.error(code.to_string());
+            let msg = crate::wechat::errcode::lookup(code)
+                .map(|i| i.en)
+                .unwrap_or("error");
+            wx_err(code, msg)
+        }
+        FaultKind::Http(status) => {
+            s.error(format!("http{status}"));
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, "<html>bad gateway</html>").into_response()
+        }
+        FaultKind::Timeout => {
+            s.error("timeout".into());
+            tokio::time::sleep(Duration::from_millis(stall_ms)).await;
+            wx_err(-1, "system error")
+        }
+    }
+}
+
+async fn clear_quota(
+    State(s): State<Shared>,
+    Query(q): Query<AccessQuery>,
+    body: Bytes,
+) -> Response {
+    if let Err((code, msg)) = check_token(&s, q.access_token.as_deref()) {
+        return wx_err(code, msg);
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        appid: String,
+    }
+    let Ok(b) = serde_json::from_slice::<Body>(&body) else {
+        return wx_err(47001, "data format error");
+    };
+    s.stats.lock().unwrap().clear_quota_calls += 1;
+    s.quota_used.lock().unwrap().remove(&b.appid);
+    wx_err(0, "ok")
+}
+
+async fn stats(State(s): State<Shared>) -> Response {
+    axum::Json(s.stats()).into_response()
+}
+
+async fn get_faults(State(s): State<Shared>) -> Response {
+    axum::Json(s.behaviour()).into_response()
+}
+
+async fn set_faults(State(s): State<Shared>, axum::Json(b): axum::Json<Behaviour>) -> Response {
+    s.set_behaviour(b);
+    (StatusCode::NO_CONTENT, "").into_response()
+}
+
+async fn expire_tokens(State(s): State<Shared>) -> Response {
+    s.expire_tokens();
+    (StatusCode::NO_CONTENT, "").into_response()
+}
+
+async fn mock_clear_quota(State(s): State<Shared>) -> Response {
+    s.clear_quota();
+    (StatusCode::NO_CONTENT, "").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_parse() {
+        let f = Fault::parse("-1:0.05").unwrap();
+        assert_eq!(f.kind, FaultKind::Errcode(-1));
+        assert_eq!(
+            Fault::parse("http502:1").unwrap().kind,
+            FaultKind::Http(502)
+        );
+        assert_eq!(Fault::parse("timeout:0").unwrap().kind, FaultKind::Timeout);
+        assert!(Fault::parse("oops").is_err());
+        assert!(Fault::parse("-1:2").is_err());
+    }
+}

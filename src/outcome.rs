@@ -1,0 +1,151 @@
+//! Outcomes: the one final word on every job (and every delivery receipt).
+//!
+//! Outcomes are published to the outcome exchange with routing key `<kind>.<status>`, with
+//! publisher confirms, before the job is acked. Consumers may see a job's outcome twice after a
+//! crash (at-least-once delivery); `(id, touser)` identifies it.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// Whether an outcome reports a send attempt or a delivery receipt pushed by WeChat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Send,
+    Receipt,
+}
+
+/// The final status of a send job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendStatus {
+    /// WeChat accepted the message (errcode 0).
+    Sent,
+    /// WeChat refused it for good (bad openid, not subscribed, bad template ...).
+    Rejected,
+    /// Transient errors outlasted the retry budget, or delivery is unknown.
+    Failed,
+    /// The job itself is malformed; it is also dead-lettered.
+    Invalid,
+    /// It was not sent before its `not_after`.
+    Expired,
+}
+
+impl SendStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendStatus::Sent => "sent",
+            SendStatus::Rejected => "rejected",
+            SendStatus::Failed => "failed",
+            SendStatus::Invalid => "invalid",
+            SendStatus::Expired => "expired",
+        }
+    }
+
+    pub const ALL: [SendStatus; 5] = [
+        SendStatus::Sent,
+        SendStatus::Rejected,
+        SendStatus::Failed,
+        SendStatus::Invalid,
+        SendStatus::Expired,
+    ];
+}
+
+/// One outcome message, as the contract defines it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub kind: Kind,
+    pub id: Option<String>,
+    pub appid: Option<String>,
+    pub touser: Option<String>,
+    pub status: String,
+    pub errcode: Option<i64>,
+    pub errmsg: Option<String>,
+    pub msgid: Option<i64>,
+    pub attempts: u32,
+    pub reason: Option<String>,
+    #[serde(serialize_with = "millis")]
+    pub finished_at: DateTime<Utc>,
+}
+
+fn millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+impl Outcome {
+    /// A send outcome with the fields every status shares.
+    pub fn send(
+        status: SendStatus,
+        id: Option<String>,
+        appid: Option<String>,
+        touser: Option<String>,
+    ) -> Outcome {
+        Outcome {
+            kind: Kind::Send,
+            id,
+            appid,
+            touser,
+            status: status.as_str().to_string(),
+            errcode: None,
+            errmsg: None,
+            msgid: None,
+            attempts: 0,
+            reason: None,
+            finished_at: Utc::now(),
+        }
+    }
+
+    /// The routing key on the outcome exchange: `<kind>.<status>`.
+    pub fn routing_key(&self) -> String {
+        let kind = match self.kind {
+            Kind::Send => "send",
+            Kind::Receipt => "receipt",
+        };
+        // Statuses kept verbatim from WeChat may contain spaces or dots; keep the key a word.
+        let status: String = self
+            .status
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("{kind}.{status}")
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an outcome always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_as_the_contract_shows() {
+        let mut o = Outcome::send(
+            SendStatus::Sent,
+            Some("order-7781-paid".into()),
+            Some("wx0123456789abcdef".into()),
+            Some("OPENID".into()),
+        );
+        o.errcode = Some(0);
+        o.errmsg = Some("ok".into());
+        o.msgid = Some(3_000_000_000);
+        o.attempts = 1;
+        let v: serde_json::Value = serde_json::from_slice(&o.to_json()).unwrap();
+        assert_eq!(v["kind"], "send");
+        assert_eq!(v["status"], "sent");
+        assert_eq!(v["msgid"], 3_000_000_000i64, "msgid is an i64");
+        assert_eq!(v["reason"], serde_json::Value::Null);
+        let at = v["finished_at"].as_str().unwrap();
+        assert!(at.ends_with('Z') && at.contains('.'), "{at}");
+        assert_eq!(o.routing_key(), "send.sent");
+    }
+
+    #[test]
+    fn routing_keys_stay_single_words_for_verbatim_statuses() {
+        let mut o = Outcome::send(SendStatus::Sent, None, None, None);
+        o.kind = Kind::Receipt;
+        o.status = "failed: weird.status".into();
+        assert_eq!(o.routing_key(), "receipt.failed__weird_status");
+    }
+}

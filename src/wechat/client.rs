@@ -1,0 +1,210 @@
+//! A thin reqwest client for the few WeChat endpoints wxdispatch calls.
+//!
+//! WeChat often answers JSON with `Content-Type: text/plain`, so bodies are parsed as JSON
+//! whatever the header says. Transport failures are classified by whether the message may have
+//! reached WeChat: a refused connection certainly did not, a timeout or a 5xx may have.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{Secret, TokenMode};
+
+/// WeChat's common reply shape: `{errcode, errmsg, ...}` plus endpoint-specific fields.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ApiReply {
+    #[serde(default)]
+    pub errcode: i64,
+    #[serde(default)]
+    pub errmsg: String,
+    /// Message id of a template send; it can exceed i32.
+    #[serde(default)]
+    pub msgid: Option<i64>,
+    #[serde(default)]
+    pub access_token: Option<String>,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+}
+
+/// A request that got no usable WeChat reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// The connection could not be made: the request never left, so nothing was sent.
+    #[error("connect error: {0}")]
+    Connect(String),
+    /// No answer in time: the message may or may not have been sent.
+    #[error("timeout")]
+    Timeout,
+    /// An HTTP error status (5xx from a gateway): may or may not have been sent.
+    #[error("http status {0}")]
+    Status(u16),
+    /// The reply could not be read or parsed: may or may not have been sent.
+    #[error("bad reply: {0}")]
+    BadReply(String),
+}
+
+impl SendError {
+    /// Whether the message could have reached WeChat despite the error.
+    pub fn maybe_sent(&self) -> bool {
+        !matches!(self, SendError::Connect(_))
+    }
+
+    /// A short, bounded label for metrics and outcomes.
+    pub fn label(&self) -> String {
+        match self {
+            SendError::Connect(_) => "connect".into(),
+            SendError::Timeout => "timeout".into(),
+            SendError::Status(s) => format!("http_{s}"),
+            SendError::BadReply(_) => "bad_reply".into(),
+        }
+    }
+}
+
+/// The HTTP client. One per process: it holds the keep-alive connection pool.
+#[derive(Clone)]
+pub struct WechatClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl WechatClient {
+    pub fn new(base: &str, timeout: Duration) -> WechatClient {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .pool_max_idle_per_host(512)
+            .tcp_nodelay(true)
+            .user_agent(concat!("wxdispatch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds with static settings");
+        WechatClient {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// `POST /cgi-bin/message/template/send` with a pre-serialized body.
+    pub async fn send_template(
+        &self,
+        token: &Secret,
+        body: Vec<u8>,
+    ) -> Result<ApiReply, SendError> {
+        let url = format!(
+            "{}/cgi-bin/message/template/send?access_token={}",
+            self.base,
+            token.expose()
+        );
+        let req = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        self.execute(req).await
+    }
+
+    /// Fetches an access token, by `stable_token` (optionally forced) or the classic endpoint.
+    pub async fn fetch_token(
+        &self,
+        mode: TokenMode,
+        appid: &str,
+        secret: &Secret,
+        force: bool,
+    ) -> Result<ApiReply, SendError> {
+        let req = match mode {
+            TokenMode::Stable => {
+                let body = serde_json::json!({
+                    "grant_type": "client_credential",
+                    "appid": appid,
+                    "secret": secret.expose(),
+                    "force_refresh": force,
+                });
+                self.http
+                    .post(format!("{}/cgi-bin/stable_token", self.base))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+            }
+            TokenMode::Classic => self
+                .http
+                .get(format!("{}/cgi-bin/token", self.base))
+                .query(&[
+                    ("grant_type", "client_credential"),
+                    ("appid", appid),
+                    ("secret", secret.expose()),
+                ]),
+        };
+        self.execute(req).await
+    }
+
+    async fn execute(&self, req: reqwest::RequestBuilder) -> Result<ApiReply, SendError> {
+        let resp = req.send().await.map_err(classify)?;
+        let status = resp.status();
+        if status.is_server_error() || status.is_client_error() {
+            return Err(SendError::Status(status.as_u16()));
+        }
+        let bytes = resp.bytes().await.map_err(classify)?;
+        serde_json::from_slice(&bytes).map_err(|e| SendError::BadReply(e.to_string()))
+    }
+}
+
+/// Classifies a reqwest error without ever formatting its URL (which holds the token).
+fn classify(e: reqwest::Error) -> SendError {
+    if e.is_timeout() {
+        SendError::Timeout
+    } else if e.is_connect() {
+        SendError::Connect(source_text(&e))
+    } else {
+        SendError::BadReply(source_text(&e))
+    }
+}
+
+fn source_text(e: &reqwest::Error) -> String {
+    let e = e.without_url_ref();
+    let mut s = String::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
+
+trait WithoutUrlRef {
+    fn without_url_ref(&self) -> &(dyn std::error::Error + 'static);
+}
+
+impl WithoutUrlRef for reqwest::Error {
+    fn without_url_ref(&self) -> &(dyn std::error::Error + 'static) {
+        // The top-level Display of a reqwest error includes the URL; its sources do not.
+        match std::error::Error::source(self) {
+            Some(src) => src,
+            None => self,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_with_large_msgids_and_missing_fields() {
+        let r: ApiReply =
+            serde_json::from_str(r#"{"errcode":0,"errmsg":"ok","msgid":5000000000}"#).unwrap();
+        assert_eq!(r.msgid, Some(5_000_000_000));
+        let r: ApiReply =
+            serde_json::from_str(r#"{"access_token":"T","expires_in":7200}"#).unwrap();
+        assert_eq!(r.errcode, 0);
+        assert_eq!(r.access_token.as_deref(), Some("T"));
+    }
+
+    #[test]
+    fn only_connect_errors_are_certainly_unsent() {
+        assert!(!SendError::Connect("refused".into()).maybe_sent());
+        assert!(SendError::Timeout.maybe_sent());
+        assert!(SendError::Status(502).maybe_sent());
+        assert_eq!(SendError::Status(502).label(), "http_502");
+    }
+}

@@ -1,0 +1,801 @@
+//! The one typed table of WeChat Official Account error codes.
+//!
+//! Every `errcode` the worker can see maps to exactly one [`Action`]. Keeping
+//! the mapping in a single table means the send path, the token path, the
+//! metrics labels and the operator documentation (`ERROR_POLICY.md`) all agree.
+//! A unit test renders the table as markdown and checks that the policy
+//! document contains it verbatim, so the doc cannot silently drift from the
+//! code.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// The operator-facing policy document. The test
+/// `policy_doc_contains_generated_table` checks it against [`TABLE`].
+/// This is the only place that names the document's path.
+#[cfg(test)]
+const POLICY_DOC: &str = include_str!("../../docs/ERROR_POLICY.md");
+
+/// What the worker does after WeChat answers with a given `errcode`.
+///
+/// The variants are ordered from "nothing to do" to "give up on this job";
+/// the operational meaning of each one is described in `ERROR_POLICY.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// `errcode` 0: the message was accepted; the job ends as `sent`.
+    Success,
+    /// The access token used by the request is no longer valid. Invalidate
+    /// exactly that token (not a newer one another worker may have fetched),
+    /// refresh, then retry. Token churn is normal, so this is not an error
+    /// worth alerting on by itself.
+    RefreshToken,
+    /// A transient failure. Back off (exponential, full jitter) and retry with
+    /// the same `client_msg_id`, bounded by the retry budget. This is also the
+    /// action for codes the table does not know, because an unknown code is
+    /// more often a new transient condition than a permanent one, and the
+    /// retry budget keeps the cost bounded.
+    Retry,
+    /// 45011, the per-minute limit: wait until the next minute starts, then
+    /// retry. Backing off exponentially would waste the rest of the minute.
+    SlowDown,
+    /// 45009, the daily quota is spent: pause the whole account and defer its
+    /// jobs (never fail them), probing periodically. The quota resets by
+    /// itself, so no job should be lost because of it.
+    PauseQuota,
+    /// A configuration problem (IP whitelist, unauthorized API, wrong
+    /// AppID/AppSecret). Retrying cannot help until an operator changes
+    /// something, so sending stops for that account only.
+    StopAccount,
+    /// The job can never succeed as given (bad openid, bad template, user
+    /// refused, payload too large, ...). The job ends as `rejected`.
+    Reject,
+}
+
+impl Action {
+    /// Every action, in declaration order. Handy for exhaustive tests and for
+    /// pre-registering metric label values.
+    pub const ALL: [Action; 7] = [
+        Action::Success,
+        Action::RefreshToken,
+        Action::Retry,
+        Action::SlowDown,
+        Action::PauseQuota,
+        Action::StopAccount,
+        Action::Reject,
+    ];
+
+    /// The snake_case name, identical to the serde representation, so logs,
+    /// metric labels and JSON agree without going through a serializer.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Success => "success",
+            Action::RefreshToken => "refresh_token",
+            Action::Retry => "retry",
+            Action::SlowDown => "slow_down",
+            Action::PauseQuota => "pause_quota",
+            Action::StopAccount => "stop_account",
+            Action::Reject => "reject",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of the error table.
+///
+/// `reason` is the stable machine word used in job outcomes, logs and metric
+/// labels; `zh` keeps WeChat's own wording so it can be matched against the
+/// official documentation; `en` is a plain explanation for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ErrorInfo {
+    /// The `errcode` value WeChat returns.
+    pub code: i64,
+    /// Short snake_case word, e.g. `invalid_openid`. Stable: dashboards and
+    /// stored outcomes refer to it.
+    pub reason: &'static str,
+    /// WeChat's Chinese description.
+    pub zh: &'static str,
+    /// English explanation, including the modern meaning where it differs
+    /// from the historical Chinese wording.
+    pub en: &'static str,
+    /// What the worker does when a send returns this code.
+    pub action: Action,
+}
+
+const fn row(
+    code: i64,
+    reason: &'static str,
+    zh: &'static str,
+    en: &'static str,
+    action: Action,
+) -> ErrorInfo {
+    ErrorInfo {
+        code,
+        reason,
+        zh,
+        en,
+        action,
+    }
+}
+
+use Action::{PauseQuota, RefreshToken, Reject, Retry, SlowDown, StopAccount, Success};
+
+const ENTRIES: &[ErrorInfo] = &[
+    row(
+        -1,
+        "system_busy",
+        "系统繁忙",
+        "system busy, try again later",
+        Retry,
+    ),
+    row(0, "ok", "请求成功", "request succeeded", Success),
+    row(
+        40001,
+        "invalid_credential",
+        "验证失败",
+        "invalid credential: the access_token is invalid or not the latest (at the token endpoint: wrong AppSecret)",
+        RefreshToken,
+    ),
+    row(
+        40002,
+        "invalid_grant_type",
+        "不合法的凭证类型",
+        "invalid grant_type",
+        Reject,
+    ),
+    row(
+        40003,
+        "invalid_openid",
+        "不合法的OpenID",
+        "invalid openid",
+        Reject,
+    ),
+    row(
+        40004,
+        "invalid_media_type",
+        "不合法的媒体文件类型",
+        "invalid media type",
+        Reject,
+    ),
+    row(
+        40005,
+        "invalid_file_type",
+        "不合法的文件类型",
+        "invalid file type",
+        Reject,
+    ),
+    row(
+        40006,
+        "invalid_file_size",
+        "不合法的文件大小",
+        "invalid file size",
+        Reject,
+    ),
+    row(
+        40007,
+        "invalid_media_id",
+        "不合法的媒体文件id",
+        "invalid media_id",
+        Reject,
+    ),
+    row(
+        40008,
+        "invalid_message_type",
+        "不合法的消息类型",
+        "invalid message type",
+        Reject,
+    ),
+    row(
+        40009,
+        "invalid_image_size",
+        "不合法的图片文件大小",
+        "invalid image file size",
+        Reject,
+    ),
+    row(
+        40010,
+        "invalid_voice_size",
+        "不合法的音频文件大小",
+        "invalid voice file size",
+        Reject,
+    ),
+    row(
+        40011,
+        "invalid_video_size",
+        "不合法的视频文件大小",
+        "invalid video file size",
+        Reject,
+    ),
+    row(
+        40012,
+        "invalid_thumb_size",
+        "不合法的缩略图文件大小",
+        "invalid thumbnail file size",
+        Reject,
+    ),
+    row(
+        40013,
+        "invalid_appid",
+        "不合法的APPID",
+        "invalid AppID",
+        StopAccount,
+    ),
+    row(
+        40014,
+        "invalid_access_token",
+        "不合法的access_token",
+        "invalid access_token",
+        RefreshToken,
+    ),
+    row(
+        40035,
+        "invalid_parameter",
+        "不合法的参数",
+        "invalid parameter",
+        Reject,
+    ),
+    row(
+        40036,
+        "invalid_template_id_size",
+        "不合法的template_id长度",
+        "invalid template_id length",
+        Reject,
+    ),
+    row(
+        40037,
+        "invalid_template_id",
+        "不合法的template_id",
+        "invalid template_id (unknown or deleted template)",
+        Reject,
+    ),
+    row(
+        40125,
+        "invalid_appsecret",
+        "不合法的appsecret",
+        "invalid AppSecret",
+        StopAccount,
+    ),
+    row(
+        40164,
+        "ip_not_whitelisted",
+        "调用接口的IP地址不在白名单中",
+        "caller IP address is not in the account's IP whitelist",
+        StopAccount,
+    ),
+    row(
+        41001,
+        "access_token_missing",
+        "缺少access_token参数",
+        "access_token parameter missing",
+        RefreshToken,
+    ),
+    row(
+        41002,
+        "appid_missing",
+        "缺少appid参数",
+        "appid parameter missing",
+        Reject,
+    ),
+    row(
+        41003,
+        "refresh_token_missing",
+        "缺少refresh_token参数",
+        "refresh_token parameter missing",
+        Reject,
+    ),
+    row(
+        41004,
+        "secret_missing",
+        "缺少secret参数",
+        "secret parameter missing",
+        Reject,
+    ),
+    row(
+        41005,
+        "media_data_missing",
+        "缺少多媒体文件数据",
+        "media file data missing",
+        Reject,
+    ),
+    row(
+        41006,
+        "access_token_timeout",
+        "access_token超时",
+        "access_token timed out",
+        RefreshToken,
+    ),
+    row(
+        42001,
+        "access_token_expired",
+        "需要GET请求",
+        "access_token expired (modern meaning; the old table's wording is \"GET request required\")",
+        RefreshToken,
+    ),
+    row(
+        43002,
+        "require_post",
+        "需要POST请求",
+        "POST request required",
+        Reject,
+    ),
+    row(
+        43003,
+        "require_https",
+        "需要HTTPS请求",
+        "HTTPS request required",
+        Reject,
+    ),
+    row(
+        43004,
+        "require_subscribe",
+        "需要接收者关注",
+        "recipient does not follow the account",
+        Reject,
+    ),
+    row(
+        43019,
+        "recipient_blacklisted",
+        "需要将接收者从黑名单中移除",
+        "recipient is on the account's blacklist",
+        Reject,
+    ),
+    row(
+        43101,
+        "user_refused",
+        "用户拒绝接受消息",
+        "user refused to receive messages",
+        Reject,
+    ),
+    row(
+        44001,
+        "empty_media",
+        "多媒体文件为空",
+        "media file is empty",
+        Reject,
+    ),
+    row(
+        44002,
+        "empty_post_data",
+        "POST的数据包为空",
+        "POST body is empty",
+        Reject,
+    ),
+    row(
+        44003,
+        "empty_news",
+        "图文消息内容为空",
+        "news message content is empty",
+        Reject,
+    ),
+    row(
+        45001,
+        "media_size_limit",
+        "多媒体文件大小超过限制",
+        "media file size exceeds the limit",
+        Reject,
+    ),
+    row(
+        45002,
+        "content_size_limit",
+        "消息内容超过限制",
+        "message content exceeds the limit",
+        Reject,
+    ),
+    row(
+        45003,
+        "title_size_limit",
+        "标题字段超过限制",
+        "title field exceeds the limit",
+        Reject,
+    ),
+    row(
+        45004,
+        "description_size_limit",
+        "描述字段超过限制",
+        "description field exceeds the limit",
+        Reject,
+    ),
+    row(
+        45005,
+        "url_size_limit",
+        "链接字段超过限制",
+        "url field exceeds the limit",
+        Reject,
+    ),
+    row(
+        45006,
+        "picurl_size_limit",
+        "图片链接字段超过限制",
+        "picture url field exceeds the limit",
+        Reject,
+    ),
+    row(
+        45007,
+        "voice_duration_limit",
+        "音频播放时间超过限制",
+        "voice playback time exceeds the limit",
+        Reject,
+    ),
+    row(
+        45008,
+        "article_count_limit",
+        "图文消息超过限制",
+        "news message exceeds the article limit",
+        Reject,
+    ),
+    row(
+        45009,
+        "daily_quota_exceeded",
+        "接口调用超过限制",
+        "API daily call quota exceeded",
+        PauseQuota,
+    ),
+    row(
+        45011,
+        "minute_limit_exceeded",
+        "API调用太频繁",
+        "API called too frequently (per-minute limit)",
+        SlowDown,
+    ),
+    row(
+        46001,
+        "media_not_found",
+        "不存在媒体数据",
+        "media data does not exist",
+        Reject,
+    ),
+    row(
+        47001,
+        "invalid_json_xml",
+        "解析JSON/XML内容错误",
+        "cannot parse the JSON/XML body",
+        Reject,
+    ),
+    row(
+        47003,
+        "invalid_argument",
+        "参数错误/模板参数不准确",
+        "argument invalid (template data does not match the template)",
+        Reject,
+    ),
+    row(
+        48001,
+        "api_unauthorized",
+        "api功能未授权",
+        "API not authorized for this account",
+        StopAccount,
+    ),
+    row(
+        48004,
+        "api_banned",
+        "api接口被封禁",
+        "API banned for this account (see mp.weixin.qq.com)",
+        StopAccount,
+    ),
+    row(
+        50001,
+        "api_unauthorized_by_user",
+        "用户未授权该api",
+        "API not authorized",
+        StopAccount,
+    ),
+    row(
+        50002,
+        "account_restricted",
+        "用户受限，可能是违规后接口被封禁",
+        "account restricted, the API may be banned after a violation",
+        StopAccount,
+    ),
+];
+
+const fn sorted_and_unique(entries: &[ErrorInfo]) -> bool {
+    let mut i = 1;
+    while i < entries.len() {
+        if entries[i - 1].code >= entries[i].code {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// Checked at compile time because `lookup` relies on binary search.
+const _: () = assert!(
+    sorted_and_unique(ENTRIES),
+    "errcode ENTRIES must be sorted by code with no duplicates"
+);
+
+/// All known error codes, sorted by `code` with no duplicates (enforced at
+/// compile time), so lookups can binary-search and the rendered policy table
+/// has a stable order.
+pub static TABLE: &[ErrorInfo] = ENTRIES;
+
+/// The table row for `code`, or `None` if WeChat returned a code this table
+/// does not know. Callers that only need the action or the reason should use
+/// [`action`] or [`reason`], which handle unknown codes consistently.
+pub fn lookup(code: i64) -> Option<&'static ErrorInfo> {
+    TABLE
+        .binary_search_by_key(&code, |e| e.code)
+        .ok()
+        .map(|i| &TABLE[i])
+}
+
+/// The action for a code returned by a send (or any non-token) endpoint.
+///
+/// Unknown codes map to [`Action::Retry`]: new codes are more often transient
+/// than permanent, and the retry budget bounds the cost. A code that keeps
+/// showing up unknown should be added to [`TABLE`].
+pub fn action(code: i64) -> Action {
+    lookup(code).map_or(Action::Retry, |e| e.action)
+}
+
+/// The machine reason for a code: the table's `reason`, or `errcode_<n>` for
+/// unknown codes so outcomes and metrics still carry the raw value.
+pub fn reason(code: i64) -> Cow<'static, str> {
+    match lookup(code) {
+        Some(e) => Cow::Borrowed(e.reason),
+        None => Cow::Owned(format!("errcode_{code}")),
+    }
+}
+
+/// The action for a code returned by the token endpoints
+/// (`GET /cgi-bin/token`, `POST /cgi-bin/stable_token`).
+///
+/// The same numbers mean different things there: 40001 is a wrong AppSecret
+/// rather than a stale token, and refreshing again would just repeat the
+/// failure. So credential and whitelist problems stop the account, 45009
+/// (daily token-call limit, which resets at midnight Beijing time) pauses it
+/// like any other quota, and everything else, including -1 and 45011 (forced
+/// refresh too frequent), is retried with backoff.
+pub fn token_endpoint_action(code: i64) -> Action {
+    match code {
+        0 => Action::Success,
+        // 40001 AppSecret wrong, 40125 invalid appsecret, 40013 invalid appid,
+        // 40164 IP not whitelisted, 41002/41004 missing appid/secret,
+        // 40002 bad grant_type.
+        40001 | 40125 | 40013 | 40164 | 41002 | 41004 | 40002 => Action::StopAccount,
+        45009 => Action::PauseQuota,
+        _ => Action::Retry,
+    }
+}
+
+fn escape_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// Renders [`TABLE`] as the markdown table embedded in `ERROR_POLICY.md`.
+///
+/// The doc is checked against this output in a test; to regenerate it, run
+/// `cargo test print_policy_markdown_table -- --ignored --nocapture` and paste
+/// the printed table between the markers in the doc.
+pub fn policy_markdown_table() -> String {
+    let mut out = String::from("| code | reason | 含义 | meaning | action |\n");
+    out.push_str("|---:|---|---|---|---|\n");
+    for e in TABLE {
+        out.push_str(&format!(
+            "| {} | `{}` | {} | {} | `{}` |\n",
+            e.code,
+            e.reason,
+            escape_cell(e.zh),
+            escape_cell(e.en),
+            e.action.as_str(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Every code the brief requires, with the Chinese wording the source table gives.
+    const REQUIRED: &[(i64, &str)] = &[
+        (-1, "系统繁忙"),
+        (0, "请求成功"),
+        (40001, "验证失败"),
+        (40002, "不合法的凭证类型"),
+        (40003, "不合法的OpenID"),
+        (40004, "不合法的媒体文件类型"),
+        (40005, "不合法的文件类型"),
+        (40006, "不合法的文件大小"),
+        (40007, "不合法的媒体文件id"),
+        (40008, "不合法的消息类型"),
+        (40009, "不合法的图片文件大小"),
+        (40010, "不合法的音频文件大小"),
+        (40011, "不合法的视频文件大小"),
+        (40012, "不合法的缩略图文件大小"),
+        (40013, "不合法的APPID"),
+        (41001, "缺少access_token参数"),
+        (41002, "缺少appid参数"),
+        (41003, "缺少refresh_token参数"),
+        (41004, "缺少secret参数"),
+        (41005, "缺少多媒体文件数据"),
+        (41006, "access_token超时"),
+        (42001, "需要GET请求"),
+        (43002, "需要POST请求"),
+        (43003, "需要HTTPS请求"),
+        (44001, "多媒体文件为空"),
+        (44002, "POST的数据包为空"),
+        (44003, "图文消息内容为空"),
+        (45001, "多媒体文件大小超过限制"),
+        (45002, "消息内容超过限制"),
+        (45003, "标题字段超过限制"),
+        (45004, "描述字段超过限制"),
+        (45005, "链接字段超过限制"),
+        (45006, "图片链接字段超过限制"),
+        (45007, "音频播放时间超过限制"),
+        (45008, "图文消息超过限制"),
+        (45009, "接口调用超过限制"),
+        (46001, "不存在媒体数据"),
+        (47001, "解析JSON/XML内容错误"),
+        // Codes real template sends return.
+        (40014, "不合法的access_token"),
+        (40036, "不合法的template_id长度"),
+        (40037, "不合法的template_id"),
+        (40125, "不合法的appsecret"),
+        (40164, "调用接口的IP地址不在白名单中"),
+        (43004, "需要接收者关注"),
+        (43101, "用户拒绝接受消息"),
+        (45011, "API调用太频繁"),
+        (47003, "参数错误/模板参数不准确"),
+        (48001, "api功能未授权"),
+    ];
+
+    #[test]
+    fn table_sorted_and_unique() {
+        assert!(sorted_and_unique(TABLE));
+        let codes: HashSet<i64> = TABLE.iter().map(|e| e.code).collect();
+        assert_eq!(codes.len(), TABLE.len());
+        assert!(!sorted_and_unique(&[TABLE[1], TABLE[0]]));
+        assert!(!sorted_and_unique(&[TABLE[0], TABLE[0]]));
+    }
+
+    #[test]
+    fn reasons_are_unique_snake_case_words() {
+        let mut seen = HashSet::new();
+        for e in TABLE {
+            assert!(seen.insert(e.reason), "duplicate reason {}", e.reason);
+            assert!(
+                !e.reason.is_empty()
+                    && e.reason
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "reason {:?} for {} is not snake_case",
+                e.reason,
+                e.code
+            );
+            assert!(
+                !e.reason.starts_with("errcode_"),
+                "errcode_ prefix is reserved for unknown codes"
+            );
+            assert!(
+                !e.zh.is_empty() && !e.en.is_empty(),
+                "{} lacks text",
+                e.code
+            );
+        }
+    }
+
+    #[test]
+    fn every_required_code_present_with_table_wording() {
+        for &(code, zh) in REQUIRED {
+            let e = lookup(code).unwrap_or_else(|| panic!("code {code} missing from TABLE"));
+            assert_eq!(e.code, code);
+            assert_eq!(e.zh, zh, "Chinese wording for {code}");
+        }
+    }
+
+    #[test]
+    fn required_actions() {
+        let expect = |codes: &[i64], want: Action| {
+            for &c in codes {
+                assert_eq!(action(c), want, "action for {c}");
+            }
+        };
+        expect(&[0], Action::Success);
+        expect(&[40001, 40014, 41001, 41006, 42001], Action::RefreshToken);
+        expect(&[-1], Action::Retry);
+        expect(&[45009], Action::PauseQuota);
+        expect(&[45011], Action::SlowDown);
+        expect(&[40164, 48001, 40013, 40125], Action::StopAccount);
+        let mut reject = vec![
+            40002, 40003, 40008, 40036, 40037, 43002, 43003, 43004, 43101, 46001, 47001, 47003,
+        ];
+        reject.extend(40004..=40012);
+        reject.extend(41002..=41005);
+        reject.extend(44001..=44003);
+        reject.extend(45001..=45008);
+        expect(&reject, Action::Reject);
+    }
+
+    #[test]
+    fn lookup_action_reason_samples() {
+        let e = lookup(40003).unwrap();
+        assert_eq!(e.reason, "invalid_openid");
+        assert_eq!(e.action, Action::Reject);
+        assert_eq!(reason(40003), "invalid_openid");
+
+        let e = lookup(42001).unwrap();
+        assert_eq!(e.zh, "需要GET请求");
+        assert!(e.en.contains("access_token expired"));
+        assert_eq!(reason(42001), "access_token_expired");
+
+        assert_eq!(reason(0), "ok");
+        assert_eq!(reason(-1), "system_busy");
+        assert_eq!(reason(45009), "daily_quota_exceeded");
+        assert_eq!(reason(45011), "minute_limit_exceeded");
+        assert_eq!(reason(40164), "ip_not_whitelisted");
+        assert!(matches!(reason(40037), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn unknown_codes() {
+        for code in [1, 12345, 40000, 45010, 99999, -2, i64::MIN, i64::MAX] {
+            assert!(lookup(code).is_none(), "{code} should be unknown");
+            assert_eq!(action(code), Action::Retry);
+            assert_eq!(reason(code), format!("errcode_{code}"));
+        }
+        assert_eq!(reason(-7), "errcode_-7");
+    }
+
+    #[test]
+    fn token_endpoint_rules() {
+        assert_eq!(token_endpoint_action(0), Action::Success);
+        for c in [40001, 40125, 40013, 40164, 41002, 41004, 40002] {
+            assert_eq!(token_endpoint_action(c), Action::StopAccount, "token {c}");
+        }
+        assert_eq!(token_endpoint_action(45009), Action::PauseQuota);
+        for c in [-1, 45011, 40014, 42001, 12345, 48001] {
+            assert_eq!(token_endpoint_action(c), Action::Retry, "token {c}");
+        }
+        // 40001 means something different at the send endpoint.
+        assert_eq!(action(40001), Action::RefreshToken);
+    }
+
+    #[test]
+    fn action_names_are_snake_case_and_distinct() {
+        let names: HashSet<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(names.len(), Action::ALL.len());
+        assert_eq!(Action::PauseQuota.to_string(), "pause_quota");
+        assert_eq!(Action::StopAccount.as_str(), "stop_account");
+    }
+
+    #[test]
+    fn markdown_table_shape() {
+        let t = policy_markdown_table();
+        assert_eq!(t.lines().count(), TABLE.len() + 2);
+        assert!(t.contains("| 42001 | `access_token_expired` | 需要GET请求 |"));
+        for line in t.lines() {
+            assert_eq!(
+                line.replace("\\|", "").matches('|').count(),
+                6,
+                "row shape: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn policy_doc_contains_generated_table() {
+        let table = policy_markdown_table();
+        assert!(
+            POLICY_DOC.contains(&table),
+            "ERROR_POLICY.md is out of date with errcode::TABLE.\n\
+             Regenerate with: cargo test print_policy_markdown_table -- --ignored --nocapture\n\
+             and replace the table between the `errcode-table` markers in the doc.\n\
+             Expected table:\n{table}"
+        );
+    }
+
+    /// Prints the table for pasting into ERROR_POLICY.md.
+    #[test]
+    #[ignore = "helper: prints the policy table for regenerating ERROR_POLICY.md"]
+    fn print_policy_markdown_table() {
+        print!("{}", policy_markdown_table());
+    }
+}

@@ -1,0 +1,366 @@
+//! The worker: consume jobs, dispatch them, publish one confirmed outcome, then ack.
+//!
+//! A supervisor loop owns a *session*: one connection for consuming and one for publishing
+//! (so a flow-controlled publisher never stalls deliveries and acks). When either connection
+//! is lost, the session ends, readiness drops, and a new session is built with backoff; the
+//! topology is declared again on every session. Deliveries of a dead channel are never acked
+//! on a new one: the broker redelivers them.
+//!
+//! The ack rule: a job is acked only after everything it produced (its outcome, its
+//! dead-letter copy, its deferred copy or its expanded recipients) was confirmed by the broker.
+//! On any publish failure the job is nacked with requeue and comes back.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::amqp::{self, PublishError, Publisher, headers, topology};
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, Disposition};
+use crate::job::{self, Parsed};
+use crate::metrics::Metrics;
+use crate::outcome::{Outcome, SendStatus};
+use crate::shutdown::Shutdown;
+
+/// Liveness and readiness, shared with the HTTP probes.
+#[derive(Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+    fn set_ready(&self, metrics: &Metrics, v: bool) {
+        self.ready.store(v, Ordering::Relaxed);
+        metrics.ready.set(i64::from(v));
+    }
+}
+
+/// What every job task needs.
+pub struct Ctx {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub health: Arc<Health>,
+}
+
+impl Ctx {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Ctx> {
+        let dispatcher = Arc::new(Dispatcher::new(&config, metrics.clone()));
+        Arc::new(Ctx {
+            config,
+            metrics,
+            dispatcher,
+            health: Arc::new(Health::default()),
+        })
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Runs the worker until `shutdown` is triggered and in-flight jobs are drained.
+pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) -> anyhow::Result<()> {
+    for acct in ctx.dispatcher.accounts() {
+        tokio::spawn(acct.tokens.clone().keep_fresh(shutdown.clone()));
+    }
+    let mut backoff = Duration::from_millis(250);
+    let mut first = true;
+    loop {
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
+        if !first {
+            ctx.metrics.amqp_reconnects_total.inc();
+        }
+        first = false;
+        let started = Instant::now();
+        match session(&ctx, &shutdown).await {
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::Lost(why)) => {
+                tracing::warn!(reason = %why, "AMQP session lost; reconnecting");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "AMQP session failed; reconnecting");
+            }
+        }
+        ctx.health.set_ready(&ctx.metrics, false);
+        ctx.metrics.amqp_connected.set(0);
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(250);
+        }
+        let wait = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        backoff = (backoff * 2).min(Duration::from_secs(15));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => return Ok(()),
+        }
+    }
+}
+
+async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionEnd> {
+    let cfg = &ctx.config;
+    let host = hostname();
+    let pub_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-publish-{host}")).await?;
+    let con_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-consume-{host}")).await?;
+    let publisher = Arc::new(Publisher::new(&pub_conn, cfg).await?);
+    topology::declare(publisher.channel(), cfg).await?;
+    let ch = con_conn.create_channel().await?;
+    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = ch
+        .basic_consume(
+            cfg.jobs_queue.as_str().into(),
+            format!("wxdispatch-{host}").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let tag = consumer.tag();
+    ctx.metrics.amqp_connected.set(1);
+    ctx.health.set_ready(&ctx.metrics, true);
+    tracing::info!(queue = %cfg.jobs_queue, prefetch = cfg.prefetch, concurrency = cfg.concurrency, "consuming");
+
+    let mut pub_events = pub_conn.events_listener();
+    let mut con_events = con_conn.events_listener();
+    let slots = Arc::new(Semaphore::new(cfg.concurrency));
+    let mut tasks = JoinSet::new();
+    let end = loop {
+        while tasks.try_join_next().is_some() {}
+        if !pub_conn.status().connected() || !con_conn.status().connected() {
+            break SessionEnd::Lost("connection closed".into());
+        }
+        // While the broker blocks our publisher (memory or disk alarm), take no new work:
+        // every job needs a publish before it can be acked.
+        if pub_conn.status().blocked() {
+            ctx.health.set_ready(&ctx.metrics, false);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                _ = shutdown.wait() => break SessionEnd::Shutdown,
+            }
+        }
+        ctx.health.set_ready(&ctx.metrics, true);
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.wait() => break SessionEnd::Shutdown,
+        };
+        tokio::select! {
+            _ = shutdown.wait() => break SessionEnd::Shutdown,
+            d = consumer.next() => match d {
+                Some(Ok(delivery)) => {
+                    let ctx = ctx.clone();
+                    let publisher = publisher.clone();
+                    tasks.spawn(async move {
+                        handle(ctx, publisher, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => break SessionEnd::Lost(format!("consumer error: {e}")),
+                None => break SessionEnd::Lost("consumer cancelled by the broker".into()),
+            },
+            ev = pub_events.next() => if let Some(lapin::Event::Error(e)) = ev {
+                break SessionEnd::Lost(format!("publisher connection: {e}"));
+            },
+            ev = con_events.next() => if let Some(lapin::Event::Error(e)) = ev {
+                break SessionEnd::Lost(format!("consumer connection: {e}"));
+            },
+        }
+    };
+    ctx.health.set_ready(&ctx.metrics, false);
+    // Stop new deliveries; what was prefetched but not started is requeued when the channel
+    // closes.
+    let _ = ch.basic_cancel(tag, BasicCancelOptions::default()).await;
+    let drain = match end {
+        SessionEnd::Shutdown => cfg.drain_timeout(),
+        SessionEnd::Lost(_) => Duration::from_secs(5),
+    };
+    while tasks.try_join_next().is_some() {}
+    let inflight = tasks.len();
+    if inflight > 0 {
+        tracing::info!(
+            inflight,
+            timeout_secs = drain.as_secs(),
+            "draining in-flight jobs"
+        );
+    }
+    let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_ok();
+    if !drained {
+        tracing::warn!(
+            left = tasks.len(),
+            "drain timeout; unfinished jobs will be redelivered"
+        );
+        tasks.abort_all();
+    }
+    let _ = ch.close(200, "bye".into()).await;
+    let _ = con_conn.close(200, "bye".into()).await;
+    let _ = publisher.channel().close(200, "bye".into()).await;
+    let _ = pub_conn.close(200, "bye".into()).await;
+    ctx.metrics.amqp_connected.set(0);
+    Ok(end)
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("pid{}", std::process::id()))
+}
+
+/// Handles one delivery; never panics out and never acks without a confirmed publish.
+async fn handle(ctx: Arc<Ctx>, publisher: Arc<Publisher>, delivery: Delivery) {
+    ctx.metrics.inflight.inc();
+    let result = AssertUnwindSafe(process(&ctx, &publisher, &delivery))
+        .catch_unwind()
+        .await;
+    let failed = match result {
+        Ok(Ok(())) => false,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not publish a job's result; the job will be redelivered");
+            true
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %msg, "job handler panicked; the job is requeued and dead-lettered after the delivery limit");
+            true
+        }
+    };
+    if failed {
+        // A short pause so a broker that keeps refusing does not turn this into a hot loop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await;
+    }
+    ctx.metrics.inflight.dec();
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %e, "ack failed; the job will be redelivered and deduplicated by id");
+    }
+}
+
+async fn process(
+    ctx: &Ctx,
+    publisher: &Publisher,
+    delivery: &Delivery,
+) -> Result<(), PublishError> {
+    let props = &delivery.properties;
+    let message_id = props.message_id().as_ref().map(|m| m.as_str());
+    let parsed = job::parse(&delivery.data, message_id, &ctx.config);
+    match parsed {
+        Err((invalid, known)) => {
+            tracing::warn!(
+                job_id = known.id.as_deref().unwrap_or("-"),
+                appid = known.appid.as_deref().unwrap_or("-"),
+                reason = invalid.reason,
+                detail = %invalid.detail,
+                "invalid job; dead-lettering it"
+            );
+            publisher
+                .dead_letter(&delivery.data, props, invalid.reason, &invalid.detail)
+                .await?;
+            ctx.metrics
+                .dead_letters_total
+                .with_label_values(&[invalid.reason])
+                .inc();
+            let mut o = Outcome::send(SendStatus::Invalid, known.id, known.appid, known.touser);
+            o.reason = Some(invalid.reason.to_string());
+            o.errmsg = Some(invalid.detail);
+            publish_final(ctx, publisher, delivery, &o).await
+        }
+        Ok(Parsed::Batch(batch)) => {
+            let span = tracing::info_span!("batch", job_id = %batch.id, appid = %batch.appid);
+            async {
+                let id = batch.id.to_string();
+                // Expand-then-ack: every recipient's job is confirmed before the batch is acked.
+                // A crash in between re-expands the batch; WeChat deduplicates each recipient.
+                for chunk in batch.recipients.chunks(256) {
+                    let mut pending = futures_util::stream::FuturesUnordered::new();
+                    for r in chunk {
+                        pending.push(publisher.job(batch.job_for(r), &id));
+                    }
+                    while let Some(res) = pending.next().await {
+                        res?;
+                    }
+                }
+                tracing::info!(recipients = batch.recipients.len(), "batch expanded");
+                ack(delivery).await;
+                Ok(())
+            }
+            .instrument(span)
+            .await
+        }
+        Ok(Parsed::Single(job)) => {
+            let span = tracing::info_span!("job", job_id = %job.id, appid = %job.appid);
+            async {
+                let state = headers::retry_state(props);
+                match ctx.dispatcher.run(&job, state).await {
+                    Disposition::Final(o) => {
+                        tracing::info!(status = %o.status, errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
+                        let latency = chrono::Utc::now().timestamp_millis() - state.first_seen_ms;
+                        ctx.metrics
+                            .outcome_latency_seconds
+                            .observe(latency.max(0) as f64 / 1000.0);
+                        publish_final(ctx, publisher, delivery, &o).await
+                    }
+                    Disposition::Defer { delay, reason, state } => {
+                        tracing::debug!(reason, delay_ms = delay.as_millis() as u64, "job deferred");
+                        let props = headers::with_retry_state(props, &state, reason);
+                        publisher.defer(&delivery.data, props, delay).await?;
+                        ack(delivery).await;
+                        Ok(())
+                    }
+                }
+            }
+            .instrument(span)
+            .await
+        }
+    }
+}
+
+async fn publish_final(
+    ctx: &Ctx,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    o: &Outcome,
+) -> Result<(), PublishError> {
+    publisher.outcome(o).await?;
+    // Only configured appids become label values: an invalid job may name anything.
+    let appid = o
+        .appid
+        .as_deref()
+        .filter(|a| ctx.config.account(Some(a)).is_some())
+        .unwrap_or("unknown");
+    ctx.metrics
+        .jobs_total
+        .with_label_values(&[appid, &o.status])
+        .inc();
+    ack(delivery).await;
+    Ok(())
+}
