@@ -317,21 +317,21 @@ fn check_credentials(
     appid: Option<&str>,
     secret: Option<&str>,
     wrong_secret: i64,
-) -> Result<String, Response> {
+) -> Result<String, (i64, &'static str)> {
     let Some(appid) = appid.filter(|a| !a.is_empty()) else {
-        return Err(wx_err(41002, "appid missing"));
+        return Err((41002, "appid missing"));
     };
     let Some(secret) = secret.filter(|a| !a.is_empty()) else {
-        return Err(wx_err(41004, "appsecret missing"));
+        return Err((41004, "appsecret missing"));
     };
     match s.accounts.get(appid) {
         None => {
             s.error("40013".into());
-            Err(wx_err(40013, "invalid appid"))
+            Err((40013, "invalid appid"))
         }
         Some(expected) if expected != secret => {
             s.error(wrong_secret.to_string());
-            Err(wx_err(wrong_secret, "invalid appsecret"))
+            Err((wrong_secret, "invalid appsecret"))
         }
         Some(_) => Ok(appid.to_string()),
     }
@@ -344,7 +344,7 @@ async fn classic_token(State(s): State<Shared>, Query(q): Query<TokenQuery>) -> 
     }
     let appid = match check_credentials(&s, q.appid.as_deref(), q.secret.as_deref(), 40001) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err((code, msg)) => return wx_err(code, msg),
     };
     let ttl = s.behaviour.read().unwrap().token_ttl_secs;
     let token = s.issue_token(&appid, ttl);
@@ -376,7 +376,7 @@ async fn stable_token(State(s): State<Shared>, body: Bytes) -> Response {
     }
     let appid = match check_credentials(&s, q.appid.as_deref(), q.secret.as_deref(), 40125) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err((code, msg)) => return wx_err(code, msg),
     };
     let ttl = s.behaviour.read().unwrap().token_ttl_secs;
     let mut stable = s.stable.lock().unwrap();

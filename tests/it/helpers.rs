@@ -1,0 +1,291 @@
+//! Shared test harness: a simulator, a worker and unique queue names on the real broker.
+#![allow(dead_code)] // shared by every test module; not each uses every helper
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use serde_json::Value;
+
+use wxdispatch::amqp::{self, Publisher};
+use wxdispatch::app::{self, RunningWorker};
+use wxdispatch::config::Config;
+use wxdispatch::mock::{Behaviour, MockConfig, MockServer};
+use wxdispatch::shutdown::Shutdown;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const APPID: &str = "wxtest0000000001";
+pub const SECRET: &str = "test-secret-1";
+
+/// A random suffix so concurrent tests never share queues.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}.{:016x}", rand::random::<u64>())
+}
+
+/// Builds a configuration the way the binary does, from `WXD_*` settings.
+pub fn config(prefix: &str, api_base: &str, extra: &[(&str, &str)]) -> Config {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mut set = |k: &str, v: &str| {
+        env.insert(k.to_string(), v.to_string());
+    };
+    set("WXD_AMQP_URL", AMQP_URL);
+    set("WXD_JOBS_QUEUE", &format!("{prefix}.jobs"));
+    set("WXD_OUTCOMES_EXCHANGE", &format!("{prefix}.outcomes"));
+    set("WXD_OUTCOMES_QUEUE", &format!("{prefix}.outcomes"));
+    set("WXD_DEAD_QUEUE", &format!("{prefix}.dead"));
+    set("WXD_API_BASE", api_base);
+    set("WXD_APPID", APPID);
+    set("WXD_SECRET", SECRET);
+    set("WXD_HTTP_ADDR", "127.0.0.1:0");
+    set("WXD_RATE_PER_SEC", "10000");
+    set("WXD_HTTP_TIMEOUT_MS", "1000");
+    set("WXD_RETRY_BASE_MS", "20");
+    set("WXD_LOG_FORMAT", "text");
+    for (k, v) in extra {
+        set(k, v);
+    }
+    Config::from_sources(None, &env).expect("test config is valid")
+}
+
+/// A simulator plus a worker on unique queues, and a client connection to inspect them.
+pub struct Harness {
+    pub config: Config,
+    pub mock: MockServer,
+    pub worker: Option<RunningWorker>,
+    pub conn: Connection,
+    pub publisher: Publisher,
+}
+
+/// Harness options.
+#[derive(Default)]
+pub struct Opts<'a> {
+    pub behaviour: Behaviour,
+    /// Extra `WXD_*` settings for the worker.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Extra simulator accounts.
+    pub accounts: Vec<(String, String)>,
+    /// Don't start the worker (the test starts it itself).
+    pub no_worker: bool,
+}
+
+impl Harness {
+    pub async fn start(opts: Opts<'_>) -> Harness {
+        let _ = tracing_subscriber_init();
+        let mut accounts = vec![(APPID.to_string(), SECRET.to_string())];
+        accounts.extend(opts.accounts);
+        let mock = MockServer::start(
+            "127.0.0.1:0",
+            MockConfig {
+                accounts,
+                behaviour: opts.behaviour,
+                push: None,
+            },
+        )
+        .await
+        .expect("simulator starts");
+        let prefix = unique("wxd.test");
+        let config = config(&prefix, &mock.base_url(), opts.env);
+        let conn = amqp::connect(AMQP_URL, "wxdispatch-test")
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672 (start it with rabbitmq-server -detached)");
+        let publisher = Publisher::new(&conn, &config).await.expect("channel");
+        amqp::topology::declare(publisher.channel(), &config)
+            .await
+            .expect("declare");
+        let mut h = Harness {
+            config,
+            mock,
+            worker: None,
+            conn,
+            publisher,
+        };
+        if !opts.no_worker {
+            h.start_worker().await;
+        }
+        h
+    }
+
+    pub async fn start_worker(&mut self) {
+        let w = app::start(self.config.clone(), Shutdown::new())
+            .await
+            .expect("worker starts");
+        self.worker = Some(w);
+    }
+
+    pub async fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop().await.expect("worker stops cleanly");
+        }
+    }
+
+    /// Publishes a job body (with confirms) to the jobs queue.
+    pub async fn publish_raw(&self, body: &[u8]) {
+        self.publisher
+            .publish(
+                "",
+                &self.config.jobs_queue,
+                body,
+                BasicProperties::default().with_content_type("application/json".into()),
+            )
+            .await
+            .expect("job published");
+    }
+
+    pub async fn publish(&self, job: &Value) {
+        self.publish_raw(&serde_json::to_vec(job).unwrap()).await;
+    }
+
+    /// Publishes many jobs concurrently.
+    pub async fn publish_many(&self, jobs: &[Value]) {
+        let bodies: Vec<Vec<u8>> = jobs.iter().map(|j| serde_json::to_vec(j).unwrap()).collect();
+        let q = self.config.jobs_queue.clone();
+        futures_util::stream::iter(bodies.iter())
+            .map(|b| {
+                self.publisher
+                    .publish("", &q, b, BasicProperties::default())
+            })
+            .buffer_unordered(256)
+            .for_each(|r| async move { r.expect("job published") })
+            .await;
+    }
+
+    /// Reads `n` messages from `queue` (acking them), or fewer if `timeout` passes.
+    pub async fn read(&self, queue: &str, n: usize, timeout: Duration) -> Vec<(Value, BasicProperties)> {
+        let ch = self.conn.create_channel().await.unwrap();
+        ch.basic_qos(500, Default::default()).await.unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    d.acker.ack(BasicAckOptions::default()).await.unwrap();
+                    let v = serde_json::from_slice(&d.data)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&d.data).into_owned()));
+                    out.push((v, d.properties));
+                }
+                _ => break,
+            }
+        }
+        let _ = ch.close(200, "done".into()).await;
+        out
+    }
+
+    /// `n` outcomes, deduplicated by (kind, id, touser) as a consumer would.
+    pub async fn outcomes(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let batch = self
+                .read(&self.config.outcomes_queue, n - out.len(), left)
+                .await;
+            if batch.is_empty() {
+                break;
+            }
+            for (v, _) in batch {
+                let key = (v["kind"].to_string(), v["id"].to_string(), v["touser"].to_string(), v["msgid"].to_string());
+                if seen.insert(key) {
+                    out.push(v);
+                }
+            }
+        }
+        out
+    }
+
+    /// Messages in a queue right now (passive declare).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0);
+        let _ = ch.close(200, "done".into()).await;
+        q
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.worker.as_ref().unwrap().http_addr)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.metrics_url()).await.unwrap().text().await.unwrap()
+    }
+
+    /// Stops the worker and deletes every queue and exchange the test used.
+    pub async fn cleanup(mut self) {
+        self.stop_worker().await;
+        let ch = self.publisher.channel();
+        let c = &self.config;
+        let mut names = vec![c.jobs_queue.clone(), c.outcomes_queue.clone(), c.dead_queue.clone()];
+        names.extend(
+            amqp::topology::DELAY_TIERS
+                .iter()
+                .map(|t| amqp::topology::delay_queue(c, *t)),
+        );
+        for q in names {
+            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        let _ = ch
+            .exchange_delete(c.outcomes_exchange.as_str().into(), Default::default())
+            .await;
+        let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
+/// A sample job for recipient `touser`.
+pub fn job(id: &str, touser: &str) -> Value {
+    serde_json::json!({
+        "id": id,
+        "touser": touser,
+        "template_id": "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY",
+        "data": {"User": {"value": "黄先生", "color": "#173177"}}
+    })
+}
+
+/// Counts outcomes by status.
+pub fn by_status(outcomes: &[Value]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for o in outcomes {
+        *m.entry(o["status"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    m
+}
+
+/// The value of a metric sample line (`name{labels} value`), summed over matching lines.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn tracing_subscriber_init() -> Option<()> {
+    if std::env::var_os("TEST_LOG").is_some() {
+        wxdispatch::logging::init(wxdispatch::config::LogFormat::Text);
+    }
+    Some(())
+}
