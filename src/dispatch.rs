@@ -12,8 +12,8 @@
 //! `unknown_delivery`, never a blind resend.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
@@ -49,6 +49,28 @@ impl RetryState {
             maybe_sent_ms: None,
         }
     }
+
+    /// Whether a try made `wait` after `now_ms` could fall outside WeChat's deduplication
+    /// window of an earlier attempt that may have been delivered. Such a try could produce a
+    /// second message, so it must not be made.
+    pub fn past_dedup_window(&self, now_ms: i64, wait: Duration) -> bool {
+        self.maybe_sent_ms.is_some_and(|first| {
+            let since = Duration::from_millis((now_ms - first).max(0) as u64);
+            since + wait >= DEDUP_WINDOW
+        })
+    }
+}
+
+/// What happens after a try that failed in a way worth repeating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Try again after the wait.
+    Retry,
+    /// Stop: the job ends `failed` with this reason.
+    GiveUp(String),
+    /// Stop without another try: an earlier attempt may have been delivered, so the job ends
+    /// `failed` with reason `unknown_delivery`.
+    UnknownDelivery,
 }
 
 /// How a job ends its turn on a worker.
@@ -85,8 +107,28 @@ impl RetryPolicy {
         }
     }
 
-    /// The delay before retry number `n` (0-based): exponential with full jitter, i.e. a
-    /// uniform pick between zero and the exponential cap. backon gives the capped schedule.
+    /// Whether a job that just failed with `reason` may be tried again after `wait`.
+    ///
+    /// It may not when its attempts or its time budget are spent, or when the retry would land
+    /// outside the deduplication window of an attempt that may have been delivered. Giving up
+    /// after such an attempt is always [`Next::UnknownDelivery`], whatever the last error was:
+    /// the message may have reached the user, and the upstream must not resend it blindly.
+    pub fn next(&self, state: &RetryState, now_ms: i64, reason: &str, wait: Duration) -> Next {
+        let elapsed = Duration::from_millis((now_ms - state.first_seen_ms).max(0) as u64);
+        let spent = state.attempts >= self.max_attempts || elapsed + wait > self.budget;
+        if state.past_dedup_window(now_ms, wait) || (spent && state.maybe_sent_ms.is_some()) {
+            Next::UnknownDelivery
+        } else if spent {
+            Next::GiveUp(reason.into())
+        } else {
+            Next::Retry
+        }
+    }
+
+    /// The delay before retry number `n` (0-based): exponential backoff from backon (base,
+    /// doubling, capped at `max_delay`) with jitter: a uniform pick between a tenth of that cap
+    /// and the cap. Full jitter spreads a burst of failures; the floor keeps a retry from
+    /// firing back-to-back with the failure it answers.
     pub fn delay(&self, n: u32) -> Duration {
         let cap = ExponentialBuilder::default()
             .with_min_delay(self.base)
@@ -105,6 +147,38 @@ impl RetryPolicy {
 pub struct AccountCtx {
     pub gate: AccountGate,
     pub tokens: Arc<TokenSource>,
+    /// Set while a send was refused for the account's configuration (40164 IP whitelist,
+    /// 48001 API unauthorized, ...): the errcode and when one probe send may go out.
+    send_stop: Mutex<Option<(i64, Instant)>>,
+}
+
+impl AccountCtx {
+    /// How long this job must wait because the account is stopped, or `None` to send. Once
+    /// the hold has passed, exactly one caller gets `None` (the probe) and the hold is renewed
+    /// for everybody else; a successful probe clears it.
+    fn stop_hold(&self, probe_every: Duration) -> Option<Duration> {
+        let mut stop = self.send_stop.lock().expect("stop lock");
+        let (code, until) = (*stop)?;
+        let now = Instant::now();
+        if now < until {
+            return Some(until - now);
+        }
+        *stop = Some((code, now + probe_every));
+        None
+    }
+
+    /// Stops sends for `hold`. Returns whether the account was running until now.
+    fn stop_sends(&self, code: i64, hold: Duration) -> bool {
+        let mut stop = self.send_stop.lock().expect("stop lock");
+        let was_running = stop.is_none();
+        *stop = Some((code, Instant::now() + hold));
+        was_running
+    }
+
+    /// A send succeeded: clears a stop. Returns whether there was one.
+    fn resume_sends(&self) -> bool {
+        self.send_stop.lock().expect("stop lock").take().is_some()
+    }
 }
 
 /// Sends jobs according to the policy. Shared by all in-flight tasks.
@@ -113,6 +187,8 @@ pub struct Dispatcher {
     accounts: HashMap<String, Arc<AccountCtx>>,
     metrics: Arc<Metrics>,
     policy: RetryPolicy,
+    /// While an account is stopped by a send's configuration error, one probe per this.
+    stop_probe: Duration,
 }
 
 /// What one try produced.
@@ -127,18 +203,24 @@ impl Dispatcher {
             &config.api_base,
             Duration::from_millis(config.http_timeout_ms),
         );
+        let shared = config
+            .redis_url
+            .as_deref()
+            .map(|url| Arc::new(crate::limiter::shared::SharedSlot::new(url)));
         let accounts = config
             .accounts
             .iter()
             .map(|a| {
                 metrics.init_account(&a.appid);
                 let ctx = AccountCtx {
-                    gate: AccountGate::new(
+                    gate: AccountGate::with_shared(
                         &a.appid,
                         a.rate_per_sec,
                         a.daily_quota,
                         Duration::from_secs(config.quota_probe_secs.max(1)),
                         metrics.clone(),
+                        shared.clone(),
+                        config.expected_replicas,
                     ),
                     tokens: Arc::new(TokenSource::new(
                         a.appid.clone(),
@@ -148,6 +230,7 @@ impl Dispatcher {
                         metrics.clone(),
                         Duration::from_secs(config.account_stop_probe_secs.max(1)),
                     )),
+                    send_stop: Mutex::new(None),
                 };
                 (a.appid.clone(), Arc::new(ctx))
             })
@@ -157,6 +240,7 @@ impl Dispatcher {
             accounts,
             metrics,
             policy: RetryPolicy::from_config(config),
+            stop_probe: Duration::from_secs(config.account_stop_probe_secs.max(1)),
         }
     }
 
@@ -180,28 +264,27 @@ impl Dispatcher {
                 o.reason = Some("not_after_passed".into());
                 return Disposition::Final(o);
             }
+            // A job back from a delay queue (or redelivered) may have waited past the window.
+            if state.past_dedup_window(Utc::now().timestamp_millis(), Duration::ZERO) {
+                return Disposition::Final(self.unknown_delivery(job, &state, None));
+            }
             match self.try_once(job, acct, &mut state).await {
                 Try::Done(d) => return d,
                 Try::Again { reason, wait } => {
                     let appid = job.appid.as_str();
                     let now = Utc::now().timestamp_millis();
-                    let elapsed = Duration::from_millis((now - state.first_seen_ms).max(0) as u64);
-                    let budget_left = self.policy.budget.saturating_sub(elapsed);
-                    if state.attempts >= self.policy.max_attempts || budget_left.is_zero() {
-                        let mut o = self.outcome(job, SendStatus::Failed, &state);
-                        o.reason = Some(reason);
-                        return Disposition::Final(o);
-                    }
-                    if let Some(first) = state.maybe_sent_ms {
-                        let since = Duration::from_millis((now - first).max(0) as u64);
-                        if since + wait >= DEDUP_WINDOW {
+                    match self.policy.next(&state, now, &reason, wait) {
+                        Next::Retry => {}
+                        Next::UnknownDelivery => {
+                            return Disposition::Final(self.unknown_delivery(
+                                job,
+                                &state,
+                                Some(&reason),
+                            ));
+                        }
+                        Next::GiveUp(r) => {
                             let mut o = self.outcome(job, SendStatus::Failed, &state);
-                            o.reason = Some("unknown_delivery".into());
-                            tracing::warn!(
-                                job_id = %job.id, appid,
-                                "a possibly delivered message can no longer be retried inside \
-                                 WeChat's dedup window; giving up as unknown_delivery"
-                            );
+                            o.reason = Some(r);
                             return Disposition::Final(o);
                         }
                     }
@@ -211,11 +294,7 @@ impl Dispatcher {
                         .inc();
                     tracing::debug!(job_id = %job.id, appid, %reason, wait_ms = wait.as_millis() as u64, "retrying");
                     if wait > self.policy.inline_max {
-                        return Disposition::Defer {
-                            delay: wait,
-                            reason: "backoff",
-                            state,
-                        };
+                        return self.defer(appid, wait, "backoff", state);
                     }
                     tokio::time::sleep(wait).await;
                 }
@@ -223,8 +302,25 @@ impl Dispatcher {
         }
     }
 
+    /// The `failed` outcome of a job that may or may not have been delivered.
+    fn unknown_delivery(&self, job: &Job, state: &RetryState, last: Option<&str>) -> Outcome {
+        tracing::warn!(
+            job_id = %job.id, appid = %job.appid, last_error = last.unwrap_or("-"),
+            "giving up on a message that may already have been delivered (an earlier attempt \
+             timed out or got no readable reply); reporting unknown_delivery instead of risking \
+             a second message. Check with the recipient before resending it."
+        );
+        let mut o = self.outcome(job, SendStatus::Failed, state);
+        o.reason = Some("unknown_delivery".into());
+        o.errmsg = last.map(|l| format!("last error: {l}"));
+        o
+    }
+
     async fn try_once(&self, job: &Job, acct: &AccountCtx, state: &mut RetryState) -> Try {
         let appid = job.appid.as_str();
+        if let Some(hold) = acct.stop_hold(self.stop_probe) {
+            return Try::Done(self.defer(appid, hold, "account_stopped", *state));
+        }
         let probe = match acct.gate.admit() {
             Admission::Go => false,
             Admission::Probe => true,
@@ -239,6 +335,7 @@ impl Dispatcher {
                 return Try::Done(self.defer(appid, delay, reason, *state));
             }
         };
+        let reservation = acct.gate.reservation(probe);
         acct.gate.pace().await;
         let token = match acct.tokens.get().await {
             Ok(t) => t,
@@ -306,7 +403,18 @@ impl Dispatcher {
         }
         match action {
             Action::Success => {
-                acct.gate.on_sent(probe);
+                if acct.resume_sends() {
+                    self.metrics
+                        .account_stopped
+                        .with_label_values(&[appid])
+                        .set(0);
+                    tracing::info!(
+                        appid,
+                        "a send for a stopped account succeeded; account resumed"
+                    );
+                }
+                reservation.commit();
+                acct.gate.on_sent(probe).await;
                 let mut o = self.outcome(job, SendStatus::Sent, state);
                 o.errcode = Some(0);
                 o.errmsg = Some(reply.errmsg);
@@ -349,15 +457,20 @@ impl Dispatcher {
                 Try::Done(self.defer(appid, delay, "quota", *state))
             }
             Action::StopAccount => {
-                tracing::error!(job_id = %job.id, appid, errcode = code, errmsg = %reply.errmsg,
-                    "WeChat refused the account's configuration (IP whitelist or API permission); \
-                     deferring its jobs");
+                if acct.stop_sends(code, self.stop_probe) {
+                    tracing::error!(job_id = %job.id, appid, errcode = code,
+                        reason = %errcode::reason(code), errmsg = %reply.errmsg,
+                        "WeChat refused the account's configuration (IP whitelist or API \
+                         permission); account STOPPED: its jobs are deferred, one probe send per \
+                         {}s. Fix the account in the WeChat admin console.",
+                        self.stop_probe.as_secs());
+                }
                 state.attempts -= 1;
                 self.metrics
                     .account_stopped
                     .with_label_values(&[appid])
                     .set(1);
-                Try::Done(self.defer(appid, Duration::from_secs(300), "account_stopped", *state))
+                Try::Done(self.defer(appid, self.stop_probe, "account_stopped", *state))
             }
         }
     }
@@ -434,5 +547,103 @@ mod tests {
             assert!(p.delay(2) <= Duration::from_millis(400));
             assert!(p.delay(20) <= Duration::from_secs(2));
         }
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 6,
+            base: Duration::from_millis(200),
+            max_delay: Duration::from_secs(60),
+            budget: Duration::from_secs(3600),
+            inline_max: Duration::from_secs(3),
+        }
+    }
+
+    const MIN: i64 = 60_000;
+
+    fn state(
+        attempts: u32,
+        first_seen_ago_ms: i64,
+        maybe_sent_ago_ms: Option<i64>,
+    ) -> (RetryState, i64) {
+        let now = Utc::now().timestamp_millis();
+        let st = RetryState {
+            attempts,
+            first_seen_ms: now - first_seen_ago_ms,
+            maybe_sent_ms: maybe_sent_ago_ms.map(|ago| now - ago),
+        };
+        (st, now)
+    }
+
+    /// A message that timed out 9.5 minutes ago is never tried again, not even at once:
+    /// WeChat would no longer deduplicate it, so a retry could be a second message.
+    #[test]
+    fn a_maybe_sent_message_is_not_retried_outside_the_dedup_window() {
+        let p = policy();
+        let (st, now) = state(1, 10 * MIN, Some(9 * MIN + 30_000));
+        assert!(st.past_dedup_window(now, Duration::ZERO));
+        assert_eq!(
+            p.next(&st, now, "timeout", Duration::ZERO),
+            Next::UnknownDelivery
+        );
+        assert_eq!(
+            p.next(&st, now, "system_busy", Duration::from_millis(10)),
+            Next::UnknownDelivery
+        );
+    }
+
+    /// Inside the window the same job may retry, but only with a wait that still lands inside.
+    #[test]
+    fn a_maybe_sent_message_retries_only_while_the_retry_lands_inside_the_window() {
+        let p = policy();
+        let (st, now) = state(2, 9 * MIN, Some(9 * MIN));
+        assert_eq!(
+            p.next(&st, now, "timeout", Duration::from_secs(10)),
+            Next::Retry
+        );
+        assert_eq!(
+            p.next(&st, now, "timeout", Duration::from_secs(40)),
+            Next::UnknownDelivery
+        );
+    }
+
+    /// The window only matters for messages that may have been sent: an error reply proves
+    /// WeChat did not take the message, so the same age is no reason to stop.
+    #[test]
+    fn a_job_with_only_error_replies_ignores_the_dedup_window() {
+        let p = policy();
+        let (st, now) = state(2, 20 * MIN, None);
+        assert!(!st.past_dedup_window(now, Duration::from_secs(60)));
+        assert_eq!(
+            p.next(&st, now, "system_busy", Duration::from_secs(60)),
+            Next::Retry
+        );
+    }
+
+    /// Running out of attempts or time ends `failed` with the last reason, or with
+    /// `unknown_delivery` when an earlier attempt may have been delivered.
+    #[test]
+    fn a_spent_budget_gives_up_with_the_right_reason() {
+        let p = policy();
+        let (st, now) = state(6, MIN, None);
+        assert_eq!(
+            p.next(&st, now, "system_busy", Duration::ZERO),
+            Next::GiveUp("system_busy".into())
+        );
+        let (st, now) = state(6, MIN, Some(MIN));
+        assert_eq!(
+            p.next(&st, now, "system_busy", Duration::ZERO),
+            Next::UnknownDelivery
+        );
+        // The time budget: a retry that would land after it is not worth waiting for.
+        let (st, now) = state(1, 59 * MIN, None);
+        assert_eq!(
+            p.next(&st, now, "http_502", Duration::from_secs(30)),
+            Next::Retry
+        );
+        assert_eq!(
+            p.next(&st, now, "http_502", Duration::from_secs(61)),
+            Next::GiveUp("http_502".into())
+        );
     }
 }

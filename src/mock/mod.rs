@@ -162,7 +162,7 @@ struct Accepted {
 
 /// Shared simulator state.
 pub struct MockState {
-    accounts: HashMap<String, String>,
+    accounts: RwLock<HashMap<String, String>>,
     behaviour: RwLock<Behaviour>,
     tokens: Mutex<HashMap<String, TokenInfo>>,
     /// The current stable token per appid and the time of the last forced refresh.
@@ -191,7 +191,7 @@ impl MockServer {
     /// Starts a simulator on `listen` (use port 0 for a free port).
     pub async fn start(listen: &str, config: MockConfig) -> std::io::Result<MockServer> {
         let state = Arc::new(MockState {
-            accounts: config.accounts.into_iter().collect(),
+            accounts: RwLock::new(config.accounts.into_iter().collect()),
             behaviour: RwLock::new(config.behaviour),
             tokens: Mutex::default(),
             stable: Mutex::default(),
@@ -232,6 +232,14 @@ impl Drop for MockServer {
 }
 
 impl MockState {
+    /// Accepts one more account.
+    pub fn add_account(&self, appid: &str, secret: &str) {
+        self.accounts
+            .write()
+            .unwrap()
+            .insert(appid.to_string(), secret.to_string());
+    }
+
     pub fn stats(&self) -> Stats {
         self.stats.lock().unwrap().clone()
     }
@@ -324,7 +332,8 @@ fn check_credentials(
     let Some(secret) = secret.filter(|a| !a.is_empty()) else {
         return Err((41004, "appsecret missing"));
     };
-    match s.accounts.get(appid) {
+    let expected = s.accounts.read().unwrap().get(appid).cloned();
+    match expected {
         None => {
             s.error("40013".into());
             Err((40013, "invalid appid"))
@@ -456,6 +465,10 @@ async fn template_send(
     if let Some(kind) = behaviour.outage {
         return fault_reply(&s, kind, behaviour.stall_ms).await;
     }
+    let req = serde_json::from_slice::<SendBody>(&body).ok();
+    // A flaky message's try is counted before the token check: "the first n tries" are its
+    // first n requests, even if one of them is refused for its token.
+    let flaky = req.as_ref().and_then(|r| flaky_try(&s, r));
     let appid = match check_token(&s, q.access_token.as_deref()) {
         Ok(a) => a,
         Err((code, msg)) => {
@@ -463,7 +476,7 @@ async fn template_send(
             return wx_err(code, msg);
         }
     };
-    let Ok(req) = serde_json::from_slice::<SendBody>(&body) else {
+    let Some(req) = req else {
         s.error("47001".into());
         return wx_err(47001, "data format error");
     };
@@ -486,25 +499,10 @@ async fn template_send(
         }
     }
     let mut stall_after_accept = false;
-    if let Some(rest) = touser.strip_prefix("flaky:") {
-        let mut parts = rest.splitn(3, ':');
-        if let (Some(code), Some(n)) = (parts.next(), parts.next())
-            && let (Ok(kind), Ok(n)) = (FaultKind::parse(code), n.parse::<u32>())
-        {
-            let tries = {
-                let mut t = s.tries.lock().unwrap();
-                let e = t.entry(key.clone()).or_default();
-                *e += 1;
-                *e
-            };
-            if tries <= n {
-                if kind == FaultKind::Timeout {
-                    stall_after_accept = true;
-                } else {
-                    return fault_reply(&s, kind, behaviour.stall_ms).await;
-                }
-            }
-        }
+    match flaky {
+        Some(FaultKind::Timeout) => stall_after_accept = true,
+        Some(kind) => return fault_reply(&s, kind, behaviour.stall_ms).await,
+        None => {}
     }
     if !stall_after_accept {
         // Random faults by rate.
@@ -574,6 +572,23 @@ async fn template_send(
         tokio::time::sleep(Duration::from_millis(behaviour.stall_ms)).await;
     }
     wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+}
+
+/// Counts one try of a `flaky:<code>:<n>:<tag>` message; the fault to answer while the message
+/// is within its first `n` tries.
+fn flaky_try(s: &MockState, req: &SendBody) -> Option<FaultKind> {
+    let touser = req.touser.as_deref()?;
+    let mut parts = touser.strip_prefix("flaky:")?.splitn(3, ':');
+    let kind = FaultKind::parse(parts.next()?).ok()?;
+    let n: u32 = parts.next()?.parse().ok()?;
+    let key = (
+        touser.to_string(),
+        req.client_msg_id.clone().unwrap_or_default(),
+    );
+    let mut tries = s.tries.lock().unwrap();
+    let t = tries.entry(key).or_default();
+    *t += 1;
+    (*t <= n).then_some(kind)
 }
 
 async fn fault_reply(s: &MockState, kind: FaultKind, stall_ms: u64) -> Response {

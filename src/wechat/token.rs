@@ -127,7 +127,11 @@ impl TokenSource {
 
     /// Marks `used` as rejected by WeChat. Only the current token is dropped: if another
     /// request already replaced it, nothing happens.
+    ///
+    /// The refresh lock is held across the compare, the drop and the note of the rejected
+    /// value, so no fetch can slip in between and accept the rejected token as new.
     pub async fn invalidate(&self, used: &Token) {
+        let mut st = self.refresh.lock().await;
         let dropped = {
             let mut cur = self.current.lock().expect("token lock");
             match cur.as_ref() {
@@ -140,7 +144,7 @@ impl TokenSource {
         };
         if dropped {
             tracing::info!(appid = %self.appid, "access token rejected by WeChat; refreshing");
-            self.refresh.lock().await.last_rejected = Some(used.value.expose().to_string());
+            st.last_rejected = Some(used.value.expose().to_string());
         }
     }
 
@@ -237,6 +241,9 @@ impl TokenSource {
                 .is_some_and(|t| now.duration_since(t) < FORCE_SPACING)
             {
                 let retry_in = FORCE_SPACING - now.duration_since(st.last_forced.unwrap());
+                // Every caller would get the same rejected token back: hold them all off the
+                // endpoint until a forced refresh is allowed again.
+                st.next_try = Some(now + retry_in);
                 return Err(TokenError::Unavailable {
                     detail: "stable token still rejected; waiting to force a refresh".into(),
                     retry_in,
@@ -293,8 +300,8 @@ impl TokenSource {
         let code = reply.errcode;
         match errcode::token_endpoint_action(code) {
             Action::StopAccount | Action::PauseQuota => {
-                self.count("config_error");
-                let hold = if errcode::token_endpoint_action(code) == Action::PauseQuota {
+                let quota = errcode::token_endpoint_action(code) == Action::PauseQuota;
+                let hold = if quota {
                     // The token endpoint's own daily limit: wait for it to reset.
                     crate::limiter::until_beijing_midnight().min(self.stop_probe * 12)
                 } else {
@@ -305,15 +312,28 @@ impl TokenSource {
                     .account_stopped
                     .with_label_values(&[&self.appid])
                     .set(1);
-                tracing::error!(
-                    appid = %self.appid,
-                    errcode = code,
-                    reason = %errcode::reason(code),
-                    errmsg = %reply.errmsg,
-                    "token endpoint refused the account's credentials; account STOPPED until the \
-                     configuration is fixed (next probe in {}s)",
-                    hold.as_secs()
-                );
+                if quota {
+                    self.count("quota");
+                    tracing::error!(
+                        appid = %self.appid,
+                        errcode = code,
+                        errmsg = %reply.errmsg,
+                        "token endpoint's daily call limit reached; account STOPPED until it \
+                         resets (next probe in {}s). Something is fetching tokens far too often.",
+                        hold.as_secs()
+                    );
+                } else {
+                    self.count("config_error");
+                    tracing::error!(
+                        appid = %self.appid,
+                        errcode = code,
+                        reason = %errcode::reason(code),
+                        errmsg = %reply.errmsg,
+                        "token endpoint refused the account's credentials; account STOPPED until \
+                         the configuration is fixed (next probe in {}s)",
+                        hold.as_secs()
+                    );
+                }
                 Err(TokenError::Stopped {
                     code,
                     reason: errcode::reason(code).into_owned(),

@@ -57,6 +57,12 @@ pub struct Harness {
     pub worker: Option<RunningWorker>,
     pub conn: Connection,
     pub publisher: Publisher,
+    /// Outcomes from one long-lived consumer, started by the first `outcomes()` call.
+    outcome_rx: tokio::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Value>>>,
+    /// Outcome keys seen so far, to count duplicates across calls.
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Outcomes received more than once (at-least-once delivery).
+    pub duplicate_outcomes: std::sync::atomic::AtomicUsize,
 }
 
 /// Harness options.
@@ -101,6 +107,9 @@ impl Harness {
             worker: None,
             conn,
             publisher,
+            outcome_rx: tokio::sync::Mutex::new(None),
+            seen: Default::default(),
+            duplicate_outcomes: Default::default(),
         };
         if !opts.no_worker {
             h.start_worker().await;
@@ -140,7 +149,10 @@ impl Harness {
 
     /// Publishes many jobs concurrently.
     pub async fn publish_many(&self, jobs: &[Value]) {
-        let bodies: Vec<Vec<u8>> = jobs.iter().map(|j| serde_json::to_vec(j).unwrap()).collect();
+        let bodies: Vec<Vec<u8>> = jobs
+            .iter()
+            .map(|j| serde_json::to_vec(j).unwrap())
+            .collect();
         let q = self.config.jobs_queue.clone();
         futures_util::stream::iter(bodies.iter())
             .map(|b| {
@@ -153,7 +165,12 @@ impl Harness {
     }
 
     /// Reads `n` messages from `queue` (acking them), or fewer if `timeout` passes.
-    pub async fn read(&self, queue: &str, n: usize, timeout: Duration) -> Vec<(Value, BasicProperties)> {
+    pub async fn read(
+        &self,
+        queue: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<(Value, BasicProperties)> {
         let ch = self.conn.create_channel().await.unwrap();
         ch.basic_qos(500, Default::default()).await.unwrap();
         let mut consumer = ch
@@ -171,8 +188,9 @@ impl Harness {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Ok(Some(Ok(d))) => {
                     d.acker.ack(BasicAckOptions::default()).await.unwrap();
-                    let v = serde_json::from_slice(&d.data)
-                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&d.data).into_owned()));
+                    let v = serde_json::from_slice(&d.data).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&d.data).into_owned())
+                    });
                     out.push((v, d.properties));
                 }
                 _ => break,
@@ -182,30 +200,56 @@ impl Harness {
         out
     }
 
-    /// `n` outcomes, deduplicated by (kind, id, touser) as a consumer would.
+    /// The next `n` distinct outcomes (by kind, id, touser, msgid — as a consumer would
+    /// de-duplicate), or fewer if `timeout` passes. Uses one long-lived consumer on the
+    /// outcomes queue, so don't also `read()` that queue in the same test.
     pub async fn outcomes(&self, n: usize, timeout: Duration) -> Vec<Value> {
-        let mut seen = std::collections::HashSet::new();
+        let mut rx = self.outcome_rx.lock().await;
+        if rx.is_none() {
+            *rx = Some(self.consume_outcomes().await);
+        }
+        let rx = rx.as_mut().unwrap();
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
         while out.len() < n {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+            let Ok(Some(v)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
                 break;
-            }
-            let batch = self
-                .read(&self.config.outcomes_queue, n - out.len(), left)
-                .await;
-            if batch.is_empty() {
-                break;
-            }
-            for (v, _) in batch {
-                let key = (v["kind"].to_string(), v["id"].to_string(), v["touser"].to_string(), v["msgid"].to_string());
-                if seen.insert(key) {
-                    out.push(v);
-                }
+            };
+            let key = format!("{}|{}|{}|{}", v["kind"], v["id"], v["touser"], v["msgid"]);
+            if self.seen.lock().unwrap().insert(key) {
+                out.push(v);
+            } else {
+                self.duplicate_outcomes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         out
+    }
+
+    async fn consume_outcomes(&self) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+        let ch = self.conn.create_channel().await.unwrap();
+        ch.basic_qos(1000, Default::default()).await.unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                self.config.outcomes_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _ch = ch; // keep the channel open as long as the consumer runs
+            while let Some(Ok(d)) = consumer.next().await {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                let v = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
     }
 
     /// Messages in a queue right now (passive declare).
@@ -232,7 +276,12 @@ impl Harness {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.metrics_url()).await.unwrap().text().await.unwrap()
+        reqwest::get(self.metrics_url())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Stops the worker and deletes every queue and exchange the test used.
@@ -240,14 +289,20 @@ impl Harness {
         self.stop_worker().await;
         let ch = self.publisher.channel();
         let c = &self.config;
-        let mut names = vec![c.jobs_queue.clone(), c.outcomes_queue.clone(), c.dead_queue.clone()];
+        let mut names = vec![
+            c.jobs_queue.clone(),
+            c.outcomes_queue.clone(),
+            c.dead_queue.clone(),
+        ];
         names.extend(
             amqp::topology::DELAY_TIERS
                 .iter()
                 .map(|t| amqp::topology::delay_queue(c, *t)),
         );
         for q in names {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         let _ = ch
             .exchange_delete(c.outcomes_exchange.as_str().into(), Default::default())
@@ -270,7 +325,8 @@ pub fn job(id: &str, touser: &str) -> Value {
 pub fn by_status(outcomes: &[Value]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for o in outcomes {
-        *m.entry(o["status"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        *m.entry(o["status"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
     }
     m
 }

@@ -40,10 +40,15 @@ async fn two_thousand_mixed_jobs_each_get_exactly_one_right_outcome() {
         assert_eq!(o["reason"], "invalid_openid");
     }
     for o in outcomes.iter().filter(|o| o["status"] == "sent") {
-        assert!(o["msgid"].as_i64().unwrap() > i64::from(i32::MAX), "msgid is an i64");
+        assert!(
+            o["msgid"].as_i64().unwrap() > i64::from(i32::MAX),
+            "msgid is an i64"
+        );
         assert_eq!(o["attempts"], 1);
     }
-    let dead = h.read(&h.config.dead_queue, 5, Duration::from_secs(10)).await;
+    let dead = h
+        .read(&h.config.dead_queue, 5, Duration::from_secs(10))
+        .await;
     assert_eq!(dead.len(), 5);
     let mut reasons: Vec<String> = dead
         .iter()
@@ -52,7 +57,13 @@ async fn two_thousand_mixed_jobs_each_get_exactly_one_right_outcome() {
     reasons.sort();
     assert_eq!(
         reasons,
-        ["bad_json", "bad_utf8", "missing_template_id", "missing_touser", "unknown_account"]
+        [
+            "bad_json",
+            "bad_utf8",
+            "missing_template_id",
+            "missing_touser",
+            "unknown_account"
+        ]
     );
     let stats = h.mock.state.stats();
     assert_eq!(stats.messages, 1990, "one message per good job");
@@ -68,24 +79,42 @@ async fn the_worker_keeps_serving_after_every_bad_input() {
     let big = vec![b'x'; 1024 * 1024];
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("bad_json", b"{not json".to_vec()),
-        ("bad_field", br#"{"touser":"o","template_id":"t","url":5}"#.to_vec()),
-        ("bad_touser", br#"{"touser":[1,2],"template_id":"t"}"#.to_vec()),
+        (
+            "bad_field",
+            br#"{"touser":"o","template_id":"t","url":5}"#.to_vec(),
+        ),
+        (
+            "bad_touser",
+            br#"{"touser":[1,2],"template_id":"t"}"#.to_vec(),
+        ),
         ("missing_touser", br#"{"template_id":"t"}"#.to_vec()),
         ("missing_template_id", br#"{"touser":"o"}"#.to_vec()),
-        ("unknown_account", br#"{"appid":"wxother","touser":"o","template_id":"t"}"#.to_vec()),
+        (
+            "unknown_account",
+            br#"{"appid":"wxother","touser":"o","template_id":"t"}"#.to_vec(),
+        ),
         ("bad_utf8", vec![b'{', 0xc3, 0x28, b'}']),
         ("too_large", big),
     ];
     for (i, (reason, body)) in cases.iter().enumerate() {
         h.publish_raw(body).await;
-        h.publish(&job(&format!("after-{i}"), &format!("u{i}"))).await;
+        h.publish(&job(&format!("after-{i}"), &format!("u{i}")))
+            .await;
         let got = h.outcomes(2, Duration::from_secs(15)).await;
         assert_eq!(got.len(), 2, "case {reason}: {got:?}");
-        let invalid = got.iter().find(|o| o["status"] == "invalid").expect("an invalid outcome");
+        let invalid = got
+            .iter()
+            .find(|o| o["status"] == "invalid")
+            .expect("an invalid outcome");
         assert_eq!(invalid["reason"], *reason);
         assert!(invalid["id"].is_string(), "even bad jobs get an id");
-        assert!(got.iter().any(|o| o["status"] == "sent" && o["id"] == format!("after-{i}")));
-        let dead = h.read(&h.config.dead_queue, 1, Duration::from_secs(5)).await;
+        assert!(
+            got.iter()
+                .any(|o| o["status"] == "sent" && o["id"] == format!("after-{i}"))
+        );
+        let dead = h
+            .read(&h.config.dead_queue, 1, Duration::from_secs(5))
+            .await;
         assert_eq!(dead.len(), 1, "case {reason} dead-lettered");
         assert_eq!(
             wxdispatch::amqp::headers::get_str(&dead[0].1, "x-wxd-reason").as_deref(),
@@ -118,12 +147,28 @@ async fn the_seed_sample_is_sent_and_deduplicated_by_its_digest_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_follow_the_contract() {
     let h = Harness::start(Opts::default()).await;
-    h.publish(&json!({"id": "c-1", "appid": APPID, "touser": "o1", "template_id": "t",
-        "data": {}, "miniprogram": {"appid": "wxmini", "pagepath": "index"}}))
+    h.publish(
+        &json!({"id": "c-1", "appid": APPID, "touser": "o1", "template_id": "t",
+        "data": {}, "miniprogram": {"appid": "wxmini", "pagepath": "index"}}),
+    )
+    .await;
+    let got = h
+        .read(&h.config.outcomes_queue, 1, Duration::from_secs(15))
         .await;
-    let got = h.read(&h.config.outcomes_queue, 1, Duration::from_secs(15)).await;
     let (o, _props) = &got[0];
-    for key in ["kind", "id", "appid", "touser", "status", "errcode", "errmsg", "msgid", "attempts", "reason", "finished_at"] {
+    for key in [
+        "kind",
+        "id",
+        "appid",
+        "touser",
+        "status",
+        "errcode",
+        "errmsg",
+        "msgid",
+        "attempts",
+        "reason",
+        "finished_at",
+    ] {
         assert!(o.get(key).is_some(), "missing {key} in {o}");
     }
     assert_eq!(o["kind"], "send");
@@ -144,11 +189,17 @@ async fn sends_run_concurrently() {
         ..Default::default()
     })
     .await;
-    let jobs: Vec<_> = (0..200).map(|i| job(&format!("c{i}"), &format!("u{i}"))).collect();
+    let jobs: Vec<_> = (0..200)
+        .map(|i| job(&format!("c{i}"), &format!("u{i}")))
+        .collect();
     let start = std::time::Instant::now();
     h.publish_many(&jobs).await;
     let out = h.outcomes(200, Duration::from_secs(30)).await;
     assert_eq!(out.len(), 200);
-    assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
     h.cleanup().await;
 }

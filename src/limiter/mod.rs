@@ -9,6 +9,11 @@
 //! - **slowed** after 45011 (minute limit) until the next minute.
 //!
 //! Nothing here ever calls `clear_quota`: that is an operator's decision.
+//!
+//! With `WXD_REDIS_URL`, the rate and the daily count are shared by all replicas
+//! ([`shared`]); without it, they are per process.
+
+pub mod shared;
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -18,6 +23,7 @@ use chrono::{FixedOffset, NaiveDate, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::metrics::Metrics;
+use shared::SharedSlot;
 
 /// Beijing time (Asia/Shanghai has no daylight saving), in which WeChat's daily quota resets.
 fn beijing() -> FixedOffset {
@@ -69,12 +75,20 @@ struct GateState {
     slow_until: Option<Instant>,
     day: NaiveDate,
     sent_today: u64,
+    /// Admitted sends not yet finished: they count against the daily quota, so that many
+    /// concurrent sends cannot overshoot it.
+    reserved: u64,
 }
 
 /// One account's limiter and gate.
 pub struct AccountGate {
     appid: String,
+    rate_per_sec: u32,
+    /// Paces this process at the account's full rate.
     limiter: DefaultDirectRateLimiter,
+    /// Paces this process while Redis is configured but unreachable: rate / expected replicas.
+    fallback: DefaultDirectRateLimiter,
+    shared: Option<Arc<SharedSlot>>,
     daily_quota: Option<u64>,
     probe_every: Duration,
     state: Mutex<GateState>,
@@ -89,9 +103,34 @@ impl AccountGate {
         probe_every: Duration,
         metrics: Arc<Metrics>,
     ) -> AccountGate {
+        Self::with_shared(
+            appid,
+            rate_per_sec,
+            daily_quota,
+            probe_every,
+            metrics,
+            None,
+            1,
+        )
+    }
+
+    /// A gate whose rate and daily count are shared through Redis when `shared` is set.
+    pub fn with_shared(
+        appid: &str,
+        rate_per_sec: u32,
+        daily_quota: Option<u64>,
+        probe_every: Duration,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<SharedSlot>>,
+        expected_replicas: u32,
+    ) -> AccountGate {
+        let fallback_rate = (rate_per_sec / expected_replicas.max(1)).max(1);
         AccountGate {
             appid: appid.to_string(),
+            rate_per_sec,
             limiter: RateLimiter::direct(quota_for(rate_per_sec)),
+            fallback: RateLimiter::direct(quota_for(fallback_rate)),
+            shared,
             daily_quota,
             probe_every,
             state: Mutex::new(GateState {
@@ -101,6 +140,7 @@ impl AccountGate {
                 slow_until: None,
                 day: beijing_today(),
                 sent_today: 0,
+                reserved: 0,
             }),
             metrics,
         }
@@ -121,7 +161,7 @@ impl AccountGate {
             st.slow_until = None;
         }
         if let Some(q) = self.daily_quota
-            && st.sent_today >= q
+            && st.sent_today + st.reserved >= q
         {
             // Our own counter says today's quota is used up: wait for the Beijing midnight.
             return Admission::Later {
@@ -136,6 +176,7 @@ impl AccountGate {
             if due && !st.probe_in_flight {
                 st.probe_in_flight = true;
                 st.last_probe = Some(now);
+                st.reserved += 1;
                 return Admission::Probe;
             }
             let next = st
@@ -147,13 +188,57 @@ impl AccountGate {
                 reason: "quota",
             };
         }
+        st.reserved += 1;
         Admission::Go
+    }
+
+    /// Wraps an admission (`Go` or `Probe`) so that it is released on every path that does
+    /// not end in a successful send.
+    pub fn reservation(&self, probe: bool) -> Reservation<'_> {
+        Reservation {
+            gate: self,
+            probe,
+            committed: false,
+        }
+    }
+
+    fn release(&self, probe: bool) {
+        let mut st = self.state.lock().expect("gate lock");
+        st.reserved = st.reserved.saturating_sub(1);
+        if probe {
+            st.probe_in_flight = false;
+        }
     }
 
     /// Waits for the rate limiter; returns how long it waited.
     pub async fn pace(&self) -> Duration {
         let start = Instant::now();
-        self.limiter.until_ready().await;
+        match &self.shared {
+            None => self.limiter.until_ready().await,
+            Some(slot) => match slot.get().await {
+                Some(limiter) => {
+                    let burst = burst_for(self.rate_per_sec);
+                    match limiter.reserve(&self.appid, self.rate_per_sec, burst).await {
+                        Ok(wait) => {
+                            self.metrics.redis_fallback.set(0);
+                            tokio::time::sleep(wait).await;
+                            self.limiter.until_ready().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(appid = %self.appid, error = %e,
+                                "shared rate limiter failed; falling back to the local rate");
+                            slot.failed().await;
+                            self.metrics.redis_fallback.set(1);
+                            self.fallback.until_ready().await;
+                        }
+                    }
+                }
+                None => {
+                    self.metrics.redis_fallback.set(1);
+                    self.fallback.until_ready().await;
+                }
+            },
+        }
         let waited = start.elapsed();
         self.metrics
             .limiter_wait_seconds
@@ -163,14 +248,34 @@ impl AccountGate {
     }
 
     /// Records a successful send; a successful probe resumes a paused account.
-    pub fn on_sent(&self, was_probe: bool) {
+    pub async fn on_sent(&self, was_probe: bool) {
+        let shared_count = match &self.shared {
+            Some(slot) => match slot.get().await {
+                Some(l) => l
+                    .count_sent(&self.appid, &beijing_today().to_string())
+                    .await
+                    .ok(),
+                None => None,
+            },
+            None => None,
+        };
+        self.record_sent(was_probe, shared_count);
+    }
+
+    fn record_sent(&self, was_probe: bool, shared_count: Option<u64>) {
         let mut st = self.state.lock().expect("gate lock");
         self.roll_day(&mut st);
         st.sent_today += 1;
+        st.reserved = st.reserved.saturating_sub(1);
+        if let Some(n) = shared_count {
+            // The shared count includes every replica's sends.
+            st.sent_today = st.sent_today.max(n);
+        }
         if was_probe {
             st.probe_in_flight = false;
         }
-        if st.paused_since.take().is_some() {
+        // Only the probe resumes: sends admitted before the pause may still succeed after it.
+        if was_probe && st.paused_since.take().is_some() {
             self.metrics
                 .quota_paused
                 .with_label_values(&[&self.appid])
@@ -227,12 +332,39 @@ impl AccountGate {
     }
 }
 
+/// An admitted send. Dropped without [`Reservation::commit`], it gives its place back.
+pub struct Reservation<'a> {
+    gate: &'a AccountGate,
+    probe: bool,
+    committed: bool,
+}
+
+impl Reservation<'_> {
+    /// The send succeeded: the place is now counted as sent (by [`AccountGate::on_sent`]).
+    pub fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.gate.release(self.probe);
+        }
+    }
+}
+
 /// The governor quota for a rate: a burst of about 5 % of a second's sends (at least 1), so the
 /// busiest wall-clock second stays well under 1.1 times the rate.
 pub fn quota_for(rate_per_sec: u32) -> Quota {
     let rate = NonZeroU32::new(rate_per_sec.max(1)).expect("non-zero");
-    let burst = NonZeroU32::new((rate_per_sec / 20).max(1)).expect("non-zero");
+    let burst = NonZeroU32::new(burst_for(rate_per_sec)).expect("non-zero");
     Quota::per_second(rate).allow_burst(burst)
+}
+
+/// The burst allowed on top of the steady rate: about 5 % of a second's sends, at least 1.
+pub fn burst_for(rate_per_sec: u32) -> u32 {
+    (rate_per_sec / 20).max(1)
 }
 
 #[cfg(test)]
@@ -263,16 +395,28 @@ mod tests {
             matches!(g.admit(), Admission::Later { .. }),
             "one probe at a time"
         );
-        g.on_sent(true);
+        g.record_sent(true, None);
         assert_eq!(g.admit(), Admission::Go, "a successful probe resumes");
     }
 
     #[test]
     fn the_local_daily_quota_pauses_before_it_is_exceeded() {
         let g = gate(Some(2), Duration::from_secs(600));
-        g.on_sent(false);
         assert_eq!(g.admit(), Admission::Go);
-        g.on_sent(false);
+        assert_eq!(g.admit(), Admission::Go);
+        // Two sends in flight already use up the quota of 2.
+        assert!(matches!(
+            g.admit(),
+            Admission::Later {
+                reason: "quota",
+                ..
+            }
+        ));
+        // One fails: its place comes back.
+        drop(g.reservation(false));
+        assert_eq!(g.admit(), Admission::Go);
+        g.record_sent(false, None);
+        g.record_sent(false, Some(2));
         assert!(matches!(
             g.admit(),
             Admission::Later {

@@ -1,0 +1,171 @@
+//! The Redis-backed, cross-replica part of the limiter.
+//!
+//! Several replicas serve one account, and autoscaling must never raise that account's rate.
+//! With `WXD_REDIS_URL` set, every send reserves a slot in a per-account GCRA schedule kept in
+//! Redis by one atomic Lua script (using Redis' own clock, so replicas' clocks don't matter),
+//! and successful sends are counted per Beijing day in Redis. N replicas then together hold
+//! the configured rate, while governor still paces each process locally.
+//!
+//! If Redis is unreachable, callers fall back to a local rate of `rate / expected_replicas`
+//! (see [`super::AccountGate`]); they never stall or fail jobs because of Redis.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+/// Reserves the next send slot. Returns the microseconds to wait before sending (0 = now).
+///
+/// KEYS[1]: the account's schedule key. ARGV[1]: emission interval in µs (1e6 / rate).
+/// ARGV[2]: burst tolerance in µs (interval × burst). The stored value is the next free slot
+/// (the "theoretical arrival time"); a slot may lie up to the burst tolerance in the past, so
+/// a short burst goes out at once and the long-run rate is exactly one per interval.
+const RESERVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local slot = math.max(tat, now - tolerance)
+local next_tat = slot + interval
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.floor((next_tat - now) / 1000) + 60000)
+local wait = slot - now
+if wait < 0 then wait = 0 end
+return wait
+"#;
+
+/// A connection to the shared limiter.
+#[derive(Clone)]
+pub struct SharedLimiter {
+    conn: ConnectionManager,
+    script: redis::Script,
+}
+
+/// How long a Redis call may take before the caller falls back to local limits.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+impl SharedLimiter {
+    /// Connects (with a bounded wait). The connection manager reconnects by itself later.
+    pub async fn connect(url: &str) -> redis::RedisResult<SharedLimiter> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(3),
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out")))??;
+        Ok(SharedLimiter {
+            conn,
+            script: redis::Script::new(RESERVE),
+        })
+    }
+
+    /// Reserves a slot for `appid` at `rate_per_sec` with `burst`; returns how long to wait.
+    pub async fn reserve(
+        &self,
+        appid: &str,
+        rate_per_sec: u32,
+        burst: u32,
+    ) -> redis::RedisResult<Duration> {
+        let interval_us = 1_000_000u64 / u64::from(rate_per_sec.max(1));
+        let tolerance_us = interval_us * u64::from(burst.saturating_sub(1));
+        let mut conn = self.conn.clone();
+        let mut call = self.script.key(format!("wxdispatch:rate:{appid}"));
+        call.arg(interval_us).arg(tolerance_us);
+        let fut = call.invoke_async::<u64>(&mut conn);
+        let wait_us = tokio::time::timeout(CALL_TIMEOUT, fut)
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
+        Ok(Duration::from_micros(wait_us))
+    }
+
+    /// Counts one successful send for `appid` on Beijing day `day`; returns today's total.
+    pub async fn count_sent(&self, appid: &str, day: &str) -> redis::RedisResult<u64> {
+        let key = format!("wxdispatch:sent:{appid}:{day}");
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .incr(&key, 1u64)
+            .expire(&key, 2 * 86_400)
+            .ignore();
+        let fut = pipe.query_async::<(u64,)>(&mut conn);
+        let (n,) = tokio::time::timeout(CALL_TIMEOUT, fut)
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
+        Ok(n)
+    }
+
+    /// Today's shared count for `appid`.
+    pub async fn sent_today(&self, appid: &str, day: &str) -> redis::RedisResult<u64> {
+        let key = format!("wxdispatch:sent:{appid}:{day}");
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&key);
+        let fut = cmd.query_async::<Option<u64>>(&mut conn);
+        let n = tokio::time::timeout(CALL_TIMEOUT, fut)
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
+        Ok(n.unwrap_or(0))
+    }
+}
+
+/// A lazily connected [`SharedLimiter`]: Redis may be down at start or go away later; the
+/// worker keeps running on local limits and reconnects in the background of later calls.
+pub struct SharedSlot {
+    url: String,
+    inner: tokio::sync::Mutex<SlotState>,
+}
+
+struct SlotState {
+    limiter: Option<SharedLimiter>,
+    next_try: std::time::Instant,
+}
+
+/// Pause between reconnection attempts while Redis is unreachable.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+impl SharedSlot {
+    pub fn new(url: &str) -> SharedSlot {
+        SharedSlot {
+            url: url.to_string(),
+            inner: tokio::sync::Mutex::new(SlotState {
+                limiter: None,
+                next_try: std::time::Instant::now(),
+            }),
+        }
+    }
+
+    /// The limiter, or `None` while Redis is considered unreachable.
+    pub async fn get(&self) -> Option<SharedLimiter> {
+        let mut st = self.inner.lock().await;
+        if let Some(l) = &st.limiter {
+            return Some(l.clone());
+        }
+        if std::time::Instant::now() < st.next_try {
+            return None;
+        }
+        match SharedLimiter::connect(&self.url).await {
+            Ok(l) => {
+                tracing::info!("connected to the shared Redis limiter");
+                st.limiter = Some(l.clone());
+                Some(l)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis limiter unreachable; using the local fallback rate");
+                st.next_try = std::time::Instant::now() + RETRY_EVERY;
+                None
+            }
+        }
+    }
+
+    /// Drops the connection after a failed call, so the next calls use the fallback for a
+    /// while instead of each waiting for a timeout.
+    pub async fn failed(&self) {
+        let mut st = self.inner.lock().await;
+        st.limiter = None;
+        st.next_try = std::time::Instant::now() + RETRY_EVERY;
+    }
+}

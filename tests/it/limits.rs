@@ -1,0 +1,273 @@
+//! Issue: per-account rate limiting and quota handling, so 45009 never fails a job.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Full seconds of a per-second series: the first and last (partial) seconds are dropped.
+fn full_seconds(series: &BTreeMap<i64, u64>) -> Vec<u64> {
+    let v: Vec<u64> = series.values().copied().collect();
+    if v.len() <= 2 {
+        return Vec::new();
+    }
+    v[1..v.len() - 1].to_vec()
+}
+
+fn assert_rate(series: &BTreeMap<i64, u64>, rate: f64, sustained_tolerance: f64) {
+    let full = full_seconds(series);
+    assert!(full.len() >= 3, "too few full seconds: {series:?}");
+    let max = *full.iter().max().unwrap() as f64;
+    assert!(
+        max <= rate * 1.1,
+        "a second had {max} sends, over 1.1 x {rate}: {series:?}"
+    );
+    let mean = full.iter().sum::<u64>() as f64 / full.len() as f64;
+    assert!(
+        (mean - rate).abs() <= rate * sustained_tolerance,
+        "sustained rate {mean:.1}/s is not within {:.0}% of {rate}: {series:?}",
+        sustained_tolerance * 100.0
+    );
+}
+
+/// With a simulator quota of 500 and 1,000 jobs: 500 are sent quickly, the account pauses
+/// (gauge and deferrals, never a `failed` job), and once the quota is cleared by an operator,
+/// the probe resumes the account and all 1,000 are sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_exhaustion_pauses_and_defers_until_the_quota_is_cleared() {
+    let h = Harness::start(Opts {
+        behaviour: wxdispatch::mock::Behaviour {
+            quota: Some(500),
+            ..Default::default()
+        },
+        env: &[
+            ("WXD_QUOTA_PROBE_SECS", "2"),
+            ("WXD_INLINE_RETRY_MAX_MS", "100"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let jobs: Vec<_> = (0..1000)
+        .map(|i| job(&format!("q{i}"), &format!("u{i}")))
+        .collect();
+    h.publish_many(&jobs).await;
+    let first = h.outcomes(500, Duration::from_secs(30)).await;
+    assert_eq!(first.len(), 500);
+    assert!(
+        first.iter().all(|o| o["status"] == "sent"),
+        "{:?}",
+        by_status(&first)
+    );
+    // Paused now: nothing else finishes, and nothing fails.
+    let more = h.outcomes(1, Duration::from_secs(4)).await;
+    assert!(more.is_empty(), "no outcome while paused: {more:?}");
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(&m, &format!("wxdispatch_quota_paused{{appid=\"{APPID}\"}}")),
+        1.0
+    );
+    assert!(
+        metric(&m, "wxdispatch_deferred_total") > 0.0,
+        "jobs were deferred"
+    );
+    assert_eq!(
+        h.mock.state.stats().clear_quota_calls,
+        0,
+        "the worker never clears the quota"
+    );
+
+    h.mock.state.clear_quota(); // the operator's clear_quota
+    let rest = h.outcomes(500, Duration::from_secs(30)).await;
+    assert_eq!(rest.len(), 500, "{:?}", by_status(&rest));
+    assert!(rest.iter().all(|o| o["status"] == "sent"));
+    assert_eq!(h.mock.state.stats().messages, 1000);
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(&m, &format!("wxdispatch_quota_paused{{appid=\"{APPID}\"}}")),
+        0.0
+    );
+    h.cleanup().await;
+}
+
+/// A configured `daily_quota` pauses the account before WeChat's own quota is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_daily_quota_pauses_before_wechat_says_45009() {
+    let h = Harness::start(Opts {
+        env: &[
+            ("WXD_DAILY_QUOTA", "20"),
+            ("WXD_INLINE_RETRY_MAX_MS", "100"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let jobs: Vec<_> = (0..30)
+        .map(|i| job(&format!("d{i}"), &format!("u{i}")))
+        .collect();
+    h.publish_many(&jobs).await;
+    let out = h.outcomes(30, Duration::from_secs(6)).await;
+    assert_eq!(out.len(), 20, "{:?}", by_status(&out));
+    let stats = h.mock.state.stats();
+    assert_eq!(stats.messages, 20);
+    assert!(
+        !stats.errors.contains_key("45009"),
+        "WeChat never had to refuse"
+    );
+    h.cleanup().await;
+}
+
+/// A rate of 200/s holds over 2,000 jobs, as the simulator counts sends per second: no second
+/// above 1.1 x 200, and the sustained rate within 2 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_one_account_holds_its_rate() {
+    let h = Harness::start(Opts {
+        env: &[("WXD_RATE_PER_SEC", "200"), ("WXD_CONCURRENCY", "64")],
+        ..Default::default()
+    })
+    .await;
+    let jobs: Vec<_> = (0..2000)
+        .map(|i| job(&format!("r{i}"), &format!("u{i}")))
+        .collect();
+    h.publish_many(&jobs).await;
+    let out = h.outcomes(2000, Duration::from_secs(30)).await;
+    assert_eq!(out.len(), 2000);
+    let stats = h.mock.state.stats();
+    assert_rate(&stats.per_second[APPID], 200.0, 0.02);
+    h.cleanup().await;
+}
+
+/// Two accounts at different rates each hold their own rate, and waiting for the slow one
+/// never holds back the fast one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_two_accounts_each_hold_their_own_rate() {
+    let other = "wxtest0000000002";
+    let mut h = Harness::start(Opts {
+        accounts: vec![(other.into(), "s2".into())],
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    // Two accounts come from the file, as an operator would configure them.
+    let toml = format!(
+        "[[accounts]]\nappid = \"{APPID}\"\nrate_per_sec = 150\n[[accounts]]\nappid = \"{other}\"\nrate_per_sec = 50\n"
+    );
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in [
+        ("WXD_AMQP_URL", AMQP_URL),
+        ("WXD_JOBS_QUEUE", h.config.jobs_queue.as_str()),
+        ("WXD_OUTCOMES_EXCHANGE", h.config.outcomes_exchange.as_str()),
+        ("WXD_OUTCOMES_QUEUE", h.config.outcomes_queue.as_str()),
+        ("WXD_DEAD_QUEUE", h.config.dead_queue.as_str()),
+        ("WXD_API_BASE", h.config.api_base.as_str()),
+        ("WXD_HTTP_ADDR", "127.0.0.1:0"),
+        ("WXD_SECRET_WXTEST0000000001", SECRET),
+        ("WXD_SECRET_WXTEST0000000002", "s2"),
+        ("WXD_CONCURRENCY", "64"),
+    ] {
+        env.insert(k.into(), v.into());
+    }
+    h.config = wxdispatch::config::Config::from_sources(Some(&toml), &env).unwrap();
+    h.start_worker().await;
+    let mut jobs = Vec::new();
+    for i in 0..750 {
+        jobs.push(json!({"id": format!("a{i}"), "appid": APPID, "touser": format!("u{i}"), "template_id": "t"}));
+    }
+    for i in 0..250 {
+        jobs.push(json!({"id": format!("b{i}"), "appid": other, "touser": format!("u{i}"), "template_id": "t"}));
+    }
+    h.publish_many(&jobs).await;
+    let out = h.outcomes(1000, Duration::from_secs(30)).await;
+    assert_eq!(out.len(), 1000);
+    let stats = h.mock.state.stats();
+    assert_rate(&stats.per_second[APPID], 150.0, 0.03);
+    assert_rate(&stats.per_second[other], 50.0, 0.05);
+    h.cleanup().await;
+}
+
+/// Three worker processes on one account at 300/s share the rate through Redis: the simulator
+/// never sees more than 1.1 x 300 in a second, and the sustained total is within 3 % of 300.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_three_processes_share_one_rate_through_redis() {
+    let h = Harness::start(Opts {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    // A fresh Redis key space per test run: the appid is the key.
+    let appid = format!("wxr{:013x}", rand::random::<u64>() & 0xfffffffffffff);
+    let h = {
+        let mut h = h;
+        h.mock.state.add_account(&appid, "rs");
+        h.config.accounts[0].appid = appid.clone();
+        h
+    };
+    let mut procs = Vec::new();
+    for n in 0..3 {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxdispatch"))
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WXD_AMQP_URL", AMQP_URL)
+            .env("WXD_JOBS_QUEUE", &h.config.jobs_queue)
+            .env("WXD_OUTCOMES_EXCHANGE", &h.config.outcomes_exchange)
+            .env("WXD_OUTCOMES_QUEUE", &h.config.outcomes_queue)
+            .env("WXD_DEAD_QUEUE", &h.config.dead_queue)
+            .env("WXD_API_BASE", &h.config.api_base)
+            .env("WXD_APPID", &appid)
+            .env("WXD_SECRET", "rs")
+            .env("WXD_RATE_PER_SEC", "300")
+            .env("WXD_CONCURRENCY", "64")
+            .env("WXD_REDIS_URL", "redis://127.0.0.1:6379/0")
+            .env("WXD_HTTP_ADDR", "127.0.0.1:0")
+            .env("WXD_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .env("HOSTNAME", format!("ratetest-{n}"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a worker process");
+        procs.push(child);
+    }
+    let jobs: Vec<_> = (0..3000)
+        .map(|i| json!({"id": format!("p{i}"), "appid": appid, "touser": format!("u{i}"), "template_id": "t"}))
+        .collect();
+    h.publish_many(&jobs).await;
+    let out = h.outcomes(3000, Duration::from_secs(40)).await;
+    assert_eq!(out.len(), 3000);
+    for mut p in procs {
+        let _ = p.start_kill();
+        let _ = p.wait().await;
+    }
+    let stats = h.mock.state.stats();
+    assert_rate(&stats.per_second[&appid], 300.0, 0.03);
+    h.cleanup().await;
+}
+
+/// If Redis is unreachable, the worker neither stalls nor fails jobs: it falls back to
+/// rate / expected_replicas and says so in a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_an_unreachable_redis_falls_back_to_a_local_share_of_the_rate() {
+    let h = Harness::start(Opts {
+        env: &[
+            ("WXD_REDIS_URL", "redis://127.0.0.1:1/0"),
+            ("WXD_RATE_PER_SEC", "200"),
+            ("WXD_EXPECTED_REPLICAS", "2"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let jobs: Vec<_> = (0..500)
+        .map(|i| job(&format!("f{i}"), &format!("u{i}")))
+        .collect();
+    h.publish_many(&jobs).await;
+    let out = h.outcomes(500, Duration::from_secs(30)).await;
+    assert_eq!(out.len(), 500);
+    assert!(out.iter().all(|o| o["status"] == "sent"));
+    assert_eq!(
+        metric(&h.metrics().await, "wxdispatch_redis_fallback "),
+        1.0
+    );
+    let stats = h.mock.state.stats();
+    assert_rate(&stats.per_second[APPID], 100.0, 0.05);
+    h.cleanup().await;
+}
