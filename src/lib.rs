@@ -20,6 +20,7 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
 //! - [`metrics`], [`shutdown`], [`logging`]: operations.
 //! - [`mock`]: the WeChat API simulator behind `wxdispatch mock-wechat`.
+//! - [`publish`]: `wxdispatch publish`, validating and enqueueing a campaign (JSONL or CSV).
 //! - [`app`], [`demo`], [`cli`]: the subcommands; `main.rs` only wires them up.
 
 pub mod amqp;
@@ -36,6 +37,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod outcome;
+pub mod publish;
 pub mod receipts;
 pub mod shutdown;
 pub mod wechat;

@@ -13,6 +13,13 @@ async fn main() {
             wxdispatch::app::mock_wechat(cli.config.as_deref(), args).await
         }
         Command::Demo(args) => wxdispatch::demo::run(cli.config.as_deref(), args).await,
+        Command::Publish(args) => {
+            match wxdispatch::publish::command(cli.config.as_deref(), args).await {
+                Ok(0) => Ok(()),
+                Ok(code) => std::process::exit(code),
+                Err(e) => Err(e),
+            }
+        }
     };
     if let Err(e) = result {
         eprintln!("wxdispatch: {e:#}");
