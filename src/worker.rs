@@ -55,6 +55,9 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub dispatcher: Arc<Dispatcher>,
     pub health: Arc<Health>,
+    /// Names this worker's AMQP connections (`wxdispatch-<role>-<instance>`), so operators
+    /// and tests can tell replicas apart in the broker.
+    pub instance: String,
 }
 
 impl Ctx {
@@ -65,6 +68,7 @@ impl Ctx {
             metrics,
             dispatcher,
             health: Arc::new(Health::default()),
+            instance: format!("{}-{:06x}", hostname(), rand::random::<u32>() & 0xffffff),
         })
     }
 }
@@ -115,7 +119,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) -> anyhow::Result<()> {
 
 async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionEnd> {
     let cfg = &ctx.config;
-    let host = hostname();
+    let host = &ctx.instance;
     let pub_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-publish-{host}")).await?;
     let con_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-consume-{host}")).await?;
     let publisher = Arc::new(Publisher::new(&pub_conn, cfg).await?);
@@ -140,47 +144,54 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
     let mut con_events = con_conn.events_listener();
     let slots = Arc::new(Semaphore::new(cfg.concurrency));
     let mut tasks = JoinSet::new();
+    // While the broker blocks our publisher (memory or disk alarm), take no new work: every
+    // job needs a publish before it can be acked.
+    let mut blocked = pub_conn.status().blocked();
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let end = loop {
         while tasks.try_join_next().is_some() {}
         if !pub_conn.status().connected() || !con_conn.status().connected() {
             break SessionEnd::Lost("connection closed".into());
         }
-        // While the broker blocks our publisher (memory or disk alarm), take no new work:
-        // every job needs a publish before it can be acked.
-        if pub_conn.status().blocked() {
-            ctx.health.set_ready(&ctx.metrics, false);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                _ = shutdown.wait() => break SessionEnd::Shutdown,
-            }
-        }
-        ctx.health.set_ready(&ctx.metrics, true);
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.wait() => break SessionEnd::Shutdown,
-        };
+        ctx.health.set_ready(&ctx.metrics, !blocked);
         tokio::select! {
             _ = shutdown.wait() => break SessionEnd::Shutdown,
-            d = consumer.next() => match d {
+            p = slots.clone().acquire_owned(), if permit.is_none() && !blocked => {
+                permit = Some(p.expect("semaphore never closed"));
+            }
+            d = consumer.next(), if permit.is_some() && !blocked => match d {
                 Some(Ok(delivery)) => {
                     let ctx = ctx.clone();
                     let publisher = publisher.clone();
+                    let slot = permit.take();
                     tasks.spawn(async move {
                         handle(ctx, publisher, delivery).await;
-                        drop(permit);
+                        drop(slot);
                     });
                 }
                 Some(Err(e)) => break SessionEnd::Lost(format!("consumer error: {e}")),
                 None => break SessionEnd::Lost("consumer cancelled by the broker".into()),
             },
-            ev = pub_events.next() => if let Some(lapin::Event::Error(e)) = ev {
-                break SessionEnd::Lost(format!("publisher connection: {e}"));
+            Some(ev) = pub_events.next() => match ev {
+                lapin::Event::ConnectionBlocked(why) => {
+                    tracing::warn!(reason = %why, "broker blocked publishing (resource alarm); pausing consumption");
+                    blocked = true;
+                }
+                lapin::Event::ConnectionUnblocked => {
+                    tracing::info!("broker unblocked publishing; resuming");
+                    blocked = false;
+                }
+                lapin::Event::Error(e) => break SessionEnd::Lost(format!("publisher connection: {e}")),
+                _ => {}
             },
-            ev = con_events.next() => if let Some(lapin::Event::Error(e)) = ev {
+            Some(ev) = con_events.next() => if let lapin::Event::Error(e) = ev {
                 break SessionEnd::Lost(format!("consumer connection: {e}"));
             },
+            // Connection state can change without an event reaching us; look again soon.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
+    drop(permit);
     ctx.health.set_ready(&ctx.metrics, false);
     // Stop new deliveries; what was prefetched but not started is requeued when the channel
     // closes.
@@ -208,10 +219,12 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
         );
         tasks.abort_all();
     }
-    let _ = ch.close(200, "bye".into()).await;
-    let _ = con_conn.close(200, "bye".into()).await;
-    let _ = publisher.channel().close(200, "bye".into()).await;
-    let _ = pub_conn.close(200, "bye".into()).await;
+    // Closing what the broker already closed can wait forever: bound every step.
+    let bounded = Duration::from_secs(2);
+    let _ = tokio::time::timeout(bounded, ch.close(200, "bye".into())).await;
+    let _ = tokio::time::timeout(bounded, con_conn.close(200, "bye".into())).await;
+    let _ = tokio::time::timeout(bounded, publisher.channel().close(200, "bye".into())).await;
+    let _ = tokio::time::timeout(bounded, pub_conn.close(200, "bye".into())).await;
     ctx.metrics.amqp_connected.set(0);
     Ok(end)
 }
@@ -241,8 +254,16 @@ async fn handle(ctx: Arc<Ctx>, publisher: Arc<Publisher>, delivery: Delivery) {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(panic = %msg, "job handler panicked; the job is requeued and dead-lettered after the delivery limit");
-            true
+            let deliveries = delivery_count(&delivery) + 1;
+            if deliveries >= u64::from(ctx.config.delivery_limit) {
+                // The last delivery the queue allows: end it here with a reason, rather than
+                // letting the broker dead-letter it silently.
+                tracing::error!(panic = %msg, deliveries, "job handler panicked again; dead-lettering the job as poison");
+                !bury_poison(&ctx, &publisher, &delivery, &msg).await
+            } else {
+                tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is requeued");
+                true
+            }
         }
     };
     if failed {
@@ -259,6 +280,48 @@ async fn handle(ctx: Arc<Ctx>, publisher: Arc<Publisher>, delivery: Delivery) {
     ctx.metrics.inflight.dec();
 }
 
+/// How many times the broker delivered this job before (quorum queues count it in
+/// `x-delivery-count`; classic queues only say `redelivered`).
+fn delivery_count(delivery: &Delivery) -> u64 {
+    let counted = delivery.properties.headers().as_ref().and_then(|h| {
+        match h.inner().get("x-delivery-count")? {
+            lapin::types::AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+            lapin::types::AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+            lapin::types::AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+            _ => None,
+        }
+    });
+    counted.unwrap_or(u64::from(delivery.redelivered))
+}
+
+/// Dead-letters a poison job and publishes its `failed` outcome; true if both were confirmed
+/// and the job acked.
+async fn bury_poison(ctx: &Ctx, publisher: &Publisher, delivery: &Delivery, panic: &str) -> bool {
+    let props = &delivery.properties;
+    let message_id = props.message_id().as_ref().map(|m| m.as_str());
+    let known = match job::parse(&delivery.data, message_id, &ctx.config) {
+        Ok(Parsed::Single(j)) => (Some(j.id.to_string()), Some(j.appid), Some(j.touser)),
+        Ok(Parsed::Batch(b)) => (Some(b.id.to_string()), Some(b.appid), None),
+        Err((_, k)) => (k.id, k.appid, k.touser),
+    };
+    let detail = format!("the worker panicked on every delivery: {panic}");
+    if publisher
+        .dead_letter(&delivery.data, props, "poison", &detail)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    ctx.metrics
+        .dead_letters_total
+        .with_label_values(&["poison"])
+        .inc();
+    let mut o = Outcome::send(SendStatus::Failed, known.0, known.1, known.2);
+    o.reason = Some("poison".into());
+    o.errmsg = Some(detail);
+    publish_final(ctx, publisher, delivery, &o).await.is_ok()
+}
+
 async fn ack(delivery: &Delivery) {
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack failed; the job will be redelivered and deduplicated by id");
@@ -271,6 +334,10 @@ async fn process(
     delivery: &Delivery,
 ) -> Result<(), PublishError> {
     let props = &delivery.properties;
+    #[cfg(feature = "fault-injection")]
+    if headers::get_str(props, "x-wxd-test-panic").is_some() {
+        panic!("injected panic (fault-injection build, x-wxd-test-panic header)");
+    }
     let message_id = props.message_id().as_ref().map(|m| m.as_str());
     let parsed = job::parse(&delivery.data, message_id, &ctx.config);
     match parsed {

@@ -1,7 +1,12 @@
 //! Integration tests against the real RabbitMQ on 127.0.0.1:5672 and the embedded simulator.
 //!
-//! Each test uses its own queue names, so they run in parallel. Set `TEST_LOG=1` to see the
+//! Each test uses its own queue names, so they run in parallel; tests named `serial_*` measure
+//! rates and are run one at a time by scripts/test.sh. Set `TEST_LOG=1` to see the
 //! worker's logs.
 
+mod errors;
+mod faults;
 mod helpers;
+mod limits;
 mod pipeline;
+mod publish;
