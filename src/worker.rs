@@ -386,6 +386,12 @@ async fn process(
         Ok(Parsed::Single(job)) => {
             let span = tracing::info_span!("job", job_id = %job.id, appid = %job.appid);
             async {
+                if let Some(left) = headers::wait_left(props, chrono::Utc::now().timestamp_millis()) {
+                    // Back early from a delay tier: park it again for the rest.
+                    publisher.defer(&delivery.data, props.clone(), left).await?;
+                    ack(delivery).await;
+                    return Ok(());
+                }
                 let state = headers::retry_state(props);
                 match ctx.dispatcher.run(&job, state).await {
                     Disposition::Final(o) => {

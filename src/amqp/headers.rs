@@ -11,6 +11,9 @@ pub const ATTEMPTS: &str = "x-wxd-attempts";
 pub const FIRST_SEEN: &str = "x-wxd-first-seen";
 /// When an attempt that may have reached WeChat was first made (Unix ms).
 pub const MAYBE_SENT: &str = "x-wxd-maybe-sent";
+/// The earliest time (Unix ms) a deferred job may run. Delay tiers round down, so a job can
+/// come back early; it is then parked again for the rest, without using an attempt.
+pub const NOT_BEFORE: &str = "x-wxd-not-before";
 /// Why a job was deferred or dead-lettered (a machine word).
 pub const REASON: &str = "x-wxd-reason";
 /// A human explanation of a dead-lettered job.
@@ -61,6 +64,20 @@ pub fn with_retry_state(props: &BasicProperties, st: &RetryState, reason: &str) 
     props.clone().with_headers(table)
 }
 
+/// How long a deferred job must still wait, if it came back early.
+pub fn wait_left(props: &BasicProperties, now_ms: i64) -> Option<std::time::Duration> {
+    let at = get_i64(props, NOT_BEFORE)?;
+    // Within a quarter second is on time: tiers are whole seconds.
+    (at - now_ms > 250).then(|| std::time::Duration::from_millis((at - now_ms) as u64))
+}
+
+/// A copy of `props` that says the job may not run before `at_ms`.
+pub fn with_not_before(props: BasicProperties, at_ms: i64) -> BasicProperties {
+    let mut table = props.headers().clone().unwrap_or_default();
+    table.insert(NOT_BEFORE.into(), AMQPValue::LongLongInt(at_ms));
+    props.with_headers(table)
+}
+
 /// A header string value.
 pub fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
@@ -94,6 +111,17 @@ mod tests {
         let props = with_retry_state(&BasicProperties::default(), &st, "backoff");
         assert_eq!(retry_state(&props), st);
         assert_eq!(get_str(&props, REASON).as_deref(), Some("backoff"));
+    }
+
+    #[test]
+    fn an_early_return_knows_how_long_is_left() {
+        let props = with_not_before(BasicProperties::default(), 10_000);
+        assert_eq!(
+            wait_left(&props, 4_000),
+            Some(std::time::Duration::from_secs(6))
+        );
+        assert_eq!(wait_left(&props, 9_900), None, "close enough");
+        assert_eq!(wait_left(&BasicProperties::default(), 0), None);
     }
 
     #[test]

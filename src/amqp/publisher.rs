@@ -134,7 +134,8 @@ impl Publisher {
         delay: Duration,
     ) -> Result<(), PublishError> {
         let tier = topology::tier_for(delay);
-        let props = props
+        let not_before = chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64;
+        let props = headers::with_not_before(props, not_before)
             .with_expiration((tier * 1000).to_string().into())
             .with_delivery_mode(2);
         self.publish("", &topology::delay_queue(&self.config, tier), body, props)

@@ -215,7 +215,11 @@ impl Harness {
             let Ok(Some(v)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
                 break;
             };
-            let key = format!("{}|{}|{}|{}", v["kind"], v["id"], v["touser"], v["msgid"]);
+            // Sends are identified by (id, touser); receipts by (msgid, status).
+            let key = format!(
+                "{}|{}|{}|{}|{}",
+                v["kind"], v["id"], v["touser"], v["msgid"], v["status"]
+            );
             if self.seen.lock().unwrap().insert(key) {
                 out.push(v);
             } else {
