@@ -36,10 +36,18 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let receipts = Receipts::from_config(&config, metrics.clone())?;
     let ctx = Ctx::new(config, metrics);
     let app = crate::http::router(ctx.clone(), receipts.map(Receipts::router));
-    let (http_addr, _) = crate::http::serve(&ctx.config.http_addr, app, shutdown.clone())
+    // The HTTP server outlives the drain: /readyz answers 503 (rather than refusing
+    // connections) and receipts are still stored while in-flight sends finish.
+    let http_stop = Shutdown::new();
+    let (http_addr, _) = crate::http::serve(&ctx.config.http_addr, app, http_stop.clone())
         .await
         .with_context(|| format!("cannot listen on {}", ctx.config.http_addr))?;
-    let handle = tokio::spawn(worker::run(ctx.clone(), shutdown.clone()));
+    let run = worker::run(ctx.clone(), shutdown.clone());
+    let handle = tokio::spawn(async move {
+        let result = run.await;
+        http_stop.trigger();
+        result
+    });
     Ok(RunningWorker {
         ctx,
         http_addr,

@@ -15,11 +15,12 @@ pub struct PushTarget {
     pub token: String,
     /// Safe mode when set.
     pub aes_key: Option<AesKey>,
-    /// Status to report: `success` unless the openid asks otherwise (`block` or `sysfail` in
-    /// the openid give `failed:user block` / `failed: system failed`).
+    /// How long after the send to push, like WeChat's delivery delay.
     pub delay_ms: u64,
 }
 
+/// Status to report: `success` unless the openid asks otherwise (`block` or `sysfail` in the
+/// openid give `failed:user block` / `failed: system failed`).
 fn status_for(touser: &str) -> &'static str {
     if touser.contains("block") {
         "failed:user block"

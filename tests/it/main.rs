@@ -8,5 +8,7 @@ mod errors;
 mod faults;
 mod helpers;
 mod limits;
+mod observability;
 mod pipeline;
 mod publish;
+mod receipts;
