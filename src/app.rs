@@ -87,19 +87,15 @@ pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
 pub async fn mock_wechat(config_file: Option<&Path>, args: MockArgs) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
-    let mut accounts: Vec<(String, String)> = config
+    // The simulator accepts the worker's own accounts, from the same configuration, so that
+    // secrets never travel on a command line.
+    let accounts: Vec<(String, String)> = config
         .accounts
         .iter()
         .map(|a| (a.appid.clone(), a.secret.expose().to_string()))
         .collect();
-    for a in &args.accounts {
-        let (id, secret) = a
-            .split_once(':')
-            .with_context(|| format!("--account {a:?}: use APPID:SECRET"))?;
-        accounts.push((id.to_string(), secret.to_string()));
-    }
     if accounts.is_empty() {
-        anyhow::bail!("no account: set WXD_APPID and WXD_SECRET (or [[accounts]], or --account)");
+        anyhow::bail!("no account: set WXD_APPID and WXD_SECRET (or [[accounts]] in the file)");
     }
     let faults = args
         .faults
