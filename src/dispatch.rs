@@ -336,7 +336,12 @@ impl Dispatcher {
             }
         };
         let reservation = acct.gate.reservation(probe);
-        acct.gate.pace().await;
+        if let Err(wait) = acct.gate.pace_within(self.policy.inline_max).await {
+            // Too many of this account's sends already wait for its rate: park this one
+            // rather than hold a slot other accounts could use.
+            drop(reservation);
+            return Try::Done(self.defer(appid, wait, "rate", *state));
+        }
         let token = match acct.tokens.get().await {
             Ok(t) => t,
             Err(TokenError::Stopped { retry_in, .. }) => {

@@ -93,6 +93,8 @@ pub struct AccountGate {
     probe_every: Duration,
     state: Mutex<GateState>,
     metrics: Arc<Metrics>,
+    /// Sends of this account waiting for its rate limiter right now.
+    waiting: std::sync::atomic::AtomicU32,
 }
 
 impl AccountGate {
@@ -143,6 +145,7 @@ impl AccountGate {
                 reserved: 0,
             }),
             metrics,
+            waiting: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -208,6 +211,26 @@ impl AccountGate {
         if probe {
             st.probe_in_flight = false;
         }
+    }
+
+    /// Waits for the rate limiter, unless the queue of sends already waiting for this account
+    /// means a wait longer than `max_wait`: then returns `Err` with the estimated wait, so the
+    /// job can be deferred instead of holding a worker slot (a slow account must not starve
+    /// the others sharing the jobs queue).
+    pub async fn pace_within(&self, max_wait: Duration) -> Result<Duration, Duration> {
+        use std::sync::atomic::Ordering;
+        let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let burst = burst_for(self.rate_per_sec);
+        let estimate = Duration::from_secs_f64(
+            f64::from(ahead.saturating_sub(burst)) / f64::from(self.rate_per_sec),
+        );
+        if estimate > max_wait {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(estimate);
+        }
+        let waited = self.pace().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        Ok(waited)
     }
 
     /// Waits for the rate limiter; returns how long it waited.
@@ -444,6 +467,31 @@ mod tests {
     fn beijing_midnight_is_within_a_day() {
         let d = until_beijing_midnight();
         assert!(d > Duration::ZERO && d <= Duration::from_secs(86_400));
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_of_waiters_is_told_to_defer() {
+        let g = Arc::new(AccountGate::new(
+            "wxa",
+            2,
+            None,
+            Duration::from_secs(1),
+            Arc::new(Metrics::new()),
+        ));
+        // Ten sends wait at 2/s: the tenth would wait about four seconds.
+        let mut waiting = Vec::new();
+        for _ in 0..10 {
+            let g = g.clone();
+            waiting.push(tokio::spawn(async move {
+                g.pace_within(Duration::from_secs(60)).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = g.pace_within(Duration::from_secs(1)).await;
+        assert!(r.is_err(), "{r:?}");
+        for w in waiting {
+            w.abort();
+        }
     }
 
     #[tokio::test]

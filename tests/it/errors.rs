@@ -588,3 +588,36 @@ async fn the_minute_limit_defers_jobs_to_the_next_minute() {
     assert_eq!(h.depth(&h.config.outcomes_queue).await, 0);
     h.cleanup().await;
 }
+
+/// The token is refreshed in the background shortly before it expires, so sends rarely wait
+/// for one: with a 5-second token lifetime (classic mode, where every fetch is a new token),
+/// the token endpoint is called again without any send asking for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_refreshed_in_the_background_before_it_expires() {
+    let h = Harness::start(Opts {
+        behaviour: Behaviour {
+            token_ttl_secs: 5,
+            ..Default::default()
+        },
+        env: &[("WXD_TOKEN_MODE", "classic")],
+        ..Default::default()
+    })
+    .await;
+    h.publish(&job("bg-1", "u1")).await;
+    assert_eq!(h.outcomes(1, Duration::from_secs(10)).await.len(), 1);
+    let after_first = h.mock.state.stats().token_calls;
+    assert_eq!(after_first, 1);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let later = h.mock.state.stats().token_calls;
+    assert!(later >= 2, "no background refresh: {later} token calls");
+    // The next send finds a fresh token and needs no retry.
+    h.publish(&job("bg-2", "u2")).await;
+    let o = h.outcomes(1, Duration::from_secs(10)).await;
+    assert_eq!(o[0]["status"], "sent");
+    assert_eq!(o[0]["attempts"], 1);
+    assert!(
+        !h.mock.state.stats().errors.contains_key("42001"),
+        "no expired-token error"
+    );
+    h.cleanup().await;
+}
