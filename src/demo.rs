@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 
 use crate::amqp::{self, Publisher};
@@ -138,7 +138,7 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
         .await
         .context("cannot reach RabbitMQ (is it running on 127.0.0.1:5672?)")?;
     let publisher = Publisher::new(&conn, &config).await?;
-    delete_queues(&publisher, &config).await;
+    amqp::topology::delete(publisher.channel(), &config).await;
     amqp::topology::declare(publisher.channel(), &config).await?;
 
     // The simulator pushes receipts to the worker's callback; the worker's address is only known
@@ -271,7 +271,7 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
         pct(0.99),
         pct(1.0)
     );
-    delete_queues(&publisher, &config).await;
+    amqp::topology::delete(publisher.channel(), &config).await;
     let _ = conn.close(200, "bye".into()).await;
     anyhow::ensure!(
         outcomes.sends == expected,
@@ -355,28 +355,6 @@ async fn count_queue(publisher: &Publisher, queue: &str) -> u32 {
         .await
         .map(|q| q.message_count())
         .unwrap_or(0)
-}
-
-async fn delete_queues(publisher: &Publisher, config: &Config) {
-    let ch = publisher.channel();
-    let mut names = vec![
-        config.jobs_queue.clone(),
-        config.outcomes_queue.clone(),
-        config.dead_queue.clone(),
-    ];
-    names.extend(
-        amqp::topology::DELAY_TIERS
-            .iter()
-            .map(|t| amqp::topology::delay_queue(config, *t)),
-    );
-    for q in names {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = ch
-        .exchange_delete(config.outcomes_exchange.as_str().into(), Default::default())
-        .await;
 }
 
 /// The broker URL without its password, for printing.

@@ -119,6 +119,28 @@ pub async fn declare(ch: &Channel, config: &Config) -> lapin::Result<()> {
     Ok(())
 }
 
+/// Deletes every queue and the exchange `declare` creates. For tools that use throw-away
+/// names (the demo, the benchmark, tests); never called by the worker.
+pub async fn delete(ch: &Channel, config: &Config) {
+    let mut names = vec![
+        config.jobs_queue.clone(),
+        config.outcomes_queue.clone(),
+        config.dead_queue.clone(),
+    ];
+    names.extend(DELAY_TIERS.iter().map(|t| delay_queue(config, *t)));
+    for q in names {
+        let _ = ch
+            .queue_delete(
+                q.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = ch
+        .exchange_delete(config.outcomes_exchange.as_str().into(), Default::default())
+        .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,7 @@ pub struct SharedLimiter {
 }
 
 /// How long a Redis call may take before the caller falls back to local limits.
-pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl SharedLimiter {
     /// Connects (with a bounded wait). The connection manager reconnects by itself later.

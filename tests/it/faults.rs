@@ -3,7 +3,6 @@
 //! outcomes seen, duplicate outcomes (at-least-once delivery) and losses.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
@@ -33,34 +32,6 @@ fn report(name: &str, h: &Harness, published: usize, outcomes: &[Value]) {
         stats.duplicates_suppressed
     );
     assert_eq!(losses, 0, "{name}: jobs without an outcome");
-}
-
-/// The worker binary with the harness's settings.
-fn worker_process(h: &Harness, extra: &[(&str, &str)]) -> tokio::process::Child {
-    let c = &h.config;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxdispatch"));
-    cmd.arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("WXD_AMQP_URL", AMQP_URL)
-        .env("WXD_JOBS_QUEUE", &c.jobs_queue)
-        .env("WXD_OUTCOMES_EXCHANGE", &c.outcomes_exchange)
-        .env("WXD_OUTCOMES_QUEUE", &c.outcomes_queue)
-        .env("WXD_DEAD_QUEUE", &c.dead_queue)
-        .env("WXD_API_BASE", &c.api_base)
-        .env("WXD_APPID", APPID)
-        .env("WXD_SECRET", SECRET)
-        .env("WXD_RATE_PER_SEC", "100000")
-        .env("WXD_HTTP_ADDR", "127.0.0.1:0")
-        .env("WXD_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("start the worker binary")
 }
 
 fn jobs(prefix: &str, n: usize) -> Vec<Value> {
@@ -203,8 +174,9 @@ async fn sigterm_mid_load_drains_and_exits_cleanly() {
     .await;
     let n = 600;
     h.publish_many(&jobs("term", n)).await;
-    let mut child = worker_process(
-        &h,
+    let mut child = h.worker_process(
+        APPID,
+        SECRET,
         &[("WXD_CONCURRENCY", "32"), ("WXD_DRAIN_TIMEOUT_SECS", "10")],
     );
     let mut out = h.outcomes(100, Duration::from_secs(30)).await;
@@ -249,12 +221,12 @@ async fn kill_9_and_restart_loses_nothing_and_sends_nothing_twice() {
     let n = 10_000;
     h.publish_many(&jobs("kill", n)).await;
     let settings = [("WXD_CONCURRENCY", "128"), ("WXD_PREFETCH", "256")];
-    let mut child = worker_process(&h, &settings);
+    let mut child = h.worker_process(APPID, SECRET, &settings);
     let mut out = h.outcomes(3000, Duration::from_secs(60)).await;
     assert_eq!(out.len(), 3000);
     child.start_kill().unwrap(); // SIGKILL
     child.wait().await.unwrap();
-    let mut again = worker_process(&h, &settings);
+    let mut again = h.worker_process(APPID, SECRET, &settings);
     out.extend(h.outcomes(n - out.len(), Duration::from_secs(120)).await);
     let _ = again.start_kill();
     let _ = again.wait().await;

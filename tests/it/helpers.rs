@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use serde_json::Value;
@@ -291,27 +291,76 @@ impl Harness {
     /// Stops the worker and deletes every queue and exchange the test used.
     pub async fn cleanup(mut self) {
         self.stop_worker().await;
-        let ch = self.publisher.channel();
-        let c = &self.config;
-        let mut names = vec![
-            c.jobs_queue.clone(),
-            c.outcomes_queue.clone(),
-            c.dead_queue.clone(),
-        ];
-        names.extend(
-            amqp::topology::DELAY_TIERS
-                .iter()
-                .map(|t| amqp::topology::delay_queue(c, *t)),
-        );
-        for q in names {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(c.outcomes_exchange.as_str().into(), Default::default())
-            .await;
+        amqp::topology::delete(self.publisher.channel(), &self.config).await;
         let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
+impl Harness {
+    /// The worker binary as a child process, on this harness's queues and simulator.
+    pub fn worker_process(
+        &self,
+        appid: &str,
+        secret: &str,
+        extra: &[(&str, &str)],
+    ) -> tokio::process::Child {
+        let c = &self.config;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxdispatch"));
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WXD_AMQP_URL", AMQP_URL)
+            .env("WXD_JOBS_QUEUE", &c.jobs_queue)
+            .env("WXD_OUTCOMES_EXCHANGE", &c.outcomes_exchange)
+            .env("WXD_OUTCOMES_QUEUE", &c.outcomes_queue)
+            .env("WXD_DEAD_QUEUE", &c.dead_queue)
+            .env("WXD_API_BASE", &c.api_base)
+            .env("WXD_APPID", appid)
+            .env("WXD_SECRET", secret)
+            .env("WXD_RATE_PER_SEC", "100000")
+            .env("WXD_HTTP_ADDR", "127.0.0.1:0")
+            .env("WXD_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("start the worker binary")
+    }
+
+    /// Replaces the configuration with one read from a TOML file body (several
+    /// `[[accounts]]`), on this harness's queues, with secrets from `WXD_SECRET_<APPID>`.
+    pub fn use_accounts_file(
+        &mut self,
+        toml: &str,
+        secrets: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) {
+        let c = &self.config;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in [
+            ("WXD_AMQP_URL", AMQP_URL),
+            ("WXD_JOBS_QUEUE", c.jobs_queue.as_str()),
+            ("WXD_OUTCOMES_EXCHANGE", c.outcomes_exchange.as_str()),
+            ("WXD_OUTCOMES_QUEUE", c.outcomes_queue.as_str()),
+            ("WXD_DEAD_QUEUE", c.dead_queue.as_str()),
+            ("WXD_API_BASE", c.api_base.as_str()),
+            ("WXD_HTTP_ADDR", "127.0.0.1:0"),
+        ] {
+            env.insert(k.into(), v.into());
+        }
+        for (appid, secret) in secrets {
+            env.insert(
+                format!("WXD_SECRET_{}", appid.to_ascii_uppercase()),
+                secret.to_string(),
+            );
+        }
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        self.config = Config::from_sources(Some(toml), &env).expect("valid accounts file");
     }
 }
 

@@ -152,22 +152,11 @@ async fn serial_two_accounts_each_hold_their_own_rate() {
     let toml = format!(
         "[[accounts]]\nappid = \"{APPID}\"\nrate_per_sec = 150\n[[accounts]]\nappid = \"{other}\"\nrate_per_sec = 50\n"
     );
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in [
-        ("WXD_AMQP_URL", AMQP_URL),
-        ("WXD_JOBS_QUEUE", h.config.jobs_queue.as_str()),
-        ("WXD_OUTCOMES_EXCHANGE", h.config.outcomes_exchange.as_str()),
-        ("WXD_OUTCOMES_QUEUE", h.config.outcomes_queue.as_str()),
-        ("WXD_DEAD_QUEUE", h.config.dead_queue.as_str()),
-        ("WXD_API_BASE", h.config.api_base.as_str()),
-        ("WXD_HTTP_ADDR", "127.0.0.1:0"),
-        ("WXD_SECRET_WXTEST0000000001", SECRET),
-        ("WXD_SECRET_WXTEST0000000002", "s2"),
-        ("WXD_CONCURRENCY", "64"),
-    ] {
-        env.insert(k.into(), v.into());
-    }
-    h.config = wxdispatch::config::Config::from_sources(Some(&toml), &env).unwrap();
+    h.use_accounts_file(
+        &toml,
+        &[(APPID, SECRET), (other, "s2")],
+        &[("WXD_CONCURRENCY", "64")],
+    );
     h.start_worker().await;
     let mut jobs = Vec::new();
     for i in 0..750 {
@@ -204,28 +193,19 @@ async fn serial_three_processes_share_one_rate_through_redis() {
     };
     let mut procs = Vec::new();
     for n in 0..3 {
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxdispatch"))
-            .arg("run")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("WXD_AMQP_URL", AMQP_URL)
-            .env("WXD_JOBS_QUEUE", &h.config.jobs_queue)
-            .env("WXD_OUTCOMES_EXCHANGE", &h.config.outcomes_exchange)
-            .env("WXD_OUTCOMES_QUEUE", &h.config.outcomes_queue)
-            .env("WXD_DEAD_QUEUE", &h.config.dead_queue)
-            .env("WXD_API_BASE", &h.config.api_base)
-            .env("WXD_APPID", &appid)
-            .env("WXD_SECRET", "rs")
-            .env("WXD_RATE_PER_SEC", "300")
-            .env("WXD_CONCURRENCY", "64")
-            .env("WXD_REDIS_URL", "redis://127.0.0.1:6379/0")
-            .env("WXD_HTTP_ADDR", "127.0.0.1:0")
-            .env("WXD_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .env("HOSTNAME", format!("ratetest-{n}"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start a worker process");
+        let host = format!("ratetest-{n}");
+        let child = h.worker_process(
+            &appid,
+            "rs",
+            &[
+                ("WXD_RATE_PER_SEC", "300"),
+                ("WXD_CONCURRENCY", "64"),
+                ("WXD_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                // As deployed: if Redis is slow to answer, each falls back to a third.
+                ("WXD_EXPECTED_REPLICAS", "3"),
+                ("HOSTNAME", host.as_str()),
+            ],
+        );
         procs.push(child);
     }
     let jobs: Vec<_> = (0..3000)
@@ -288,24 +268,15 @@ async fn a_slow_account_does_not_starve_a_fast_one() {
     let toml = format!(
         "[[accounts]]\nappid = \"{fast}\"\nrate_per_sec = 1000\n[[accounts]]\nappid = \"{slow}\"\nrate_per_sec = 2\n"
     );
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in [
-        ("WXD_AMQP_URL", AMQP_URL),
-        ("WXD_JOBS_QUEUE", h.config.jobs_queue.as_str()),
-        ("WXD_OUTCOMES_EXCHANGE", h.config.outcomes_exchange.as_str()),
-        ("WXD_OUTCOMES_QUEUE", h.config.outcomes_queue.as_str()),
-        ("WXD_DEAD_QUEUE", h.config.dead_queue.as_str()),
-        ("WXD_API_BASE", h.config.api_base.as_str()),
-        ("WXD_HTTP_ADDR", "127.0.0.1:0"),
-        ("WXD_SECRET_WXTEST0000000003", "f"),
-        ("WXD_SECRET_WXTEST0000000004", "s"),
-        ("WXD_CONCURRENCY", "16"),
-        ("WXD_PREFETCH", "32"),
-        ("WXD_INLINE_RETRY_MAX_MS", "1000"),
-    ] {
-        env.insert(k.into(), v.into());
-    }
-    h.config = wxdispatch::config::Config::from_sources(Some(&toml), &env).unwrap();
+    h.use_accounts_file(
+        &toml,
+        &[(fast, "f"), (slow, "s")],
+        &[
+            ("WXD_CONCURRENCY", "16"),
+            ("WXD_PREFETCH", "32"),
+            ("WXD_INLINE_RETRY_MAX_MS", "1000"),
+        ],
+    );
     h.start_worker().await;
     let slow_jobs: Vec<_> = (0..100)
         .map(|i| json!({"id": format!("s{i}"), "appid": slow, "touser": format!("u{i}"), "template_id": "t"}))
