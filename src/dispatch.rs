@@ -345,15 +345,9 @@ impl Dispatcher {
         let token = match acct.tokens.get().await {
             Ok(t) => t,
             Err(TokenError::Stopped { retry_in, .. }) => {
-                if probe {
-                    acct.gate.probe_done();
-                }
                 return Try::Done(self.defer(appid, retry_in, "account_stopped", *state));
             }
             Err(TokenError::Unavailable { retry_in, .. }) => {
-                if probe {
-                    acct.gate.probe_done();
-                }
                 state.attempts += 1;
                 return Try::Again {
                     reason: "token_unavailable".into(),
@@ -375,9 +369,6 @@ impl Dispatcher {
             Ok(r) => r,
             Err(e) => {
                 self.count_api(appid, &e.label());
-                if probe {
-                    acct.gate.probe_done();
-                }
                 if e.maybe_sent() && state.maybe_sent_ms.is_none() {
                     state.maybe_sent_ms = Some(Utc::now().timestamp_millis());
                 }
@@ -403,9 +394,6 @@ impl Dispatcher {
         let code = reply.errcode;
         self.count_api(appid, &code.to_string());
         let action = errcode::action(code);
-        if action != Action::PauseQuota && probe {
-            acct.gate.probe_done();
-        }
         match action {
             Action::Success => {
                 if acct.resume_sends() {

@@ -307,11 +307,6 @@ impl AccountGate {
         }
     }
 
-    /// A probe ended without telling us anything about the quota (a transient error).
-    pub fn probe_done(&self) {
-        self.state.lock().expect("gate lock").probe_in_flight = false;
-    }
-
     /// WeChat said 45009: today's quota is spent. Pause the account.
     pub fn pause_quota(&self) {
         let mut st = self.state.lock().expect("gate lock");
@@ -347,11 +342,6 @@ impl AccountGate {
             st.day = today;
             st.sent_today = 0;
         }
-    }
-
-    /// Successful sends counted today (Beijing day).
-    pub fn sent_today(&self) -> u64 {
-        self.state.lock().expect("gate lock").sent_today
     }
 }
 

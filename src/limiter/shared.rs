@@ -97,19 +97,6 @@ impl SharedLimiter {
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
         Ok(n)
     }
-
-    /// Today's shared count for `appid`.
-    pub async fn sent_today(&self, appid: &str, day: &str) -> redis::RedisResult<u64> {
-        let key = format!("wxdispatch:sent:{appid}:{day}");
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(&key);
-        let fut = cmd.query_async::<Option<u64>>(&mut conn);
-        let n = tokio::time::timeout(CALL_TIMEOUT, fut)
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
-        Ok(n.unwrap_or(0))
-    }
 }
 
 /// A lazily connected [`SharedLimiter`]: Redis may be down at start or go away later; the

@@ -148,14 +148,6 @@ impl TokenSource {
         }
     }
 
-    /// Whether the circuit breaker currently holds this account stopped.
-    pub fn stopped(&self) -> Option<i64> {
-        let st = self.refresh.try_lock().ok()?;
-        st.stopped
-            .filter(|(_, until)| Instant::now() < *until)
-            .map(|(c, _)| c)
-    }
-
     /// Refreshes in the background shortly before the token expires, so sends rarely wait.
     pub async fn keep_fresh(self: Arc<Self>, shutdown: crate::shutdown::Shutdown) {
         loop {
@@ -364,9 +356,5 @@ impl TokenSource {
             .token_refreshes_total
             .with_label_values(&[&self.appid, result])
             .inc();
-    }
-
-    pub fn appid(&self) -> &str {
-        &self.appid
     }
 }
