@@ -31,6 +31,11 @@ pub enum Command {
     /// start (re-running is safe: jobs keep their ids); 2 invalid lines (reported with their
     /// line numbers and never sent).
     Publish(PublishArgs),
+    /// Measure the whole pipeline on the local broker: publish jobs with confirms, run a worker
+    /// as a child process against an embedded simulator, consume the outcomes, and report
+    /// jobs/s, the worker's CPU per job and peak RSS, and publish-to-outcome latency.
+    /// Uses its own queue names and deletes them afterwards. See docs/BENCHMARKS.md.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,10 +63,6 @@ pub struct MockArgs {
     /// (signed with WXD_CALLBACK_TOKEN; AES safe mode when WXD_CALLBACK_AES_KEY is set).
     #[arg(long)]
     pub push_url: Option<String>,
-    /// Extra accounts APPID:SECRET accepted besides the configured ones (for local testing
-    /// only; never use a real secret on a command line).
-    #[arg(long = "account", value_name = "APPID:SECRET")]
-    pub accounts: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -95,4 +96,47 @@ pub struct PublishArgs {
     /// Validate the whole input first and send nothing if any line is invalid.
     #[arg(long)]
     pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Jobs to publish.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// The worker's sends in flight (WXD_CONCURRENCY).
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// The worker's AMQP prefetch (WXD_PREFETCH).
+    #[arg(long, default_value_t = 512)]
+    pub prefetch: u16,
+    /// Simulator latency per send, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Publish steadily at R jobs per second (for latency) instead of as fast as confirmed.
+    #[arg(long, value_name = "R")]
+    pub rate: Option<std::num::NonZeroU32>,
+    /// Publish every job first, then start the worker on the backlog (for memory).
+    #[arg(long)]
+    pub backlog: bool,
+    /// Queue type of the jobs, outcomes and dead-letter queues.
+    #[arg(long, default_value = "quorum", value_parser = ["quorum", "classic"])]
+    pub queue_type: String,
+    /// The account's rate limit given to the worker (WXD_RATE_PER_SEC); very high by default,
+    /// so the pipeline itself is measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub account_rate: u32,
+    /// Publishes awaiting their confirm at once.
+    #[arg(long, default_value_t = 1024)]
+    pub publish_window: usize,
+    /// Give up waiting for outcomes after this many seconds (default: 60 plus 1 s per 500 jobs,
+    /// or the publishing time at --rate plus 60 s).
+    #[arg(long)]
+    pub timeout_secs: Option<u64>,
+    /// Tokio worker threads of the worker process (TOKIO_WORKER_THREADS; default one per
+    /// core).
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+    /// Print one JSON object on stdout instead of the readable report.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -13,6 +13,7 @@ async fn main() {
             wxdispatch::app::mock_wechat(cli.config.as_deref(), args).await
         }
         Command::Demo(args) => wxdispatch::demo::run(cli.config.as_deref(), args).await,
+        Command::Bench(args) => wxdispatch::bench::run(cli.config.as_deref(), args).await,
         Command::Publish(args) => {
             match wxdispatch::publish::command(cli.config.as_deref(), args).await {
                 Ok(0) => Ok(()),

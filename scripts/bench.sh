@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Reproduces the figures of docs/BENCHMARKS.md with `wxdispatch bench` (release build).
+#
+#   scripts/bench.sh headline   the four targets: throughput and CPU/job over 100,000 jobs,
+#                               RSS on a 200,000-job backlog, p99 at a steady 1,000 jobs/s
+#   scripts/bench.sh sweep      throughput and CPU/job vs concurrency x simulator latency
+#   scripts/bench.sh plot       docs/bench/scaling.png from the sweep's results
+#   scripts/bench.sh            all three
+#
+# Results are appended as JSON lines (one per run, with the load average before it) to
+# docs/bench/headline.jsonl and docs/bench/sweep.jsonl. Run it on a quiet machine: the broker,
+# the simulator and the worker share the cores, and anything else running skews every figure.
+# Needs RabbitMQ on WXD_AMQP_URL (default localhost); python3 with matplotlib for the plot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-docs/bench}
+BIN=${BIN:-target/release/wxdispatch}
+QUEUE_TYPE=${QUEUE_TYPE:-quorum}
+mkdir -p "$OUT"
+
+build() {
+    if [[ -z "${NO_BUILD:-}" ]]; then
+        cargo build --release --locked --quiet
+    fi
+}
+
+bench() {
+    # One run, one JSON line; a failed run is recorded too (with its exit status), never hidden.
+    local file=$1
+    shift
+    local line status=0
+    line=$("$BIN" bench --json --queue-type "$QUEUE_TYPE" "$@") || status=$?
+    if [[ -z "$line" ]]; then
+        line="{\"error\":\"exit $status\",\"args\":\"$*\"}"
+    fi
+    echo "$line" | tee -a "$OUT/$file"
+}
+
+headline() {
+    # Throughput and worker CPU per job: 100,000 jobs, no rate limit.
+    bench headline.jsonl --jobs 100000 --concurrency 256 --prefetch 512
+    # Memory: 200,000 jobs published first, then the worker starts on the backlog.
+    bench headline.jsonl --jobs 200000 --concurrency 256 --prefetch 512 --backlog
+    # Latency: a steady 1,000 jobs/s for 30 s.
+    bench headline.jsonl --jobs 30000 --concurrency 256 --prefetch 512 --rate 1000
+}
+
+sweep() {
+    for latency in 0 20 100; do
+        for c in 1 8 32 64 128 200 256; do
+            # About five seconds of work per point: C in flight, each taking L ms plus ~1 ms.
+            local est=$((c * 1000 / (latency + 1)))
+            ((est > 4000)) && est=4000
+            local jobs=$((est * 5))
+            ((jobs < 100)) && jobs=100
+            ((jobs > 15000)) && jobs=15000
+            local prefetch=$((c * 2 < 16 ? 16 : c * 2))
+            bench sweep.jsonl --jobs "$jobs" --concurrency "$c" --prefetch "$prefetch" \
+                --latency-ms "$latency"
+        done
+    done
+}
+
+plot() {
+    python3 "$OUT/plot.py" "$OUT/sweep.jsonl" "$OUT/scaling.png"
+}
+
+case "${1:-all}" in
+headline) build && headline ;;
+sweep) build && sweep ;;
+plot) plot ;;
+all) build && headline && sweep && plot ;;
+*)
+    echo "usage: $0 [headline|sweep|plot|all]" >&2
+    exit 2
+    ;;
+esac
