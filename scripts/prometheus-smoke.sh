@@ -3,7 +3,7 @@
 # scripts/check-deploy.sh) scrapes a live worker under a small load, and every PromQL query of
 # grafana/dashboards/*.json must parse and return data.
 #
-#     bash scripts/prometheus-smoke.sh            # uses target/debug/wxdispatch (builds it if missing)
+#     bash scripts/prometheus-smoke.sh            # builds and uses target/debug/wxdispatch
 #     WXD_BIN=target/release/wxdispatch bash scripts/prometheus-smoke.sh
 #
 # Needs RabbitMQ on 127.0.0.1:5672 (scripts/services.sh). Everything listens on 127.0.0.1 only,
@@ -26,7 +26,8 @@ command -v prometheus >/dev/null 2>&1 \
   || die "prometheus is not installed; run bash scripts/check-deploy.sh (apt-get install prometheus)"
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
 command -v curl >/dev/null 2>&1 || die "curl is required"
-if [ ! -x "$BIN" ]; then
+if [ -z "${WXD_BIN:-}" ]; then
+  # Cheap when up to date, and never tests a stale binary.
   say "building $BIN"
   nice -n 5 cargo build --locked --bin wxdispatch
 fi

@@ -311,13 +311,32 @@ fn parse_inner(
 
     if recipients.len() > 1 {
         obj.remove("client_msg_id");
-        return Ok(Parsed::Batch(Batch {
+        let batch = Batch {
             id,
             appid,
             recipients,
             not_after,
             template: obj,
-        }));
+        };
+        // Each recipient's job comes back through this parser with `id` and `appid` added, so
+        // a batch near the size limit would expand into jobs over it: refuse the batch now, as
+        // one invalid job, rather than every recipient later.
+        let longest = batch
+            .recipients
+            .iter()
+            .max_by_key(|r| Value::from(r.as_str()).to_string().len())
+            .expect("a batch has recipients");
+        let size = batch.job_for(longest).len();
+        if size > config.max_job_bytes {
+            return Err(InvalidJob::new(
+                "too_large",
+                format!(
+                    "each recipient's job would be up to {size} bytes, the limit is {}",
+                    config.max_job_bytes
+                ),
+            ));
+        }
+        return Ok(Parsed::Batch(batch));
     }
     let touser = recipients.into_iter().next().expect("one recipient");
     known.touser = Some(touser.clone());
@@ -512,6 +531,33 @@ mod tests {
             panic!()
         };
         assert_eq!((j.id.as_str(), j.touser.as_str()), ("b1", "o2"));
+    }
+
+    /// Found by fuzzing: a batch without id or appid just under the size limit expanded into
+    /// recipient jobs over it (the `id` and `appid` are added back), each then invalid.
+    #[test]
+    fn a_batch_whose_recipient_jobs_would_be_too_large_is_refused_whole() {
+        let env: BTreeMap<String, String> = [
+            ("WXD_APPID", "wx0123456789abcdef"),
+            ("WXD_SECRET", "s"),
+            ("WXD_MAX_JOB_BYTES", "2048"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = Config::from_sources(None, &env).unwrap();
+        let batch = |pad: usize| {
+            format!(
+                r#"{{"touser":["a","b"],"template_id":"t","x":"{}"}}"#,
+                "x".repeat(pad)
+            )
+        };
+        let (e, _) = parse(batch(2000).as_bytes(), None, &config).unwrap_err();
+        assert_eq!(e.reason, "too_large");
+        let Parsed::Batch(b) = parse(batch(1900).as_bytes(), None, &config).unwrap() else {
+            panic!("expected a batch")
+        };
+        assert!(parse(&b.job_for("a"), None, &config).is_ok());
     }
 
     #[test]

@@ -518,8 +518,13 @@ fn push_cdata_field(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push_str("><![CDATA[");
     // A CDATA section cannot contain `]]>`; end it after `]]` and start a
-    // new one before `>`.
-    out.push_str(&value.replace("]]>", "]]]]><![CDATA[>"));
+    // new one before `>`. A CR would be read back as LF (XML end-of-line handling), so it goes
+    // between sections as a character reference.
+    out.push_str(
+        &value
+            .replace("]]>", "]]]]><![CDATA[>")
+            .replace('\r', "]]>&#13;<![CDATA["),
+    );
     out.push_str("]]></");
     out.push_str(name);
     out.push('>');
@@ -861,8 +866,8 @@ mod tests {
     }
 
     fn text() -> impl Strategy<Value = String> {
-        // Any characters except CR, which XML end-of-line handling rewrites.
-        "[^\r]{0,40}"
+        // Any characters, CR included (written as `&#13;` so it is not read back as LF).
+        ".{0,40}|[\r\n\\]>]{0,8}"
     }
 
     proptest! {

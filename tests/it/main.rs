@@ -6,6 +6,7 @@
 
 mod errors;
 mod faults;
+mod fuzz_corpus;
 mod helpers;
 mod limits;
 mod observability;
