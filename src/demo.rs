@@ -233,7 +233,7 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
             .map(|d| d.as_millis())
             .unwrap_or(0)
     };
-    let dead = count_queue(&publisher, &config.dead_queue).await;
+    let dead = amqp::topology::depth(publisher.channel(), &config.dead_queue).await;
 
     println!();
     println!("  outcome (kind send)        count");
@@ -339,22 +339,6 @@ pub async fn collect(
     }
     let _ = ch.close(200, "bye".into()).await;
     Ok(got)
-}
-
-async fn count_queue(publisher: &Publisher, queue: &str) -> u32 {
-    publisher
-        .channel()
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(|q| q.message_count())
-        .unwrap_or(0)
 }
 
 /// The broker URL without its password, for printing.

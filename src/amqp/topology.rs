@@ -119,6 +119,22 @@ pub async fn declare(ch: &Channel, config: &Config) -> lapin::Result<()> {
     Ok(())
 }
 
+/// Messages ready in `queue` now (a passive declare; 0 if it cannot be read). A passive
+/// declare of a missing queue closes the channel, so give it one that may be lost.
+pub async fn depth(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map(|q| q.message_count())
+    .unwrap_or(0)
+}
+
 /// Deletes every queue and the exchange `declare` creates. For tools that use throw-away
 /// names (the demo, the benchmark, tests); never called by the worker.
 pub async fn delete(ch: &Channel, config: &Config) {

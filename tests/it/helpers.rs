@@ -259,18 +259,7 @@ impl Harness {
     /// Messages in a queue right now (passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map(|q| q.message_count())
-            .unwrap_or(0);
+        let q = amqp::topology::depth(&ch, queue).await;
         let _ = ch.close(200, "done".into()).await;
         q
     }
