@@ -27,6 +27,9 @@ pub struct Metrics {
     pub deferred_total: IntCounterVec,
     pub dead_letters_total: IntCounterVec,
     pub amqp_reconnects_total: IntCounter,
+    /// `basic.ack` frames sent, by `multiple`: with `wxdispatch_jobs_total` it shows how many
+    /// jobs one ack settles (see amqp::acks).
+    pub amqp_acks_total: IntCounterVec,
     pub callback_requests_total: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub account_stopped: IntGaugeVec,
@@ -172,6 +175,12 @@ impl Metrics {
                 &["reason"],
             ),
             amqp_reconnects_total,
+            amqp_acks_total: counter(
+                r,
+                "wxdispatch_amqp_acks_total",
+                "basic.ack frames sent for jobs, by whether one frame acked several (multiple)",
+                &["multiple"],
+            ),
             callback_requests_total: counter(
                 r,
                 "wxdispatch_callback_requests_total",
@@ -202,6 +211,9 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for multiple in ["true", "false"] {
+            m.amqp_acks_total.with_label_values(&[multiple]);
+        }
         m
     }
 

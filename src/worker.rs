@@ -8,7 +8,8 @@
 //!
 //! The ack rule: a job is acked only after everything it produced (its outcome, its
 //! dead-letter copy, its deferred copy or its expanded recipients) was confirmed by the broker.
-//! On any publish failure the job is nacked with requeue and comes back.
+//! On any publish failure the job is nacked with requeue and comes back. Acks are batched
+//! ([`amqp::acks`]): one `basic.ack(multiple)` settles a contiguous run of finished jobs.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -17,15 +18,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::amqp::{self, PublishError, Publisher, headers, topology};
+use crate::amqp::{self, Acks, PublishError, Publisher, headers, topology};
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Disposition};
 use crate::job::{self, Parsed};
@@ -71,6 +70,13 @@ impl Ctx {
             instance: format!("{}-{:06x}", hostname(), rand::random::<u32>() & 0xffffff),
         })
     }
+}
+
+/// What a job task needs from its session: the confirm-mode publisher and the acks of the
+/// consuming channel. Both die with the session; a delivery is never acked on another.
+struct Io {
+    publisher: Publisher,
+    acks: Acks,
 }
 
 enum SessionEnd {
@@ -122,11 +128,15 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
     let host = &ctx.instance;
     let pub_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-publish-{host}")).await?;
     let con_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-consume-{host}")).await?;
-    let publisher = Arc::new(Publisher::new(&pub_conn, cfg).await?);
+    let publisher = Publisher::new(&pub_conn, cfg).await?;
     topology::declare(publisher.channel(), cfg).await?;
     let ch = con_conn.create_channel().await?;
     ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
         .await?;
+    let io = Arc::new(Io {
+        publisher,
+        acks: Acks::start(ch.clone(), ctx.metrics.clone()),
+    });
     let mut consumer = ch
         .basic_consume(
             cfg.jobs_queue.as_str().into(),
@@ -161,13 +171,16 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
             }
             d = consumer.next(), if permit.is_some() && !blocked => match d {
                 Some(Ok(delivery)) => {
+                    io.acks.received(delivery.delivery_tag);
                     let ctx = ctx.clone();
-                    let publisher = publisher.clone();
+                    let io = io.clone();
                     let slot = permit.take();
-                    tasks.spawn(async move {
-                        handle(ctx, publisher, delivery).await;
+                    // Boxed: the job's future is large, and tokio moves a task's future
+                    // into and out of its cell by value (memcpy was 8 % of the CPU).
+                    tasks.spawn(Box::pin(async move {
+                        handle(ctx, io, delivery).await;
                         drop(slot);
-                    });
+                    }));
                 }
                 Some(Err(e)) => break SessionEnd::Lost(format!("consumer error: {e}")),
                 None => break SessionEnd::Lost("consumer cancelled by the broker".into()),
@@ -221,9 +234,11 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
     }
     // Closing what the broker already closed can wait forever: bound every step.
     let bounded = Duration::from_secs(2);
+    // The acks still owed go out before the channel closes (unacked jobs would come back).
+    let _ = tokio::time::timeout(bounded * 2, io.acks.close()).await;
     let _ = tokio::time::timeout(bounded, ch.close(200, "bye".into())).await;
     let _ = tokio::time::timeout(bounded, con_conn.close(200, "bye".into())).await;
-    let _ = tokio::time::timeout(bounded, publisher.channel().close(200, "bye".into())).await;
+    let _ = tokio::time::timeout(bounded, io.publisher.channel().close(200, "bye".into())).await;
     let _ = tokio::time::timeout(bounded, pub_conn.close(200, "bye".into())).await;
     ctx.metrics.amqp_connected.set(0);
     Ok(end)
@@ -237,9 +252,9 @@ fn hostname() -> String {
 }
 
 /// Handles one delivery; never panics out and never acks without a confirmed publish.
-async fn handle(ctx: Arc<Ctx>, publisher: Arc<Publisher>, delivery: Delivery) {
+async fn handle(ctx: Arc<Ctx>, io: Arc<Io>, delivery: Delivery) {
     ctx.metrics.inflight.inc();
-    let result = AssertUnwindSafe(process(&ctx, &publisher, &delivery))
+    let result = AssertUnwindSafe(process(&ctx, &io, &delivery))
         .catch_unwind()
         .await;
     let failed = match result {
@@ -259,7 +274,7 @@ async fn handle(ctx: Arc<Ctx>, publisher: Arc<Publisher>, delivery: Delivery) {
                 // The last delivery the queue allows: end it here with a reason, rather than
                 // letting the broker dead-letter it silently.
                 tracing::error!(panic = %msg, deliveries, "job handler panicked again; dead-lettering the job as poison");
-                !bury_poison(&ctx, &publisher, &delivery, &msg).await
+                !bury_poison(&ctx, &io, &delivery, &msg).await
             } else {
                 tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is requeued");
                 true
@@ -276,6 +291,8 @@ async fn handle(ctx: Arc<Ctx>, publisher: Arc<Publisher>, delivery: Delivery) {
                 ..BasicNackOptions::default()
             })
             .await;
+        // Awaited first, so no later multiple ack can reach the broker before this nack.
+        io.acks.settled(delivery.delivery_tag);
     }
     ctx.metrics.inflight.dec();
 }
@@ -296,7 +313,7 @@ fn delivery_count(delivery: &Delivery) -> u64 {
 
 /// Dead-letters a poison job and publishes its `failed` outcome; true if both were confirmed
 /// and the job acked.
-async fn bury_poison(ctx: &Ctx, publisher: &Publisher, delivery: &Delivery, panic: &str) -> bool {
+async fn bury_poison(ctx: &Ctx, io: &Io, delivery: &Delivery, panic: &str) -> bool {
     let props = &delivery.properties;
     let message_id = props.message_id().as_ref().map(|m| m.as_str());
     let known = match job::parse(&delivery.data, message_id, &ctx.config) {
@@ -305,7 +322,8 @@ async fn bury_poison(ctx: &Ctx, publisher: &Publisher, delivery: &Delivery, pani
         Err((_, k)) => (k.id, k.appid, k.touser),
     };
     let detail = format!("the worker panicked on every delivery: {panic}");
-    if publisher
+    if io
+        .publisher
         .dead_letter(&delivery.data, props, "poison", &detail)
         .await
         .is_err()
@@ -319,20 +337,12 @@ async fn bury_poison(ctx: &Ctx, publisher: &Publisher, delivery: &Delivery, pani
     let mut o = Outcome::send(SendStatus::Failed, known.0, known.1, known.2);
     o.reason = Some("poison".into());
     o.errmsg = Some(detail);
-    publish_final(ctx, publisher, delivery, &o).await.is_ok()
+    publish_final(ctx, io, delivery, &o).await.is_ok()
 }
 
-async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-        tracing::warn!(error = %e, "ack failed; the job will be redelivered and deduplicated by id");
-    }
-}
-
-async fn process(
-    ctx: &Ctx,
-    publisher: &Publisher,
-    delivery: &Delivery,
-) -> Result<(), PublishError> {
+async fn process(ctx: &Ctx, io: &Io, delivery: &Delivery) -> Result<(), PublishError> {
+    let publisher = &io.publisher;
+    let ack = || io.acks.ack(delivery.delivery_tag);
     let props = &delivery.properties;
     #[cfg(feature = "fault-injection")]
     if headers::get_str(props, "x-wxd-test-panic").is_some() {
@@ -359,7 +369,7 @@ async fn process(
             let mut o = Outcome::send(SendStatus::Invalid, known.id, known.appid, known.touser);
             o.reason = Some(invalid.reason.to_string());
             o.errmsg = Some(invalid.detail);
-            publish_final(ctx, publisher, delivery, &o).await
+            publish_final(ctx, io, delivery, &o).await
         }
         Ok(Parsed::Batch(batch)) => {
             let span = tracing::info_span!("batch", job_id = %batch.id, appid = %batch.appid);
@@ -377,7 +387,7 @@ async fn process(
                     }
                 }
                 tracing::info!(recipients = batch.recipients.len(), "batch expanded");
-                ack(delivery).await;
+                ack();
                 Ok(())
             }
             .instrument(span)
@@ -389,7 +399,7 @@ async fn process(
                 if let Some(left) = headers::wait_left(props, chrono::Utc::now().timestamp_millis()) {
                     // Back early from a delay tier: park it again for the rest.
                     publisher.defer(&delivery.data, props.clone(), left).await?;
-                    ack(delivery).await;
+                    ack();
                     return Ok(());
                 }
                 let state = headers::retry_state(props);
@@ -400,13 +410,13 @@ async fn process(
                         ctx.metrics
                             .outcome_latency_seconds
                             .observe(latency.max(0) as f64 / 1000.0);
-                        publish_final(ctx, publisher, delivery, &o).await
+                        publish_final(ctx, io, delivery, &o).await
                     }
                     Disposition::Defer { delay, reason, state } => {
                         tracing::debug!(reason, delay_ms = delay.as_millis() as u64, "job deferred");
                         let props = headers::with_retry_state(props, &state, reason);
                         publisher.defer(&delivery.data, props, delay).await?;
-                        ack(delivery).await;
+                        ack();
                         Ok(())
                     }
                 }
@@ -419,11 +429,11 @@ async fn process(
 
 async fn publish_final(
     ctx: &Ctx,
-    publisher: &Publisher,
+    io: &Io,
     delivery: &Delivery,
     o: &Outcome,
 ) -> Result<(), PublishError> {
-    publisher.outcome(o).await?;
+    io.publisher.outcome(o).await?;
     // Only configured appids become label values: an invalid job may name anything.
     let appid = o
         .appid
@@ -434,6 +444,6 @@ async fn publish_final(
         .jobs_total
         .with_label_values(&[appid, &o.status])
         .inc();
-    ack(delivery).await;
+    io.acks.ack(delivery.delivery_tag);
     Ok(())
 }

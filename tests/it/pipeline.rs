@@ -203,3 +203,78 @@ async fn sends_run_concurrently() {
     );
     h.cleanup().await;
 }
+
+/// Acks are batched (`basic.ack` with `multiple`), yet every job is acked exactly when its
+/// outcome is confirmed: 3,000 jobs take far fewer ack frames than jobs, and once the worker
+/// has stopped (closing its channel, which would requeue anything left unacked) the jobs queue
+/// is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_batched_and_none_is_left_unacked() {
+    let mut h = Harness::start(Opts {
+        env: &[("WXD_CONCURRENCY", "64"), ("WXD_PREFETCH", "128")],
+        ..Default::default()
+    })
+    .await;
+    let n = 3000;
+    let jobs: Vec<_> = (0..n)
+        .map(|i| job(&format!("ack-{i}"), &format!("user-{i}")))
+        .collect();
+    h.publish_many(&jobs).await;
+    let outcomes = h.outcomes(n, Duration::from_secs(60)).await;
+    assert_eq!(outcomes.len(), n);
+    let text = h.metrics().await;
+    let multiple = metric(&text, "wxdispatch_amqp_acks_total{multiple=\"true\"}");
+    let single = metric(&text, "wxdispatch_amqp_acks_total{multiple=\"false\"}");
+    assert!(multiple > 0.0, "some acks settled several jobs");
+    assert!(
+        multiple + single < n as f64 * 0.8,
+        "{multiple} multiple + {single} single ack frames for {n} jobs: not batched"
+    );
+    h.stop_worker().await;
+    assert_eq!(
+        h.depth(&h.config.jobs_queue).await,
+        0,
+        "nothing came back unacked when the worker's channel closed"
+    );
+    assert_eq!(h.mock.state.stats().messages, n as u64);
+    h.cleanup().await;
+}
+
+/// A job stuck in a slow send must not stall the jobs behind it. With batched acks, the jobs
+/// that finish after it cannot be covered by a `multiple` ack; if they simply waited, the
+/// prefetch window (4 here) would fill and consumption would stop until the slow send ended.
+/// They are acked on their own after a short wait instead, so 30 fast jobs all finish while
+/// the first job's send is still hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_job_does_not_hold_back_the_acks_of_the_jobs_after_it() {
+    let h = Harness::start(Opts {
+        behaviour: wxdispatch::mock::Behaviour {
+            stall_ms: 4_000,
+            ..Default::default()
+        },
+        env: &[
+            ("WXD_CONCURRENCY", "4"),
+            ("WXD_PREFETCH", "4"),
+            ("WXD_HTTP_TIMEOUT_MS", "3000"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    h.publish(&job("slow", "flaky:timeout:1:slow")).await;
+    let fast: Vec<_> = (0..30)
+        .map(|i| job(&format!("fast-{i}"), &format!("user-{i}")))
+        .collect();
+    h.publish_many(&fast).await;
+    let early = h.outcomes(30, Duration::from_millis(2_500)).await;
+    assert_eq!(
+        early.len(),
+        30,
+        "the 30 fast jobs finish while the slow send hangs"
+    );
+    assert!(early.iter().all(|o| o["id"] != "slow"));
+    let late = h.outcomes(1, Duration::from_secs(15)).await;
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0]["id"], "slow");
+    assert_eq!(late[0]["status"], "sent", "{}", late[0]);
+    h.cleanup().await;
+}
