@@ -79,8 +79,9 @@ pub struct Job {
     pub touser: String,
     pub not_after: Option<DateTime<Utc>>,
     /// The exact JSON body to POST to WeChat (with `touser` and `client_msg_id` set),
-    /// serialized once at parse time so retries don't re-encode it.
-    pub body: Vec<u8>,
+    /// serialized once at parse time. `Bytes`, so each try hands it to the HTTP client
+    /// without a copy.
+    pub body: bytes::Bytes,
 }
 
 /// A parsed job: one recipient, or a batch to be expanded into one job per recipient.
@@ -342,7 +343,9 @@ fn parse_inner(
     known.touser = Some(touser.clone());
     obj.insert("touser".into(), Value::String(touser.clone()));
     obj.insert("client_msg_id".into(), Value::String(id.0.clone()));
-    let body = serde_json::to_vec(&Value::Object(obj)).expect("a JSON map always serializes");
+    let body = serde_json::to_vec(&Value::Object(obj))
+        .expect("a JSON map always serializes")
+        .into();
     Ok(Parsed::Single(Job {
         id,
         appid,

@@ -65,6 +65,9 @@ impl SendError {
 pub struct WechatClient {
     http: reqwest::Client,
     base: String,
+    /// The send endpoint, parsed once: parsing the whole URL (host, IDNA) for every message
+    /// was 4 % of the worker's CPU. Each send only sets the query.
+    send_url: reqwest::Url,
 }
 
 impl WechatClient {
@@ -77,9 +80,13 @@ impl WechatClient {
             .user_agent(concat!("wxdispatch/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client builds with static settings");
+        let base = base.trim_end_matches('/').to_string();
+        let send_url = reqwest::Url::parse(&format!("{base}/cgi-bin/message/template/send"))
+            .unwrap_or_else(|e| panic!("api_base {base:?} is not a URL: {e}"));
         WechatClient {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            base,
+            send_url,
         }
     }
 
@@ -87,13 +94,10 @@ impl WechatClient {
     pub async fn send_template(
         &self,
         token: &Secret,
-        body: Vec<u8>,
+        body: bytes::Bytes,
     ) -> Result<ApiReply, SendError> {
-        let url = format!(
-            "{}/cgi-bin/message/template/send?access_token={}",
-            self.base,
-            token.expose()
-        );
+        let mut url = self.send_url.clone();
+        url.set_query(Some(&format!("access_token={}", token.expose())));
         let req = self
             .http
             .post(url)
