@@ -158,6 +158,9 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
     // job needs a publish before it can be acked.
     let mut blocked = pub_conn.status().blocked();
     let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    // One timer for the whole session, not a new one per delivery.
+    let mut look_again = tokio::time::interval(Duration::from_secs(1));
+    look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         while tasks.try_join_next().is_some() {}
         if !pub_conn.status().connected() || !con_conn.status().connected() {
@@ -201,7 +204,7 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
                 break SessionEnd::Lost(format!("consumer connection: {e}"));
             },
             // Connection state can change without an event reaching us; look again soon.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = look_again.tick() => {}
         }
     };
     drop(permit);
