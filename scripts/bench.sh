@@ -38,11 +38,11 @@ bench() {
 
 headline() {
     # Throughput and worker CPU per job: 100,000 jobs, no rate limit.
-    bench headline.jsonl --jobs 100000 --concurrency 256 --prefetch 512
+    bench headline.jsonl --jobs 100000 --concurrency 128 --prefetch 256
     # Memory: 200,000 jobs published first, then the worker starts on the backlog.
-    bench headline.jsonl --jobs 200000 --concurrency 256 --prefetch 512 --backlog
+    bench headline.jsonl --jobs 200000 --concurrency 128 --prefetch 256 --backlog
     # Latency: a steady 1,000 jobs/s for 30 s.
-    bench headline.jsonl --jobs 30000 --concurrency 256 --prefetch 512 --rate 1000
+    bench headline.jsonl --jobs 30000 --concurrency 128 --prefetch 256 --rate 1000
 }
 
 sweep() {

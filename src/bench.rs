@@ -85,6 +85,8 @@ pub struct Report {
     pub worker_threads: Option<usize>,
     /// `/proc/loadavg` before the run: other work on the machine skews every figure.
     pub loadavg_before: String,
+    /// When the run started (UTC, RFC 3339), so results files can be matched to builds.
+    pub measured_at: String,
 }
 
 /// Runs the benchmark and prints the report.
@@ -143,6 +145,7 @@ async fn measure(
     args: &BenchArgs,
 ) -> anyhow::Result<Report> {
     let n = args.jobs;
+    let measured_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let loadavg_before = std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
@@ -276,6 +279,7 @@ async fn measure(
         cores,
         worker_threads: args.worker_threads.map(|n| n.get()),
         loadavg_before,
+        measured_at,
     })
 }
 

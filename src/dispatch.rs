@@ -373,9 +373,10 @@ impl Dispatcher {
                     state.maybe_sent_ms = Some(Utc::now().timestamp_millis());
                 }
                 if let SendError::Status(s) = e
-                    && (400..500).contains(&s)
+                    && (300..500).contains(&s)
                 {
-                    // A 4xx from WeChat's front end will not change on retry.
+                    // A 4xx from WeChat's front end (or a redirect, which is never followed)
+                    // will not change on retry.
                     return Try::Done(Disposition::Final(self.final_error(
                         job,
                         state,

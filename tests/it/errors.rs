@@ -296,7 +296,8 @@ async fn a_burst_of_token_rejections_forces_one_refresh_and_never_loops() {
 }
 
 /// Permanent errors end `rejected` on the first attempt, with WeChat's code and the table's
-/// reason; a 4xx from WeChat's front end too.
+/// reason; a 4xx from WeChat's front end too, and a redirect (never followed: it would carry
+/// the access token elsewhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_errors_are_rejected_at_once() {
     let h = Harness::start(Opts::default()).await;
@@ -306,8 +307,9 @@ async fn permanent_errors_are_rejected_at_once() {
             .await;
     }
     h.publish(&job("perm-http", "fail:http403")).await;
-    let out = h.outcomes(codes.len() + 1, WAIT).await;
-    assert_eq!(out.len(), codes.len() + 1);
+    h.publish(&job("perm-redirect", "fail:http302")).await;
+    let out = h.outcomes(codes.len() + 2, WAIT).await;
+    assert_eq!(out.len(), codes.len() + 2);
     for o in &out {
         assert_eq!(o["status"], "rejected", "{o}");
         assert_eq!(o["attempts"], 1, "{o}");
@@ -315,12 +317,16 @@ async fn permanent_errors_are_rejected_at_once() {
             assert_eq!(o["reason"], "http_403");
             continue;
         }
+        if o["id"] == "perm-redirect" {
+            assert_eq!(o["reason"], "http_302");
+            continue;
+        }
         let code = o["errcode"].as_i64().expect("an errcode");
         assert_eq!(o["id"], format!("perm-{code}"));
         assert_eq!(o["reason"], errcode::reason(code).as_ref(), "{o}");
     }
     let stats = h.mock.state.stats();
-    assert_eq!(stats.send_requests, codes.len() as u64 + 1, "no retries");
+    assert_eq!(stats.send_requests, codes.len() as u64 + 2, "no retries");
     assert_eq!(stats.messages, 0);
     h.cleanup().await;
 }
