@@ -20,7 +20,7 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -157,7 +157,7 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
     // While the broker blocks our publisher (memory or disk alarm), take no new work: every
     // job needs a publish before it can be acked.
     let mut blocked = pub_conn.status().blocked();
-    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut permit: Option<OwnedSemaphorePermit> = None;
     // One timer for the whole session, not a new one per delivery.
     let mut look_again = tokio::time::interval(Duration::from_secs(1));
     look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -181,8 +181,7 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
                     // Boxed: the job's future is large, and tokio moves a task's future
                     // into and out of its cell by value (memcpy was 8 % of the CPU).
                     tasks.spawn(Box::pin(async move {
-                        handle(ctx, io, delivery).await;
-                        drop(slot);
+                        handle(ctx, io, delivery, slot).await;
                     }));
                 }
                 Some(Err(e)) => break SessionEnd::Lost(format!("consumer error: {e}")),
@@ -255,9 +254,14 @@ fn hostname() -> String {
 }
 
 /// Handles one delivery; never panics out and never acks without a confirmed publish.
-async fn handle(ctx: Arc<Ctx>, io: Arc<Io>, delivery: Delivery) {
+async fn handle(
+    ctx: Arc<Ctx>,
+    io: Arc<Io>,
+    delivery: Delivery,
+    slot: Option<OwnedSemaphorePermit>,
+) {
     ctx.metrics.inflight.inc();
-    let result = AssertUnwindSafe(process(&ctx, &io, &delivery))
+    let result = AssertUnwindSafe(process(&ctx, &io, &delivery, slot))
         .catch_unwind()
         .await;
     let failed = match result {
@@ -343,7 +347,16 @@ async fn bury_poison(ctx: &Ctx, io: &Io, delivery: &Delivery, panic: &str) -> bo
     publish_final(ctx, io, delivery, &o).await.is_ok()
 }
 
-async fn process(ctx: &Ctx, io: &Io, delivery: &Delivery) -> Result<(), PublishError> {
+/// `slot` is the job's share of `concurrency`. It is released as soon as the send is over:
+/// publishing the outcome and waiting for its confirm (a quorum-queue commit) need no send
+/// slot, and the prefetch still bounds how many jobs are held at once. Holding it until the
+/// ack made every send cycle that much longer than WeChat's own latency.
+async fn process(
+    ctx: &Ctx,
+    io: &Io,
+    delivery: &Delivery,
+    slot: Option<OwnedSemaphorePermit>,
+) -> Result<(), PublishError> {
     let publisher = &io.publisher;
     let ack = || io.acks.ack(delivery.delivery_tag);
     let props = &delivery.properties;
@@ -406,7 +419,9 @@ async fn process(ctx: &Ctx, io: &Io, delivery: &Delivery) -> Result<(), PublishE
                     return Ok(());
                 }
                 let state = headers::retry_state(props);
-                match ctx.dispatcher.run(&job, state).await {
+                let disposition = ctx.dispatcher.run(&job, state).await;
+                drop(slot);
+                match disposition {
                     Disposition::Final(o) => {
                         tracing::info!(status = %o.status, errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
                         let latency = chrono::Utc::now().timestamp_millis() - state.first_seen_ms;
