@@ -293,6 +293,20 @@ impl Harness {
         secret: &str,
         extra: &[(&str, &str)],
     ) -> tokio::process::Child {
+        self.worker_command(appid, secret, extra)
+            .spawn()
+            .expect("start the worker binary")
+    }
+
+    /// The command [`Harness::worker_process`] runs, for a test that needs to change it (to
+    /// read the worker's logs, say): only `extra` and the harness's queues, nothing inherited
+    /// from the test's environment; output discarded unless the test says otherwise.
+    pub fn worker_command(
+        &self,
+        appid: &str,
+        secret: &str,
+        extra: &[(&str, &str)],
+    ) -> tokio::process::Command {
         let c = &self.config;
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxdispatch"));
         cmd.arg("run")
@@ -310,13 +324,14 @@ impl Harness {
             .env("WXD_HTTP_ADDR", "127.0.0.1:0")
             .env("WXD_LOG_FORMAT", "json")
             .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true);
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        cmd.spawn().expect("start the worker binary")
+        cmd
     }
 
     /// Replaces the configuration with one read from a TOML file body (several

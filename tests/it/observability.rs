@@ -341,30 +341,18 @@ async fn logs_never_contain_secrets_or_access_tokens() {
         ..Opts::default()
     })
     .await;
-    let c = &h.config;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxdispatch"))
-        .arg("run")
-        .env_clear()
-        .envs([
-            ("WXD_AMQP_URL", AMQP_URL),
-            ("WXD_JOBS_QUEUE", c.jobs_queue.as_str()),
-            ("WXD_OUTCOMES_EXCHANGE", c.outcomes_exchange.as_str()),
-            ("WXD_OUTCOMES_QUEUE", c.outcomes_queue.as_str()),
-            ("WXD_DEAD_QUEUE", c.dead_queue.as_str()),
-            ("WXD_API_BASE", c.api_base.as_str()),
-            ("WXD_APPID", LOG_APPID),
-            ("WXD_SECRET", LOG_SECRET),
-            ("WXD_CALLBACK_TOKEN", CALLBACK_TOKEN),
-            ("WXD_CALLBACK_AES_KEY", AES_KEY),
-            ("WXD_HTTP_ADDR", "127.0.0.1:0"),
-            ("WXD_RETRY_BASE_MS", "20"),
-            ("WXD_LOG_FORMAT", "json"),
-            ("RUST_LOG", "debug"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let mut child = h
+        .worker_command(
+            LOG_APPID,
+            LOG_SECRET,
+            &[
+                ("WXD_CALLBACK_TOKEN", CALLBACK_TOKEN),
+                ("WXD_CALLBACK_AES_KEY", AES_KEY),
+                ("WXD_RETRY_BASE_MS", "20"),
+                ("RUST_LOG", "debug"),
+            ],
+        )
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("the wxdispatch binary runs");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
