@@ -561,8 +561,8 @@ async fn a_send_stop_resumes_after_a_successful_probe() {
 }
 
 /// 45011 (the per-minute limit) defers the job to the next minute through a delay queue
-/// instead of retrying at once, and holds later jobs too; nothing fails. (Waiting up to 60 s
-/// for the send at the next minute would be too slow for this suite.)
+/// instead of retrying at once, and holds later jobs too; nothing fails, and both are sent once
+/// the next minute has begun (this test waits up to a minute for that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_minute_limit_defers_jobs_to_the_next_minute() {
     // Start well inside a minute, so the wait is longer than an inline retry.
@@ -572,6 +572,7 @@ async fn the_minute_limit_defers_jobs_to_the_next_minute() {
     }
     let h = Harness::start(Opts::default()).await;
     h.publish(&job("minute-1", "flaky:45011:1:a")).await;
+    let next_minute = (chrono::Utc::now().timestamp_millis() / 60_000 + 1) * 60_000;
     eventually("the job parked", WAIT, || async { parked(&h).await == 1 }).await;
     h.publish(&job("minute-2", "user-2")).await;
     eventually("the second job parked", WAIT, || async {
@@ -592,6 +593,30 @@ async fn the_minute_limit_defers_jobs_to_the_next_minute() {
         "the second job waited without sending"
     );
     assert_eq!(h.depth(&h.config.outcomes_queue).await, 0);
+
+    let out = h.outcomes(2, Duration::from_secs(90)).await;
+    assert_eq!(out.len(), 2, "both jobs are sent after the minute turns");
+    for o in &out {
+        assert_eq!(o["status"], "sent", "{o}");
+        let at = chrono::DateTime::parse_from_rfc3339(o["finished_at"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        assert!(
+            at >= next_minute,
+            "sent in the same minute as the 45011: {o}"
+        );
+    }
+    let first = out.iter().find(|o| o["id"] == "minute-1").unwrap();
+    assert_eq!(
+        first["attempts"], 1,
+        "a 45011 refused the send before trying it: it uses up no attempt ({first})"
+    );
+    let stats = h.mock.state.stats();
+    assert_eq!(stats.messages, 2);
+    assert_eq!(
+        stats.send_requests, 3,
+        "one refused try, then one send each"
+    );
     h.cleanup().await;
 }
 
