@@ -283,20 +283,10 @@ async fn measure(
     })
 }
 
-/// The body of job `i`: a realistic template send, like the contract's sample.
+/// The body of job `i`: the demo's realistic template send, with an id the collector can map
+/// back to `i`.
 fn job_body(run: &str, i: usize) -> Vec<u8> {
-    format!(
-        concat!(
-            r#"{{"id":"{run}-{i}","touser":"obench{run}x{i}","#,
-            r#""template_id":"ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY","#,
-            r##""url":"http://weixin.qq.com/download","topcolor":"#FF0000","##,
-            r##""data":{{"User":{{"value":"黄先生","color":"#173177"}},"##,
-            r##""Money":{{"value":"人民币260.00元","color":"#173177"}}}}}}"##
-        ),
-        run = run,
-        i = i
-    )
-    .into_bytes()
+    crate::demo::sample(&format!("{run}-{i}"), &format!("obench{run}x{i}"))
 }
 
 /// Publishes every job with confirms, `publish_window` awaiting their confirm at once, paced

@@ -33,7 +33,8 @@ struct Planned {
     outcomes: usize,
 }
 
-fn sample(id: &str, touser: &str) -> Vec<u8> {
+/// A realistic template send, like the contract's sample; the benchmark's jobs use it too.
+pub(crate) fn sample(id: &str, touser: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "id": id,
         "touser": touser,

@@ -78,8 +78,8 @@ impl WechatClient {
             .pool_max_idle_per_host(512)
             .tcp_nodelay(true)
             // WeChat's API never redirects, and a redirect would carry the access token in the
-            // query to wherever it points; an unexpected 3xx becomes a bad reply instead. (It
-            // also spares a URL parse per request.)
+            // query to wherever it points; an unexpected 3xx comes back as an HTTP status and
+            // the job is rejected. (It also spares a URL parse per request.)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("wxdispatch/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -34,12 +34,6 @@ fn report(name: &str, h: &Harness, published: usize, outcomes: &[Value]) {
     assert_eq!(losses, 0, "{name}: jobs without an outcome");
 }
 
-fn jobs(prefix: &str, n: usize) -> Vec<Value> {
-    (0..n)
-        .map(|i| job(&format!("{prefix}-{i}"), &format!("{prefix}-user-{i}")))
-        .collect()
-}
-
 /// Asks the broker to close every connection whose name contains `needle`.
 fn close_connections(needle: &str) -> usize {
     let out = std::process::Command::new("rabbitmqctl")

@@ -378,6 +378,13 @@ pub fn job(id: &str, touser: &str) -> Value {
     })
 }
 
+/// `n` jobs `<prefix>-<i>`, each to its own recipient `<prefix>-user-<i>`.
+pub fn jobs(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| job(&format!("{prefix}-{i}"), &format!("{prefix}-user-{i}")))
+        .collect()
+}
+
 /// Counts outcomes by status.
 pub fn by_status(outcomes: &[Value]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();

@@ -216,10 +216,7 @@ async fn acks_are_batched_and_none_is_left_unacked() {
     })
     .await;
     let n = 3000;
-    let jobs: Vec<_> = (0..n)
-        .map(|i| job(&format!("ack-{i}"), &format!("user-{i}")))
-        .collect();
-    h.publish_many(&jobs).await;
+    h.publish_many(&jobs("ack", n)).await;
     let outcomes = h.outcomes(n, Duration::from_secs(60)).await;
     assert_eq!(outcomes.len(), n);
     let text = h.metrics().await;
@@ -261,10 +258,7 @@ async fn a_slow_job_does_not_hold_back_the_acks_of_the_jobs_after_it() {
     })
     .await;
     h.publish(&job("slow", "flaky:timeout:1:slow")).await;
-    let fast: Vec<_> = (0..30)
-        .map(|i| job(&format!("fast-{i}"), &format!("user-{i}")))
-        .collect();
-    h.publish_many(&fast).await;
+    h.publish_many(&jobs("fast", 30)).await;
     let early = h.outcomes(30, Duration::from_millis(2_500)).await;
     assert_eq!(
         early.len(),
