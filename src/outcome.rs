@@ -111,7 +111,10 @@ impl Outcome {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an outcome always serializes")
+        // Sized for a typical outcome (about 250 bytes), so it is written without regrowing.
+        let mut out = Vec::with_capacity(384);
+        serde_json::to_writer(&mut out, self).expect("an outcome always serializes");
+        out
     }
 }
 

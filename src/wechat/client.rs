@@ -81,6 +81,10 @@ impl WechatClient {
             // query to wherever it points; an unexpected 3xx comes back as an HTTP status and
             // the job is rejected. (It also spares a URL parse per request.)
             .redirect(reqwest::redirect::Policy::none())
+            // Every retry is the dispatcher's, counted as an attempt and paced (docs/ERROR_POLICY.md).
+            // reqwest's own default (re-sending after an HTTP/2 refusal) would hide one, and
+            // readies it by cloning every request's headers before the send.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(concat!("wxdispatch/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client builds with static settings");
