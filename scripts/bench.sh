@@ -5,6 +5,8 @@
 #                               RSS on a 200,000-job backlog, p99 at a steady 1,000 jobs/s
 #   scripts/bench.sh sweep      throughput and CPU/job vs concurrency x simulator latency
 #   scripts/bench.sh plot       docs/bench/scaling.png from the sweep's results
+#   scripts/bench.sh floor      the libraries' floor: the worker, then `--floor amqp-http`,
+#                               then `--floor amqp`, alternating, three rounds
 #   scripts/bench.sh            all three
 #
 # Results are appended as JSON lines (one per run, with the load average before it) to
@@ -61,6 +63,16 @@ sweep() {
     done
 }
 
+floor() {
+    # The same 100,000-job run as the headline's throughput figure, with the real worker and
+    # with the floor workers in turn, so drift over the rounds hits all three alike.
+    for _ in 1 2 3; do
+        bench floor.jsonl --jobs 100000 --concurrency 128 --prefetch 256
+        bench floor.jsonl --jobs 100000 --concurrency 128 --prefetch 256 --floor amqp-http
+        bench floor.jsonl --jobs 100000 --concurrency 128 --prefetch 256 --floor amqp
+    done
+}
+
 plot() {
     python3 "$OUT/plot.py" "$OUT/sweep.jsonl" "$OUT/scaling.png"
 }
@@ -69,9 +81,10 @@ case "${1:-all}" in
 headline) build && headline ;;
 sweep) build && sweep ;;
 plot) plot ;;
+floor) build && floor ;;
 all) build && headline && sweep && plot ;;
 *)
-    echo "usage: $0 [headline|sweep|plot|all]" >&2
+    echo "usage: $0 [headline|sweep|plot|floor|all]" >&2
     exit 2
     ;;
 esac

@@ -10,6 +10,9 @@
 //! through `WXD_*`), so its CPU time and peak memory can be read on their own from `/proc`,
 //! apart from the broker, the simulator and the publisher, which all share the machine with it.
 //!
+//! With `--floor`, the child is [`floor`]'s worker stripped to its libraries instead, so the
+//! same harness measures what lapin (and reqwest) alone cost per job on this machine.
+//!
 //! Every run uses its own queue names (`wxdispatch.bench.<run>.*`) and deletes them afterwards.
 //! The method and the measured figures are in `docs/BENCHMARKS.md`.
 
@@ -30,6 +33,9 @@ use crate::amqp::{self, Publisher};
 use crate::cli::BenchArgs;
 use crate::config::{Config, LogFormat, QueueType};
 use crate::mock::{Behaviour, MockConfig, MockServer};
+
+pub mod floor;
+pub use floor::Floor;
 
 const APPID: &str = "wxbench0000000000";
 const SECRET: &str = "bench-secret-not-real";
@@ -87,6 +93,8 @@ pub struct Report {
     pub loadavg_before: String,
     /// When the run started (UTC, RFC 3339), so results files can be matched to builds.
     pub measured_at: String,
+    /// Set when the child was the floor worker (`--floor`), not `wxdispatch run`.
+    pub floor: Option<Floor>,
 }
 
 /// Runs the benchmark and prints the report.
@@ -280,6 +288,7 @@ async fn measure(
         worker_threads: args.worker_threads.map(|n| n.get()),
         loadavg_before,
         measured_at,
+        floor: args.floor,
     })
 }
 
@@ -405,7 +414,10 @@ fn spawn_worker(
 ) -> anyhow::Result<(tokio::process::Child, u32)> {
     let exe = std::env::current_exe().context("cannot find this executable to start a worker")?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("run");
+    match args.floor {
+        None => cmd.arg("run"),
+        Some(floor) => cmd.args(["bench-floor", floor.as_str()]),
+    };
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("WXD_") {
             cmd.env_remove(k);
@@ -619,6 +631,12 @@ fn print_report(r: &Report) {
             ""
         }
     );
+    if let Some(floor) = r.floor {
+        println!(
+            "  FLOOR: the child was the {} floor worker (libraries only), not `wxdispatch run`",
+            floor.as_str()
+        );
+    }
     println!("  load average before        {}", r.loadavg_before);
     println!(
         "  outcomes                   {} of {} ({} sent, {} duplicates)",

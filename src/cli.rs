@@ -36,6 +36,13 @@ pub enum Command {
     /// jobs/s, the worker's CPU per job and peak RSS, and publish-to-outcome latency.
     /// Uses its own queue names and deletes them afterwards. See docs/BENCHMARKS.md.
     Bench(BenchArgs),
+    /// The bench's floor worker (`bench --floor`): consume, optionally send, publish, ack,
+    /// and nothing else. Started by `wxdispatch bench`; not for production.
+    #[command(hide = true)]
+    BenchFloor {
+        #[arg(value_enum)]
+        floor: crate::bench::Floor,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +143,11 @@ pub struct BenchArgs {
     /// core).
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<std::num::NonZeroUsize>,
+    /// Run a worker stripped to its libraries instead of `wxdispatch run`: `amqp` consumes,
+    /// publishes an outcome with a confirm and acks; `amqp-http` also sends each job to the
+    /// simulator. What the real worker costs above this floor is wxdispatch's own logic.
+    #[arg(long, value_enum, value_name = "PART")]
+    pub floor: Option<crate::bench::Floor>,
     /// Print one JSON object on stdout instead of the readable report.
     #[arg(long)]
     pub json: bool,

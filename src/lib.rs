@@ -21,7 +21,8 @@
 //! - [`metrics`], [`shutdown`], [`logging`]: operations.
 //! - [`mock`]: the WeChat API simulator behind `wxdispatch mock-wechat`.
 //! - [`publish`]: `wxdispatch publish`, validating and enqueueing a campaign (JSONL or CSV).
-//! - [`bench`]: `wxdispatch bench`, the end-to-end benchmark (docs/BENCHMARKS.md).
+//! - [`bench`]: `wxdispatch bench`, the end-to-end benchmark, and its libraries-only floor
+//!   worker (docs/BENCHMARKS.md).
 //! - [`app`], [`demo`], [`cli`]: the subcommands; `main.rs` only wires them up.
 
 pub mod amqp;

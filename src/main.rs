@@ -14,6 +14,7 @@ async fn main() {
         }
         Command::Demo(args) => wxdispatch::demo::run(cli.config.as_deref(), args).await,
         Command::Bench(args) => wxdispatch::bench::run(cli.config.as_deref(), args).await,
+        Command::BenchFloor { floor } => wxdispatch::bench::floor::run(floor).await,
         Command::Publish(args) => {
             match wxdispatch::publish::command(cli.config.as_deref(), args).await {
                 Ok(0) => Ok(()),

@@ -4,6 +4,7 @@
 //! rates and are run one at a time by scripts/test.sh. Set `TEST_LOG=1` to see the
 //! worker's logs.
 
+mod bench;
 mod errors;
 mod faults;
 mod fuzz_corpus;
