@@ -45,6 +45,12 @@ cleanup() {
       # </dev/null: rabbitmqctl reads stdin and would swallow the rest of the list.
       rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true
     done
+    # The worker declared an outcomes exchange too. rabbitmqctl has no delete_exchange, so ask
+    # the broker directly (harmless if a future broker changes this internal call: || true).
+    rabbitmqctl -q list_exchanges name 2>/dev/null | grep -F "$PREFIX" | while read -r x; do
+      rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$x\">>), false, <<\"smoke\">>)." \
+        </dev/null >/dev/null 2>&1 || true
+    done
   fi
   if [ "$rc" != 0 ]; then
     for f in worker mock prometheus; do
