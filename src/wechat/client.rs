@@ -79,9 +79,10 @@ impl WechatClient {
             .tcp_nodelay(true)
             // WeChat's API never redirects, and a redirect would carry the access token in the
             // query to wherever it points; an unexpected 3xx comes back as an HTTP status and
-            // the job is rejected. (It also spares a URL parse per request.)
+            // the job is rejected. (reqwest's redirect layer still parses each request's URL
+            // once, even with this policy.)
             .redirect(reqwest::redirect::Policy::none())
-            // Every retry is the dispatcher's, counted as an attempt and paced (docs/ERROR_POLICY.md).
+            // Every retry is the dispatcher's, counted as an attempt and paced (ERROR_POLICY.md).
             // reqwest's own default (re-sending after an HTTP/2 refusal) would hide one, and
             // readies it by cloning every request's headers before the send.
             .retry(reqwest::retry::never().max_retries_per_request(0))
