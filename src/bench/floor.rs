@@ -4,7 +4,8 @@
 //! under the same harness, so its CPU per job is the least any worker built on lapin (and
 //! reqwest) can spend on this machine. The difference to the real worker is what wxdispatch's
 //! own logic costs: job parsing and validation, pacing, the token cache, the retry policy,
-//! outcome building, metrics and logs.
+//! metrics and logs. (The outcome goes through the worker's own `Outcome` and
+//! [`Publisher::outcome`], since every job needs one.)
 //!
 //! Per delivery it does only what the real worker cannot skip: with `amqp-http`, one
 //! `POST /cgi-bin/message/template/send` with the job's bytes as the body (through
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use lapin::BasicProperties;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use crate::amqp::{self, Acks, Publisher};
 use crate::config::{Config, Secret, TokenMode};
 use crate::metrics::Metrics;
+use crate::outcome::{Outcome, SendStatus};
 use crate::wechat::client::WechatClient;
 
 /// What the floor worker does per job besides consuming, publishing and acking.
@@ -55,7 +56,6 @@ struct Shared {
     client: WechatClient,
     /// Fetched once at start (`amqp-http` only); the floor has no token cache.
     token: Option<Secret>,
-    exchange: String,
 }
 
 /// Runs the floor worker until SIGTERM, configured like `wxdispatch run` (`WXD_*`).
@@ -103,7 +103,6 @@ pub async fn run(floor: Floor) -> anyhow::Result<()> {
         acks,
         client,
         token,
-        exchange: config.outcomes_exchange.clone(),
     });
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let mut tasks = JoinSet::new();
@@ -132,7 +131,6 @@ pub async fn run(floor: Floor) -> anyhow::Result<()> {
                 acks,
                 client,
                 token,
-                exchange,
             } = &*shared;
             let id = job_id(&delivery.data).unwrap_or("?").to_owned();
             // The outcome says whether the send worked, so a floor run cannot pass on
@@ -141,32 +139,25 @@ pub async fn run(floor: Floor) -> anyhow::Result<()> {
                 Some(token) => {
                     let body = bytes::Bytes::from(delivery.data);
                     match client.send_template(token, body).await {
-                        Ok(reply) if reply.errcode == 0 => ("sent", reply.msgid.unwrap_or(0)),
+                        Ok(reply) if reply.errcode == 0 => (SendStatus::Sent, reply.msgid),
                         Ok(reply) => {
                             tracing::warn!(errcode = reply.errcode, "send refused");
-                            ("failed", 0)
+                            (SendStatus::Failed, None)
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "send failed");
-                            ("failed", 0)
+                            (SendStatus::Failed, None)
                         }
                     }
                 }
-                None => ("sent", 0),
+                None => (SendStatus::Sent, None),
             };
             drop(slot);
-            let outcome = format!(
-                r#"{{"kind":"send","id":"{id}","status":"{status}","msgid":{msgid},"attempts":1,"finished_at":"{}"}}"#,
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            );
-            let props = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_correlation_id(id.as_str().into());
-            match publisher
-                .publish(exchange, &format!("send.{status}"), outcome.as_bytes(), props)
-                .await
-            {
+            // The worker's own outcome type and publish (routing key, properties, confirm).
+            let mut outcome = Outcome::send(status, Some(id), None, None);
+            outcome.msgid = msgid;
+            outcome.attempts = 1;
+            match publisher.outcome(&outcome).await {
                 Ok(()) => acks.ack(delivery.delivery_tag),
                 // Never acked without a confirmed outcome: the broker redelivers it, and the
                 // bench reports the missing outcome.
