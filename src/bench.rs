@@ -105,7 +105,13 @@ pub async fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.prefetch > 0, "--prefetch must be at least 1");
     anyhow::ensure!(args.account_rate > 0, "--account-rate must be at least 1");
-    let run = format!("{:x}", chrono::Utc::now().timestamp_millis() & 0xff_ffff);
+    // The time alone collides when two benches start in the same millisecond (two tests at
+    // once did): they would share queues and split each other's outcomes.
+    let run = format!(
+        "{:x}{:04x}",
+        chrono::Utc::now().timestamp_millis() & 0xff_ffff,
+        rand::random::<u16>()
+    );
     let mut config = base;
     config.jobs_queue = format!("wxdispatch.bench.{run}.jobs");
     config.outcomes_exchange = format!("wxdispatch.bench.{run}.outcomes");
