@@ -33,12 +33,17 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(9 * 60 + 30);
 /// Retry bookkeeping that travels with a job through the delay queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryState {
-    /// Tries made so far (sends and token fetches).
+    /// Tries made so far that ended in a reply or an error (sends and token fetches). Waiting
+    /// on the account (quota, a stopped account, the rate) is not a try.
     pub attempts: u32,
     /// When the job was first seen by a worker (Unix ms).
     pub first_seen_ms: i64,
     /// When the first attempt that may have reached WeChat was made (Unix ms).
     pub maybe_sent_ms: Option<i64>,
+    /// Time charged to transient errors so far (ms): each failed try's own duration plus the
+    /// backoff chosen after it. This, not the job's age, is what the retry budget limits, so
+    /// a day-long quota pause or a stopped account never turns into a `failed` job.
+    pub transient_ms: u64,
 }
 
 impl RetryState {
@@ -47,7 +52,15 @@ impl RetryState {
             attempts: 0,
             first_seen_ms: Utc::now().timestamp_millis(),
             maybe_sent_ms: None,
+            transient_ms: 0,
         }
+    }
+
+    /// Charges `d` to the transient-error budget.
+    fn charge(&mut self, d: Duration) {
+        self.transient_ms = self
+            .transient_ms
+            .saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64);
     }
 
     /// Whether a try made `wait` after `now_ms` could fall outside WeChat's deduplication
@@ -109,13 +122,18 @@ impl RetryPolicy {
 
     /// Whether a job that just failed with `reason` may be tried again after `wait`.
     ///
-    /// It may not when its attempts or its time budget are spent, or when the retry would land
-    /// outside the deduplication window of an attempt that may have been delivered. Giving up
-    /// after such an attempt is always [`Next::UnknownDelivery`], whatever the last error was:
-    /// the message may have reached the user, and the upstream must not resend it blindly.
+    /// It may not when its attempts or its transient-error budget are spent, or when the retry
+    /// would land outside the deduplication window of an attempt that may have been
+    /// delivered. Giving up after such an attempt is always [`Next::UnknownDelivery`], whatever
+    /// the last error was: the message may have reached the user, and the upstream must not
+    /// resend it blindly.
+    ///
+    /// The budget counts only [`RetryState::transient_ms`], never the job's age: time spent
+    /// paused on quota, behind a stopped account, on the rate limit or in the queue is not an
+    /// error and must not fail the job (issue 19). Only `not_after` ends a waiting job.
     pub fn next(&self, state: &RetryState, now_ms: i64, reason: &str, wait: Duration) -> Next {
-        let elapsed = Duration::from_millis((now_ms - state.first_seen_ms).max(0) as u64);
-        let spent = state.attempts >= self.max_attempts || elapsed + wait > self.budget;
+        let charged = Duration::from_millis(state.transient_ms);
+        let spent = state.attempts >= self.max_attempts || charged + wait > self.budget;
         if state.past_dedup_window(now_ms, wait) || (spent && state.maybe_sent_ms.is_some()) {
             Next::UnknownDelivery
         } else if spent {
@@ -194,7 +212,16 @@ pub struct Dispatcher {
 /// What one try produced.
 enum Try {
     Done(Disposition),
-    Again { reason: String, wait: Duration },
+    /// The try failed transiently after taking `took`; another may follow after `wait`.
+    /// Both are charged to the retry budget.
+    Again {
+        reason: String,
+        wait: Duration,
+        took: Duration,
+    },
+    /// The account was not ready (quota probe, minute limit) and the job already waited for
+    /// it in place. Not an error: nothing is charged, and the job simply tries again.
+    Waited,
 }
 
 impl Dispatcher {
@@ -270,7 +297,9 @@ impl Dispatcher {
             }
             match self.try_once(job, acct, &mut state).await {
                 Try::Done(d) => return d,
-                Try::Again { reason, wait } => {
+                Try::Waited => {}
+                Try::Again { reason, wait, took } => {
+                    state.charge(took);
                     let appid = job.appid.as_str();
                     let now = Utc::now().timestamp_millis();
                     match self.policy.next(&state, now, &reason, wait) {
@@ -288,6 +317,7 @@ impl Dispatcher {
                             return Disposition::Final(o);
                         }
                     }
+                    state.charge(wait);
                     self.metrics
                         .retries_total
                         .with_label_values(&[appid, &reason])
@@ -326,11 +356,14 @@ impl Dispatcher {
             Admission::Probe => true,
             Admission::Later { delay, reason } => {
                 if delay <= self.policy.inline_max {
+                    // Short enough to wait in place. Still a deferral (counted as one), never
+                    // a retry: the budget is for errors, and this is the account's state.
+                    self.metrics
+                        .deferred_total
+                        .with_label_values(&[appid, reason])
+                        .inc();
                     tokio::time::sleep(delay).await;
-                    return Try::Again {
-                        reason: reason.into(),
-                        wait: Duration::ZERO,
-                    };
+                    return Try::Waited;
                 }
                 return Try::Done(self.defer(appid, delay, reason, *state));
             }
@@ -342,6 +375,7 @@ impl Dispatcher {
             drop(reservation);
             return Try::Done(self.defer(appid, wait, "rate", *state));
         }
+        let fetching = Instant::now();
         let token = match acct.tokens.get().await {
             Ok(t) => t,
             Err(TokenError::Stopped { retry_in, .. }) => {
@@ -352,11 +386,12 @@ impl Dispatcher {
                 return Try::Again {
                     reason: "token_unavailable".into(),
                     wait: retry_in.max(self.policy.delay(state.attempts - 1)),
+                    took: fetching.elapsed(),
                 };
             }
         };
         state.attempts += 1;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = self
             .client
             .send_template(&token.value, job.body.clone())
@@ -389,6 +424,7 @@ impl Dispatcher {
                 return Try::Again {
                     reason: e.label(),
                     wait: self.policy.delay(state.attempts - 1),
+                    took: started.elapsed(),
                 };
             }
         };
@@ -430,11 +466,13 @@ impl Dispatcher {
                 Try::Again {
                     reason: errcode::reason(code).into_owned(),
                     wait: Duration::ZERO,
+                    took: started.elapsed(),
                 }
             }
             Action::Retry => Try::Again {
                 reason: errcode::reason(code).into_owned(),
                 wait: self.policy.delay(state.attempts - 1),
+                took: started.elapsed(),
             },
             Action::SlowDown => {
                 let wait = acct.gate.slow_down();
@@ -565,6 +603,7 @@ mod tests {
             attempts,
             first_seen_ms: now - first_seen_ago_ms,
             maybe_sent_ms: maybe_sent_ago_ms.map(|ago| now - ago),
+            transient_ms: 0,
         };
         (st, now)
     }
@@ -630,7 +669,8 @@ mod tests {
             Next::UnknownDelivery
         );
         // The time budget: a retry that would land after it is not worth waiting for.
-        let (st, now) = state(1, 59 * MIN, None);
+        let (mut st, now) = state(1, 59 * MIN, None);
+        st.transient_ms = 59 * MIN as u64;
         assert_eq!(
             p.next(&st, now, "http_502", Duration::from_secs(30)),
             Next::Retry
@@ -639,5 +679,40 @@ mod tests {
             p.next(&st, now, "http_502", Duration::from_secs(61)),
             Next::GiveUp("http_502".into())
         );
+    }
+
+    /// Issue 19: the budget is charged with error time only. A job that waited a whole day on
+    /// quota (or a stopped account) and then meets its first transient error still has its
+    /// full budget; one that spent the budget on errors has not, however young it is.
+    #[test]
+    fn waiting_on_the_account_is_not_charged_to_the_retry_budget() {
+        let p = RetryPolicy {
+            budget: Duration::from_secs(3),
+            ..policy()
+        };
+        let (st, now) = state(1, 24 * 60 * MIN, None);
+        assert_eq!(
+            p.next(&st, now, "system_busy", Duration::from_secs(1)),
+            Next::Retry,
+            "a day of waiting is not an error"
+        );
+        let (mut st, now) = state(1, 1_000, None);
+        st.transient_ms = 2_500;
+        assert_eq!(
+            p.next(&st, now, "system_busy", Duration::from_secs(1)),
+            Next::GiveUp("system_busy".into()),
+            "2.5 s of errors plus a 1 s backoff exceed a 3 s budget"
+        );
+    }
+
+    /// `charge` adds up, and saturates instead of wrapping.
+    #[test]
+    fn charging_the_budget_adds_and_saturates() {
+        let mut st = RetryState::fresh();
+        st.charge(Duration::from_millis(1_500));
+        st.charge(Duration::from_millis(250));
+        assert_eq!(st.transient_ms, 1_750);
+        st.charge(Duration::MAX);
+        assert_eq!(st.transient_ms, u64::MAX);
     }
 }

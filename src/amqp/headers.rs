@@ -11,6 +11,9 @@ pub const ATTEMPTS: &str = "x-wxd-attempts";
 pub const FIRST_SEEN: &str = "x-wxd-first-seen";
 /// When an attempt that may have reached WeChat was first made (Unix ms).
 pub const MAYBE_SENT: &str = "x-wxd-maybe-sent";
+/// Time already charged to transient errors (ms), so the retry budget counts errors only,
+/// across trips through the delay queue, and never the time a job waited on its account.
+pub const TRANSIENT_MS: &str = "x-wxd-transient-ms";
 /// The earliest time (Unix ms) a deferred job may run. Delay tiers round down, so a job can
 /// come back early; it is then parked again for the rest, without using an attempt.
 pub const NOT_BEFORE: &str = "x-wxd-not-before";
@@ -46,6 +49,9 @@ pub fn retry_state(props: &BasicProperties) -> RetryState {
         st.first_seen_ms = t;
     }
     st.maybe_sent_ms = get_i64(props, MAYBE_SENT);
+    if let Some(t) = get_i64(props, TRANSIENT_MS) {
+        st.transient_ms = t.max(0) as u64;
+    }
     st
 }
 
@@ -60,6 +66,10 @@ pub fn with_retry_state(props: &BasicProperties, st: &RetryState, reason: &str) 
     if let Some(m) = st.maybe_sent_ms {
         table.insert(MAYBE_SENT.into(), AMQPValue::LongLongInt(m));
     }
+    table.insert(
+        TRANSIENT_MS.into(),
+        AMQPValue::LongLongInt(i64::try_from(st.transient_ms).unwrap_or(i64::MAX)),
+    );
     table.insert(REASON.into(), string(reason));
     props.clone().with_headers(table)
 }
@@ -107,6 +117,7 @@ mod tests {
             attempts: 3,
             first_seen_ms: 1_700_000_000_000,
             maybe_sent_ms: Some(1_700_000_001_000),
+            transient_ms: 4_321,
         };
         let props = with_retry_state(&BasicProperties::default(), &st, "backoff");
         assert_eq!(retry_state(&props), st);

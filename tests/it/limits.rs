@@ -91,6 +91,71 @@ async fn quota_exhaustion_pauses_and_defers_until_the_quota_is_cleared() {
     h.cleanup().await;
 }
 
+/// The bug of issue 19: a quota pause many times longer than the transient-error budget
+/// (3 s budget, paused for 8× that) must fail no job. Time spent waiting on quota is not a
+/// transient error; only `not_after` may end a waiting job. With a probe every 2 s, the
+/// deferred jobs take the inline path (the probe is within `inline_max`) as well as the delay
+/// queue, so both paths are covered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_pause_far_longer_than_the_retry_budget_fails_no_job() {
+    let h = Harness::start(Opts {
+        behaviour: wxdispatch::mock::Behaviour {
+            quota: Some(100),
+            ..Default::default()
+        },
+        env: &[
+            ("WXD_QUOTA_PROBE_SECS", "2"),
+            ("WXD_RETRY_BUDGET_SECS", "3"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    h.publish_many(&jobs("qp", 200)).await;
+    let first = h.outcomes(100, Duration::from_secs(30)).await;
+    assert_eq!(first.len(), 100, "{:?}", by_status(&first));
+    assert!(
+        first.iter().all(|o| o["status"] == "sent"),
+        "{:?}",
+        by_status(&first)
+    );
+    // Paused for eight times the budget: not one job may end. Several probes go out meanwhile
+    // (each answered 45009), so the pause really is being re-checked, not just slept through.
+    let during = h.outcomes(1, Duration::from_secs(24)).await;
+    assert!(
+        during.is_empty(),
+        "a job ended during the quota pause: {during:?}"
+    );
+    let probes = h
+        .mock
+        .state
+        .stats()
+        .errors
+        .get("45009")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        probes >= 3,
+        "the paused account was probed: {probes} answers of 45009"
+    );
+
+    h.mock.state.clear_quota(); // the operator's clear_quota
+    let rest = h.outcomes(100, Duration::from_secs(60)).await;
+    assert_eq!(rest.len(), 100, "{:?}", by_status(&rest));
+    assert!(
+        rest.iter().all(|o| o["status"] == "sent"),
+        "{:?}",
+        by_status(&rest)
+    );
+    assert_eq!(h.mock.state.stats().messages, 200);
+    assert_eq!(
+        h.duplicate_outcomes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "each job has exactly one outcome"
+    );
+    h.cleanup().await;
+}
+
 /// A configured `daily_quota` pauses the account before WeChat's own quota is reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_daily_quota_pauses_before_wechat_says_45009() {
