@@ -407,23 +407,31 @@ impl Dispatcher {
                 if e.maybe_sent() && state.maybe_sent_ms.is_none() {
                     state.maybe_sent_ms = Some(Utc::now().timestamp_millis());
                 }
-                if let SendError::Status(s) = e
-                    && (300..500).contains(&s)
+                let mut wait = self.policy.delay(state.attempts - 1);
+                if let SendError::Status {
+                    status,
+                    retry_after,
+                } = e
                 {
-                    // A 4xx from WeChat's front end (or a redirect, which is never followed)
-                    // will not change on retry.
-                    return Try::Done(Disposition::Final(self.final_error(
-                        job,
-                        state,
-                        SendStatus::Rejected,
-                        None,
-                        e.label(),
-                    )));
+                    // The HTTP rows of the policy table (ERROR_POLICY.md): a redirect or a 4xx
+                    // other than 408/425/429 will not change on retry; those three are a
+                    // front end or proxy asking us to slow down, so wait at least as long as
+                    // it asks.
+                    if errcode::http_rule(status).action == Action::Reject {
+                        return Try::Done(Disposition::Final(self.final_error(
+                            job,
+                            state,
+                            SendStatus::Rejected,
+                            None,
+                            e.label(),
+                        )));
+                    }
+                    wait = wait.max(retry_after.unwrap_or_default());
                 }
                 tracing::info!(job_id = %job.id, appid, error = %e, attempt = state.attempts, "send failed");
                 return Try::Again {
                     reason: e.label(),
-                    wait: self.policy.delay(state.attempts - 1),
+                    wait,
                     took: started.elapsed(),
                 };
             }

@@ -45,13 +45,32 @@ pub enum FaultKind {
     Http(u16),
     /// Accept the message, then stall the reply.
     Timeout,
+    /// Accept the message, then answer HTTP 200 with an HTML page instead of WeChat's JSON,
+    /// as a proxy or captive portal would after forwarding the request.
+    Html200,
+    /// Accept the message, then answer HTTP 200 with JSON that has no `errcode`.
+    Json200,
 }
 
 impl FaultKind {
-    /// Parses `-1`, `45009`, `http502` or `timeout`.
+    /// Whether WeChat takes the message before the fault hits its reply.
+    fn after_accept(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Timeout | FaultKind::Html200 | FaultKind::Json200
+        )
+    }
+}
+
+impl FaultKind {
+    /// Parses `-1`, `45009`, `http502`, `timeout`, `html200` or `json200`.
     pub fn parse(s: &str) -> Result<FaultKind, String> {
         if s == "timeout" {
             Ok(FaultKind::Timeout)
+        } else if s == "html200" {
+            Ok(FaultKind::Html200)
+        } else if s == "json200" {
+            Ok(FaultKind::Json200)
         } else if let Some(code) = s.strip_prefix("http") {
             code.parse()
                 .map(FaultKind::Http)
@@ -498,21 +517,22 @@ async fn template_send(
             return fault_reply(&s, kind, behaviour.stall_ms).await;
         }
     }
-    let mut stall_after_accept = false;
+    // A fault that hits the reply after the message was taken (a timeout, an HTML 200).
+    let mut after_accept = None;
     match flaky {
-        Some(FaultKind::Timeout) => stall_after_accept = true,
+        Some(kind) if kind.after_accept() => after_accept = Some(kind),
         Some(kind) => return fault_reply(&s, kind, behaviour.stall_ms).await,
         None => {}
     }
-    if !stall_after_accept {
+    if after_accept.is_none() {
         // Random faults by rate.
         let roll: f64 = rand::rng().random();
         let mut acc = 0.0;
         for f in &behaviour.faults {
             acc += f.rate;
             if roll < acc {
-                if f.kind == FaultKind::Timeout {
-                    stall_after_accept = true;
+                if f.kind.after_accept() {
+                    after_accept = Some(f.kind);
                     break;
                 }
                 return fault_reply(&s, f.kind, behaviour.stall_ms).await;
@@ -567,9 +587,8 @@ async fn template_send(
     if new && let Some(target) = &s.push {
         push::spawn_receipt(s.clone(), target.clone(), appid, touser, msgid);
     }
-    if stall_after_accept {
-        s.error("timeout".into());
-        tokio::time::sleep(Duration::from_millis(behaviour.stall_ms)).await;
+    if let Some(kind) = after_accept {
+        return fault_reply(&s, kind, behaviour.stall_ms).await;
     }
     wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
 }
@@ -603,7 +622,27 @@ async fn fault_reply(s: &MockState, kind: FaultKind, stall_ms: u64) -> Response 
         FaultKind::Http(status) => {
             s.error(format!("http{status}"));
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            (status, "<html>bad gateway</html>").into_response()
+            // Throttling answers say when to come back, as front ends and proxies do.
+            let throttled = matches!(status.as_u16(), 408 | 425 | 429 | 503);
+            let mut resp = (status, "<html>bad gateway</html>").into_response();
+            if throttled {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            resp
+        }
+        FaultKind::Html200 => {
+            s.error("html200".into());
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>Service temporarily unavailable</body></html>",
+            )
+                .into_response()
+        }
+        FaultKind::Json200 => {
+            s.error("json200".into());
+            wx(serde_json::json!({"status": "accepted"}))
         }
         FaultKind::Timeout => {
             s.error("timeout".into());

@@ -35,9 +35,14 @@ pub enum SendError {
     /// No answer in time: the message may or may not have been sent.
     #[error("timeout")]
     Timeout,
-    /// An HTTP error status (5xx from a gateway): may or may not have been sent.
-    #[error("http status {0}")]
-    Status(u16),
+    /// An HTTP status other than 200. Whether the message may have been sent, and whether to
+    /// retry, is the policy table's call ([`crate::wechat::errcode::http_rule`]).
+    #[error("http status {status}")]
+    Status {
+        status: u16,
+        /// The reply's `Retry-After`, if it had a readable one: the least time to wait.
+        retry_after: Option<Duration>,
+    },
     /// The reply could not be read or parsed: may or may not have been sent.
     #[error("bad reply: {0}")]
     BadReply(String),
@@ -46,7 +51,13 @@ pub enum SendError {
 impl SendError {
     /// Whether the message could have reached WeChat despite the error.
     pub fn maybe_sent(&self) -> bool {
-        !matches!(self, SendError::Connect(_))
+        match self {
+            SendError::Connect(_) => false,
+            SendError::Status { status, .. } => {
+                crate::wechat::errcode::http_rule(*status).maybe_sent
+            }
+            SendError::Timeout | SendError::BadReply(_) => true,
+        }
     }
 
     /// A short, bounded label for metrics and outcomes.
@@ -54,7 +65,7 @@ impl SendError {
         match self {
             SendError::Connect(_) => "connect".into(),
             SendError::Timeout => "timeout".into(),
-            SendError::Status(s) => format!("http_{s}"),
+            SendError::Status { status, .. } => format!("http_{status}"),
             SendError::BadReply(_) => "bad_reply".into(),
         }
     }
@@ -112,7 +123,19 @@ impl WechatClient {
             .post(url)
             .header("content-type", "application/json")
             .body(body);
-        self.execute(req).await
+        let reply: SendReply = self.execute(req).await?;
+        // WeChat always answers a send with an errcode. A 200 without one (an HTML page from a
+        // proxy, `{}`) is not WeChat's verdict: the message may or may not have gone out, so it
+        // must not count as sent (issue 14).
+        let errcode = reply
+            .errcode
+            .ok_or_else(|| SendError::BadReply("a 200 reply without errcode".into()))?;
+        Ok(ApiReply {
+            errcode,
+            errmsg: reply.errmsg,
+            msgid: reply.msgid,
+            ..ApiReply::default()
+        })
     }
 
     /// Fetches an access token, by `stable_token` (optionally forced) or the classic endpoint.
@@ -148,15 +171,52 @@ impl WechatClient {
         self.execute(req).await
     }
 
-    async fn execute(&self, req: reqwest::RequestBuilder) -> Result<ApiReply, SendError> {
+    async fn execute<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, SendError> {
         let resp = req.send().await.map_err(classify)?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(SendError::Status(status.as_u16()));
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+            return Err(SendError::Status {
+                status: status.as_u16(),
+                retry_after,
+            });
         }
         let bytes = resp.bytes().await.map_err(classify)?;
         serde_json::from_slice(&bytes).map_err(|e| SendError::BadReply(e.to_string()))
     }
+}
+
+/// The reply of a send, where a missing `errcode` must be told apart from 0.
+#[derive(Deserialize)]
+struct SendReply {
+    #[serde(default)]
+    errcode: Option<i64>,
+    #[serde(default)]
+    errmsg: String,
+    #[serde(default)]
+    msgid: Option<i64>,
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), capped at a day so a
+/// broken proxy cannot park a job for longer than a quota pause would.
+fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    const CAP: Duration = Duration::from_secs(24 * 3600);
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(CAP));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let ms = (at.with_timezone(&chrono::Utc) - now)
+        .num_milliseconds()
+        .max(0);
+    Some(Duration::from_millis(ms as u64).min(CAP))
 }
 
 /// Classifies a reqwest error without ever formatting its URL (which holds the token).
@@ -217,7 +277,38 @@ mod tests {
     fn only_connect_errors_are_certainly_unsent() {
         assert!(!SendError::Connect("refused".into()).maybe_sent());
         assert!(SendError::Timeout.maybe_sent());
-        assert!(SendError::Status(502).maybe_sent());
-        assert_eq!(SendError::Status(502).label(), "http_502");
+        let status = |status| SendError::Status {
+            status,
+            retry_after: None,
+        };
+        assert!(status(502).maybe_sent());
+        assert_eq!(status(502).label(), "http_502");
+        assert!(
+            !status(429).maybe_sent(),
+            "a 429 was refused before WeChat saw it"
+        );
+        assert!(SendError::BadReply("html".into()).maybe_sent());
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Tue, 01 Dec 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 01 Dec 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        assert_eq!(
+            parse_retry_after("999999999", now),
+            Some(Duration::from_secs(24 * 3600))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

@@ -564,6 +564,84 @@ pub fn token_endpoint_action(code: i64) -> Action {
     }
 }
 
+/// What the send path does with an HTTP reply that is not a plain `200` with WeChat's JSON:
+/// the same kind of decision as an `errcode`, kept beside the errcode table and rendered into
+/// `ERROR_POLICY.md` the same way, so the code and the doc cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpRule {
+    /// The statuses the rule covers, as written in the doc.
+    pub statuses: &'static str,
+    /// `Retry` (with backoff and `Retry-After`) or `Reject`.
+    pub action: Action,
+    /// Whether WeChat may have taken the message anyway. A maybe-sent retry is made only with
+    /// the same `client_msg_id` and only inside its deduplication window.
+    pub maybe_sent: bool,
+    /// Why, for operators.
+    pub why: &'static str,
+}
+
+/// The HTTP rules, in the order [`http_rule`] checks them.
+pub const HTTP_RULES: &[HttpRule] = &[
+    HttpRule {
+        statuses: "200 without `errcode` (an HTML page, `{}`, other JSON)",
+        action: Action::Retry,
+        maybe_sent: true,
+        why: "not WeChat's answer (a proxy or captive portal may have sent it after forwarding the request): treated like an unreadable reply",
+    },
+    HttpRule {
+        statuses: "408, 425, 429",
+        action: Action::Retry,
+        maybe_sent: false,
+        why: "the front end or an egress proxy refused the request before WeChat processed it: back off, at least as long as `Retry-After` asks",
+    },
+    HttpRule {
+        statuses: "3xx",
+        action: Action::Reject,
+        maybe_sent: false,
+        why: "WeChat's API never redirects; following one would carry the access token elsewhere, so it is not followed",
+    },
+    HttpRule {
+        statuses: "other 4xx",
+        action: Action::Reject,
+        maybe_sent: false,
+        why: "the request itself is wrong and will be wrong again",
+    },
+    HttpRule {
+        statuses: "5xx, other",
+        action: Action::Retry,
+        maybe_sent: true,
+        why: "a gateway failed, possibly after WeChat took the message",
+    },
+];
+
+/// The rule for an HTTP status other than 200. (A 200 without `errcode` is the first row of
+/// [`HTTP_RULES`]; the client reports it as an unreadable reply.)
+pub fn http_rule(status: u16) -> &'static HttpRule {
+    let row = match status {
+        408 | 425 | 429 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    };
+    &HTTP_RULES[row]
+}
+
+/// Renders [`HTTP_RULES`] as the table embedded in `ERROR_POLICY.md`.
+pub fn http_markdown_table() -> String {
+    let mut out = String::from("| HTTP reply | action | may have been sent | why |\n");
+    out.push_str("|---|---|---|---|\n");
+    for r in HTTP_RULES {
+        out.push_str(&format!(
+            "| {} | `{}` | {} | {} |\n",
+            escape_cell(r.statuses),
+            r.action.as_str(),
+            if r.maybe_sent { "yes" } else { "no" },
+            escape_cell(r.why),
+        ));
+    }
+    out
+}
+
 fn escape_cell(s: &str) -> String {
     s.replace('|', "\\|")
 }
@@ -789,6 +867,37 @@ mod tests {
              Regenerate with: cargo test print_policy_markdown_table -- --ignored --nocapture\n\
              and replace the table between the `errcode-table` markers in the doc.\n\
              Expected table:\n{table}"
+        );
+    }
+
+    /// Issue 14: 408, 425 and 429 are refusals in front of WeChat, retried and never counted
+    /// as maybe-sent; other 3xx/4xx reject; 5xx may have been sent.
+    #[test]
+    fn http_statuses_are_classified_by_the_table() {
+        for s in [408, 425, 429] {
+            let r = http_rule(s);
+            assert_eq!((r.action, r.maybe_sent), (Action::Retry, false), "{s}");
+        }
+        for s in [301, 302, 400, 403, 404, 413] {
+            assert_eq!(http_rule(s).action, Action::Reject, "{s}");
+            assert!(!http_rule(s).maybe_sent, "{s}");
+        }
+        for s in [500, 502, 503, 504, 599, 100] {
+            let r = http_rule(s);
+            assert_eq!((r.action, r.maybe_sent), (Action::Retry, true), "{s}");
+        }
+        assert!(
+            HTTP_RULES[0].maybe_sent,
+            "a 200 without errcode may have been sent"
+        );
+    }
+
+    #[test]
+    fn policy_doc_contains_the_http_table() {
+        let table = http_markdown_table();
+        assert!(
+            POLICY_DOC.contains(&table),
+            "ERROR_POLICY.md is out of date with errcode::HTTP_RULES. Expected:\n{table}"
         );
     }
 

@@ -652,3 +652,72 @@ async fn the_token_is_refreshed_in_the_background_before_it_expires() {
     );
     h.cleanup().await;
 }
+
+/// Issue 14: HTTP replies follow the policy table's HTTP rows. 408, 425 and 429 are retried
+/// (waiting at least the `Retry-After: 1` the simulator sends) instead of rejected; a 200
+/// without WeChat's `errcode` (an HTML page, other JSON) is "maybe sent", retried with the same
+/// `client_msg_id`, and never reported `sent` on its own; other 4xx still reject at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_statuses_follow_the_policy_table() {
+    let h = Harness::start(Opts::default()).await;
+    let started = std::time::Instant::now();
+    h.publish(&job("throttled", "flaky:http429:2:a")).await;
+    h.publish(&job("timeout408", "flaky:http408:1:b")).await;
+    h.publish(&job("early425", "flaky:http425:1:c")).await;
+    h.publish(&job("html", "flaky:html200:1:d")).await;
+    h.publish(&job("nojson", "flaky:json200:1:e")).await;
+    h.publish(&job("forbidden", "fail:http403")).await;
+    let out = h.outcomes(6, Duration::from_secs(30)).await;
+    assert_eq!(out.len(), 6, "{out:?}");
+    let by_id = |id: &str| {
+        out.iter()
+            .find(|o| o["id"] == id)
+            .unwrap_or_else(|| panic!("no outcome for {id}"))
+            .clone()
+    };
+    let o = by_id("throttled");
+    assert_eq!(
+        (&o["status"], &o["attempts"]),
+        (&"sent".into(), &3.into()),
+        "{o}"
+    );
+    // Two 429s, each asking for a second: the job cannot have been sent sooner.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_900),
+        "Retry-After was honoured: {:?}",
+        started.elapsed()
+    );
+    for id in ["timeout408", "early425", "html", "nojson"] {
+        let o = by_id(id);
+        assert_eq!(
+            (&o["status"], &o["attempts"]),
+            (&"sent".into(), &2.into()),
+            "{o}"
+        );
+    }
+    let o = by_id("forbidden");
+    assert_eq!(
+        (&o["status"], &o["reason"]),
+        (&"rejected".into(), &"http_403".into()),
+        "{o}"
+    );
+    assert_eq!(errors(&h, "http429"), 2);
+    assert_eq!(errors(&h, "html200"), 1);
+    assert_eq!(errors(&h, "json200"), 1);
+    let stats = h.mock.state.stats();
+    assert_eq!(stats.messages, 5, "one message per job that was sent");
+    assert_eq!(
+        stats.duplicates_suppressed, 2,
+        "the retries after an HTML or errcode-less 200 reused client_msg_id"
+    );
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            &series("wxdispatch_retries_total", "reason=\"http_429\"")
+        ),
+        2.0,
+        "throttling retries are counted"
+    );
+    h.cleanup().await;
+}
