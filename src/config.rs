@@ -89,6 +89,9 @@ pub struct Config {
     pub api_base: String,
     pub accounts: Vec<Account>,
     pub token_mode: TokenMode,
+    /// Forced `stable_token` refreshes allowed per Beijing day, across all replicas when
+    /// Redis is configured (WeChat allows 20; the rest are left to other systems).
+    pub token_force_budget: u32,
     pub http_addr: String,
     pub callback_token: Option<Secret>,
     pub callback_aes_key: Option<Secret>,
@@ -140,6 +143,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("api_base", Kind::Str),
     ("appid", Kind::Str),
     ("token_mode", Kind::Str),
+    ("token_force_budget", Kind::Int),
     ("rate_per_sec", Kind::Int),
     ("daily_quota", Kind::Int),
     ("http_addr", Kind::Str),
@@ -198,6 +202,7 @@ struct Raw {
     api_base: Option<String>,
     appid: Option<String>,
     token_mode: Option<TokenMode>,
+    token_force_budget: Option<u32>,
     rate_per_sec: Option<u32>,
     daily_quota: Option<u64>,
     http_addr: Option<String>,
@@ -446,6 +451,23 @@ impl Config {
                 return Err(err(format!("{name}: must be 1 to 200 characters")));
             }
         }
+        let token_mode = raw.token_mode.unwrap_or(TokenMode::Stable);
+        let token_force_budget = raw.token_force_budget.unwrap_or(10);
+        if token_force_budget > 20 {
+            return Err(err(
+                "token_force_budget: at most 20 (WeChat allows 20 forced refreshes a day)",
+            ));
+        }
+        let expected_replicas = raw.expected_replicas.unwrap_or(1).max(1);
+        if token_mode == TokenMode::Classic && expected_replicas > 1 && raw.redis_url.is_none() {
+            // Every classic fetch invalidates the previous token after 5 minutes, so replicas
+            // that fetch on their own keep killing each other's tokens.
+            return Err(err(
+                "token_mode: classic with expected_replicas > 1 needs redis_url, so that the \
+                 replicas share one token; use token_mode = \"stable\" (the default) or set \
+                 WXD_REDIS_URL",
+            ));
+        }
         Ok(Config {
             amqp_url,
             jobs_queue: raw.jobs_queue.unwrap_or_else(|| "wxdispatch.jobs".into()),
@@ -459,7 +481,8 @@ impl Config {
             dead_queue: raw.dead_queue.unwrap_or_else(|| "wxdispatch.dead".into()),
             api_base,
             accounts,
-            token_mode: raw.token_mode.unwrap_or(TokenMode::Stable),
+            token_mode,
+            token_force_budget,
             http_addr,
             callback_token,
             callback_aes_key,
@@ -479,7 +502,7 @@ impl Config {
             delivery_limit: raw.delivery_limit.unwrap_or(5),
             max_job_bytes: raw.max_job_bytes.unwrap_or(256 * 1024),
             redis_url: raw.redis_url,
-            expected_replicas: raw.expected_replicas.unwrap_or(1).max(1),
+            expected_replicas,
             log_format,
         })
     }
@@ -538,6 +561,31 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14.4: classic tokens are per caller (each fetch invalidates the last one after
+    /// five minutes), so several replicas must not each fetch their own.
+    #[test]
+    fn classic_tokens_with_several_replicas_need_redis() {
+        let env = |extra: &[(&str, &str)]| {
+            let mut m: std::collections::BTreeMap<String, String> = [
+                ("WXD_APPID", "wxclassic"),
+                ("WXD_SECRET", "s"),
+                ("WXD_TOKEN_MODE", "classic"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            for (k, v) in extra {
+                m.insert(k.to_string(), v.to_string());
+            }
+            m
+        };
+        let e = Config::from_sources(None, &env(&[("WXD_EXPECTED_REPLICAS", "3")])).unwrap_err();
+        assert!(e.to_string().contains("token_mode"), "{e}");
+        assert!(Config::from_sources(None, &env(&[])).is_ok());
+        let e = Config::from_sources(None, &env(&[("WXD_TOKEN_FORCE_BUDGET", "21")])).unwrap_err();
+        assert!(e.to_string().contains("token_force_budget"), "{e}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -25,7 +25,7 @@ use crate::limiter::{AccountGate, Admission};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, SendStatus};
 use crate::wechat::errcode::{self, Action};
-use crate::wechat::{SendError, TokenError, TokenSource, WechatClient};
+use crate::wechat::{SendError, TokenError, TokenLimits, TokenSource, WechatClient};
 
 /// WeChat deduplicates `(openid, client_msg_id)` for 10 minutes; keep a safety margin.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(9 * 60 + 30);
@@ -255,7 +255,11 @@ impl Dispatcher {
                         config.token_mode,
                         client.clone(),
                         metrics.clone(),
-                        Duration::from_secs(config.account_stop_probe_secs.max(1)),
+                        TokenLimits {
+                            stop_probe: Duration::from_secs(config.account_stop_probe_secs.max(1)),
+                            force_budget: config.token_force_budget,
+                            shared: shared.clone(),
+                        },
                     )),
                     send_stop: Mutex::new(None),
                 };
@@ -470,10 +474,12 @@ impl Dispatcher {
                 )))
             }
             Action::RefreshToken => {
+                // Refresh, then retry after the ordinary backoff: if the code is not really
+                // about the token (41006), an immediate retry would only repeat it.
                 acct.tokens.invalidate(&token).await;
                 Try::Again {
                     reason: errcode::reason(code).into_owned(),
-                    wait: Duration::ZERO,
+                    wait: self.policy.delay(state.attempts - 1),
                     took: started.elapsed(),
                 }
             }

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub send_duration_seconds: HistogramVec,
     pub retries_total: IntCounterVec,
     pub token_refreshes_total: IntCounterVec,
+    /// Forced `stable_token` refreshes left today (the budget, not WeChat's own 20).
+    pub token_force_budget_remaining: IntGaugeVec,
+    /// Forced refreshes that a token error could have asked for but the policy did not make.
+    pub token_force_skipped_total: IntCounterVec,
     pub inflight: IntGauge,
     pub quota_paused: IntGaugeVec,
     pub receipts_total: IntCounterVec,
@@ -125,6 +129,18 @@ impl Metrics {
                 "Access-token fetches by result",
                 &["appid", "result"],
             ),
+            token_force_budget_remaining: gauge(
+                r,
+                "wxdispatch_token_force_budget_remaining",
+                "Forced stable_token refreshes left today (Beijing time) in this worker's budget",
+                &["appid"],
+            ),
+            token_force_skipped_total: counter(
+                r,
+                "wxdispatch_token_force_skipped_total",
+                "Token errors that did not lead to a forced refresh, by reason",
+                &["appid", "reason"],
+            ),
             inflight: plain_gauge(r, "wxdispatch_inflight", "Jobs being processed now"),
             quota_paused: gauge(
                 r,
@@ -227,6 +243,8 @@ impl Metrics {
         self.account_stopped.with_label_values(&[appid]).set(0);
         self.token_refreshes_total.with_label_values(&[appid, "ok"]);
         self.retries_total.with_label_values(&[appid, "busy"]);
+        self.token_force_skipped_total
+            .with_label_values(&[appid, "budget_spent"]);
         self.deferred_total.with_label_values(&[appid, "quota"]);
         self.send_duration_seconds.with_label_values(&[appid]);
         self.limiter_wait_seconds.with_label_values(&[appid]);

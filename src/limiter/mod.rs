@@ -30,7 +30,7 @@ fn beijing() -> FixedOffset {
     FixedOffset::east_opt(8 * 3600).expect("valid offset")
 }
 
-fn beijing_today() -> NaiveDate {
+pub(crate) fn beijing_today() -> NaiveDate {
     Utc::now().with_timezone(&beijing()).date_naive()
 }
 

@@ -33,6 +33,35 @@ if wait < 0 then wait = 0 end
 return wait
 "#;
 
+/// Takes one forced `stable_token` refresh from the account's daily budget, shared by every
+/// replica. WeChat allows 20 forced refreshes a day with 30 s between them, and each one
+/// invalidates the token for every other service on the appid, so the budget and the spacing
+/// must be the account's, not each replica's.
+///
+/// KEYS[1]: the spacing key, KEYS[2]: the day's counter. ARGV[1]: spacing in ms, ARGV[2]: the
+/// daily budget. Returns the number taken today (>= 1) on success, `-1` if the last forced
+/// refresh is less than the spacing ago, `-2` if today's budget is spent.
+const TAKE_FORCE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+if n >= tonumber(ARGV[2]) then return -2 end
+redis.call('SET', KEYS[1], '1', 'PX', tonumber(ARGV[1]))
+n = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], 2 * 86400)
+return n
+"#;
+
+/// The answer of [`SharedLimiter::take_force`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForceGrant {
+    /// Granted; the number of forced refreshes taken today, this one included.
+    Granted(u32),
+    /// Another forced refresh was made less than the spacing ago.
+    TooSoon,
+    /// Today's budget is spent.
+    Spent,
+}
+
 /// A connection to the shared limiter.
 #[derive(Clone)]
 pub struct SharedLimiter {
@@ -80,6 +109,31 @@ impl SharedLimiter {
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
         Ok(Duration::from_micros(wait_us))
+    }
+
+    /// Takes a forced token refresh from `appid`'s budget for Beijing day `day`.
+    pub async fn take_force(
+        &self,
+        appid: &str,
+        day: &str,
+        per_day: u32,
+        spacing: Duration,
+    ) -> redis::RedisResult<ForceGrant> {
+        let mut conn = self.conn.clone();
+        let script = redis::Script::new(TAKE_FORCE);
+        let mut call = script.key(format!("wxdispatch:force:last:{appid}"));
+        call.key(format!("wxdispatch:force:{appid}:{day}"))
+            .arg(spacing.as_millis() as u64)
+            .arg(per_day);
+        let fut = call.invoke_async::<i64>(&mut conn);
+        let n = tokio::time::timeout(CALL_TIMEOUT, fut)
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
+        Ok(match n {
+            -1 => ForceGrant::TooSoon,
+            n if n < 0 => ForceGrant::Spent,
+            n => ForceGrant::Granted(n as u32),
+        })
     }
 
     /// Counts one successful send for `appid` on Beijing day `day`; returns today's total.

@@ -144,6 +144,10 @@ pub struct MockConfig {
     pub push: Option<push::PushTarget>,
 }
 
+/// WeChat's daily limit of forced `stable_token` refreshes per appid. The simulator counts
+/// them over all its appids, and its "day" is its lifetime.
+pub const FORCED_REFRESHES_PER_DAY: u64 = 20;
+
 #[derive(Debug)]
 struct TokenInfo {
     appid: String,
@@ -161,6 +165,8 @@ pub struct Stats {
     pub token_calls: u64,
     pub stable_token_calls: u64,
     pub forced_refreshes: u64,
+    /// Forced calls inside 30 s of the last forced refresh (answered with the current token).
+    pub forced_too_soon: u64,
     pub clear_quota_calls: u64,
     /// Errors answered, by errcode or `httpNNN`/`timeout`.
     pub errors: BTreeMap<String, u64>,
@@ -276,6 +282,14 @@ impl MockState {
         let past = Instant::now() - Duration::from_secs(1);
         for t in self.tokens.lock().unwrap().values_mut() {
             t.expires_at = past;
+        }
+    }
+
+    /// Forgets when each appid's last forced refresh was, as if 30 s had passed (for tests of
+    /// the forced-refresh rules that cannot wait).
+    pub fn forget_forced_spacing(&self) {
+        for (_, last) in self.stable.lock().unwrap().values_mut() {
+            *last = None;
         }
     }
 
@@ -410,16 +424,24 @@ async fn stable_token(State(s): State<Shared>, body: Bytes) -> Response {
     let mut stable = s.stable.lock().unwrap();
     let entry = stable.get(&appid).cloned();
     if q.force_refresh {
-        if let Some((_, Some(last))) = &entry
+        // WeChat's rules for forced refreshes: inside 30 s of the last one, a forced call does
+        // not refresh (it hands back the current token); at most 20 refresh a day, then 45009.
+        if let Some((token, Some(last))) = &entry
             && last.elapsed() < Duration::from_secs(30)
+            && let Some(left) = s.remaining(token)
         {
-            s.error("45011".into());
-            return wx_err(
-                45011,
-                "api minute-quota reach limit: force refresh at most once per 30s",
-            );
+            s.stats.lock().unwrap().forced_too_soon += 1;
+            return wx(serde_json::json!({"access_token": token, "expires_in": left}));
         }
-        s.stats.lock().unwrap().forced_refreshes += 1;
+        {
+            let mut st = s.stats.lock().unwrap();
+            if st.forced_refreshes >= FORCED_REFRESHES_PER_DAY {
+                drop(st);
+                s.error("45009".into());
+                return wx_err(45009, "reach max api daily quota limit");
+            }
+            st.forced_refreshes += 1;
+        }
         if let Some((old, _)) = &entry {
             s.tokens.lock().unwrap().remove(old);
         }

@@ -7,4 +7,4 @@ pub mod token;
 
 pub use client::{ApiReply, SendError, WechatClient};
 pub use errcode::Action;
-pub use token::{TokenError, TokenSource};
+pub use token::{TokenError, TokenLimits, TokenSource};

@@ -10,20 +10,39 @@
 //!   the account; the endpoint is probed again only after `stop_probe` has passed;
 //! - after a transient failure, the next fetch waits an exponentially growing pause.
 //!
-//! With `stable_token`, a refresh is a normal fetch first. Only if WeChat hands back the very
-//! token it just rejected is a forced refresh made, and at most once per 30 seconds (WeChat
-//! allows 20 a day).
+//! With `stable_token`, a refresh after a rejection is a normal fetch first. A forced refresh
+//! is rare and rationed, because WeChat allows 20 a day (Beijing time) with 30 s between them,
+//! and each one also invalidates the token for every other service using the appid:
+//! - it is made only when a token error follows a *fresh* token, one the endpoint confirmed
+//!   within the last minute, and the endpoint then hands that same token back. A token error
+//!   on a token WeChat has just vouched for is the one case a new token may fix;
+//! - never when the rejected token was itself forced: a brand-new token that is still
+//!   refused means the code is not about the token (41006, which today's tables call
+//!   "missing media_id", is the usual culprit), so forcing again would only burn the budget;
+//! - only from a daily budget (`token_force_budget`, default 10, well under WeChat's 20 so
+//!   other systems keep some), with the 30 s spacing, both shared by all replicas through
+//!   Redis when it is configured.
+//!
+//! When no force is allowed the same token is handed out again and the job goes down its
+//! ordinary backoff path: a storm of token errors never stops a healthy account.
+//!
+//! The classic endpoint issues a new token on every call (and invalidates the previous one
+//! after five minutes), so there a rejection of a fresh token is not followed by another
+//! fetch either: it would cost one of the 2,000 daily calls and could not help.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Secret, TokenMode};
+use crate::limiter::shared::{ForceGrant, SharedSlot};
 use crate::metrics::Metrics;
 use crate::wechat::client::WechatClient;
 use crate::wechat::errcode::{self, Action};
 
 /// Minimum spacing between forced `stable_token` refreshes, as WeChat requires.
 const FORCE_SPACING: Duration = Duration::from_secs(30);
+/// How long after the endpoint handed out (or confirmed) a token it counts as fresh.
+const FRESH_FOR: Duration = Duration::from_secs(60);
 
 /// A cached access token.
 #[derive(Debug)]
@@ -31,6 +50,10 @@ pub struct Token {
     pub value: Secret,
     pub fetched_at: Instant,
     pub expires_at: Instant,
+    /// The last time the token endpoint handed out this token.
+    pub confirmed_at: Instant,
+    /// Whether it came from a forced refresh.
+    pub forced: bool,
 }
 
 impl Token {
@@ -55,16 +78,76 @@ pub enum TokenError {
     Unavailable { detail: String, retry_in: Duration },
 }
 
+/// A token WeChat rejected on a send.
+struct Rejected {
+    value: String,
+    /// The endpoint had confirmed it within [`FRESH_FOR`] of the rejection.
+    fresh: bool,
+    /// It came from a forced refresh.
+    forced: bool,
+}
+
 #[derive(Default)]
 struct RefreshState {
     /// The token WeChat last rejected, to detect `stable_token` handing it back.
-    last_rejected: Option<String>,
-    last_forced: Option<Instant>,
+    last_rejected: Option<Rejected>,
+    /// This process' view of the forced-refresh budget (the only one without Redis).
+    forces: LocalForces,
     /// Circuit breaker: set by a configuration error.
     stopped: Option<(i64, Instant)>,
     /// After transient failures: no fetch before this instant.
     next_try: Option<Instant>,
     failures: u32,
+}
+
+/// Forced refreshes taken on one Beijing day, and the last one.
+#[derive(Default)]
+struct LocalForces {
+    day: Option<chrono::NaiveDate>,
+    used: u32,
+    last: Option<Instant>,
+}
+
+impl LocalForces {
+    fn take(&mut self, per_day: u32, now: Instant) -> ForceGrant {
+        let today = crate::limiter::beijing_today();
+        if self.day != Some(today) {
+            *self = LocalForces {
+                day: Some(today),
+                used: 0,
+                last: self.last,
+            };
+        }
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < FORCE_SPACING)
+        {
+            return ForceGrant::TooSoon;
+        }
+        if self.used >= per_day {
+            return ForceGrant::Spent;
+        }
+        self.used += 1;
+        self.last = Some(now);
+        ForceGrant::Granted(self.used)
+    }
+
+    /// WeChat itself said the day's forced refreshes are gone (45009 on a forced call).
+    fn exhaust(&mut self, per_day: u32) {
+        self.day = Some(crate::limiter::beijing_today());
+        self.used = self.used.max(per_day);
+    }
+}
+
+/// How a token cache guards the token endpoint's limits.
+#[derive(Clone)]
+pub struct TokenLimits {
+    /// After a configuration error, the endpoint is probed again only after this.
+    pub stop_probe: Duration,
+    /// Forced `stable_token` refreshes allowed per Beijing day.
+    pub force_budget: u32,
+    /// Redis, to share the force budget and spacing with the other replicas.
+    pub shared: Option<Arc<SharedSlot>>,
 }
 
 /// One account's token cache.
@@ -75,6 +158,10 @@ pub struct TokenSource {
     client: WechatClient,
     metrics: Arc<Metrics>,
     stop_probe: Duration,
+    /// Forced `stable_token` refreshes allowed per Beijing day.
+    force_budget: u32,
+    /// Redis, to share the force budget and spacing with the other replicas.
+    shared: Option<Arc<SharedSlot>>,
     current: Mutex<Option<Arc<Token>>>,
     refresh: tokio::sync::Mutex<RefreshState>,
 }
@@ -86,8 +173,17 @@ impl TokenSource {
         mode: TokenMode,
         client: WechatClient,
         metrics: Arc<Metrics>,
-        stop_probe: Duration,
+        limits: TokenLimits,
     ) -> TokenSource {
+        let TokenLimits {
+            stop_probe,
+            force_budget,
+            shared,
+        } = limits;
+        metrics
+            .token_force_budget_remaining
+            .with_label_values(&[&appid])
+            .set(i64::from(force_budget));
         TokenSource {
             appid,
             secret,
@@ -95,6 +191,8 @@ impl TokenSource {
             client,
             metrics,
             stop_probe,
+            force_budget,
+            shared,
             current: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
         }
@@ -132,6 +230,15 @@ impl TokenSource {
     /// value, so no fetch can slip in between and accept the rejected token as new.
     pub async fn invalidate(&self, used: &Token) {
         let mut st = self.refresh.lock().await;
+        let fresh = used.confirmed_at.elapsed() < FRESH_FOR;
+        if self.mode == TokenMode::Classic && fresh {
+            // A token the classic endpoint issued moments ago is as new as any it could issue
+            // now: another fetch would spend a daily call and invalidate other replicas'
+            // tokens, and could not help. The job backs off instead.
+            tracing::info!(appid = %self.appid, "a fresh access token was rejected; not fetching another (the code is likely not about the token)");
+            self.skipped("fresh_classic_token");
+            return;
+        }
         let dropped = {
             let mut cur = self.current.lock().expect("token lock");
             match cur.as_ref() {
@@ -143,9 +250,54 @@ impl TokenSource {
             }
         };
         if dropped {
-            tracing::info!(appid = %self.appid, "access token rejected by WeChat; refreshing");
-            st.last_rejected = Some(used.value.expose().to_string());
+            tracing::info!(appid = %self.appid, fresh, forced = used.forced, "access token rejected by WeChat; refreshing");
+            st.last_rejected = Some(Rejected {
+                value: used.value.expose().to_string(),
+                fresh,
+                forced: used.forced,
+            });
         }
+    }
+
+    /// Takes a forced refresh from the budget: Redis's when it is configured and answers,
+    /// this process' own otherwise.
+    async fn take_force(&self, st: &mut RefreshState) -> ForceGrant {
+        let now = Instant::now();
+        let grant = match self.shared_force().await {
+            Some(g) => g,
+            None => st.forces.take(self.force_budget, now),
+        };
+        if let ForceGrant::Granted(n) = grant {
+            self.metrics
+                .token_force_budget_remaining
+                .with_label_values(&[&self.appid])
+                .set(i64::from(self.force_budget.saturating_sub(n)));
+        }
+        grant
+    }
+
+    async fn shared_force(&self) -> Option<ForceGrant> {
+        let slot = self.shared.as_ref()?;
+        let limiter = slot.get().await?;
+        let day = crate::limiter::beijing_today().to_string();
+        match limiter
+            .take_force(&self.appid, &day, self.force_budget, FORCE_SPACING)
+            .await
+        {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(appid = %self.appid, error = %e, "Redis unreachable for the forced-refresh budget; using this replica's own");
+                slot.failed().await;
+                None
+            }
+        }
+    }
+
+    fn skipped(&self, reason: &str) {
+        self.metrics
+            .token_force_skipped_total
+            .with_label_values(&[&self.appid, reason])
+            .inc();
     }
 
     /// Refreshes in the background shortly before the token expires, so sends rarely wait.
@@ -222,30 +374,41 @@ impl TokenSource {
             });
         }
         let mut reply = self.call(st, false).await?;
-        if self.mode == TokenMode::Stable
-            && st.last_rejected.is_some()
-            && reply.access_token == st.last_rejected
-        {
-            // stable_token handed back the token WeChat just rejected: force a new one, but
-            // never more often than WeChat allows.
-            if st
-                .last_forced
-                .is_some_and(|t| now.duration_since(t) < FORCE_SPACING)
-            {
-                let retry_in = FORCE_SPACING - now.duration_since(st.last_forced.unwrap());
-                // Every caller would get the same rejected token back: hold them all off the
-                // endpoint until a forced refresh is allowed again.
-                st.next_try = Some(now + retry_in);
-                return Err(TokenError::Unavailable {
-                    detail: "stable token still rejected; waiting to force a refresh".into(),
-                    retry_in,
-                });
+        let mut forced = false;
+        let handed_back = st.last_rejected.as_ref().filter(|r| {
+            self.mode == TokenMode::Stable && reply.access_token.as_deref() == Some(&r.value)
+        });
+        if let Some(rejected) = handed_back {
+            // stable_token handed back the token WeChat just rejected.
+            if rejected.forced {
+                tracing::info!(appid = %self.appid, "a forced token was rejected too; the error is not about the token, so no further forced refresh");
+                self.skipped("forced_token_rejected");
+            } else if !rejected.fresh {
+                // The first rejection of a token the endpoint has not vouched for lately: take
+                // the endpoint's word that it is current and let the job retry after backoff.
+                // If WeChat refuses it again, it is fresh then, and a forced refresh may help.
+            } else {
+                match self.take_force(st).await {
+                    ForceGrant::Granted(n) => {
+                        tracing::warn!(appid = %self.appid, forced_today = n, budget = self.force_budget, "a fresh stable token was rejected; forcing a refresh");
+                        match self.call_forced(st).await? {
+                            Some(r) => {
+                                reply = r;
+                                forced = true;
+                            }
+                            None => self.skipped("budget_spent"),
+                        }
+                    }
+                    ForceGrant::TooSoon => self.skipped("too_soon"),
+                    ForceGrant::Spent => {
+                        tracing::warn!(appid = %self.appid, budget = self.force_budget, "today's forced-refresh budget is spent; using the current token and backing off");
+                        self.skipped("budget_spent");
+                    }
+                }
             }
-            st.last_forced = Some(now);
-            tracing::warn!(appid = %self.appid, "stable token was rejected; forcing a refresh");
-            reply = self.call(st, true).await?;
         }
         let (Some(value), Some(expires_in)) = (reply.access_token, reply.expires_in) else {
+            // interpret() lets no such reply through; stay graceful all the same.
             return Err(self.transient(st, "reply without access_token".into()));
         };
         st.last_rejected = None;
@@ -263,10 +426,37 @@ impl TokenSource {
             value: Secret::new(value),
             fetched_at: now,
             expires_at: now + Duration::from_secs(expires_in.max(1)),
+            confirmed_at: now,
+            forced,
         });
         *self.current.lock().expect("token lock") = Some(token.clone());
         self.update_gauges();
         Ok(token)
+    }
+
+    /// A forced `stable_token` call. `None` when WeChat says the day's forced refreshes are
+    /// spent (45009 on a forced call): the budget is marked spent and the current token stays,
+    /// because a normal fetch still works and the account must not stop over it.
+    async fn call_forced(
+        &self,
+        st: &mut RefreshState,
+    ) -> Result<Option<crate::wechat::ApiReply>, TokenError> {
+        let result = self
+            .client
+            .fetch_token(self.mode, &self.appid, &self.secret, true)
+            .await;
+        match result {
+            Ok(r) if r.errcode == 45009 => {
+                self.count("force_quota");
+                st.forces.exhaust(self.force_budget);
+                self.metrics
+                    .token_force_budget_remaining
+                    .with_label_values(&[&self.appid])
+                    .set(0);
+                Ok(None)
+            }
+            result => self.interpret(st, result, true).map(Some),
+        }
     }
 
     async fn call(
@@ -278,6 +468,16 @@ impl TokenSource {
             .client
             .fetch_token(self.mode, &self.appid, &self.secret, force)
             .await;
+        self.interpret(st, result, force)
+    }
+
+    /// What a token endpoint's answer means: a reply to use, a transient failure, or a stop.
+    fn interpret(
+        &self,
+        st: &mut RefreshState,
+        result: Result<crate::wechat::ApiReply, crate::wechat::SendError>,
+        force: bool,
+    ) -> Result<crate::wechat::ApiReply, TokenError> {
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
@@ -286,6 +486,11 @@ impl TokenSource {
             }
         };
         if reply.errcode == 0 {
+            if reply.access_token.is_none() || reply.expires_in.is_none() {
+                // Counted as what it is, not as a refresh that worked.
+                self.count("error");
+                return Err(self.transient(st, "reply without access_token".into()));
+            }
             self.count(if force { "forced" } else { "ok" });
             return Ok(reply);
         }
@@ -356,5 +561,29 @@ impl TokenSource {
             .token_refreshes_total
             .with_label_values(&[&self.appid, result])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The local budget (used without Redis, or while it is down): at most `per_day` forced
+    /// refreshes, never two inside WeChat's 30 s, and a 45009 from WeChat spends the rest.
+    #[test]
+    fn the_local_force_budget_holds_the_spacing_and_the_day() {
+        let mut f = LocalForces::default();
+        let t0 = Instant::now();
+        assert_eq!(f.take(2, t0), ForceGrant::Granted(1));
+        assert_eq!(f.take(2, t0 + Duration::from_secs(29)), ForceGrant::TooSoon);
+        assert_eq!(
+            f.take(2, t0 + Duration::from_secs(31)),
+            ForceGrant::Granted(2)
+        );
+        assert_eq!(f.take(2, t0 + Duration::from_secs(90)), ForceGrant::Spent);
+
+        let mut f = LocalForces::default();
+        f.exhaust(10);
+        assert_eq!(f.take(10, t0), ForceGrant::Spent);
     }
 }

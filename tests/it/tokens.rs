@@ -1,0 +1,222 @@
+//! Issue 14.4: token storms. Forced `stable_token` refreshes are rationed (WeChat allows 20 a
+//! day, 30 s apart, and each one invalidates the token for every other service on the appid),
+//! shared across replicas through Redis, and a token code that a new token does not fix never
+//! stops a healthy account.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wxdispatch::config::{Secret, TokenMode};
+use wxdispatch::limiter::shared::SharedSlot;
+use wxdispatch::metrics::Metrics;
+use wxdispatch::mock::{FORCED_REFRESHES_PER_DAY, MockConfig, MockServer};
+use wxdispatch::wechat::{TokenLimits, TokenSource, WechatClient};
+
+use crate::helpers::*;
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+/// A job that keeps answering 41006 (a token code in the seed's table, "missing media_id" in
+/// today's) refreshes the token like any token error, but once a forced token is refused too
+/// the worker stops forcing: at most one forced refresh for the whole storm, the poison jobs
+/// end `failed` on the ordinary backoff path, every other job is sent, and the account is
+/// never stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_code_a_new_token_does_not_fix_forces_once_and_stops_nothing() {
+    let h = Harness::start(Opts {
+        env: &[("WXD_MAX_ATTEMPTS", "4")],
+        ..Default::default()
+    })
+    .await;
+    let mut all: Vec<_> = (0..5)
+        .map(|i| job(&format!("poison-{i}"), &format!("fail:41006:{i}")))
+        .collect();
+    all.extend(jobs("healthy", 40));
+    h.publish_many(&all).await;
+    let out = h.outcomes(45, Duration::from_secs(30)).await;
+    assert_eq!(out.len(), 45, "{:?}", by_status(&out));
+    for o in &out {
+        let id = o["id"].as_str().unwrap();
+        if id.starts_with("poison-") {
+            assert_eq!(o["status"], "failed", "{o}");
+            assert_eq!(o["reason"], "access_token_timeout", "{o}");
+            assert_eq!(o["attempts"], 4, "{o}");
+        } else {
+            assert_eq!(o["status"], "sent", "{o}");
+        }
+    }
+    let stats = h.mock.state.stats();
+    assert!(
+        stats.forced_refreshes <= 1,
+        "one storm, at most one forced refresh: {}",
+        stats.forced_refreshes
+    );
+    assert_eq!(stats.forced_too_soon, 0, "never a forced call inside 30 s");
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!("wxdispatch_account_stopped{{appid=\"{APPID}\"}}")
+        ),
+        0.0
+    );
+    assert!(
+        metric(
+            &m,
+            &format!(
+                "wxdispatch_token_force_skipped_total{{appid=\"{APPID}\",reason=\"forced_token_rejected\"}}"
+            )
+        ) >= 1.0,
+        "the skipped forces are counted"
+    );
+    h.cleanup().await;
+}
+
+/// The simulator models WeChat's forced-refresh rules: a forced call inside 30 s of the last
+/// one does not refresh (it hands back the current token), and the 21st forced refresh of the
+/// day is refused with 45009.
+#[tokio::test]
+async fn the_simulator_models_the_forced_refresh_rules() {
+    let mock = MockServer::start(
+        "127.0.0.1:0",
+        MockConfig {
+            accounts: vec![(APPID.into(), SECRET.into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let force = || async {
+        let text = http
+            .post(format!("{}/cgi-bin/stable_token", mock.base_url()))
+            .body(
+                serde_json::json!({"grant_type": "client_credential", "appid": APPID,
+                    "secret": SECRET, "force_refresh": true})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let first = force().await;
+    let again = force().await;
+    assert_eq!(
+        first["access_token"], again["access_token"],
+        "inside 30 s: no refresh"
+    );
+    assert_eq!(mock.state.stats().forced_refreshes, 1);
+    assert_eq!(mock.state.stats().forced_too_soon, 1);
+    mock.state.forget_forced_spacing();
+    for _ in 1..FORCED_REFRESHES_PER_DAY {
+        mock.state.forget_forced_spacing();
+        assert!(force().await["access_token"].is_string());
+    }
+    mock.state.forget_forced_spacing();
+    assert_eq!(
+        force().await["errcode"],
+        45009,
+        "the 21st forced refresh of the day"
+    );
+    assert_eq!(
+        mock.state.stats().forced_refreshes,
+        FORCED_REFRESHES_PER_DAY
+    );
+}
+
+/// Replicas of one account, each with its own token cache, share the forced-refresh spacing
+/// and budget through Redis. After one replica forced a refresh, another that sees a fresh
+/// token rejected is told it is too soon (although WeChat itself would allow it here), and
+/// once Redis has counted the day's budget, no replica forces at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_forced_refresh_budget_through_redis() {
+    // Redis keys are per appid and day: a fresh appid keeps reruns independent.
+    let appid = format!("wxforce{:08x}", rand::random::<u32>());
+    let mock = MockServer::start(
+        "127.0.0.1:0",
+        MockConfig {
+            accounts: vec![(appid.clone(), SECRET.into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let replica = || {
+        TokenSource::new(
+            appid.clone(),
+            Secret::new(SECRET),
+            TokenMode::Stable,
+            WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
+            Arc::new(Metrics::new()),
+            TokenLimits {
+                stop_probe: Duration::from_secs(60),
+                force_budget: 2,
+                shared: Some(Arc::new(SharedSlot::new(REDIS_URL))),
+            },
+        )
+    };
+    // Replica A: its fresh token is rejected, stable_token hands it back, A forces.
+    let a = replica();
+    let t = a.get().await.unwrap();
+    a.invalidate(&t).await;
+    let forced = a.get().await.unwrap();
+    assert!(forced.forced);
+    assert_eq!(mock.state.stats().forced_refreshes, 1);
+
+    // Replica B, a moment later, sees the new (fresh) token rejected. WeChat would take a
+    // forced call now (the simulator is told to forget its spacing), but the shared 30 s
+    // spacing in Redis says no.
+    mock.state.forget_forced_spacing();
+    let b = replica();
+    let tb = b.get().await.unwrap();
+    b.invalidate(&tb).await;
+    let nb = b.get().await.unwrap();
+    assert!(!nb.forced, "B made no forced refresh inside A's spacing");
+    assert_eq!(mock.state.stats().forced_refreshes, 1);
+
+    // The budget (2 here) is shared too: with the spacing over and Redis counting two forced
+    // refreshes today, replica C gets none.
+    redis_del(&format!("wxdispatch:force:last:{appid}")).await;
+    redis_incr(&format!("wxdispatch:force:{appid}:{}", beijing_day())).await;
+    let c = replica();
+    let tc = c.get().await.unwrap();
+    c.invalidate(&tc).await;
+    let nc = c.get().await.unwrap();
+    assert!(!nc.forced, "the shared budget is spent: no forced refresh");
+    assert_eq!(mock.state.stats().forced_refreshes, 1);
+    assert_eq!(mock.state.stats().forced_too_soon, 0);
+}
+
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379")
+}
+
+async fn redis_del(key: &str) {
+    let _: () = redis::cmd("DEL")
+        .arg(key)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+}
+
+async fn redis_incr(key: &str) {
+    let _: i64 = redis::cmd("INCR")
+        .arg(key)
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+}
+
+fn beijing_day() -> String {
+    (chrono::Utc::now() + chrono::Duration::hours(8))
+        .date_naive()
+        .to_string()
+}
