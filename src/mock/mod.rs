@@ -10,7 +10,9 @@
 //! - deterministic, in-band by openid: `fail:<code>` always answers `<code>`, and
 //!   `flaky:<code>:<n>:<anything>` answers `<code>` to the first `n` tries of a message
 //!   (`<code>` may also be `http502` or `timeout`);
-//! - at run time, via `POST /mock/faults`, `POST /mock/expire_tokens` and `POST /mock/outage`.
+//! - at run time, via `POST /mock/faults`, `POST /mock/expire_tokens` and `POST /mock/outage`;
+//! - on the token endpoints, `Behaviour::token_outage`: every `token` and `stable_token` call
+//!   is answered with a [`TokenFault`] while it is set.
 //!
 //! A "timeout" fault accepts the message and then stalls the reply, which is exactly the case
 //! where a careless retry would send a second message.
@@ -64,6 +66,18 @@ impl FaultKind {
     }
 }
 
+/// A fault of the token endpoints (`/cgi-bin/token` and `/cgi-bin/stable_token`), so the
+/// worker's token backoff and its circuit breaker can be tested without a real outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenFault {
+    /// Answer with this WeChat errcode (`-1` system busy, `45009` the endpoint's daily limit).
+    Errcode(i64),
+    /// Answer with this HTTP status and no JSON.
+    Http(u16),
+    /// Answer `errcode: 0` with no `access_token`, as a broken proxy might.
+    NoToken,
+}
+
 /// A random fault with the probability of hitting one send request.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Fault {
@@ -100,6 +114,9 @@ pub struct Behaviour {
     pub stall_ms: u64,
     /// When set, every request is refused with this fault (an outage).
     pub outage: Option<FaultKind>,
+    /// When set, every call of a token endpoint is answered with this fault.
+    #[serde(default)]
+    pub token_outage: Option<TokenFault>,
 }
 
 impl Default for Behaviour {
@@ -111,6 +128,7 @@ impl Default for Behaviour {
             token_ttl_secs: 7200,
             stall_ms: 30_000,
             outage: None,
+            token_outage: None,
         }
     }
 }
@@ -346,8 +364,24 @@ fn check_credentials(
     }
 }
 
+/// The injected token-endpoint fault's reply, if one is set.
+async fn token_fault(s: &MockState) -> Option<Response> {
+    let fault = s.behaviour.read().unwrap().token_outage?;
+    Some(match fault {
+        TokenFault::Errcode(code) => fault_reply(s, FaultKind::Errcode(code), 0).await,
+        TokenFault::Http(status) => fault_reply(s, FaultKind::Http(status), 0).await,
+        TokenFault::NoToken => {
+            s.error("no_token".into());
+            wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "expires_in": 7200}))
+        }
+    })
+}
+
 async fn classic_token(State(s): State<Shared>, Query(q): Query<TokenQuery>) -> Response {
     s.stats.lock().unwrap().token_calls += 1;
+    if let Some(r) = token_fault(&s).await {
+        return r;
+    }
     if q.grant_type.as_deref() != Some("client_credential") {
         return wx_err(40002, "invalid grant_type");
     }
@@ -377,6 +411,9 @@ struct StableQuery {
 
 async fn stable_token(State(s): State<Shared>, body: Bytes) -> Response {
     s.stats.lock().unwrap().stable_token_calls += 1;
+    if let Some(r) = token_fault(&s).await {
+        return r;
+    }
     let Ok(q) = serde_json::from_slice::<StableQuery>(&body) else {
         return wx_err(47001, "data format error");
     };
