@@ -153,6 +153,9 @@ struct TokenInfo {
 pub struct Stats {
     /// Template send requests received (all, including failed ones).
     pub send_requests: u64,
+    /// The most send requests that were being answered at the same time: proof of a worker's
+    /// concurrency, and of its limit, that does not depend on the wall clock.
+    pub peak_in_flight: u64,
     /// Distinct messages accepted, i.e. what users would see.
     pub messages: u64,
     /// Requests that repeated an accepted `(touser, client_msg_id)` within 10 minutes.
@@ -192,6 +195,8 @@ pub struct MockState {
     stats: Mutex<Stats>,
     next_msgid: AtomicI64,
     token_seq: AtomicU64,
+    /// Send requests being answered right now.
+    in_flight: AtomicU64,
     push: Option<push::PushTarget>,
     http: reqwest::Client,
 }
@@ -221,6 +226,7 @@ impl MockServer {
             // Above i32::MAX on purpose: msgid is an i64.
             next_msgid: AtomicI64::new(3_000_000_000),
             token_seq: AtomicU64::new(1),
+            in_flight: AtomicU64::new(0),
             push: config.push,
             http: reqwest::Client::new(),
         });
@@ -495,6 +501,7 @@ async fn template_send(
     body: Bytes,
 ) -> Response {
     let behaviour = s.behaviour.read().unwrap().clone();
+    let _in_flight = InFlight::enter(&s);
     s.stats.lock().unwrap().send_requests += 1;
     if behaviour.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
@@ -609,6 +616,25 @@ async fn template_send(
         tokio::time::sleep(Duration::from_millis(behaviour.stall_ms)).await;
     }
     wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+}
+
+/// A send request being answered; leaves the count however the handler ends (a client that
+/// hangs up drops it mid-way).
+struct InFlight<'a>(&'a MockState);
+
+impl<'a> InFlight<'a> {
+    fn enter(s: &'a MockState) -> InFlight<'a> {
+        let now = s.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut st = s.stats.lock().unwrap();
+        st.peak_in_flight = st.peak_in_flight.max(now);
+        InFlight(s)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts one try of a `flaky:<code>:<n>:<tag>` message; the fault to answer while the message
