@@ -148,7 +148,16 @@ async fn the_seed_sample_is_sent_and_deduplicated_by_its_digest_id() {
     assert_eq!(out[0]["status"], "sent");
     assert_eq!(out[0]["touser"], "OPENID");
     assert!(out[0]["id"].as_str().unwrap().starts_with("sha1-"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The second copy is sent too (same client_msg_id) and WeChat suppresses it; wait for
+    // that by count, not for a fixed time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while h.mock.state.stats().duplicates_suppressed == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second copy never reached WeChat"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stats = h.mock.state.stats();
     assert_eq!(stats.messages, 1);
     assert_eq!(stats.duplicates_suppressed, 1);
