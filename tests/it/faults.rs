@@ -258,14 +258,10 @@ async fn a_drain_timeout_shorter_than_a_send_redelivers_the_job_and_sends_one_me
     assert!(h.outcomes(0, Duration::ZERO).await.is_empty()); // start the outcome consumer
     h.publish(&job("drain-short", "flaky:timeout:1:drain"))
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while h.mock.state.stats().messages == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the send never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the send accepted", Duration::from_secs(15), || async {
+        h.mock.state.stats().messages > 0
+    })
+    .await;
     // WeChat has accepted the message and is stalling its reply: stop now.
     h.stop_worker().await;
     assert!(
@@ -463,14 +459,12 @@ async fn a_send_endpoint_refusing_connections_fails_jobs_with_reason_connect() {
     assert_eq!(warm[0]["status"], "sent");
     h.mock.stop();
     // Wait until the port refuses connections (the simulator's graceful stop is quick).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(h.mock.addr).is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the simulator did not stop"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the simulator's port closed",
+        Duration::from_secs(10),
+        || async { std::net::TcpStream::connect(h.mock.addr).is_err() },
+    )
+    .await;
     let n = 20;
     h.publish_many(&jobs("refused-send", n)).await;
     let out = h.outcomes(n, Duration::from_secs(30)).await;

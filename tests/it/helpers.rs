@@ -387,6 +387,24 @@ impl Harness {
     }
 }
 
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`. Tests wait for
+/// a count or a state this way, never for a fixed time: the timeout is a hang guard, long
+/// enough for a loaded machine.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A sample job for recipient `touser`.
 pub fn job(id: &str, touser: &str) -> Value {
     serde_json::json!({

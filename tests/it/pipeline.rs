@@ -150,14 +150,12 @@ async fn the_seed_sample_is_sent_and_deduplicated_by_its_digest_id() {
     assert!(out[0]["id"].as_str().unwrap().starts_with("sha1-"));
     // The second copy is sent too (same client_msg_id) and WeChat suppresses it; wait for
     // that by count, not for a fixed time.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while h.mock.state.stats().duplicates_suppressed == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the second copy never reached WeChat"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the second copy at WeChat",
+        Duration::from_secs(15),
+        || async { h.mock.state.stats().duplicates_suppressed > 0 },
+    )
+    .await;
     let stats = h.mock.state.stats();
     assert_eq!(stats.messages, 1);
     assert_eq!(stats.duplicates_suppressed, 1);

@@ -110,14 +110,10 @@ async fn the_token_endpoints_daily_limit_stops_the_account_without_a_loop() {
     let n = 20;
     h.publish_many(&jobs("tokquota", n)).await;
     let deferred = series("wxdispatch_deferred_total", "reason=\"account_stopped\"");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while metric(&h.metrics().await, &deferred) < n as f64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not all {n} jobs were deferred"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("all jobs deferred", Duration::from_secs(15), || async {
+        metric(&h.metrics().await, &deferred) >= n as f64
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let m = h.metrics().await;
     assert_eq!(
