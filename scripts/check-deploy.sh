@@ -34,20 +34,7 @@ apt_install() {
 say "tools"
 command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip
 
-# promtool: Debian's `prometheus` package ships /usr/bin/promtool (there is no separate
-# promtool package). policy-rc.d keeps the package from starting a Prometheus server on :9090.
-if ! command -v promtool >/dev/null 2>&1; then
-  made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ] && [ "$SUDO" != "__none__" ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  apt_install prometheus || { [ "$made_policy" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d; exit 1; }
-  [ "$made_policy" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
-  command -v promtool >/dev/null 2>&1 || die "the prometheus package did not provide promtool"
-fi
-echo "promtool: $(promtool --version 2>&1 | head -n1)"
+run bash "$ROOT/scripts/install-promtool.sh"
 
 # Python modules: PyYAML and kubernetes-validate (PyPI). Debian's own python3 refuses a plain
 # pip install (PEP 668), hence the --break-system-packages retry.

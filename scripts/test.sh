@@ -8,5 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+# The `promtool check metrics` test needs promtool (and fails without it).
+bash scripts/install-promtool.sh
 cargo test --locked --all-targets -- --skip serial_ "$@"
 cargo test --locked --test it serial_ -- --test-threads=1 "$@"

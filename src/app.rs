@@ -135,6 +135,7 @@ pub async fn mock_wechat(config_file: Option<&Path>, args: MockArgs) -> anyhow::
                 token_ttl_secs: args.token_ttl,
                 stall_ms: args.stall_ms,
                 outage: None,
+                token_outage: None,
             },
             push,
         },

@@ -680,6 +680,101 @@ mod tests {
         assert!(!msg.contains("hunter2"), "{msg}");
     }
 
+    /// Every validation rule as a row: the settings that break it, and the words the error
+    /// must contain so an operator knows which key to fix. Each row is checked against a
+    /// base that is valid on its own, so a row can only fail for its own rule.
+    #[test]
+    fn each_invalid_setting_is_refused_with_its_name() {
+        let dir = std::env::temp_dir().join(format!("wxd-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret_file = dir.join("secret");
+        std::fs::write(&secret_file, "from-a-file\n").unwrap();
+        let empty_file = dir.join("empty");
+        std::fs::write(&empty_file, "  \n").unwrap();
+        let missing_file = dir.join("missing");
+        let (sf, ef, mf) = (
+            secret_file.display().to_string(),
+            empty_file.display().to_string(),
+            missing_file.display().to_string(),
+        );
+        let base = [("WXD_APPID", "wx0123456789abcdef"), ("WXD_SECRET", "s")];
+        let ok = |toml: Option<&str>, pairs: &[(&str, &str)]| {
+            let mut e = env(&base);
+            e.extend(env(pairs));
+            Config::from_sources(toml, &e)
+        };
+        assert!(ok(None, &[]).is_ok(), "the base itself is valid");
+        let long = "q".repeat(201);
+        let long_ok = "q".repeat(200);
+        let aes_42 = "a".repeat(42);
+        let aes_44 = "a".repeat(44);
+        let dup = "[[accounts]]\nappid = \"wx0123456789abcdef\"\n";
+        let two = "[[accounts]]\nappid = \"wxaaaa\"\n[[accounts]]\nappid = \"wxaaaa\"\n";
+        let env_and_file = format!(
+            "[[accounts]]\nappid = \"wxcccc\"\nsecret_env = \"S\"\nsecret_file = \"{sf}\"\n"
+        );
+        let unset_env = "[[accounts]]\nappid = \"wxcccc\"\nsecret_env = \"NOT_SET\"\n";
+        let bad_file = format!("[[accounts]]\nappid = \"wxcccc\"\nsecret_file = \"{mf}\"\n");
+        let empty_secret_file =
+            format!("[[accounts]]\nappid = \"wxcccc\"\nsecret_file = \"{ef}\"\n");
+        let no_secret = "[[accounts]]\nappid = \"wxcccc\"\n";
+        /// A case: its name, the file, the extra settings, and words the error must contain.
+        type Row<'a> = (&'a str, Option<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+        let zero_rate = "[[accounts]]\nappid = \"wxcccc\"\nrate_per_sec = 0\n";
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
+            ("bad appid", None, vec![("WXD_APPID", "wx bad!")], "not a valid appid"),
+            ("empty appid", None, vec![("WXD_APPID", "")], "not a valid appid"),
+            ("empty secret", None, vec![("WXD_SECRET", "  ")], "empty"),
+            ("empty secret file", Some(&empty_secret_file), vec![], "empty"),
+            ("rate 0", None, vec![("WXD_RATE_PER_SEC", "0")], "rate_per_sec"),
+            ("rate 0 in the file", Some(zero_rate), vec![("WXD_SECRET_WXCCCC", "c")], "rate_per_sec"),
+            ("appid twice (env and file)", Some(dup), vec![("WXD_SECRET_WX0123456789ABCDEF", "x")], "configured twice"),
+            ("appid twice in the file", Some(two), vec![("WXD_SECRET_WXAAAA", "a")], "configured twice"),
+            ("secret_env and secret_file", Some(&env_and_file), vec![("S", "x")], "not both"),
+            ("secret_env not set", Some(unset_env), vec![], "NOT_SET is not set"),
+            ("secret_file unreadable", Some(&bad_file), vec![], "secret_file: cannot read"),
+            ("no secret source", Some(no_secret), vec![], "WXD_SECRET_WXCCCC"),
+            ("jobs queue too long", None, vec![("WXD_JOBS_QUEUE", &long)], "jobs_queue"),
+            ("jobs queue empty", None, vec![("WXD_JOBS_QUEUE", "")], "jobs_queue"),
+            ("outcomes exchange too long", None, vec![("WXD_OUTCOMES_EXCHANGE", &long)], "outcomes_exchange"),
+            ("outcomes queue too long", None, vec![("WXD_OUTCOMES_QUEUE", &long)], "outcomes_queue"),
+            ("dead queue too long", None, vec![("WXD_DEAD_QUEUE", &long)], "dead_queue"),
+            ("AES key of 42", None, vec![("WXD_CALLBACK_AES_KEY", &aes_42)], "43 characters"),
+            ("AES key of 44", None, vec![("WXD_CALLBACK_AES_KEY", &aes_44)], "43 characters"),
+        ];
+        for (name, toml, pairs, want) in &rows {
+            match ok(*toml, pairs) {
+                Ok(_) => panic!("{name}: accepted"),
+                Err(e) => assert!(e.to_string().contains(want), "{name}: {e} (want {want:?})"),
+            }
+        }
+        // The edges that are valid, so the rules above are not simply "refuse everything".
+        let c = ok(None, &[("WXD_JOBS_QUEUE", &long_ok)]).unwrap();
+        assert_eq!(c.jobs_queue.len(), 200);
+        assert!(ok(None, &[("WXD_CALLBACK_AES_KEY", &"a".repeat(43))]).is_ok());
+        assert!(ok(None, &[("WXD_RATE_PER_SEC", "1")]).is_ok());
+        // The single account's secret from a file: read and trimmed, or a named error.
+        let only_file = |path: &str| {
+            Config::from_sources(
+                None,
+                &env(&[
+                    ("WXD_APPID", "wx0123456789abcdef"),
+                    ("WXD_SECRET_FILE", path),
+                ]),
+            )
+        };
+        assert_eq!(
+            only_file(&sf).unwrap().accounts[0].secret.expose(),
+            "from-a-file"
+        );
+        let e = only_file(&mf).unwrap_err().to_string();
+        assert!(e.contains("WXD_SECRET_FILE: cannot read"), "{e}");
+        let e = only_file(&ef).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn inline_secret_in_file_is_refused() {
         let e = Config::from_sources(Some("secret = \"x\""), &env(&[])).unwrap_err();

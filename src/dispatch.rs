@@ -579,8 +579,11 @@ impl Dispatcher {
 mod tests {
     use super::*;
 
+    /// Each delay lies between a tenth of its exponential cap and the cap: the cap bounds a
+    /// storm of retries, the floor keeps a retry from firing back-to-back with the failure it
+    /// answers (a zero delay would be a hot loop), and the spread shows there is jitter.
     #[test]
-    fn backoff_is_bounded_by_the_exponential_cap() {
+    fn backoff_lies_between_a_tenth_of_the_exponential_cap_and_the_cap() {
         let p = RetryPolicy {
             max_attempts: 6,
             base: Duration::from_millis(100),
@@ -588,10 +591,23 @@ mod tests {
             budget: Duration::from_secs(60),
             inline_max: Duration::from_secs(3),
         };
-        for _ in 0..50 {
-            assert!(p.delay(0) <= Duration::from_millis(100));
-            assert!(p.delay(2) <= Duration::from_millis(400));
-            assert!(p.delay(20) <= Duration::from_secs(2));
+        for (n, cap) in [(0, 100), (1, 200), (2, 400), (3, 800), (20, 2000)] {
+            let cap = Duration::from_millis(cap);
+            let samples: Vec<Duration> = (0..200).map(|_| p.delay(n)).collect();
+            let (lo, hi) = (
+                *samples.iter().min().unwrap(),
+                *samples.iter().max().unwrap(),
+            );
+            assert!(hi <= cap, "delay({n}) = {hi:?} above its cap {cap:?}");
+            assert!(
+                lo >= cap / 10,
+                "delay({n}) = {lo:?} below a tenth of {cap:?}"
+            );
+            // 200 uniform picks over [cap/10, cap]: the spread is far above half the range.
+            assert!(
+                hi - lo > (cap - cap / 10) / 2,
+                "delay({n}) has no jitter: {lo:?}..{hi:?}"
+            );
         }
     }
 

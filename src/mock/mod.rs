@@ -10,7 +10,9 @@
 //! - deterministic, in-band by openid: `fail:<code>` always answers `<code>`, and
 //!   `flaky:<code>:<n>:<anything>` answers `<code>` to the first `n` tries of a message
 //!   (`<code>` may also be `http502` or `timeout`);
-//! - at run time, via `POST /mock/faults`, `POST /mock/expire_tokens` and `POST /mock/outage`.
+//! - at run time, via `POST /mock/faults`, `POST /mock/expire_tokens` and `POST /mock/outage`;
+//! - on the token endpoints, `Behaviour::token_outage`: every `token` and `stable_token` call
+//!   is answered with a [`TokenFault`] while it is set.
 //!
 //! A "timeout" fault accepts the message and then stalls the reply, which is exactly the case
 //! where a careless retry would send a second message.
@@ -83,6 +85,18 @@ impl FaultKind {
     }
 }
 
+/// A fault of the token endpoints (`/cgi-bin/token` and `/cgi-bin/stable_token`), so the
+/// worker's token backoff and its circuit breaker can be tested without a real outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenFault {
+    /// Answer with this WeChat errcode (`-1` system busy, `45009` the endpoint's daily limit).
+    Errcode(i64),
+    /// Answer with this HTTP status and no JSON.
+    Http(u16),
+    /// Answer `errcode: 0` with no `access_token`, as a broken proxy might.
+    NoToken,
+}
+
 /// A random fault with the probability of hitting one send request.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Fault {
@@ -119,6 +133,9 @@ pub struct Behaviour {
     pub stall_ms: u64,
     /// When set, every request is refused with this fault (an outage).
     pub outage: Option<FaultKind>,
+    /// When set, every call of a token endpoint is answered with this fault.
+    #[serde(default)]
+    pub token_outage: Option<TokenFault>,
 }
 
 impl Default for Behaviour {
@@ -130,6 +147,7 @@ impl Default for Behaviour {
             token_ttl_secs: 7200,
             stall_ms: 30_000,
             outage: None,
+            token_outage: None,
         }
     }
 }
@@ -158,6 +176,9 @@ struct TokenInfo {
 pub struct Stats {
     /// Template send requests received (all, including failed ones).
     pub send_requests: u64,
+    /// The most send requests that were being answered at the same time: proof of a worker's
+    /// concurrency, and of its limit, that does not depend on the wall clock.
+    pub peak_in_flight: u64,
     /// Distinct messages accepted, i.e. what users would see.
     pub messages: u64,
     /// Requests that repeated an accepted `(touser, client_msg_id)` within 10 minutes.
@@ -199,6 +220,8 @@ pub struct MockState {
     stats: Mutex<Stats>,
     next_msgid: AtomicI64,
     token_seq: AtomicU64,
+    /// Send requests being answered right now.
+    in_flight: AtomicU64,
     push: Option<push::PushTarget>,
     http: reqwest::Client,
 }
@@ -228,6 +251,7 @@ impl MockServer {
             // Above i32::MAX on purpose: msgid is an i64.
             next_msgid: AtomicI64::new(3_000_000_000),
             token_seq: AtomicU64::new(1),
+            in_flight: AtomicU64::new(0),
             push: config.push,
             http: reqwest::Client::new(),
         });
@@ -379,8 +403,24 @@ fn check_credentials(
     }
 }
 
+/// The injected token-endpoint fault's reply, if one is set.
+async fn token_fault(s: &MockState) -> Option<Response> {
+    let fault = s.behaviour.read().unwrap().token_outage?;
+    Some(match fault {
+        TokenFault::Errcode(code) => fault_reply(s, FaultKind::Errcode(code), 0).await,
+        TokenFault::Http(status) => fault_reply(s, FaultKind::Http(status), 0).await,
+        TokenFault::NoToken => {
+            s.error("no_token".into());
+            wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "expires_in": 7200}))
+        }
+    })
+}
+
 async fn classic_token(State(s): State<Shared>, Query(q): Query<TokenQuery>) -> Response {
     s.stats.lock().unwrap().token_calls += 1;
+    if let Some(r) = token_fault(&s).await {
+        return r;
+    }
     if q.grant_type.as_deref() != Some("client_credential") {
         return wx_err(40002, "invalid grant_type");
     }
@@ -410,6 +450,9 @@ struct StableQuery {
 
 async fn stable_token(State(s): State<Shared>, body: Bytes) -> Response {
     s.stats.lock().unwrap().stable_token_calls += 1;
+    if let Some(r) = token_fault(&s).await {
+        return r;
+    }
     let Ok(q) = serde_json::from_slice::<StableQuery>(&body) else {
         return wx_err(47001, "data format error");
     };
@@ -499,6 +542,7 @@ async fn template_send(
     body: Bytes,
 ) -> Response {
     let behaviour = s.behaviour.read().unwrap().clone();
+    let _in_flight = InFlight::enter(&s);
     s.stats.lock().unwrap().send_requests += 1;
     if behaviour.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
@@ -613,6 +657,25 @@ async fn template_send(
         return fault_reply(&s, kind, behaviour.stall_ms).await;
     }
     wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+}
+
+/// A send request being answered; leaves the count however the handler ends (a client that
+/// hangs up drops it mid-way).
+struct InFlight<'a>(&'a MockState);
+
+impl<'a> InFlight<'a> {
+    fn enter(s: &'a MockState) -> InFlight<'a> {
+        let now = s.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut st = s.stats.lock().unwrap();
+        st.peak_in_flight = st.peak_in_flight.max(now);
+        InFlight(s)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts one try of a `flaky:<code>:<n>:<tag>` message; the fault to answer while the message

@@ -781,9 +781,13 @@ mod tests {
         expect(&[-1], Action::Retry);
         expect(&[45009], Action::PauseQuota);
         expect(&[45011], Action::SlowDown);
-        expect(&[40164, 48001, 40013, 40125], Action::StopAccount);
+        expect(
+            &[40164, 48001, 48004, 50001, 50002, 40013, 40125],
+            Action::StopAccount,
+        );
         let mut reject = vec![
-            40002, 40003, 40008, 40036, 40037, 43002, 43003, 43004, 43101, 46001, 47001, 47003,
+            40002, 40003, 40008, 40036, 40037, 43002, 43003, 43004, 43019, 43101, 46001, 47001,
+            47003,
         ];
         reject.extend(40004..=40012);
         reject.extend(41002..=41005);

@@ -59,10 +59,13 @@ pub struct Harness {
     pub publisher: Publisher,
     /// Outcomes from one long-lived consumer, started by the first `outcomes()` call.
     outcome_rx: tokio::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Value>>>,
-    /// Outcome keys seen so far, to count duplicates across calls.
-    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Outcome keys seen so far, with what each said, to count duplicates across calls.
+    seen: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Outcomes received more than once (at-least-once delivery).
     pub duplicate_outcomes: std::sync::atomic::AtomicUsize,
+    /// Repeats that contradict the first outcome of the same job (another status or msgid):
+    /// never acceptable, unlike an identical repeat.
+    pub conflicting_outcomes: std::sync::atomic::AtomicUsize,
 }
 
 /// Harness options.
@@ -110,6 +113,7 @@ impl Harness {
             outcome_rx: tokio::sync::Mutex::new(None),
             seen: Default::default(),
             duplicate_outcomes: Default::default(),
+            conflicting_outcomes: Default::default(),
         };
         if !opts.no_worker {
             h.start_worker().await;
@@ -200,8 +204,10 @@ impl Harness {
         out
     }
 
-    /// The next `n` distinct outcomes (by kind, id, touser, msgid — as a consumer would
-    /// de-duplicate), or fewer if `timeout` passes. Uses one long-lived consumer on the
+    /// The next `n` distinct outcomes (a send by its id and touser, a receipt by its msgid and
+    /// status — as a consumer would de-duplicate), or fewer if `timeout` passes. Repeats are
+    /// counted in `duplicate_outcomes`, and in `conflicting_outcomes` when they say something
+    /// else than the first one. Uses one long-lived consumer on the
     /// outcomes queue, so don't also `read()` that queue in the same test.
     pub async fn outcomes(&self, n: usize, timeout: Duration) -> Vec<Value> {
         let mut rx = self.outcome_rx.lock().await;
@@ -216,15 +222,28 @@ impl Harness {
                 break;
             };
             // Sends are identified by (id, touser); receipts by (msgid, status).
-            let key = format!(
-                "{}|{}|{}|{}|{}",
-                v["kind"], v["id"], v["touser"], v["msgid"], v["status"]
-            );
-            if self.seen.lock().unwrap().insert(key) {
-                out.push(v);
+            let key = if v["kind"] == "send" {
+                format!("send|{}|{}", v["id"], v["touser"])
             } else {
-                self.duplicate_outcomes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!(
+                    "{}|{}|{}|{}",
+                    v["kind"], v["touser"], v["msgid"], v["status"]
+                )
+            };
+            let says = format!("{}|{}|{}", v["status"], v["msgid"], v["reason"]);
+            match self.seen.lock().unwrap().entry(key) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(says);
+                    out.push(v);
+                }
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    self.duplicate_outcomes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if *e.get() != says {
+                        self.conflicting_outcomes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
             }
         }
         out
@@ -365,6 +384,24 @@ impl Harness {
             env.insert(k.to_string(), v.to_string());
         }
         self.config = Config::from_sources(Some(toml), &env).expect("valid accounts file");
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`. Tests wait for
+/// a count or a state this way, never for a fixed time: the timeout is a hang guard, long
+/// enough for a loaded machine.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

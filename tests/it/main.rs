@@ -14,4 +14,5 @@ mod observability;
 mod pipeline;
 mod publish;
 mod receipts;
+mod token_faults;
 mod tokens;
