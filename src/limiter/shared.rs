@@ -62,6 +62,17 @@ pub enum ForceGrant {
     Spent,
 }
 
+/// A classic access token shared by the replicas of one account through Redis. The value is
+/// an access token: Redis must be as private as the worker's own environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedToken {
+    pub value: String,
+    /// When the replica that fetched it got it (Unix ms).
+    pub fetched_ms: i64,
+    /// When WeChat says it expires (Unix ms).
+    pub expires_ms: i64,
+}
+
 /// A connection to the shared limiter.
 #[derive(Clone)]
 pub struct SharedLimiter {
@@ -104,10 +115,7 @@ impl SharedLimiter {
         let mut conn = self.conn.clone();
         let mut call = self.script.key(format!("wxdispatch:rate:{appid}"));
         call.arg(interval_us).arg(tolerance_us);
-        let fut = call.invoke_async::<u64>(&mut conn);
-        let wait_us = tokio::time::timeout(CALL_TIMEOUT, fut)
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
+        let wait_us = timed(call.invoke_async::<u64>(&mut conn)).await?;
         Ok(Duration::from_micros(wait_us))
     }
 
@@ -125,15 +133,68 @@ impl SharedLimiter {
         call.key(format!("wxdispatch:force:{appid}:{day}"))
             .arg(spacing.as_millis() as u64)
             .arg(per_day);
-        let fut = call.invoke_async::<i64>(&mut conn);
-        let n = tokio::time::timeout(CALL_TIMEOUT, fut)
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
+        let n = timed(call.invoke_async::<i64>(&mut conn)).await?;
         Ok(match n {
             -1 => ForceGrant::TooSoon,
             n if n < 0 => ForceGrant::Spent,
             n => ForceGrant::Granted(n as u32),
         })
+    }
+
+    /// The classic access token the replicas share: `(value, fetched at, expires at)` in
+    /// Unix ms, if one is stored.
+    pub async fn shared_token(&self, appid: &str) -> redis::RedisResult<Option<SharedToken>> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("wxdispatch:token:{appid}"));
+        let raw = timed(cmd.query_async::<Option<String>>(&mut conn)).await?;
+        Ok(raw.and_then(|r| {
+            let mut parts = r.splitn(3, ':');
+            Some(SharedToken {
+                fetched_ms: parts.next()?.parse().ok()?,
+                expires_ms: parts.next()?.parse().ok()?,
+                value: parts.next()?.to_string(),
+            })
+        }))
+    }
+
+    /// Tries to become the one replica that fetches the next classic token (a lock that
+    /// expires by itself after `hold`, should its holder die).
+    pub async fn lock_token_fetch(&self, appid: &str, hold: Duration) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("wxdispatch:token:lock:{appid}"))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(hold.as_millis() as u64);
+        let got = timed(cmd.query_async::<Option<String>>(&mut conn)).await?;
+        Ok(got.is_some())
+    }
+
+    /// Stores the token this replica fetched for the others, and releases the fetch lock.
+    pub async fn store_token(&self, appid: &str, t: &SharedToken) -> redis::RedisResult<()> {
+        let ttl_ms = (t.expires_ms - t.fetched_ms).max(1);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(format!("wxdispatch:token:{appid}"))
+            .arg(format!("{}:{}:{}", t.fetched_ms, t.expires_ms, t.value))
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .del(format!("wxdispatch:token:lock:{appid}"))
+            .ignore();
+        timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Releases the fetch lock without storing a token (the fetch failed).
+    pub async fn unlock_token_fetch(&self, appid: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(format!("wxdispatch:token:lock:{appid}"));
+        timed(cmd.query_async::<()>(&mut conn)).await
     }
 
     /// Counts one successful send for `appid` on Beijing day `day`; returns today's total.
@@ -151,6 +212,15 @@ impl SharedLimiter {
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
         Ok(n)
     }
+}
+
+/// A Redis call bounded by [`CALL_TIMEOUT`], so a slow Redis costs a fallback, not a stall.
+async fn timed<T>(
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))?
 }
 
 /// A lazily connected [`SharedLimiter`]: Redis may be down at start or go away later; the

@@ -78,6 +78,20 @@ pub enum TokenError {
     Unavailable { detail: String, retry_in: Duration },
 }
 
+/// Why the shared classic token could not be had.
+enum SharedFetch {
+    /// The token endpoint failed: the ordinary token rules apply.
+    Endpoint(TokenError),
+    /// Redis failed: fall back to a token of this replica's own.
+    Redis(redis::RedisError),
+}
+
+impl From<redis::RedisError> for SharedFetch {
+    fn from(e: redis::RedisError) -> Self {
+        SharedFetch::Redis(e)
+    }
+}
+
 /// A token WeChat rejected on a send.
 struct Rejected {
     value: String,
@@ -373,6 +387,19 @@ impl TokenSource {
                 retry_in: next - now,
             });
         }
+        if self.mode == TokenMode::Classic
+            && let Some(slot) = &self.shared
+            && let Some(limiter) = slot.get().await
+        {
+            match self.classic_shared(&limiter, st).await {
+                Ok(token) => return Ok(token),
+                Err(SharedFetch::Endpoint(e)) => return Err(e),
+                Err(SharedFetch::Redis(e)) => {
+                    tracing::warn!(appid = %self.appid, error = %e, "Redis unreachable for the shared classic token; fetching one for this replica alone");
+                    slot.failed().await;
+                }
+            }
+        }
         let mut reply = self.call(st, false).await?;
         let mut forced = false;
         let handed_back = st.last_rejected.as_ref().filter(|r| {
@@ -411,6 +438,21 @@ impl TokenSource {
             // interpret() lets no such reply through; stay graceful all the same.
             return Err(self.transient(st, "reply without access_token".into()));
         };
+        let now = Instant::now();
+        let expires_at = now + Duration::from_secs(expires_in.max(1));
+        Ok(self.install(st, value, now, expires_at, forced))
+    }
+
+    /// Makes a token obtained from the endpoint (or from the other replicas) the current one,
+    /// and clears the failure and stop state.
+    fn install(
+        &self,
+        st: &mut RefreshState,
+        value: String,
+        fetched_at: Instant,
+        expires_at: Instant,
+        forced: bool,
+    ) -> Arc<Token> {
         st.last_rejected = None;
         st.failures = 0;
         st.next_try = None;
@@ -421,17 +463,78 @@ impl TokenSource {
                 .set(0);
             tracing::info!(appid = %self.appid, "token endpoint accepts the account again; resuming");
         }
-        let now = Instant::now();
         let token = Arc::new(Token {
             value: Secret::new(value),
-            fetched_at: now,
-            expires_at: now + Duration::from_secs(expires_in.max(1)),
-            confirmed_at: now,
+            fetched_at,
+            expires_at,
+            confirmed_at: fetched_at,
             forced,
         });
         *self.current.lock().expect("token lock") = Some(token.clone());
         self.update_gauges();
-        Ok(token)
+        token
+    }
+
+    /// The classic token shared by all replicas through Redis, the way WxJava's Redis config
+    /// storage does it: use the stored token unless it is the one just rejected or about to
+    /// expire; otherwise one replica (holding a lock that expires by itself) fetches a new one
+    /// and stores it, while the others wait for it. Every classic fetch invalidates the
+    /// previous token after five minutes, so replicas fetching on their own would keep
+    /// killing each other's tokens.
+    async fn classic_shared(
+        &self,
+        limiter: &crate::limiter::shared::SharedLimiter,
+        st: &mut RefreshState,
+    ) -> Result<Arc<Token>, SharedFetch> {
+        const LOCK_HOLD: Duration = Duration::from_secs(10);
+        const WAIT_FOR_OTHER: Duration = Duration::from_secs(5);
+        let rejected = st.last_rejected.as_ref().map(|r| r.value.clone());
+        let started = Instant::now();
+        loop {
+            if let Some(t) = limiter.shared_token(&self.appid).await? {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let left = Duration::from_millis((t.expires_ms - now_ms).max(0) as u64);
+                let life = Duration::from_millis((t.expires_ms - t.fetched_ms).max(1) as u64);
+                if Some(&t.value) != rejected.as_ref() && left > Self::margin(life) * 2 {
+                    let now = Instant::now();
+                    let age = Duration::from_millis((now_ms - t.fetched_ms).max(0) as u64);
+                    let fetched_at = now.checked_sub(age).unwrap_or(now);
+                    return Ok(self.install(st, t.value, fetched_at, now + left, false));
+                }
+            }
+            if limiter.lock_token_fetch(&self.appid, LOCK_HOLD).await? {
+                let reply = match self.call(st, false).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = limiter.unlock_token_fetch(&self.appid).await;
+                        return Err(SharedFetch::Endpoint(e));
+                    }
+                };
+                let (Some(value), Some(expires_in)) = (reply.access_token, reply.expires_in) else {
+                    let _ = limiter.unlock_token_fetch(&self.appid).await;
+                    return Err(SharedFetch::Endpoint(
+                        self.transient(st, "reply without access_token".into()),
+                    ));
+                };
+                let fetched_ms = chrono::Utc::now().timestamp_millis();
+                let shared = crate::limiter::shared::SharedToken {
+                    value: value.clone(),
+                    fetched_ms,
+                    expires_ms: fetched_ms + (expires_in.max(1) * 1000) as i64,
+                };
+                limiter.store_token(&self.appid, &shared).await?;
+                let now = Instant::now();
+                let expires_at = now + Duration::from_secs(expires_in.max(1));
+                return Ok(self.install(st, value, now, expires_at, false));
+            }
+            if started.elapsed() > WAIT_FOR_OTHER {
+                return Err(SharedFetch::Endpoint(TokenError::Unavailable {
+                    detail: "another replica is fetching the shared token".into(),
+                    retry_in: Duration::from_secs(1),
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A forced `stable_token` call. `None` when WeChat says the day's forced refreshes are

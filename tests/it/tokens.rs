@@ -220,3 +220,80 @@ fn beijing_day() -> String {
         .date_naive()
         .to_string()
 }
+
+/// Classic tokens: every fetch invalidates the previous token after five minutes, so replicas
+/// must share one. Three replicas asking at once make one call to `/cgi-bin/token` and use the
+/// same token; a rejected token that is no longer fresh is replaced once, for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_in_classic_mode_share_one_token_through_redis() {
+    let appid = format!("wxclassic{:08x}", rand::random::<u32>());
+    let mock = MockServer::start(
+        "127.0.0.1:0",
+        MockConfig {
+            accounts: vec![(appid.clone(), SECRET.into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let replica = || {
+        TokenSource::new(
+            appid.clone(),
+            Secret::new(SECRET),
+            TokenMode::Classic,
+            WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
+            Arc::new(Metrics::new()),
+            TokenLimits {
+                stop_probe: Duration::from_secs(60),
+                force_budget: 2,
+                shared: Some(Arc::new(SharedSlot::new(REDIS_URL))),
+            },
+        )
+    };
+    let (a, b, c) = (replica(), replica(), replica());
+    let (ta, tb, tc) = tokio::join!(a.get(), b.get(), c.get());
+    let (ta, tb, tc) = (ta.unwrap(), tb.unwrap(), tc.unwrap());
+    assert_eq!(ta.value, tb.value);
+    assert_eq!(ta.value, tc.value);
+    assert_eq!(
+        mock.state.stats().token_calls,
+        1,
+        "one fetch for three replicas"
+    );
+
+    // A fresh classic token that WeChat rejects is not replaced: a new one could not help.
+    a.invalidate(&ta).await;
+    assert_eq!(a.get().await.unwrap().value, ta.value);
+    assert_eq!(mock.state.stats().token_calls, 1);
+
+    // The same token two minutes later (back-dated in Redis): rejected, it is replaced once,
+    // and the other replicas pick the new one up from Redis.
+    let key = format!("wxdispatch:token:{appid}");
+    let now = chrono::Utc::now().timestamp_millis();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(format!(
+            "{}:{}:{}",
+            now - 120_000,
+            now + 3_600_000,
+            ta.value.expose()
+        ))
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap();
+    let d = replica();
+    let old = d.get().await.unwrap();
+    assert_eq!(old.value, ta.value);
+    d.invalidate(&old).await;
+    let new = d.get().await.unwrap();
+    assert_ne!(new.value, ta.value);
+    assert_eq!(mock.state.stats().token_calls, 2, "one new fetch");
+    let e = replica();
+    assert_eq!(
+        e.get().await.unwrap().value,
+        new.value,
+        "shared with the others"
+    );
+    assert_eq!(mock.state.stats().token_calls, 2);
+    redis_del(&key).await;
+}
