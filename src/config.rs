@@ -194,6 +194,9 @@ struct RawAccount {
 #[serde(deny_unknown_fields)]
 struct Raw {
     amqp_url: Option<String>,
+    /// The nodes of a cluster, as a list in the file (`WXD_AMQP_URL` takes them
+    /// comma-separated, and wins over this).
+    amqp_urls: Option<Vec<String>>,
     jobs_queue: Option<String>,
     jobs_queue_type: Option<QueueType>,
     outcomes_exchange: Option<String>,
@@ -373,10 +376,17 @@ impl Config {
 
         let amqp_url = raw
             .amqp_url
+            .or_else(|| raw.amqp_urls.as_ref().map(|list| list.join(",")))
             .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+        let urls = crate::amqp::broker_urls(&amqp_url);
+        if urls.is_empty()
+            || !urls
+                .iter()
+                .all(|u| u.starts_with("amqp://") || u.starts_with("amqps://"))
+        {
             return Err(err(
-                "amqp_url (WXD_AMQP_URL): must start with amqp:// or amqps://",
+                "amqp_url (WXD_AMQP_URL): each comma-separated URL must start with amqp:// or \
+                 amqps://",
             ));
         }
         let api_base = raw

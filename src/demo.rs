@@ -134,7 +134,10 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
         daily_quota: None,
     }];
 
-    println!("wxdispatch demo: broker {}", redact(&config.amqp_url));
+    println!(
+        "wxdispatch demo: broker {}",
+        amqp::redact_url(&config.amqp_url)
+    );
     let conn = amqp::connect(&config.amqp_url, "wxdispatch-demo")
         .await
         .context("cannot reach RabbitMQ (is it running on 127.0.0.1:5672?)")?;
@@ -340,16 +343,4 @@ pub async fn collect(
     }
     let _ = ch.close(200, "bye".into()).await;
     Ok(got)
-}
-
-/// The broker URL without its password, for printing.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Outcomes are published to the outcome exchange with routing key `<kind>.<status>`, with
 //! publisher confirms, before the job is acked. Consumers may see a job's outcome twice after a
-//! crash (at-least-once delivery); `(id, touser)` identifies it.
+//! crash or a broker failover (at-least-once delivery); the AMQP `message_id`
+//! ([`Outcome::message_id`]) is the same on every copy, so they can drop repeats by it.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -110,6 +111,31 @@ impl Outcome {
         format!("{kind}.{status}")
     }
 
+    /// The AMQP `message_id` of the outcome: the same for every copy of one job's (one
+    /// recipient's, one receipt's) outcome, so a consumer can drop the repeats that
+    /// at-least-once delivery brings (a lost ack, a broker failover) by this id alone.
+    ///
+    /// `send:<appid>:<id>:<touser>` for sends, `receipt:<appid>:<msgid>:<touser>:<status>` for
+    /// receipts; a missing part is `-`.
+    pub fn message_id(&self) -> String {
+        let part = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        match self.kind {
+            Kind::Send => format!(
+                "send:{}:{}:{}",
+                part(&self.appid),
+                part(&self.id),
+                part(&self.touser)
+            ),
+            Kind::Receipt => format!(
+                "receipt:{}:{}:{}:{}",
+                part(&self.appid),
+                self.msgid.map_or_else(|| "-".into(), |m| m.to_string()),
+                part(&self.touser),
+                self.status
+            ),
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         // Sized for a typical outcome (about 250 bytes), so it is written without regrowing.
         let mut out = Vec::with_capacity(384);
@@ -142,6 +168,31 @@ mod tests {
         let at = v["finished_at"].as_str().unwrap();
         assert!(at.ends_with('Z') && at.contains('.'), "{at}");
         assert_eq!(o.routing_key(), "send.sent");
+    }
+
+    /// Issue 20: every copy of one job's outcome carries the same message_id, whatever its
+    /// attempts or time; different recipients and receipts get different ones.
+    #[test]
+    fn message_ids_are_stable_per_job_and_recipient() {
+        let out = |touser: &str, attempts: u32| {
+            let mut o = Outcome::send(
+                SendStatus::Sent,
+                Some("order-1".into()),
+                Some("wxa".into()),
+                Some(touser.into()),
+            );
+            o.attempts = attempts;
+            o
+        };
+        assert_eq!(out("U1", 1).message_id(), "send:wxa:order-1:U1");
+        assert_eq!(out("U1", 1).message_id(), out("U1", 3).message_id());
+        assert_ne!(out("U1", 1).message_id(), out("U2", 1).message_id());
+        let mut r = out("U1", 0);
+        r.kind = Kind::Receipt;
+        r.id = None;
+        r.msgid = Some(42);
+        r.status = "delivered".into();
+        assert_eq!(r.message_id(), "receipt:wxa:42:U1:delivered");
     }
 
     #[test]

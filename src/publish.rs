@@ -216,7 +216,7 @@ pub async fn run(config: &Config, lines: Vec<Line>, opts: &Options) -> anyhow::R
             .with_context(|| {
                 format!(
                     "cannot reach RabbitMQ at {} (set WXD_AMQP_URL)",
-                    crate::demo::redact(&config.amqp_url)
+                    crate::amqp::redact_url(&config.amqp_url)
                 )
             })?;
         let publisher = Publisher::new(&conn, config).await?;

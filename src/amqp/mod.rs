@@ -6,14 +6,105 @@ pub mod headers;
 pub mod publisher;
 pub mod topology;
 
+use std::time::Duration;
+
 use lapin::{Connection, ConnectionProperties};
+use rand::seq::SliceRandom;
 
 pub use acks::Acks;
 pub use publisher::{PublishError, Publisher};
 
+/// How long one broker address may take to accept a connection before the next is tried: a
+/// node that is down refuses at once, but one cut off by the network would hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The broker addresses of `urls`, a comma-separated list (one URL is a list of one).
+pub fn broker_urls(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// Opens a named connection, so operators can tell the worker's connections apart in the
 /// management UI (and tests can close one by name).
-pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await
+///
+/// `urls` may name several nodes of a cluster, comma-separated. They are tried in a random
+/// order, so replicas (and each process' publisher and consumer connections) spread over the
+/// nodes, and the first that accepts wins. After a connection is lost, the caller's
+/// reconnect (with its backoff) calls this again and so lands on a node that is still up.
+pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
+    let mut list = broker_urls(urls);
+    list.shuffle(&mut rand::rng());
+    let mut last = None;
+    for url in list {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => {
+                tracing::warn!(broker = %redact_url(url), error = %e, "broker node unreachable; trying the next");
+                last = Some(e);
+            }
+            Err(_) => {
+                tracing::warn!(broker = %redact_url(url), "broker node did not answer in {CONNECT_TIMEOUT:?}; trying the next");
+                last = Some(
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out").into(),
+                );
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no broker URL configured").into()
+    }))
+}
+
+/// A broker URL (or a comma-separated list) with every password replaced by `***`, for logs
+/// and messages.
+pub fn redact_url(urls: &str) -> String {
+    broker_urls(urls)
+        .into_iter()
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let creds = &url[s + 3..at];
+                let user = creds.split(':').next().unwrap_or("");
+                format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+            }
+            _ => url.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_list_is_split_and_every_password_redacted() {
+        let urls = "amqp://u:p1@n1:5672/%2f, amqp://u:p2@n2:5672/%2f,,amqp://n3";
+        assert_eq!(
+            broker_urls(urls),
+            [
+                "amqp://u:p1@n1:5672/%2f",
+                "amqp://u:p2@n2:5672/%2f",
+                "amqp://n3"
+            ]
+        );
+        let r = redact_url(urls);
+        assert!(!r.contains("p1") && !r.contains("p2"), "{r}");
+        assert_eq!(
+            r,
+            "amqp://u:***@n1:5672/%2f,amqp://u:***@n2:5672/%2f,amqp://n3"
+        );
+    }
+
+    /// A list whose first reachable node comes after dead ones still connects (the dead ones
+    /// refuse at once); a list of dead nodes fails with the last error.
+    #[tokio::test]
+    async fn connect_skips_unreachable_nodes() {
+        let dead = "amqp://guest:guest@127.0.0.1:1/%2f";
+        let err = connect(&format!("{dead},{dead}"), "wxdispatch-test-dead").await;
+        assert!(err.is_err());
+        assert!(connect("", "wxdispatch-test-none").await.is_err());
+    }
 }

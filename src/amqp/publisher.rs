@@ -95,7 +95,8 @@ impl Publisher {
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_timestamp(outcome.finished_at.timestamp() as u64);
+            .with_timestamp(outcome.finished_at.timestamp() as u64)
+            .with_message_id(outcome.message_id().into());
         let props = match &outcome.id {
             Some(id) => props.with_correlation_id(id.as_str().into()),
             None => props,

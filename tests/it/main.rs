@@ -5,6 +5,7 @@
 //! worker's logs.
 
 mod bench;
+mod cluster;
 mod errors;
 mod faults;
 mod fuzz_corpus;
