@@ -5,6 +5,7 @@
 //! worker's logs.
 
 mod bench;
+mod deploy;
 mod errors;
 mod faults;
 mod fuzz_corpus;
