@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the deployment and observability artifacts: k8s/, deploy/prometheus/, grafana/,
-# Dockerfile. Installs what it needs when missing (Debian packages and PyPI only), so it runs
-# as root on a fresh Debian machine or CI:  bash scripts/check-deploy.sh
+# Dockerfile, licences. Installs what it needs when missing (Debian packages, PyPI, npm and
+# crates.io only), so it runs as root on a fresh Debian machine or CI:
+#   bash scripts/check-deploy.sh
 #
 # Idempotent; writes only to a temporary directory (and installs tools). Exits non-zero if any
 # check fails, after running them all. Last line: "check-deploy: N passed, M failed".
@@ -60,26 +61,45 @@ if ! python3 -c 'import yaml, kubernetes_validate' >/dev/null 2>&1; then
 fi
 echo "kubernetes-validate: $(python3 -m kubernetes_validate --version 2>&1 | tail -n1)"
 
-# kustomize renderer: `kubectl kustomize` (kubectl embeds kustomize) or standalone `kustomize`;
-# else Debian's kubernetes-client package (kubectl 1.20, embedded kustomize v2, enough for this
-# plain-resources base). deploy/tools/render_kustomize.py is the last resort and is also
-# compared against the real render whenever one is available. CHECK_DEPLOY_RENDERER=python
-# forces the fallback.
+# KEDA and Prometheus-Operator schemas: npm packages (pinned in
+# deploy/tools/crd-validate/package-lock.json), installed into a cache directory keyed by the
+# lock file's hash, so a second run is offline and instant.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+CRD_LOCK_HASH="$(sha256sum deploy/tools/crd-validate/package-lock.json | cut -c1-16)"
+CRD_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/wxdispatch/crd-validate-$CRD_LOCK_HASH"
+if [ ! -d "$CRD_DIR/node_modules/@kubernetes-models/keda" ]; then
+  mkdir -p "$CRD_DIR"
+  cp deploy/tools/crd-validate/package.json deploy/tools/crd-validate/package-lock.json "$CRD_DIR/"
+  # engine-strict off: the packages declare node >= 22 but their validators run on Debian's
+  # Node 20 (checked by the "rejects a typo" check below).
+  run npm ci --prefix "$CRD_DIR" --no-audit --no-fund --loglevel=error
+fi
+cp deploy/tools/crd-validate/validate.mjs "$CRD_DIR/"
+echo "crd schemas: $(cd "$CRD_DIR" && node -e 'for (const p of ["keda","prometheus-operator"]) console.log("@kubernetes-models/" + p + " " + require("./node_modules/@kubernetes-models/" + p + "/package.json").version)' | paste -sd' ')"
+
+# kustomize renderer: `kubectl kustomize` (kubectl embeds kustomize) or standalone `kustomize`,
+# if it is kustomize v4 or later (components; Debian's kubernetes-client, kubectl 1.20, embeds
+# v2 and is not enough). deploy/tools/render_kustomize.py renders every time and must agree
+# with the real kustomize whenever one is present. CHECK_DEPLOY_RENDERER=python uses the
+# fallback alone.
+kustomize_ok() {  # a kustomize that knows components (v4+)
+  "$@" --help 2>/dev/null | grep -q . || return 1
+  local v
+  v="$(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p')"
+  [ "${1:-}" != kubectl ] || [ "${v:-0}" -ge 4 ]
+}
 RENDER=()
 if [ "${CHECK_DEPLOY_RENDERER:-}" = python ]; then
   :  # forced fallback (to exercise deploy/tools/render_kustomize.py)
-elif command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
+elif command -v kubectl >/dev/null 2>&1 && kustomize_ok kubectl kustomize; then
   RENDER=(kubectl kustomize)
-elif command -v kustomize >/dev/null 2>&1; then
+elif command -v kustomize >/dev/null 2>&1 && kustomize_ok kustomize build; then
   RENDER=(kustomize build)
-elif [ "$SUDO" != "__none__" ] && apt_install kubernetes-client \
-     && command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
-  RENDER=(kubectl kustomize)
 fi
 if [ "${#RENDER[@]}" -gt 0 ]; then
   echo "renderer: ${RENDER[*]}"
 else
-  echo "renderer: none of kubectl/kustomize available; using deploy/tools/render_kustomize.py"
+  echo "renderer: no kustomize v4+ (kubectl or kustomize) here; using deploy/tools/render_kustomize.py alone"
 fi
 
 # ------------------------------------------------------------------------------- checks
@@ -103,32 +123,123 @@ check() {  # check "description" cmd args...
   fi
 }
 
-render_base() {
-  run python3 deploy/tools/render_kustomize.py k8s > "$WORK/rendered-fallback.yaml"
+# The renders CI checks: the base alone, the base with each component, the example overlay.
+# KEDA is rendered with the Redis limiter, which it requires (a render without it is refused:
+# see the negative check below).
+VARIANTS=(base redis-limiter keda prometheus-operator overlay)
+variant_dir() {  # NAME -> a directory to render
+  case "$1" in
+    base) echo "$ROOT/k8s" ;;
+    overlay) echo "$ROOT/k8s/overlays/example" ;;
+    *)
+      local dir="$WORK/variants/$1" comps=()
+      case "$1" in
+        keda) comps=(redis-limiter keda) ;;
+        keda-without-redis) comps=(keda) ;;
+        *) comps=("$1") ;;
+      esac
+      mkdir -p "$dir"
+      # kustomize refuses absolute paths: relative ones from the temporary directory.
+      local k8s
+      k8s="$(realpath --relative-to="$dir" "$ROOT/k8s")"
+      {
+        echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+        echo "kind: Kustomization"
+        echo "resources: [\"$k8s/base\"]"
+        echo "components:"
+        for c in "${comps[@]}"; do echo "  - $k8s/components/$c"; done
+      } > "$dir/kustomization.yaml"
+      echo "$dir" ;;
+  esac
+}
+
+render() {  # NAME: writes $WORK/rendered-NAME.yaml
+  local name=$1 dir
+  dir="$(variant_dir "$name")"
+  run python3 deploy/tools/render_kustomize.py "$dir" > "$WORK/rendered-$name-fallback.yaml"
   if [ "${#RENDER[@]}" -gt 0 ]; then
-    run "${RENDER[@]}" k8s > "$WORK/rendered.yaml"
-    run python3 deploy/tools/compare_renders.py "$WORK/rendered.yaml" "$WORK/rendered-fallback.yaml"
+    run "${RENDER[@]}" "$dir" > "$WORK/rendered-$name.yaml"
+    run python3 deploy/tools/compare_renders.py "$WORK/rendered-$name.yaml" "$WORK/rendered-$name-fallback.yaml"
   else
-    cp "$WORK/rendered-fallback.yaml" "$WORK/rendered.yaml"
+    cp "$WORK/rendered-$name-fallback.yaml" "$WORK/rendered-$name.yaml"
   fi
-  echo "rendered objects:"; grep -E '^kind:' "$WORK/rendered.yaml" | sort | uniq -c
+  echo "$name:" $(grep -E '^kind:' "$WORK/rendered-$name.yaml" | sort | uniq -c | awk '{print $3 "x" $1}')
+}
+
+render_all() {
+  for v in "${VARIANTS[@]}"; do render "$v"; done
 }
 
 cross_check() {
-  # Splits core kinds into $WORK/split/core/ for kubernetes-validate; structurally checks the
-  # CRD kinds; cross-checks names, selectors, ports, security settings and config keys.
-  run python3 deploy/tools/check_manifests.py "$WORK/rendered.yaml" "$WORK/split" k8s/examples/*.yaml
+  # Per render: splits core kinds into $WORK/split/NAME/core/ (kubernetes-validate) and CRD
+  # kinds into .../crd/ (crd-validate); cross-checks names, selectors, ports, replicas,
+  # NetworkPolicy sources, the PDB policy, security settings and config keys.
+  local v examples bad=0
+  for v in "${VARIANTS[@]}"; do
+    examples=()
+    [ "$v" = base ] && examples=(k8s/examples/*.yaml)
+    # Every render is checked, even after one fails, so one run lists every problem.
+    run python3 deploy/tools/check_manifests.py --render "$v" "$WORK/rendered-$v.yaml" \
+      "$WORK/split/$v" "${examples[@]+"${examples[@]}"}" || bad=1
+  done
+  return "$bad"
+}
+
+refuses_keda_without_redis() {
+  # The cross-checks can fail: KEDA without the shared limiter must be refused.
+  render keda-without-redis >/dev/null
+  if python3 deploy/tools/check_manifests.py --render keda "$WORK/rendered-keda-without-redis.yaml" \
+      "$WORK/split-negative" > "$WORK/negative.log" 2>&1; then
+    echo "check_manifests.py accepted KEDA without the Redis limiter"; return 1
+  fi
+  grep -F "without the shared Redis limiter" "$WORK/negative.log" | sed 's/^FAIL: /refused as expected: /' 
 }
 
 validate_core() {
-  # kubernetes-validate ships only the built-in Kubernetes API schemas: a CRD kind
-  # (ScaledObject, TriggerAuthentication, ServiceMonitor, PrometheusRule) merely warns
-  # "Couldn't find schema" and passes, so only the core kinds are given to it here (strict:
-  # unknown fields are errors); the CRD kinds were checked by check_manifests.py above.
-  local files=("$WORK"/split/core/*.yaml)
+  # kubernetes-validate ships only the built-in Kubernetes API schemas, so it gets the core
+  # kinds of every render (strict: unknown fields are errors); the CRD kinds go to
+  # validate_crds.
+  local files=("$WORK"/split/*/core/*.yaml)
   [ -e "${files[0]}" ] || { echo "no core documents to validate"; return 1; }
-  run python3 -m kubernetes_validate --strict --kubernetes-version 1.28.0 "${files[@]}"
-  run python3 -m kubernetes_validate --strict "${files[@]}"
+  run python3 -m kubernetes_validate --strict --kubernetes-version 1.28.0 "${files[@]}" >/dev/null
+  run python3 -m kubernetes_validate --strict "${files[@]}" >/dev/null
+  echo "${#files[@]} core documents valid (k8s 1.28 and the latest bundled schemas)"
+}
+
+validate_crds() {
+  # KEDA ScaledObject/TriggerAuthentication and Prometheus-Operator ServiceMonitor/
+  # PrometheusRule against those projects' own schemas (npm @kubernetes-models/*), plus
+  # unknown fields, which the API server would silently prune.
+  local files=("$WORK"/split/*/crd/*.json)
+  [ -e "${files[0]}" ] || { echo "no CRD documents to validate"; return 1; }
+  run node "$CRD_DIR/validate.mjs" "${files[@]}"
+}
+
+crd_validator_rejects_a_typo() {
+  # The CRD check can fail: a misspelt field, a wrong type and a bad duration are refused.
+  python3 - "$WORK/split/overlay/crd" "$WORK/bad-crd" <<'PY'
+import json, pathlib, sys
+src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+out.mkdir(exist_ok=True)
+for f in src.glob("*.json"):
+    d = json.loads(f.read_text())
+    if d["kind"] == "ScaledObject":
+        d["spec"]["minReplicas"] = d["spec"].pop("minReplicaCount")
+    elif d["kind"] == "ServiceMonitor":
+        d["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    elif d["kind"] == "PrometheusRule":
+        d["spec"]["groups"][0]["rules"][0]["for"] = 5
+    else:
+        continue
+    (out / f.name).write_text(json.dumps(d))
+PY
+  if node "$CRD_DIR/validate.mjs" "$WORK"/bad-crd/*.json > "$WORK/bad-crd.log"; then
+    cat "$WORK/bad-crd.log"; echo "crd-validate accepted broken objects"; return 1
+  fi
+  local n
+  n="$(grep -c '^FAIL' "$WORK/bad-crd.log")"
+  cut -c1-160 "$WORK/bad-crd.log" | sed 's/^FAIL /refused as expected: /' 
+  [ "$n" -ge 3 ] || { echo "expected 3 refusals, got $n"; return 1; }
 }
 
 dashboard() {
@@ -187,12 +298,15 @@ PY
   echo "ok: Dockerfile multi-stage, --locked, uid 10001, EXPOSE 9090, ENTRYPOINT/CMD; .dockerignore excludes target/"
 }
 
-check "render k8s/ kustomization" render_base
-check "manifest cross-checks and CRD structure (ScaledObject, TriggerAuthentication, ServiceMonitor, PrometheusRule)" cross_check
-check "kubernetes-validate --strict (core kinds, k8s 1.28 and latest bundled)" validate_core
+check "render k8s/: base, base + each component, overlays/example (kustomize and the fallback agree)" render_all
+check "manifest cross-checks of every render" cross_check
+check "cross-checks refuse KEDA without the Redis limiter" refuses_keda_without_redis
+check "kubernetes-validate --strict (core kinds of every render, k8s 1.28 and latest bundled)" validate_core
+check "KEDA and Prometheus-Operator objects against their projects' schemas (npm @kubernetes-models)" validate_crds
+check "the CRD schema check refuses a misspelt field, a wrong type and a bad duration" crd_validator_rejects_a_typo
 check "promtool check rules deploy/prometheus/rules.yml" run promtool check rules deploy/prometheus/rules.yml
 check "promtool test rules deploy/prometheus/rules.test.yml" run promtool test rules deploy/prometheus/rules.test.yml
-check "k8s/prometheusrule.yaml matches deploy/prometheus/rules.yml" run python3 deploy/tools/gen_prometheusrule.py --check
+check "k8s/components/prometheus-operator/prometheusrule.yaml matches deploy/prometheus/rules.yml" run python3 deploy/tools/gen_prometheusrule.py --check
 check "grafana dashboard JSON, provisioning and PromQL syntax" dashboard
 check "metric names used are all in deploy/metric-names.txt" metric_names
 check "Dockerfile and .dockerignore" dockerfile

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Generate k8s/prometheusrule.yaml from deploy/prometheus/rules.yml (the one source of truth).
+"""Generate k8s/components/prometheus-operator/prometheusrule.yaml from deploy/prometheus/rules.yml (the one source of truth).
 
-    python3 deploy/tools/gen_prometheusrule.py          # (re)write k8s/prometheusrule.yaml
+    python3 deploy/tools/gen_prometheusrule.py          # (re)write k8s/components/prometheus-operator/prometheusrule.yaml
     python3 deploy/tools/gen_prometheusrule.py --check  # exit 1 if it is out of date
 
 --check compares the parsed rule groups (not the text), so formatting changes in either file
@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy/prometheus/rules.yml"
-TARGET = ROOT / "k8s/prometheusrule.yaml"
+TARGET = ROOT / "k8s/components/prometheus-operator/prometheusrule.yaml"
 
 HEADER = """\
 # GENERATED from deploy/prometheus/rules.yml by deploy/tools/gen_prometheusrule.py.
@@ -73,11 +73,11 @@ def main(argv):
             problems.append("spec.groups differs from deploy/prometheus/rules.yml groups")
         if problems:
             for p in problems:
-                print(f"FAIL: k8s/prometheusrule.yaml: {p}")
+                print(f"FAIL: k8s/components/prometheus-operator/prometheusrule.yaml: {p}")
             print("      regenerate with: python3 deploy/tools/gen_prometheusrule.py")
             return 1
         n = sum(len(g.get("rules", [])) for g in groups)
-        print(f"ok: k8s/prometheusrule.yaml matches deploy/prometheus/rules.yml ({n} rules)")
+        print(f"ok: k8s/components/prometheus-operator/prometheusrule.yaml matches deploy/prometheus/rules.yml ({n} rules)")
         return 0
     TARGET.write_text(render(groups))
     print(f"wrote {TARGET.relative_to(ROOT)}")
