@@ -306,7 +306,7 @@ check "KEDA and Prometheus-Operator objects against their projects' schemas (npm
 check "the CRD schema check refuses a misspelt field, a wrong type and a bad duration" crd_validator_rejects_a_typo
 check "promtool check rules deploy/prometheus/rules.yml" run promtool check rules deploy/prometheus/rules.yml
 check "promtool test rules deploy/prometheus/rules.test.yml" run promtool test rules deploy/prometheus/rules.test.yml
-check "k8s/components/prometheus-operator/prometheusrule.yaml matches deploy/prometheus/rules.yml" run python3 deploy/tools/gen_prometheusrule.py --check
+check "generated prometheusrule.yaml and grafana-dashboard.yaml match rules.yml and the dashboard" run python3 deploy/tools/gen_prometheusrule.py --check
 check "grafana dashboard JSON, provisioning and PromQL syntax" dashboard
 check "metric names used are all in deploy/metric-names.txt" metric_names
 check "Dockerfile and .dockerignore" dockerfile
