@@ -61,6 +61,13 @@ if ! python3 -c 'import yaml, kubernetes_validate' >/dev/null 2>&1; then
 fi
 echo "kubernetes-validate: $(python3 -m kubernetes_validate --version 2>&1 | tail -n1)"
 
+# cargo-deny from crates.io, only when missing: it compiles for several minutes on 2 cores
+# (8 min measured on the shared development machine).
+if ! cargo deny --version >/dev/null 2>&1; then
+  run cargo install cargo-deny --locked --version 0.20.2
+fi
+echo "cargo-deny: $(cargo deny --version)"
+
 # KEDA and Prometheus-Operator schemas: npm packages (pinned in
 # deploy/tools/crd-validate/package-lock.json), installed into a cache directory keyed by the
 # lock file's hash, so a second run is offline and instant.
@@ -278,13 +285,33 @@ PY
   [ -z "$unused" ] || echo "note: exported but not used by the dashboard/alerts: $unused"
 }
 
+cargo_deny() {
+  # Licences of every dependency, banned crates (OpenSSL), and crates.io as the only source.
+  # `advisories` is not run: it needs the RustSec database from GitHub, which CI cannot reach
+  # (docs/OPERATIONS.md, "Releasing", shows where and how to run it).
+  run cargo deny --log-level error check licenses bans sources
+}
+
 dockerfile() {
   # No docker engine here: static checks of what the image must provide.
   local f=Dockerfile
   grep -Eq '^FROM .* AS build' "$f"                        || { echo "no build stage"; return 1; }
-  grep -Eq 'cargo build --release --locked' "$f"          || { echo "no cargo build --release --locked"; return 1; }
+  grep -Eq 'cargo auditable build --release --locked' "$f" || { echo "no cargo auditable build --release --locked"; return 1; }
+  grep -Eq 'cargo install cargo-auditable --locked --version [0-9.]+' "$f" || { echo "cargo-auditable not installed at a pinned version"; return 1; }
+  # Base images: a digest build arg on every FROM (empty means the tag; see the Dockerfile).
+  local froms
+  froms="$(grep -E '^FROM ' "$f")"
+  if printf '%s\n' "$froms" | grep -vqE '\$\{(BUILD|RUNTIME)_DIGEST\}'; then
+    echo "a FROM without its digest build arg:"; printf '%s\n' "$froms"; return 1
+  fi
+  if grep -Eq '_DIGEST=.+@sha256:' "$f"; then
+    echo "note: a default digest is set; make sure it was verified against the registry"
+  fi
+  for label in title description version revision created licenses; do
+    grep -Eq "org\.opencontainers\.image\.$label=" "$f" || { echo "no OCI label $label"; return 1; }
+  done
   grep -Eq '^USER 10001(:10001)?$' "$f"                    || { echo "not USER 10001"; return 1; }
-  grep -Eq '^EXPOSE 9090$' "$f"                            || { echo "no EXPOSE 9090"; return 1; }
+  grep -Eq '^EXPOSE 9090 8080$' "$f"                       || { echo "no EXPOSE 9090 8080 (metrics, callback)"; return 1; }
   grep -Eq '^ENTRYPOINT \["wxdispatch"\]$' "$f"            || { echo "ENTRYPOINT is not [\"wxdispatch\"]"; return 1; }
   grep -Eq '^CMD \["run"\]$' "$f"                          || { echo "CMD is not [\"run\"]"; return 1; }
   grep -Eq '/usr/local/bin/wxdispatch' "$f"                || { echo "binary not at /usr/local/bin/wxdispatch"; return 1; }
@@ -295,7 +322,9 @@ import tomllib, sys
 pkg = tomllib.load(open("Cargo.toml", "rb"))["package"]["name"]
 sys.exit(0 if pkg == "wxdispatch" else f"Cargo.toml package is {pkg!r}, Dockerfile builds wxdispatch")
 PY
-  echo "ok: Dockerfile multi-stage, --locked, uid 10001, EXPOSE 9090, ENTRYPOINT/CMD; .dockerignore excludes target/"
+  grep -q 'licenses="MIT OR Apache-2.0"' "$f" && [ -f LICENSE-MIT ] && [ -f LICENSE-APACHE ] \
+    || { echo "the image's licence label, Cargo.toml and LICENSE-* disagree"; return 1; }
+  echo "ok: Dockerfile multi-stage, cargo auditable, --locked, digest args, OCI labels, uid 10001, EXPOSE 9090 8080, ENTRYPOINT/CMD; .dockerignore excludes target/"
 }
 
 check "render k8s/: base, base + each component, overlays/example (kustomize and the fallback agree)" render_all
@@ -309,7 +338,8 @@ check "promtool test rules deploy/prometheus/rules.test.yml" run promtool test r
 check "generated prometheusrule.yaml and grafana-dashboard.yaml match rules.yml and the dashboard" run python3 deploy/tools/gen_prometheusrule.py --check
 check "grafana dashboard JSON, provisioning and PromQL syntax" dashboard
 check "metric names used are all in deploy/metric-names.txt" metric_names
-check "Dockerfile and .dockerignore" dockerfile
+check "Dockerfile and .dockerignore (static: no Docker engine here)" dockerfile
+check "cargo deny check licenses bans sources (deny.toml)" cargo_deny
 
 say "summary"
 for n in "${FAILED_NAMES[@]+"${FAILED_NAMES[@]}"}"; do echo "failed: $n"; done
