@@ -285,6 +285,33 @@ PY
   [ -z "$unused" ] || echo "note: exported but not used by the dashboard/alerts: $unused"
 }
 
+runbooks() {
+  # Every alert's runbook_url points at a heading of docs/OPERATIONS.md (GitHub's anchors:
+  # lower case, punctuation dropped, spaces to dashes), and every queue alert has one.
+  python3 - <<'PY'
+import re, sys, yaml
+doc = open("docs/OPERATIONS.md").read()
+anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+           for h in re.findall(r"^#+ (.+)$", doc, re.M)}
+bad, n = [], 0
+for g in yaml.safe_load(open("deploy/prometheus/rules.yml"))["groups"]:
+    for r in g["rules"]:
+        url = (r.get("annotations") or {}).get("runbook_url")
+        if url is None:
+            if g["name"] == "wxdispatch-queues":
+                bad.append(f"{r['alert']}: no runbook_url")
+            continue
+        n += 1
+        path, _, anchor = url.partition("#")
+        if path != "docs/OPERATIONS.md" or anchor not in anchors:
+            bad.append(f"{r['alert']}: runbook_url {url} is no heading of docs/OPERATIONS.md")
+for b in bad:
+    print("FAIL: " + b)
+print(f"{n} runbook_url annotations, {len(bad)} problems")
+sys.exit(1 if bad else 0)
+PY
+}
+
 cargo_deny() {
   # Licences of every dependency, banned crates (OpenSSL), and crates.io as the only source.
   # `advisories` is not run: it needs the RustSec database from GitHub, which CI cannot reach
@@ -335,6 +362,7 @@ check "KEDA and Prometheus-Operator objects against their projects' schemas (npm
 check "the CRD schema check refuses a misspelt field, a wrong type and a bad duration" crd_validator_rejects_a_typo
 check "promtool check rules deploy/prometheus/rules.yml" run promtool check rules deploy/prometheus/rules.yml
 check "promtool test rules deploy/prometheus/rules.test.yml" run promtool test rules deploy/prometheus/rules.test.yml
+check "every runbook_url leads to a heading of docs/OPERATIONS.md" runbooks
 check "generated prometheusrule.yaml and grafana-dashboard.yaml match rules.yml and the dashboard" run python3 deploy/tools/gen_prometheusrule.py --check
 check "grafana dashboard JSON, provisioning and PromQL syntax" dashboard
 check "metric names used are all in deploy/metric-names.txt" metric_names

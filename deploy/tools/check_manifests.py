@@ -270,6 +270,11 @@ def main(argv):
     for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
         if get(c, probe, "httpGet", "path") != path or get(c, probe, "httpGet", "port") not in ("http", 9090):
             fail(f"Deployment: {probe} must GET {path} on port http")
+    for ic in pod.get("initContainers") or []:
+        # The check-config initContainer must check the very image and settings that run.
+        if ic.get("args") == ["check-config"]:
+            if ic.get("image") != c.get("image") or ic.get("envFrom") != c.get("envFrom"):
+                fail("Deployment: the check-config initContainer must use the worker's image and envFrom")
     res = c.get("resources") or {}
     if get(res, "requests", "cpu") is None or get(res, "limits", "memory") is None:
         fail("Deployment: resources requests/limits missing")
