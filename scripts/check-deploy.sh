@@ -4,7 +4,8 @@
 # crates.io only), so it runs as root on a fresh Debian machine or CI:
 #   bash scripts/check-deploy.sh
 #
-# Idempotent; writes only to a temporary directory (and installs tools). Exits non-zero if any
+# Idempotent; writes only to a temporary directory (and installs tools, and builds
+# target/debug/wxdispatch for the check-config check). Exits non-zero if any
 # check fails, after running them all. Last line: "check-deploy: N passed, M failed".
 set -euo pipefail
 
@@ -202,6 +203,33 @@ refuses_keda_without_redis() {
   grep -F "without the shared Redis limiter" "$WORK/negative.log" | sed 's/^FAIL: /refused as expected: /' 
 }
 
+binary_accepts_renders() {
+  # The binary itself loads each render's settings: the ConfigMap's WXD_* keys, the Secret
+  # (the base's placeholders, also for the overlay that deletes it) and config.toml from the
+  # accounts ConfigMap, through `wxdispatch check-config`, exactly as the pods would.
+  run cargo build --locked --quiet --bin wxdispatch
+  local bin="${CARGO_TARGET_DIR:-target}/debug/wxdispatch" v
+  for v in "${VARIANTS[@]}"; do
+    python3 - "$bin" "$WORK/rendered-$v.yaml" "$WORK/config-$v.toml" k8s/base/secret.example.yaml "$v" <<'PY'
+import os, subprocess, sys, yaml
+binary, rendered, toml, example, name = sys.argv[1:]
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+secret = [d for d in docs if d["kind"] == "Secret"] or list(yaml.safe_load_all(open(example)))
+env = {"PATH": os.environ["PATH"]}
+for d in docs:
+    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "wxdispatch-config":
+        env.update(d["data"])
+    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "wxdispatch-accounts":
+        open(toml, "w").write(d["data"]["config.toml"])
+        env["WXD_CONFIG"] = toml
+env.update(secret[0].get("stringData") or {})
+r = subprocess.run([binary, "check-config"], env=env, capture_output=True, text=True)
+print(f"{name}: exit {r.returncode}: {r.stderr.strip()}")
+sys.exit(r.returncode)
+PY
+  done
+}
+
 validate_core() {
   # kubernetes-validate ships only the built-in Kubernetes API schemas, so it gets the core
   # kinds of every render (strict: unknown fields are errors); the CRD kinds go to
@@ -357,6 +385,7 @@ PY
 check "render k8s/: base, base + each component, overlays/example (kustomize and the fallback agree)" render_all
 check "manifest cross-checks of every render" cross_check
 check "cross-checks refuse KEDA without the Redis limiter" refuses_keda_without_redis
+check "wxdispatch check-config accepts every render's ConfigMap and Secret" binary_accepts_renders
 check "kubernetes-validate --strict (core kinds of every render, k8s 1.28 and latest bundled)" validate_core
 check "KEDA and Prometheus-Operator objects against their projects' schemas (npm @kubernetes-models)" validate_crds
 check "the CRD schema check refuses a misspelt field, a wrong type and a bad duration" crd_validator_rejects_a_typo
