@@ -213,3 +213,30 @@ fn publish_dry_run_validates_without_a_broker() {
         "{err}"
     );
 }
+
+/// `--version` prints the crate's version, the one `/metrics` exports as
+/// `wxdispatch_build_info{version}` and CHANGELOG.md records.
+#[test]
+fn version_is_the_crates_and_is_in_the_changelog() {
+    let (code, out, _) = wxdispatch(&["--version"], &[], "");
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("wxdispatch {}", env!("CARGO_PKG_VERSION"))
+    );
+    let changelog = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/CHANGELOG.md"))
+        .expect("CHANGELOG.md");
+    assert!(
+        changelog.contains(&format!("## [{}]", env!("CARGO_PKG_VERSION"))),
+        "CHANGELOG.md has no section for {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let metrics = wxdispatch::metrics::Metrics::new().render();
+    assert!(
+        metrics.contains(&format!(
+            "wxdispatch_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{metrics}"
+    );
+}
