@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Prometheus smoke test: a real Prometheus (Debian package `prometheus`, installed by
-# scripts/check-deploy.sh) scrapes a live worker under a small load, and every PromQL query of
-# grafana/dashboards/*.json must parse and return data.
+# scripts/check-deploy.sh) scrapes a live worker and RabbitMQ's rabbitmq_prometheus plugin
+# (per-object, as docs/OPERATIONS.md configures it) under a small load, and every PromQL query
+# and variable of grafana/dashboards/*.json must parse and return data. The worker's target
+# carries a `namespace` label, like a Kubernetes scrape, so the namespace/job variables are
+# exercised too.
 #
 #     bash scripts/prometheus-smoke.sh            # builds and uses target/debug/wxdispatch
 #     WXD_BIN=target/release/wxdispatch bash scripts/prometheus-smoke.sh
 #
-# Needs RabbitMQ on 127.0.0.1:5672 (scripts/services.sh). Everything listens on 127.0.0.1 only,
+# Needs RabbitMQ on 127.0.0.1:5672 with the rabbitmq_prometheus plugin on :15692
+# (scripts/services.sh). Everything listens on 127.0.0.1 only,
 # on free ports, with unique queue names; every wait is bounded (about 90 s in all). The load
 # is chosen so that every panel has data: good sends, rejected and retried ones, a token
 # refresh, receipts pushed by the simulator (--push-url) for delivered, blocked and undelivered
@@ -93,6 +97,8 @@ PIDS+=($!)
 PIDS+=($!)
 wait_for "the worker's /readyz" 30 curl -fsS "http://127.0.0.1:$WORKER_PORT/readyz"
 wait_for "the simulator" 15 curl -fsS "http://127.0.0.1:$MOCK_PORT/mock/stats"
+wait_for "RabbitMQ's Prometheus plugin on :15692 (scripts/services.sh enables it)" 15 \
+  curl -fsS -o /dev/null http://127.0.0.1:15692/metrics
 
 say "prometheus on 127.0.0.1:$PROM_PORT, scraping every 1s"
 cat >"$WORK/prometheus.yml" <<EOF
@@ -103,6 +109,17 @@ scrape_configs:
   - job_name: wxdispatch
     static_configs:
       - targets: ["127.0.0.1:$WORKER_PORT"]
+        labels:
+          namespace: wxd-smoke
+  - job_name: rabbitmq
+    metrics_path: /metrics/per-object
+    static_configs:
+      - targets: ["127.0.0.1:15692"]
+    # The broker is shared with other tests: keep this run's queues and the queue-less series.
+    metric_relabel_configs:
+      - source_labels: [queue]
+        regex: '(|$PREFIX\..*)'
+        action: keep
 EOF
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
   --web.listen-address="127.0.0.1:$PROM_PORT" --storage.tsdb.retention.time=1h \
@@ -150,13 +167,16 @@ wait_for "the receipts" 30 receipts_in
 sleep 4
 
 say "dashboard queries"
-python3 - "http://127.0.0.1:$PROM_PORT" "$APPID" grafana/dashboards/*.json <<'PY'
+python3 - "http://127.0.0.1:$PROM_PORT" "$APPID" "$PREFIX" grafana/dashboards/*.json <<'PY'
 import json, sys, urllib.parse, urllib.request
 
-prom, appid, files = sys.argv[1], sys.argv[2], sys.argv[3:]
-# Grafana's variables: the account is ours; windows cover the whole run at a 1 s scrape.
+prom, appid, prefix, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+# Grafana's variables: the account, namespace, job and queues are ours; windows cover the
+# whole run at a 1 s scrape.
+expected = {"appid": appid, "namespace": "wxd-smoke", "job": "wxdispatch"}
 subst = {"${appid}": appid, "$appid": appid, "$__rate_interval": "1m", "$__interval": "15s",
-         "$__range": "5m"}
+         "$__range": "5m", "$namespace": "wxd-smoke", "$job": "wxdispatch",
+         "${queue_prefix}": prefix}
 
 def query(path, **params):
     url = f"{prom}{path}?{urllib.parse.urlencode(params, doseq=True)}"
@@ -171,17 +191,20 @@ def walk(panels):
 failures, count = [], 0
 for f in files:
     d = json.load(open(f))
-    # The account variable's own query must list our appid.
+    # Each query variable must list our value (its own query, with the variables it uses
+    # substituted).
     for v in (d.get("templating") or {}).get("list", []):
         q = v.get("query")
         q = q.get("query") if isinstance(q, dict) else q
         if isinstance(q, str) and q.startswith("label_values("):
-            metric, label = [s.strip() for s in q[len("label_values("):-1].split(",")]
+            metric, label = [s.strip() for s in q[len("label_values("):-1].rsplit(",", 1)]
+            for k in sorted(subst, key=len, reverse=True):
+                metric = metric.replace(k, subst[k])
             got = query(f"/api/v1/label/{label}/values", **{"match[]": metric})["data"]
-            ok = appid in got
+            ok = expected.get(v["name"]) in got
             print(f"{'ok  ' if ok else 'FAIL'} variable {v['name']}: {q} -> {got}")
             if not ok:
-                failures.append(f"variable {v['name']}: {q} does not list {appid}")
+                failures.append(f"variable {v['name']}: {q} does not list {expected.get(v['name'])}")
     for p in walk(d.get("panels") or []):
         for t in p.get("targets") or []:
             expr = t.get("expr")

@@ -24,6 +24,12 @@ fi
 wait_for RabbitMQ 90 rabbitmq-diagnostics -q ping
 # The broker answers ping before it accepts AMQP connections: wait for the port too.
 wait_for "RabbitMQ AMQP port" 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'
+# RabbitMQ's own Prometheus exporter (queue depths, publish/deliver rates), on :15692; the
+# Prometheus smoke test scrapes it. Enabling it on a running broker needs no restart.
+if ! rabbitmq-plugins is_enabled rabbitmq_prometheus >/dev/null 2>&1; then
+  rabbitmq-plugins enable rabbitmq_prometheus
+fi
+wait_for "RabbitMQ Prometheus plugin" 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/15692'
 
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "installing redis-server"

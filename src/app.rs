@@ -16,8 +16,12 @@ use crate::worker::{self, Ctx};
 /// A worker running inside this process.
 pub struct RunningWorker {
     pub ctx: Arc<Ctx>,
-    /// Where `/metrics`, the probes and the callback are served.
+    /// Where `/metrics`, the probes and (unless `callback_addr` is set) the callback are
+    /// served.
     pub http_addr: std::net::SocketAddr,
+    /// The callback's own listener, when `WXD_CALLBACK_ADDR` is set and a callback token is
+    /// configured.
+    pub callback_addr: Option<std::net::SocketAddr>,
     pub shutdown: Shutdown,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -35,13 +39,35 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let metrics = Arc::new(Metrics::new());
     let receipts = Receipts::from_config(&config, metrics.clone())?;
     let ctx = Ctx::new(config, metrics);
-    let app = crate::http::router(ctx.clone(), receipts.map(Receipts::router));
+    let callback = receipts.map(Receipts::router);
+    // With WXD_CALLBACK_ADDR the callback gets a listener of its own and the main one serves
+    // only /metrics and the probes, so an Ingress routed to the callback port can never
+    // reach them.
+    let (callback, separate) = match &ctx.config.callback_addr {
+        Some(addr) => (None, callback.map(|cb| (addr.clone(), cb))),
+        None => (callback, None),
+    };
+    if ctx.config.callback_addr.is_some() && separate.is_none() {
+        tracing::warn!(
+            "WXD_CALLBACK_ADDR is set but WXD_CALLBACK_TOKEN is not: no callback served"
+        );
+    }
+    let app = crate::http::router(ctx.clone(), callback);
     // The HTTP server outlives the drain: /readyz answers 503 (rather than refusing
     // connections) and receipts are still stored while in-flight sends finish.
     let http_stop = Shutdown::new();
     let (http_addr, _) = crate::http::serve(&ctx.config.http_addr, app, http_stop.clone())
         .await
         .with_context(|| format!("cannot listen on {}", ctx.config.http_addr))?;
+    let callback_addr = match separate {
+        Some((addr, cb)) => Some(
+            crate::http::serve(&addr, cb, http_stop.clone())
+                .await
+                .with_context(|| format!("cannot listen on {addr} (WXD_CALLBACK_ADDR)"))?
+                .0,
+        ),
+        None => None,
+    };
     let run = worker::run(ctx.clone(), shutdown.clone());
     let handle = tokio::spawn(async move {
         let result = run.await;
@@ -51,6 +77,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     Ok(RunningWorker {
         ctx,
         http_addr,
+        callback_addr,
         shutdown,
         handle,
     })
@@ -60,11 +87,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
-    if config.accounts.is_empty() {
-        anyhow::bail!(
-            "configuration error: no account configured; set WXD_APPID and WXD_SECRET, or [[accounts]] in the file"
-        );
-    }
+    require_account(&config)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         accounts = config.accounts.len(),
@@ -78,8 +101,39 @@ pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
     shutdown.on_signals();
     let worker = start(config, shutdown.clone()).await?;
     tracing::info!(addr = %worker.http_addr, "serving /metrics, /healthz, /readyz");
+    if let Some(addr) = worker.callback_addr {
+        tracing::info!(%addr, "serving the WeChat callback on its own listener");
+    }
     worker.handle.await.context("worker task")??;
     tracing::info!("drained; bye");
+    Ok(())
+}
+
+fn require_account(config: &Config) -> anyhow::Result<()> {
+    if config.accounts.is_empty() {
+        anyhow::bail!(
+            "configuration error: no account configured; set WXD_APPID and WXD_SECRET, or [[accounts]] in the file"
+        );
+    }
+    Ok(())
+}
+
+/// `wxdispatch check-config`: loads the configuration exactly as `run` does, without
+/// connecting anywhere, and prints the effective settings with secrets redacted. An error names
+/// the key at fault and the process exits 1, so it works as a CI step or an initContainer.
+pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(config_file)?;
+    require_account(&config)?;
+    let mut out = String::new();
+    for (name, value) in config.settings() {
+        out.push_str(&format!("{name}={value}\n"));
+    }
+    print!("{out}");
+    eprintln!(
+        "wxdispatch: configuration ok ({} account{})",
+        config.accounts.len(),
+        if config.accounts.len() == 1 { "" } else { "s" }
+    );
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Sends WeChat Official Account template messages from RabbitMQ jobs.
 #[derive(Debug, Parser)]
@@ -43,6 +43,32 @@ pub enum Command {
         #[arg(value_enum)]
         floor: crate::bench::Floor,
     },
+    /// Validate the configuration (file and WXD_* environment) exactly as `run` loads it,
+    /// without connecting anywhere, and print the effective settings with passwords and
+    /// secrets redacted. Exits 1 naming the key at fault. For CI and as an initContainer.
+    CheckConfig,
+    /// Print shell completions, e.g. `wxdispatch completions bash > /etc/bash_completion.d/wxdispatch`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The full command line, with `run --help` listing every `WXD_*` variable and its default
+/// (built at run time from the loader's own defaults, see [`crate::config::env_help`]).
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("run", |run| run.after_help(crate::config::env_help()))
+}
+
+/// Parses `std::env::args` with [`command`] (exits with clap's message on a usage error).
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut command(), "wxdispatch", out);
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +129,10 @@ pub struct PublishArgs {
     /// Validate the whole input first and send nothing if any line is invalid.
     #[arg(long)]
     pub strict: bool,
+    /// Validate and report only: never connect to RabbitMQ, publish nothing. Exit code 0 if
+    /// every line is valid, 2 if not.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -151,4 +181,57 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout instead of the readable report.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn completions_cover_the_subcommands_for_each_shell() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            completions(shell, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for sub in [
+                "run",
+                "publish",
+                "check-config",
+                "completions",
+                "mock-wechat",
+            ] {
+                assert!(text.contains(sub), "{shell:?} completions lack {sub}");
+            }
+            assert!(
+                text.contains("dry-run"),
+                "{shell:?} completions lack --dry-run"
+            );
+        }
+    }
+
+    #[test]
+    fn run_help_lists_the_environment() {
+        let help = command()
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_help()
+            .to_string();
+        for name in [
+            "WXD_AMQP_URL",
+            "WXD_CALLBACK_ADDR",
+            "WXD_REDIS_URL_FILE",
+            "WXD_PREFETCH",
+        ] {
+            assert!(help.contains(name), "run --help lacks {name}:\n{help}");
+        }
+    }
 }

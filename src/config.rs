@@ -113,6 +113,11 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub expected_replicas: u32,
     pub log_format: LogFormat,
+    /// A second listener for the WeChat callback only. `None` (the default) serves the
+    /// callback on `http_addr` with the metrics and probes, as the contract says; when set,
+    /// only the callback is exposed through a public Ingress and `/metrics` and the probes stay
+    /// on a port the Ingress never routes to.
+    pub callback_addr: Option<String>,
 }
 
 /// A configuration error: one line that names the key at fault and never contains a secret.
@@ -165,6 +170,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("redis_url", Kind::Str),
     ("expected_replicas", Kind::Int),
     ("log_format", Kind::Str),
+    ("callback_addr", Kind::Str),
 ];
 
 /// Environment variables that are secrets or meta settings rather than file keys.
@@ -176,7 +182,13 @@ const SECRET_ENV: &[&str] = &[
     "WXD_CALLBACK_TOKEN_FILE",
     "WXD_CALLBACK_AES_KEY",
     "WXD_CALLBACK_AES_KEY_FILE",
+    "WXD_AMQP_URL_FILE",
+    "WXD_REDIS_URL_FILE",
 ];
+
+/// Settings that may carry a password and so may also come from a mounted file
+/// (`WXD_<KEY>_FILE`, e.g. a Kubernetes Secret volume), keeping them out of the environment.
+const FILE_KEYS: &[(&str, &str)] = &[("amqp_url", "WXD_AMQP_URL"), ("redis_url", "WXD_REDIS_URL")];
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -227,6 +239,7 @@ struct Raw {
     redis_url: Option<String>,
     expected_replicas: Option<u32>,
     log_format: Option<LogFormat>,
+    callback_addr: Option<String>,
     #[serde(default)]
     accounts: Vec<RawAccount>,
 }
@@ -308,13 +321,27 @@ impl Config {
                 };
             table.insert(key, v);
         }
+        for (key, var) in FILE_KEYS {
+            let file_var = format!("{var}_FILE");
+            let Some(path) = env.var(&file_var) else {
+                continue;
+            };
+            if env.var(var).is_some() {
+                return Err(err(format!("{var} and {file_var}: set one, not both")));
+            }
+            let value = read_secret_file(Path::new(&path), &file_var)?;
+            table.insert(
+                (*key).to_string(),
+                toml::Value::String(value.expose().to_string()),
+            );
+        }
         let raw: Raw = Raw::deserialize(toml::Value::Table(table))
             .map_err(|e| err(one_line(&e.to_string())))?;
         Config::from_raw(raw, env)
     }
 
     fn from_raw(raw: Raw, env: &dyn Env) -> Result<Config, ConfigError> {
-        let default_rate = raw.rate_per_sec.unwrap_or(50);
+        let default_rate = raw.rate_per_sec.unwrap_or(DEFAULT_RATE_PER_SEC);
         let mut accounts = Vec::new();
         if let Some(appid) = raw.appid.clone() {
             let secret = secret_from_env(env, "WXD_SECRET")?
@@ -406,6 +433,20 @@ impl Config {
             return Err(err(format!(
                 "http_addr (WXD_HTTP_ADDR): not host:port: {http_addr:?}"
             )));
+        }
+        if let Some(addr) = &raw.callback_addr {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(err(format!(
+                    "callback_addr (WXD_CALLBACK_ADDR): not host:port: {addr:?}"
+                )));
+            }
+            // Port 0 (any free port, in tests) on both is two listeners, not a clash.
+            if *addr == http_addr && !addr.ends_with(":0") {
+                return Err(err(
+                    "callback_addr (WXD_CALLBACK_ADDR): must differ from WXD_HTTP_ADDR \
+                     (leave it unset to serve the callback on WXD_HTTP_ADDR)",
+                ));
+            }
         }
         let callback_path = raw
             .callback_path
@@ -514,6 +555,7 @@ impl Config {
             redis_url: raw.redis_url,
             expected_replicas,
             log_format,
+            callback_addr: raw.callback_addr,
         })
     }
 
@@ -530,6 +572,158 @@ impl Config {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
+    /// Every setting as its `WXD_*` name and effective value, in the order of the key table,
+    /// then the secrets: what `check-config` prints. Passwords in URLs and every secret are
+    /// redacted, so the output can go to a CI log or an initContainer's log.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = KEYS
+            .iter()
+            .map(|(key, _)| {
+                (
+                    format!("WXD_{}", key.to_ascii_uppercase()),
+                    self.setting(key),
+                )
+            })
+            .collect();
+        let set = |s: &Option<Secret>| if s.is_some() { "(set)" } else { "(unset)" };
+        out.push((
+            "WXD_CALLBACK_TOKEN".into(),
+            set(&self.callback_token).into(),
+        ));
+        out.push((
+            "WXD_CALLBACK_AES_KEY".into(),
+            set(&self.callback_aes_key).into(),
+        ));
+        for a in &self.accounts {
+            out.push((
+                "account".into(),
+                format!(
+                    "{} rate_per_sec={} daily_quota={} secret=(set)",
+                    a.appid,
+                    a.rate_per_sec,
+                    a.daily_quota.map_or("none".into(), |q| q.to_string())
+                ),
+            ));
+        }
+        out
+    }
+
+    fn setting(&self, key: &str) -> String {
+        let opt = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.into());
+        match key {
+            "amqp_url" => redact_url(&self.amqp_url),
+            "jobs_queue" => self.jobs_queue.clone(),
+            "jobs_queue_type" => format!("{:?}", self.jobs_queue_type).to_ascii_lowercase(),
+            "outcomes_exchange" => self.outcomes_exchange.clone(),
+            "outcomes_queue" => self.outcomes_queue.clone(),
+            "dead_queue" => self.dead_queue.clone(),
+            "api_base" => self.api_base.clone(),
+            "appid" => match self.accounts.as_slice() {
+                [] => "(none)".into(),
+                accounts => accounts
+                    .iter()
+                    .map(|a| a.appid.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            },
+            "token_mode" => format!("{:?}", self.token_mode).to_ascii_lowercase(),
+            "token_force_budget" => self.token_force_budget.to_string(),
+            "rate_per_sec" => match self.accounts.first() {
+                Some(a) => a.rate_per_sec.to_string(),
+                None => DEFAULT_RATE_PER_SEC.to_string(),
+            },
+            "daily_quota" => match self.accounts.first().and_then(|a| a.daily_quota) {
+                Some(q) => q.to_string(),
+                None => "none".into(),
+            },
+            "http_addr" => self.http_addr.clone(),
+            "callback_path" => self.callback_path.clone(),
+            "callback_max_age_secs" => self.callback_max_age_secs.to_string(),
+            "concurrency" => self.concurrency.to_string(),
+            "prefetch" => self.prefetch.to_string(),
+            "max_attempts" => self.max_attempts.to_string(),
+            "retry_base_ms" => self.retry_base_ms.to_string(),
+            "retry_max_delay_secs" => self.retry_max_delay_secs.to_string(),
+            "retry_budget_secs" => self.retry_budget_secs.to_string(),
+            "inline_retry_max_ms" => self.inline_retry_max_ms.to_string(),
+            "http_timeout_ms" => self.http_timeout_ms.to_string(),
+            "quota_probe_secs" => self.quota_probe_secs.to_string(),
+            "account_stop_probe_secs" => self.account_stop_probe_secs.to_string(),
+            "drain_timeout_secs" => self.drain_timeout_secs.to_string(),
+            "delivery_limit" => self.delivery_limit.to_string(),
+            "max_job_bytes" => self.max_job_bytes.to_string(),
+            "redis_url" => self
+                .redis_url
+                .as_deref()
+                .map_or("(unset: no shared limiter)".into(), redact_url),
+            "expected_replicas" => self.expected_replicas.to_string(),
+            "log_format" => format!("{:?}", self.log_format).to_ascii_lowercase(),
+            "callback_addr" => opt(
+                &self.callback_addr,
+                "(unset: the callback is on WXD_HTTP_ADDR)",
+            ),
+            // A key added to KEYS without a line here shows up as this, and the unit test
+            // `every_key_has_a_setting_and_a_default` fails.
+            _ => "?".into(),
+        }
+    }
+}
+
+/// The default of `rate_per_sec`, also shown by `run --help`.
+const DEFAULT_RATE_PER_SEC: u32 = 50;
+
+/// `run --help`'s list of every `WXD_*` variable with its default, built from the defaults the
+/// loader really applies (an empty environment), so the help cannot drift from the code.
+pub fn env_help() -> String {
+    let mut text =
+        String::from("Environment (WXD_<KEY> overrides the file's <key>; default shown):\n");
+    let defaults = Config::from_sources(None, &BTreeMap::new())
+        .expect("the defaults are a valid configuration");
+    for (name, value) in defaults.settings() {
+        if matches!(name.as_str(), "WXD_CALLBACK_TOKEN" | "WXD_CALLBACK_AES_KEY") {
+            continue; // listed below with the other secrets
+        }
+        let value = match name.as_str() {
+            "WXD_LOG_FORMAT" => "json (text when stderr is a terminal)".to_string(),
+            _ => value,
+        };
+        text.push_str(&format!("  {name:<30} {value}\n"));
+    }
+    for (name, what) in [
+        ("WXD_CONFIG", "the TOML file (same as --config)"),
+        ("WXD_SECRET", "AppSecret of WXD_APPID (or WXD_SECRET_FILE)"),
+        ("WXD_SECRET_<APPID>", "AppSecret of an [[accounts]] entry"),
+        (
+            "WXD_CALLBACK_TOKEN",
+            "callback token (or WXD_CALLBACK_TOKEN_FILE)",
+        ),
+        (
+            "WXD_CALLBACK_AES_KEY",
+            "EncodingAESKey (or WXD_CALLBACK_AES_KEY_FILE)",
+        ),
+        ("WXD_AMQP_URL_FILE", "read WXD_AMQP_URL from this file"),
+        ("WXD_REDIS_URL_FILE", "read WXD_REDIS_URL from this file"),
+    ] {
+        text.push_str(&format!("  {name:<30} {what}\n"));
+    }
+    text
+}
+
+/// A URL with credentials (a broker, Redis; or a comma-separated list of them) with every
+/// password replaced by `***`, for logs and messages.
+pub fn redact_url(urls: &str) -> String {
+    crate::amqp::broker_urls(urls)
+        .into_iter()
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let creds = &url[s + 3..at];
+                let user = creds.split(':').next().unwrap_or("");
+                format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+            }
+            _ => url.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A secret from `NAME` or from the file named by `NAME_FILE`.
@@ -789,5 +983,89 @@ mod tests {
     fn inline_secret_in_file_is_refused() {
         let e = Config::from_sources(Some("secret = \"x\""), &env(&[])).unwrap_err();
         assert!(e.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn every_key_has_a_setting_and_a_default_in_run_help() {
+        let help = env_help();
+        let c = Config::from_sources(None, &env(&[])).unwrap();
+        for (key, _) in KEYS {
+            let name = format!("WXD_{}", key.to_ascii_uppercase());
+            assert!(help.contains(&name), "run --help lacks {name}:\n{help}");
+            assert_ne!(c.setting(key), "?", "Config::setting has no line for {key}");
+        }
+        assert!(
+            help.contains("WXD_PREFETCH") && help.contains("128"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn settings_redact_every_password_and_secret() {
+        let e = env(&[
+            ("WXD_AMQP_URL", "amqps://app:hunter2-amqp@rabbit:5671/%2f"),
+            ("WXD_REDIS_URL", "redis://:hunter2-redis@redis:6379/0"),
+            ("WXD_APPID", "wx1"),
+            ("WXD_SECRET", "hunter2-appsecret"),
+            ("WXD_CALLBACK_TOKEN", "hunter2-token"),
+        ]);
+        let c = Config::from_sources(None, &e).unwrap();
+        let all = format!("{:?}", c.settings());
+        assert!(!all.contains("hunter2"), "{all}");
+        assert!(all.contains("amqps://app:***@rabbit:5671/%2f"), "{all}");
+        assert!(all.contains("(set)"), "{all}");
+    }
+
+    #[test]
+    fn amqp_and_redis_urls_can_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("wxd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let amqp = dir.join("amqp");
+        let redis = dir.join("redis");
+        std::fs::write(&amqp, "amqp://u:p@broker:5672/%2f\n").unwrap();
+        std::fs::write(&redis, "redis://:p@redis:6379/1\n").unwrap();
+        let e = env(&[
+            ("WXD_AMQP_URL_FILE", amqp.to_str().unwrap()),
+            ("WXD_REDIS_URL_FILE", redis.to_str().unwrap()),
+        ]);
+        let c = Config::from_sources(None, &e).unwrap();
+        assert_eq!(c.amqp_url, "amqp://u:p@broker:5672/%2f");
+        assert_eq!(c.redis_url.as_deref(), Some("redis://:p@redis:6379/1"));
+        let both = env(&[
+            ("WXD_AMQP_URL_FILE", amqp.to_str().unwrap()),
+            ("WXD_AMQP_URL", "amqp://x"),
+        ]);
+        let msg = Config::from_sources(None, &both).unwrap_err().to_string();
+        assert!(msg.contains("WXD_AMQP_URL_FILE"), "{msg}");
+        let missing = env(&[("WXD_REDIS_URL_FILE", "/nonexistent/wxd-redis-url")]);
+        let msg = Config::from_sources(None, &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("WXD_REDIS_URL_FILE"), "{msg}");
+        // The file's content is checked like the variable's.
+        std::fs::write(&amqp, "http://not-amqp\n").unwrap();
+        let e = env(&[("WXD_AMQP_URL_FILE", amqp.to_str().unwrap())]);
+        let msg = Config::from_sources(None, &e).unwrap_err().to_string();
+        assert!(msg.contains("WXD_AMQP_URL"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn callback_addr_is_optional_validated_and_distinct() {
+        let c = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(
+            c.callback_addr, None,
+            "the contract's single listener by default"
+        );
+        let c = Config::from_sources(None, &env(&[("WXD_CALLBACK_ADDR", "0.0.0.0:8080")])).unwrap();
+        assert_eq!(c.callback_addr.as_deref(), Some("0.0.0.0:8080"));
+        let msg = Config::from_sources(None, &env(&[("WXD_CALLBACK_ADDR", "8080")]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("WXD_CALLBACK_ADDR"), "{msg}");
+        let msg = Config::from_sources(None, &env(&[("WXD_CALLBACK_ADDR", "0.0.0.0:9090")]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("WXD_CALLBACK_ADDR"), "{msg}");
     }
 }

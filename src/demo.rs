@@ -136,7 +136,7 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
 
     println!(
         "wxdispatch demo: broker {}",
-        amqp::redact_url(&config.amqp_url)
+        crate::config::redact_url(&config.amqp_url)
     );
     let conn = amqp::connect(&config.amqp_url, "wxdispatch-demo")
         .await

@@ -1,12 +1,10 @@
 //! The `wxdispatch` binary: parse the command line and hand over to the library.
 
-use clap::Parser;
-
-use wxdispatch::cli::{Cli, Command};
+use wxdispatch::cli::Command;
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = wxdispatch::cli::parse();
     let result = match cli.command {
         Command::Run => wxdispatch::app::run(cli.config.as_deref()).await,
         Command::MockWechat(args) => {
@@ -15,6 +13,11 @@ async fn main() {
         Command::Demo(args) => wxdispatch::demo::run(cli.config.as_deref(), args).await,
         Command::Bench(args) => wxdispatch::bench::run(cli.config.as_deref(), args).await,
         Command::BenchFloor { floor } => wxdispatch::bench::floor::run(floor).await,
+        Command::CheckConfig => wxdispatch::app::check_config(cli.config.as_deref()),
+        Command::Completions { shell } => {
+            wxdispatch::cli::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
         Command::Publish(args) => {
             match wxdispatch::publish::command(cli.config.as_deref(), args).await {
                 Ok(0) => Ok(()),

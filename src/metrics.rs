@@ -40,7 +40,20 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub redis_fallback: IntGauge,
     pub outcome_latency_seconds: Histogram,
+    /// From the job's publish (its AMQP `timestamp` property) to its final outcome, deferrals
+    /// included: what an upstream waits for. Only jobs that carry a timestamp are counted.
+    pub publish_latency_seconds: Histogram,
+    /// From the job's publish to its first delivery: how old the head of the jobs queue is
+    /// when a worker reaches it (the "oldest job" alert reads it).
+    pub queue_wait_seconds: Histogram,
 }
+
+/// Buckets for ages that include the backlog and deferrals: a quota pause defers jobs for
+/// hours, up to the next Beijing day, so the buckets reach 24 h.
+const AGE_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+    28800.0, 43200.0, 86400.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -97,6 +110,28 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(outcome_latency_seconds.clone()))
             .expect("unique metric");
+        let age_histogram = |name: &str, help: &str| {
+            let h =
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(AGE_BUCKETS.to_vec()))
+                    .expect("valid metric");
+            r.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let publish_latency_seconds = age_histogram(
+            "wxdispatch_job_publish_latency_seconds",
+            "Time from a job's publish (AMQP timestamp) to its final outcome, deferrals included",
+        );
+        let queue_wait_seconds = age_histogram(
+            "wxdispatch_job_queue_wait_seconds",
+            "Time from a job's publish (AMQP timestamp) to its first delivery to a worker",
+        );
+        // CPU, memory, open files and start time of this process (process_* series), the
+        // first things to look at when a worker misbehaves. Linux only, like the image.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
         let m = Metrics {
             jobs_total: counter(
                 r,
@@ -222,6 +257,8 @@ impl Metrics {
                 "1 while the shared Redis limiter is unreachable and the local fallback rate is in use",
             ),
             outcome_latency_seconds,
+            publish_latency_seconds,
+            queue_wait_seconds,
             registry,
         };
         m.build_info

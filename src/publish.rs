@@ -68,6 +68,8 @@ pub struct Options {
     /// Refuse to send anything if any line is invalid.
     pub strict: bool,
     pub progress: Progress,
+    /// Validate and report, but never connect to the broker nor publish.
+    pub dry_run: bool,
 }
 
 /// A line that was not published because it is not a valid job.
@@ -99,6 +101,10 @@ pub struct Summary {
     pub failed: Vec<FailedLine>,
     /// `--strict` found invalid lines, so nothing was sent.
     pub aborted: bool,
+    /// `--dry-run`: nothing was published, and no broker was contacted.
+    pub dry_run: bool,
+    /// With `dry_run`: the jobs that passed validation and would have been published.
+    pub would_publish: usize,
     /// The whole run, reading and connecting included.
     pub elapsed: Duration,
     /// From the first publish to the last confirm: what `--rate` paces.
@@ -147,6 +153,7 @@ pub async fn command(config_file: Option<&Path>, args: PublishArgs) -> anyhow::R
         rate: args.rate,
         strict: args.strict,
         progress,
+        dry_run: args.dry_run,
     };
     let summary = run(&config, lines, &opts).await?;
     Ok(summary.exit_code())
@@ -209,6 +216,14 @@ pub async fn run(config: &Config, lines: Vec<Line>, opts: &Options) -> anyhow::R
         report.summary(&summary);
         return Ok(summary);
     }
+    if opts.dry_run {
+        summary.dry_run = true;
+        summary.would_publish = valid.len();
+        summary.recipients = valid.iter().map(|v| v.recipients).sum();
+        summary.elapsed = started.elapsed();
+        report.summary(&summary);
+        return Ok(summary);
+    }
 
     if !valid.is_empty() {
         let conn = amqp::connect(&config.amqp_url, "wxdispatch-publish")
@@ -216,7 +231,7 @@ pub async fn run(config: &Config, lines: Vec<Line>, opts: &Options) -> anyhow::R
             .with_context(|| {
                 format!(
                     "cannot reach RabbitMQ at {} (set WXD_AMQP_URL)",
-                    crate::amqp::redact_url(&config.amqp_url)
+                    crate::config::redact_url(&config.amqp_url)
                 )
             })?;
         let publisher = Publisher::new(&conn, config).await?;
@@ -276,7 +291,10 @@ async fn publish_all(
             let props = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
-                .with_message_id(v.id.as_str().into());
+                .with_message_id(v.id.as_str().into())
+                // The publish time lets the worker report each job's age from publish to
+                // outcome (wxdispatch_job_publish_latency_seconds), and the broker its head age.
+                .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
             (v, publisher.publish("", queue, &v.body, props).await)
         })
         .buffer_unordered(MAX_IN_FLIGHT);
@@ -769,6 +787,16 @@ impl Reporter {
         if s.aborted {
             self.print(&format!(
                 "wxdispatch publish: {} invalid of {} lines; --strict: nothing was sent",
+                s.invalid.len(),
+                s.lines
+            ));
+            return;
+        }
+        if s.dry_run {
+            self.print(&format!(
+                "wxdispatch publish --dry-run: {} valid ({} recipients), {} invalid of {} lines; nothing was sent",
+                s.would_publish,
+                s.recipients,
                 s.invalid.len(),
                 s.lines
             ));

@@ -360,6 +360,7 @@ async fn process(
     let publisher = &io.publisher;
     let ack = || io.acks.ack(delivery.delivery_tag);
     let props = &delivery.properties;
+    observe_queue_wait(ctx, props);
     #[cfg(feature = "fault-injection")]
     if headers::get_str(props, "x-wxd-test-panic").is_some() {
         panic!("injected panic (fault-injection build, x-wxd-test-panic header)");
@@ -428,6 +429,9 @@ async fn process(
                         ctx.metrics
                             .outcome_latency_seconds
                             .observe(latency.max(0) as f64 / 1000.0);
+                        if let Some(age) = publish_age_secs(props) {
+                            ctx.metrics.publish_latency_seconds.observe(age);
+                        }
                         publish_final(ctx, io, delivery, &o).await
                     }
                     Disposition::Defer { delay, reason, state } => {
@@ -464,4 +468,25 @@ async fn publish_final(
         .inc();
     io.acks.ack(delivery.delivery_tag);
     Ok(())
+}
+
+/// Seconds since the job was published, from its AMQP `timestamp` property (whole seconds,
+/// set by `wxdispatch publish` and most client libraries on request). `None` without one.
+fn publish_age_secs(props: &lapin::BasicProperties) -> Option<f64> {
+    let published = (*props.timestamp())?;
+    let now = chrono::Utc::now().timestamp_millis();
+    Some((now - published as i64 * 1000).max(0) as f64 / 1000.0)
+}
+
+/// Records how long a job waited in the jobs queue, on its first delivery only: a job back
+/// from a delay queue carries the first-seen header, and its age measures the deferral, not
+/// the backlog.
+fn observe_queue_wait(ctx: &Ctx, props: &lapin::BasicProperties) {
+    let first = props
+        .headers()
+        .as_ref()
+        .is_none_or(|t| !t.inner().contains_key(headers::FIRST_SEEN));
+    if first && let Some(age) = publish_age_secs(props) {
+        ctx.metrics.queue_wait_seconds.observe(age);
+    }
 }

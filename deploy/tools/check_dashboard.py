@@ -8,6 +8,7 @@ $__rate_interval / $__interval / $appid substituted) so that `promtool check rul
 parses all dashboard PromQL.
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -20,7 +21,15 @@ REQUIRED_PANELS = [
     "Retries by reason", "Token refreshes by result", "Quota pauses per account",
     "In-flight sends", "Receipts by status", "Dead-letter rate", "Account stopped",
     "AMQP connected",
+    # Issue 17: the backlog, job age and the process.
+    "Jobs backlog", "Oldest job at pickup (p99)", "Ready messages by queue",
+    "Unacked messages by queue", "Publish rate by queue", "Deliver rate by queue",
+    "Job latency, publish to outcome", "CPU per worker", "Resident memory per worker",
 ]
+# Grafana variables and what the dashboard queries substitute for them when checked.
+SUBSTITUTE = {"$__rate_interval": "5m", "$__interval": "1m", "$appid": ".*",
+              "$namespace": ".*", "$job": ".*", "${queue_prefix}": "wxdispatch"}
+SCOPE = 'namespace=~"$namespace",job=~"$job"'
 problems = []
 
 
@@ -39,10 +48,17 @@ def main():
     app = variables.get("appid") or {}
     q = app.get("query")
     q = q.get("query") if isinstance(q, dict) else q
-    if q != "label_values(wxdispatch_jobs_total, appid)":
-        problems.append("variable appid must query label_values(wxdispatch_jobs_total, appid)")
-    if not (app.get("multi") and app.get("includeAll")):
-        problems.append("variable appid must be multi-value with All")
+    if q != f"label_values(wxdispatch_jobs_total{{{SCOPE}}}, appid)":
+        problems.append("variable appid must query label_values(wxdispatch_jobs_total{...}, appid)")
+    for name in ("appid", "namespace", "job"):
+        v = variables.get(name) or {}
+        if not (v.get("multi") and v.get("includeAll") and v.get("allValue") == ".*"):
+            problems.append(f"variable {name} must be multi-value with All (.*)")
+    if (variables.get("queue_prefix") or {}).get("query") != "wxdispatch":
+        problems.append("variable queue_prefix must default to wxdispatch")
+    inputs = d.get("__inputs") or []
+    if not any(i.get("type") == "datasource" and i.get("pluginId") == "prometheus" for i in inputs):
+        problems.append("__inputs must declare the Prometheus datasource (for Grafana's import)")
     titles = set()
     ids = set()
     for p in walk(d.get("panels") or []):
@@ -60,6 +76,10 @@ def main():
                 problems.append(f"panel {p.get('title')!r}: target without expr")
             if "appid" in t.get("expr", "") and "$appid" not in t["expr"] and "by (appid)" not in t["expr"]:
                 problems.append(f"panel {p.get('title')!r}: appid used without the $appid filter")
+            # Every worker series is scoped to the chosen namespace and job.
+            for m in re.finditer(r"\b(?:wxdispatch|process)_[a-z0-9_]+(\{[^}]*\})?", t.get("expr", "")):
+                if SCOPE not in (m.group(1) or ""):
+                    problems.append(f"panel {p.get('title')!r}: {m.group(0)} lacks {SCOPE}")
     for t in REQUIRED_PANELS:
         if t not in titles:
             problems.append(f"missing panel {t!r}")
@@ -72,8 +92,9 @@ def main():
         rules = []
         for p in walk(d.get("panels") or []):
             for t in p.get("targets") or []:
-                expr = (t.get("expr") or "").replace("$__rate_interval", "5m") \
-                    .replace("$__interval", "1m").replace("$appid", ".*")
+                expr = t.get("expr") or ""
+                for k in sorted(SUBSTITUTE, key=len, reverse=True):
+                    expr = expr.replace(k, SUBSTITUTE[k])
                 if "$" in expr:
                     problems.append(f"panel {p.get('title')!r}: unknown variable in {expr!r}")
                 rules.append({"record": f"dashboard:panel_{p.get('id')}:{t.get('refId')}", "expr": expr})

@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
-"""Checks of the rendered k8s/ manifests that a schema cannot express, and the split of the
-documents for kubernetes-validate.
+"""Checks of a rendered k8s/ kustomization that a schema cannot express, and the split of the
+documents for the schema validators.
 
-    python3 deploy/tools/check_manifests.py RENDERED.yaml OUTDIR [EXAMPLE.yaml ...]
+    python3 deploy/tools/check_manifests.py --render base|keda|...|overlay RENDERED.yaml OUTDIR \
+        [EXAMPLE.yaml ...]
 
 * Core kinds (Deployment, Service, ConfigMap, Secret, PodDisruptionBudget, NetworkPolicy,
-  HorizontalPodAutoscaler) are written one per file to OUTDIR/core/ for
+  Namespace, Ingress, HorizontalPodAutoscaler) are written one per file to OUTDIR/core/ for
   `kubernetes-validate --strict` (the caller runs it).
 * CRD kinds (KEDA ScaledObject / TriggerAuthentication, Prometheus Operator ServiceMonitor /
-  PrometheusRule) are unknown to kubernetes-validate, which ships only the built-in API
-  schemas; they are checked here for apiVersion/kind and for the fields this deployment relies
-  on. Any other kind is an error.
+  PrometheusRule) are written one per file as JSON to OUTDIR/crd/ for
+  deploy/tools/crd-validate/validate.mjs (those projects' own schemas; the caller runs it),
+  and their cross-references are checked here. Any other kind is an error.
+* What each render must be: the base has core kinds only (it applies on a bare cluster) and a
+  fixed replica count; with KEDA the Deployment has no `replicas` and the shared Redis limiter
+  is on; the overlay carries a namespace, the `release` label and an Ingress for the callback
+  path only.
 * Cross-references: selectors match the pod labels, referenced ConfigMaps/Secrets/ports exist,
   the grace period outlasts the drain timeout, the hardening settings are present, ConfigMap
   keys are known to the binary (read from src/config.rs when it has the KEYS table), and so on.
 
 Exits 1 listing every problem found.
 """
+import json
 import re
 import sys
 from pathlib import Path
@@ -33,6 +39,8 @@ CORE = {
     ("policy/v1", "PodDisruptionBudget"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("v1", "Namespace"),
+    ("networking.k8s.io/v1", "Ingress"),
 }
 CRDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
@@ -40,17 +48,27 @@ CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
-EXPECTED_KINDS_IN_BASE = {
-    "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
-    "ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule",
+BASE_KINDS = {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
+# The kinds each render must hold (exactly, apart from the overlay's Namespace and Ingress).
+RENDERS = {
+    "base": BASE_KINDS,
+    "redis-limiter": BASE_KINDS,
+    "keda": BASE_KINDS | {"ScaledObject", "TriggerAuthentication"},
+    "prometheus-operator": BASE_KINDS | {"ServiceMonitor", "PrometheusRule"},
+    "overlay": (BASE_KINDS - {"Secret"}) | {"Namespace", "Ingress", "ScaledObject",
+                                            "TriggerAuthentication", "ServiceMonitor",
+                                            "PrometheusRule"},
 }
+SECRET_EXAMPLE = ROOT / "k8s/base/secret.example.yaml"
+INGRESS_NAMESPACE = "ingress-nginx"
+MONITORING_NAMESPACE = "monitoring"
+HTTP_PORT, CALLBACK_PORT = 9090, 8080
 SECRET_KEYS = {"WXD_AMQP_URL", "WXD_SECRET", "WXD_CALLBACK_TOKEN", "WXD_CALLBACK_AES_KEY"}
 CONFIG_KEYS = {
     "WXD_JOBS_QUEUE", "WXD_OUTCOMES_EXCHANGE", "WXD_OUTCOMES_QUEUE", "WXD_DEAD_QUEUE",
     "WXD_API_BASE", "WXD_APPID", "WXD_TOKEN_MODE", "WXD_RATE_PER_SEC", "WXD_HTTP_ADDR",
     "WXD_CALLBACK_PATH", "WXD_CONCURRENCY", "WXD_PREFETCH", "WXD_MAX_ATTEMPTS",
-    "WXD_QUOTA_PROBE_SECS", "WXD_DRAIN_TIMEOUT_SECS", "WXD_REDIS_URL", "WXD_EXPECTED_REPLICAS",
-    "WXD_LOG_FORMAT",
+    "WXD_QUOTA_PROBE_SECS", "WXD_DRAIN_TIMEOUT_SECS", "WXD_LOG_FORMAT", "WXD_CALLBACK_ADDR",
 }
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -98,18 +116,21 @@ def load(path):
 
 
 def main(argv):
-    if len(argv) < 2:
+    if len(argv) < 4 or argv[0] != "--render" or argv[1] not in RENDERS:
         sys.exit(__doc__)
-    rendered, outdir, examples = argv[0], Path(argv[1]), argv[2:]
-    core_dir = outdir / "core"
-    core_dir.mkdir(parents=True, exist_ok=True)
-    for old in core_dir.glob("*.yaml"):
-        old.unlink()
+    render, rendered, outdir, examples = argv[1], argv[2], Path(argv[3]), argv[4:]
+    core_dir, crd_dir = outdir / "core", outdir / "crd"
+    for d in (core_dir, crd_dir):
+        d.mkdir(parents=True, exist_ok=True)
+        for old in list(d.glob("*.yaml")) + list(d.glob("*.json")):
+            old.unlink()
 
     base = load(rendered)
     extra = []
     for ex in examples:
         extra.extend((ex, d) for d in load(ex))
+    # The Secret's shape, also for the overlay that deletes the placeholder one.
+    secret_shape = [d for d in load(SECRET_EXAMPLE) if isinstance(d, dict)]
 
     by_kind = {}
     written = 0
@@ -127,25 +148,22 @@ def main(argv):
             path = core_dir / f"{written:02d}-{str(kind).lower()}-{name}.yaml"
             path.write_text(yaml.safe_dump(doc, sort_keys=False))
         elif (av, kind) in CRDS:
-            if not isinstance(doc.get("spec"), dict):
-                fail(f"{label}: spec missing")
+            written += 1
+            path = crd_dir / f"{written:02d}-{str(kind).lower()}-{name}.json"
+            path.write_text(json.dumps(doc))
         else:
             fail(f"{label}: unexpected apiVersion/kind {av}/{kind}")
         if origin == "base":
             by_kind.setdefault(kind, []).append(doc)
 
-    missing = EXPECTED_KINDS_IN_BASE - set(by_kind)
-    if missing:
-        fail(f"base: missing kinds {sorted(missing)}")
-    if "Secret" in by_kind:
-        fail("base: contains a Secret; keep secrets out of the base (k8s/examples/secret.example.yaml "
-             "is the shape only) so `kubectl apply -k` never overwrites the real one")
+    if set(by_kind) != RENDERS[render]:
+        fail(f"{render}: kinds {sorted(by_kind)}, expected {sorted(RENDERS[render])}")
 
     def one(kind):
         docs = by_kind.get(kind) or []
         return docs[0] if docs else {}
 
-    examples_by_kind = {}
+    examples_by_kind = {"Secret": secret_shape}
     for _, d in extra:
         if isinstance(d, dict):
             examples_by_kind.setdefault(d.get("kind"), []).append(d)
@@ -165,12 +183,19 @@ def main(argv):
         fail(f"ConfigMap wxdispatch-config lacks {sorted(CONFIG_KEYS - set(data))}")
     if data.get("WXD_LOG_FORMAT") != "json":
         fail("ConfigMap: WXD_LOG_FORMAT must be json")
-    if not str(data.get("WXD_REDIS_URL", "")).startswith(("redis://", "rediss://")):
+    redis = "WXD_REDIS_URL" in data
+    if redis and not str(data["WXD_REDIS_URL"]).startswith(("redis://", "rediss://")):
         fail("ConfigMap: WXD_REDIS_URL must be a redis:// or rediss:// URL")
+    if render in ("redis-limiter", "overlay") and not redis:
+        fail(f"{render}: the shared limiter (WXD_REDIS_URL) is off")
+    if render in ("base", "prometheus-operator") and redis:
+        fail(f"{render}: WXD_REDIS_URL belongs in components/redis-limiter, not the base")
     if data.get("WXD_TOKEN_MODE") not in ("stable", "classic"):
         fail("ConfigMap: WXD_TOKEN_MODE must be stable or classic")
-    if data.get("WXD_HTTP_ADDR", "").rsplit(":", 1)[-1] != "9090":
-        fail("ConfigMap: WXD_HTTP_ADDR must listen on port 9090")
+    if data.get("WXD_HTTP_ADDR", "").rsplit(":", 1)[-1] != str(HTTP_PORT):
+        fail(f"ConfigMap: WXD_HTTP_ADDR must listen on port {HTTP_PORT}")
+    if data.get("WXD_CALLBACK_ADDR", "").rsplit(":", 1)[-1] != str(CALLBACK_PORT):
+        fail(f"ConfigMap: WXD_CALLBACK_ADDR must listen on port {CALLBACK_PORT} (the callback's own port)")
     known = known_binary_keys()
     if known is None:
         print("  note: src/config.rs KEYS table not found; skipped the known-key check")
@@ -186,9 +211,9 @@ def main(argv):
         fail("ConfigMap: WXD_DRAIN_TIMEOUT_SECS / WXD_EXPECTED_REPLICAS must be integers")
         drain, expected_replicas = 30, 0
 
-    # ---- Secret (example)
+    # ---- Secret (the example shape, and the placeholder one the base renders)
     secret_keys = set()
-    for s in examples_by_kind.get("Secret", []):
+    for s in examples_by_kind.get("Secret", []) + by_kind.get("Secret", []):
         sd = {**(s.get("data") or {}), **(s.get("stringData") or {})}
         secret_keys |= set(sd)
         if set(sd) != SECRET_KEYS:
@@ -232,11 +257,24 @@ def main(argv):
     if c.get("args") != ["run"]:
         fail("Deployment: container args must be [\"run\"]")
     ports = {p.get("name"): p for p in c.get("ports") or []}
-    if get(ports, "http", "containerPort") != 9090:
-        fail("Deployment: container port 9090 named http missing")
+    if get(ports, "http", "containerPort") != HTTP_PORT:
+        fail(f"Deployment: container port {HTTP_PORT} named http missing")
+    if get(ports, "callback", "containerPort") != CALLBACK_PORT:
+        fail(f"Deployment: container port {CALLBACK_PORT} named callback missing")
+    has_keda = "ScaledObject" in by_kind
+    if has_keda and "replicas" in (dep.get("spec") or {}):
+        fail("Deployment: sets spec.replicas while KEDA owns the count; every apply would "
+             "reset it (components/keda must remove it)")
+    if not has_keda and not isinstance(get(dep, "spec", "replicas"), int):
+        fail("Deployment: without KEDA it needs a fixed spec.replicas")
     for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
         if get(c, probe, "httpGet", "path") != path or get(c, probe, "httpGet", "port") not in ("http", 9090):
             fail(f"Deployment: {probe} must GET {path} on port http")
+    for ic in pod.get("initContainers") or []:
+        # The check-config initContainer must check the very image and settings that run.
+        if ic.get("args") == ["check-config"]:
+            if ic.get("image") != c.get("image") or ic.get("envFrom") != c.get("envFrom"):
+                fail("Deployment: the check-config initContainer must use the worker's image and envFrom")
     res = c.get("resources") or {}
     if get(res, "requests", "cpu") is None or get(res, "limits", "memory") is None:
         fail("Deployment: resources requests/limits missing")
@@ -249,7 +287,7 @@ def main(argv):
         fail("Deployment: envFrom must reference the Secret")
     for s in sec_refs:
         if s not in secret_names:
-            fail(f"Deployment: envFrom Secret {s} has no example in k8s/examples/")
+            fail(f"Deployment: envFrom Secret {s} is not the one of {SECRET_EXAMPLE.name}")
     for e in c.get("env") or []:
         if str(e.get("name", "")).startswith("WXD_") and known and e["name"] not in known \
                 and e["name"] not in ("WXD_CONFIG",) and not e["name"].startswith("WXD_SECRET"):
@@ -264,41 +302,68 @@ def main(argv):
     if not subset(get(svc, "spec", "selector"), pod_labels):
         fail("Service: selector does not match the pod labels")
     sports = {p.get("name"): p for p in get(svc, "spec", "ports", default=[])}
-    if get(sports, "http", "port") != 9090 or get(sports, "http", "targetPort") not in ("http", 9090):
-        fail("Service: port 9090 named http (targetPort http) missing")
+    if get(sports, "http", "port") != HTTP_PORT or get(sports, "http", "targetPort") not in ("http", HTTP_PORT):
+        fail(f"Service: port {HTTP_PORT} named http (targetPort http) missing")
+    if get(sports, "callback", "targetPort") not in ("callback", CALLBACK_PORT):
+        fail("Service: port named callback (targetPort callback) missing")
 
     # ---- PodDisruptionBudget
-    if not subset(get(one("PodDisruptionBudget"), "spec", "selector", "matchLabels"), pod_labels):
+    pdb = one("PodDisruptionBudget")
+    if not subset(get(pdb, "spec", "selector", "matchLabels"), pod_labels):
         fail("PodDisruptionBudget: selector does not match the pod labels")
+    if get(pdb, "spec", "unhealthyPodEvictionPolicy") != "AlwaysAllow":
+        fail("PodDisruptionBudget: unhealthyPodEvictionPolicy must be AlwaysAllow (readiness "
+             "follows the broker: a broker outage must not block node drains)")
 
     # ---- NetworkPolicy
     np = one("NetworkPolicy")
     if not subset(get(np, "spec", "podSelector", "matchLabels"), pod_labels):
         fail("NetworkPolicy: podSelector does not match the pod labels")
-    ingress_ports = {(p.get("protocol", "TCP"), p.get("port"))
-                     for r in get(np, "spec", "ingress", default=[]) for p in r.get("ports") or []}
+    # Each ingress port is open to one namespace only: the callback to the ingress controller,
+    # the metrics to Prometheus. A rule without `from` would open its ports to every pod.
+    allowed_from = {CALLBACK_PORT: INGRESS_NAMESPACE, HTTP_PORT: MONITORING_NAMESPACE}
+    opened = {}
+    for r in get(np, "spec", "ingress", default=[]):
+        froms = r.get("from") or []
+        namespaces = {get(f, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name")
+                      for f in froms}
+        if not froms or None in namespaces or any(set(f) != {"namespaceSelector"} for f in froms):
+            fail(f"NetworkPolicy: ingress rule {r} must name its source namespaces")
+        for p in r.get("ports") or []:
+            opened.setdefault(p.get("port"), set()).update(namespaces)
+        if not r.get("ports"):
+            fail(f"NetworkPolicy: ingress rule {r} opens every port")
+    for port, ns in allowed_from.items():
+        if opened.get(port) != {ns}:
+            fail(f"NetworkPolicy: port {port} must be open to namespace {ns} only, "
+                 f"got {sorted(map(str, opened.get(port, set())))}")
+    if set(opened) - set(allowed_from):
+        fail(f"NetworkPolicy: unexpected ingress ports {sorted(set(opened) - set(allowed_from))}")
     egress_ports = {(p.get("protocol", "TCP"), p.get("port"))
                     for r in get(np, "spec", "egress", default=[]) for p in r.get("ports") or []}
-    if ("TCP", 9090) not in ingress_ports:
-        fail("NetworkPolicy: ingress to TCP 9090 missing")
     for need in [("UDP", 53), ("TCP", 53), ("TCP", 5672), ("TCP", 5671), ("TCP", 6379), ("TCP", 443)]:
         if need not in egress_ports:
             fail(f"NetworkPolicy: egress {need[0]} {need[1]} missing")
     if set(get(np, "spec", "policyTypes", default=[])) != {"Ingress", "Egress"}:
         fail("NetworkPolicy: policyTypes must be Ingress and Egress")
 
-    # ---- KEDA (CRD: structural checks only)
+    # ---- KEDA (schema: deploy/tools/crd-validate; here the cross-references)
     so = one("ScaledObject")
+    if has_keda and not redis:
+        fail("ScaledObject: KEDA without the shared Redis limiter (components/redis-limiter) "
+             "would multiply every account's rate by the replica count")
     ta_names = {get(t, "metadata", "name") for t in by_kind.get("TriggerAuthentication", [])}
-    if get(so, "spec", "scaleTargetRef", "name") != get(dep, "metadata", "name"):
+    if has_keda and get(so, "spec", "scaleTargetRef", "name") != get(dep, "metadata", "name"):
         fail("ScaledObject: scaleTargetRef.name is not the Deployment")
     mn, mx = get(so, "spec", "minReplicaCount"), get(so, "spec", "maxReplicaCount")
-    if not (isinstance(mn, int) and isinstance(mx, int) and 1 <= mn <= mx):
+    if not has_keda:
+        pass
+    elif not (isinstance(mn, int) and isinstance(mx, int) and 1 <= mn <= mx):
         fail("ScaledObject: need integer 1 <= minReplicaCount <= maxReplicaCount")
     elif mx != expected_replicas:
         fail(f"ScaledObject: maxReplicaCount ({mx}) != WXD_EXPECTED_REPLICAS ({expected_replicas})")
     rabbit = [t for t in get(so, "spec", "triggers", default=[]) if t.get("type") == "rabbitmq"]
-    if not rabbit:
+    if has_keda and not rabbit:
         fail("ScaledObject: no rabbitmq trigger")
     for t in rabbit:
         md = t.get("metadata") or {}
@@ -313,28 +378,55 @@ def main(argv):
             if ref.get("name") not in secret_names or ref.get("key") not in secret_keys:
                 fail(f"TriggerAuthentication: secretTargetRef {ref} names no key of the Secret")
 
-    # ---- Prometheus Operator (CRD: structural checks only)
+    # ---- Prometheus Operator (schema: deploy/tools/crd-validate; here the cross-references)
+    has_po = "ServiceMonitor" in by_kind
     sm = one("ServiceMonitor")
-    if not subset(get(sm, "spec", "selector", "matchLabels"), get(svc, "metadata", "labels")):
+    if has_po and not subset(get(sm, "spec", "selector", "matchLabels"), get(svc, "metadata", "labels")):
         fail("ServiceMonitor: selector does not match the Service labels")
     for ep in get(sm, "spec", "endpoints", default=[]):
-        if ep.get("port") not in sports or ep.get("path", "/metrics") != "/metrics":
-            fail("ServiceMonitor: endpoint must scrape /metrics on a named Service port")
+        if ep.get("port") != "http" or ep.get("path", "/metrics") != "/metrics":
+            fail("ServiceMonitor: endpoint must scrape /metrics on the Service port http")
     pr = one("PrometheusRule")
     for g in get(pr, "spec", "groups", default=[]):
         for r in g.get("rules") or []:
             if not r.get("expr") or not (r.get("alert") or r.get("record")):
                 fail(f"PrometheusRule: rule without expr/alert in group {g.get('name')}")
-    if not get(pr, "spec", "groups"):
+    if has_po and not get(pr, "spec", "groups"):
         fail("PrometheusRule: no groups")
+    if render == "overlay":
+        for kind, obj in (("ServiceMonitor", sm), ("PrometheusRule", pr)):
+            if not get(obj, "metadata", "labels", "release"):
+                fail(f"{kind}: no `release` label; kube-prometheus-stack would not select it")
+
+    # ---- Overlay: namespace, and an Ingress that exposes the callback path only
+    if render == "overlay":
+        ns_names = {get(n, "metadata", "name") for n in by_kind.get("Namespace", [])}
+        for kind, docs in by_kind.items():
+            for d in docs:
+                if kind != "Namespace" and get(d, "metadata", "namespace") not in ns_names:
+                    fail(f"{kind}/{get(d, 'metadata', 'name')}: not in the overlay's namespace")
+        callback_path = data.get("WXD_CALLBACK_PATH")
+        for ing in by_kind.get("Ingress", []):
+            paths = [p for r in get(ing, "spec", "rules", default=[])
+                     for p in get(r, "http", "paths", default=[])]
+            if get(ing, "spec", "defaultBackend") is not None or not paths:
+                fail("Ingress: no defaultBackend allowed, and at least one path")
+            for p in paths:
+                backend = get(p, "backend", "service", default={})
+                if (p.get("path") != callback_path or p.get("pathType") != "Exact"
+                        or backend.get("name") != get(svc, "metadata", "name")
+                        or get(backend, "port", "name", default=get(backend, "port", "number"))
+                        not in ("callback", CALLBACK_PORT)):
+                    fail(f"Ingress: path {p} must be exactly {callback_path} to the Service's "
+                         "callback port")
 
     # ---- HPA example, if any
     for h in examples_by_kind.get("HorizontalPodAutoscaler", []):
         if get(h, "spec", "scaleTargetRef", "name") != get(dep, "metadata", "name"):
             fail("HPA example: scaleTargetRef.name is not the Deployment")
 
-    print(f"  {len(base)} rendered documents, {len(extra)} example documents; "
-          f"{written} core documents written to {core_dir}")
+    print(f"  {render}: {len(base)} rendered documents, {len(extra)} example documents; "
+          f"{written} documents written to {core_dir} and {crd_dir}")
     if problems:
         for p in problems:
             print(f"FAIL: {p}")

@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""Generate k8s/prometheusrule.yaml from deploy/prometheus/rules.yml (the one source of truth).
+"""Generate the two generated files of k8s/components/prometheus-operator/ from their one
+source of truth:
 
-    python3 deploy/tools/gen_prometheusrule.py          # (re)write k8s/prometheusrule.yaml
-    python3 deploy/tools/gen_prometheusrule.py --check  # exit 1 if it is out of date
+* prometheusrule.yaml      from deploy/prometheus/rules.yml
+* grafana-dashboard.yaml   from grafana/dashboards/wxdispatch.json (a ConfigMap labelled
+                           grafana_dashboard: "1", which Grafana's dashboard sidecar, as in
+                           kube-prometheus-stack, loads)
 
---check compares the parsed rule groups (not the text), so formatting changes in either file
-do not matter, only the rules do.
+    python3 deploy/tools/gen_prometheusrule.py          # (re)write both
+    python3 deploy/tools/gen_prometheusrule.py --check  # exit 1 if either is out of date
+
+--check compares parsed content (rule groups, dashboard JSON), not text, so formatting
+changes in either file do not matter.
 """
+import json
 import sys
 from pathlib import Path
 
@@ -14,7 +21,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy/prometheus/rules.yml"
-TARGET = ROOT / "k8s/prometheusrule.yaml"
+TARGET = ROOT / "k8s/components/prometheus-operator/prometheusrule.yaml"
+DASHBOARD = ROOT / "grafana/dashboards/wxdispatch.json"
+DASHBOARD_TARGET = ROOT / "k8s/components/prometheus-operator/grafana-dashboard.yaml"
+DASHBOARD_HEADER = """\
+# GENERATED from grafana/dashboards/wxdispatch.json by deploy/tools/gen_prometheusrule.py.
+# Do not edit: change the dashboard, then run
+#   python3 deploy/tools/gen_prometheusrule.py
+# Grafana's sidecar (kube-prometheus-stack: grafana.sidecar.dashboards.enabled, with
+# searchNamespace ALL or this namespace) loads every ConfigMap labelled grafana_dashboard: "1".
+"""
 
 HEADER = """\
 # GENERATED from deploy/prometheus/rules.yml by deploy/tools/gen_prometheusrule.py.
@@ -59,9 +75,38 @@ def render(groups):
     return HEADER + body
 
 
+def render_dashboard():
+    doc = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "wxdispatch-dashboard",
+                     "labels": {**LABELS, "grafana_dashboard": "1"}},
+        "data": {"wxdispatch.json": DASHBOARD.read_text()},
+    }
+    return DASHBOARD_HEADER + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000)
+
+
+def check_dashboard():
+    if not DASHBOARD_TARGET.exists():
+        print(f"FAIL: {DASHBOARD_TARGET.relative_to(ROOT)} missing; run {Path(__file__).relative_to(ROOT)}")
+        return 1
+    doc = yaml.safe_load(DASHBOARD_TARGET.read_text())
+    got = json.loads((doc.get("data") or {}).get("wxdispatch.json") or "null")
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    if got != json.loads(DASHBOARD.read_text()) or labels.get("grafana_dashboard") != "1":
+        print(f"FAIL: {DASHBOARD_TARGET.relative_to(ROOT)} differs from {DASHBOARD.relative_to(ROOT)} "
+              "(or lacks the grafana_dashboard label); regenerate with: "
+              "python3 deploy/tools/gen_prometheusrule.py")
+        return 1
+    print(f"ok: {DASHBOARD_TARGET.relative_to(ROOT)} matches {DASHBOARD.relative_to(ROOT)}")
+    return 0
+
+
 def main(argv):
     groups = load_groups()
     if "--check" in argv:
+        if check_dashboard():
+            return 1
         if not TARGET.exists():
             print(f"FAIL: {TARGET.relative_to(ROOT)} missing; run {Path(__file__).relative_to(ROOT)}")
             return 1
@@ -73,14 +118,16 @@ def main(argv):
             problems.append("spec.groups differs from deploy/prometheus/rules.yml groups")
         if problems:
             for p in problems:
-                print(f"FAIL: k8s/prometheusrule.yaml: {p}")
+                print(f"FAIL: k8s/components/prometheus-operator/prometheusrule.yaml: {p}")
             print("      regenerate with: python3 deploy/tools/gen_prometheusrule.py")
             return 1
         n = sum(len(g.get("rules", [])) for g in groups)
-        print(f"ok: k8s/prometheusrule.yaml matches deploy/prometheus/rules.yml ({n} rules)")
+        print(f"ok: k8s/components/prometheus-operator/prometheusrule.yaml matches deploy/prometheus/rules.yml ({n} rules)")
         return 0
     TARGET.write_text(render(groups))
     print(f"wrote {TARGET.relative_to(ROOT)}")
+    DASHBOARD_TARGET.write_text(render_dashboard())
+    print(f"wrote {DASHBOARD_TARGET.relative_to(ROOT)}")
     return 0
 
 

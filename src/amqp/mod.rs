@@ -42,11 +42,11 @@ pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
         match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => {
-                tracing::warn!(broker = %redact_url(url), error = %e, "broker node unreachable; trying the next");
+                tracing::warn!(broker = %crate::config::redact_url(url), error = %e, "broker node unreachable; trying the next");
                 last = Some(e);
             }
             Err(_) => {
-                tracing::warn!(broker = %redact_url(url), "broker node did not answer in {CONNECT_TIMEOUT:?}; trying the next");
+                tracing::warn!(broker = %crate::config::redact_url(url), "broker node did not answer in {CONNECT_TIMEOUT:?}; trying the next");
                 last = Some(
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out").into(),
                 );
@@ -56,23 +56,6 @@ pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
     Err(last.unwrap_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "no broker URL configured").into()
     }))
-}
-
-/// A broker URL (or a comma-separated list) with every password replaced by `***`, for logs
-/// and messages.
-pub fn redact_url(urls: &str) -> String {
-    broker_urls(urls)
-        .into_iter()
-        .map(|url| match (url.find("://"), url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => {
-                let creds = &url[s + 3..at];
-                let user = creds.split(':').next().unwrap_or("");
-                format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-            }
-            _ => url.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[cfg(test)]
@@ -90,7 +73,7 @@ mod tests {
                 "amqp://n3"
             ]
         );
-        let r = redact_url(urls);
+        let r = crate::config::redact_url(urls);
         assert!(!r.contains("p1") && !r.contains("p2"), "{r}");
         assert_eq!(
             r,

@@ -6,6 +6,7 @@
 
 mod bench;
 mod cluster;
+mod deploy;
 mod errors;
 mod faults;
 mod fuzz_corpus;

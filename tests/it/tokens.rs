@@ -236,7 +236,11 @@ async fn replicas_in_classic_mode_share_one_token_through_redis() {
     )
     .await
     .unwrap();
-    let replica = || {
+    // Each replica's Redis connection is opened first: a replica whose Redis does not answer
+    // falls back to a token of its own (by design), which is not what this test is about.
+    let replica = || async {
+        let slot = Arc::new(SharedSlot::new(REDIS_URL));
+        assert!(slot.get().await.is_some(), "Redis on 127.0.0.1:6379");
         TokenSource::new(
             appid.clone(),
             Secret::new(SECRET),
@@ -246,11 +250,11 @@ async fn replicas_in_classic_mode_share_one_token_through_redis() {
             TokenLimits {
                 stop_probe: Duration::from_secs(60),
                 force_budget: 2,
-                shared: Some(Arc::new(SharedSlot::new(REDIS_URL))),
+                shared: Some(slot),
             },
         )
     };
-    let (a, b, c) = (replica(), replica(), replica());
+    let (a, b, c) = (replica().await, replica().await, replica().await);
     let (ta, tb, tc) = tokio::join!(a.get(), b.get(), c.get());
     let (ta, tb, tc) = (ta.unwrap(), tb.unwrap(), tc.unwrap());
     assert_eq!(ta.value, tb.value);
@@ -281,14 +285,14 @@ async fn replicas_in_classic_mode_share_one_token_through_redis() {
         .query_async(&mut redis_conn().await)
         .await
         .unwrap();
-    let d = replica();
+    let d = replica().await;
     let old = d.get().await.unwrap();
     assert_eq!(old.value, ta.value);
     d.invalidate(&old).await;
     let new = d.get().await.unwrap();
     assert_ne!(new.value, ta.value);
     assert_eq!(mock.state.stats().token_calls, 2, "one new fetch");
-    let e = replica();
+    let e = replica().await;
     assert_eq!(
         e.get().await.unwrap().value,
         new.value,
