@@ -326,6 +326,7 @@ impl<'a> Validator<'a> {
                 secret: Secret::new(PLACEHOLDER_SECRET),
                 rate_per_sec: 1,
                 daily_quota: None,
+                original_id: None,
             }];
             c
         });
