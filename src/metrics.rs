@@ -36,6 +36,11 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub redis_fallback: IntGauge,
     pub outcome_latency_seconds: Histogram,
+    /// Outcome publishes the broker refused (a full queue with `reject-publish`: `nacked`; no
+    /// queue bound: `returned`). The job waits unacked and the publish is retried.
+    pub outcomes_refused_total: IntCounterVec,
+    /// Jobs sent whose outcome is waiting for the broker to take it.
+    pub outcomes_waiting: IntGauge,
 }
 
 impl Default for Metrics {
@@ -206,6 +211,17 @@ impl Metrics {
                 "1 while the shared Redis limiter is unreachable and the local fallback rate is in use",
             ),
             outcome_latency_seconds,
+            outcomes_refused_total: counter(
+                r,
+                "wxdispatch_outcomes_refused_total",
+                "Outcome publishes refused by the broker (nacked: a queue is full; returned: unroutable); the job waits and is retried",
+                &["reason"],
+            ),
+            outcomes_waiting: plain_gauge(
+                r,
+                "wxdispatch_outcomes_waiting",
+                "Jobs whose outcome waits for the broker to accept it (not acked, not sent again)",
+            ),
             registry,
         };
         m.build_info
@@ -213,6 +229,9 @@ impl Metrics {
             .set(1);
         for multiple in ["true", "false"] {
             m.amqp_acks_total.with_label_values(&[multiple]);
+        }
+        for reason in ["nacked", "returned"] {
+            m.outcomes_refused_total.with_label_values(&[reason]);
         }
         m
     }

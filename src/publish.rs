@@ -220,7 +220,7 @@ pub async fn run(config: &Config, lines: Vec<Line>, opts: &Options) -> anyhow::R
                 )
             })?;
         let publisher = Publisher::new(&conn, config).await?;
-        amqp::topology::declare(publisher.channel(), config)
+        amqp::topology::ensure(&conn, publisher.channel(), config)
             .await
             .context("cannot declare the queues (do they exist with other arguments?)")?;
         publish_all(

@@ -14,3 +14,4 @@ mod observability;
 mod pipeline;
 mod publish;
 mod receipts;
+mod topology;
