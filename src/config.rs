@@ -75,6 +75,9 @@ pub struct Account {
     pub rate_per_sec: u32,
     /// Successful sends allowed per Beijing day; the account pauses before it would pass it.
     pub daily_quota: Option<u64>,
+    /// The account's original id (`gh_…`), which WeChat puts in a push's `ToUserName`. With
+    /// several accounts a plaintext-mode receipt carries nothing else that names its account.
+    pub original_id: Option<String>,
 }
 
 /// The validated configuration the worker runs with.
@@ -118,6 +121,19 @@ pub struct Config {
     /// only the callback is exposed through a public Ingress and `/metrics` and the probes stay
     /// on a port the Ingress never routes to.
     pub callback_addr: Option<String>,
+    pub topology: Topology,
+}
+
+/// Who owns the queues and the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// The worker declares everything at start-up (needs the `configure` permission). The
+    /// default.
+    Declare,
+    /// The platform declares them (and sets their arguments with policies); the worker only
+    /// checks that they exist, so it needs no `configure` permission.
+    Passive,
 }
 
 /// A configuration error: one line that names the key at fault and never contains a secret.
@@ -171,6 +187,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("expected_replicas", Kind::Int),
     ("log_format", Kind::Str),
     ("callback_addr", Kind::Str),
+    ("topology", Kind::Str),
+    ("original_id", Kind::Str),
 ];
 
 /// Environment variables that are secrets or meta settings rather than file keys.
@@ -200,6 +218,8 @@ struct RawAccount {
     secret_file: Option<PathBuf>,
     rate_per_sec: Option<u32>,
     daily_quota: Option<u64>,
+    /// The account's original id (`gh_…`), to attribute plaintext-mode receipts.
+    original_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -240,6 +260,8 @@ struct Raw {
     expected_replicas: Option<u32>,
     log_format: Option<LogFormat>,
     callback_addr: Option<String>,
+    topology: Option<Topology>,
+    original_id: Option<String>,
     #[serde(default)]
     accounts: Vec<RawAccount>,
 }
@@ -351,6 +373,7 @@ impl Config {
                 secret,
                 rate_per_sec: default_rate,
                 daily_quota: raw.daily_quota,
+                original_id: raw.original_id.clone(),
             });
         }
         for (i, a) in raw.accounts.into_iter().enumerate() {
@@ -381,6 +404,7 @@ impl Config {
                 secret,
                 rate_per_sec: a.rate_per_sec.unwrap_or(default_rate),
                 daily_quota: a.daily_quota,
+                original_id: a.original_id,
             });
         }
         for (i, a) in accounts.iter().enumerate() {
@@ -398,6 +422,22 @@ impl Config {
             }
             if accounts[..i].iter().any(|b| b.appid == a.appid) {
                 return Err(err(format!("appid {}: configured twice", a.appid)));
+            }
+            if let Some(gh) = &a.original_id {
+                if !valid_appid(gh) {
+                    return Err(err(format!(
+                        "original_id of {}: not an original id (gh_…): {gh:?}",
+                        a.appid
+                    )));
+                }
+                if accounts[..i]
+                    .iter()
+                    .any(|b| b.original_id.as_deref() == Some(gh))
+                {
+                    return Err(err(format!(
+                        "original_id {gh}: declared by two accounts; receipts could not be told apart"
+                    )));
+                }
             }
         }
 
@@ -556,6 +596,7 @@ impl Config {
             expected_replicas,
             log_format,
             callback_addr: raw.callback_addr,
+            topology: raw.topology.unwrap_or(Topology::Declare),
         })
     }
 
@@ -628,6 +669,11 @@ impl Config {
             },
             "token_mode" => format!("{:?}", self.token_mode).to_ascii_lowercase(),
             "token_force_budget" => self.token_force_budget.to_string(),
+            "topology" => format!("{:?}", self.topology).to_ascii_lowercase(),
+            "original_id" => match self.accounts.as_slice() {
+                [a] => a.original_id.clone().unwrap_or_else(|| "none".into()),
+                _ => "(per account)".into(),
+            },
             "rate_per_sec" => match self.accounts.first() {
                 Some(a) => a.rate_per_sec.to_string(),
                 None => DEFAULT_RATE_PER_SEC.to_string(),
@@ -977,6 +1023,42 @@ mod tests {
         let e = only_file(&ef).unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn original_ids_and_topology_are_read_and_checked() {
+        let toml = r#"
+            topology = "passive"
+            [[accounts]]
+            appid = "wxaaaa"
+            original_id = "gh_aaaa"
+            [[accounts]]
+            appid = "wxbbbb"
+        "#;
+        let e = env(&[("WXD_SECRET_WXAAAA", "a"), ("WXD_SECRET_WXBBBB", "b")]);
+        let c = Config::from_sources(Some(toml), &e).unwrap();
+        assert_eq!(c.accounts[0].original_id.as_deref(), Some("gh_aaaa"));
+        assert_eq!(c.accounts[1].original_id, None);
+        assert_eq!(c.topology, Topology::Passive);
+        let c = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(c.topology, Topology::Declare, "the default");
+        let single = env(&[
+            ("WXD_APPID", "wxaaaa"),
+            ("WXD_SECRET", "a"),
+            ("WXD_ORIGINAL_ID", "gh_single"),
+            ("WXD_TOPOLOGY", "passive"),
+        ]);
+        let c = Config::from_sources(None, &single).unwrap();
+        assert_eq!(c.accounts[0].original_id.as_deref(), Some("gh_single"));
+        assert_eq!(c.topology, Topology::Passive);
+        let twice = toml.replace(
+            "appid = \"wxbbbb\"",
+            "appid = \"wxbbbb\"\noriginal_id = \"gh_aaaa\"",
+        );
+        let e2 = Config::from_sources(Some(&twice), &e).unwrap_err();
+        assert!(e2.to_string().contains("gh_aaaa"), "{e2}");
+        let bad = Config::from_sources(None, &env(&[("WXD_TOPOLOGY", "maybe")])).unwrap_err();
+        assert!(bad.to_string().contains("maybe"), "{bad}");
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
         secret: crate::config::Secret::new(SECRET),
         rate_per_sec: 5000,
         daily_quota: None,
+        original_id: None,
     }];
 
     println!(

@@ -46,6 +46,11 @@ pub struct Metrics {
     /// From the job's publish to its first delivery: how old the head of the jobs queue is
     /// when a worker reaches it (the "oldest job" alert reads it).
     pub queue_wait_seconds: Histogram,
+    /// Outcome publishes the broker refused (a full queue with `reject-publish`: `nacked`; no
+    /// queue bound: `returned`). The job waits unacked and the publish is retried.
+    pub outcomes_refused_total: IntCounterVec,
+    /// Jobs sent whose outcome is waiting for the broker to take it.
+    pub outcomes_waiting: IntGauge,
 }
 
 /// Buckets for ages that include the backlog and deferrals: a quota pause defers jobs for
@@ -259,6 +264,17 @@ impl Metrics {
             outcome_latency_seconds,
             publish_latency_seconds,
             queue_wait_seconds,
+            outcomes_refused_total: counter(
+                r,
+                "wxdispatch_outcomes_refused_total",
+                "Outcome publishes refused by the broker (nacked: a queue is full; returned: unroutable); the job waits and is retried",
+                &["reason"],
+            ),
+            outcomes_waiting: plain_gauge(
+                r,
+                "wxdispatch_outcomes_waiting",
+                "Jobs whose outcome waits for the broker to accept it (not acked, not sent again)",
+            ),
             registry,
         };
         m.build_info
@@ -266,6 +282,9 @@ impl Metrics {
             .set(1);
         for multiple in ["true", "false"] {
             m.amqp_acks_total.with_label_values(&[multiple]);
+        }
+        for reason in ["nacked", "returned"] {
+            m.outcomes_refused_total.with_label_values(&[reason]);
         }
         m
     }

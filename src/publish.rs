@@ -235,7 +235,7 @@ pub async fn run(config: &Config, lines: Vec<Line>, opts: &Options) -> anyhow::R
                 )
             })?;
         let publisher = Publisher::new(&conn, config).await?;
-        amqp::topology::declare(publisher.channel(), config)
+        amqp::topology::ensure(&conn, publisher.channel(), config)
             .await
             .context("cannot declare the queues (do they exist with other arguments?)")?;
         publish_all(
@@ -344,6 +344,7 @@ impl<'a> Validator<'a> {
                 secret: Secret::new(PLACEHOLDER_SECRET),
                 rate_per_sec: 1,
                 daily_quota: None,
+                original_id: None,
             }];
             c
         });

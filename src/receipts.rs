@@ -1,17 +1,25 @@
 //! The WeChat server callback: URL verification and TEMPLATESENDJOBFINISH delivery receipts.
 //!
-//! A receipt is published to the outcome exchange (kind `receipt`) with publisher confirms
-//! *before* the endpoint answers `success`. If the broker is unavailable the endpoint answers
-//! 503, so WeChat retries: no receipt is acknowledged unless it was stored. WeChat retries a
-//! push up to three times, so receipts are deduplicated by `(MsgID, status)` for a while.
+//! A receipt is published to the outcome exchange (kind `receipt`) with publisher confirms,
+//! and the endpoint answers `success` only once the broker confirmed it: `success` makes
+//! WeChat stop retrying, so it is a promise that the receipt is stored.
+//!
+//! WeChat gives up on a push after 5 s and retries it (three tries in all). The publish runs
+//! in its own task, so it outlives the request; the request waits for it at most
+//! [`ANSWER_WITHIN`] and otherwise answers 503. A retry of a push whose publish is still in
+//! flight waits for that same publish (it never starts a second one, and never gets
+//! `success` early); a retry after a failed publish publishes again; a retry after a
+//! confirmed one is answered `success` at once. Pushes are told apart by
+//! `(ToUserName, FromUserName, CreateTime, MsgID, Status)`, remembered for [`DEDUP_FOR`].
 //!
 //! Bad input never publishes: a wrong signature or a stale timestamp is 401; malformed XML, a
-//! DOCTYPE, bad base64 or padding, a wrong appid or an oversized body is 400. Each is counted
-//! in `wxdispatch_callback_requests_total{result}`.
+//! DOCTYPE, bad base64 or padding, a wrong appid, a missing field or an oversized body is 400.
+//! Each is counted in `wxdispatch_callback_requests_total{result}`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -29,19 +37,175 @@ use crate::outcome::{Kind, Outcome, SendStatus};
 
 /// Largest callback body accepted. WeChat's pushes are well under 2 KiB.
 pub const MAX_BODY: usize = 16 * 1024;
-/// How long a receipt's `(MsgID, status)` is remembered to drop WeChat's retries.
-const DEDUP_FOR: Duration = Duration::from_secs(600);
+/// How long a stored receipt is remembered to answer WeChat's retries without publishing
+/// again. WeChat's three tries are over within a minute; ten leaves room for clock trouble.
+pub const DEDUP_FOR: Duration = Duration::from_secs(600);
+/// The longest a push waits for its receipt's confirm before it is answered 503. WeChat
+/// gives up after 5 s; the rest is for the network and the answer itself.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(4);
+/// Opening the receipt connection gets this long, so a broker that accepts TCP but never
+/// finishes the handshake cannot hold the connection slot (and every receipt behind it).
+const CONNECT_WITHIN: Duration = Duration::from_secs(3);
+/// One receipt publish (connect and confirm) gets this long in its own task. Longer than
+/// [`ANSWER_WITHIN`] on purpose: a broker blocked for a few seconds still stores the receipt
+/// once, and WeChat's next retry gets `success` instead of a second publish.
+const PUBLISH_WITHIN: Duration = Duration::from_secs(30);
+
+/// What tells one receipt push from another. WeChat repeats all five on a retry; MsgID alone
+/// is not enough, because it is reported to be 0 for messages sent with a `client_msg_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReceiptKey {
+    pub to_user: String,
+    pub from_user: String,
+    pub create_time: i64,
+    pub msg_id: i64,
+    /// WeChat's status text, verbatim.
+    pub status: String,
+}
+
+/// How a push is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// This push's receipt was published and confirmed: `success`.
+    Stored,
+    /// A retry of a push whose receipt was confirmed earlier: `success`, nothing published.
+    Duplicate,
+    /// A retry that waited for the publish an earlier try started, and saw it confirmed:
+    /// `success`, nothing published again.
+    Joined,
+    /// The publish failed: 503, WeChat retries and the retry publishes again.
+    Failed,
+    /// No confirm within [`ANSWER_WITHIN`]: 503. The publish goes on; a retry waits for it.
+    Pending,
+}
+
+impl Answer {
+    /// Whether WeChat may be told `success` (it will not push this receipt again).
+    pub fn is_success(&self) -> bool {
+        matches!(self, Answer::Stored | Answer::Duplicate | Answer::Joined)
+    }
+
+    /// The `wxdispatch_callback_requests_total` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Answer::Stored => "ok",
+            Answer::Duplicate => "duplicate",
+            Answer::Joined => "joined",
+            Answer::Failed => "unavailable",
+            Answer::Pending => "pending",
+        }
+    }
+}
+
+enum Entry {
+    /// A publish is running; the value turns `Some(confirmed)` when it ends.
+    InFlight(tokio::sync::watch::Receiver<Option<bool>>),
+    /// Confirmed at this instant.
+    Stored(tokio::time::Instant),
+}
+
+/// The receipts seen recently and the publishes in flight, by [`ReceiptKey`].
+pub struct Dedupe {
+    entries: Mutex<HashMap<ReceiptKey, Entry>>,
+    keep_for: Duration,
+}
+
+impl Dedupe {
+    pub fn new(keep_for: Duration) -> Arc<Dedupe> {
+        Arc::new(Dedupe {
+            entries: Mutex::new(HashMap::new()),
+            keep_for,
+        })
+    }
+
+    /// Stores the receipt `key` with `publish` unless it is stored or being stored already,
+    /// and answers within `answer_within`. `publish` runs in its own task, so a push that
+    /// gives up (or a client that hangs up) never cancels a publish half way: its outcome is
+    /// recorded for the retry either way.
+    pub async fn store<F>(
+        self: &Arc<Self>,
+        key: ReceiptKey,
+        answer_within: Duration,
+        publish: F,
+    ) -> Answer
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + answer_within;
+        let (mut done, joined) = {
+            // Tokio's clock, so tests can move it past `keep_for`.
+            let now = tokio::time::Instant::now();
+            let mut entries = self.entries.lock().expect("dedupe lock");
+            if entries.len() > 100_000 {
+                let keep = self.keep_for;
+                entries.retain(|_, e| match e {
+                    Entry::Stored(t) => now.duration_since(*t) < keep,
+                    Entry::InFlight(_) => true,
+                });
+            }
+            match entries.get(&key) {
+                Some(Entry::Stored(t)) if now.duration_since(*t) < self.keep_for => {
+                    return Answer::Duplicate;
+                }
+                Some(Entry::InFlight(rx)) => (rx.clone(), true),
+                _ => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    entries.insert(key.clone(), Entry::InFlight(rx.clone()));
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let confirmed = publish.await.is_ok();
+                        {
+                            let mut entries = me.entries.lock().expect("dedupe lock");
+                            if confirmed {
+                                entries.insert(key, Entry::Stored(tokio::time::Instant::now()));
+                            } else {
+                                entries.remove(&key);
+                            }
+                        }
+                        let _ = tx.send(Some(confirmed));
+                    });
+                    (rx, false)
+                }
+            }
+        };
+        let ended = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
+        match ended {
+            Ok(Ok(v)) if *v == Some(true) => {
+                if joined {
+                    Answer::Joined
+                } else {
+                    Answer::Stored
+                }
+            }
+            Ok(_) => Answer::Failed,
+            Err(_) => Answer::Pending,
+        }
+    }
+}
+
+/// The account a plaintext-mode receipt belongs to: the one that declares the push's
+/// `ToUserName` as its original id, else the only account. With several accounts and no
+/// match there is no honest answer, so none.
+pub fn attribute(accounts: &[(String, Option<String>)], to_user: &str) -> Option<String> {
+    accounts
+        .iter()
+        .find(|(_, gh)| gh.as_deref() == Some(to_user))
+        .or_else(|| (accounts.len() == 1).then(|| &accounts[0]))
+        .map(|(appid, _)| appid.clone())
+}
 
 /// Callback state.
 pub struct Receipts {
     token: Secret,
     aes_key: Option<AesKey>,
     appids: Vec<String>,
+    /// `(appid, original_id)` of every account, to attribute plaintext receipts.
+    accounts: Vec<(String, Option<String>)>,
     max_age: Duration,
     metrics: Arc<Metrics>,
     config: Config,
     publisher: tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>,
-    seen: Mutex<HashMap<(i64, String), Instant>>,
+    seen: Arc<Dedupe>,
 }
 
 impl Receipts {
@@ -66,11 +230,16 @@ impl Receipts {
             token,
             aes_key,
             appids: config.accounts.iter().map(|a| a.appid.clone()).collect(),
+            accounts: config
+                .accounts
+                .iter()
+                .map(|a| (a.appid.clone(), a.original_id.clone()))
+                .collect(),
             max_age: Duration::from_secs(config.callback_max_age_secs),
             metrics,
             config: config.clone(),
             publisher: tokio::sync::Mutex::new(None),
-            seen: Mutex::new(HashMap::new()),
+            seen: Dedupe::new(DEDUP_FOR),
         })))
     }
 
@@ -97,44 +266,33 @@ impl Receipts {
         (now - ts).unsigned_abs() <= self.max_age.as_secs()
     }
 
-    /// Publishes with confirms over a lazily (re)opened connection.
+    /// Publishes with confirms over a lazily (re)opened connection, all within
+    /// [`PUBLISH_WITHIN`].
     async fn publish(&self, outcome: &Outcome) -> anyhow::Result<()> {
-        // The lock only guards (re)connecting; confirms are awaited outside it, so receipts
-        // are published concurrently.
-        let publisher = {
-            let mut slot = self.publisher.lock().await;
-            if slot.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
-                let conn = amqp::connect(&self.config.amqp_url, "wxdispatch-receipts").await?;
-                let publisher = Arc::new(Publisher::new(&conn, &self.config).await?);
-                *slot = Some((conn, publisher));
-            }
-            slot.as_ref().expect("just set").1.clone()
-        };
-        publisher.outcome(outcome).await?;
-        Ok(())
-    }
-
-    /// Whether this receipt was already stored recently; marks it seen if not.
-    fn first_time(&self, msgid: i64, status: &str) -> bool {
-        let now = Instant::now();
-        let mut seen = self.seen.lock().expect("seen lock");
-        if seen.len() > 100_000 {
-            seen.retain(|_, t| now.duration_since(*t) < DEDUP_FOR);
-        }
-        match seen.get(&(msgid, status.to_string())) {
-            Some(t) if now.duration_since(*t) < DEDUP_FOR => false,
-            _ => {
-                seen.insert((msgid, status.to_string()), now);
-                true
-            }
-        }
-    }
-
-    fn forget(&self, msgid: i64, status: &str) {
-        self.seen
-            .lock()
-            .expect("seen lock")
-            .remove(&(msgid, status.to_string()));
+        tokio::time::timeout(PUBLISH_WITHIN, async {
+            // The lock only guards (re)connecting; confirms are awaited outside it, so
+            // receipts are published concurrently.
+            let publisher = {
+                let mut slot = self.publisher.lock().await;
+                if slot.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
+                    let conn = tokio::time::timeout(
+                        CONNECT_WITHIN,
+                        amqp::connect(&self.config.amqp_url, "wxdispatch-receipts"),
+                    )
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!("no AMQP connection within {CONNECT_WITHIN:?}")
+                    })??;
+                    let publisher = Arc::new(Publisher::new(&conn, &self.config).await?);
+                    *slot = Some((conn, publisher));
+                }
+                slot.as_ref().expect("just set").1.clone()
+            };
+            publisher.outcome(outcome).await?;
+            anyhow::Ok(())
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no confirm within {PUBLISH_WITHIN:?}"))?
     }
 }
 
@@ -249,32 +407,243 @@ async fn receive(
         return reply(StatusCode::BAD_REQUEST, "receipt without MsgID or Status");
     };
     let status = ReceiptStatus::from_wechat(&raw_status);
-    if !r.first_time(msgid, status.as_str()) {
-        r.count("duplicate");
-        return "success".into_response();
+    let appid = appid.or_else(|| attribute(&r.accounts, &event.to_user));
+    if appid.is_none() {
+        tracing::warn!(to_user = %event.to_user, "receipt for an original id no account declares (set original_id in [[accounts]])");
     }
-    let appid = appid.or_else(|| (r.appids.len() == 1).then(|| r.appids[0].clone()));
+    let key = ReceiptKey {
+        to_user: event.to_user.clone(),
+        from_user: event.from_user.clone(),
+        create_time: event.create_time,
+        msg_id: msgid,
+        status: raw_status.clone(),
+    };
     let mut o = Outcome::send(SendStatus::Sent, None, appid, Some(event.from_user.clone()));
     o.kind = Kind::Receipt;
     o.status = status.as_str().to_string();
     o.msgid = Some(msgid);
     o.errmsg = Some(raw_status);
-    match r.publish(&o).await {
-        Ok(()) => {
-            r.count("ok");
-            let label = match status {
-                ReceiptStatus::Other(_) => "other",
-                _ => status.as_str(),
+    let label = match status {
+        ReceiptStatus::Other(_) => "other",
+        _ => status.as_str(),
+    }
+    .to_string();
+    let publisher = r.clone();
+    let publish = async move {
+        match publisher.publish(&o).await {
+            Ok(()) => {
+                // Counted when the broker confirmed, even if the push that started it had
+                // already been answered 503.
+                publisher
+                    .metrics
+                    .receipts_total
+                    .with_label_values(&[label.as_str()])
+                    .inc();
+                tracing::debug!(msgid, status = %o.status, "receipt stored");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, msgid, "could not store a receipt; WeChat's retry will try again");
+                Err(e)
+            }
+        }
+    };
+    let answer = r.seen.store(key, ANSWER_WITHIN, publish).await;
+    r.count(answer.label());
+    if answer.is_success() {
+        "success".into_response()
+    } else {
+        if answer == Answer::Pending {
+            tracing::warn!(
+                msgid,
+                "receipt not confirmed within {ANSWER_WITHIN:?}; answering 503 so WeChat retries"
+            );
+        }
+        reply(StatusCode::SERVICE_UNAVAILABLE, "try again")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn key(from_user: &str, msg_id: i64) -> ReceiptKey {
+        ReceiptKey {
+            to_user: "gh_7f083739789a".into(),
+            from_user: from_user.into(),
+            create_time: 1_700_000_000,
+            msg_id,
+            status: "success".into(),
+        }
+    }
+
+    /// A publish that counts its runs and, with `release`, ends only when the test says
+    /// (`true`: confirmed, `false`: refused); without it, it is confirmed at once.
+    fn publish(
+        runs: &Arc<AtomicUsize>,
+        release: Option<tokio::sync::oneshot::Receiver<bool>>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
+        let runs = runs.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let ok = match release {
+                Some(rx) => rx.await.unwrap_or(false),
+                None => true,
             };
-            r.metrics.receipts_total.with_label_values(&[label]).inc();
-            tracing::debug!(msgid, status = %o.status, "receipt stored");
-            "success".into_response()
+            if ok {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("nacked"))
+            }
         }
-        Err(e) => {
-            r.forget(msgid, status.as_str());
-            r.count("unavailable");
-            tracing::warn!(error = %e, msgid, "could not store a receipt; answering 503 so WeChat retries");
-            reply(StatusCode::SERVICE_UNAVAILABLE, "try again")
+    }
+
+    #[tokio::test]
+    async fn a_retry_during_the_publish_waits_for_it_and_never_gets_success_early() {
+        let d = Dedupe::new(DEDUP_FOR);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (release, rx) = tokio::sync::oneshot::channel();
+        let first = d
+            .store(
+                key("o1", 5),
+                Duration::from_millis(50),
+                publish(&runs, Some(rx)),
+            )
+            .await;
+        assert_eq!(first, Answer::Pending, "no confirm yet: 503, not success");
+        let retry = {
+            let d = d.clone();
+            let runs = runs.clone();
+            tokio::spawn(async move {
+                d.store(key("o1", 5), Duration::from_secs(30), publish(&runs, None))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!retry.is_finished(), "the retry waits for the confirm");
+        release.send(true).unwrap();
+        assert_eq!(retry.await.unwrap(), Answer::Joined);
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "published once");
+        let later = d
+            .store(key("o1", 5), Duration::from_secs(1), publish(&runs, None))
+            .await;
+        assert_eq!(later, Answer::Duplicate);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_answer_comes_within_its_bound_even_if_the_publish_never_ends() {
+        assert!(ANSWER_WITHIN < Duration::from_secs(5), "WeChat waits 5 s");
+        let d = Dedupe::new(DEDUP_FOR);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (_never, rx) = tokio::sync::oneshot::channel::<bool>();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            d.store(
+                key("o2", 6),
+                Duration::from_millis(100),
+                publish(&runs, Some(rx)),
+            ),
+        )
+        .await
+        .expect("answered within the bound, not when the publish ends");
+        assert_eq!(answer, Answer::Pending);
+        assert!(!answer.is_success());
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_is_forgotten_so_the_retry_publishes_again() {
+        let d = Dedupe::new(DEDUP_FOR);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (nack, rx) = tokio::sync::oneshot::channel();
+        nack.send(false).unwrap();
+        let first = d
+            .store(
+                key("o3", 7),
+                Duration::from_secs(5),
+                publish(&runs, Some(rx)),
+            )
+            .await;
+        assert_eq!(first, Answer::Failed);
+        let retry = d
+            .store(key("o3", 7), Duration::from_secs(5), publish(&runs, None))
+            .await;
+        assert_eq!(retry, Answer::Stored);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stored_receipt_is_forgotten_after_the_dedupe_window() {
+        let d = Dedupe::new(Duration::from_millis(1));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let k = key("o4", 8);
+        assert_eq!(
+            d.store(k.clone(), Duration::from_secs(5), publish(&runs, None))
+                .await,
+            Answer::Stored
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            d.store(k, Duration::from_secs(5), publish(&runs, None))
+                .await,
+            Answer::Stored,
+            "past the window a push is a new receipt"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn every_field_of_the_key_tells_receipts_apart() {
+        let d = Dedupe::new(DEDUP_FOR);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let base = key("o5", 0);
+        let variants = [
+            base.clone(),
+            ReceiptKey {
+                to_user: "gh_other".into(),
+                ..base.clone()
+            },
+            ReceiptKey {
+                from_user: "o6".into(),
+                ..base.clone()
+            },
+            ReceiptKey {
+                create_time: base.create_time + 1,
+                ..base.clone()
+            },
+            ReceiptKey {
+                msg_id: 1,
+                ..base.clone()
+            },
+            ReceiptKey {
+                status: "failed:user block".into(),
+                ..base.clone()
+            },
+        ];
+        for k in variants {
+            let a = d
+                .store(k.clone(), Duration::from_secs(5), publish(&runs, None))
+                .await;
+            assert_eq!(a, Answer::Stored, "{k:?} is a receipt of its own");
         }
+        let again = d
+            .store(base, Duration::from_secs(5), publish(&runs, None))
+            .await;
+        assert_eq!(again, Answer::Duplicate, "all five equal: WeChat's retry");
+        assert_eq!(runs.load(Ordering::SeqCst), 6);
+    }
+
+    #[test]
+    fn receipts_are_attributed_by_original_id_else_to_the_only_account() {
+        let two = vec![
+            ("wxa".to_string(), Some("gh_a".to_string())),
+            ("wxb".to_string(), Some("gh_b".to_string())),
+        ];
+        assert_eq!(attribute(&two, "gh_b").as_deref(), Some("wxb"));
+        assert_eq!(attribute(&two, "gh_a").as_deref(), Some("wxa"));
+        assert_eq!(attribute(&two, "gh_c"), None, "no guess among several");
+        let one = vec![("wxa".to_string(), None)];
+        assert_eq!(attribute(&one, "gh_anything").as_deref(), Some("wxa"));
     }
 }

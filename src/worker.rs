@@ -106,6 +106,15 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) -> anyhow::Result<()> {
                 tracing::warn!(reason = %why, "AMQP session lost; reconnecting");
             }
             Err(e) => {
+                // A queue with other arguments, or a missing one in passive mode: no
+                // reconnect can fix that, so stop and say what to do.
+                if let Some(t) = e.downcast_ref::<topology::TopologyError>()
+                    && t.is_permanent()
+                {
+                    tracing::error!(error = %t, "cannot use the queues as configured; stopping");
+                    ctx.health.set_ready(&ctx.metrics, false);
+                    return Err(e);
+                }
                 tracing::warn!(error = %e, "AMQP session failed; reconnecting");
             }
         }
@@ -129,7 +138,7 @@ async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionE
     let pub_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-publish-{host}")).await?;
     let con_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-consume-{host}")).await?;
     let publisher = Publisher::new(&pub_conn, cfg).await?;
-    topology::declare(publisher.channel(), cfg).await?;
+    topology::ensure(&pub_conn, publisher.channel(), cfg).await?;
     let ch = con_conn.create_channel().await?;
     ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
         .await?;
@@ -455,7 +464,7 @@ async fn publish_final(
     delivery: &Delivery,
     o: &Outcome,
 ) -> Result<(), PublishError> {
-    io.publisher.outcome(o).await?;
+    publish_outcome_waiting(ctx, io, o).await?;
     // Only configured appids become label values: an invalid job may name anything.
     let appid = o
         .appid
@@ -488,5 +497,49 @@ fn observe_queue_wait(ctx: &Ctx, props: &lapin::BasicProperties) {
         .is_none_or(|t| !t.inner().contains_key(headers::FIRST_SEEN));
     if first && let Some(age) = publish_age_secs(props) {
         ctx.metrics.queue_wait_seconds.observe(age);
+    }
+}
+
+/// Publishes an outcome; while the broker refuses it (a full outcomes queue with
+/// `reject-publish` nacks, an unbound exchange returns), waits and tries again rather than
+/// nacking the job: a requeued job would be sent to WeChat again, and would reach the
+/// queue's delivery limit and be dead-lettered without an outcome. The job stays unacked
+/// meanwhile, counted in `wxdispatch_outcomes_waiting`; it is given up (and redelivered) only
+/// with its session, or when the drain timeout ends.
+async fn publish_outcome_waiting(ctx: &Ctx, io: &Io, o: &Outcome) -> Result<(), PublishError> {
+    /// Keeps `outcomes_waiting` right even when the task is aborted at the drain timeout.
+    struct Waiting<'a>(&'a Metrics);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.outcomes_waiting.dec();
+        }
+    }
+    let mut wait = Duration::from_millis(250);
+    let mut waiting = None;
+    loop {
+        let reason = match io.publisher.outcome(o).await {
+            Ok(()) => return Ok(()),
+            Err(PublishError::Nacked) => "nacked",
+            Err(PublishError::Returned) => "returned",
+            Err(e) => return Err(e),
+        };
+        ctx.metrics
+            .outcomes_refused_total
+            .with_label_values(&[reason])
+            .inc();
+        if waiting.is_none() {
+            ctx.metrics.outcomes_waiting.inc();
+            waiting = Some(Waiting(&ctx.metrics));
+            tracing::warn!(
+                reason,
+                exchange = %ctx.config.outcomes_exchange,
+                "the broker refused an outcome (is the outcomes queue full?); the job waits unacked and the outcome is retried"
+            );
+        }
+        if !io.publisher.channel().status().connected() {
+            return Err(PublishError::Nacked);
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }

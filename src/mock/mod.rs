@@ -198,6 +198,12 @@ pub struct Stats {
     /// Receipts pushed to the callback URL, and how many were answered `success`.
     pub receipts_pushed: u64,
     pub receipts_acknowledged: u64,
+    /// Every try of every receipt push and how it was answered, so a test can check that no
+    /// push was answered `success` before its receipt was stored.
+    pub receipt_tries: Vec<push::ReceiptTry>,
+    /// Accepted send requests (first or repeated) per `client_msg_id`, so a test can tell
+    /// which job reached WeChat twice, not only that some did.
+    pub sends_by_id: BTreeMap<String, u64>,
 }
 
 /// A message the simulator accepted: `(touser, client_msg_id)` → msgid.
@@ -637,6 +643,7 @@ async fn template_send(
     };
     {
         let mut st = s.stats.lock().unwrap();
+        *st.sends_by_id.entry(client_msg_id).or_default() += 1;
         if new {
             st.messages += 1;
             *st.per_appid.entry(appid.clone()).or_default() += 1;

@@ -19,6 +19,20 @@ pub struct PushTarget {
     pub delay_ms: u64,
 }
 
+/// One try of a receipt push, as WeChat's side saw it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReceiptTry {
+    pub msgid: i64,
+    /// 0 for the first try.
+    pub attempt: u64,
+    /// The HTTP status, or 0 when no answer came within WeChat's 5 s.
+    pub http_status: u16,
+    /// Answered `success` (WeChat stops retrying).
+    pub success: bool,
+    /// When the answer (or the timeout) came, Unix milliseconds.
+    pub at_ms: i64,
+}
+
 /// Status to report: `success` unless the openid asks otherwise (`block` or `sysfail` in the
 /// openid give `failed:user block` / `failed: system failed`).
 fn status_for(touser: &str) -> &'static str {
@@ -103,13 +117,30 @@ pub fn spawn_receipt(
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;
-            if let Ok(r) = resp
-                && r.status().is_success()
-                && r.text()
-                    .await
-                    .is_ok_and(|t| t.trim() == "success" || t.is_empty())
+            let (http_status, success) = match resp {
+                Ok(r) => {
+                    let code = r.status();
+                    let text = r.text().await;
+                    let ok = code.is_success()
+                        && text.is_ok_and(|t| t.trim() == "success" || t.is_empty());
+                    (code.as_u16(), ok)
+                }
+                Err(_) => (0, false),
+            };
             {
-                state.stats.lock().unwrap().receipts_acknowledged += 1;
+                let mut stats = state.stats.lock().unwrap();
+                stats.receipt_tries.push(ReceiptTry {
+                    msgid,
+                    attempt,
+                    http_status,
+                    success,
+                    at_ms: chrono::Utc::now().timestamp_millis(),
+                });
+                if success {
+                    stats.receipts_acknowledged += 1;
+                }
+            }
+            if success {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;

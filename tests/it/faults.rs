@@ -493,17 +493,6 @@ fn refused_base() -> String {
     format!("http://{dead_addr}")
 }
 
-/// Restores the broker's memory watermark even if the test fails.
-struct WatermarkGuard;
-
-impl Drop for WatermarkGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["set_vm_memory_high_watermark", "0.4"])
-            .output();
-    }
-}
-
 /// While RabbitMQ raises a memory alarm (publishers blocked), the worker takes no new work and
 /// reports not ready; when the alarm clears it finishes everything. Serial: the alarm blocks
 /// every publisher on the broker.
@@ -524,13 +513,7 @@ async fn serial_a_memory_alarm_pauses_the_worker_without_losing_jobs() {
     let mut out = h.outcomes(10, Duration::from_secs(15)).await;
     let jobs_after = jobs("alarm", n);
     h.publish_many(&jobs_after).await;
-    let guard = WatermarkGuard;
-    let ok = std::process::Command::new("rabbitmqctl")
-        .args(["set_vm_memory_high_watermark", "absolute", "1"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "could not raise a memory alarm");
+    let guard = MemoryAlarm::raise();
     let ready_url = h.metrics_url().replace("/metrics", "/readyz");
     let mut saw_unready = false;
     for _ in 0..50 {

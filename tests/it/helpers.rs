@@ -446,3 +446,53 @@ fn tracing_subscriber_init() -> Option<()> {
     }
     Some(())
 }
+
+/// A RabbitMQ memory alarm (every publisher on the broker blocks) for as long as it lives.
+/// The watermark in force before is read first and put back on drop, even when the test
+/// panics. Only for `serial_*` tests run under `flock -x /tmp/wxd-broker.lock`.
+pub struct MemoryAlarm {
+    previous: Vec<String>,
+}
+
+impl MemoryAlarm {
+    pub fn raise() -> MemoryAlarm {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+            .output()
+            .expect("rabbitmqctl");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // Either a fraction (`0.4`) or `{absolute,N}`.
+        let previous = match text.strip_prefix("{absolute,") {
+            Some(rest) => vec!["absolute".into(), rest.trim_end_matches('}').to_string()],
+            None if text.parse::<f64>().is_ok() => vec![text],
+            None => vec!["0.4".into()],
+        };
+        let alarm = MemoryAlarm { previous };
+        let ok = std::process::Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", "absolute", "1"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(ok, "could not raise a memory alarm");
+        alarm
+    }
+}
+
+/// Whether the broker has a memory alarm in force right now.
+pub fn memory_alarm_in_force() -> bool {
+    std::process::Command::new("rabbitmqctl")
+        .args(["eval", "rabbit_alarm:get_alarms()."])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("memory"))
+        .unwrap_or(false)
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let mut args = vec!["set_vm_memory_high_watermark".to_string()];
+        args.extend(self.previous.iter().cloned());
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(&args)
+            .output();
+    }
+}

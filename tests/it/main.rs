@@ -18,3 +18,4 @@ mod publish;
 mod receipts;
 mod token_faults;
 mod tokens;
+mod topology;

@@ -670,3 +670,282 @@ async fn sent_outcomes_come_back_as_plaintext_receipts_end_to_end() {
 async fn sent_outcomes_come_back_as_safe_mode_receipts_end_to_end() {
     send_then_receipts(true).await;
 }
+
+/// A receipt event without one of its fields (`None` leaves it out).
+fn receipt_without(field: &str) -> String {
+    let fields = [
+        ("ToUserName", format!("<![CDATA[{GH}]]>")),
+        ("FromUserName", "<![CDATA[o-missing]]>".to_string()),
+        ("CreateTime", chrono::Utc::now().timestamp().to_string()),
+        ("MsgType", "<![CDATA[event]]>".to_string()),
+        ("Event", "<![CDATA[TEMPLATESENDJOBFINISH]]>".to_string()),
+        ("MsgID", "5150".to_string()),
+        ("Status", "<![CDATA[success]]>".to_string()),
+    ];
+    let mut xml = String::from("<xml>");
+    for (name, value) in fields.iter().filter(|(n, _)| *n != field) {
+        xml.push_str(&format!("<{name}>{value}</{name}>"));
+    }
+    xml.push_str("</xml>");
+    xml
+}
+
+/// Issue 19: the URL check without `echostr` is 400 (counted `bad_request`), even with a
+/// valid signature: there is nothing to echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_check_without_echostr_is_a_bad_request() {
+    let h = start(false, &[]).await;
+    let r = reqwest::Client::new()
+        .get(callback_url(&h))
+        .query(&signed(TOKEN, &now()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_ne!(r.text().await.unwrap(), "success");
+    let m = h.metrics().await;
+    assert_eq!(callback_count(&m, "bad_request"), 1.0, "{m}");
+    assert_eq!(callback_count(&m, "verify_ok"), 0.0, "{m}");
+    h.cleanup().await;
+}
+
+/// Issue 19: a safe-mode push to a worker with no EncodingAESKey is 400 (`no_aes_key`),
+/// never `success`, and publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_safe_mode_push_without_an_aes_key_is_refused() {
+    let h = start(false, &[]).await;
+    let (code, text) = post_sealed(&h, APPID, &receipt(6161, "o-aes", "success")).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{text}");
+    assert_ne!(text, "success");
+    assert_eq!(callback_count(&h.metrics().await, "no_aes_key"), 1.0);
+    assert_nothing_else_published(&h).await;
+    h.cleanup().await;
+}
+
+/// Issue 19: a receipt without any one of the five fields that identify it (or without its
+/// event header) is 400 `missing_field`, never `success`, and publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_missing_a_field_is_refused_and_never_published() {
+    let h = start(false, &[]).await;
+    let fields = [
+        "ToUserName",
+        "FromUserName",
+        "CreateTime",
+        "MsgID",
+        "Status",
+    ];
+    for field in fields {
+        let (code, text) = post_plain(&h, &receipt_without(field)).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "without {field}: {text}");
+        assert_ne!(text, "success", "without {field}");
+    }
+    let m = h.metrics().await;
+    assert_eq!(
+        callback_count(&m, "missing_field"),
+        fields.len() as f64,
+        "{m}"
+    );
+    assert_nothing_else_published(&h).await;
+    h.cleanup().await;
+}
+
+/// A TCP forwarder from `port` to the broker: "the broker is back" for a worker configured
+/// with a port where nothing listened, without touching the shared broker.
+async fn forward_to_broker(port: u16) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the reserved port is still free");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut broker).await;
+                }
+            });
+        }
+    })
+}
+
+/// Issue 19: while the broker is unreachable a receipt is answered 503; WeChat's retry after
+/// the broker is back is stored, answered `success`, and the receipt is published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_answered_503_is_stored_once_the_broker_is_back() {
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = spare.local_addr().unwrap().port();
+    drop(spare);
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let h = start(false, &[("WXD_AMQP_URL", &url)]).await;
+    let xml = receipt(7_000_001, "o-back", "success");
+    let (code, text) = post_plain(&h, &xml).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    let forwarder = forward_to_broker(port).await;
+    let (code, text) = post_plain(&h, &xml).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (StatusCode::OK, "success"),
+        "the retry"
+    );
+    let got = read_until(&h, 7_000_001).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["status"], "delivered");
+    let m = h.metrics().await;
+    assert_eq!(callback_count(&m, "unavailable"), 1.0, "{m}");
+    assert_eq!(callback_count(&m, "ok"), 1.0, "{m}");
+    assert_nothing_else_published(&h).await;
+    h.cleanup().await;
+    forwarder.abort();
+}
+
+/// Issue 14.1: the dedupe key is (ToUserName, FromUserName, CreateTime, MsgID, Status), not
+/// the MsgID alone, which can be 0 for every message sent with a `client_msg_id`: two users'
+/// receipts with MsgID 0 are two receipts, while WeChat's retry of one is still one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_with_msgid_0_for_different_users_are_not_merged() {
+    let h = start(false, &[]).await;
+    let first = receipt(0, "o-zero-a", "success");
+    let second = receipt(0, "o-zero-b", "success");
+    for xml in [&first, &second, &first] {
+        let (code, text) = post_plain(&h, xml).await;
+        assert_eq!((code, text.as_str()), (StatusCode::OK, "success"));
+    }
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(&m, "wxdispatch_receipts_total{status=\"delivered\"}"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(callback_count(&m, "duplicate"), 1.0, "{m}");
+    let mut got = Vec::new();
+    for (v, _) in h
+        .read(&h.config.outcomes_queue, 3, Duration::from_secs(3))
+        .await
+    {
+        got.push(v["touser"].as_str().unwrap_or("?").to_string());
+    }
+    got.sort();
+    assert_eq!(got, ["o-zero-a", "o-zero-b"]);
+    h.cleanup().await;
+}
+
+/// Issue 14.1: with several accounts in plaintext mode (no appid in the push), a receipt is
+/// attributed by its ToUserName to the account that declares that `original_id`; one for an
+/// original id nobody declares keeps `appid: null` rather than a guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_receipts_are_attributed_by_original_id() {
+    let mut h = Harness::start(Opts {
+        no_worker: true,
+        accounts: vec![("wxtest0000000002".into(), "test-secret-2".into())],
+        ..Opts::default()
+    })
+    .await;
+    let file = format!(
+        r#"
+        [[accounts]]
+        appid = "{APPID}"
+        original_id = "gh_aaaaaaaaaaaa"
+        [[accounts]]
+        appid = "wxtest0000000002"
+        original_id = "{GH}"
+        "#
+    );
+    h.use_accounts_file(
+        &file,
+        &[(APPID, SECRET), ("wxtest0000000002", "test-secret-2")],
+        &[("WXD_CALLBACK_TOKEN", TOKEN), ("WXD_LOG_FORMAT", "text")],
+    );
+    h.start_worker().await;
+    // `receipt()` addresses GH, the second account's original id.
+    let (_, text) = post_plain(&h, &receipt(8101, "o-second", "success")).await;
+    assert_eq!(text, "success");
+    let got = read_until(&h, 8101).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["appid"], "wxtest0000000002", "{got:?}");
+    let unknown = receipt(8102, "o-unknown", "success").replace(GH, "gh_nobodysknown");
+    let (_, text) = post_plain(&h, &unknown).await;
+    assert_eq!(text, "success");
+    let got = read_until(&h, 8102).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0]["appid"].is_null(), "{got:?}");
+    h.cleanup().await;
+}
+
+/// Issue 14.1: the broker blocks every publisher (a memory alarm) for longer than WeChat's
+/// 5 s while the simulator pushes receipts and retries them the way WeChat does. Every try is
+/// answered within 5 s, no try is answered `success` before the alarm cleared (no confirm was
+/// possible before), every receipt is acknowledged in the end, and each one is published
+/// exactly once. Serial: the alarm blocks the whole broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_receipts_are_acknowledged_only_after_the_broker_confirms() {
+    let h = start(false, &[]).await;
+    // The receipt connection exists before the alarm, as it would in production.
+    let (_, text) = post_plain(&h, &receipt(9_100_000, "o-warm", "success")).await;
+    assert_eq!(text, "success");
+    let target = PushTarget {
+        url: callback_url(&h),
+        token: TOKEN.into(),
+        aes_key: None,
+        delay_ms: 0,
+    };
+    let alarm = MemoryAlarm::raise();
+    let mut blocked = false;
+    for _ in 0..50 {
+        if memory_alarm_in_force() {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(blocked, "the memory alarm never took effect");
+    let n = 5;
+    let msgids: Vec<i64> = (0..n).map(|i| 9_100_001 + i).collect();
+    for (i, msgid) in msgids.iter().enumerate() {
+        wxdispatch::mock::push::spawn_receipt(
+            h.mock.state.clone(),
+            target.clone(),
+            APPID.into(),
+            format!("o-alarm-{i}"),
+            *msgid,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let cleared_ms = chrono::Utc::now().timestamp_millis();
+    drop(alarm);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while h.mock.state.stats().receipts_acknowledged < n as u64
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = h.mock.state.stats();
+    for t in &stats.receipt_tries {
+        println!("receipt try: {t:?} (alarm cleared at {cleared_ms})");
+    }
+    for t in &stats.receipt_tries {
+        assert_ne!(t.http_status, 0, "a try got no answer within 5 s: {t:?}");
+        assert!(
+            !t.success || t.at_ms >= cleared_ms,
+            "answered success before the broker could confirm: {t:?}"
+        );
+    }
+    assert_eq!(
+        stats.receipts_acknowledged, n as u64,
+        "every push acknowledged once stored"
+    );
+    // Every receipt on the queue exactly once (read raw, without the harness's dedupe).
+    let mut count: BTreeMap<i64, usize> = BTreeMap::new();
+    for (v, _) in h
+        .read(&h.config.outcomes_queue, 100, Duration::from_secs(3))
+        .await
+    {
+        *count.entry(v["msgid"].as_i64().unwrap()).or_default() += 1;
+    }
+    for msgid in &msgids {
+        assert_eq!(count.get(msgid), Some(&1), "receipt {msgid}: {count:?}");
+    }
+    let tries = stats.receipt_tries.len();
+    println!(
+        "REPORT receipts_memory_alarm: receipts={n} tries={tries} acknowledged={} published={:?}",
+        stats.receipts_acknowledged, count
+    );
+    h.cleanup().await;
+}
