@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# A three-node RabbitMQ cluster beside the machine's own broker, for the cluster tests.
+#
+#   bash scripts/cluster.sh start   # nodes wxd-c1..3@localhost, AMQP on 127.0.0.1:5681..5683
+#   bash scripts/cluster.sh stop    # stops all three and removes their data
+#   bash scripts/cluster.sh kill N  # kills node N hard (SIGKILL), as a lost machine would
+#   bash scripts/cluster.sh revive N
+#
+# Each node has its own node name, ports, data and log folders and config file: the machine's
+# /etc/rabbitmq/rabbitmq.conf pins port 5672, so the nodes must not read it. They run as the
+# `rabbitmq` user (runuser), share its Erlang cookie, and are joined with join_cluster. No
+# plugin is enabled (the machine's broker already serves the management and Prometheus ports).
+set -euo pipefail
+BASE=${WXD_CLUSTER_DIR:-/tmp/wxd-cluster}
+NODES=(1 2 3)
+
+node() { echo "wxd-c$1@localhost"; }
+
+env_of() { # i -> the environment one node runs with
+  local i=$1 d="$BASE/n$1"
+  echo "RABBITMQ_NODENAME=$(node "$i")" \
+    "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1" \
+    "RABBITMQ_NODE_PORT=$((5680 + i))" \
+    "RABBITMQ_DIST_PORT=$((25680 + i))" \
+    "RABBITMQ_MNESIA_BASE=$d/mnesia" \
+    "RABBITMQ_LOG_BASE=$d/log" \
+    "RABBITMQ_CONFIG_FILE=$d/rabbitmq" \
+    "RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins" \
+    "RABBITMQ_PID_FILE=$d/pid" \
+    "RABBITMQ_CONF_ENV_FILE=$d/rabbitmq-env.conf" \
+    "HOME=/var/lib/rabbitmq"
+}
+
+as_rabbit() { # i, command...
+  local i=$1; shift
+  # shellcheck disable=SC2046
+  runuser -u rabbitmq -- env $(env_of "$i") "$@"
+}
+
+ctl() { # i, rabbitmqctl args...
+  local i=$1; shift
+  as_rabbit "$i" /usr/lib/rabbitmq/bin/rabbitmqctl -n "$(node "$i")" "$@"
+}
+
+start_node() {
+  local i=$1 d="$BASE/n$1"
+  mkdir -p "$d/mnesia" "$d/log"
+  cat >"$d/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:$((5680 + i))
+loopback_users = none
+# A test machine's disk and memory are shared; don't block publishers over them.
+disk_free_limit.absolute = 50MB
+vm_memory_high_watermark.relative = 0.8
+CONF
+  echo "[]." >"$d/enabled_plugins"
+  echo "ERL_EPMD_ADDRESS=127.0.0.1" >"$d/rabbitmq-env.conf"
+  chown -R rabbitmq:rabbitmq "$d"
+  # The package's own script, not /usr/sbin's wrapper: that one writes the machine broker's
+  # startup log.
+  as_rabbit "$i" /usr/lib/rabbitmq/bin/rabbitmq-server -detached
+  for _ in $(seq 90); do
+    if ctl "$i" await_startup --timeout 1 >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  echo "node $(node "$i") did not start; its log:" >&2
+  tail -n 30 "$d/log/"*.log >&2 || true
+  return 1
+}
+
+case "${1:-}" in
+  start)
+    mkdir -p "$BASE"
+    chown rabbitmq:rabbitmq "$BASE"
+    for i in "${NODES[@]}"; do start_node "$i"; done
+    for i in 2 3; do
+      ctl "$i" stop_app >/dev/null
+      ctl "$i" join_cluster "$(node 1)" >/dev/null
+      ctl "$i" start_app >/dev/null
+    done
+    ctl 1 cluster_status --formatter json | python3 -c \
+      'import json,sys; s=json.load(sys.stdin); print("cluster up:", sorted(s["running_nodes"]))'
+    ;;
+  stop)
+    for i in "${NODES[@]}"; do
+      ctl "$i" stop >/dev/null 2>&1 || true
+      pkill -9 -f "$(node "$i")" 2>/dev/null || true
+    done
+    rm -rf "$BASE"
+    echo "cluster stopped"
+    ;;
+  kill)
+    pkill -9 -f -- "-sname $(node "$2")|-name $(node "$2")|$(node "$2") " || pkill -9 -f "$(node "$2")"
+    ;;
+  revive)
+    start_node "$2"
+    ;;
+  *)
+    echo "usage: $0 start|stop|kill N|revive N" >&2
+    exit 2
+    ;;
+esac
