@@ -696,6 +696,12 @@ async fn http_statuses_follow_the_policy_table() {
     assert_eq!(errors(&h, "html200"), 1);
     assert_eq!(errors(&h, "json200"), 1);
     let stats = h.mock.state.stats();
+    eprintln!(
+        "figure: 429x2/408/425/html200/json200/403: {} messages, {} suppressed resends, sent after {:?}",
+        stats.messages,
+        stats.duplicates_suppressed,
+        started.elapsed()
+    );
     assert_eq!(stats.messages, 5, "one message per job that was sent");
     assert_eq!(
         stats.duplicates_suppressed, 2,

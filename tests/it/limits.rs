@@ -133,6 +133,9 @@ async fn a_quota_pause_far_longer_than_the_retry_budget_fails_no_job() {
         .get("45009")
         .copied()
         .unwrap_or(0);
+    eprintln!(
+        "figure: quota pause of 24 s with a 3 s budget: 0 jobs ended, {probes} probes answered 45009"
+    );
     assert!(
         probes >= 3,
         "the paused account was probed: {probes} answers of 45009"

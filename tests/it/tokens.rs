@@ -46,6 +46,10 @@ async fn a_token_code_a_new_token_does_not_fix_forces_once_and_stops_nothing() {
         }
     }
     let stats = h.mock.state.stats();
+    eprintln!(
+        "figure: 5 poison jobs (41006) + 40 healthy: {} forced refreshes, {} stable_token calls, {} sent",
+        stats.forced_refreshes, stats.stable_token_calls, stats.messages
+    );
     assert!(
         stats.forced_refreshes <= 1,
         "one storm, at most one forced refresh: {}",
