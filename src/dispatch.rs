@@ -20,7 +20,7 @@ use chrono::Utc;
 use rand::Rng;
 
 use crate::config::Config;
-use crate::job::Job;
+use crate::job::{Job, MsgType};
 use crate::limiter::{AccountGate, Admission};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, SendStatus};
@@ -164,6 +164,11 @@ impl RetryPolicy {
 /// Everything one account needs to send.
 pub struct AccountCtx {
     pub gate: AccountGate,
+    /// The mini-program subscribe messages' own daily count and quota pause: WeChat counts
+    /// them apart from the account's other sends, so a spent mini-program quota must not hold
+    /// back template messages (nor the other way round). Pacing stays with `gate`: the rate is
+    /// the account's, whatever the type. Its metric label is `<appid>:miniprogram_subscribe`.
+    pub mp_gate: AccountGate,
     pub tokens: Arc<TokenSource>,
     /// Set while a send was refused for the account's configuration (40164 IP whitelist,
     /// 48001 API unauthorized, ...): the errcode and when one probe send may go out.
@@ -171,6 +176,14 @@ pub struct AccountCtx {
 }
 
 impl AccountCtx {
+    /// The gate that holds the daily count and the quota pause of message type `t`.
+    pub fn quota_gate(&self, t: MsgType) -> &AccountGate {
+        match t {
+            MsgType::MiniprogramSubscribe => &self.mp_gate,
+            MsgType::Template | MsgType::Subscribe => &self.gate,
+        }
+    }
+
     /// How long this job must wait because the account is stopped, or `None` to send. Once
     /// the hold has passed, exactly one caller gets `None` (the probe) and the hold is renewed
     /// for everybody else; a successful probe clears it.
@@ -239,16 +252,22 @@ impl Dispatcher {
             .iter()
             .map(|a| {
                 metrics.init_account(&a.appid);
-                let ctx = AccountCtx {
-                    gate: AccountGate::with_shared(
-                        &a.appid,
+                let mp_id = format!("{}:{}", a.appid, MsgType::MiniprogramSubscribe);
+                metrics.quota_paused.with_label_values(&[&mp_id]).set(0);
+                let gate = |id: &str| {
+                    AccountGate::with_shared(
+                        id,
                         a.rate_per_sec,
                         a.daily_quota,
                         Duration::from_secs(config.quota_probe_secs.max(1)),
                         metrics.clone(),
                         shared.clone(),
                         config.expected_replicas,
-                    ),
+                    )
+                };
+                let ctx = AccountCtx {
+                    mp_gate: gate(&mp_id),
+                    gate: gate(&a.appid),
                     tokens: Arc::new(TokenSource::new(
                         a.appid.clone(),
                         a.secret.clone(),
@@ -355,7 +374,8 @@ impl Dispatcher {
         if let Some(hold) = acct.stop_hold(self.stop_probe) {
             return Try::Done(self.defer(appid, hold, "account_stopped", *state));
         }
-        let probe = match acct.gate.admit() {
+        let quota = acct.quota_gate(job.msg_type);
+        let probe = match quota.admit() {
             Admission::Go => false,
             Admission::Probe => true,
             Admission::Later { delay, reason } => {
@@ -372,7 +392,7 @@ impl Dispatcher {
                 return Try::Done(self.defer(appid, delay, reason, *state));
             }
         };
-        let reservation = acct.gate.reservation(probe);
+        let reservation = quota.reservation(probe);
         if let Err(wait) = acct.gate.pace_within(self.policy.inline_max).await {
             // Too many of this account's sends already wait for its rate: park this one
             // rather than hold a slot other accounts could use.
@@ -398,7 +418,7 @@ impl Dispatcher {
         let started = Instant::now();
         let result = self
             .client
-            .send_template(&token.value, job.body.clone())
+            .send(job.msg_type, &token.value, job.body.clone())
             .await;
         self.metrics
             .send_duration_seconds
@@ -408,6 +428,20 @@ impl Dispatcher {
             Ok(r) => r,
             Err(e) => {
                 self.count_api(appid, &e.label());
+                if e.maybe_sent() && !job.msg_type.deduplicated() {
+                    // No client_msg_id on this endpoint: WeChat would take a retry as a second
+                    // message. The upstream must find out whether the user got it.
+                    tracing::warn!(job_id = %job.id, appid, msg_type = %job.msg_type, error = %e,
+                        "a subscription send may have been delivered and cannot be retried \
+                         safely (the endpoint takes no client_msg_id); reporting maybe_sent");
+                    return Try::Done(Disposition::Final(self.final_error(
+                        job,
+                        state,
+                        SendStatus::Failed,
+                        None,
+                        "maybe_sent".into(),
+                    )));
+                }
                 if e.maybe_sent() && state.maybe_sent_ms.is_none() {
                     state.maybe_sent_ms = Some(Utc::now().timestamp_millis());
                 }
@@ -456,7 +490,7 @@ impl Dispatcher {
                     );
                 }
                 reservation.commit();
-                acct.gate.on_sent(probe).await;
+                quota.on_sent(probe).await;
                 let mut o = self.outcome(job, SendStatus::Sent, state);
                 o.errcode = Some(0);
                 o.errmsg = Some(reply.errmsg);
@@ -489,14 +523,14 @@ impl Dispatcher {
                 took: started.elapsed(),
             },
             Action::SlowDown => {
-                let wait = acct.gate.slow_down();
+                let wait = quota.slow_down();
                 tracing::warn!(job_id = %job.id, appid, errcode = code, "minute limit hit; slowing down until the next minute");
                 // Not the job's fault: give the attempt back.
                 state.attempts -= 1;
                 Try::Done(self.defer(appid, wait, "rate_minute", *state))
             }
             Action::PauseQuota => {
-                acct.gate.pause_quota();
+                quota.pause_quota();
                 state.attempts -= 1;
                 let delay = self.policy.inline_max + Duration::from_secs(1);
                 let delay = delay.max(Duration::from_secs(1));
@@ -553,6 +587,7 @@ impl Dispatcher {
             Some(job.appid.clone()),
             Some(job.touser.clone()),
         );
+        o.msg_type = Some(job.msg_type);
         o.attempts = state.attempts;
         o
     }

@@ -383,6 +383,7 @@ async fn process(
                 .with_label_values(&[invalid.reason])
                 .inc();
             let mut o = Outcome::send(SendStatus::Invalid, known.id, known.appid, known.touser);
+            o.msg_type = known.msg_type;
             o.reason = Some(invalid.reason.to_string());
             o.errmsg = Some(invalid.detail);
             publish_final(ctx, io, delivery, &o).await

@@ -5,6 +5,10 @@
 //! `(touser, client_msg_id)` for 10 minutes) and injects faults on demand, so the tests, the
 //! demo and the benchmarks exercise every path without a real account.
 //!
+//! It serves the three send endpoints (template, subscription bizsend, mini-program subscribe)
+//! with the same faults; the two subscription endpoints take no `client_msg_id`, so they never
+//! deduplicate, and the mini-program one has its own daily quota count.
+//!
 //! Faults come three ways:
 //! - random, by rate: `--fail -1:0.05 --fail http502:0.01 --fail timeout:0.001`;
 //! - deterministic, in-band by openid: `fail:<code>` always answers `<code>`, and
@@ -36,6 +40,7 @@ use axum::routing::{get, post};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::job::MsgType;
 use crate::shutdown::Shutdown;
 
 /// One kind of injected fault.
@@ -174,8 +179,13 @@ struct TokenInfo {
 
 #[derive(Default, Serialize, Clone, Debug)]
 pub struct Stats {
-    /// Template send requests received (all, including failed ones).
+    /// Send requests received, of every type (all, including failed ones).
     pub send_requests: u64,
+    /// Send requests received per message type (`template`, `subscribe`,
+    /// `miniprogram_subscribe`).
+    pub requests_by_type: BTreeMap<String, u64>,
+    /// Distinct messages accepted per message type.
+    pub messages_by_type: BTreeMap<String, u64>,
     /// The most send requests that were being answered at the same time: proof of a worker's
     /// concurrency, and of its limit, that does not depend on the wall clock.
     pub peak_in_flight: u64,
@@ -352,6 +362,11 @@ fn router(state: Shared) -> Router {
         .route("/cgi-bin/token", get(classic_token))
         .route("/cgi-bin/stable_token", post(stable_token))
         .route("/cgi-bin/message/template/send", post(template_send))
+        .route("/cgi-bin/message/subscribe/bizsend", post(subscribe_send))
+        .route(
+            "/cgi-bin/message/subscribe/send",
+            post(miniprogram_subscribe_send),
+        )
         .route("/cgi-bin/clear_quota", post(clear_quota))
         .route("/mock/stats", get(stats))
         .route("/mock/faults", post(set_faults).get(get_faults))
@@ -541,9 +556,39 @@ async fn template_send(
     Query(q): Query<AccessQuery>,
     body: Bytes,
 ) -> Response {
+    send(s, q, body, MsgType::Template).await
+}
+
+/// `POST /cgi-bin/message/subscribe/bizsend`: like a template send, with the same faults, but
+/// without deduplication (the endpoint takes no `client_msg_id`).
+async fn subscribe_send(
+    State(s): State<Shared>,
+    Query(q): Query<AccessQuery>,
+    body: Bytes,
+) -> Response {
+    send(s, q, body, MsgType::Subscribe).await
+}
+
+/// `POST /cgi-bin/message/subscribe/send`: no deduplication, no `msgid` in the reply, and a
+/// daily quota counted apart from the account's other sends.
+async fn miniprogram_subscribe_send(
+    State(s): State<Shared>,
+    Query(q): Query<AccessQuery>,
+    body: Bytes,
+) -> Response {
+    send(s, q, body, MsgType::MiniprogramSubscribe).await
+}
+
+async fn send(s: Shared, q: AccessQuery, body: Bytes, msg_type: MsgType) -> Response {
     let behaviour = s.behaviour.read().unwrap().clone();
     let _in_flight = InFlight::enter(&s);
-    s.stats.lock().unwrap().send_requests += 1;
+    {
+        let mut st = s.stats.lock().unwrap();
+        st.send_requests += 1;
+        *st.requests_by_type
+            .entry(msg_type.as_str().into())
+            .or_default() += 1;
+    }
     if behaviour.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
     }
@@ -620,7 +665,11 @@ async fn template_send(
             _ => {
                 if let Some(q) = behaviour.quota {
                     let mut used = s.quota_used.lock().unwrap();
-                    let u = used.entry(appid.clone()).or_default();
+                    let counter = match msg_type {
+                        MsgType::MiniprogramSubscribe => format!("{appid}:{msg_type}"),
+                        MsgType::Template | MsgType::Subscribe => appid.clone(),
+                    };
+                    let u = used.entry(counter).or_default();
                     if *u >= q {
                         drop(used);
                         drop(acc);
@@ -639,6 +688,9 @@ async fn template_send(
         let mut st = s.stats.lock().unwrap();
         if new {
             st.messages += 1;
+            *st.messages_by_type
+                .entry(msg_type.as_str().into())
+                .or_default() += 1;
             *st.per_appid.entry(appid.clone()).or_default() += 1;
             let sec = chrono::Utc::now().timestamp();
             *st.per_second
@@ -650,13 +702,21 @@ async fn template_send(
             st.duplicates_suppressed += 1;
         }
     }
-    if new && let Some(target) = &s.push {
+    if new
+        && msg_type == MsgType::Template
+        && let Some(target) = &s.push
+    {
         push::spawn_receipt(s.clone(), target.clone(), appid, touser, msgid);
     }
     if let Some(kind) = after_accept {
         return fault_reply(&s, kind, behaviour.stall_ms).await;
     }
-    wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+    match msg_type {
+        MsgType::MiniprogramSubscribe => wx_err(0, "ok"),
+        MsgType::Template | MsgType::Subscribe => {
+            wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+        }
+    }
 }
 
 /// A send request being answered; leaves the count however the handler ends (a client that

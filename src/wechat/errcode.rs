@@ -310,6 +310,13 @@ const ENTRIES: &[ErrorInfo] = &[
         RefreshToken,
     ),
     row(
+        41030,
+        "invalid_page",
+        "page路径不正确，需要保证在现网版本小程序中存在，与app.json保持一致",
+        "the page path is wrong: it must exist in the published mini-program and match its app.json (subscription sends)",
+        Reject,
+    ),
+    row(
         42001,
         "access_token_expired",
         "需要GET请求",
@@ -348,7 +355,7 @@ const ENTRIES: &[ErrorInfo] = &[
         43101,
         "user_refused",
         "用户拒绝接受消息",
-        "user refused to receive messages",
+        "user refused to receive messages; on a subscription send: the user refused or withdrew consent for this template (a rejection for this recipient only)",
         Reject,
     ),
     row(
@@ -723,6 +730,11 @@ mod tests {
         (45011, "API调用太频繁"),
         (47003, "参数错误/模板参数不准确"),
         (48001, "api功能未授权"),
+        // Codes the subscription sends return (issue 16).
+        (
+            41030,
+            "page路径不正确，需要保证在现网版本小程序中存在，与app.json保持一致",
+        ),
     ];
 
     #[test]
@@ -786,8 +798,8 @@ mod tests {
             Action::StopAccount,
         );
         let mut reject = vec![
-            40002, 40003, 40008, 40036, 40037, 43002, 43003, 43004, 43019, 43101, 46001, 47001,
-            47003,
+            40002, 40003, 40008, 40036, 40037, 41030, 43002, 43003, 43004, 43019, 43101, 46001,
+            47001, 47003,
         ];
         reject.extend(40004..=40012);
         reject.extend(41002..=41005);

@@ -14,5 +14,6 @@ mod observability;
 mod pipeline;
 mod publish;
 mod receipts;
+mod subscribe;
 mod token_faults;
 mod tokens;
