@@ -209,7 +209,7 @@ pub struct Known {
     pub id: Option<String>,
     pub appid: Option<String>,
     pub touser: Option<String>,
-    /// `None` when the job's `type` itself is unreadable.
+    /// `None` when the body or its `type` is unreadable.
     pub msg_type: Option<MsgType>,
 }
 
@@ -221,10 +221,7 @@ pub fn parse(
     message_id: Option<&str>,
     config: &Config,
 ) -> Result<Parsed, (InvalidJob, Known)> {
-    let mut known = Known {
-        msg_type: Some(MsgType::Template),
-        ..Known::default()
-    };
+    let mut known = Known::default();
     parse_inner(body, message_id, config, &mut known).map_err(|e| {
         // Even an unreadable job gets an id (as a valid one would), so its outcome can be told
         // apart from others.
@@ -276,7 +273,6 @@ fn parse_inner(
     let msg_type = match obj.remove("type") {
         None | Some(Value::Null) => MsgType::Template,
         Some(Value::String(s)) => MsgType::parse(&s).ok_or_else(|| {
-            known.msg_type = None;
             InvalidJob::new(
                 "bad_type",
                 format!(
@@ -286,7 +282,6 @@ fn parse_inner(
             )
         })?,
         Some(_) => {
-            known.msg_type = None;
             return Err(InvalidJob::new("bad_type", "type must be a string"));
         }
     };

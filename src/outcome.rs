@@ -58,8 +58,8 @@ pub struct Outcome {
     pub id: Option<String>,
     pub appid: Option<String>,
     pub touser: Option<String>,
-    /// The job's `type` (a send outcome); absent on receipts and when the job's own `type` was
-    /// unreadable.
+    /// The job's `type` (a send outcome); absent on receipts and when the body or its `type`
+    /// was unreadable.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub msg_type: Option<crate::job::MsgType>,
     pub status: String,
