@@ -21,6 +21,13 @@ pub enum Command {
     Run,
     /// Run a local WeChat API simulator (token, stable_token, template/send, clear_quota).
     MockWechat(MockArgs),
+    /// Print each account's templates (template messages and subscription templates) and the
+    /// data keys each one's content names: what a job's `template_id` and `data` must match.
+    Templates {
+        /// Only this account (default: every configured account).
+        #[arg(long)]
+        appid: Option<String>,
+    },
     /// Run everything end to end on the local broker with an embedded simulator, then print a
     /// summary. Needs RabbitMQ on WXD_AMQP_URL (default localhost) and no WeChat credentials.
     Demo(DemoArgs),
@@ -70,6 +77,11 @@ pub struct MockArgs {
     /// (signed with WXD_CALLBACK_TOKEN; AES safe mode when WXD_CALLBACK_AES_KEY is set).
     #[arg(long)]
     pub push_url: Option<String>,
+    /// Serve sample template catalogues (the seed template, two subscription templates), so
+    /// the worker checks jobs against them and `wxdispatch templates` has something to list.
+    /// Without it the catalogue endpoints answer 48001 and the worker sends unchecked.
+    #[arg(long)]
+    pub catalogue: bool,
 }
 
 #[derive(Debug, Args)]

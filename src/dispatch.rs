@@ -24,6 +24,7 @@ use crate::job::{Job, MsgType};
 use crate::limiter::{AccountGate, Admission};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, SendStatus};
+use crate::wechat::catalogue::{self, Mismatch, Source};
 use crate::wechat::errcode::{self, Action};
 use crate::wechat::{SendError, TokenError, TokenLimits, TokenSource, WechatClient};
 
@@ -170,6 +171,10 @@ pub struct AccountCtx {
     /// the account's, whatever the type. Its metric label is `<appid>:miniprogram_subscribe`.
     pub mp_gate: AccountGate,
     pub tokens: Arc<TokenSource>,
+    /// The account's template catalogues ([`catalogue::Source`] order: private, subscription),
+    /// read by every send; `fetching` makes one task fetch while the others send unchecked.
+    catalogues: [std::sync::RwLock<catalogue::State>; 2],
+    fetching: tokio::sync::Mutex<()>,
     /// Set while a send was refused for the account's configuration (40164 IP whitelist,
     /// 48001 API unauthorized, ...): the errcode and when one probe send may go out.
     send_stop: Mutex<Option<(i64, Instant)>>,
@@ -281,6 +286,8 @@ impl Dispatcher {
                         },
                     )),
                     send_stop: Mutex::new(None),
+                    catalogues: Default::default(),
+                    fetching: tokio::sync::Mutex::new(()),
                 };
                 (a.appid.clone(), Arc::new(ctx))
             })
@@ -414,6 +421,16 @@ impl Dispatcher {
                 };
             }
         };
+        if let Err(m) = self
+            .check_catalogue(&job.appid, acct, &token.value, job.msg_type, &job.body)
+            .await
+        {
+            tracing::info!(job_id = %job.id, appid, reason = m.reason(), detail = %m.detail(), "rejected before sending: the template catalogue says the job cannot succeed");
+            let mut o = self.outcome(job, SendStatus::Rejected, state);
+            o.reason = Some(m.reason().into());
+            o.errmsg = Some(m.detail());
+            return Try::Done(Disposition::Final(o));
+        }
         state.attempts += 1;
         let started = Instant::now();
         let result = self
@@ -498,6 +515,13 @@ impl Dispatcher {
                 Try::Done(Disposition::Final(o))
             }
             Action::Reject => {
+                if code == 40037 {
+                    // The template may have been deleted or added since the catalogue was
+                    // fetched: fetch it again before the next send.
+                    *acct.catalogues[source_index(job.msg_type)]
+                        .write()
+                        .expect("catalogue lock") = catalogue::State::Empty;
+                }
                 tracing::info!(job_id = %job.id, appid, errcode = code, errmsg = %reply.errmsg, "rejected by WeChat");
                 Try::Done(Disposition::Final(self.final_error(
                     job,
@@ -555,6 +579,126 @@ impl Dispatcher {
         }
     }
 
+    /// Checks a job body (a single job's, or a batch's head) against the account's catalogue
+    /// of its type, fetching the catalogue when it is due. Sends go on unchecked (and are
+    /// counted) while the catalogue cannot be fetched.
+    async fn check_catalogue(
+        &self,
+        appid: &str,
+        acct: &AccountCtx,
+        token: &crate::config::Secret,
+        t: MsgType,
+        body: &[u8],
+    ) -> Result<(), Mismatch> {
+        let slot = &acct.catalogues[source_index(t)];
+        let ready = |slot: &std::sync::RwLock<catalogue::State>| {
+            let st = slot.read().expect("catalogue lock");
+            match &*st {
+                catalogue::State::Ready { fetched, .. } => Some(fetched.clone()),
+                _ => None,
+            }
+        };
+        let (due, never) = {
+            let st = slot.read().expect("catalogue lock");
+            (
+                st.due(Instant::now()),
+                matches!(*st, catalogue::State::Empty),
+            )
+        };
+        // Before the first fetch every job waits for it (else the first burst of jobs would
+        // all go unchecked); a refresh is made by one task while the others use the old one.
+        let lock = if !due {
+            None
+        } else if never {
+            Some(acct.fetching.lock().await)
+        } else {
+            acct.fetching.try_lock().ok()
+        };
+        if let Some(_one) = lock {
+            // Checked again under the lock: another task may just have fetched it.
+            if slot.read().expect("catalogue lock").due(Instant::now()) {
+                let new = match self.client.fetch_catalogue(token, Source::of(t)).await {
+                    Ok(reply) => {
+                        let (code, msg) = (reply.errcode, reply.errmsg.clone());
+                        match reply.templates() {
+                            Some(list) => {
+                                tracing::info!(appid, source = ?Source::of(t), templates = list.len(), "template catalogue fetched");
+                                catalogue::State::Ready {
+                                    fetched: Arc::new(catalogue::Fetched::new(&list)),
+                                    at: Instant::now(),
+                                }
+                            }
+                            None => {
+                                tracing::warn!(appid, source = ?Source::of(t), errcode = code, errmsg = %msg, "template catalogue unavailable; sending unchecked");
+                                catalogue::State::Failed(Instant::now())
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(appid, source = ?Source::of(t), error = %e, "template catalogue unavailable; sending unchecked");
+                        catalogue::State::Failed(Instant::now())
+                    }
+                };
+                *slot.write().expect("catalogue lock") = new;
+            }
+        }
+        match ready(slot) {
+            Some(fetched) => fetched.check(body),
+            None => {
+                self.metrics
+                    .catalogue_unchecked_total
+                    .with_label_values(&[appid])
+                    .inc();
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks a batch against the catalogue before it is expanded, so a batch whose template
+    /// cannot work fails once, as a whole, instead of once per recipient. `Ok` when it may go
+    /// on (also when no token or catalogue is available: the recipients' sends will tell).
+    pub async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
+        let Some(acct) = self.accounts.get(&batch.appid) else {
+            return Ok(());
+        };
+        let Ok(token) = acct.tokens.get().await else {
+            return Ok(());
+        };
+        self.check_catalogue(
+            &batch.appid,
+            acct,
+            &token.value,
+            batch.msg_type,
+            batch.head(),
+        )
+        .await
+    }
+
+    /// The catalogue of one type for `wxdispatch templates`: fetched now, never cached.
+    pub async fn templates(
+        &self,
+        appid: &str,
+        t: MsgType,
+    ) -> anyhow::Result<Vec<catalogue::Template>> {
+        let acct = self
+            .accounts
+            .get(appid)
+            .ok_or_else(|| anyhow::anyhow!("appid {appid} is not configured"))?;
+        let token = acct
+            .tokens
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("no access token for {appid}: {e}"))?;
+        let reply = self
+            .client
+            .fetch_catalogue(&token.value, Source::of(t))
+            .await?;
+        let (code, msg) = (reply.errcode, reply.errmsg.clone());
+        reply
+            .templates()
+            .ok_or_else(|| anyhow::anyhow!("WeChat answered {code} {msg}"))
+    }
+
     fn defer(
         &self,
         appid: &str,
@@ -607,6 +751,14 @@ impl Dispatcher {
         }
         o.reason = Some(reason);
         o
+    }
+}
+
+/// The index of a message type's catalogue in [`AccountCtx::catalogues`].
+fn source_index(t: MsgType) -> usize {
+    match Source::of(t) {
+        Source::Private => 0,
+        Source::Subscription => 1,
     }
 }
 

@@ -156,6 +156,7 @@ pub enum Parsed {
 pub struct Batch {
     pub id: JobId,
     pub appid: String,
+    pub msg_type: MsgType,
     pub recipients: Vec<String>,
     pub not_after: Option<DateTime<Utc>>,
     /// Every recipient's job, serialized once without `touser` and without the closing
@@ -168,6 +169,7 @@ impl Batch {
     fn new(
         id: JobId,
         appid: String,
+        msg_type: MsgType,
         recipients: Vec<String>,
         not_after: Option<DateTime<Utc>>,
         mut template: Map<String, Value>,
@@ -185,10 +187,17 @@ impl Batch {
         Batch {
             id,
             appid,
+            msg_type,
             recipients,
             not_after,
             head,
         }
+    }
+
+    /// The serialized job every recipient shares (without `touser`), for checks that need
+    /// the template id and data without a parse.
+    pub fn head(&self) -> &[u8] {
+        &self.head
     }
 
     /// The JSON body of recipient `touser`'s single job, as it is published back to the queue.
@@ -423,7 +432,7 @@ fn parse_inner(
             // Each recipient's job comes back through this parser and must keep its type.
             obj.insert("type".into(), Value::String(msg_type.as_str().into()));
         }
-        let batch = Batch::new(id, appid, recipients, not_after, obj);
+        let batch = Batch::new(id, appid, msg_type, recipients, not_after, obj);
         // Each recipient's job comes back through this parser with `id` and `appid` added, so
         // a batch near the size limit would expand into jobs over it: refuse the batch now, as
         // one invalid job, rather than every recipient later.

@@ -141,6 +141,13 @@ pub struct Behaviour {
     /// When set, every call of a token endpoint is answered with this fault.
     #[serde(default)]
     pub token_outage: Option<TokenFault>,
+    /// The template-message catalogue (`get_all_private_template`): `(template_id, content)`.
+    /// `None`: the endpoint answers 48001, as for an account without the permission.
+    #[serde(default)]
+    pub private_templates: Option<Vec<(String, String)>>,
+    /// The subscription-template catalogue (`wxaapi/newtmpl/gettemplate`), likewise.
+    #[serde(default)]
+    pub subscription_templates: Option<Vec<(String, String)>>,
 }
 
 impl Default for Behaviour {
@@ -153,8 +160,32 @@ impl Default for Behaviour {
             stall_ms: 30_000,
             outage: None,
             token_outage: None,
+            private_templates: None,
+            subscription_templates: None,
         }
     }
+}
+
+/// The seed document's template, for `--catalogue`.
+pub fn sample_private_templates() -> Vec<(String, String)> {
+    vec![(
+        "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY".into(),
+        "{{User.DATA}}\n卡号：{{CardNumber.DATA}}\n{{Type.DATA}}：{{Money.DATA}}\n时间：{{Date.DATA}}\n余额：{{Left.DATA}}".into(),
+    )]
+}
+
+/// Two subscription templates, for `--catalogue`.
+pub fn sample_subscription_templates() -> Vec<(String, String)> {
+    vec![
+        (
+            "SUBTPL".into(),
+            "物品：{{thing1.DATA}}\n时间：{{time2.DATA}}".into(),
+        ),
+        (
+            "MPTPL".into(),
+            "单号：{{number01.DATA}}\n状态：{{phrase3.DATA}}".into(),
+        ),
+    ]
 }
 
 /// Simulator configuration.
@@ -199,6 +230,8 @@ pub struct Stats {
     /// Forced calls inside 30 s of the last forced refresh (answered with the current token).
     pub forced_too_soon: u64,
     pub clear_quota_calls: u64,
+    /// Calls of the two catalogue endpoints.
+    pub catalogue_calls: u64,
     /// Errors answered, by errcode or `httpNNN`/`timeout`.
     pub errors: BTreeMap<String, u64>,
     /// Accepted messages per Unix second, per appid.
@@ -368,6 +401,11 @@ fn router(state: Shared) -> Router {
             post(miniprogram_subscribe_send),
         )
         .route("/cgi-bin/clear_quota", post(clear_quota))
+        .route(
+            "/cgi-bin/template/get_all_private_template",
+            get(private_templates),
+        )
+        .route("/wxaapi/newtmpl/gettemplate", get(subscription_templates))
         .route("/mock/stats", get(stats))
         .route("/mock/faults", post(set_faults).get(get_faults))
         .route("/mock/expire_tokens", post(expire_tokens))
@@ -794,6 +832,47 @@ async fn fault_reply(s: &MockState, kind: FaultKind, stall_ms: u64) -> Response 
             tokio::time::sleep(Duration::from_millis(stall_ms)).await;
             wx_err(-1, "system error")
         }
+    }
+}
+
+async fn private_templates(State(s): State<Shared>, Query(q): Query<AccessQuery>) -> Response {
+    catalogue(&s, q, false).await
+}
+
+async fn subscription_templates(State(s): State<Shared>, Query(q): Query<AccessQuery>) -> Response {
+    catalogue(&s, q, true).await
+}
+
+/// Either catalogue, in its endpoint's own reply shape, with the outage fault applied.
+async fn catalogue(s: &MockState, q: AccessQuery, subscription: bool) -> Response {
+    s.stats.lock().unwrap().catalogue_calls += 1;
+    let behaviour = s.behaviour.read().unwrap().clone();
+    if let Some(kind) = behaviour.outage {
+        return fault_reply(s, kind, behaviour.stall_ms).await;
+    }
+    if let Err((code, msg)) = check_token(s, q.access_token.as_deref()) {
+        return wx_err(code, msg);
+    }
+    let list = if subscription {
+        behaviour.subscription_templates
+    } else {
+        behaviour.private_templates
+    };
+    let Some(list) = list else {
+        return wx_err(48001, "api unauthorized");
+    };
+    if subscription {
+        let data: Vec<_> = list
+            .iter()
+            .map(|(id, content)| serde_json::json!({"priTmplId": id, "title": id, "content": content, "example": "", "type": 2}))
+            .collect();
+        wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "data": data}))
+    } else {
+        let data: Vec<_> = list
+            .iter()
+            .map(|(id, content)| serde_json::json!({"template_id": id, "title": id, "content": content, "example": ""}))
+            .collect();
+        wx(serde_json::json!({"template_list": data}))
     }
 }
 

@@ -162,6 +162,19 @@ impl WechatClient {
         })
     }
 
+    /// Fetches one of the account's template catalogues (`GET`, the token in the query).
+    pub async fn fetch_catalogue(
+        &self,
+        token: &Secret,
+        source: crate::wechat::catalogue::Source,
+    ) -> Result<crate::wechat::catalogue::CatalogueReply, SendError> {
+        let req = self
+            .http
+            .get(format!("{}{}", self.base, source.path()))
+            .query(&[("access_token", token.expose())]);
+        self.execute(req).await
+    }
+
     /// Fetches an access token, by `stable_token` (optionally forced) or the classic endpoint.
     pub async fn fetch_token(
         &self,

@@ -280,3 +280,138 @@ async fn the_miniprogram_subscribe_quota_is_counted_apart() {
     assert_eq!(h.mock.state.stats().send_requests, 2, "no send over quota");
     h.cleanup().await;
 }
+
+/// The simulator's catalogues for the catalogue tests: the sample job's template (keys `User`
+/// and `Money`) and the subscription template of `subscribe()` (keys `thing1`, `time2`).
+fn with_catalogue() -> Behaviour {
+    Behaviour {
+        private_templates: Some(vec![(
+            "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY".into(),
+            "{{User.DATA}} 消费 {{Money.DATA}}".into(),
+        )]),
+        subscription_templates: Some(vec![(
+            "SUBTPL0001".into(),
+            "物品：{{thing1.DATA}}\n时间：{{time2.DATA}}".into(),
+        )]),
+        ..Default::default()
+    }
+}
+
+/// A job whose template the account lacks, or whose data lacks a key the template names, is
+/// rejected before any call to WeChat, with the reason naming the key; matching jobs of both
+/// catalogues are sent. Each catalogue is fetched once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_do_not_match_the_catalogue_are_rejected_before_sending() {
+    let h = Harness::start(Opts {
+        behaviour: with_catalogue(),
+        ..Default::default()
+    })
+    .await;
+    let mut good = job("c-good", "u1");
+    good["data"]["Money"] = json!({"value": "260.00"});
+    h.publish(&good).await;
+    h.publish(&job("c-nomoney", "u2")).await;
+    let mut unknown = good.clone();
+    unknown["id"] = json!("c-unknown");
+    unknown["template_id"] = json!("NOSUCHTEMPLATE");
+    h.publish(&unknown).await;
+    h.publish(&subscribe("c-sub", "u3")).await;
+    let mut no_time = subscribe("c-sub-notime", "u4");
+    no_time["data"].as_object_mut().unwrap().remove("time2");
+    h.publish(&no_time).await;
+    let got = h.outcomes(5, WAIT).await;
+    assert_eq!(got.len(), 5, "{got:?}");
+    let by_id = |id: &str| got.iter().find(|o| o["id"] == id).unwrap().clone();
+    assert_eq!(by_id("c-good")["status"], "sent");
+    assert_eq!(by_id("c-sub")["status"], "sent");
+    for (id, reason, names) in [
+        ("c-nomoney", "missing_data_key", "Money"),
+        ("c-unknown", "unknown_template", "NOSUCHTEMPLATE"),
+        ("c-sub-notime", "missing_data_key", "time2"),
+    ] {
+        let o = by_id(id);
+        assert_eq!(o["status"], "rejected", "{o}");
+        assert_eq!(o["reason"], reason, "{o}");
+        assert!(o["errmsg"].as_str().unwrap().contains(names), "{o}");
+        assert_eq!(o["attempts"], 0, "never sent: {o}");
+    }
+    let stats = h.mock.state.stats();
+    assert_eq!(stats.send_requests, 2, "only the matching jobs were sent");
+    assert_eq!(stats.catalogue_calls, 2, "each catalogue fetched once");
+    h.cleanup().await;
+}
+
+/// A batch whose template cannot work fails once, as a whole, before it is expanded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_template_the_account_lacks_fails_once() {
+    let h = Harness::start(Opts {
+        behaviour: with_catalogue(),
+        ..Default::default()
+    })
+    .await;
+    let mut batch = subscribe("c-batch", "x");
+    batch["touser"] = json!(["b1", "b2", "b3"]);
+    batch["template_id"] = json!("GONE");
+    h.publish(&batch).await;
+    h.publish(&subscribe("c-after", "b4")).await;
+    let got = h.outcomes(4, Duration::from_secs(5)).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "one outcome for the batch, one for the next job: {got:?}"
+    );
+    let o = got.iter().find(|o| o["id"] == "c-batch").unwrap();
+    assert_eq!(o["status"], "rejected", "{o}");
+    assert_eq!(o["reason"], "unknown_template", "{o}");
+    assert_eq!(o["type"], "subscribe", "{o}");
+    assert!(o["touser"].is_null(), "{o}");
+    assert_eq!(h.mock.state.stats().send_requests, 1);
+    h.cleanup().await;
+}
+
+/// Without a catalogue (the endpoint refuses, as for an account without the permission) jobs
+/// are sent unchecked and a metric counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_catalogue_sends_go_on_unchecked_and_are_counted() {
+    let h = Harness::start(Opts::default()).await;
+    let mut any = job("u-1", "u1");
+    any["template_id"] = json!("ANYTHING");
+    h.publish(&any).await;
+    let got = h.outcomes(1, WAIT).await;
+    assert_eq!(got[0]["status"], "sent", "{got:?}");
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!("wxdispatch_catalogue_unchecked_total{{appid=\"{APPID}\"}}")
+        ),
+        1.0,
+        "{m}"
+    );
+    h.cleanup().await;
+}
+
+/// 40037 (invalid template_id) from WeChat means the catalogue may be stale: the next send
+/// fetches it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_40037_refreshes_the_catalogue() {
+    let h = Harness::start(Opts {
+        behaviour: with_catalogue(),
+        ..Default::default()
+    })
+    .await;
+    let mut good = job("r-1", "fail:40037");
+    good["data"]["Money"] = json!({"value": "1"});
+    h.publish(&good).await;
+    assert_eq!(
+        h.outcomes(1, WAIT).await[0]["reason"],
+        "invalid_template_id"
+    );
+    assert_eq!(h.mock.state.stats().catalogue_calls, 1);
+    good["id"] = json!("r-2");
+    good["touser"] = json!("u2");
+    h.publish(&good).await;
+    assert_eq!(h.outcomes(1, WAIT).await[0]["status"], "sent");
+    assert_eq!(h.mock.state.stats().catalogue_calls, 2, "fetched again");
+    h.cleanup().await;
+}
