@@ -241,6 +241,9 @@ pub struct Stats {
     /// Receipts pushed to the callback URL, and how many were answered `success`.
     pub receipts_pushed: u64,
     pub receipts_acknowledged: u64,
+    /// Subscription events (consent popup/change, bizsend results) pushed, and acknowledged.
+    pub events_pushed: u64,
+    pub events_acknowledged: u64,
 }
 
 /// A message the simulator accepted: `(touser, client_msg_id)` → msgid.
@@ -410,6 +413,7 @@ fn router(state: Shared) -> Router {
         .route("/mock/faults", post(set_faults).get(get_faults))
         .route("/mock/expire_tokens", post(expire_tokens))
         .route("/mock/clear_quota", post(mock_clear_quota))
+        .route("/mock/consent", post(consent))
         .with_state(state)
 }
 
@@ -740,11 +744,24 @@ async fn send(s: Shared, q: AccessQuery, body: Bytes, msg_type: MsgType) -> Resp
             st.duplicates_suppressed += 1;
         }
     }
-    if new
-        && msg_type == MsgType::Template
-        && let Some(target) = &s.push
-    {
-        push::spawn_receipt(s.clone(), target.clone(), appid, touser, msgid);
+    if new && let Some(target) = &s.push {
+        match msg_type {
+            MsgType::Template => {
+                push::spawn_receipt(s.clone(), target.clone(), appid, touser, msgid)
+            }
+            // WeChat pushes the result of a subscription notification as an event.
+            MsgType::Subscribe => {
+                let (error_code, error_status) = push::sent_status(&touser);
+                let event = push::SubscriptionEvent::Sent {
+                    template_id: req.template_id.clone().unwrap_or_default(),
+                    msgid,
+                    error_code,
+                    error_status: error_status.into(),
+                };
+                push::spawn_subscription_event(s.clone(), target.clone(), appid, touser, event);
+            }
+            MsgType::MiniprogramSubscribe => {}
+        }
     }
     if let Some(kind) = after_accept {
         return fault_reply(&s, kind, behaviour.stall_ms).await;
@@ -912,6 +929,25 @@ async fn set_faults(State(s): State<Shared>, axum::Json(b): axum::Json<Behaviour
 async fn expire_tokens(State(s): State<Shared>) -> Response {
     s.expire_tokens();
     (StatusCode::NO_CONTENT, "").into_response()
+}
+
+/// `POST /mock/consent {"appid", "touser", "event": "popup"|"change", "template_id",
+/// "accept"}`: pushes the consent event a user's answer in the popup (or a change in the
+/// settings) would make WeChat push. 409 when the simulator has no push target.
+async fn consent(State(s): State<Shared>, axum::Json(c): axum::Json<ConsentRequest>) -> Response {
+    let Some(target) = s.push.clone() else {
+        return (StatusCode::CONFLICT, "no push target (--push-url)").into_response();
+    };
+    push::spawn_subscription_event(s.clone(), target, c.appid, c.touser, c.event);
+    (StatusCode::ACCEPTED, "").into_response()
+}
+
+#[derive(Deserialize)]
+struct ConsentRequest {
+    appid: String,
+    touser: String,
+    #[serde(flatten)]
+    event: push::SubscriptionEvent,
 }
 
 async fn mock_clear_quota(State(s): State<Shared>) -> Response {

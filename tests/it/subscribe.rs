@@ -415,3 +415,102 @@ async fn a_40037_refreshes_the_catalogue() {
     assert_eq!(h.mock.state.stats().catalogue_calls, 2, "fetched again");
     h.cleanup().await;
 }
+
+/// The simulator pushes what WeChat pushes around subscription notifications: the result of a
+/// bizsend (`subscribe_msg_sent_event`, with the send's msgid) and, on request, a user's
+/// consent answer (`subscribe_msg_popup_event` / `subscribe_msg_change_event`), signed like
+/// every push. A capture server stands in for the worker's callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_pushes_sent_and_consent_events() {
+    use std::sync::{Arc, Mutex};
+    use wxdispatch::config::{Secret, TokenMode};
+    use wxdispatch::job::MsgType;
+    use wxdispatch::mock::{MockConfig, MockServer, push::PushTarget};
+    use wxdispatch::wechat::WechatClient;
+
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let keep = seen.clone();
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(move |body: String| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().push(body);
+                "success"
+            }
+        }),
+    );
+    let stop = wxdispatch::shutdown::Shutdown::new();
+    let (cb, _) = wxdispatch::http::serve("127.0.0.1:0", app, stop.clone())
+        .await
+        .unwrap();
+    let mock = MockServer::start(
+        "127.0.0.1:0",
+        MockConfig {
+            accounts: vec![(APPID.into(), SECRET.into())],
+            push: Some(PushTarget {
+                url: format!("http://{cb}/cb"),
+                token: "tok".into(),
+                aes_key: None,
+                delay_ms: 0,
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let client = WechatClient::new(&mock.base_url(), Duration::from_secs(2));
+    let token = client
+        .fetch_token(TokenMode::Stable, APPID, &Secret::new(SECRET), false)
+        .await
+        .unwrap()
+        .access_token
+        .unwrap();
+    let body = json!({"touser": "o-sub", "template_id": "SUBTPL0001",
+        "data": {"thing1": {"value": "x"}}});
+    let reply = client
+        .send(
+            MsgType::Subscribe,
+            &Secret::new(token),
+            body.to_string().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.errcode, 0);
+    let msgid = reply.msgid.expect("bizsend answers with a msgid");
+    let consent = reqwest::Client::new()
+        .post(format!("{}/mock/consent", mock.base_url()))
+        .header("content-type", "application/json")
+        .body(
+            json!({"appid": APPID, "touser": "o-sub", "event": "popup",
+                "template_id": "SUBTPL0001", "accept": false})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consent.status(), 202);
+    eventually("both events acknowledged", WAIT, || async {
+        mock.state.stats().events_acknowledged == 2
+    })
+    .await;
+    let got = seen.lock().unwrap().clone();
+    let sent = got
+        .iter()
+        .find(|x| x.contains("subscribe_msg_sent_event"))
+        .expect("a sent event");
+    assert!(sent.contains(&format!("<MsgID>{msgid}</MsgID>")), "{sent}");
+    assert!(sent.contains("<ErrorStatus><![CDATA[success]]>"), "{sent}");
+    assert!(sent.contains("<FromUserName><![CDATA[o-sub]]>"), "{sent}");
+    let popup = got
+        .iter()
+        .find(|x| x.contains("subscribe_msg_popup_event"))
+        .expect("a consent event");
+    assert!(
+        popup.contains("<TemplateId><![CDATA[SUBTPL0001]]>")
+            && popup.contains("<SubscribeStatusString><![CDATA[reject]]>"),
+        "{popup}"
+    );
+    assert_eq!(mock.state.stats().receipts_pushed, 0, "no template receipt");
+    stop.trigger();
+}
