@@ -19,7 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the worker: consume jobs, send, publish outcomes, serve metrics and callbacks.
     Run,
-    /// Run a local WeChat API simulator (token, stable_token, template/send, clear_quota).
+    /// Run a local WeChat API simulator (token, stable_token, template/send, subscribe/bizsend,
+    /// subscribe/send, the two template catalogues, clear_quota).
     MockWechat(MockArgs),
     /// Print each account's templates (template messages and subscription templates) and the
     /// data keys each one's content names: what a job's `template_id` and `data` must match.
