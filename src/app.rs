@@ -138,6 +138,50 @@ pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
 }
 
 /// `wxdispatch mock-wechat`.
+/// `wxdispatch templates [--appid A]`: each account's templates and the keys their content
+/// names, from WeChat's two catalogues: what a job's `template_id` and `data` must match.
+pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyhow::Result<()> {
+    use crate::job::MsgType;
+    let config = Config::load(config_file)?;
+    let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()));
+    let account = config
+        .account(appid)
+        .map(|a| vec![a.appid.clone()])
+        .or_else(|| {
+            appid
+                .is_none()
+                .then(|| config.accounts.iter().map(|a| a.appid.clone()).collect())
+        })
+        .with_context(|| format!("appid {} is not configured", appid.unwrap_or("-")))?;
+    let mut failed = 0;
+    for appid in &account {
+        for (t, what) in [
+            (MsgType::Template, "template messages (type template)"),
+            (
+                MsgType::Subscribe,
+                "subscription templates (type subscribe / miniprogram_subscribe)",
+            ),
+        ] {
+            println!("{appid}: {what}");
+            match dispatcher.templates(appid, t).await {
+                Ok(list) if list.is_empty() => println!("  (none)"),
+                Ok(list) => {
+                    for tpl in list {
+                        println!("  {}  {}", tpl.template_id, tpl.title);
+                        println!("    data keys: {}", tpl.keys.join(", "));
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("  cannot fetch: {e:#}");
+                }
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} catalogue(s) could not be fetched");
+    Ok(())
+}
+
 pub async fn mock_wechat(config_file: Option<&Path>, args: MockArgs) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
@@ -190,6 +234,10 @@ pub async fn mock_wechat(config_file: Option<&Path>, args: MockArgs) -> anyhow::
                 stall_ms: args.stall_ms,
                 outage: None,
                 token_outage: None,
+                private_templates: args.catalogue.then(crate::mock::sample_private_templates),
+                subscription_templates: args
+                    .catalogue
+                    .then(crate::mock::sample_subscription_templates),
             },
             push,
         },

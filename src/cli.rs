@@ -19,8 +19,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the worker: consume jobs, send, publish outcomes, serve metrics and callbacks.
     Run,
-    /// Run a local WeChat API simulator (token, stable_token, template/send, clear_quota).
+    /// Run a local WeChat API simulator (token, stable_token, template/send, subscribe/bizsend,
+    /// subscribe/send, the two template catalogues, clear_quota).
     MockWechat(MockArgs),
+    /// Print each account's templates (template messages and subscription templates) and the
+    /// data keys each one's content names: what a job's `template_id` and `data` must match.
+    Templates {
+        /// Only this account (default: every configured account).
+        #[arg(long)]
+        appid: Option<String>,
+    },
     /// Run everything end to end on the local broker with an embedded simulator, then print a
     /// summary. Needs RabbitMQ on WXD_AMQP_URL (default localhost) and no WeChat credentials.
     Demo(DemoArgs),
@@ -96,6 +104,11 @@ pub struct MockArgs {
     /// (signed with WXD_CALLBACK_TOKEN; AES safe mode when WXD_CALLBACK_AES_KEY is set).
     #[arg(long)]
     pub push_url: Option<String>,
+    /// Serve sample template catalogues (the seed template, two subscription templates), so
+    /// the worker checks jobs against them and `wxdispatch templates` has something to list.
+    /// Without it the catalogue endpoints answer 48001 and the worker sends unchecked.
+    #[arg(long)]
+    pub catalogue: bool,
 }
 
 #[derive(Debug, Args)]

@@ -107,6 +107,36 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
         1,
     );
     add(vec![b'{'; 1024 * 1024], 1);
+    // The two subscription types through the same queue (issue 16): sent, refused by the
+    // user's consent (43101), a bad page (41030), an unknown result that must not be resent
+    // (maybe_sent), and a value over WeChat's limit (invalid before any call).
+    let sub = |id: String, touser: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "id": id, "type": "subscribe", "touser": touser, "template_id": "SUBTPL",
+            "page": "pages/order/detail", "data": {"thing1": {"value": "订单已发货"}}
+        }))
+        .expect("static JSON")
+    };
+    let mp = |id: String, touser: &str, thing: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "id": id, "type": "miniprogram_subscribe", "touser": touser,
+            "template_id": "MPTPL", "page": "index", "miniprogram_state": "formal",
+            "lang": "zh_CN", "data": {"thing1": {"value": thing}}
+        }))
+        .expect("static JSON")
+    };
+    for i in 0..3 {
+        add(sub(format!("{run}-sub-{i}"), &format!("o{run}sub{i}")), 1);
+        add(
+            mp(format!("{run}-mp-{i}"), &format!("o{run}mp{i}"), "配送中"),
+            1,
+        );
+    }
+    add(sub(format!("{run}-sub-refused"), "fail:43101"), 1);
+    add(mp(format!("{run}-mp-refused"), "fail:43101", "配送中"), 1);
+    add(mp(format!("{run}-mp-badpage"), "fail:41030", "配送中"), 1);
+    add(sub(format!("{run}-sub-maybe"), "flaky:timeout:1:e"), 1);
+    add(mp(format!("{run}-mp-toolong"), "o", &"长".repeat(21)), 1);
     v
 }
 
@@ -215,6 +245,7 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
     let mut sends: BTreeMap<String, usize> = BTreeMap::new();
     let mut receipts: BTreeMap<String, usize> = BTreeMap::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_type: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut latencies = Vec::new();
     for (o, at) in &outcomes.items {
         let kind = o["kind"].as_str().unwrap_or("?");
@@ -227,6 +258,8 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
             {
                 *reasons.entry(format!("{status}: {r}")).or_default() += 1;
             }
+            let t = o["type"].as_str().unwrap_or("(unknown)").to_string();
+            *by_type.entry((t, status.clone())).or_default() += 1;
             *sends.entry(status).or_default() += 1;
             latencies.push(at.duration_since(started));
         }
@@ -251,6 +284,11 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
     println!();
     for (k, v) in &reasons {
         println!("    {k:<30} {v:>4}");
+    }
+    println!();
+    println!("  by type                                   count");
+    for ((t, st), v) in &by_type {
+        println!("  {t:<22}  {st:<16}  {v:>6}");
     }
     println!();
     println!("  receipts (kind receipt)    count");

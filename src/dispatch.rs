@@ -20,10 +20,11 @@ use chrono::Utc;
 use rand::Rng;
 
 use crate::config::Config;
-use crate::job::Job;
+use crate::job::{Job, MsgType};
 use crate::limiter::{AccountGate, Admission};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, SendStatus};
+use crate::wechat::catalogue::{self, Mismatch, Source};
 use crate::wechat::errcode::{self, Action};
 use crate::wechat::{SendError, TokenError, TokenLimits, TokenSource, WechatClient};
 
@@ -164,13 +165,30 @@ impl RetryPolicy {
 /// Everything one account needs to send.
 pub struct AccountCtx {
     pub gate: AccountGate,
+    /// The mini-program subscribe messages' own daily count and quota pause: WeChat counts
+    /// them apart from the account's other sends, so a spent mini-program quota must not hold
+    /// back template messages (nor the other way round). Pacing stays with `gate`: the rate is
+    /// the account's, whatever the type. Its metric label is `<appid>:miniprogram_subscribe`.
+    pub mp_gate: AccountGate,
     pub tokens: Arc<TokenSource>,
+    /// The account's template catalogues ([`catalogue::Source`] order: private, subscription),
+    /// read by every send; `fetching` makes one task fetch while the others send unchecked.
+    catalogues: [std::sync::RwLock<catalogue::State>; 2],
+    fetching: tokio::sync::Mutex<()>,
     /// Set while a send was refused for the account's configuration (40164 IP whitelist,
     /// 48001 API unauthorized, ...): the errcode and when one probe send may go out.
     send_stop: Mutex<Option<(i64, Instant)>>,
 }
 
 impl AccountCtx {
+    /// The gate that holds the daily count and the quota pause of message type `t`.
+    pub fn quota_gate(&self, t: MsgType) -> &AccountGate {
+        match t {
+            MsgType::MiniprogramSubscribe => &self.mp_gate,
+            MsgType::Template | MsgType::Subscribe => &self.gate,
+        }
+    }
+
     /// How long this job must wait because the account is stopped, or `None` to send. Once
     /// the hold has passed, exactly one caller gets `None` (the probe) and the hold is renewed
     /// for everybody else; a successful probe clears it.
@@ -239,16 +257,22 @@ impl Dispatcher {
             .iter()
             .map(|a| {
                 metrics.init_account(&a.appid);
-                let ctx = AccountCtx {
-                    gate: AccountGate::with_shared(
-                        &a.appid,
+                let mp_id = format!("{}:{}", a.appid, MsgType::MiniprogramSubscribe);
+                metrics.quota_paused.with_label_values(&[&mp_id]).set(0);
+                let gate = |id: &str| {
+                    AccountGate::with_shared(
+                        id,
                         a.rate_per_sec,
                         a.daily_quota,
                         Duration::from_secs(config.quota_probe_secs.max(1)),
                         metrics.clone(),
                         shared.clone(),
                         config.expected_replicas,
-                    ),
+                    )
+                };
+                let ctx = AccountCtx {
+                    mp_gate: gate(&mp_id),
+                    gate: gate(&a.appid),
                     tokens: Arc::new(TokenSource::new(
                         a.appid.clone(),
                         a.secret.clone(),
@@ -262,6 +286,8 @@ impl Dispatcher {
                         },
                     )),
                     send_stop: Mutex::new(None),
+                    catalogues: Default::default(),
+                    fetching: tokio::sync::Mutex::new(()),
                 };
                 (a.appid.clone(), Arc::new(ctx))
             })
@@ -355,7 +381,8 @@ impl Dispatcher {
         if let Some(hold) = acct.stop_hold(self.stop_probe) {
             return Try::Done(self.defer(appid, hold, "account_stopped", *state));
         }
-        let probe = match acct.gate.admit() {
+        let quota = acct.quota_gate(job.msg_type);
+        let probe = match quota.admit() {
             Admission::Go => false,
             Admission::Probe => true,
             Admission::Later { delay, reason } => {
@@ -372,7 +399,7 @@ impl Dispatcher {
                 return Try::Done(self.defer(appid, delay, reason, *state));
             }
         };
-        let reservation = acct.gate.reservation(probe);
+        let reservation = quota.reservation(probe);
         if let Err(wait) = acct.gate.pace_within(self.policy.inline_max).await {
             // Too many of this account's sends already wait for its rate: park this one
             // rather than hold a slot other accounts could use.
@@ -394,11 +421,21 @@ impl Dispatcher {
                 };
             }
         };
+        if let Err(m) = self
+            .check_catalogue(&job.appid, acct, &token.value, job.msg_type, &job.body)
+            .await
+        {
+            tracing::info!(job_id = %job.id, appid, reason = m.reason(), detail = %m.detail(), "rejected before sending: the template catalogue says the job cannot succeed");
+            let mut o = self.outcome(job, SendStatus::Rejected, state);
+            o.reason = Some(m.reason().into());
+            o.errmsg = Some(m.detail());
+            return Try::Done(Disposition::Final(o));
+        }
         state.attempts += 1;
         let started = Instant::now();
         let result = self
             .client
-            .send_template(&token.value, job.body.clone())
+            .send(job.msg_type, &token.value, job.body.clone())
             .await;
         self.metrics
             .send_duration_seconds
@@ -408,6 +445,20 @@ impl Dispatcher {
             Ok(r) => r,
             Err(e) => {
                 self.count_api(appid, &e.label());
+                if e.maybe_sent() && !job.msg_type.deduplicated() {
+                    // No client_msg_id on this endpoint: WeChat would take a retry as a second
+                    // message. The upstream must find out whether the user got it.
+                    tracing::warn!(job_id = %job.id, appid, msg_type = %job.msg_type, error = %e,
+                        "a subscription send may have been delivered and cannot be retried \
+                         safely (the endpoint takes no client_msg_id); reporting maybe_sent");
+                    return Try::Done(Disposition::Final(self.final_error(
+                        job,
+                        state,
+                        SendStatus::Failed,
+                        None,
+                        "maybe_sent".into(),
+                    )));
+                }
                 if e.maybe_sent() && state.maybe_sent_ms.is_none() {
                     state.maybe_sent_ms = Some(Utc::now().timestamp_millis());
                 }
@@ -456,7 +507,7 @@ impl Dispatcher {
                     );
                 }
                 reservation.commit();
-                acct.gate.on_sent(probe).await;
+                quota.on_sent(probe).await;
                 let mut o = self.outcome(job, SendStatus::Sent, state);
                 o.errcode = Some(0);
                 o.errmsg = Some(reply.errmsg);
@@ -464,6 +515,13 @@ impl Dispatcher {
                 Try::Done(Disposition::Final(o))
             }
             Action::Reject => {
+                if code == 40037 {
+                    // The template may have been deleted or added since the catalogue was
+                    // fetched: fetch it again before the next send.
+                    *acct.catalogues[source_index(job.msg_type)]
+                        .write()
+                        .expect("catalogue lock") = catalogue::State::Empty;
+                }
                 tracing::info!(job_id = %job.id, appid, errcode = code, errmsg = %reply.errmsg, "rejected by WeChat");
                 Try::Done(Disposition::Final(self.final_error(
                     job,
@@ -489,14 +547,14 @@ impl Dispatcher {
                 took: started.elapsed(),
             },
             Action::SlowDown => {
-                let wait = acct.gate.slow_down();
+                let wait = quota.slow_down();
                 tracing::warn!(job_id = %job.id, appid, errcode = code, "minute limit hit; slowing down until the next minute");
                 // Not the job's fault: give the attempt back.
                 state.attempts -= 1;
                 Try::Done(self.defer(appid, wait, "rate_minute", *state))
             }
             Action::PauseQuota => {
-                acct.gate.pause_quota();
+                quota.pause_quota();
                 state.attempts -= 1;
                 let delay = self.policy.inline_max + Duration::from_secs(1);
                 let delay = delay.max(Duration::from_secs(1));
@@ -519,6 +577,126 @@ impl Dispatcher {
                 Try::Done(self.defer(appid, self.stop_probe, "account_stopped", *state))
             }
         }
+    }
+
+    /// Checks a job body (a single job's, or a batch's head) against the account's catalogue
+    /// of its type, fetching the catalogue when it is due. Sends go on unchecked (and are
+    /// counted) while the catalogue cannot be fetched.
+    async fn check_catalogue(
+        &self,
+        appid: &str,
+        acct: &AccountCtx,
+        token: &crate::config::Secret,
+        t: MsgType,
+        body: &[u8],
+    ) -> Result<(), Mismatch> {
+        let slot = &acct.catalogues[source_index(t)];
+        let ready = |slot: &std::sync::RwLock<catalogue::State>| {
+            let st = slot.read().expect("catalogue lock");
+            match &*st {
+                catalogue::State::Ready { fetched, .. } => Some(fetched.clone()),
+                _ => None,
+            }
+        };
+        let (due, never) = {
+            let st = slot.read().expect("catalogue lock");
+            (
+                st.due(Instant::now()),
+                matches!(*st, catalogue::State::Empty),
+            )
+        };
+        // Before the first fetch every job waits for it (else the first burst of jobs would
+        // all go unchecked); a refresh is made by one task while the others use the old one.
+        let lock = if !due {
+            None
+        } else if never {
+            Some(acct.fetching.lock().await)
+        } else {
+            acct.fetching.try_lock().ok()
+        };
+        if let Some(_one) = lock {
+            // Checked again under the lock: another task may just have fetched it.
+            if slot.read().expect("catalogue lock").due(Instant::now()) {
+                let new = match self.client.fetch_catalogue(token, Source::of(t)).await {
+                    Ok(reply) => {
+                        let (code, msg) = (reply.errcode, reply.errmsg.clone());
+                        match reply.templates() {
+                            Some(list) => {
+                                tracing::info!(appid, source = ?Source::of(t), templates = list.len(), "template catalogue fetched");
+                                catalogue::State::Ready {
+                                    fetched: Arc::new(catalogue::Fetched::new(&list)),
+                                    at: Instant::now(),
+                                }
+                            }
+                            None => {
+                                tracing::warn!(appid, source = ?Source::of(t), errcode = code, errmsg = %msg, "template catalogue unavailable; sending unchecked");
+                                catalogue::State::Failed(Instant::now())
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(appid, source = ?Source::of(t), error = %e, "template catalogue unavailable; sending unchecked");
+                        catalogue::State::Failed(Instant::now())
+                    }
+                };
+                *slot.write().expect("catalogue lock") = new;
+            }
+        }
+        match ready(slot) {
+            Some(fetched) => fetched.check(body),
+            None => {
+                self.metrics
+                    .catalogue_unchecked_total
+                    .with_label_values(&[appid])
+                    .inc();
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks a batch against the catalogue before it is expanded, so a batch whose template
+    /// cannot work fails once, as a whole, instead of once per recipient. `Ok` when it may go
+    /// on (also when no token or catalogue is available: the recipients' sends will tell).
+    pub async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
+        let Some(acct) = self.accounts.get(&batch.appid) else {
+            return Ok(());
+        };
+        let Ok(token) = acct.tokens.get().await else {
+            return Ok(());
+        };
+        self.check_catalogue(
+            &batch.appid,
+            acct,
+            &token.value,
+            batch.msg_type,
+            batch.head(),
+        )
+        .await
+    }
+
+    /// The catalogue of one type for `wxdispatch templates`: fetched now, never cached.
+    pub async fn templates(
+        &self,
+        appid: &str,
+        t: MsgType,
+    ) -> anyhow::Result<Vec<catalogue::Template>> {
+        let acct = self
+            .accounts
+            .get(appid)
+            .ok_or_else(|| anyhow::anyhow!("appid {appid} is not configured"))?;
+        let token = acct
+            .tokens
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("no access token for {appid}: {e}"))?;
+        let reply = self
+            .client
+            .fetch_catalogue(&token.value, Source::of(t))
+            .await?;
+        let (code, msg) = (reply.errcode, reply.errmsg.clone());
+        reply
+            .templates()
+            .ok_or_else(|| anyhow::anyhow!("WeChat answered {code} {msg}"))
     }
 
     fn defer(
@@ -553,6 +731,7 @@ impl Dispatcher {
             Some(job.appid.clone()),
             Some(job.touser.clone()),
         );
+        o.msg_type = Some(job.msg_type);
         o.attempts = state.attempts;
         o
     }
@@ -572,6 +751,14 @@ impl Dispatcher {
         }
         o.reason = Some(reason);
         o
+    }
+}
+
+/// The index of a message type's catalogue in [`AccountCtx::catalogues`].
+fn source_index(t: MsgType) -> usize {
+    match Source::of(t) {
+        Source::Private => 0,
+        Source::Subscription => 1,
     }
 }
 

@@ -71,12 +71,71 @@ impl InvalidJob {
     }
 }
 
+/// Which WeChat endpoint a job is for: the job's `type` field (CONTRACT.md, "Message types").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MsgType {
+    /// `POST /cgi-bin/message/template/send`, the default.
+    #[default]
+    Template,
+    /// An Official Account subscription notification: `POST /cgi-bin/message/subscribe/bizsend`.
+    Subscribe,
+    /// A mini-program subscribe message: `POST /cgi-bin/message/subscribe/send`.
+    MiniprogramSubscribe,
+}
+
+impl MsgType {
+    pub const ALL: [MsgType; 3] = [
+        MsgType::Template,
+        MsgType::Subscribe,
+        MsgType::MiniprogramSubscribe,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MsgType::Template => "template",
+            MsgType::Subscribe => "subscribe",
+            MsgType::MiniprogramSubscribe => "miniprogram_subscribe",
+        }
+    }
+
+    fn parse(s: &str) -> Option<MsgType> {
+        MsgType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Whether WeChat deduplicates this endpoint's sends by `client_msg_id`. Only the template
+    /// send does; a subscription send whose result is unknown can therefore never be retried
+    /// safely (ERROR_POLICY.md, "maybe_sent").
+    pub const fn deduplicated(self) -> bool {
+        matches!(self, MsgType::Template)
+    }
+
+    /// The fields a subscription type takes besides `touser`, `template_id` and `data`; WeChat
+    /// ignores or refuses anything else, so a job that brings another field is a mistake the
+    /// upstream should hear about (`unknown_field`) rather than a silent drop.
+    fn extra_fields(self) -> &'static [&'static str] {
+        match self {
+            MsgType::Template => &[],
+            MsgType::Subscribe => &["page", "miniprogram"],
+            MsgType::MiniprogramSubscribe => &["page", "miniprogram_state", "lang"],
+        }
+    }
+}
+
+impl fmt::Display for MsgType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A validated job for one recipient, ready to send.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: JobId,
     pub appid: String,
     pub touser: String,
+    /// The endpoint to send to.
+    pub msg_type: MsgType,
     pub not_after: Option<DateTime<Utc>>,
     /// The exact JSON body to POST to WeChat (with `touser` and `client_msg_id` set),
     /// serialized once at parse time. `Bytes`, so each try hands it to the HTTP client
@@ -97,6 +156,7 @@ pub enum Parsed {
 pub struct Batch {
     pub id: JobId,
     pub appid: String,
+    pub msg_type: MsgType,
     pub recipients: Vec<String>,
     pub not_after: Option<DateTime<Utc>>,
     /// Every recipient's job, serialized once without `touser` and without the closing
@@ -109,6 +169,7 @@ impl Batch {
     fn new(
         id: JobId,
         appid: String,
+        msg_type: MsgType,
         recipients: Vec<String>,
         not_after: Option<DateTime<Utc>>,
         mut template: Map<String, Value>,
@@ -126,10 +187,17 @@ impl Batch {
         Batch {
             id,
             appid,
+            msg_type,
             recipients,
             not_after,
             head,
         }
+    }
+
+    /// The serialized job every recipient shares (without `touser`), for checks that need
+    /// the template id and data without a parse.
+    pub fn head(&self) -> &[u8] {
+        &self.head
     }
 
     /// The JSON body of recipient `touser`'s single job, as it is published back to the queue.
@@ -150,6 +218,8 @@ pub struct Known {
     pub id: Option<String>,
     pub appid: Option<String>,
     pub touser: Option<String>,
+    /// `None` when the body or its `type` is unreadable.
+    pub msg_type: Option<MsgType>,
 }
 
 /// Parses and validates a job body.
@@ -208,6 +278,23 @@ fn parse_inner(
     if let Some(Value::String(s)) = obj.get("touser") {
         known.touser = Some(truncate(s, 128));
     }
+
+    let msg_type = match obj.remove("type") {
+        None | Some(Value::Null) => MsgType::Template,
+        Some(Value::String(s)) => MsgType::parse(&s).ok_or_else(|| {
+            InvalidJob::new(
+                "bad_type",
+                format!(
+                    "type {:?} is not one of template, subscribe, miniprogram_subscribe",
+                    truncate(&s, 32)
+                ),
+            )
+        })?,
+        Some(_) => {
+            return Err(InvalidJob::new("bad_type", "type must be a string"));
+        }
+    };
+    known.msg_type = Some(msg_type);
 
     let id = match obj.remove("id") {
         Some(Value::String(s)) => JobId::parse(&s)?,
@@ -268,6 +355,9 @@ fn parse_inner(
                 "template_id must be a string",
             ));
         }
+    }
+    if msg_type != MsgType::Template {
+        check_subscription(&obj, msg_type)?;
     }
     check_type(&obj, "url", |v| v.is_string(), "a string")?;
     check_type(&obj, "topcolor", |v| v.is_string(), "a string")?;
@@ -338,7 +428,11 @@ fn parse_inner(
 
     if recipients.len() > 1 {
         obj.remove("client_msg_id");
-        let batch = Batch::new(id, appid, recipients, not_after, obj);
+        if msg_type != MsgType::Template {
+            // Each recipient's job comes back through this parser and must keep its type.
+            obj.insert("type".into(), Value::String(msg_type.as_str().into()));
+        }
+        let batch = Batch::new(id, appid, msg_type, recipients, not_after, obj);
         // Each recipient's job comes back through this parser with `id` and `appid` added, so
         // a batch near the size limit would expand into jobs over it: refuse the batch now, as
         // one invalid job, rather than every recipient later.
@@ -362,7 +456,9 @@ fn parse_inner(
     let touser = recipients.into_iter().next().expect("one recipient");
     known.touser = Some(touser.clone());
     obj.insert("touser".into(), Value::String(touser.clone()));
-    obj.insert("client_msg_id".into(), Value::String(id.0.clone()));
+    if msg_type.deduplicated() {
+        obj.insert("client_msg_id".into(), Value::String(id.0.clone()));
+    }
     let body = serde_json::to_vec(&Value::Object(obj))
         .expect("a JSON map always serializes")
         .into();
@@ -370,9 +466,121 @@ fn parse_inner(
         id,
         appid,
         touser,
+        msg_type,
         not_after,
         body,
     }))
+}
+
+/// The schema of a subscription job (CONTRACT.md, "Message types"): only the fields its type
+/// takes, each of the right type, and `data` values WeChat will accept. Checked here, before any
+/// call to WeChat, because WeChat's answer to most of these (47003) does not say which field.
+fn check_subscription(obj: &Map<String, Value>, t: MsgType) -> Result<(), InvalidJob> {
+    const COMMON: [&str; 4] = ["touser", "template_id", "data", "client_msg_id"];
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !COMMON.contains(&k.as_str()) && !t.extra_fields().contains(&k.as_str()))
+    {
+        return Err(InvalidJob::new(
+            "unknown_field",
+            format!("a {t} job does not take the field {}", truncate(k, 32)),
+        ));
+    }
+    if obj.contains_key("client_msg_id") {
+        return Err(InvalidJob::new(
+            "unknown_field",
+            format!("a {t} job does not take client_msg_id: WeChat does not deduplicate it"),
+        ));
+    }
+    check_type(obj, "page", |v| v.is_string(), "a string")?;
+    if let Some(mp) = obj.get("miniprogram") {
+        let ok = match mp {
+            Value::Object(m) => {
+                m.get("appid").is_some_and(Value::is_string)
+                    && m.get("pagepath").is_none_or(Value::is_string)
+                    && m.keys().all(|k| k == "appid" || k == "pagepath")
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(InvalidJob::new(
+                "bad_field",
+                "miniprogram must be {\"appid\": \"...\", \"pagepath\": \"...\"}",
+            ));
+        }
+    }
+    for (key, allowed) in [
+        ("miniprogram_state", &["developer", "trial", "formal"][..]),
+        ("lang", &["zh_CN", "en_US", "zh_HK", "zh_TW"][..]),
+    ] {
+        match obj.get(key) {
+            None => {}
+            Some(Value::String(v)) if allowed.contains(&v.as_str()) => {}
+            Some(_) => {
+                return Err(InvalidJob::new(
+                    "bad_field",
+                    format!("{key} must be one of {}", allowed.join(", ")),
+                ));
+            }
+        }
+    }
+    match obj.get("data") {
+        Some(Value::Object(data)) => {
+            for (k, v) in data {
+                let value = match v {
+                    Value::Object(f) if f.len() == 1 => f.get("value").and_then(Value::as_str),
+                    _ => None,
+                };
+                let Some(value) = value else {
+                    return Err(InvalidJob::new(
+                        "bad_data",
+                        format!(
+                            "data.{} must be {{\"value\": \"...\"}} with a string value",
+                            truncate(k, 32)
+                        ),
+                    ));
+                };
+                if let Some(why) = value_limit(k, value) {
+                    return Err(InvalidJob::new(
+                        "bad_value",
+                        format!("data.{}: {why}", truncate(k, 32)),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        None | Some(Value::Null) => Err(InvalidJob::new("missing_data", "data is required")),
+        Some(_) => Err(InvalidJob::new("bad_field", "data must be an object")),
+    }
+}
+
+/// WeChat's documented limit on a subscription field's value, found from the key's prefix
+/// (`thing1`, `number01`, `character_string2`: every key is named after its kind). `None` when
+/// the value fits or the kind has no length limit checked here (time, date, enum and kinds
+/// WeChat adds later: those are left to WeChat's own 47003). Limits: docs/ERROR_POLICY.md.
+pub fn value_limit(key: &str, value: &str) -> Option<String> {
+    const LIMITS: [(&str, usize); 8] = [
+        ("character_string", 32),
+        ("phone_number", 17),
+        ("car_number", 8),
+        ("thing", 20),
+        ("number", 32),
+        ("letter", 32),
+        ("symbol", 5),
+        ("phrase", 5),
+    ];
+    let kind = key.trim_end_matches(|c: char| c.is_ascii_digit());
+    let n = value.chars().count();
+    if n == 0 {
+        return Some("the value is empty".into());
+    }
+    if kind == "name" {
+        // 10 Chinese characters, or 20 letters when the name is all ASCII.
+        let max = if value.is_ascii() { 20 } else { 10 };
+        return (n > max).then(|| format!("{n} characters, a name takes at most {max}"));
+    }
+    let (_, max) = LIMITS.iter().find(|(k, _)| *k == kind)?;
+    (n > *max).then(|| format!("{n} characters, a {kind} takes at most {max}"))
 }
 
 fn check_type(
@@ -615,5 +823,47 @@ mod tests {
         };
         let sent: Value = serde_json::from_slice(&j.body).unwrap();
         assert_eq!(sent["future_field"]["x"], 1);
+    }
+
+    /// A subscription job's body is WeChat's own request: no `client_msg_id` (the endpoints take
+    /// none), no `type`; a batch's recipient jobs keep their type when they come back.
+    #[test]
+    fn a_subscription_body_has_no_client_msg_id_and_a_batch_keeps_its_type() {
+        let body = br#"{"id":"s","type":"miniprogram_subscribe","touser":["o1","o2"],"template_id":"t","lang":"en_US","data":{"thing1":{"value":"v"}}}"#;
+        let Parsed::Batch(b) = parse(body, None, &config()).unwrap() else {
+            panic!()
+        };
+        let Parsed::Single(j) = parse(&b.job_for("o2"), None, &config()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(j.msg_type, MsgType::MiniprogramSubscribe);
+        let sent: Value = serde_json::from_slice(&j.body).unwrap();
+        assert_eq!(
+            sent,
+            serde_json::json!({"touser": "o2", "template_id": "t", "lang": "en_US",
+                "data": {"thing1": {"value": "v"}}})
+        );
+        let Parsed::Single(t) = parse(SEED_SAMPLE.as_bytes(), None, &config()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.msg_type, MsgType::Template, "template is the default");
+    }
+
+    /// WeChat's documented value limits, by the key's kind prefix; kinds without a checked
+    /// limit (time, date, unknown ones) pass.
+    #[test]
+    fn subscription_values_are_checked_against_their_kind() {
+        assert!(value_limit("thing1", &"字".repeat(20)).is_none());
+        assert!(value_limit("thing1", &"字".repeat(21)).is_some());
+        assert!(value_limit("character_string12", &"a".repeat(33)).is_some());
+        assert!(value_limit("phrase2", "配送中").is_none());
+        assert!(value_limit("phrase2", "正在配送途中").is_some());
+        assert!(value_limit("name3", &"a".repeat(20)).is_none());
+        assert!(value_limit("name3", &"张".repeat(11)).is_some());
+        assert!(value_limit("time4", &"9".repeat(100)).is_none());
+        assert!(
+            value_limit("thing1", "").is_some(),
+            "WeChat refuses empty values"
+        );
     }
 }

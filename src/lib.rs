@@ -11,7 +11,8 @@
 //! ## Layout
 //! - [`config`]: the TOML file plus `WXD_*` environment overrides; secrets.
 //! - [`job`] and [`outcome`]: the message schemas of the contract.
-//! - [`wechat`]: the HTTP client, the token cache and the error-code policy table.
+//! - [`wechat`]: the HTTP client, the token cache, the error-code policy table and the template
+//!   catalogue.
 //! - [`dispatch`]: what to do with one job: pace, token, send, retry or defer.
 //! - [`limiter`]: per-account rate limiting and quota pauses.
 //! - [`amqp`]: connections, topology, the confirming publisher.

@@ -10,6 +10,9 @@ async fn main() {
         Command::MockWechat(args) => {
             wxdispatch::app::mock_wechat(cli.config.as_deref(), args).await
         }
+        Command::Templates { appid } => {
+            wxdispatch::app::templates(cli.config.as_deref(), appid.as_deref()).await
+        }
         Command::Demo(args) => wxdispatch::demo::run(cli.config.as_deref(), args).await,
         Command::Bench(args) => wxdispatch::bench::run(cli.config.as_deref(), args).await,
         Command::BenchFloor { floor } => wxdispatch::bench::floor::run(floor).await,

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub token_force_budget_remaining: IntGaugeVec,
     /// Forced refreshes that a token error could have asked for but the policy did not make.
     pub token_force_skipped_total: IntCounterVec,
+    /// Sends made without the template-catalogue check because the catalogue could not be
+    /// fetched (issue 16.3).
+    pub catalogue_unchecked_total: IntCounterVec,
     pub inflight: IntGauge,
     pub quota_paused: IntGaugeVec,
     pub receipts_total: IntCounterVec,
@@ -180,6 +183,12 @@ impl Metrics {
                 "wxdispatch_token_force_skipped_total",
                 "Token errors that did not lead to a forced refresh, by reason",
                 &["appid", "reason"],
+            ),
+            catalogue_unchecked_total: counter(
+                r,
+                "wxdispatch_catalogue_unchecked_total",
+                "Sends made without checking the template catalogue, because it could not be fetched",
+                &["appid"],
             ),
             inflight: plain_gauge(r, "wxdispatch_inflight", "Jobs being processed now"),
             quota_paused: gauge(

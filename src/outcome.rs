@@ -59,6 +59,10 @@ pub struct Outcome {
     pub id: Option<String>,
     pub appid: Option<String>,
     pub touser: Option<String>,
+    /// The job's `type` (a send outcome); absent on receipts and when the body or its `type`
+    /// was unreadable.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub msg_type: Option<crate::job::MsgType>,
     pub status: String,
     pub errcode: Option<i64>,
     pub errmsg: Option<String>,
@@ -86,6 +90,7 @@ impl Outcome {
             id,
             appid,
             touser,
+            msg_type: None,
             status: status.as_str().to_string(),
             errcode: None,
             errmsg: None,

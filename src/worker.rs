@@ -393,6 +393,7 @@ async fn process(
                 .with_label_values(&[invalid.reason])
                 .inc();
             let mut o = Outcome::send(SendStatus::Invalid, known.id, known.appid, known.touser);
+            o.msg_type = known.msg_type;
             o.reason = Some(invalid.reason.to_string());
             o.errmsg = Some(invalid.detail);
             publish_final(ctx, io, delivery, &o).await
@@ -401,6 +402,15 @@ async fn process(
             let span = tracing::info_span!("batch", job_id = %batch.id, appid = %batch.appid);
             async {
                 let id = batch.id.to_string();
+                if let Err(m) = ctx.dispatcher.check_batch(&batch).await {
+                    // One outcome for the whole batch: its template cannot work for anyone.
+                    tracing::info!(reason = m.reason(), detail = %m.detail(), recipients = batch.recipients.len(), "batch rejected before expansion");
+                    let mut o = Outcome::send(SendStatus::Rejected, Some(id), Some(batch.appid.clone()), None);
+                    o.msg_type = Some(batch.msg_type);
+                    o.reason = Some(m.reason().into());
+                    o.errmsg = Some(m.detail());
+                    return publish_final(ctx, io, delivery, &o).await;
+                }
                 // Expand-then-ack: every recipient's job is confirmed before the batch is acked.
                 // A crash in between re-expands the batch; WeChat deduplicates each recipient.
                 for chunk in batch.recipients.chunks(256) {

@@ -5,6 +5,10 @@
 //! `(touser, client_msg_id)` for 10 minutes) and injects faults on demand, so the tests, the
 //! demo and the benchmarks exercise every path without a real account.
 //!
+//! It serves the three send endpoints (template, subscription bizsend, mini-program subscribe)
+//! with the same faults; the two subscription endpoints take no `client_msg_id`, so they never
+//! deduplicate, and the mini-program one has its own daily quota count.
+//!
 //! Faults come three ways:
 //! - random, by rate: `--fail -1:0.05 --fail http502:0.01 --fail timeout:0.001`;
 //! - deterministic, in-band by openid: `fail:<code>` always answers `<code>`, and
@@ -36,6 +40,7 @@ use axum::routing::{get, post};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::job::MsgType;
 use crate::shutdown::Shutdown;
 
 /// One kind of injected fault.
@@ -136,6 +141,13 @@ pub struct Behaviour {
     /// When set, every call of a token endpoint is answered with this fault.
     #[serde(default)]
     pub token_outage: Option<TokenFault>,
+    /// The template-message catalogue (`get_all_private_template`): `(template_id, content)`.
+    /// `None`: the endpoint answers 48001, as for an account without the permission.
+    #[serde(default)]
+    pub private_templates: Option<Vec<(String, String)>>,
+    /// The subscription-template catalogue (`wxaapi/newtmpl/gettemplate`), likewise.
+    #[serde(default)]
+    pub subscription_templates: Option<Vec<(String, String)>>,
 }
 
 impl Default for Behaviour {
@@ -148,8 +160,32 @@ impl Default for Behaviour {
             stall_ms: 30_000,
             outage: None,
             token_outage: None,
+            private_templates: None,
+            subscription_templates: None,
         }
     }
+}
+
+/// The seed document's template, for `--catalogue`.
+pub fn sample_private_templates() -> Vec<(String, String)> {
+    vec![(
+        "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY".into(),
+        "{{User.DATA}}\n卡号：{{CardNumber.DATA}}\n{{Type.DATA}}：{{Money.DATA}}\n时间：{{Date.DATA}}\n余额：{{Left.DATA}}".into(),
+    )]
+}
+
+/// Two subscription templates, for `--catalogue`.
+pub fn sample_subscription_templates() -> Vec<(String, String)> {
+    vec![
+        (
+            "SUBTPL".into(),
+            "物品：{{thing1.DATA}}\n时间：{{time2.DATA}}".into(),
+        ),
+        (
+            "MPTPL".into(),
+            "单号：{{number01.DATA}}\n状态：{{phrase3.DATA}}".into(),
+        ),
+    ]
 }
 
 /// Simulator configuration.
@@ -174,8 +210,13 @@ struct TokenInfo {
 
 #[derive(Default, Serialize, Clone, Debug)]
 pub struct Stats {
-    /// Template send requests received (all, including failed ones).
+    /// Send requests received, of every type (all, including failed ones).
     pub send_requests: u64,
+    /// Send requests received per message type (`template`, `subscribe`,
+    /// `miniprogram_subscribe`).
+    pub requests_by_type: BTreeMap<String, u64>,
+    /// Distinct messages accepted per message type.
+    pub messages_by_type: BTreeMap<String, u64>,
     /// The most send requests that were being answered at the same time: proof of a worker's
     /// concurrency, and of its limit, that does not depend on the wall clock.
     pub peak_in_flight: u64,
@@ -189,6 +230,8 @@ pub struct Stats {
     /// Forced calls inside 30 s of the last forced refresh (answered with the current token).
     pub forced_too_soon: u64,
     pub clear_quota_calls: u64,
+    /// Calls of the two catalogue endpoints.
+    pub catalogue_calls: u64,
     /// Errors answered, by errcode or `httpNNN`/`timeout`.
     pub errors: BTreeMap<String, u64>,
     /// Accepted messages per Unix second, per appid.
@@ -204,6 +247,9 @@ pub struct Stats {
     /// Accepted send requests (first or repeated) per `client_msg_id`, so a test can tell
     /// which job reached WeChat twice, not only that some did.
     pub sends_by_id: BTreeMap<String, u64>,
+    /// Subscription events (consent popup/change, bizsend results) pushed, and acknowledged.
+    pub events_pushed: u64,
+    pub events_acknowledged: u64,
 }
 
 /// A message the simulator accepted: `(touser, client_msg_id)` → msgid.
@@ -358,11 +404,22 @@ fn router(state: Shared) -> Router {
         .route("/cgi-bin/token", get(classic_token))
         .route("/cgi-bin/stable_token", post(stable_token))
         .route("/cgi-bin/message/template/send", post(template_send))
+        .route("/cgi-bin/message/subscribe/bizsend", post(subscribe_send))
+        .route(
+            "/cgi-bin/message/subscribe/send",
+            post(miniprogram_subscribe_send),
+        )
         .route("/cgi-bin/clear_quota", post(clear_quota))
+        .route(
+            "/cgi-bin/template/get_all_private_template",
+            get(private_templates),
+        )
+        .route("/wxaapi/newtmpl/gettemplate", get(subscription_templates))
         .route("/mock/stats", get(stats))
         .route("/mock/faults", post(set_faults).get(get_faults))
         .route("/mock/expire_tokens", post(expire_tokens))
         .route("/mock/clear_quota", post(mock_clear_quota))
+        .route("/mock/consent", post(consent))
         .with_state(state)
 }
 
@@ -547,9 +604,39 @@ async fn template_send(
     Query(q): Query<AccessQuery>,
     body: Bytes,
 ) -> Response {
+    send(s, q, body, MsgType::Template).await
+}
+
+/// `POST /cgi-bin/message/subscribe/bizsend`: like a template send, with the same faults, but
+/// without deduplication (the endpoint takes no `client_msg_id`).
+async fn subscribe_send(
+    State(s): State<Shared>,
+    Query(q): Query<AccessQuery>,
+    body: Bytes,
+) -> Response {
+    send(s, q, body, MsgType::Subscribe).await
+}
+
+/// `POST /cgi-bin/message/subscribe/send`: no deduplication, no `msgid` in the reply, and a
+/// daily quota counted apart from the account's other sends.
+async fn miniprogram_subscribe_send(
+    State(s): State<Shared>,
+    Query(q): Query<AccessQuery>,
+    body: Bytes,
+) -> Response {
+    send(s, q, body, MsgType::MiniprogramSubscribe).await
+}
+
+async fn send(s: Shared, q: AccessQuery, body: Bytes, msg_type: MsgType) -> Response {
     let behaviour = s.behaviour.read().unwrap().clone();
     let _in_flight = InFlight::enter(&s);
-    s.stats.lock().unwrap().send_requests += 1;
+    {
+        let mut st = s.stats.lock().unwrap();
+        st.send_requests += 1;
+        *st.requests_by_type
+            .entry(msg_type.as_str().into())
+            .or_default() += 1;
+    }
     if behaviour.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
     }
@@ -626,7 +713,11 @@ async fn template_send(
             _ => {
                 if let Some(q) = behaviour.quota {
                     let mut used = s.quota_used.lock().unwrap();
-                    let u = used.entry(appid.clone()).or_default();
+                    let counter = match msg_type {
+                        MsgType::MiniprogramSubscribe => format!("{appid}:{msg_type}"),
+                        MsgType::Template | MsgType::Subscribe => appid.clone(),
+                    };
+                    let u = used.entry(counter).or_default();
                     if *u >= q {
                         drop(used);
                         drop(acc);
@@ -646,6 +737,9 @@ async fn template_send(
         *st.sends_by_id.entry(client_msg_id).or_default() += 1;
         if new {
             st.messages += 1;
+            *st.messages_by_type
+                .entry(msg_type.as_str().into())
+                .or_default() += 1;
             *st.per_appid.entry(appid.clone()).or_default() += 1;
             let sec = chrono::Utc::now().timestamp();
             *st.per_second
@@ -658,12 +752,33 @@ async fn template_send(
         }
     }
     if new && let Some(target) = &s.push {
-        push::spawn_receipt(s.clone(), target.clone(), appid, touser, msgid);
+        match msg_type {
+            MsgType::Template => {
+                push::spawn_receipt(s.clone(), target.clone(), appid, touser, msgid)
+            }
+            // WeChat pushes the result of a subscription notification as an event.
+            MsgType::Subscribe => {
+                let (error_code, error_status) = push::sent_status(&touser);
+                let event = push::SubscriptionEvent::Sent {
+                    template_id: req.template_id.clone().unwrap_or_default(),
+                    msgid,
+                    error_code,
+                    error_status: error_status.into(),
+                };
+                push::spawn_subscription_event(s.clone(), target.clone(), appid, touser, event);
+            }
+            MsgType::MiniprogramSubscribe => {}
+        }
     }
     if let Some(kind) = after_accept {
         return fault_reply(&s, kind, behaviour.stall_ms).await;
     }
-    wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+    match msg_type {
+        MsgType::MiniprogramSubscribe => wx_err(0, "ok"),
+        MsgType::Template | MsgType::Subscribe => {
+            wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+        }
+    }
 }
 
 /// A send request being answered; leaves the count however the handler ends (a client that
@@ -744,6 +859,47 @@ async fn fault_reply(s: &MockState, kind: FaultKind, stall_ms: u64) -> Response 
     }
 }
 
+async fn private_templates(State(s): State<Shared>, Query(q): Query<AccessQuery>) -> Response {
+    catalogue(&s, q, false).await
+}
+
+async fn subscription_templates(State(s): State<Shared>, Query(q): Query<AccessQuery>) -> Response {
+    catalogue(&s, q, true).await
+}
+
+/// Either catalogue, in its endpoint's own reply shape, with the outage fault applied.
+async fn catalogue(s: &MockState, q: AccessQuery, subscription: bool) -> Response {
+    s.stats.lock().unwrap().catalogue_calls += 1;
+    let behaviour = s.behaviour.read().unwrap().clone();
+    if let Some(kind) = behaviour.outage {
+        return fault_reply(s, kind, behaviour.stall_ms).await;
+    }
+    if let Err((code, msg)) = check_token(s, q.access_token.as_deref()) {
+        return wx_err(code, msg);
+    }
+    let list = if subscription {
+        behaviour.subscription_templates
+    } else {
+        behaviour.private_templates
+    };
+    let Some(list) = list else {
+        return wx_err(48001, "api unauthorized");
+    };
+    if subscription {
+        let data: Vec<_> = list
+            .iter()
+            .map(|(id, content)| serde_json::json!({"priTmplId": id, "title": id, "content": content, "example": "", "type": 2}))
+            .collect();
+        wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "data": data}))
+    } else {
+        let data: Vec<_> = list
+            .iter()
+            .map(|(id, content)| serde_json::json!({"template_id": id, "title": id, "content": content, "example": ""}))
+            .collect();
+        wx(serde_json::json!({"template_list": data}))
+    }
+}
+
 async fn clear_quota(
     State(s): State<Shared>,
     Query(q): Query<AccessQuery>,
@@ -780,6 +936,25 @@ async fn set_faults(State(s): State<Shared>, axum::Json(b): axum::Json<Behaviour
 async fn expire_tokens(State(s): State<Shared>) -> Response {
     s.expire_tokens();
     (StatusCode::NO_CONTENT, "").into_response()
+}
+
+/// `POST /mock/consent {"appid", "touser", "event": "popup"|"change", "template_id",
+/// "accept"}`: pushes the consent event a user's answer in the popup (or a change in the
+/// settings) would make WeChat push. 409 when the simulator has no push target.
+async fn consent(State(s): State<Shared>, axum::Json(c): axum::Json<ConsentRequest>) -> Response {
+    let Some(target) = s.push.clone() else {
+        return (StatusCode::CONFLICT, "no push target (--push-url)").into_response();
+    };
+    push::spawn_subscription_event(s.clone(), target, c.appid, c.touser, c.event);
+    (StatusCode::ACCEPTED, "").into_response()
+}
+
+#[derive(Deserialize)]
+struct ConsentRequest {
+    appid: String,
+    touser: String,
+    #[serde(flatten)]
+    event: push::SubscriptionEvent,
 }
 
 async fn mock_clear_quota(State(s): State<Shared>) -> Response {

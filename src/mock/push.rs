@@ -69,81 +69,193 @@ pub fn spawn_receipt(
             status: Some(status_for(&touser).into()),
         };
         let xml = event.to_xml();
-        let timestamp = now.to_string();
-        let nonce = format!("{}", rand::random::<u32>());
-        let (body, query) = match &target.aes_key {
-            Some(key) => {
-                let sealed = callback::seal_safe_mode(
-                    &target.token,
-                    key,
-                    &appid,
-                    &event.to_user,
-                    &xml,
-                    &timestamp,
-                    &nonce,
-                );
-                let sig = callback::signature::url_signature(&target.token, &timestamp, &nonce);
-                (
-                    sealed.body,
-                    vec![
-                        ("signature", sig),
-                        ("timestamp", timestamp.clone()),
-                        ("nonce", nonce.clone()),
-                        ("encrypt_type", "aes".to_string()),
-                        ("msg_signature", sealed.msg_signature),
-                    ],
-                )
-            }
-            None => {
-                let sig = callback::signature::url_signature(&target.token, &timestamp, &nonce);
-                (
-                    xml,
-                    vec![
-                        ("signature", sig),
-                        ("timestamp", timestamp.clone()),
-                        ("nonce", nonce.clone()),
-                    ],
-                )
-            }
-        };
         state.stats.lock().unwrap().receipts_pushed += 1;
-        for attempt in 0..3u64 {
-            let resp = state
-                .http
-                .post(&target.url)
-                .query(&query)
-                .header("content-type", "text/xml")
-                .body(body.clone())
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            let (http_status, success) = match resp {
-                Ok(r) => {
-                    let code = r.status();
-                    let text = r.text().await;
-                    let ok = code.is_success()
-                        && text.is_ok_and(|t| t.trim() == "success" || t.is_empty());
-                    (code.as_u16(), ok)
-                }
-                Err(_) => (0, false),
-            };
-            {
-                let mut stats = state.stats.lock().unwrap();
-                stats.receipt_tries.push(ReceiptTry {
-                    msgid,
-                    attempt,
-                    http_status,
-                    success,
-                    at_ms: chrono::Utc::now().timestamp_millis(),
-                });
-                if success {
-                    stats.receipts_acknowledged += 1;
-                }
-            }
-            if success {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+        if deliver(&state, &target, &appid, &event.to_user, &xml, Some(msgid)).await {
+            state.stats.lock().unwrap().receipts_acknowledged += 1;
         }
     });
+}
+
+/// Signs (and in safe mode seals) one event and POSTs it, retrying like WeChat (3 tries) until
+/// answered `success`. Returns whether it was acknowledged. Each try of a receipt (`msgid`)
+/// is recorded in `receipt_tries`, so a test can check no push was answered early.
+async fn deliver(
+    state: &MockState,
+    target: &PushTarget,
+    appid: &str,
+    to_user: &str,
+    xml: &str,
+    msgid: Option<i64>,
+) -> bool {
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let nonce = format!("{}", rand::random::<u32>());
+    let sig = callback::signature::url_signature(&target.token, &timestamp, &nonce);
+    let mut query = vec![
+        ("signature", sig),
+        ("timestamp", timestamp.clone()),
+        ("nonce", nonce.clone()),
+    ];
+    let body = match &target.aes_key {
+        Some(key) => {
+            let sealed = callback::seal_safe_mode(
+                &target.token,
+                key,
+                appid,
+                to_user,
+                xml,
+                &timestamp,
+                &nonce,
+            );
+            query.push(("encrypt_type", "aes".to_string()));
+            query.push(("msg_signature", sealed.msg_signature));
+            sealed.body
+        }
+        None => xml.to_string(),
+    };
+    for attempt in 0..3u64 {
+        let resp = state
+            .http
+            .post(&target.url)
+            .query(&query)
+            .header("content-type", "text/xml")
+            .body(body.clone())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let (http_status, success) = match resp {
+            Ok(r) => {
+                let code = r.status();
+                let text = r.text().await;
+                let ok =
+                    code.is_success() && text.is_ok_and(|t| t.trim() == "success" || t.is_empty());
+                (code.as_u16(), ok)
+            }
+            Err(_) => (0, false),
+        };
+        if let Some(msgid) = msgid {
+            state.stats.lock().unwrap().receipt_tries.push(ReceiptTry {
+                msgid,
+                attempt,
+                http_status,
+                success,
+                at_ms: chrono::Utc::now().timestamp_millis(),
+            });
+        }
+        if success {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+    }
+    false
+}
+
+/// A subscription event a user's action or a send triggers, in WeChat's XML (the format of
+/// WeChat's "subscription notification" event docs, as quoted by public SDKs' tests).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum SubscriptionEvent {
+    /// The user answered the subscription popup (`subscribe_msg_popup_event`).
+    Popup { template_id: String, accept: bool },
+    /// The user changed the subscription in the settings (`subscribe_msg_change_event`).
+    Change { template_id: String, accept: bool },
+    /// The result of a bizsend (`subscribe_msg_sent_event`).
+    Sent {
+        template_id: String,
+        msgid: i64,
+        error_code: i64,
+        error_status: String,
+    },
+}
+
+impl SubscriptionEvent {
+    /// The event's whole XML body, from the account `gh_<appid>` to user `touser`.
+    pub fn to_xml(&self, appid: &str, touser: &str, create_time: i64) -> String {
+        let status = |accept: bool| if accept { "accept" } else { "reject" };
+        let (event, inner) = match self {
+            SubscriptionEvent::Popup {
+                template_id,
+                accept,
+            } => (
+                "subscribe_msg_popup_event",
+                format!(
+                    "<SubscribeMsgPopupEvent><List><TemplateId><![CDATA[{template_id}]]></TemplateId><SubscribeStatusString><![CDATA[{}]]></SubscribeStatusString><PopupScene>0</PopupScene></List></SubscribeMsgPopupEvent>",
+                    status(*accept)
+                ),
+            ),
+            SubscriptionEvent::Change {
+                template_id,
+                accept,
+            } => (
+                "subscribe_msg_change_event",
+                format!(
+                    "<SubscribeMsgChangeEvent><List><TemplateId><![CDATA[{template_id}]]></TemplateId><SubscribeStatusString><![CDATA[{}]]></SubscribeStatusString></List></SubscribeMsgChangeEvent>",
+                    status(*accept)
+                ),
+            ),
+            SubscriptionEvent::Sent {
+                template_id,
+                msgid,
+                error_code,
+                error_status,
+            } => (
+                "subscribe_msg_sent_event",
+                format!(
+                    "<SubscribeMsgSentEvent><List><TemplateId><![CDATA[{template_id}]]></TemplateId><MsgID>{msgid}</MsgID><ErrorCode>{error_code}</ErrorCode><ErrorStatus><![CDATA[{error_status}]]></ErrorStatus></List></SubscribeMsgSentEvent>"
+                ),
+            ),
+        };
+        format!(
+            "<xml><ToUserName><![CDATA[gh_{appid}]]></ToUserName><FromUserName><![CDATA[{touser}]]></FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[{event}]]></Event>{inner}</xml>"
+        )
+    }
+}
+
+/// Pushes one subscription event in the background (signed, sealed in safe mode, retried like
+/// a receipt), counted in `events_pushed` / `events_acknowledged`.
+pub fn spawn_subscription_event(
+    state: Arc<MockState>,
+    target: PushTarget,
+    appid: String,
+    touser: String,
+    event: SubscriptionEvent,
+) {
+    tokio::spawn(async move {
+        if target.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(target.delay_ms)).await;
+        }
+        let xml = event.to_xml(&appid, &touser, chrono::Utc::now().timestamp());
+        state.stats.lock().unwrap().events_pushed += 1;
+        if deliver(&state, &target, &appid, &format!("gh_{appid}"), &xml, None).await {
+            state.stats.lock().unwrap().events_acknowledged += 1;
+        }
+    });
+}
+
+/// The `ErrorStatus` of a sent event for `touser`, by the same openid convention as receipts.
+pub fn sent_status(touser: &str) -> (i64, &'static str) {
+    match status_for(touser) {
+        "success" => (0, "success"),
+        other => (1, other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sent event has the shape of WeChat's documented sample.
+    #[test]
+    fn a_sent_event_is_wechats_xml() {
+        let xml = SubscriptionEvent::Sent {
+            template_id: "T".into(),
+            msgid: 1_700_827_132_819_554_304,
+            error_code: 0,
+            error_status: "success".into(),
+        }
+        .to_xml("wx1", "o1", 1610969468);
+        assert_eq!(
+            xml,
+            "<xml><ToUserName><![CDATA[gh_wx1]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName><CreateTime>1610969468</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe_msg_sent_event]]></Event><SubscribeMsgSentEvent><List><TemplateId><![CDATA[T]]></TemplateId><MsgID>1700827132819554304</MsgID><ErrorCode>0</ErrorCode><ErrorStatus><![CDATA[success]]></ErrorStatus></List></SubscribeMsgSentEvent></xml>"
+        );
+    }
 }

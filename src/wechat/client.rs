@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{Secret, TokenMode};
+use crate::job::MsgType;
 
 /// WeChat's common reply shape: `{errcode, errmsg, ...}` plus endpoint-specific fields.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -76,9 +77,19 @@ impl SendError {
 pub struct WechatClient {
     http: reqwest::Client,
     base: String,
-    /// The send endpoint, parsed once: parsing the whole URL (host, IDNA) for every message
-    /// was 4 % of the worker's CPU. Each send only sets the query.
-    send_url: reqwest::Url,
+    /// The send endpoints, one per [`MsgType`] in [`MsgType::ALL`] order, parsed once: parsing
+    /// the whole URL (host, IDNA) for every message was 4 % of the worker's CPU. Each send only
+    /// sets the query.
+    send_urls: [reqwest::Url; 3],
+}
+
+/// The path of each message type's send endpoint.
+pub const fn send_path(t: MsgType) -> &'static str {
+    match t {
+        MsgType::Template => "/cgi-bin/message/template/send",
+        MsgType::Subscribe => "/cgi-bin/message/subscribe/bizsend",
+        MsgType::MiniprogramSubscribe => "/cgi-bin/message/subscribe/send",
+    }
 }
 
 impl WechatClient {
@@ -101,12 +112,14 @@ impl WechatClient {
             .build()
             .expect("the HTTP client builds with static settings");
         let base = base.trim_end_matches('/').to_string();
-        let send_url = reqwest::Url::parse(&format!("{base}/cgi-bin/message/template/send"))
-            .unwrap_or_else(|e| panic!("api_base {base:?} is not a URL: {e}"));
+        let send_urls = MsgType::ALL.map(|t| {
+            reqwest::Url::parse(&format!("{base}{}", send_path(t)))
+                .unwrap_or_else(|e| panic!("api_base {base:?} is not a URL: {e}"))
+        });
         WechatClient {
             http,
             base,
-            send_url,
+            send_urls,
         }
     }
 
@@ -116,7 +129,18 @@ impl WechatClient {
         token: &Secret,
         body: bytes::Bytes,
     ) -> Result<ApiReply, SendError> {
-        let mut url = self.send_url.clone();
+        self.send(MsgType::Template, token, body).await
+    }
+
+    /// Sends a pre-serialized body to the endpoint of message type `t`. Every type answers
+    /// `{errcode, errmsg}`, the template send (and sometimes bizsend) with a `msgid`.
+    pub async fn send(
+        &self,
+        t: MsgType,
+        token: &Secret,
+        body: bytes::Bytes,
+    ) -> Result<ApiReply, SendError> {
+        let mut url = self.send_urls[t as usize].clone();
         url.set_query(Some(&format!("access_token={}", token.expose())));
         let req = self
             .http
@@ -136,6 +160,19 @@ impl WechatClient {
             msgid: reply.msgid,
             ..ApiReply::default()
         })
+    }
+
+    /// Fetches one of the account's template catalogues (`GET`, the token in the query).
+    pub async fn fetch_catalogue(
+        &self,
+        token: &Secret,
+        source: crate::wechat::catalogue::Source,
+    ) -> Result<crate::wechat::catalogue::CatalogueReply, SendError> {
+        let req = self
+            .http
+            .get(format!("{}{}", self.base, source.path()))
+            .query(&[("access_token", token.expose())]);
+        self.execute(req).await
     }
 
     /// Fetches an access token, by `stable_token` (optionally forced) or the classic endpoint.

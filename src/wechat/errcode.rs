@@ -233,6 +233,13 @@ const ENTRIES: &[ErrorInfo] = &[
         RefreshToken,
     ),
     row(
+        40033,
+        "invalid_charset",
+        "不合法的请求字符，不能包含 \\uxxxx 格式的字符",
+        "invalid characters in the request: it must not contain \\uxxxx escapes",
+        Reject,
+    ),
+    row(
         40035,
         "invalid_parameter",
         "不合法的参数",
@@ -251,6 +258,41 @@ const ENTRIES: &[ErrorInfo] = &[
         "invalid_template_id",
         "不合法的template_id",
         "invalid template_id (unknown or deleted template)",
+        Reject,
+    ),
+    row(
+        40038,
+        "invalid_packaging_type",
+        "不合法的请求格式",
+        "invalid request format",
+        Reject,
+    ),
+    row(
+        40039,
+        "invalid_url_size",
+        "不合法的 URL 长度",
+        "invalid URL length (the message's url is too long)",
+        Reject,
+    ),
+    row(
+        40048,
+        "invalid_url_domain",
+        "无效的url",
+        "invalid url (its domain is not accepted)",
+        Reject,
+    ),
+    row(
+        40066,
+        "invalid_url",
+        "不合法的 url ，递交的页面被sitemap标记为拦截",
+        "invalid url: the page is blocked by the mini-program's sitemap",
+        Reject,
+    ),
+    row(
+        40097,
+        "invalid_args",
+        "参数错误",
+        "invalid arguments",
         Reject,
     ),
     row(
@@ -310,6 +352,13 @@ const ENTRIES: &[ErrorInfo] = &[
         RefreshToken,
     ),
     row(
+        41030,
+        "invalid_page",
+        "page路径不正确，需要保证在现网版本小程序中存在，与app.json保持一致",
+        "the page path is wrong: it must exist in the published mini-program and match its app.json (subscription sends)",
+        Reject,
+    ),
+    row(
         42001,
         "access_token_expired",
         "需要GET请求",
@@ -348,7 +397,7 @@ const ENTRIES: &[ErrorInfo] = &[
         43101,
         "user_refused",
         "用户拒绝接受消息",
-        "user refused to receive messages",
+        "user refused to receive messages; on a subscription send: the user refused or withdrew consent for this template (a rejection for this recipient only)",
         Reject,
     ),
     row(
@@ -469,6 +518,13 @@ const ENTRIES: &[ErrorInfo] = &[
         "api功能未授权",
         "API not authorized for this account",
         StopAccount,
+    ),
+    row(
+        48002,
+        "user_blocked_messages",
+        "粉丝拒收消息（粉丝在公众号选项中，关闭了“接收消息”）",
+        "the follower turned off \"receive messages\" for this account (a rejection for this recipient only)",
+        Reject,
     ),
     row(
         48004,
@@ -723,6 +779,11 @@ mod tests {
         (45011, "API调用太频繁"),
         (47003, "参数错误/模板参数不准确"),
         (48001, "api功能未授权"),
+        // Codes the subscription sends return (issue 16).
+        (
+            41030,
+            "page路径不正确，需要保证在现网版本小程序中存在，与app.json保持一致",
+        ),
     ];
 
     #[test]
@@ -786,8 +847,8 @@ mod tests {
             Action::StopAccount,
         );
         let mut reject = vec![
-            40002, 40003, 40008, 40036, 40037, 43002, 43003, 43004, 43019, 43101, 46001, 47001,
-            47003,
+            40002, 40003, 40008, 40033, 40036, 40037, 40038, 40039, 40048, 40066, 40097, 41030,
+            43002, 43003, 43004, 43019, 43101, 46001, 47001, 47003, 48002,
         ];
         reject.extend(40004..=40012);
         reject.extend(41002..=41005);

@@ -1,6 +1,7 @@
 //! Everything that talks to WeChat's API: the HTTP client, the access-token cache and the
 //! error-code policy table.
 
+pub mod catalogue;
 pub mod client;
 pub mod errcode;
 pub mod token;

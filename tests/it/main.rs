@@ -16,6 +16,7 @@ mod observability;
 mod pipeline;
 mod publish;
 mod receipts;
+mod subscribe;
 mod token_faults;
 mod tokens;
 mod topology;
