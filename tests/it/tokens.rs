@@ -81,15 +81,7 @@ async fn a_token_code_a_new_token_does_not_fix_forces_once_and_stops_nothing() {
 /// day is refused with 45009.
 #[tokio::test]
 async fn the_simulator_models_the_forced_refresh_rules() {
-    let mock = MockServer::start(
-        "127.0.0.1:0",
-        MockConfig {
-            accounts: vec![(APPID.into(), SECRET.into())],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mock = account_mock(APPID).await;
     let http = reqwest::Client::new();
     let force = || async {
         let text = http
@@ -149,22 +141,16 @@ async fn replicas_share_the_forced_refresh_budget_through_redis() {
     )
     .await
     .unwrap();
-    let replica = || {
-        TokenSource::new(
-            appid.clone(),
-            Secret::new(SECRET),
+    let new_replica = || {
+        replica(
+            &appid,
             TokenMode::Stable,
-            WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
-            Arc::new(Metrics::new()),
-            TokenLimits {
-                stop_probe: Duration::from_secs(60),
-                force_budget: 2,
-                shared: Some(Arc::new(SharedSlot::new(REDIS_URL))),
-            },
+            &mock,
+            Arc::new(SharedSlot::new(REDIS_URL)),
         )
     };
     // Replica A: its fresh token is rejected, stable_token hands it back, A forces.
-    let a = replica();
+    let a = new_replica();
     let t = a.get().await.unwrap();
     a.invalidate(&t).await;
     let forced = a.get().await.unwrap();
@@ -175,7 +161,7 @@ async fn replicas_share_the_forced_refresh_budget_through_redis() {
     // forced call now (the simulator is told to forget its spacing), but the shared 30 s
     // spacing in Redis says no.
     mock.state.forget_forced_spacing();
-    let b = replica();
+    let b = new_replica();
     let tb = b.get().await.unwrap();
     b.invalidate(&tb).await;
     let nb = b.get().await.unwrap();
@@ -186,13 +172,43 @@ async fn replicas_share_the_forced_refresh_budget_through_redis() {
     // refreshes today, replica C gets none.
     redis_del(&format!("wxdispatch:force:last:{appid}")).await;
     redis_incr(&format!("wxdispatch:force:{appid}:{}", beijing_day())).await;
-    let c = replica();
+    let c = new_replica();
     let tc = c.get().await.unwrap();
     c.invalidate(&tc).await;
     let nc = c.get().await.unwrap();
     assert!(!nc.forced, "the shared budget is spent: no forced refresh");
     assert_eq!(mock.state.stats().forced_refreshes, 1);
     assert_eq!(mock.state.stats().forced_too_soon, 0);
+}
+
+/// A simulator that knows one account.
+async fn account_mock(appid: &str) -> MockServer {
+    MockServer::start(
+        "127.0.0.1:0",
+        MockConfig {
+            accounts: vec![(appid.into(), SECRET.into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// One replica's token cache for `appid`, with a forced-refresh budget of 2 shared through
+/// `slot`.
+fn replica(appid: &str, mode: TokenMode, mock: &MockServer, slot: Arc<SharedSlot>) -> TokenSource {
+    TokenSource::new(
+        appid.to_string(),
+        Secret::new(SECRET),
+        mode,
+        WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
+        Arc::new(Metrics::new()),
+        TokenLimits {
+            stop_probe: Duration::from_secs(60),
+            force_budget: 2,
+            shared: Some(slot),
+        },
+    )
 }
 
 async fn redis_conn() -> redis::aio::MultiplexedConnection {
@@ -242,23 +258,16 @@ async fn replicas_in_classic_mode_share_one_token_through_redis() {
     .unwrap();
     // Each replica's Redis connection is opened first: a replica whose Redis does not answer
     // falls back to a token of its own (by design), which is not what this test is about.
-    let replica = || async {
+    let new_replica = || async {
         let slot = Arc::new(SharedSlot::new(REDIS_URL));
         assert!(slot.get().await.is_some(), "Redis on 127.0.0.1:6379");
-        TokenSource::new(
-            appid.clone(),
-            Secret::new(SECRET),
-            TokenMode::Classic,
-            WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
-            Arc::new(Metrics::new()),
-            TokenLimits {
-                stop_probe: Duration::from_secs(60),
-                force_budget: 2,
-                shared: Some(slot),
-            },
-        )
+        replica(&appid, TokenMode::Classic, &mock, slot)
     };
-    let (a, b, c) = (replica().await, replica().await, replica().await);
+    let (a, b, c) = (
+        new_replica().await,
+        new_replica().await,
+        new_replica().await,
+    );
     let (ta, tb, tc) = tokio::join!(a.get(), b.get(), c.get());
     let (ta, tb, tc) = (ta.unwrap(), tb.unwrap(), tc.unwrap());
     assert_eq!(ta.value, tb.value);
@@ -289,14 +298,14 @@ async fn replicas_in_classic_mode_share_one_token_through_redis() {
         .query_async(&mut redis_conn().await)
         .await
         .unwrap();
-    let d = replica().await;
+    let d = new_replica().await;
     let old = d.get().await.unwrap();
     assert_eq!(old.value, ta.value);
     d.invalidate(&old).await;
     let new = d.get().await.unwrap();
     assert_ne!(new.value, ta.value);
     assert_eq!(mock.state.stats().token_calls, 2, "one new fetch");
-    let e = replica().await;
+    let e = new_replica().await;
     assert_eq!(
         e.get().await.unwrap().value,
         new.value,
