@@ -348,7 +348,7 @@ const ENTRIES: &[ErrorInfo] = &[
         41006,
         "access_token_timeout",
         "access_token超时",
-        "access_token timed out",
+        "access_token timed out (the seed's table; today's list says missing media_id)",
         RefreshToken,
     ),
     row(
