@@ -12,80 +12,20 @@
 //! `unknown_delivery`, never a blind resend.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
-use rand::Rng;
 
 use crate::config::Config;
 use crate::job::{Job, MsgType};
-use crate::limiter::{AccountGate, Admission};
+use crate::limiter::{AccountGate, AccountStops, Admission};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, SendStatus};
+pub use crate::policy::{DEDUP_WINDOW, DeferReason, Next, RetryPolicy, RetryState};
 use crate::wechat::catalogue::{self, Mismatch, Source};
 use crate::wechat::errcode::{self, Action};
 use crate::wechat::{SendError, TokenError, TokenLimits, TokenSource, WechatClient};
-
-/// WeChat deduplicates `(openid, client_msg_id)` for 10 minutes; keep a safety margin.
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(9 * 60 + 30);
-
-/// Retry bookkeeping that travels with a job through the delay queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryState {
-    /// Tries made so far that ended in a reply or an error (sends and token fetches). Waiting
-    /// on the account (quota, a stopped account, the rate) is not a try.
-    pub attempts: u32,
-    /// When the job was first seen by a worker (Unix ms).
-    pub first_seen_ms: i64,
-    /// When the first attempt that may have reached WeChat was made (Unix ms).
-    pub maybe_sent_ms: Option<i64>,
-    /// Time charged to transient errors so far (ms): each failed try's own duration plus the
-    /// backoff chosen after it. This, not the job's age, is what the retry budget limits, so
-    /// a day-long quota pause or a stopped account never turns into a `failed` job.
-    pub transient_ms: u64,
-}
-
-impl RetryState {
-    pub fn fresh() -> RetryState {
-        RetryState {
-            attempts: 0,
-            first_seen_ms: Utc::now().timestamp_millis(),
-            maybe_sent_ms: None,
-            transient_ms: 0,
-        }
-    }
-
-    /// Charges `d` to the transient-error budget.
-    fn charge(&mut self, d: Duration) {
-        self.transient_ms = self
-            .transient_ms
-            .saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64);
-    }
-
-    /// Whether a try made `wait` after `now_ms` could fall outside WeChat's deduplication
-    /// window of an earlier attempt that may have been delivered. Such a try could produce a
-    /// second message, so it must not be made.
-    pub fn past_dedup_window(&self, now_ms: i64, wait: Duration) -> bool {
-        self.maybe_sent_ms.is_some_and(|first| {
-            let since = Duration::from_millis((now_ms - first).max(0) as u64);
-            since + wait >= DEDUP_WINDOW
-        })
-    }
-}
-
-/// What happens after a try that failed in a way worth repeating.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
-    /// Try again after the wait.
-    Retry,
-    /// Stop: the job ends `failed` with this reason.
-    GiveUp(String),
-    /// Stop without another try: an earlier attempt may have been delivered, so the job ends
-    /// `failed` with reason `unknown_delivery`.
-    UnknownDelivery,
-}
 
 /// How a job ends its turn on a worker.
 #[derive(Debug)]
@@ -95,71 +35,9 @@ pub enum Disposition {
     /// Park the job in a delay queue for `delay`, then ack; it comes back with `state`.
     Defer {
         delay: Duration,
-        reason: &'static str,
+        reason: DeferReason,
         state: RetryState,
     },
-}
-
-/// The retry settings, from the configuration.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base: Duration,
-    pub max_delay: Duration,
-    pub budget: Duration,
-    pub inline_max: Duration,
-}
-
-impl RetryPolicy {
-    pub fn from_config(c: &Config) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: c.max_attempts,
-            base: Duration::from_millis(c.retry_base_ms),
-            max_delay: Duration::from_secs(c.retry_max_delay_secs),
-            budget: Duration::from_secs(c.retry_budget_secs),
-            inline_max: Duration::from_millis(c.inline_retry_max_ms),
-        }
-    }
-
-    /// Whether a job that just failed with `reason` may be tried again after `wait`.
-    ///
-    /// It may not when its attempts or its transient-error budget are spent, or when the retry
-    /// would land outside the deduplication window of an attempt that may have been
-    /// delivered. Giving up after such an attempt is always [`Next::UnknownDelivery`], whatever
-    /// the last error was: the message may have reached the user, and the upstream must not
-    /// resend it blindly.
-    ///
-    /// The budget counts only [`RetryState::transient_ms`], never the job's age: time spent
-    /// paused on quota, behind a stopped account, on the rate limit or in the queue is not an
-    /// error and must not fail the job (issue 19). Only `not_after` ends a waiting job.
-    pub fn next(&self, state: &RetryState, now_ms: i64, reason: &str, wait: Duration) -> Next {
-        let charged = Duration::from_millis(state.transient_ms);
-        let spent = state.attempts >= self.max_attempts || charged + wait > self.budget;
-        if state.past_dedup_window(now_ms, wait) || (spent && state.maybe_sent_ms.is_some()) {
-            Next::UnknownDelivery
-        } else if spent {
-            Next::GiveUp(reason.into())
-        } else {
-            Next::Retry
-        }
-    }
-
-    /// The delay before retry number `n` (0-based): exponential backoff from backon (base,
-    /// doubling, capped at `max_delay`) with jitter: a uniform pick between a tenth of that cap
-    /// and the cap. Full jitter spreads a burst of failures; the floor keeps a retry from
-    /// firing back-to-back with the failure it answers.
-    pub fn delay(&self, n: u32) -> Duration {
-        let cap = ExponentialBuilder::default()
-            .with_min_delay(self.base)
-            .with_max_delay(self.max_delay)
-            .with_factor(2.0)
-            .without_max_times()
-            .build()
-            .nth(n as usize)
-            .unwrap_or(self.max_delay);
-        let ms = cap.as_millis() as u64;
-        Duration::from_millis(rand::rng().random_range(ms / 10..=ms.max(1)))
-    }
 }
 
 /// Everything one account needs to send.
@@ -175,9 +53,8 @@ pub struct AccountCtx {
     /// read by every send; `fetching` makes one task fetch while the others send unchecked.
     catalogues: [std::sync::RwLock<catalogue::State>; 2],
     fetching: tokio::sync::Mutex<()>,
-    /// Set while a send was refused for the account's configuration (40164 IP whitelist,
-    /// 48001 API unauthorized, ...): the errcode and when one probe send may go out.
-    send_stop: Mutex<Option<(i64, Instant)>>,
+    /// Whether the account is stopped by a configuration error (send or token side).
+    pub stops: Arc<AccountStops>,
 }
 
 impl AccountCtx {
@@ -187,33 +64,6 @@ impl AccountCtx {
             MsgType::MiniprogramSubscribe => &self.mp_gate,
             MsgType::Template | MsgType::Subscribe => &self.gate,
         }
-    }
-
-    /// How long this job must wait because the account is stopped, or `None` to send. Once
-    /// the hold has passed, exactly one caller gets `None` (the probe) and the hold is renewed
-    /// for everybody else; a successful probe clears it.
-    fn stop_hold(&self, probe_every: Duration) -> Option<Duration> {
-        let mut stop = self.send_stop.lock().expect("stop lock");
-        let (code, until) = (*stop)?;
-        let now = Instant::now();
-        if now < until {
-            return Some(until - now);
-        }
-        *stop = Some((code, now + probe_every));
-        None
-    }
-
-    /// Stops sends for `hold`. Returns whether the account was running until now.
-    fn stop_sends(&self, code: i64, hold: Duration) -> bool {
-        let mut stop = self.send_stop.lock().expect("stop lock");
-        let was_running = stop.is_none();
-        *stop = Some((code, Instant::now() + hold));
-        was_running
-    }
-
-    /// A send succeeded: clears a stop. Returns whether there was one.
-    fn resume_sends(&self) -> bool {
-        self.send_stop.lock().expect("stop lock").take().is_some()
     }
 }
 
@@ -270,6 +120,7 @@ impl Dispatcher {
                         config.expected_replicas,
                     )
                 };
+                let stops = Arc::new(AccountStops::new(&a.appid, &metrics));
                 let ctx = AccountCtx {
                     mp_gate: gate(&mp_id),
                     gate: gate(&a.appid),
@@ -283,9 +134,10 @@ impl Dispatcher {
                             stop_probe: Duration::from_secs(config.account_stop_probe_secs.max(1)),
                             force_budget: config.token_force_budget,
                             shared: shared.clone(),
+                            stops: stops.clone(),
                         },
                     )),
-                    send_stop: Mutex::new(None),
+                    stops,
                     catalogues: Default::default(),
                     fetching: tokio::sync::Mutex::new(()),
                 };
@@ -354,7 +206,7 @@ impl Dispatcher {
                         .inc();
                     tracing::debug!(job_id = %job.id, appid, %reason, wait_ms = wait.as_millis() as u64, "retrying");
                     if wait > self.policy.inline_max {
-                        return self.defer(appid, wait, "backoff", state);
+                        return self.defer(appid, wait, DeferReason::Backoff, state);
                     }
                     tokio::time::sleep(wait).await;
                 }
@@ -378,8 +230,8 @@ impl Dispatcher {
 
     async fn try_once(&self, job: &Job, acct: &AccountCtx, state: &mut RetryState) -> Try {
         let appid = job.appid.as_str();
-        if let Some(hold) = acct.stop_hold(self.stop_probe) {
-            return Try::Done(self.defer(appid, hold, "account_stopped", *state));
+        if let Some(hold) = acct.stops.send_hold(self.stop_probe) {
+            return Try::Done(self.defer(appid, hold, DeferReason::AccountStopped, *state));
         }
         let quota = acct.quota_gate(job.msg_type);
         let probe = match quota.admit() {
@@ -391,7 +243,7 @@ impl Dispatcher {
                     // a retry: the budget is for errors, and this is the account's state.
                     self.metrics
                         .deferred_total
-                        .with_label_values(&[appid, reason])
+                        .with_label_values(&[appid, reason.as_str()])
                         .inc();
                     tokio::time::sleep(delay).await;
                     return Try::Waited;
@@ -404,13 +256,13 @@ impl Dispatcher {
             // Too many of this account's sends already wait for its rate: park this one
             // rather than hold a slot other accounts could use.
             drop(reservation);
-            return Try::Done(self.defer(appid, wait, "rate", *state));
+            return Try::Done(self.defer(appid, wait, DeferReason::Rate, *state));
         }
         let fetching = Instant::now();
         let token = match acct.tokens.get().await {
             Ok(t) => t,
             Err(TokenError::Stopped { retry_in, .. }) => {
-                return Try::Done(self.defer(appid, retry_in, "account_stopped", *state));
+                return Try::Done(self.defer(appid, retry_in, DeferReason::AccountStopped, *state));
             }
             Err(TokenError::Unavailable { retry_in, .. }) => {
                 state.attempts += 1;
@@ -431,7 +283,6 @@ impl Dispatcher {
             o.errmsg = Some(m.detail());
             return Try::Done(Disposition::Final(o));
         }
-        state.attempts += 1;
         let started = Instant::now();
         let result = self
             .client
@@ -444,6 +295,7 @@ impl Dispatcher {
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
+                state.attempts += 1;
                 self.count_api(appid, &e.label());
                 if e.maybe_sent() && !job.msg_type.deduplicated() {
                     // No client_msg_id on this endpoint: WeChat would take a retry as a second
@@ -494,13 +346,17 @@ impl Dispatcher {
         let code = reply.errcode;
         self.count_api(appid, &code.to_string());
         let action = errcode::action(code);
+        // An attempt is counted once its result is known, and only when the result is about
+        // the job: the minute limit, the quota and a stopped account are the account's state.
+        if !matches!(
+            action,
+            Action::SlowDown | Action::PauseQuota | Action::StopAccount
+        ) {
+            state.attempts += 1;
+        }
         match action {
             Action::Success => {
-                if acct.resume_sends() {
-                    self.metrics
-                        .account_stopped
-                        .with_label_values(&[appid])
-                        .set(0);
+                if acct.stops.resume_sends() {
                     tracing::info!(
                         appid,
                         "a send for a stopped account succeeded; account resumed"
@@ -549,19 +405,16 @@ impl Dispatcher {
             Action::SlowDown => {
                 let wait = quota.slow_down();
                 tracing::warn!(job_id = %job.id, appid, errcode = code, "minute limit hit; slowing down until the next minute");
-                // Not the job's fault: give the attempt back.
-                state.attempts -= 1;
-                Try::Done(self.defer(appid, wait, "rate_minute", *state))
+                Try::Done(self.defer(appid, wait, DeferReason::RateMinute, *state))
             }
             Action::PauseQuota => {
                 quota.pause_quota();
-                state.attempts -= 1;
                 let delay = self.policy.inline_max + Duration::from_secs(1);
                 let delay = delay.max(Duration::from_secs(1));
-                Try::Done(self.defer(appid, delay, "quota", *state))
+                Try::Done(self.defer(appid, delay, DeferReason::Quota, *state))
             }
             Action::StopAccount => {
-                if acct.stop_sends(code, self.stop_probe) {
+                if acct.stops.stop_sends(code, self.stop_probe) {
                     tracing::error!(job_id = %job.id, appid, errcode = code,
                         reason = %errcode::reason(code), errmsg = %reply.errmsg,
                         "WeChat refused the account's configuration (IP whitelist or API \
@@ -569,12 +422,7 @@ impl Dispatcher {
                          {}s. Fix the account in the WeChat admin console.",
                         self.stop_probe.as_secs());
                 }
-                state.attempts -= 1;
-                self.metrics
-                    .account_stopped
-                    .with_label_values(&[appid])
-                    .set(1);
-                Try::Done(self.defer(appid, self.stop_probe, "account_stopped", *state))
+                Try::Done(self.defer(appid, self.stop_probe, DeferReason::AccountStopped, *state))
             }
         }
     }
@@ -703,12 +551,12 @@ impl Dispatcher {
         &self,
         appid: &str,
         delay: Duration,
-        reason: &'static str,
+        reason: DeferReason,
         state: RetryState,
     ) -> Disposition {
         self.metrics
             .deferred_total
-            .with_label_values(&[appid, reason])
+            .with_label_values(&[appid, reason.as_str()])
             .inc();
         Disposition::Defer {
             delay,
@@ -759,177 +607,5 @@ fn source_index(t: MsgType) -> usize {
     match Source::of(t) {
         Source::Private => 0,
         Source::Subscription => 1,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each delay lies between a tenth of its exponential cap and the cap: the cap bounds a
-    /// storm of retries, the floor keeps a retry from firing back-to-back with the failure it
-    /// answers (a zero delay would be a hot loop), and the spread shows there is jitter.
-    #[test]
-    fn backoff_lies_between_a_tenth_of_the_exponential_cap_and_the_cap() {
-        let p = RetryPolicy {
-            max_attempts: 6,
-            base: Duration::from_millis(100),
-            max_delay: Duration::from_secs(2),
-            budget: Duration::from_secs(60),
-            inline_max: Duration::from_secs(3),
-        };
-        for (n, cap) in [(0, 100), (1, 200), (2, 400), (3, 800), (20, 2000)] {
-            let cap = Duration::from_millis(cap);
-            let samples: Vec<Duration> = (0..200).map(|_| p.delay(n)).collect();
-            let (lo, hi) = (
-                *samples.iter().min().unwrap(),
-                *samples.iter().max().unwrap(),
-            );
-            assert!(hi <= cap, "delay({n}) = {hi:?} above its cap {cap:?}");
-            assert!(
-                lo >= cap / 10,
-                "delay({n}) = {lo:?} below a tenth of {cap:?}"
-            );
-            // 200 uniform picks over [cap/10, cap]: the spread is far above half the range.
-            assert!(
-                hi - lo > (cap - cap / 10) / 2,
-                "delay({n}) has no jitter: {lo:?}..{hi:?}"
-            );
-        }
-    }
-
-    fn policy() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 6,
-            base: Duration::from_millis(200),
-            max_delay: Duration::from_secs(60),
-            budget: Duration::from_secs(3600),
-            inline_max: Duration::from_secs(3),
-        }
-    }
-
-    const MIN: i64 = 60_000;
-
-    fn state(
-        attempts: u32,
-        first_seen_ago_ms: i64,
-        maybe_sent_ago_ms: Option<i64>,
-    ) -> (RetryState, i64) {
-        let now = Utc::now().timestamp_millis();
-        let st = RetryState {
-            attempts,
-            first_seen_ms: now - first_seen_ago_ms,
-            maybe_sent_ms: maybe_sent_ago_ms.map(|ago| now - ago),
-            transient_ms: 0,
-        };
-        (st, now)
-    }
-
-    /// A message that timed out 9.5 minutes ago is never tried again, not even at once:
-    /// WeChat would no longer deduplicate it, so a retry could be a second message.
-    #[test]
-    fn a_maybe_sent_message_is_not_retried_outside_the_dedup_window() {
-        let p = policy();
-        let (st, now) = state(1, 10 * MIN, Some(9 * MIN + 30_000));
-        assert!(st.past_dedup_window(now, Duration::ZERO));
-        assert_eq!(
-            p.next(&st, now, "timeout", Duration::ZERO),
-            Next::UnknownDelivery
-        );
-        assert_eq!(
-            p.next(&st, now, "system_busy", Duration::from_millis(10)),
-            Next::UnknownDelivery
-        );
-    }
-
-    /// Inside the window the same job may retry, but only with a wait that still lands inside.
-    #[test]
-    fn a_maybe_sent_message_retries_only_while_the_retry_lands_inside_the_window() {
-        let p = policy();
-        let (st, now) = state(2, 9 * MIN, Some(9 * MIN));
-        assert_eq!(
-            p.next(&st, now, "timeout", Duration::from_secs(10)),
-            Next::Retry
-        );
-        assert_eq!(
-            p.next(&st, now, "timeout", Duration::from_secs(40)),
-            Next::UnknownDelivery
-        );
-    }
-
-    /// The window only matters for messages that may have been sent: an error reply proves
-    /// WeChat did not take the message, so the same age is no reason to stop.
-    #[test]
-    fn a_job_with_only_error_replies_ignores_the_dedup_window() {
-        let p = policy();
-        let (st, now) = state(2, 20 * MIN, None);
-        assert!(!st.past_dedup_window(now, Duration::from_secs(60)));
-        assert_eq!(
-            p.next(&st, now, "system_busy", Duration::from_secs(60)),
-            Next::Retry
-        );
-    }
-
-    /// Running out of attempts or time ends `failed` with the last reason, or with
-    /// `unknown_delivery` when an earlier attempt may have been delivered.
-    #[test]
-    fn a_spent_budget_gives_up_with_the_right_reason() {
-        let p = policy();
-        let (st, now) = state(6, MIN, None);
-        assert_eq!(
-            p.next(&st, now, "system_busy", Duration::ZERO),
-            Next::GiveUp("system_busy".into())
-        );
-        let (st, now) = state(6, MIN, Some(MIN));
-        assert_eq!(
-            p.next(&st, now, "system_busy", Duration::ZERO),
-            Next::UnknownDelivery
-        );
-        // The time budget: a retry that would land after it is not worth waiting for.
-        let (mut st, now) = state(1, 59 * MIN, None);
-        st.transient_ms = 59 * MIN as u64;
-        assert_eq!(
-            p.next(&st, now, "http_502", Duration::from_secs(30)),
-            Next::Retry
-        );
-        assert_eq!(
-            p.next(&st, now, "http_502", Duration::from_secs(61)),
-            Next::GiveUp("http_502".into())
-        );
-    }
-
-    /// Issue 19: the budget is charged with error time only. A job that waited a whole day on
-    /// quota (or a stopped account) and then meets its first transient error still has its
-    /// full budget; one that spent the budget on errors has not, however young it is.
-    #[test]
-    fn waiting_on_the_account_is_not_charged_to_the_retry_budget() {
-        let p = RetryPolicy {
-            budget: Duration::from_secs(3),
-            ..policy()
-        };
-        let (st, now) = state(1, 24 * 60 * MIN, None);
-        assert_eq!(
-            p.next(&st, now, "system_busy", Duration::from_secs(1)),
-            Next::Retry,
-            "a day of waiting is not an error"
-        );
-        let (mut st, now) = state(1, 1_000, None);
-        st.transient_ms = 2_500;
-        assert_eq!(
-            p.next(&st, now, "system_busy", Duration::from_secs(1)),
-            Next::GiveUp("system_busy".into()),
-            "2.5 s of errors plus a 1 s backoff exceed a 3 s budget"
-        );
-    }
-
-    /// `charge` adds up, and saturates instead of wrapping.
-    #[test]
-    fn charging_the_budget_adds_and_saturates() {
-        let mut st = RetryState::fresh();
-        st.charge(Duration::from_millis(1_500));
-        st.charge(Duration::from_millis(250));
-        assert_eq!(st.transient_ms, 1_750);
-        st.charge(Duration::MAX);
-        assert_eq!(st.transient_ms, u64::MAX);
     }
 }

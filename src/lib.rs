@@ -13,6 +13,7 @@
 //! - [`job`] and [`outcome`]: the message schemas of the contract.
 //! - [`wechat`]: the HTTP client, the token cache, the error-code policy table and the template
 //!   catalogue.
+//! - [`policy`]: the retry state a job carries, the budget and backoff rules, defer reasons.
 //! - [`dispatch`]: what to do with one job: pace, token, send, retry or defer.
 //! - [`limiter`]: per-account rate limiting and quota pauses.
 //! - [`amqp`]: connections, topology, the confirming publisher.
@@ -41,6 +42,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod outcome;
+pub mod policy;
 pub mod publish;
 pub mod receipts;
 pub mod shutdown;

@@ -454,8 +454,8 @@ async fn process(
                         publish_final(ctx, io, delivery, &o).await
                     }
                     Disposition::Defer { delay, reason, state } => {
-                        tracing::debug!(reason, delay_ms = delay.as_millis() as u64, "job deferred");
-                        let props = headers::with_retry_state(props, &state, reason);
+                        tracing::debug!(reason = reason.as_str(), delay_ms = delay.as_millis() as u64, "job deferred");
+                        let props = headers::with_retry_state(props, &state, reason.as_str());
                         publisher.defer(&delivery.data, props, delay).await?;
                         ack();
                         Ok(())

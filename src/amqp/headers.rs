@@ -3,7 +3,7 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
-use crate::dispatch::RetryState;
+use crate::policy::RetryState;
 
 /// Tries made so far, so the retry budget survives a trip through the delay queue.
 pub const ATTEMPTS: &str = "x-wxd-attempts";

@@ -162,6 +162,9 @@ pub struct TokenLimits {
     pub force_budget: u32,
     /// Redis, to share the force budget and spacing with the other replicas.
     pub shared: Option<Arc<SharedSlot>>,
+    /// The account's stop state, shared with the send side; the token side reports its
+    /// circuit breaker there, and it alone writes the gauge.
+    pub stops: Arc<crate::limiter::AccountStops>,
 }
 
 /// One account's token cache.
@@ -176,6 +179,8 @@ pub struct TokenSource {
     force_budget: u32,
     /// Redis, to share the force budget and spacing with the other replicas.
     shared: Option<Arc<SharedSlot>>,
+    /// Where the token side's stop is reported (the one writer of the stopped gauge).
+    stops: Arc<crate::limiter::AccountStops>,
     current: Mutex<Option<Arc<Token>>>,
     refresh: tokio::sync::Mutex<RefreshState>,
 }
@@ -193,6 +198,7 @@ impl TokenSource {
             stop_probe,
             force_budget,
             shared,
+            stops,
         } = limits;
         metrics
             .token_force_budget_remaining
@@ -207,6 +213,7 @@ impl TokenSource {
             stop_probe,
             force_budget,
             shared,
+            stops,
             current: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
         }
@@ -457,10 +464,7 @@ impl TokenSource {
         st.failures = 0;
         st.next_try = None;
         if st.stopped.take().is_some() {
-            self.metrics
-                .account_stopped
-                .with_label_values(&[&self.appid])
-                .set(0);
+            self.stops.set_token_stopped(false);
             tracing::info!(appid = %self.appid, "token endpoint accepts the account again; resuming");
         }
         let token = Arc::new(Token {
@@ -608,10 +612,7 @@ impl TokenSource {
                     self.stop_probe
                 };
                 st.stopped = Some((code, Instant::now() + hold));
-                self.metrics
-                    .account_stopped
-                    .with_label_values(&[&self.appid])
-                    .set(1);
+                self.stops.set_token_stopped(true);
                 if quota {
                     self.count("quota");
                     tracing::error!(

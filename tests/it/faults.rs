@@ -296,7 +296,7 @@ async fn a_job_back_after_the_dedup_window_is_unknown_delivery_with_no_send() {
     let h = Harness::start(Opts::default()).await;
     let now = chrono::Utc::now().timestamp_millis();
     for (id, maybe_sent_ago_ms) in [("stale", 10 * 60_000), ("recent", 60_000)] {
-        let state = wxdispatch::dispatch::RetryState {
+        let state = wxdispatch::policy::RetryState {
             attempts: 1,
             first_seen_ms: now - maybe_sent_ago_ms - 1_000,
             maybe_sent_ms: Some(now - maybe_sent_ago_ms),

@@ -385,7 +385,7 @@ async fn the_daily_count_in_redis_adds_up_every_replicas_sends() {
         matches!(
             b_says,
             Admission::Later {
-                reason: "quota",
+                reason: wxdispatch::policy::DeferReason::Quota,
                 ..
             }
         ),

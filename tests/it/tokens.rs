@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wxdispatch::config::{Secret, TokenMode};
+use wxdispatch::limiter::AccountStops;
 use wxdispatch::limiter::shared::SharedSlot;
 use wxdispatch::metrics::Metrics;
 use wxdispatch::mock::{FORCED_REFRESHES_PER_DAY, MockConfig, MockServer};
@@ -197,16 +198,18 @@ async fn account_mock(appid: &str) -> MockServer {
 /// One replica's token cache for `appid`, with a forced-refresh budget of 2 shared through
 /// `slot`.
 fn replica(appid: &str, mode: TokenMode, mock: &MockServer, slot: Arc<SharedSlot>) -> TokenSource {
+    let metrics = Arc::new(Metrics::new());
     TokenSource::new(
         appid.to_string(),
         Secret::new(SECRET),
         mode,
         WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
-        Arc::new(Metrics::new()),
+        metrics.clone(),
         TokenLimits {
             stop_probe: Duration::from_secs(60),
             force_budget: 2,
             shared: Some(slot),
+            stops: Arc::new(AccountStops::new(appid, &metrics)),
         },
     )
 }
