@@ -379,3 +379,162 @@ async fn serial_cluster_losing_the_leader_then_a_follower_sends_every_job_once()
     h.stop_worker().await;
     drop(cluster);
 }
+
+/// Issue 20, item 4: what a quorum queue does across a leader change and without a quorum.
+/// 1. A job delivered (unacked) by the leader's node, which is then killed, comes back from
+///    the new leader with `x-delivery-count` 1: each lost consumer counts against the
+///    delivery limit (`WXD_DELIVERY_LIMIT`, 5), so the figure goes in the docs.
+/// 2. With two of three nodes down (no quorum), the worker neither drops nor crashes: it
+///    keeps running, holds its jobs, and once a second node is back every job reaches WeChat
+///    once, with an outcome, and none is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
+    use futures_util::StreamExt;
+    const N: usize = 1500;
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let mut h = Harness::start(Opts {
+        amqp_url: Some(Cluster::URLS),
+        env: &[("WXD_RATE_PER_SEC", "100")],
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let jobs_queue = h.config.jobs_queue.clone();
+    let (leader, members) = cluster.leader(1, &jobs_queue);
+    h.publish(&job("probe", "o-probe")).await;
+    h.publish_many(&jobs("nq", N)).await;
+    let node_url = |n: u8| format!("amqp://guest:guest@127.0.0.1:{}/%2f", 5680 + u16::from(n));
+
+    // 1. The probe, delivered by the leader's node and never acked; then that node dies.
+    let first = wxdispatch::amqp::connect(&node_url(leader), "wxdispatch-test-probe")
+        .await
+        .unwrap();
+    let ch = first.create_channel().await.unwrap();
+    ch.basic_qos(1, Default::default()).await.unwrap();
+    let mut c = ch
+        .basic_consume(
+            jobs_queue.as_str().into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let d = c.next().await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&d.data).unwrap()["id"],
+        "probe"
+    );
+    tokio::task::block_in_place(|| cluster.kill(leader));
+    let survivors: Vec<u8> = members.iter().copied().filter(|&m| m != leader).collect();
+    let again = wxdispatch::amqp::connect(&node_url(survivors[0]), "wxdispatch-test-probe")
+        .await
+        .unwrap();
+    let ch = again.create_channel().await.unwrap();
+    ch.basic_qos(1, Default::default()).await.unwrap();
+    let mut c = ch
+        .basic_consume(
+            jobs_queue.as_str().into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(20), c.next())
+        .await
+        .expect("the probe comes back from the new leader")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&d.data).unwrap()["id"],
+        "probe"
+    );
+    let count = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    eprintln!(
+        "after its consumer's node died, the probe came back with x-delivery-count {count:?}"
+    );
+    d.acker.ack(Default::default()).await.unwrap();
+    let _ = again.close(200, "done".into()).await;
+    assert!(count.is_some(), "a lost consumer counts as a delivery");
+
+    // 2. The worker runs on the two survivors; then one of them dies too: no quorum.
+    h.start_worker().await;
+    let sent = || h.mock.state.stats().messages as usize;
+    eventually("200 jobs sent", Duration::from_secs(30), || async {
+        sent() >= 200
+    })
+    .await;
+    let keep = tokio::task::block_in_place(|| cluster.consumer_node(survivors[0]))
+        .expect("the worker consumes");
+    let lost = survivors.iter().copied().find(|&m| m != keep).unwrap();
+    let started = std::time::Instant::now();
+    tokio::task::block_in_place(|| cluster.kill(lost));
+    let at_loss = sent();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = sent();
+    let worker = h.worker.as_ref().unwrap();
+    assert!(
+        !worker.handle.is_finished(),
+        "the worker stopped without a quorum"
+    );
+    let health = reqwest::get(format!("http://{}/healthz", worker.http_addr))
+        .await
+        .unwrap()
+        .status();
+    let ready = reqwest::get(format!("http://{}/readyz", worker.http_addr))
+        .await
+        .unwrap()
+        .status();
+    eprintln!(
+        "no quorum for 10 s: {} jobs reached WeChat meanwhile ({at_loss} before), /healthz {health}, /readyz {ready}",
+        after - at_loss
+    );
+    assert!(after < N, "the outage came too late to matter; more jobs");
+    tokio::task::block_in_place(|| cluster.revive(lost));
+    eprintln!("{:?}: node {lost} is back, quorum again", started.elapsed());
+
+    eventually("every job sent", Duration::from_secs(90), || async {
+        sent() >= N
+    })
+    .await;
+    let out = drain_outcomes(&h.config.outcomes_queue, N, Duration::from_secs(60)).await;
+    let stats = h.mock.state.stats();
+    // The probe was taken by the test, not the worker: N jobs (+1 only if it leaked).
+    assert_eq!(stats.messages as usize, N, "distinct messages at WeChat");
+    let mut per_job: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for o in &out {
+        per_job
+            .entry(o["id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(o);
+    }
+    assert_eq!(per_job.len(), N, "every job has an outcome");
+    for (id, os) in &per_job {
+        assert!(os.iter().all(|o| o["status"] == "sent"), "{id}: {os:?}");
+    }
+    let conn = wxdispatch::amqp::connect(Cluster::URLS, "wxdispatch-test-depth")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let dead = wxdispatch::amqp::topology::depth(&ch, &h.config.dead_queue).await;
+    assert_eq!(dead, 0, "nothing dead-lettered");
+    let readyz = format!("http://{}/readyz", h.worker.as_ref().unwrap().http_addr);
+    eventually("/readyz 200 again", Duration::from_secs(20), || async {
+        reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    eprintln!(
+        "without quorum: {N} jobs, {} messages, {} jobs sent twice (absorbed), {} duplicate outcomes, whole outage and recovery {:?}",
+        stats.messages,
+        stats.sends_by_id.values().filter(|&&c| c > 1).count(),
+        out.len() - N,
+        started.elapsed()
+    );
+    h.stop_worker().await;
+    drop(cluster);
+}
