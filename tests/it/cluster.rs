@@ -462,15 +462,39 @@ async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
     let _ = again.close(200, "done".into()).await;
     assert!(count.is_some(), "a lost consumer counts as a delivery");
 
-    // 2. The worker runs on the two survivors; then one of them dies too: no quorum.
-    h.start_worker().await;
+    // 2. The worker runs on the two survivors, both its connections on one of them (it picks
+    // nodes at random, so restart it until they are: p = 1/2 a try), so losing the other
+    // node takes the quorum and nothing else: its connections stay up.
+    let mut keep = 0;
+    for tries in 1.. {
+        h.start_worker().await;
+        let mut nodes = Vec::new();
+        for _ in 0..50 {
+            nodes = tokio::task::block_in_place(|| cluster.connections(survivors[0]))
+                .into_iter()
+                .filter(|(name, _)| {
+                    name.starts_with("wxdispatch-publish-")
+                        || name.starts_with("wxdispatch-consume-")
+                })
+                .map(|(_, node)| node)
+                .collect();
+            if nodes.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if nodes.len() == 2 && nodes[0] == nodes[1] {
+            keep = nodes[0];
+            break;
+        }
+        assert!(tries < 30, "the worker's connections never shared a node");
+        h.stop_worker().await;
+    }
     let sent = || h.mock.state.stats().messages as usize;
     eventually("200 jobs sent", Duration::from_secs(30), || async {
         sent() >= 200
     })
     .await;
-    let keep = tokio::task::block_in_place(|| cluster.consumer_node(survivors[0]))
-        .expect("the worker consumes");
     let lost = survivors.iter().copied().find(|&m| m != keep).unwrap();
     let started = std::time::Instant::now();
     tokio::task::block_in_place(|| cluster.kill(lost));
@@ -490,9 +514,14 @@ async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
         .await
         .unwrap()
         .status();
+    let m = h.metrics().await;
     eprintln!(
-        "no quorum for 10 s: {} jobs reached WeChat meanwhile ({at_loss} before), /healthz {health}, /readyz {ready}",
-        after - at_loss
+        "no quorum for 10 s: {} jobs reached WeChat meanwhile ({at_loss} before), /healthz {health}, /readyz {ready}, outcomes waiting {}, refused {}/{}, reconnects {}",
+        after - at_loss,
+        metric(&m, "wxdispatch_outcomes_waiting"),
+        metric(&m, "wxdispatch_outcomes_refused_total{reason=\"nacked\"}"),
+        metric(&m, "wxdispatch_outcomes_refused_total{reason=\"returned\"}"),
+        metric(&m, "wxdispatch_amqp_reconnects_total"),
     );
     assert!(after < N, "the outage came too late to matter; more jobs");
     tokio::task::block_in_place(|| cluster.revive(lost));
