@@ -5,6 +5,7 @@
 #   bash scripts/cluster.sh stop    # stops all three and removes their data
 #   bash scripts/cluster.sh kill N  # kills node N hard (SIGKILL), as a lost machine would
 #   bash scripts/cluster.sh revive N
+#   bash scripts/cluster.sh ctl N ARGS...  # rabbitmqctl against node N (as the rabbitmq user)
 #
 # Each node has its own node name, ports, data and log folders and config file: the machine's
 # /etc/rabbitmq/rabbitmq.conf pins port 5672, so the nodes must not read it. They run as the
@@ -29,6 +30,14 @@ env_of() { # i -> the environment one node runs with
     "RABBITMQ_PID_FILE=$d/pid" \
     "RABBITMQ_CONF_ENV_FILE=$d/rabbitmq-env.conf" \
     "HOME=/var/lib/rabbitmq"
+}
+
+pid_of() { # i -> the pid of node i's VM, if it runs (a killed node leaves its pid file behind)
+  local f="$BASE/n$1/pid" pid
+  [[ -f $f ]] || return 1
+  pid=$(cat "$f")
+  { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$(node "$1")" &&
+    echo "$pid"
 }
 
 as_rabbit() { # i, command...
@@ -83,19 +92,29 @@ case "${1:-}" in
   stop)
     for i in "${NODES[@]}"; do
       ctl "$i" stop >/dev/null 2>&1 || true
-      pkill -9 -f "$(node "$i")" 2>/dev/null || true
+      if pid=$(pid_of "$i"); then kill -9 "$pid" || true; fi
     done
     rm -rf "$BASE"
     echo "cluster stopped"
     ;;
   kill)
-    pkill -9 -f -- "-sname $(node "$2")|-name $(node "$2")|$(node "$2") " || pkill -9 -f "$(node "$2")"
+    # The node name is not on beam's command line (it comes from RABBITMQ_NODENAME), so
+    # pkill -f cannot find it: the node writes its pid to RABBITMQ_PID_FILE.
+    pid=$(pid_of "$2") || { echo "node $(node "$2") is not running" >&2; exit 1; }
+    kill -9 "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     ;;
   revive)
     start_node "$2"
     ;;
+  ctl)
+    shift
+    i=$1
+    shift
+    ctl "$i" "$@"
+    ;;
   *)
-    echo "usage: $0 start|stop|kill N|revive N" >&2
+    echo "usage: $0 start|stop|kill N|revive N|ctl N ARGS..." >&2
     exit 2
     ;;
 esac

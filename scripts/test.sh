@@ -4,7 +4,9 @@
 # embedded WeChat simulator.
 #
 # Tests named `serial_*` measure rates against the wall clock; on a 2-core machine they only
-# mean something when nothing else runs, so they run afterwards, one at a time.
+# mean something when nothing else runs, so they run afterwards, one at a time. The
+# `serial_cluster_*` ones start a three-node cluster beside the broker (scripts/cluster.sh,
+# about 20 s, root and the rabbitmq user needed) and stop it again, about a minute each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh

@@ -78,6 +78,10 @@ pub struct Opts<'a> {
     pub accounts: Vec<(String, String)>,
     /// Don't start the worker (the test starts it itself).
     pub no_worker: bool,
+    /// The broker (a comma-separated list of nodes, as `WXD_AMQP_URL` takes) for both the
+    /// worker and the harness's own connection; `AMQP_URL` when unset. The cluster tests need
+    /// both on the cluster, not the worker there and the publisher on the machine's broker.
+    pub amqp_url: Option<&'a str>,
 }
 
 impl Harness {
@@ -96,8 +100,11 @@ impl Harness {
         .await
         .expect("simulator starts");
         let prefix = unique("wxd.test");
-        let config = config(&prefix, &mock.base_url(), opts.env);
-        let conn = amqp::connect(AMQP_URL, "wxdispatch-test")
+        let url = opts.amqp_url.unwrap_or(AMQP_URL);
+        let mut env = vec![("WXD_AMQP_URL", url)];
+        env.extend_from_slice(opts.env);
+        let config = config(&prefix, &mock.base_url(), &env);
+        let conn = amqp::connect(url, "wxdispatch-test")
             .await
             .expect("RabbitMQ on 127.0.0.1:5672 (start it with rabbitmq-server -detached)");
         let publisher = Publisher::new(&conn, &config).await.expect("channel");
