@@ -17,7 +17,8 @@ use lapin::types::FieldTable;
 use crate::amqp::{self, Publisher};
 use crate::cli::DemoArgs;
 use crate::config::{Config, LogFormat};
-use crate::mock::{Behaviour, Fault, MockConfig, MockServer, push::PushTarget};
+use crate::mock::push::{self, PushTarget, SubscriptionEvent};
+use crate::mock::{Behaviour, Fault, MockConfig, MockServer};
 use crate::shutdown::Shutdown;
 
 const APPID: &str = "wxd0000000000demo";
@@ -228,12 +229,53 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
         "{failed_publishes} jobs were not confirmed by the broker"
     );
     let published_in = started.elapsed();
+    // Three users answer a subscription prompt: two in the pop-up (one accepts, one refuses),
+    // one later in the settings. WeChat pushes each to the callback; the worker publishes them
+    // as `consent` outcomes, so upstream systems know whom they may notify.
+    let consents = [
+        (
+            "demo-consent-1",
+            SubscriptionEvent::Popup {
+                template_id: "SUBTPL".into(),
+                accept: true,
+            },
+        ),
+        (
+            "demo-consent-2",
+            SubscriptionEvent::Popup {
+                template_id: "SUBTPL".into(),
+                accept: false,
+            },
+        ),
+        (
+            "demo-consent-3",
+            SubscriptionEvent::Change {
+                template_id: "SUBTPL".into(),
+                accept: false,
+            },
+        ),
+    ];
+    let expected_consents = consents.len();
+    if let Some(target) = mock.push_target() {
+        for (touser, event) in consents {
+            push::spawn_subscription_event(
+                mock.state.clone(),
+                target.clone(),
+                APPID.into(),
+                touser.into(),
+                event,
+            );
+        }
+    }
 
     let outcomes = collect(
         &conn,
         &config.outcomes_queue,
-        expected,
-        good,
+        Expect {
+            sends: expected,
+            receipts: good,
+            consents: expected_consents,
+        },
         Duration::from_secs(50),
     )
     .await?;
@@ -244,6 +286,7 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
 
     let mut sends: BTreeMap<String, usize> = BTreeMap::new();
     let mut receipts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut consent_table: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut by_type: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut latencies = Vec::new();
@@ -252,6 +295,9 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
         let status = o["status"].as_str().unwrap_or("?").to_string();
         if kind == "receipt" {
             *receipts.entry(status).or_default() += 1;
+        } else if kind == "consent" {
+            let source = o["source"].as_str().unwrap_or("?").to_string();
+            *consent_table.entry((status, source)).or_default() += 1;
         } else {
             if status != "sent"
                 && let Some(r) = o["reason"].as_str()
@@ -296,6 +342,11 @@ pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<(
         println!("  {k:<24}  {v:>6}");
     }
     println!();
+    println!("  consents (kind consent)   source    count");
+    for ((st, src), v) in &consent_table {
+        println!("  {st:<24}  {src:<8}  {v:>5}");
+    }
+    println!();
     println!("  dead-letter queue          {dead:>6}");
     println!(
         "  simulator: {} messages, {} duplicate requests suppressed, {} send requests",
@@ -329,14 +380,22 @@ pub struct Collected {
     pub items: Vec<(serde_json::Value, Instant)>,
     pub sends: usize,
     pub receipts: usize,
+    pub consents: usize,
 }
 
-/// Consumes `queue` until `sends` send outcomes and `receipts` receipts arrived, or timeout.
+/// How many outcomes of each kind to wait for.
+pub struct Expect {
+    pub sends: usize,
+    pub receipts: usize,
+    pub consents: usize,
+}
+
+/// Consumes `queue` until the expected send outcomes, receipts and consents arrived, or
+/// timeout.
 pub async fn collect(
     conn: &lapin::Connection,
     queue: &str,
-    sends: usize,
-    receipts: usize,
+    want: Expect,
     timeout: Duration,
 ) -> anyhow::Result<Collected> {
     let ch = conn.create_channel().await?;
@@ -353,10 +412,11 @@ pub async fn collect(
         items: Vec::new(),
         sends: 0,
         receipts: 0,
+        consents: 0,
     };
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen: HashMap<(String, String, String), ()> = HashMap::new();
-    while got.sends < sends || got.receipts < receipts {
+    while got.sends < want.sends || got.receipts < want.receipts || got.consents < want.consents {
         let next = tokio::time::timeout_at(deadline, consumer.next()).await;
         let Ok(Some(Ok(d))) = next else { break };
         let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
@@ -373,10 +433,10 @@ pub async fn collect(
         if seen.insert(key, ()).is_some() {
             continue;
         }
-        if v["kind"] == "receipt" {
-            got.receipts += 1;
-        } else {
-            got.sends += 1;
+        match v["kind"].as_str() {
+            Some("receipt") => got.receipts += 1,
+            Some("consent") => got.consents += 1,
+            _ => got.sends += 1,
         }
         got.items.push((v, Instant::now()));
     }

@@ -6,7 +6,8 @@
 //! worker consumes them with manual acks, paces each account, keeps a shared access token
 //! fresh, sends with the job id as `client_msg_id` so a retry can never produce a second
 //! message, and publishes exactly one confirmed *outcome* per job (per recipient) before
-//! acking it. It also receives WeChat's delivery receipts and publishes them as outcomes.
+//! acking it. It also receives WeChat's delivery receipts and subscription consents and publishes
+//! them as outcomes.
 //!
 //! ## Layout
 //! - [`config`]: the TOML file plus `WXD_*` environment overrides; secrets.

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub outcomes_refused_total: IntCounterVec,
     /// Jobs sent whose outcome is waiting for the broker to take it.
     pub outcomes_waiting: IntGauge,
+    /// Subscription consents from the callback, by `status` (accept/reject/other) and
+    /// `source` (popup/settings): how many users allow which messages, and from where.
+    pub consents_total: IntCounterVec,
 }
 
 /// Buckets for ages that include the backlog and deferrals: a quota pause defers jobs for
@@ -284,8 +287,19 @@ impl Metrics {
                 "wxdispatch_outcomes_waiting",
                 "Jobs whose outcome waits for the broker to accept it (not acked, not sent again)",
             ),
+            consents_total: counter(
+                r,
+                "wxdispatch_consents_total",
+                "Subscription consents (subscribe_msg_popup_event / subscribe_msg_change_event) stored, by status and source",
+                &["status", "source"],
+            ),
             registry,
         };
+        for status in ["accept", "reject"] {
+            for source in ["popup", "settings"] {
+                m.consents_total.with_label_values(&[status, source]);
+            }
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

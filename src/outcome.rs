@@ -14,6 +14,8 @@ use serde::Serialize;
 pub enum Kind {
     Send,
     Receipt,
+    /// A user's accept/reject of a subscription template, from WeChat's callback.
+    Consent,
 }
 
 /// The final status of a send job.
@@ -71,6 +73,24 @@ pub struct Outcome {
     pub reason: Option<String>,
     #[serde(serialize_with = "millis")]
     pub finished_at: DateTime<Utc>,
+    /// What a consent, or a subscription delivery receipt, is about; absent elsewhere, so
+    /// send outcomes keep their shape. Boxed: it is rare, and every outcome carries the slot.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<Box<SubscriptionFields>>,
+}
+
+/// The fields a subscription event adds to its outcome (issue 16.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubscriptionFields {
+    /// The template the consent or receipt is about.
+    pub template_id: String,
+    /// Where a consent was given: `popup` or `settings`; absent on receipts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// WeChat's `CreateTime` (Unix seconds) of the event behind a consent: consents for one
+    /// user and template may arrive out of order, and this is how a consumer keeps the latest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<i64>,
 }
 
 fn millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -98,6 +118,7 @@ impl Outcome {
             attempts: 0,
             reason: None,
             finished_at: Utc::now(),
+            subscription: None,
         }
     }
 
@@ -106,6 +127,7 @@ impl Outcome {
         let kind = match self.kind {
             Kind::Send => "send",
             Kind::Receipt => "receipt",
+            Kind::Consent => "consent",
         };
         // Statuses kept verbatim from WeChat may contain spaces or dots; keep the key a word.
         let status: String = self
@@ -121,7 +143,9 @@ impl Outcome {
     /// at-least-once delivery brings (a lost ack, a broker failover) by this id alone.
     ///
     /// `send:<appid>:<id>:<touser>` for sends, `receipt:<appid>:<msgid>:<touser>:<status>` for
-    /// receipts; a missing part is `-`.
+    /// receipts, `consent:<appid>:<touser>:<template_id>:<event_time>:<source>:<status>` for
+    /// consents (the event time, because one user may accept, reject and accept again);
+    /// a missing part is `-`.
     pub fn message_id(&self) -> String {
         let part = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         match self.kind {
@@ -138,6 +162,19 @@ impl Outcome {
                 part(&self.touser),
                 self.status
             ),
+            Kind::Consent => {
+                let sub = self.subscription.as_deref();
+                format!(
+                    "consent:{}:{}:{}:{}:{}:{}",
+                    part(&self.appid),
+                    part(&self.touser),
+                    sub.map_or("-", |s| s.template_id.as_str()),
+                    sub.and_then(|s| s.event_time)
+                        .map_or_else(|| "-".into(), |t| t.to_string()),
+                    part(&sub.and_then(|s| s.source.clone())),
+                    self.status
+                )
+            }
         }
     }
 
@@ -198,6 +235,43 @@ mod tests {
         r.msgid = Some(42);
         r.status = "delivered".into();
         assert_eq!(r.message_id(), "receipt:wxa:42:U1:delivered");
+    }
+
+    /// Issue 16.2: a consent carries the contract's `touser`, `template_id`, `status` and
+    /// `source`; send outcomes do not grow those fields; each consent event has its own
+    /// message_id, so accept, reject, accept again are three messages, not one.
+    #[test]
+    fn consents_serialize_with_template_and_source_and_sends_keep_their_shape() {
+        let send = Outcome::send(SendStatus::Sent, Some("j".into()), None, Some("U".into()));
+        let v: serde_json::Value = serde_json::from_slice(&send.to_json()).unwrap();
+        for absent in ["template_id", "source", "event_time"] {
+            assert!(v.get(absent).is_none(), "send outcome has {absent}: {v}");
+        }
+        let consent = |status: &str, at: i64| {
+            let mut o = Outcome::send(SendStatus::Sent, None, Some("wxa".into()), Some("U".into()));
+            o.kind = Kind::Consent;
+            o.status = status.into();
+            o.subscription = Some(Box::new(SubscriptionFields {
+                template_id: "TPL".into(),
+                source: Some("popup".into()),
+                event_time: Some(at),
+            }));
+            o
+        };
+        let c = consent("accept", 1_610_969_440);
+        let v: serde_json::Value = serde_json::from_slice(&c.to_json()).unwrap();
+        assert_eq!(v["kind"], "consent");
+        assert_eq!(v["touser"], "U");
+        assert_eq!(v["template_id"], "TPL");
+        assert_eq!(v["status"], "accept");
+        assert_eq!(v["source"], "popup");
+        assert_eq!(v["event_time"], 1_610_969_440);
+        assert_eq!(c.routing_key(), "consent.accept");
+        assert_eq!(c.message_id(), "consent:wxa:U:TPL:1610969440:popup:accept");
+        assert_ne!(
+            c.message_id(),
+            consent("accept", 1_610_969_500).message_id()
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The WeChat server callback: URL verification and TEMPLATESENDJOBFINISH delivery receipts.
+//! The WeChat server callback: URL verification, TEMPLATESENDJOBFINISH delivery receipts and
+//! the subscription events (consents and subscription delivery results).
 //!
 //! A receipt is published to the outcome exchange (kind `receipt`) with publisher confirms,
 //! and the endpoint answers `success` only once the broker confirmed it: `success` makes
@@ -11,6 +12,13 @@
 //! `success` early); a retry after a failed publish publishes again; a retry after a
 //! confirmed one is answered `success` at once. Pushes are told apart by
 //! `(ToUserName, FromUserName, CreateTime, MsgID, Status)`, remembered for [`DEDUP_FOR`].
+//!
+//! Subscription events list one or more templates: `subscribe_msg_popup_event` and
+//! `subscribe_msg_change_event` become one `kind: consent` outcome per template,
+//! `subscribe_msg_sent_event` one `kind: receipt` per template. Each is stored under its own key
+//! (the above plus the event name and TemplateId), with the same rules, and the push is
+//! answered `success` only when every one of them is stored ([`combine`]); a retry publishes
+//! only those that are not.
 //!
 //! Bad input never publishes: a wrong signature or a stale timestamp is 401; malformed XML, a
 //! DOCTYPE, bad base64 or padding, a wrong appid, a missing field or an oversized body is 400.
@@ -30,10 +38,11 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use crate::amqp::{self, Publisher};
-use crate::callback::{self, AesKey, Inbound, ReceiptStatus};
+use crate::callback::event::TEMPLATE_SEND_JOB_FINISH;
+use crate::callback::{self, AesKey, Inbound, ReceiptStatus, SubscriptionEvent};
 use crate::config::{Config, Secret};
 use crate::metrics::Metrics;
-use crate::outcome::{Kind, Outcome, SendStatus};
+use crate::outcome::{Kind, Outcome, SendStatus, SubscriptionFields};
 
 /// Largest callback body accepted. WeChat's pushes are well under 2 KiB.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -61,6 +70,11 @@ pub struct ReceiptKey {
     pub msg_id: i64,
     /// WeChat's status text, verbatim.
     pub status: String,
+    /// The `Event` value: a consent and a receipt of one second must not merge.
+    pub event: String,
+    /// The item's TemplateId for subscription events (one push lists several); empty for
+    /// template receipts.
+    pub template_id: String,
 }
 
 /// How a push is answered.
@@ -95,6 +109,24 @@ impl Answer {
             Answer::Pending => "pending",
         }
     }
+}
+
+/// The answer to a push that stores several outcomes (a subscription event with several
+/// templates): `success` only if every one is stored, so WeChat keeps retrying while any is
+/// missing. A failed publish outranks a pending one (the retry must publish again).
+pub fn combine(answers: &[Answer]) -> Answer {
+    let rank = |a: &Answer| match a {
+        Answer::Failed => 0,
+        Answer::Pending => 1,
+        Answer::Stored => 2,
+        Answer::Joined => 3,
+        Answer::Duplicate => 4,
+    };
+    answers
+        .iter()
+        .min_by_key(|a| rank(a))
+        .cloned()
+        .unwrap_or(Answer::Failed)
 }
 
 enum Entry {
@@ -390,6 +422,7 @@ async fn receive(
     };
     let event = match inbound {
         Inbound::Event(e) if e.is_template_send_job_finish() => e,
+        Inbound::Subscription(ev) => return store_subscription(&r, appid, ev).await,
         Inbound::Event(_) | Inbound::Message { .. } => {
             r.count("ignored");
             return "success".into_response();
@@ -417,6 +450,8 @@ async fn receive(
         create_time: event.create_time,
         msg_id: msgid,
         status: raw_status.clone(),
+        event: TEMPLATE_SEND_JOB_FINISH.into(),
+        template_id: String::new(),
     };
     let mut o = Outcome::send(SendStatus::Sent, None, appid, Some(event.from_user.clone()));
     o.kind = Kind::Receipt;
@@ -426,41 +461,138 @@ async fn receive(
     let label = match status {
         ReceiptStatus::Other(_) => "other",
         _ => status.as_str(),
-    }
-    .to_string();
+    };
+    let publish = publish_counted(&r, o, Counted::Receipt(label.to_string()));
+    let answer = r.seen.store(key, ANSWER_WITHIN, publish).await;
+    respond(&r, answer)
+}
+
+/// The counter an outcome bumps once the broker confirmed it.
+enum Counted {
+    /// `wxdispatch_receipts_total{status}`.
+    Receipt(String),
+    /// `wxdispatch_consents_total{status,source}`.
+    Consent(String, String),
+}
+
+/// The publish of one outcome, to run in the dedupe's own task. It is counted when the broker
+/// confirmed it, even if the push that started it had already been answered 503.
+fn publish_counted(
+    r: &Arc<Receipts>,
+    o: Outcome,
+    counted: Counted,
+) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
     let publisher = r.clone();
-    let publish = async move {
+    async move {
         match publisher.publish(&o).await {
             Ok(()) => {
-                // Counted when the broker confirmed, even if the push that started it had
-                // already been answered 503.
-                publisher
-                    .metrics
-                    .receipts_total
-                    .with_label_values(&[label.as_str()])
-                    .inc();
-                tracing::debug!(msgid, status = %o.status, "receipt stored");
+                match &counted {
+                    Counted::Receipt(status) => publisher
+                        .metrics
+                        .receipts_total
+                        .with_label_values(&[status.as_str()])
+                        .inc(),
+                    Counted::Consent(status, source) => publisher
+                        .metrics
+                        .consents_total
+                        .with_label_values(&[status.as_str(), source.as_str()])
+                        .inc(),
+                }
+                tracing::debug!(kind = ?o.kind, msgid = ?o.msgid, status = %o.status, "callback outcome stored");
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(error = %e, msgid, "could not store a receipt; WeChat's retry will try again");
+                tracing::warn!(error = %e, kind = ?o.kind, msgid = ?o.msgid, "could not store a callback outcome; WeChat's retry will try again");
                 Err(e)
             }
         }
-    };
-    let answer = r.seen.store(key, ANSWER_WITHIN, publish).await;
+    }
+}
+
+/// Counts the answer and turns it into the HTTP reply: `success` or 503 (WeChat retries).
+fn respond(r: &Receipts, answer: Answer) -> Response {
     r.count(answer.label());
     if answer.is_success() {
         "success".into_response()
     } else {
         if answer == Answer::Pending {
             tracing::warn!(
-                msgid,
-                "receipt not confirmed within {ANSWER_WITHIN:?}; answering 503 so WeChat retries"
+                "callback outcome not confirmed within {ANSWER_WITHIN:?}; answering 503 so WeChat retries"
             );
         }
         reply(StatusCode::SERVICE_UNAVAILABLE, "try again")
     }
+}
+
+/// Stores one outcome per template of a subscription event, all at once, and answers
+/// `success` only when every one is stored.
+async fn store_subscription(
+    r: &Arc<Receipts>,
+    appid: Option<String>,
+    ev: SubscriptionEvent,
+) -> Response {
+    let appid = appid.or_else(|| attribute(&r.accounts, &ev.to_user));
+    if appid.is_none() {
+        tracing::warn!(to_user = %ev.to_user, "subscription event for an original id no account declares (set original_id in [[accounts]])");
+    }
+    let stores = ev.items.iter().map(|item| {
+        let mut o = Outcome::send(
+            SendStatus::Sent,
+            None,
+            appid.clone(),
+            Some(ev.from_user.clone()),
+        );
+        let (raw, counted, source) = match ev.kind.source() {
+            Some(source) => {
+                o.kind = Kind::Consent;
+                o.status = item.consent_status().to_string();
+                let label = match o.status.as_str() {
+                    s @ ("accept" | "reject") => s,
+                    _ => "other",
+                };
+                (
+                    item.status.clone().unwrap_or_default(),
+                    Counted::Consent(label.to_string(), source.to_string()),
+                    Some(source.to_string()),
+                )
+            }
+            None => {
+                let status = item.receipt_status();
+                o.kind = Kind::Receipt;
+                o.status = status.as_str().to_string();
+                o.msgid = item.msg_id;
+                o.errcode = item.error_code;
+                o.errmsg = item.error_status.clone();
+                (
+                    format!(
+                        "{}:{}",
+                        item.error_code.map_or_else(String::new, |c| c.to_string()),
+                        item.error_status.as_deref().unwrap_or("")
+                    ),
+                    Counted::Receipt(status.as_str().to_string()),
+                    None,
+                )
+            }
+        };
+        o.subscription = Some(Box::new(SubscriptionFields {
+            template_id: item.template_id.clone(),
+            event_time: source.is_some().then_some(ev.create_time),
+            source,
+        }));
+        let key = ReceiptKey {
+            to_user: ev.to_user.clone(),
+            from_user: ev.from_user.clone(),
+            create_time: ev.create_time,
+            msg_id: item.msg_id.unwrap_or(0),
+            status: raw,
+            event: ev.kind.event_name().to_string(),
+            template_id: item.template_id.clone(),
+        };
+        r.seen
+            .store(key, ANSWER_WITHIN, publish_counted(r, o, counted))
+    });
+    let answers = futures_util::future::join_all(stores).await;
+    respond(r, combine(&answers))
 }
 
 #[cfg(test)]
@@ -475,6 +607,8 @@ mod tests {
             create_time: 1_700_000_000,
             msg_id,
             status: "success".into(),
+            event: TEMPLATE_SEND_JOB_FINISH.into(),
+            template_id: String::new(),
         }
     }
 
@@ -620,6 +754,14 @@ mod tests {
                 status: "failed:user block".into(),
                 ..base.clone()
             },
+            ReceiptKey {
+                event: "subscribe_msg_sent_event".into(),
+                ..base.clone()
+            },
+            ReceiptKey {
+                template_id: "tpl-b".into(),
+                ..base.clone()
+            },
         ];
         for k in variants {
             let a = d
@@ -630,8 +772,29 @@ mod tests {
         let again = d
             .store(base, Duration::from_secs(5), publish(&runs, None))
             .await;
-        assert_eq!(again, Answer::Duplicate, "all five equal: WeChat's retry");
-        assert_eq!(runs.load(Ordering::SeqCst), 6);
+        assert_eq!(again, Answer::Duplicate, "all fields equal: WeChat's retry");
+        assert_eq!(runs.load(Ordering::SeqCst), 8);
+    }
+
+    /// Issue 16.2: a push listing several templates is answered `success` only when every
+    /// one of its outcomes is stored; one missing confirm makes it 503 so WeChat retries.
+    #[test]
+    fn a_multi_template_push_is_success_only_when_every_outcome_is_stored() {
+        use Answer::*;
+        assert_eq!(combine(&[Stored, Pending, Stored]), Pending);
+        assert_eq!(
+            combine(&[Stored, Failed, Pending]),
+            Failed,
+            "the retry must publish"
+        );
+        assert!(!combine(&[Duplicate, Duplicate, Pending]).is_success());
+        assert!(
+            !combine(&[]).is_success(),
+            "no outcome stored is no success"
+        );
+        assert_eq!(combine(&[Stored, Stored]), Stored);
+        assert_eq!(combine(&[Duplicate, Stored]), Stored);
+        assert_eq!(combine(&[Duplicate, Joined]), Joined);
     }
 
     #[test]

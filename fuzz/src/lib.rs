@@ -197,6 +197,15 @@ pub fn callback_xml(data: &[u8]) {
                 "the event does not survive to_xml: {xml}"
             );
         }
+        Ok(Inbound::Subscription(e)) => {
+            assert!(!e.items.is_empty(), "a subscription event without items");
+            let xml = e.to_xml();
+            assert_eq!(
+                event::parse_with_limit(&xml, usize::MAX),
+                Ok(Inbound::Subscription(e)),
+                "the subscription event does not survive to_xml: {xml}"
+            );
+        }
         Ok(Inbound::Encrypted {
             to_user: Some(to_user),
             encrypt,

@@ -30,6 +30,10 @@ pub const DEFAULT_MAX_XML_BYTES: usize = 64 * 1024;
 /// The `Event` value of a template message delivery receipt.
 pub const TEMPLATE_SEND_JOB_FINISH: &str = "TEMPLATESENDJOBFINISH";
 
+/// Most `<List>` items one subscription event may carry. A pop-up offers at most a handful of
+/// templates; the cap keeps a hostile body from fanning out into thousands of publishes.
+pub const MAX_SUBSCRIPTION_ITEMS: usize = 64;
+
 /// Why a callback body was rejected.
 ///
 /// Like [`super::crypto::CryptoError`], each variant has a short
@@ -68,6 +72,9 @@ pub enum XmlError {
     /// A numeric field does not hold a 64-bit integer.
     #[error("element <{0}> is not a valid integer")]
     BadNumber(&'static str),
+    /// More list items than one event may carry.
+    #[error("more than {0} list items")]
+    TooManyItems(usize),
 }
 
 impl XmlError {
@@ -83,6 +90,7 @@ impl XmlError {
             XmlError::DuplicateField(_) => "duplicate_field",
             XmlError::MissingField(_) => "missing_field",
             XmlError::BadNumber(_) => "bad_number",
+            XmlError::TooManyItems(_) => "too_many_items",
         }
     }
 }
@@ -91,31 +99,31 @@ impl XmlError {
 ///
 /// Exposed so callers can read fields this module does not model (for
 /// example `Content` of a text message) without parsing the XML twice.
+///
+/// Subscription events nest one level deeper (`<SubscribeMsgPopupEvent><List>
+/// <TemplateId>…</TemplateId></List></SubscribeMsgPopupEvent>`); those
+/// grandchildren are kept as [`ListItem`]s, see [`Fields::items`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fields(Vec<(String, String)>);
+pub struct Fields {
+    fields: Vec<(String, String)>,
+    items: Vec<ListItem>,
+}
 
-impl Fields {
+/// One grandchild of the root (such as a `<List>` of a subscription event) and its own
+/// children's text, in document order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListItem {
+    /// The top-level element it sits in, e.g. `SubscribeMsgPopupEvent`.
+    pub container: String,
+    /// Its own element name, e.g. `List`.
+    pub name: String,
+    fields: Vec<(String, String)>,
+}
+
+impl ListItem {
     /// The text of the child element `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Iterates over `(name, text)` pairs in document order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    /// Number of top-level fields.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True when the root element had no children.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        lookup(&self.fields, name)
     }
 
     fn require(&self, name: &'static str) -> Result<&str, XmlError> {
@@ -123,13 +131,59 @@ impl Fields {
     }
 
     fn number(&self, name: &'static str) -> Result<Option<i64>, XmlError> {
-        self.get(name)
-            .map(|v| {
-                v.trim()
-                    .parse::<i64>()
-                    .map_err(|_| XmlError::BadNumber(name))
-            })
-            .transpose()
+        parse_number(self.get(name), name)
+    }
+}
+
+fn lookup<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn parse_number(value: Option<&str>, name: &'static str) -> Result<Option<i64>, XmlError> {
+    value
+        .map(|v| {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| XmlError::BadNumber(name))
+        })
+        .transpose()
+}
+
+impl Fields {
+    /// The text of the child element `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        lookup(&self.fields, name)
+    }
+
+    /// Iterates over `(name, text)` pairs in document order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The grandchildren of the root, in document order.
+    pub fn items(&self) -> &[ListItem] {
+        &self.items
+    }
+
+    /// Number of top-level fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// True when the root element had no children.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    fn require(&self, name: &'static str) -> Result<&str, XmlError> {
+        self.get(name).ok_or(XmlError::MissingField(name))
+    }
+
+    fn number(&self, name: &'static str) -> Result<Option<i64>, XmlError> {
+        parse_number(self.get(name), name)
     }
 }
 
@@ -155,6 +209,168 @@ pub enum Inbound {
         /// The `MsgType` value, e.g. `text`.
         msg_type: String,
     },
+    /// A subscription-notification event: the user's consent (pop-up or
+    /// settings) or the delivery result of a subscription notification.
+    Subscription(SubscriptionEvent),
+}
+
+/// Which of WeChat's three subscription events a push is.
+///
+/// The shapes follow WeChat's Official Account "subscription notifications"
+/// documentation (developers.weixin.qq.com/doc/offiaccount/Subscription_Messages/api.html)
+/// as public SDKs parse it; samples are in `tests/fixtures/subscription/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubscriptionKind {
+    /// `subscribe_msg_popup_event`: the user accepted or rejected in the pop-up.
+    Popup,
+    /// `subscribe_msg_change_event`: the user changed it in the settings page.
+    Change,
+    /// `subscribe_msg_sent_event`: the delivery result of a `bizsend` notification.
+    Sent,
+}
+
+impl SubscriptionKind {
+    /// Every kind, for matching an `Event` value.
+    pub const ALL: [SubscriptionKind; 3] = [
+        SubscriptionKind::Popup,
+        SubscriptionKind::Change,
+        SubscriptionKind::Sent,
+    ];
+
+    /// The `Event` value WeChat sends.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            SubscriptionKind::Popup => "subscribe_msg_popup_event",
+            SubscriptionKind::Change => "subscribe_msg_change_event",
+            SubscriptionKind::Sent => "subscribe_msg_sent_event",
+        }
+    }
+
+    /// The element that holds the event's `<List>` items.
+    pub fn container(self) -> &'static str {
+        match self {
+            SubscriptionKind::Popup => "SubscribeMsgPopupEvent",
+            SubscriptionKind::Change => "SubscribeMsgChangeEvent",
+            SubscriptionKind::Sent => "SubscribeMsgSentEvent",
+        }
+    }
+
+    /// The contract's consent `source`: `popup` or `settings`; `None` for the sent event,
+    /// which is a delivery result, not a consent.
+    pub fn source(self) -> Option<&'static str> {
+        match self {
+            SubscriptionKind::Popup => Some("popup"),
+            SubscriptionKind::Change => Some("settings"),
+            SubscriptionKind::Sent => None,
+        }
+    }
+
+    fn from_event(event: &str) -> Option<SubscriptionKind> {
+        Self::ALL.into_iter().find(|k| k.event_name() == event)
+    }
+}
+
+/// A subscription event: the common header plus one item per template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionEvent {
+    /// The official account's original id (`gh_...`).
+    pub to_user: String,
+    /// The user's openid.
+    pub from_user: String,
+    /// Unix timestamp (seconds) of the event.
+    pub create_time: i64,
+    /// Which event it is.
+    pub kind: SubscriptionKind,
+    /// One entry per `<List>`; never empty (an event about no template is refused).
+    pub items: Vec<SubscriptionItem>,
+}
+
+/// One `<List>` item of a subscription event. Consent events fill `status` (and the pop-up
+/// `popup_scene`); the sent event fills `msg_id`, `error_code` and `error_status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionItem {
+    /// `TemplateId`.
+    pub template_id: String,
+    /// `SubscribeStatusString`, verbatim (`accept` / `reject`).
+    pub status: Option<String>,
+    /// `PopupScene` of the pop-up event, verbatim (WeChat documents it as a small number
+    /// naming where the pop-up was shown).
+    pub popup_scene: Option<String>,
+    /// `MsgID` of the sent event: the id `bizsend` returned.
+    pub msg_id: Option<i64>,
+    /// `ErrorCode` of the sent event: 0 on success.
+    pub error_code: Option<i64>,
+    /// `ErrorStatus` of the sent event, verbatim (`success`, `failed:user block`, ...).
+    pub error_status: Option<String>,
+}
+
+/// WeChat's error code for "the user refuses this account's messages".
+pub const USER_REFUSED: i64 = 43101;
+
+impl SubscriptionItem {
+    /// The consent word of a pop-up or change item: `accept`, `reject`, or the raw value,
+    /// kept verbatim so a new value shows up instead of vanishing.
+    pub fn consent_status(&self) -> &str {
+        let raw = self.status.as_deref().unwrap_or("");
+        match raw.trim() {
+            "accept" => "accept",
+            "reject" => "reject",
+            _ => raw,
+        }
+    }
+
+    /// The delivery result of a sent item. `ErrorCode` decides when present (0 delivered,
+    /// 43101 blocked); `ErrorStatus` otherwise (`success`, or a `user block` status). Every
+    /// other failure is `undelivered`: the message did not reach the user, for a reason the
+    /// raw code and status in the receipt tell.
+    pub fn receipt_status(&self) -> ReceiptStatus {
+        let status = self.error_status.as_deref().unwrap_or("").trim();
+        match self.error_code {
+            Some(0) => ReceiptStatus::Delivered,
+            Some(USER_REFUSED) => ReceiptStatus::Blocked,
+            Some(_) => ReceiptStatus::Undelivered,
+            None if status == "success" => ReceiptStatus::Delivered,
+            None if status.contains("user block") => ReceiptStatus::Blocked,
+            None => ReceiptStatus::Undelivered,
+        }
+    }
+}
+
+impl SubscriptionEvent {
+    /// Serializes the event the way WeChat sends it (for the simulator and round-trip
+    /// tests); only the fields an item has are written.
+    pub fn to_xml(&self) -> String {
+        let mut out = String::from("<xml>");
+        push_cdata_field(&mut out, "ToUserName", &self.to_user);
+        push_cdata_field(&mut out, "FromUserName", &self.from_user);
+        out.push_str(&format!("<CreateTime>{}</CreateTime>", self.create_time));
+        push_cdata_field(&mut out, "MsgType", "event");
+        push_cdata_field(&mut out, "Event", self.kind.event_name());
+        let container = self.kind.container();
+        out.push_str(&format!("<{container}>"));
+        for item in &self.items {
+            out.push_str("<List>");
+            push_cdata_field(&mut out, "TemplateId", &item.template_id);
+            if let Some(s) = &item.status {
+                push_cdata_field(&mut out, "SubscribeStatusString", s);
+            }
+            if let Some(s) = &item.popup_scene {
+                push_cdata_field(&mut out, "PopupScene", s);
+            }
+            if let Some(id) = item.msg_id {
+                out.push_str(&format!("<MsgID>{id}</MsgID>"));
+            }
+            if let Some(code) = item.error_code {
+                out.push_str(&format!("<ErrorCode>{code}</ErrorCode>"));
+            }
+            if let Some(s) = &item.error_status {
+                push_cdata_field(&mut out, "ErrorStatus", s);
+            }
+            out.push_str("</List>");
+        }
+        out.push_str(&format!("</{container}></xml>"));
+        out
+    }
 }
 
 /// An event push from WeChat.
@@ -298,8 +514,12 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
     config.check_comments = true;
 
     let mut fields: Vec<(String, String)> = Vec::new();
+    let mut items: Vec<ListItem> = Vec::new();
     // The depth-2 element whose text is being collected.
     let mut current: Option<(String, String)> = None;
+    // The grandchild of the root being read, and the child of it whose text is collected.
+    let mut item: Option<ListItem> = None;
+    let mut item_field: Option<(String, String)> = None;
     let mut depth = 0usize;
     let mut seen_root = false;
     let mut first_event = true;
@@ -318,6 +538,8 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
                 match depth {
                     0 => open_root(&mut seen_root, name)?,
                     1 => current = Some((name.to_owned(), String::new())),
+                    2 => item = Some(open_item(&current, name, items.len())?),
+                    3 => item_field = Some((name.to_owned(), String::new())),
                     _ => {}
                 }
                 depth += 1;
@@ -329,6 +551,12 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
                 match depth {
                     0 => open_root(&mut seen_root, name)?,
                     1 => push_field(&mut fields, name.to_owned(), String::new())?,
+                    2 => items.push(open_item(&current, name, items.len())?),
+                    3 => {
+                        if let Some(it) = item.as_mut() {
+                            push_field(&mut it.fields, name.to_owned(), String::new())?;
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -337,23 +565,40 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
                 depth = depth
                     .checked_sub(1)
                     .ok_or_else(|| XmlError::Malformed("unmatched end tag".into()))?;
-                if depth == 1
-                    && let Some((name, value)) = current.take()
-                {
-                    push_field(&mut fields, name, value)?;
+                match depth {
+                    1 => {
+                        if let Some((name, value)) = current.take() {
+                            push_field(&mut fields, name, value)?;
+                        }
+                    }
+                    2 => items.extend(item.take()),
+                    3 => {
+                        if let (Some(it), Some((name, value))) = (item.as_mut(), item_field.take())
+                        {
+                            push_field(&mut it.fields, name, value)?;
+                        }
+                    }
+                    _ => {}
                 }
             }
-            XmlEvent::Text(text) => add_text(depth, &mut current, &text.xml10_content())?,
+            XmlEvent::Text(text) => {
+                add_text(depth, &mut current, &mut item_field, &text.xml10_content())?
+            }
             XmlEvent::CData(cdata) => {
                 if depth == 0 {
                     return Err(XmlError::Malformed("CDATA outside the root element".into()));
                 }
-                add_text(depth, &mut current, &cdata.xml10_content())?;
+                add_text(depth, &mut current, &mut item_field, &cdata.xml10_content())?;
             }
             XmlEvent::GeneralRef(reference) => {
                 let ch = resolve_reference(&reference)?;
                 let mut buf = [0u8; 4];
-                add_text(depth, &mut current, ch.encode_utf8(&mut buf))?;
+                add_text(
+                    depth,
+                    &mut current,
+                    &mut item_field,
+                    ch.encode_utf8(&mut buf),
+                )?;
             }
             XmlEvent::Decl(_) if !is_first => {
                 return Err(XmlError::Malformed(
@@ -373,7 +618,24 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
             "unclosed element at end of input".into(),
         ));
     }
-    Ok(Fields(fields))
+    Ok(Fields { fields, items })
+}
+
+/// Starts a grandchild of the root inside the top-level element `current`, refusing more
+/// than [`MAX_SUBSCRIPTION_ITEMS`] of them so one body cannot fan out without bound.
+fn open_item(
+    current: &Option<(String, String)>,
+    name: &str,
+    count: usize,
+) -> Result<ListItem, XmlError> {
+    if count >= MAX_SUBSCRIPTION_ITEMS {
+        return Err(XmlError::TooManyItems(MAX_SUBSCRIPTION_ITEMS));
+    }
+    Ok(ListItem {
+        container: current.as_ref().map(|(n, _)| n.clone()).unwrap_or_default(),
+        name: name.to_owned(),
+        fields: Vec::new(),
+    })
 }
 
 /// Builds the safe-mode envelope WeChat POSTs: `ToUserName` plus `Encrypt`.
@@ -404,6 +666,16 @@ fn interpret(fields: &Fields) -> Result<Inbound, XmlError> {
     let create_time = fields
         .number("CreateTime")?
         .ok_or(XmlError::MissingField("CreateTime"))?;
+    let event = fields.require("Event")?;
+    if let Some(kind) = SubscriptionKind::from_event(event) {
+        return Ok(Inbound::Subscription(SubscriptionEvent {
+            to_user: fields.require("ToUserName")?.to_owned(),
+            from_user: fields.require("FromUserName")?.to_owned(),
+            create_time,
+            kind,
+            items: subscription_items(fields, kind)?,
+        }));
+    }
     // Template receipts spell it `MsgID`; other pushes use `MsgId`.
     let msg_id = match fields.number("MsgID")? {
         Some(id) => Some(id),
@@ -414,10 +686,63 @@ fn interpret(fields: &Fields) -> Result<Inbound, XmlError> {
         from_user: fields.require("FromUserName")?.to_owned(),
         create_time,
         msg_type: msg_type.to_owned(),
-        event: fields.require("Event")?.to_owned(),
+        event: event.to_owned(),
         msg_id,
         status: fields.get("Status").map(str::to_owned),
     }))
+}
+
+/// The items of a subscription event: every `<List>` in the event's container, each with the
+/// fields its kind needs. An item missing one is refused rather than published half-known, and
+/// so is an event with no item at all: either would be a consent or receipt silently lost.
+fn subscription_items(
+    fields: &Fields,
+    kind: SubscriptionKind,
+) -> Result<Vec<SubscriptionItem>, XmlError> {
+    let mut out = Vec::new();
+    for item in fields
+        .items()
+        .iter()
+        .filter(|i| i.container == kind.container() && i.name == "List")
+    {
+        let template_id = item.require("TemplateId")?.to_owned();
+        let parsed = match kind {
+            SubscriptionKind::Popup | SubscriptionKind::Change => SubscriptionItem {
+                template_id,
+                status: Some(item.require("SubscribeStatusString")?.to_owned()),
+                popup_scene: item.get("PopupScene").map(str::to_owned),
+                msg_id: None,
+                error_code: None,
+                error_status: None,
+            },
+            SubscriptionKind::Sent => {
+                let msg_id = match item.number("MsgID")? {
+                    Some(id) => id,
+                    None => item
+                        .number("MsgId")?
+                        .ok_or(XmlError::MissingField("MsgID"))?,
+                };
+                let error_code = item.number("ErrorCode")?;
+                let error_status = item.get("ErrorStatus").map(str::to_owned);
+                if error_code.is_none() && error_status.is_none() {
+                    return Err(XmlError::MissingField("ErrorCode"));
+                }
+                SubscriptionItem {
+                    template_id,
+                    status: None,
+                    popup_scene: None,
+                    msg_id: Some(msg_id),
+                    error_code,
+                    error_status,
+                }
+            }
+        };
+        out.push(parsed);
+    }
+    if out.is_empty() {
+        return Err(XmlError::MissingField("List"));
+    }
+    Ok(out)
 }
 
 fn check_size(len: usize, limit: usize) -> Result<(), XmlError> {
@@ -463,6 +788,7 @@ fn push_field(
 fn add_text(
     depth: usize,
     current: &mut Option<(String, String)>,
+    item_field: &mut Option<(String, String)>,
     text: &str,
 ) -> Result<(), XmlError> {
     match depth {
@@ -471,6 +797,12 @@ fn add_text(
         }
         2 => {
             if let Some((_, value)) = current {
+                value.push_str(text);
+            }
+            Ok(())
+        }
+        4 => {
+            if let Some((_, value)) = item_field {
                 value.push_str(text);
             }
             Ok(())
@@ -865,6 +1197,192 @@ mod tests {
         assert_eq!(parse(&e.to_xml()).unwrap(), Inbound::Event(e));
     }
 
+    fn fixture(name: &str) -> String {
+        let path = format!(
+            "{}/tests/fixtures/subscription/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn expect_subscription(xml: &str) -> SubscriptionEvent {
+        match parse(xml) {
+            Ok(Inbound::Subscription(e)) => e,
+            other => panic!("expected a subscription event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn popup_event_sample_lists_every_template_with_its_choice() {
+        let e = expect_subscription(&fixture("popup_event.xml"));
+        assert_eq!(e.kind, SubscriptionKind::Popup);
+        assert_eq!(e.to_user, "gh_123456789abc");
+        assert_eq!(e.from_user, "otFpruAK8D-E6EfStSYonYSBZ8_4");
+        assert_eq!(e.create_time, 1610969440);
+        let got: Vec<_> = e
+            .items
+            .iter()
+            .map(|i| {
+                (
+                    i.template_id.as_str(),
+                    i.consent_status(),
+                    i.popup_scene.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "VRR0UEO9VJOLs0MHlU0OilqX6MVFDwH3_3gz3Oc0NIc",
+                    "accept",
+                    Some("2")
+                ),
+                (
+                    "9nLIlbOQZC5Y89AZteFEux3WCXRRRG5Wfzkpssu4bLI",
+                    "reject",
+                    Some("2")
+                ),
+            ]
+        );
+        assert_eq!(e.kind.source(), Some("popup"));
+    }
+
+    #[test]
+    fn change_event_sample_is_a_settings_consent() {
+        let e = expect_subscription(&fixture("change_event.xml"));
+        assert_eq!(e.kind, SubscriptionKind::Change);
+        assert_eq!(e.kind.source(), Some("settings"));
+        assert_eq!(e.items.len(), 1);
+        assert_eq!(e.items[0].consent_status(), "reject");
+        assert_eq!(e.items[0].popup_scene, None);
+    }
+
+    #[test]
+    fn sent_event_sample_is_a_delivered_receipt_with_its_msgid() {
+        let e = expect_subscription(&fixture("sent_event.xml"));
+        assert_eq!(e.kind, SubscriptionKind::Sent);
+        assert_eq!(e.kind.source(), None);
+        let item = &e.items[0];
+        assert_eq!(item.msg_id, Some(1700827132819554304));
+        assert_eq!(item.error_code, Some(0));
+        assert_eq!(item.receipt_status(), ReceiptStatus::Delivered);
+    }
+
+    #[test]
+    fn sent_results_map_to_delivered_blocked_or_undelivered() {
+        let item = |code: Option<i64>, status: Option<&str>| SubscriptionItem {
+            template_id: "t".into(),
+            status: None,
+            popup_scene: None,
+            msg_id: Some(1),
+            error_code: code,
+            error_status: status.map(str::to_owned),
+        };
+        for (code, status, want) in [
+            (Some(0), Some("success"), ReceiptStatus::Delivered),
+            (None, Some("success"), ReceiptStatus::Delivered),
+            (
+                Some(43101),
+                Some("failed:user block"),
+                ReceiptStatus::Blocked,
+            ),
+            (None, Some("failed:user block"), ReceiptStatus::Blocked),
+            (Some(43101), None, ReceiptStatus::Blocked),
+            (
+                Some(-1),
+                Some("failed:system failed"),
+                ReceiptStatus::Undelivered,
+            ),
+            (
+                None,
+                Some("failed: system failed"),
+                ReceiptStatus::Undelivered,
+            ),
+            (Some(47003), Some("whatever"), ReceiptStatus::Undelivered),
+        ] {
+            assert_eq!(
+                item(code, status).receipt_status(),
+                want,
+                "{code:?} {status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_subscription_item_missing_a_field_refuses_the_whole_event() {
+        let head = "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName>\
+                    <CreateTime>1</CreateTime><MsgType>event</MsgType>";
+        for (body, want) in [
+            (
+                "<Event>subscribe_msg_popup_event</Event><SubscribeMsgPopupEvent>\
+                 <List><SubscribeStatusString>accept</SubscribeStatusString></List>\
+                 </SubscribeMsgPopupEvent>",
+                XmlError::MissingField("TemplateId"),
+            ),
+            (
+                "<Event>subscribe_msg_change_event</Event><SubscribeMsgChangeEvent>\
+                 <List><TemplateId>t</TemplateId></List></SubscribeMsgChangeEvent>",
+                XmlError::MissingField("SubscribeStatusString"),
+            ),
+            (
+                "<Event>subscribe_msg_sent_event</Event><SubscribeMsgSentEvent>\
+                 <List><TemplateId>t</TemplateId><ErrorCode>0</ErrorCode></List>\
+                 </SubscribeMsgSentEvent>",
+                XmlError::MissingField("MsgID"),
+            ),
+            (
+                "<Event>subscribe_msg_sent_event</Event><SubscribeMsgSentEvent>\
+                 <List><TemplateId>t</TemplateId><MsgID>x</MsgID><ErrorCode>0</ErrorCode></List>\
+                 </SubscribeMsgSentEvent>",
+                XmlError::BadNumber("MsgID"),
+            ),
+            (
+                "<Event>subscribe_msg_sent_event</Event><SubscribeMsgSentEvent>\
+                 <List><TemplateId>t</TemplateId><MsgID>1</MsgID></List></SubscribeMsgSentEvent>",
+                XmlError::MissingField("ErrorCode"),
+            ),
+            (
+                "<Event>subscribe_msg_popup_event</Event><SubscribeMsgPopupEvent/>",
+                XmlError::MissingField("List"),
+            ),
+            (
+                // Items under another element are not this event's.
+                "<Event>subscribe_msg_popup_event</Event><SubscribeMsgChangeEvent><List>\
+                 <TemplateId>t</TemplateId><SubscribeStatusString>accept</SubscribeStatusString>\
+                 </List></SubscribeMsgChangeEvent>",
+                XmlError::MissingField("List"),
+            ),
+            (
+                "<Event>subscribe_msg_popup_event</Event><SubscribeMsgPopupEvent><List>\
+                 <TemplateId>a</TemplateId><TemplateId>b</TemplateId>\
+                 <SubscribeStatusString>accept</SubscribeStatusString></List></SubscribeMsgPopupEvent>",
+                XmlError::DuplicateField("TemplateId".into()),
+            ),
+        ] {
+            let xml = format!("{head}{body}</xml>");
+            assert_eq!(parse(&xml).unwrap_err(), want, "{xml}");
+        }
+    }
+
+    #[test]
+    fn an_event_with_too_many_items_is_refused() {
+        let item = "<List><TemplateId>t</TemplateId>\
+                    <SubscribeStatusString>accept</SubscribeStatusString></List>";
+        let xml = format!(
+            "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName>\
+             <CreateTime>1</CreateTime><MsgType>event</MsgType>\
+             <Event>subscribe_msg_popup_event</Event><SubscribeMsgPopupEvent>{}\
+             </SubscribeMsgPopupEvent></xml>",
+            item.repeat(MAX_SUBSCRIPTION_ITEMS + 1)
+        );
+        assert_eq!(
+            parse(&xml).unwrap_err(),
+            XmlError::TooManyItems(MAX_SUBSCRIPTION_ITEMS)
+        );
+        assert_eq!(parse(&xml).unwrap_err().reason(), "too_many_items");
+    }
+
     fn text() -> impl Strategy<Value = String> {
         // Any characters, CR included (written as `&#13;` so it is not read back as LF).
         ".{0,40}|[\r\n\\]>]{0,8}"
@@ -904,6 +1422,35 @@ mod tests {
                 msg_type: "event".into(), event, msg_id, status,
             };
             prop_assert_eq!(parse(&e.to_xml()).unwrap(), Inbound::Event(e));
+        }
+
+        #[test]
+        fn subscription_event_to_xml_then_parse_round_trips(
+            to_user in text(),
+            from_user in text(),
+            create_time in any::<i64>(),
+            kind in 0usize..3,
+            items in prop::collection::vec(
+                (text(), text(), prop::option::of(text()), any::<i64>(), prop::option::of(any::<i64>()), text()),
+                1..4,
+            ),
+        ) {
+            let kind = SubscriptionKind::ALL[kind];
+            let items = items
+                .into_iter()
+                .map(|(template_id, status, scene, msg_id, code, error_status)| match kind {
+                    SubscriptionKind::Sent => SubscriptionItem {
+                        template_id, status: None, popup_scene: None, msg_id: Some(msg_id),
+                        error_code: code, error_status: Some(error_status),
+                    },
+                    _ => SubscriptionItem {
+                        template_id, status: Some(status), popup_scene: scene, msg_id: None,
+                        error_code: None, error_status: None,
+                    },
+                })
+                .collect();
+            let e = SubscriptionEvent { to_user, from_user, create_time, kind, items };
+            prop_assert_eq!(parse(&e.to_xml()).unwrap(), Inbound::Subscription(e));
         }
     }
 }

@@ -23,7 +23,10 @@ pub mod event;
 pub mod signature;
 
 pub use crypto::{AesKey, CryptoError, Decrypted, decrypt, encrypt};
-pub use event::{Event, Inbound, ReceiptStatus, XmlError, parse};
+pub use event::{
+    Event, Inbound, ReceiptStatus, SubscriptionEvent, SubscriptionItem, SubscriptionKind, XmlError,
+    parse,
+};
 pub use signature::{sign, verify};
 
 /// Why a callback request was refused by [`open_plain`] or [`open_safe_mode`].

@@ -288,6 +288,11 @@ pub struct MockServer {
 }
 
 impl MockServer {
+    /// Where the simulator pushes receipts and events, if anywhere.
+    pub fn push_target(&self) -> Option<push::PushTarget> {
+        self.state.push.clone()
+    }
+
     /// Starts a simulator on `listen` (use port 0 for a free port).
     pub async fn start(listen: &str, config: MockConfig) -> std::io::Result<MockServer> {
         let state = Arc::new(MockState {

@@ -1,6 +1,8 @@
 //! The simulator's delivery-receipt pushes: after a successful send, POST a
 //! TEMPLATESENDJOBFINISH event to the worker's callback URL, in plaintext or AES safe mode,
-//! signed the way WeChat signs it.
+//! signed the way WeChat signs it. [`push_subscription_event`] pushes a parsed subscription
+//! event (consents and subscription delivery results) the same way, for the tests. [`push_subscription_event`] pushes the subscription events
+//! (consents and subscription delivery results) the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,51 +89,9 @@ async fn deliver(
     xml: &str,
     msgid: Option<i64>,
 ) -> bool {
-    let timestamp = chrono::Utc::now().timestamp().to_string();
-    let nonce = format!("{}", rand::random::<u32>());
-    let sig = callback::signature::url_signature(&target.token, &timestamp, &nonce);
-    let mut query = vec![
-        ("signature", sig),
-        ("timestamp", timestamp.clone()),
-        ("nonce", nonce.clone()),
-    ];
-    let body = match &target.aes_key {
-        Some(key) => {
-            let sealed = callback::seal_safe_mode(
-                &target.token,
-                key,
-                appid,
-                to_user,
-                xml,
-                &timestamp,
-                &nonce,
-            );
-            query.push(("encrypt_type", "aes".to_string()));
-            query.push(("msg_signature", sealed.msg_signature));
-            sealed.body
-        }
-        None => xml.to_string(),
-    };
+    let (body, query) = signed_request(target, appid, to_user, xml, chrono::Utc::now().timestamp());
     for attempt in 0..3u64 {
-        let resp = state
-            .http
-            .post(&target.url)
-            .query(&query)
-            .header("content-type", "text/xml")
-            .body(body.clone())
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        let (http_status, success) = match resp {
-            Ok(r) => {
-                let code = r.status();
-                let text = r.text().await;
-                let ok =
-                    code.is_success() && text.is_ok_and(|t| t.trim() == "success" || t.is_empty());
-                (code.as_u16(), ok)
-            }
-            Err(_) => (0, false),
-        };
+        let (http_status, success) = post_once(&state.http, &target.url, &query, &body).await;
         if let Some(msgid) = msgid {
             state.stats.lock().unwrap().receipt_tries.push(ReceiptTry {
                 msgid,
@@ -147,6 +107,69 @@ async fn deliver(
         tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
     }
     false
+}
+
+/// The body and query of one push of `xml` as WeChat sends it: plaintext with `signature`, or
+/// sealed for `appid` with `msg_signature` in safe mode.
+fn signed_request(
+    target: &PushTarget,
+    appid: &str,
+    to_user: &str,
+    xml: &str,
+    now: i64,
+) -> (String, Vec<(&'static str, String)>) {
+    let timestamp = now.to_string();
+    let nonce = format!("{}", rand::random::<u32>());
+    let sig = callback::signature::url_signature(&target.token, &timestamp, &nonce);
+    let mut query = vec![
+        ("signature", sig),
+        ("timestamp", timestamp.clone()),
+        ("nonce", nonce.clone()),
+    ];
+    match &target.aes_key {
+        Some(key) => {
+            let sealed = callback::seal_safe_mode(
+                &target.token,
+                key,
+                appid,
+                to_user,
+                xml,
+                &timestamp,
+                &nonce,
+            );
+            query.push(("encrypt_type", "aes".to_string()));
+            query.push(("msg_signature", sealed.msg_signature));
+            (sealed.body, query)
+        }
+        None => (xml.to_string(), query),
+    }
+}
+
+/// One POST within WeChat's 5 s: the HTTP status (0 when none came) and whether the answer
+/// was `success` (or empty), which is what makes WeChat stop retrying.
+async fn post_once(
+    http: &reqwest::Client,
+    url: &str,
+    query: &[(&'static str, String)],
+    body: &str,
+) -> (u16, bool) {
+    let resp = http
+        .post(url)
+        .query(query)
+        .header("content-type", "text/xml")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match resp {
+        Ok(r) => {
+            let code = r.status();
+            let text = r.text().await;
+            let ok = code.is_success() && text.is_ok_and(|t| t.trim() == "success" || t.is_empty());
+            (code.as_u16(), ok)
+        }
+        Err(_) => (0, false),
+    }
 }
 
 /// A subscription event a user's action or a send triggers, in WeChat's XML (the format of
@@ -258,4 +281,48 @@ mod tests {
             "<xml><ToUserName><![CDATA[gh_wx1]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName><CreateTime>1610969468</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe_msg_sent_event]]></Event><SubscribeMsgSentEvent><List><TemplateId><![CDATA[T]]></TemplateId><MsgID>1700827132819554304</MsgID><ErrorCode>0</ErrorCode><ErrorStatus><![CDATA[success]]></ErrorStatus></List></SubscribeMsgSentEvent></xml>"
         );
     }
+}
+
+/// One try of a subscription-event push, as WeChat's side saw it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PushAnswer {
+    /// The HTTP status, or 0 when no answer came within WeChat's 5 s.
+    pub http_status: u16,
+    /// Answered `success` (WeChat stops retrying).
+    pub success: bool,
+}
+
+/// Pushes a subscription event (`subscribe_msg_popup_event`, `subscribe_msg_change_event` or
+/// `subscribe_msg_sent_event`) to `target` like WeChat: signed, sealed for `appid` in safe
+/// mode, tried up to 3 times until answered `success`. Returns every try's answer, so a test
+/// sees what WeChat would have seen.
+pub async fn push_subscription_event(
+    http: &reqwest::Client,
+    target: &PushTarget,
+    appid: &str,
+    event: &callback::SubscriptionEvent,
+) -> Vec<PushAnswer> {
+    if target.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(target.delay_ms)).await;
+    }
+    let (body, query) = signed_request(
+        target,
+        appid,
+        &event.to_user,
+        &event.to_xml(),
+        chrono::Utc::now().timestamp(),
+    );
+    let mut answers = Vec::new();
+    for attempt in 0..3u64 {
+        let (http_status, success) = post_once(http, &target.url, &query, &body).await;
+        answers.push(PushAnswer {
+            http_status,
+            success,
+        });
+        if success {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+    }
+    answers
 }

@@ -6,6 +6,7 @@
 
 mod bench;
 mod cluster;
+mod consent;
 mod deploy;
 mod errors;
 mod faults;

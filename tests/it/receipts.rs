@@ -17,13 +17,13 @@ use wxdispatch::receipts::MAX_BODY;
 
 use crate::helpers::*;
 
-const TOKEN: &str = "cb-token-for-tests";
-const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+pub(crate) const TOKEN: &str = "cb-token-for-tests";
+pub(crate) const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 /// The WeChat original id receipts are addressed to.
-const GH: &str = "gh_7f083739789a";
+pub(crate) const GH: &str = "gh_7f083739789a";
 
 /// A harness whose worker serves the callback (in safe mode too when `aes`).
-async fn start(aes: bool, extra: &[(&str, &str)]) -> Harness {
+pub(crate) async fn start(aes: bool, extra: &[(&str, &str)]) -> Harness {
     let mut env = vec![("WXD_CALLBACK_TOKEN", TOKEN)];
     if aes {
         env.push(("WXD_CALLBACK_AES_KEY", AES_KEY));
@@ -36,7 +36,7 @@ async fn start(aes: bool, extra: &[(&str, &str)]) -> Harness {
     .await
 }
 
-fn callback_url(h: &Harness) -> String {
+pub(crate) fn callback_url(h: &Harness) -> String {
     let w = h.worker.as_ref().expect("worker running");
     format!("http://{}{}", w.http_addr, h.config.callback_path)
 }
@@ -94,7 +94,7 @@ async fn post(
     (status, r.text().await.unwrap_or_default())
 }
 
-async fn post_plain(h: &Harness, xml: &str) -> (StatusCode, String) {
+pub(crate) async fn post_plain(h: &Harness, xml: &str) -> (StatusCode, String) {
     post(h, &signed(TOKEN, &now()), xml.to_string()).await
 }
 
@@ -116,7 +116,7 @@ async fn post_encrypted(h: &Harness, encrypt: &str) -> (StatusCode, String) {
 }
 
 /// A safe-mode POST of `xml` sealed for `appid`, as WeChat sends it.
-async fn post_sealed(h: &Harness, appid: &str, xml: &str) -> (StatusCode, String) {
+pub(crate) async fn post_sealed(h: &Harness, appid: &str, xml: &str) -> (StatusCode, String) {
     let key = AesKey::from_encoding_aes_key(AES_KEY).unwrap();
     post_encrypted(h, &callback::crypto::encrypt_with_random(&key, xml, appid)).await
 }
@@ -159,7 +159,7 @@ async fn read_until(h: &Harness, msgid: i64) -> Vec<Value> {
 
 /// Posts a good receipt and asserts it is the only outcome published since the test started:
 /// proves that nothing before it published anything.
-async fn assert_nothing_else_published(h: &Harness) {
+pub(crate) async fn assert_nothing_else_published(h: &Harness) {
     let sentinel = 9_000_000_000 + i64::from(rand::random::<u16>());
     assert_eq!(
         post_plain(h, &receipt(sentinel, "o-sentinel", "success"))
@@ -175,7 +175,7 @@ async fn assert_nothing_else_published(h: &Harness) {
     );
 }
 
-fn callback_count(metrics: &str, result: &str) -> f64 {
+pub(crate) fn callback_count(metrics: &str, result: &str) -> f64 {
     metric(
         metrics,
         &format!("wxdispatch_callback_requests_total{{result=\"{result}\"}}"),
@@ -751,7 +751,7 @@ async fn a_receipt_missing_a_field_is_refused_and_never_published() {
 
 /// A TCP forwarder from `port` to the broker: "the broker is back" for a worker configured
 /// with a port where nothing listened, without touching the shared broker.
-async fn forward_to_broker(port: u16) -> tokio::task::JoinHandle<()> {
+pub(crate) async fn forward_to_broker(port: u16) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("the reserved port is still free");
@@ -766,15 +766,21 @@ async fn forward_to_broker(port: u16) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Issue 19: while the broker is unreachable a receipt is answered 503; WeChat's retry after
-/// the broker is back is stored, answered `success`, and the receipt is published once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receipt_answered_503_is_stored_once_the_broker_is_back() {
+/// A plaintext-mode harness whose worker is configured with a free port for the broker, where
+/// nothing listens until [`forward_to_broker`] is started on it.
+pub(crate) async fn start_with_unreachable_broker() -> (Harness, u16) {
     let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = spare.local_addr().unwrap().port();
     drop(spare);
     let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let h = start(false, &[("WXD_AMQP_URL", &url)]).await;
+    (start(false, &[("WXD_AMQP_URL", &url)]).await, port)
+}
+
+/// Issue 19: while the broker is unreachable a receipt is answered 503; WeChat's retry after
+/// the broker is back is stored, answered `success`, and the receipt is published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_answered_503_is_stored_once_the_broker_is_back() {
+    let (h, port) = start_with_unreachable_broker().await;
     let xml = receipt(7_000_001, "o-back", "success");
     let (code, text) = post_plain(&h, &xml).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{text}");
