@@ -191,6 +191,26 @@ impl Drop for Cluster {
     }
 }
 
+/// A consumer of `queue` on the node at `url`, one unacked delivery at a time, and its
+/// connection (kept alive by the caller).
+async fn consume_one_at_a_time(url: &str, queue: &str) -> (lapin::Connection, lapin::Consumer) {
+    let conn = wxdispatch::amqp::connect(url, "wxdispatch-test-probe")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(1, Default::default()).await.unwrap();
+    let c = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    (conn, c)
+}
+
 /// Every outcome in `queue`, read over a fresh connection to any live node (the harness's own
 /// connection may have been on a killed node), until `want` distinct ones have come and the
 /// queue has been quiet for 3 s, so late repeats are counted too.
@@ -406,20 +426,7 @@ async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
     let node_url = |n: u8| format!("amqp://guest:guest@127.0.0.1:{}/%2f", 5680 + u16::from(n));
 
     // 1. The probe, delivered by the leader's node and never acked; then that node dies.
-    let first = wxdispatch::amqp::connect(&node_url(leader), "wxdispatch-test-probe")
-        .await
-        .unwrap();
-    let ch = first.create_channel().await.unwrap();
-    ch.basic_qos(1, Default::default()).await.unwrap();
-    let mut c = ch
-        .basic_consume(
-            jobs_queue.as_str().into(),
-            "".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let (_first, mut c) = consume_one_at_a_time(&node_url(leader), &jobs_queue).await;
     let d = c.next().await.unwrap().unwrap();
     assert_eq!(
         serde_json::from_slice::<Value>(&d.data).unwrap()["id"],
@@ -427,20 +434,7 @@ async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
     );
     tokio::task::block_in_place(|| cluster.kill(leader));
     let survivors: Vec<u8> = members.iter().copied().filter(|&m| m != leader).collect();
-    let again = wxdispatch::amqp::connect(&node_url(survivors[0]), "wxdispatch-test-probe")
-        .await
-        .unwrap();
-    let ch = again.create_channel().await.unwrap();
-    ch.basic_qos(1, Default::default()).await.unwrap();
-    let mut c = ch
-        .basic_consume(
-            jobs_queue.as_str().into(),
-            "".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let (again, mut c) = consume_one_at_a_time(&node_url(survivors[0]), &jobs_queue).await;
     let d = tokio::time::timeout(Duration::from_secs(20), c.next())
         .await
         .expect("the probe comes back from the new leader")
