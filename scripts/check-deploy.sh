@@ -170,6 +170,10 @@ cross_check() {
   # kinds into .../crd/ (crd-validate); cross-checks names, selectors, ports, replicas,
   # NetworkPolicy sources, the PDB policy, security settings and config keys.
   local v examples bad=0
+  # The binary lists the WXD_* keys it accepts (check-config --list-keys); the manifests'
+  # ConfigMaps are checked against that list, not against a parse of the source.
+  run cargo build --locked --quiet --bin wxdispatch
+  export WXD_BIN="${CARGO_TARGET_DIR:-target}/debug/wxdispatch"
   for v in "${VARIANTS[@]}"; do
     examples=()
     [ "$v" = base ] && examples=(k8s/examples/*.yaml)

@@ -54,7 +54,11 @@ pub enum Command {
     /// Validate the configuration (file and WXD_* environment) exactly as `run` loads it,
     /// without connecting anywhere, and print the effective settings with passwords and
     /// secrets redacted. Exits 1 naming the key at fault. For CI and as an initContainer.
-    CheckConfig,
+    CheckConfig {
+        /// Only print every WXD_* key the binary accepts, one per line (for manifest checks).
+        #[arg(long)]
+        list_keys: bool,
+    },
     /// Print shell completions, e.g. `wxdispatch completions bash > /etc/bash_completion.d/wxdispatch`.
     Completions {
         #[arg(value_enum)]

@@ -718,6 +718,14 @@ impl Config {
 /// The default of `rate_per_sec`, also shown by `run --help`.
 const DEFAULT_RATE_PER_SEC: u32 = 50;
 
+/// Every `WXD_<KEY>` variable the loader accepts (the file's keys, upper-cased), for tools
+/// that check manifests against the binary instead of parsing this source file.
+pub fn env_keys() -> Vec<String> {
+    KEYS.iter()
+        .map(|(k, _)| format!("WXD_{}", k.to_ascii_uppercase()))
+        .collect()
+}
+
 /// `run --help`'s list of every `WXD_*` variable with its default, built from the defaults the
 /// loader really applies (an empty environment), so the help cannot drift from the code.
 pub fn env_help() -> String {
@@ -1149,5 +1157,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("WXD_CALLBACK_ADDR"), "{msg}");
+    }
+
+    #[test]
+    fn env_keys_name_every_key_once() {
+        let keys = env_keys();
+        assert_eq!(keys.len(), KEYS.len());
+        assert!(keys.contains(&"WXD_AMQP_URL".to_string()));
+        assert!(keys.contains(&"WXD_TOKEN_FORCE_BUDGET".to_string()));
+        let unique: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len());
     }
 }

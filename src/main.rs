@@ -16,7 +16,13 @@ async fn main() {
         Command::Demo(args) => wxdispatch::demo::run(cli.config.as_deref(), args).await,
         Command::Bench(args) => wxdispatch::bench::run(cli.config.as_deref(), args).await,
         Command::BenchFloor { floor } => wxdispatch::bench::floor::run(floor).await,
-        Command::CheckConfig => wxdispatch::app::check_config(cli.config.as_deref()),
+        Command::CheckConfig { list_keys: true } => {
+            println!("{}", wxdispatch::config::env_keys().join("\n"));
+            Ok(())
+        }
+        Command::CheckConfig { list_keys: false } => {
+            wxdispatch::app::check_config(cli.config.as_deref())
+        }
         Command::Completions { shell } => {
             wxdispatch::cli::completions(shell, &mut std::io::stdout());
             Ok(())

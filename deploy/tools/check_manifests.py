@@ -18,12 +18,14 @@ documents for the schema validators.
   path only.
 * Cross-references: selectors match the pod labels, referenced ConfigMaps/Secrets/ports exist,
   the grace period outlasts the drain timeout, the hardening settings are present, ConfigMap
-  keys are known to the binary (read from src/config.rs when it has the KEYS table), and so on.
+  keys are known to the binary (as `wxdispatch check-config --list-keys` prints them), and so on.
 
 Exits 1 listing every problem found.
 """
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -96,15 +98,19 @@ def subset(small, big):
 
 
 def known_binary_keys():
-    """WXD_<KEY> names accepted by the binary, from the KEYS table in src/config.rs."""
-    src = ROOT / "src/config.rs"
-    if not src.is_file():
+    """WXD_<KEY> names accepted by the binary, as the binary itself lists them
+    (`wxdispatch check-config --list-keys`). WXD_BIN names the binary (check-deploy.sh builds
+    it first); without it, target/debug/wxdispatch is used if it exists."""
+    binary = os.environ.get("WXD_BIN") or str(ROOT / "target/debug/wxdispatch")
+    if not Path(binary).is_file():
+        fail(f"{binary}: no wxdispatch binary to list its keys (build it, or set WXD_BIN)")
         return None
-    m = re.search(r"const KEYS:[^=]*=\s*&\[(.*?)\];", src.read_text(), re.S)
-    if not m:
+    out = subprocess.run([binary, "check-config", "--list-keys"], capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+        fail(f"{binary} check-config --list-keys failed: {out.stderr.strip()}")
         return None
-    keys = re.findall(r'\(\s*"([a-z0-9_]+)"\s*,', m.group(1))
-    return {"WXD_" + k.upper() for k in keys} or None
+    return {line.strip() for line in out.stdout.splitlines() if line.strip()} or None
 
 
 def load(path):
@@ -197,13 +203,11 @@ def main(argv):
     if data.get("WXD_CALLBACK_ADDR", "").rsplit(":", 1)[-1] != str(CALLBACK_PORT):
         fail(f"ConfigMap: WXD_CALLBACK_ADDR must listen on port {CALLBACK_PORT} (the callback's own port)")
     known = known_binary_keys()
-    if known is None:
-        print("  note: src/config.rs KEYS table not found; skipped the known-key check")
-    else:
+    if known is not None:
         unknown = sorted(k for k in data if k.startswith("WXD_") and k not in known)
         if unknown:
-            fail(f"ConfigMap: keys unknown to the binary (src/config.rs KEYS): {unknown}")
-        print(f"  ConfigMap keys all known to src/config.rs ({len(known)} keys there)")
+            fail(f"ConfigMap: keys unknown to the binary (check-config --list-keys): {unknown}")
+        print(f"  ConfigMap keys all known to the binary ({len(known)} keys)")
     try:
         drain = int(data.get("WXD_DRAIN_TIMEOUT_SECS", "30"))
         expected_replicas = int(data.get("WXD_EXPECTED_REPLICAS", "0"))
