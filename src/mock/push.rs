@@ -21,6 +21,15 @@ pub struct PushTarget {
     pub delay_ms: u64,
 }
 
+impl PushTarget {
+    /// Waits the configured delay before a push, like WeChat's delivery delay.
+    async fn wait_delay(&self) {
+        if self.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
+        }
+    }
+}
+
 /// One try of a receipt push, as WeChat's side saw it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ReceiptTry {
@@ -57,9 +66,7 @@ pub fn spawn_receipt(
     msgid: i64,
 ) {
     tokio::spawn(async move {
-        if target.delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(target.delay_ms)).await;
-        }
+        target.wait_delay().await;
         let now = chrono::Utc::now().timestamp();
         let event = callback::Event {
             to_user: format!("gh_{appid}"),
@@ -243,9 +250,7 @@ pub fn spawn_subscription_event(
     event: SubscriptionEvent,
 ) {
     tokio::spawn(async move {
-        if target.delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(target.delay_ms)).await;
-        }
+        target.wait_delay().await;
         let xml = event.to_xml(&appid, &touser, chrono::Utc::now().timestamp());
         state.stats.lock().unwrap().events_pushed += 1;
         if deliver(&state, &target, &appid, &format!("gh_{appid}"), &xml, None).await {
@@ -302,9 +307,7 @@ pub async fn push_subscription_event(
     appid: &str,
     event: &callback::SubscriptionEvent,
 ) -> Vec<PushAnswer> {
-    if target.delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(target.delay_ms)).await;
-    }
+    target.wait_delay().await;
     let (body, query) = signed_request(
         target,
         appid,
