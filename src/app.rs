@@ -38,16 +38,16 @@ impl RunningWorker {
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningWorker> {
     let metrics = Arc::new(Metrics::new());
     let receipts = Receipts::from_config(&config, metrics.clone())?;
-    let ctx = Ctx::new(config, metrics);
+    let ctx = Ctx::new(config, metrics)?;
     let callback = receipts.map(Receipts::router);
     // With WXD_CALLBACK_ADDR the callback gets a listener of its own and the main one serves
     // only /metrics and the probes, so an Ingress routed to the callback port can never
     // reach them.
-    let (callback, separate) = match &ctx.config.callback_addr {
+    let (callback, separate) = match &ctx.config.callback.addr {
         Some(addr) => (None, callback.map(|cb| (addr.clone(), cb))),
         None => (callback, None),
     };
-    if ctx.config.callback_addr.is_some() && separate.is_none() {
+    if ctx.config.callback.addr.is_some() && separate.is_none() {
         tracing::warn!(
             "WXD_CALLBACK_ADDR is set but WXD_CALLBACK_TOKEN is not: no callback served"
         );
@@ -91,10 +91,10 @@ pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         accounts = config.accounts.len(),
-        jobs_queue = %config.jobs_queue,
-        api_base = %config.api_base,
+        jobs_queue = %config.amqp.jobs_queue,
+        api_base = %config.wechat.api_base,
         http_addr = %config.http_addr,
-        redis = config.redis_url.is_some(),
+        redis = config.limits.redis_url.is_some(),
         "starting wxdispatch"
     );
     let shutdown = Shutdown::new();
@@ -143,7 +143,7 @@ pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
 pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyhow::Result<()> {
     use crate::job::MsgType;
     let config = Config::load(config_file)?;
-    let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()));
+    let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()))?;
     let account = config
         .account(appid)
         .map(|a| vec![a.appid.clone()])
@@ -190,7 +190,10 @@ pub async fn mock_wechat(config_file: Option<&Path>, args: MockArgs) -> anyhow::
     let accounts: Vec<(String, String)> = config
         .accounts
         .iter()
-        .map(|a| (a.appid.clone(), a.secret.expose().to_string()))
+        .filter_map(|a| {
+            let secret = config.credentials.app_secret(&a.appid)?;
+            Some((a.appid.clone(), secret.expose().to_string()))
+        })
         .collect();
     if accounts.is_empty() {
         anyhow::bail!("no account: set WXD_APPID and WXD_SECRET (or [[accounts]] in the file)");
@@ -204,10 +207,12 @@ pub async fn mock_wechat(config_file: Option<&Path>, args: MockArgs) -> anyhow::
     let push = match &args.push_url {
         Some(url) => {
             let token = config
+                .credentials
                 .callback_token
                 .as_ref()
                 .context("--push-url needs WXD_CALLBACK_TOKEN")?;
             let aes_key = config
+                .credentials
                 .callback_aes_key
                 .as_ref()
                 .map(|k| crate::callback::AesKey::from_encoding_aes_key(k.expose()))

@@ -167,6 +167,8 @@ pub struct AccountGate {
     metrics: Arc<Metrics>,
     /// Sends of this account waiting for its rate limiter right now.
     waiting: std::sync::atomic::AtomicU32,
+    /// `wxdispatch_limiter_wait_seconds` of this account, observed by every send.
+    wait_seconds: prometheus::Histogram,
 }
 
 impl AccountGate {
@@ -216,6 +218,7 @@ impl AccountGate {
                 sent_today: 0,
                 reserved: 0,
             }),
+            wait_seconds: metrics.limiter_wait_seconds.with_label_values(&[appid]),
             metrics,
             waiting: std::sync::atomic::AtomicU32::new(0),
         }
@@ -335,10 +338,7 @@ impl AccountGate {
             },
         }
         let waited = start.elapsed();
-        self.metrics
-            .limiter_wait_seconds
-            .with_label_values(&[&self.appid])
-            .observe(waited.as_secs_f64());
+        self.wait_seconds.observe(waited.as_secs_f64());
         waited
     }
 
