@@ -121,7 +121,6 @@ impl Dispatcher {
                     ConfigError(format!("account {}: no AppSecret loaded", a.appid))
                 })?;
                 let mp_id = format!("{}:{}", a.appid, MsgType::MiniprogramSubscribe);
-                metrics.quota_paused.with_label_values(&[&mp_id]).set(0);
                 let gate = |id: &str| {
                     AccountGate::with_shared(
                         id,

@@ -343,8 +343,6 @@ impl Metrics {
     /// Creates an account's series (so dashboards and alerts see zeros, not nothing) and
     /// returns its hot-path handles.
     pub fn init_account(&self, appid: &str) -> AccountMetrics {
-        self.quota_paused.with_label_values(&[appid]).set(0);
-        self.account_stopped.with_label_values(&[appid]).set(0);
         self.token_refreshes_total.with_label_values(&[appid, "ok"]);
         self.retries_total.with_label_values(&[appid, "busy"]);
         self.token_force_skipped_total
