@@ -103,7 +103,7 @@ impl Column {
 pub fn read_csv(text: &str, template_id: &str) -> Result<Vec<Line>, CsvError> {
     // Spreadsheets often begin their CSV exports with a UTF-8 byte order mark.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut records = parse_csv(text).into_iter();
+    let mut records = records(text).into_iter();
     let header = records.next().ok_or(CsvError::Empty)?;
     if let Some(e) = header.error {
         return Err(CsvError::BadHeader(e));
@@ -193,84 +193,79 @@ struct Record {
     error: Option<String>,
 }
 
-/// A small RFC 4180 reader: comma-separated, `"` quotes fields that hold commas, quotes
-/// (doubled) or line breaks; LF or CRLF line ends; blank lines are skipped.
-fn parse_csv(text: &str) -> Vec<Record> {
-    let mut records = Vec::new();
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut touched = false; // the current field has begun (a char or an opening quote)
-    let mut in_quotes = false;
-    let mut closed = false; // the current field's closing quote has been seen
-    let mut error: Option<String> = None;
-    let mut line = 1;
-    let mut start = 1;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\n' {
-            line += 1;
-        }
-        if in_quotes {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                    field.push('"');
-                } else {
-                    in_quotes = false;
-                    closed = true;
+/// Reads the records of a CSV (RFC 4180: comma-separated, `"` quotes fields that hold commas,
+/// quotes (doubled) or line breaks; LF, CRLF or CR line ends; blank lines are skipped).
+///
+/// The `csv` crate forgives two slips that RFC 4180 does not: text after a closing quote joins
+/// the field (`"ab"c` reads as `abc`), and a quote that is never closed takes the rest of the
+/// file. In a campaign file either is a typo, so such a record is kept as malformed (an invalid
+/// line) instead of being sent with a value nobody wrote.
+fn records(text: &str) -> Vec<Record> {
+    let reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        // A row with another number of fields than the header is one invalid line, not an
+        // error of the whole file: `row_to_job` reports it.
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    reader
+        .into_records()
+        .map(|record| {
+            let record = record.expect(
+                "reading a &str never fails: the input is UTF-8 and rows may have any length",
+            );
+            let pos = record
+                .position()
+                .expect("the reader sets each record's position");
+            // A record's position is where the previous one ended: before its line end (the
+            // `\n` of a CRLF) and before the blank lines the reader skips.
+            let rest = &text[pos.byte() as usize..];
+            let raw = rest.trim_start_matches(['\r', '\n']);
+            let skipped = rest[..rest.len() - raw.len()].matches('\n').count();
+            Record {
+                line: pos.line() as usize + skipped,
+                error: quoting_error(raw, &record),
+                fields: record.iter().map(String::from).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Why `raw`, the text from the record's first byte on, is not exactly what `record` was read
+/// from: a quoted field whose closing quote is followed by more than a comma or a line end, or
+/// one never closed. The reader takes an unquoted field literally and a quoted one as its text
+/// with `""` for `"`, so each field's raw text follows from its value.
+fn quoting_error(raw: &str, record: &csv::StringRecord) -> Option<String> {
+    let mut rest = raw;
+    for field in record {
+        let after = match rest.strip_prefix('"') {
+            None => &rest[field.len()..],
+            Some(quoted) => {
+                let escaped = field.replace('"', "\"\"");
+                match quoted.strip_prefix(escaped.as_str()) {
+                    Some(end) => match end.strip_prefix('"') {
+                        Some(after) => after,
+                        None => return Some("a quoted field is never closed".to_string()),
+                    },
+                    None => {
+                        // The text after the closing quote was joined to the value, so the two
+                        // first differ at that quote (ASCII: the next byte starts a character).
+                        let close = quoted
+                            .bytes()
+                            .zip(escaped.bytes())
+                            .take_while(|(a, b)| a == b)
+                            .count();
+                        let c = quoted[close + 1..].chars().next().unwrap_or('"');
+                        return Some(format!(
+                            "unexpected {c:?} after a closing quote (quote the whole field)"
+                        ));
+                    }
                 }
-            } else {
-                field.push(c);
             }
-            continue;
-        }
-        match c {
-            ',' => {
-                fields.push(std::mem::take(&mut field));
-                (touched, closed) = (false, false);
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' => {
-                fields.push(std::mem::take(&mut field));
-                let blank = fields.len() == 1 && fields[0].is_empty() && !closed;
-                if !blank || error.is_some() {
-                    records.push(Record {
-                        line: start,
-                        fields: std::mem::take(&mut fields),
-                        error: error.take(),
-                    });
-                }
-                fields.clear();
-                (touched, closed) = (false, false);
-                start = line;
-            }
-            '"' if !touched => {
-                in_quotes = true;
-                touched = true;
-            }
-            c if closed => {
-                error.get_or_insert_with(|| {
-                    format!("unexpected {c:?} after a closing quote (quote the whole field)")
-                });
-            }
-            c => {
-                field.push(c);
-                touched = true;
-            }
-        }
+        };
+        // Past the comma (or the line end, after the last field).
+        rest = after.get(1..).unwrap_or_default();
     }
-    if in_quotes {
-        error.get_or_insert_with(|| "a quoted field is never closed".to_string());
-    }
-    if touched || !fields.is_empty() || error.is_some() {
-        fields.push(field);
-        records.push(Record {
-            line: start,
-            fields,
-            error,
-        });
-    }
-    records
+    None
 }
 
 #[cfg(test)]
@@ -299,7 +294,7 @@ mod tests {
     fn csv_fields_may_hold_commas_quotes_and_line_breaks() {
         let text =
             "a,b,c\r\n1,\"x, \"\"y\"\"\",3\r\n\r\n\"multi\nline\",,\"\"\nlast,row,\"unterminated";
-        let r = parse_csv(text);
+        let r = records(text);
         let rows: Vec<(usize, Vec<&str>, bool)> = r
             .iter()
             .map(|r| {
@@ -319,7 +314,7 @@ mod tests {
                 (6, vec!["last", "row", "unterminated"], true),
             ]
         );
-        let stray = parse_csv("\"ab\"c,d\n");
+        let stray = records("\"ab\"c,d\n");
         assert!(stray[0].error.as_deref().unwrap().contains("closing quote"));
     }
 
@@ -347,6 +342,20 @@ mod tests {
         );
         let bad = lines[2].body.as_ref().unwrap_err();
         assert_eq!((lines[2].number, bad.reason), (4, "bad_csv_row"));
+    }
+
+    #[test]
+    fn a_csv_may_begin_with_a_byte_order_mark() {
+        let lines = read_csv("\u{feff}\"touser\",data.X\r\no1,\"a\"\r\n", "t").unwrap();
+        let job: Value = serde_json::from_slice(lines[0].body.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            (lines.len(), lines[0].number, job),
+            (
+                1,
+                2,
+                serde_json::json!({"touser":"o1","template_id":"t","data":{"X":{"value":"a"}}})
+            )
+        );
     }
 
     #[test]
