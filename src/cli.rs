@@ -38,7 +38,7 @@ pub enum Command {
     /// Exit codes: 0 all valid and confirmed; 1 a job was not confirmed, or the run could not
     /// start (re-running is safe: jobs keep their ids); 2 invalid lines (reported with their
     /// line numbers and never sent).
-    Publish(PublishArgs),
+    Publish(crate::publish::Args),
     /// Measure the whole pipeline on the local broker: publish jobs with confirms, run a worker
     /// as a child process against an embedded simulator, consume the outcomes, and report
     /// jobs/s, the worker's CPU per job and peak RSS, and publish-to-outcome latency.
@@ -126,30 +126,6 @@ pub struct DemoArgs {
     /// Deliver receipts in AES safe mode instead of plaintext.
     #[arg(long)]
     pub safe_mode: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct PublishArgs {
-    /// JSON Lines file, one job per line (blank lines are ignored); `-` or nothing reads stdin.
-    #[arg(value_name = "FILE|-", conflicts_with = "csv")]
-    pub file: Option<PathBuf>,
-    /// Build one job per CSV row instead. Columns: touser, id, appid, url, not_after,
-    /// topcolor, miniprogram.appid, miniprogram.pagepath, data.<Key>, data.<Key>.color.
-    #[arg(long, value_name = "FILE", requires = "template_id")]
-    pub csv: Option<PathBuf>,
-    /// The template_id of every job built from --csv.
-    #[arg(long, value_name = "ID", requires = "csv")]
-    pub template_id: Option<String>,
-    /// Publish at most N jobs per second (default: as fast as the broker confirms).
-    #[arg(long, value_name = "N")]
-    pub rate: Option<std::num::NonZeroU32>,
-    /// Validate the whole input first and send nothing if any line is invalid.
-    #[arg(long)]
-    pub strict: bool,
-    /// Validate and report only: never connect to RabbitMQ, publish nothing. Exit code 0 if
-    /// every line is valid, 2 if not.
-    #[arg(long)]
-    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1313,4 +1313,35 @@ mod tests {
         let unique: std::collections::BTreeSet<_> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len());
     }
+
+    #[test]
+    fn without_credentials_no_secret_is_read_and_the_accounts_are_kept() {
+        let toml = r#"
+            [[accounts]]
+            appid = "wxa0000000000001"
+            secret_file = "/nonexistent/secret"
+            [[accounts]]
+            appid = "wxb0000000000002"
+            secret_env = "UNSET_VARIABLE"
+        "#;
+        let e = BTreeMap::from([
+            ("WXD_APPID".to_string(), "wxc0000000000003".to_string()),
+            ("WXD_JOBS_QUEUE".to_string(), "q".to_string()),
+        ]);
+        let c = Config::without_credentials(Some(toml), &e).unwrap();
+        let ids: Vec<&str> = c.accounts.iter().map(|a| a.appid.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["wxc0000000000003", "wxa0000000000001", "wxb0000000000002"]
+        );
+        assert!(
+            c.accounts
+                .iter()
+                .all(|a| c.credentials.app_secret(&a.appid).is_none())
+        );
+        assert_eq!(c.amqp.jobs_queue, "q");
+        // Unknown keys are still refused, like the worker does.
+        let typo = BTreeMap::from([("WXD_JOBS_QUEUEE".to_string(), "q".to_string())]);
+        assert!(Config::without_credentials(None, &typo).is_err());
+    }
 }
