@@ -47,6 +47,3 @@ pub mod shutdown;
 pub mod tools;
 pub mod wechat;
 pub mod worker;
-
-// Temporary, until the tools' own paths are used everywhere.
-pub use tools::{bench, demo, mock};

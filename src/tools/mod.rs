@@ -1,7 +1,9 @@
 //! Development and operations tools: the benchmark, the demo and the WeChat API simulator.
-//! They run the product end to end but are not part of its path; nothing in the product
-//! imports them.
+//!
+//! They drive the product end to end, but they are not on its path: the worker never imports
+//! anything from here. The simulator is public because the integration tests run against it.
 
 pub mod bench;
 pub mod demo;
 pub mod mock;
+mod sample;
