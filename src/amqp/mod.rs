@@ -1,9 +1,9 @@
 //! RabbitMQ plumbing: connections, the topology wxdispatch declares, and a publisher that
 //! always waits for the broker's confirm.
 
-pub mod acks;
+pub(crate) mod acks;
 pub mod headers;
-pub mod publisher;
+pub(crate) mod publisher;
 pub mod topology;
 
 use std::time::Duration;

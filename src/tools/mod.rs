@@ -3,7 +3,7 @@
 //! They drive the product end to end, but they are not on its path: the worker never imports
 //! anything from here. The simulator is public because the integration tests run against it.
 
-pub mod bench;
-pub mod demo;
+pub(crate) mod bench;
+pub(crate) mod demo;
 pub mod mock;
 mod sample;
