@@ -40,16 +40,16 @@ impl RunningWorker {
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningWorker> {
     let metrics = Arc::new(Metrics::new());
     let receipts = Receipts::from_config(&config, metrics.clone())?;
-    let ctx = Ctx::new(config, metrics);
+    let ctx = Ctx::new(config, metrics)?;
     let callback = receipts.map(Receipts::router);
     // With WXD_CALLBACK_ADDR the callback gets a listener of its own and the main one serves
     // only /metrics and the probes, so an Ingress routed to the callback port can never
     // reach them.
-    let (callback, separate) = match &ctx.config.callback_addr {
+    let (callback, separate) = match &ctx.config.callback.addr {
         Some(addr) => (None, callback.map(|cb| (addr.clone(), cb))),
         None => (callback, None),
     };
-    if ctx.config.callback_addr.is_some() && separate.is_none() {
+    if ctx.config.callback.addr.is_some() && separate.is_none() {
         tracing::warn!(
             "WXD_CALLBACK_ADDR is set but WXD_CALLBACK_TOKEN is not: no callback served"
         );
@@ -93,10 +93,10 @@ pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         accounts = config.accounts.len(),
-        jobs_queue = %config.jobs_queue,
-        api_base = %config.api_base,
+        jobs_queue = %config.amqp.jobs_queue,
+        api_base = %config.wechat.api_base,
         http_addr = %config.http_addr,
-        redis = config.redis_url.is_some(),
+        redis = config.limits.redis_url.is_some(),
         "starting wxdispatch"
     );
     let shutdown = Shutdown::new();
@@ -144,7 +144,7 @@ pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
 pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyhow::Result<()> {
     use crate::job::MsgType;
     let config = Config::load(config_file)?;
-    let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()));
+    let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()))?;
     let account = config
         .account(appid)
         .map(|a| vec![a.appid.clone()])

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::policy::RetryPolicy;
+
 /// A secret string. `Debug` prints `Secret(***)`; there is deliberately no `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -66,11 +68,11 @@ pub enum LogFormat {
     Text,
 }
 
-/// One WeChat Official Account the worker sends for.
+/// One WeChat Official Account the worker sends for. Its AppSecret is not here but in
+/// [`Credentials`], so that a tool that only publishes jobs can load the accounts without one.
 #[derive(Debug, Clone)]
 pub struct Account {
     pub appid: String,
-    pub secret: Secret,
     /// Sends per second for this account (across the process, or across all replicas with Redis).
     pub rate_per_sec: u32,
     /// Successful sends allowed per Beijing day; the account pauses before it would pass it.
@@ -80,48 +82,106 @@ pub struct Account {
     pub original_id: Option<String>,
 }
 
-/// The validated configuration the worker runs with.
+/// The validated configuration, grouped by concern. Every value is defaulted and clamped by
+/// the loader, in one place ([`Config::from_sources`]); code that reads a setting never has to
+/// `.max(1)` it. The flat file and `WXD_*` keys of the contract map onto these groups.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub amqp_url: String,
+    pub amqp: AmqpSettings,
+    pub wechat: WechatSettings,
+    pub limits: LimitSettings,
+    pub retry: RetryPolicy,
+    pub callback: CallbackSettings,
+    pub accounts: Vec<Account>,
+    /// Where `/metrics`, the probes and (by default) the callback are served.
+    pub http_addr: String,
+    pub log_format: LogFormat,
+    /// How long a stopping worker waits for its in-flight sends.
+    pub drain_timeout: Duration,
+    /// Secrets, loaded apart from the settings: empty for a configuration loaded with
+    /// [`Config::without_credentials`].
+    pub credentials: Credentials,
+}
+
+/// The broker: where jobs come from and where outcomes go.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// One URL, or a comma-separated list of a cluster's nodes.
+    pub url: String,
     pub jobs_queue: String,
     pub jobs_queue_type: QueueType,
     pub outcomes_exchange: String,
     pub outcomes_queue: String,
     pub dead_queue: String,
+    /// Unacked deliveries per consumer (at least 1).
+    pub prefetch: u16,
+    /// Deliveries of one job before a quorum queue dead-letters it.
+    pub delivery_limit: u32,
+    pub topology: Topology,
+}
+
+/// The WeChat API and its tokens.
+#[derive(Debug, Clone)]
+pub struct WechatSettings {
     pub api_base: String,
-    pub accounts: Vec<Account>,
     pub token_mode: TokenMode,
     /// Forced `stable_token` refreshes allowed per Beijing day, across all replicas when
     /// Redis is configured (WeChat allows 20; the rest are left to other systems).
     pub token_force_budget: u32,
-    pub http_addr: String,
-    pub callback_token: Option<Secret>,
-    pub callback_aes_key: Option<Secret>,
-    pub callback_path: String,
-    pub callback_max_age_secs: u64,
+    /// The whole-request timeout of one API call.
+    pub http_timeout: Duration,
+}
+
+/// How much work runs at once and how accounts are paced and paused.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Sends in flight per process (at least 1).
     pub concurrency: usize,
-    pub prefetch: u16,
-    pub max_attempts: u32,
-    pub retry_base_ms: u64,
-    pub retry_max_delay_secs: u64,
-    pub retry_budget_secs: u64,
-    pub inline_retry_max_ms: u64,
-    pub http_timeout_ms: u64,
-    pub quota_probe_secs: u64,
-    pub account_stop_probe_secs: u64,
-    pub drain_timeout_secs: u64,
-    pub delivery_limit: u32,
+    /// Largest job body accepted; bigger ones end `invalid`.
     pub max_job_bytes: usize,
+    /// How often a quota-paused account is probed (at least 1 s).
+    pub quota_probe: Duration,
+    /// How often a stopped account is probed (at least 1 s).
+    pub account_stop_probe: Duration,
+    /// Redis for the limiter, token and counters shared across replicas.
     pub redis_url: Option<String>,
+    /// Replicas sharing the account limits when there is no Redis (at least 1).
     pub expected_replicas: u32,
-    pub log_format: LogFormat,
+}
+
+/// WeChat's push callback (receipts and consents).
+#[derive(Debug, Clone)]
+pub struct CallbackSettings {
+    pub path: String,
+    /// Pushes with an older timestamp are refused (replay protection).
+    pub max_age: Duration,
     /// A second listener for the WeChat callback only. `None` (the default) serves the
     /// callback on `http_addr` with the metrics and probes, as the contract says; when set,
     /// only the callback is exposed through a public Ingress and `/metrics` and the probes stay
     /// on a port the Ingress never routes to.
-    pub callback_addr: Option<String>,
-    pub topology: Topology,
+    pub addr: Option<String>,
+}
+
+/// The secrets: each account's AppSecret and the callback's token and AES key. Kept apart from
+/// the settings so that a configuration can be loaded, printed and checked without them, and
+/// so that nothing but the token request and the callback ever reads them.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    app_secrets: BTreeMap<String, Secret>,
+    pub callback_token: Option<Secret>,
+    pub callback_aes_key: Option<Secret>,
+}
+
+impl Credentials {
+    /// The AppSecret of `appid`, if it was loaded.
+    pub fn app_secret(&self, appid: &str) -> Option<&Secret> {
+        self.app_secrets.get(appid)
+    }
+
+    /// Sets the AppSecret of `appid` (the loader, the demo and tests).
+    pub fn set_app_secret(&mut self, appid: impl Into<String>, secret: Secret) {
+        self.app_secrets.insert(appid.into(), secret);
+    }
 }
 
 /// Who owns the queues and the exchange.
@@ -134,6 +194,18 @@ pub enum Topology {
     /// The platform declares them (and sets their arguments with policies); the worker only
     /// checks that they exist, so it needs no `configure` permission.
     Passive,
+}
+
+/// Whether a load reads the secrets ([`Credentials`]) and requires one per account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Required,
+    Skipped,
+}
+
+/// A probe interval: zero would mean probing in a tight loop, so it is at least a second.
+fn secs_at_least_one(secs: u64) -> Duration {
+    Duration::from_secs(secs.max(1))
 }
 
 /// A configuration error: one line that names the key at fault and never contains a secret.
@@ -295,8 +367,19 @@ impl Env for BTreeMap<String, String> {
 }
 
 impl Config {
-    /// Loads from an optional TOML file (else `WXD_CONFIG`) and the process environment.
+    /// Loads from an optional TOML file (else `WXD_CONFIG`) and the process environment, with
+    /// every account's AppSecret and the callback secrets.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with(file, Secrets::Required)
+    }
+
+    /// Loads the settings and accounts only: no secret is read or required, and
+    /// [`Config::credentials`] is empty. For tools that never call WeChat (`publish`).
+    pub fn load_without_credentials(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with(file, Secrets::Skipped)
+    }
+
+    fn load_with(file: Option<&Path>, secrets: Secrets) -> Result<Config, ConfigError> {
         let env = ProcessEnv;
         let path = file
             .map(Path::to_path_buf)
@@ -308,11 +391,27 @@ impl Config {
             ),
             None => None,
         };
-        Config::from_sources(text.as_deref(), &env)
+        Config::build(text.as_deref(), &env, secrets)
     }
 
     /// Builds a configuration from TOML text and an environment.
     pub fn from_sources(toml_text: Option<&str>, env: &dyn Env) -> Result<Config, ConfigError> {
+        Config::build(toml_text, env, Secrets::Required)
+    }
+
+    /// [`Config::from_sources`] without reading or requiring any secret.
+    pub fn without_credentials(
+        toml_text: Option<&str>,
+        env: &dyn Env,
+    ) -> Result<Config, ConfigError> {
+        Config::build(toml_text, env, Secrets::Skipped)
+    }
+
+    fn build(
+        toml_text: Option<&str>,
+        env: &dyn Env,
+        secrets: Secrets,
+    ) -> Result<Config, ConfigError> {
         let mut table: toml::Table = match toml_text {
             Some(t) => toml::from_str(t).map_err(|e| err(one_line(&e.to_string())))?,
             None => toml::Table::new(),
@@ -359,18 +458,23 @@ impl Config {
         }
         let raw: Raw = Raw::deserialize(toml::Value::Table(table))
             .map_err(|e| err(one_line(&e.to_string())))?;
-        Config::from_raw(raw, env)
+        Config::from_raw(raw, env, secrets)
     }
 
-    fn from_raw(raw: Raw, env: &dyn Env) -> Result<Config, ConfigError> {
+    fn from_raw(raw: Raw, env: &dyn Env, secrets: Secrets) -> Result<Config, ConfigError> {
         let default_rate = raw.rate_per_sec.unwrap_or(DEFAULT_RATE_PER_SEC);
         let mut accounts = Vec::new();
+        let mut credentials = Credentials::default();
+        let required = secrets == Secrets::Required;
         if let Some(appid) = raw.appid.clone() {
-            let secret = secret_from_env(env, "WXD_SECRET")?
-                .ok_or_else(|| err("WXD_SECRET: missing (or set WXD_SECRET_FILE) for WXD_APPID"))?;
+            if required {
+                let secret = secret_from_env(env, "WXD_SECRET")?.ok_or_else(|| {
+                    err("WXD_SECRET: missing (or set WXD_SECRET_FILE) for WXD_APPID")
+                })?;
+                credentials.set_app_secret(&appid, secret);
+            }
             accounts.push(Account {
                 appid,
-                secret,
                 rate_per_sec: default_rate,
                 daily_quota: raw.daily_quota,
                 original_id: raw.original_id.clone(),
@@ -378,6 +482,15 @@ impl Config {
         }
         for (i, a) in raw.accounts.into_iter().enumerate() {
             let key = format!("accounts[{i}] ({})", a.appid);
+            if !required {
+                accounts.push(Account {
+                    appid: a.appid,
+                    rate_per_sec: a.rate_per_sec.unwrap_or(default_rate),
+                    daily_quota: a.daily_quota,
+                    original_id: a.original_id,
+                });
+                continue;
+            }
             let secret = match (&a.secret_env, &a.secret_file) {
                 (Some(var), None) => env
                     .var(var)
@@ -399,9 +512,9 @@ impl Config {
                     )));
                 }
             };
+            credentials.set_app_secret(&a.appid, secret);
             accounts.push(Account {
                 appid: a.appid,
-                secret,
                 rate_per_sec: a.rate_per_sec.unwrap_or(default_rate),
                 daily_quota: a.daily_quota,
                 original_id: a.original_id,
@@ -411,7 +524,11 @@ impl Config {
             if !valid_appid(&a.appid) {
                 return Err(err(format!("appid {:?}: not a valid appid", a.appid)));
             }
-            if a.secret.expose().is_empty() {
+            if required
+                && credentials
+                    .app_secret(&a.appid)
+                    .is_none_or(|s| s.expose().is_empty())
+            {
                 return Err(err(format!("secret for {}: empty", a.appid)));
             }
             if a.rate_per_sec == 0 {
@@ -513,9 +630,11 @@ impl Config {
         if max_attempts == 0 {
             return Err(err("max_attempts (WXD_MAX_ATTEMPTS): must be at least 1"));
         }
-        let callback_token = secret_from_env(env, "WXD_CALLBACK_TOKEN")?;
-        let callback_aes_key = secret_from_env(env, "WXD_CALLBACK_AES_KEY")?;
-        if let Some(k) = &callback_aes_key
+        if required {
+            credentials.callback_token = secret_from_env(env, "WXD_CALLBACK_TOKEN")?;
+            credentials.callback_aes_key = secret_from_env(env, "WXD_CALLBACK_AES_KEY")?;
+        }
+        if let Some(k) = &credentials.callback_aes_key
             && k.expose().len() != 43
         {
             return Err(err(
@@ -560,43 +679,52 @@ impl Config {
             ));
         }
         Ok(Config {
-            amqp_url,
-            jobs_queue: raw.jobs_queue.unwrap_or_else(|| "wxdispatch.jobs".into()),
-            jobs_queue_type: raw.jobs_queue_type.unwrap_or(QueueType::Quorum),
-            outcomes_exchange: raw
-                .outcomes_exchange
-                .unwrap_or_else(|| "wxdispatch.outcomes".into()),
-            outcomes_queue: raw
-                .outcomes_queue
-                .unwrap_or_else(|| "wxdispatch.outcomes".into()),
-            dead_queue: raw.dead_queue.unwrap_or_else(|| "wxdispatch.dead".into()),
-            api_base,
+            amqp: AmqpSettings {
+                url: amqp_url,
+                jobs_queue: raw.jobs_queue.unwrap_or_else(|| "wxdispatch.jobs".into()),
+                jobs_queue_type: raw.jobs_queue_type.unwrap_or(QueueType::Quorum),
+                outcomes_exchange: raw
+                    .outcomes_exchange
+                    .unwrap_or_else(|| "wxdispatch.outcomes".into()),
+                outcomes_queue: raw
+                    .outcomes_queue
+                    .unwrap_or_else(|| "wxdispatch.outcomes".into()),
+                dead_queue: raw.dead_queue.unwrap_or_else(|| "wxdispatch.dead".into()),
+                prefetch,
+                delivery_limit: raw.delivery_limit.unwrap_or(5),
+                topology: raw.topology.unwrap_or(Topology::Declare),
+            },
+            wechat: WechatSettings {
+                api_base,
+                token_mode,
+                token_force_budget,
+                http_timeout: Duration::from_millis(raw.http_timeout_ms.unwrap_or(5000)),
+            },
+            limits: LimitSettings {
+                concurrency,
+                max_job_bytes: raw.max_job_bytes.unwrap_or(256 * 1024),
+                quota_probe: secs_at_least_one(raw.quota_probe_secs.unwrap_or(600)),
+                account_stop_probe: secs_at_least_one(raw.account_stop_probe_secs.unwrap_or(300)),
+                redis_url: raw.redis_url,
+                expected_replicas,
+            },
+            retry: RetryPolicy {
+                max_attempts,
+                base: Duration::from_millis(raw.retry_base_ms.unwrap_or(200)),
+                max_delay: Duration::from_secs(raw.retry_max_delay_secs.unwrap_or(60)),
+                budget: Duration::from_secs(raw.retry_budget_secs.unwrap_or(540)),
+                inline_max: Duration::from_millis(raw.inline_retry_max_ms.unwrap_or(3000)),
+            },
+            callback: CallbackSettings {
+                path: callback_path,
+                max_age: Duration::from_secs(raw.callback_max_age_secs.unwrap_or(300)),
+                addr: raw.callback_addr,
+            },
             accounts,
-            token_mode,
-            token_force_budget,
             http_addr,
-            callback_token,
-            callback_aes_key,
-            callback_path,
-            callback_max_age_secs: raw.callback_max_age_secs.unwrap_or(300),
-            concurrency,
-            prefetch,
-            max_attempts,
-            retry_base_ms: raw.retry_base_ms.unwrap_or(200),
-            retry_max_delay_secs: raw.retry_max_delay_secs.unwrap_or(60),
-            retry_budget_secs: raw.retry_budget_secs.unwrap_or(540),
-            inline_retry_max_ms: raw.inline_retry_max_ms.unwrap_or(3000),
-            http_timeout_ms: raw.http_timeout_ms.unwrap_or(5000),
-            quota_probe_secs: raw.quota_probe_secs.unwrap_or(600),
-            account_stop_probe_secs: raw.account_stop_probe_secs.unwrap_or(300),
-            drain_timeout_secs: raw.drain_timeout_secs.unwrap_or(30),
-            delivery_limit: raw.delivery_limit.unwrap_or(5),
-            max_job_bytes: raw.max_job_bytes.unwrap_or(256 * 1024),
-            redis_url: raw.redis_url,
-            expected_replicas,
             log_format,
-            callback_addr: raw.callback_addr,
-            topology: raw.topology.unwrap_or(Topology::Declare),
+            drain_timeout: Duration::from_secs(raw.drain_timeout_secs.unwrap_or(30)),
+            credentials,
         })
     }
 
@@ -609,10 +737,6 @@ impl Config {
         }
     }
 
-    /// The drain timeout as a `Duration`.
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_secs(self.drain_timeout_secs)
-    }
     /// Every setting as its `WXD_*` name and effective value, in the order of the key table,
     /// then the secrets: what `check-config` prints. Passwords in URLs and every secret are
     /// redacted, so the output can go to a CI log or an initContainer's log.
@@ -629,20 +753,25 @@ impl Config {
         let set = |s: &Option<Secret>| if s.is_some() { "(set)" } else { "(unset)" };
         out.push((
             "WXD_CALLBACK_TOKEN".into(),
-            set(&self.callback_token).into(),
+            set(&self.credentials.callback_token).into(),
         ));
         out.push((
             "WXD_CALLBACK_AES_KEY".into(),
-            set(&self.callback_aes_key).into(),
+            set(&self.credentials.callback_aes_key).into(),
         ));
         for a in &self.accounts {
             out.push((
                 "account".into(),
                 format!(
-                    "{} rate_per_sec={} daily_quota={} secret=(set)",
+                    "{} rate_per_sec={} daily_quota={} secret={}",
                     a.appid,
                     a.rate_per_sec,
-                    a.daily_quota.map_or("none".into(), |q| q.to_string())
+                    a.daily_quota.map_or("none".into(), |q| q.to_string()),
+                    if self.credentials.app_secret(&a.appid).is_some() {
+                        "(set)"
+                    } else {
+                        "(not loaded)"
+                    }
                 ),
             ));
         }
@@ -652,13 +781,13 @@ impl Config {
     fn setting(&self, key: &str) -> String {
         let opt = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.into());
         match key {
-            "amqp_url" => redact_url(&self.amqp_url),
-            "jobs_queue" => self.jobs_queue.clone(),
-            "jobs_queue_type" => format!("{:?}", self.jobs_queue_type).to_ascii_lowercase(),
-            "outcomes_exchange" => self.outcomes_exchange.clone(),
-            "outcomes_queue" => self.outcomes_queue.clone(),
-            "dead_queue" => self.dead_queue.clone(),
-            "api_base" => self.api_base.clone(),
+            "amqp_url" => redact_url(&self.amqp.url),
+            "jobs_queue" => self.amqp.jobs_queue.clone(),
+            "jobs_queue_type" => format!("{:?}", self.amqp.jobs_queue_type).to_ascii_lowercase(),
+            "outcomes_exchange" => self.amqp.outcomes_exchange.clone(),
+            "outcomes_queue" => self.amqp.outcomes_queue.clone(),
+            "dead_queue" => self.amqp.dead_queue.clone(),
+            "api_base" => self.wechat.api_base.clone(),
             "appid" => match self.accounts.as_slice() {
                 [] => "(none)".into(),
                 accounts => accounts
@@ -667,9 +796,9 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join(","),
             },
-            "token_mode" => format!("{:?}", self.token_mode).to_ascii_lowercase(),
-            "token_force_budget" => self.token_force_budget.to_string(),
-            "topology" => format!("{:?}", self.topology).to_ascii_lowercase(),
+            "token_mode" => format!("{:?}", self.wechat.token_mode).to_ascii_lowercase(),
+            "token_force_budget" => self.wechat.token_force_budget.to_string(),
+            "topology" => format!("{:?}", self.amqp.topology).to_ascii_lowercase(),
             "original_id" => match self.accounts.as_slice() {
                 [a] => a.original_id.clone().unwrap_or_else(|| "none".into()),
                 _ => "(per account)".into(),
@@ -683,29 +812,30 @@ impl Config {
                 None => "none".into(),
             },
             "http_addr" => self.http_addr.clone(),
-            "callback_path" => self.callback_path.clone(),
-            "callback_max_age_secs" => self.callback_max_age_secs.to_string(),
-            "concurrency" => self.concurrency.to_string(),
-            "prefetch" => self.prefetch.to_string(),
-            "max_attempts" => self.max_attempts.to_string(),
-            "retry_base_ms" => self.retry_base_ms.to_string(),
-            "retry_max_delay_secs" => self.retry_max_delay_secs.to_string(),
-            "retry_budget_secs" => self.retry_budget_secs.to_string(),
-            "inline_retry_max_ms" => self.inline_retry_max_ms.to_string(),
-            "http_timeout_ms" => self.http_timeout_ms.to_string(),
-            "quota_probe_secs" => self.quota_probe_secs.to_string(),
-            "account_stop_probe_secs" => self.account_stop_probe_secs.to_string(),
-            "drain_timeout_secs" => self.drain_timeout_secs.to_string(),
-            "delivery_limit" => self.delivery_limit.to_string(),
-            "max_job_bytes" => self.max_job_bytes.to_string(),
+            "callback_path" => self.callback.path.clone(),
+            "callback_max_age_secs" => self.callback.max_age.as_secs().to_string(),
+            "concurrency" => self.limits.concurrency.to_string(),
+            "prefetch" => self.amqp.prefetch.to_string(),
+            "max_attempts" => self.retry.max_attempts.to_string(),
+            "retry_base_ms" => self.retry.base.as_millis().to_string(),
+            "retry_max_delay_secs" => self.retry.max_delay.as_secs().to_string(),
+            "retry_budget_secs" => self.retry.budget.as_secs().to_string(),
+            "inline_retry_max_ms" => self.retry.inline_max.as_millis().to_string(),
+            "http_timeout_ms" => self.wechat.http_timeout.as_millis().to_string(),
+            "quota_probe_secs" => self.limits.quota_probe.as_secs().to_string(),
+            "account_stop_probe_secs" => self.limits.account_stop_probe.as_secs().to_string(),
+            "drain_timeout_secs" => self.drain_timeout.as_secs().to_string(),
+            "delivery_limit" => self.amqp.delivery_limit.to_string(),
+            "max_job_bytes" => self.limits.max_job_bytes.to_string(),
             "redis_url" => self
+                .limits
                 .redis_url
                 .as_deref()
                 .map_or("(unset: no shared limiter)".into(), redact_url),
-            "expected_replicas" => self.expected_replicas.to_string(),
+            "expected_replicas" => self.limits.expected_replicas.to_string(),
             "log_format" => format!("{:?}", self.log_format).to_ascii_lowercase(),
             "callback_addr" => opt(
-                &self.callback_addr,
+                &self.callback.addr,
                 "(unset: the callback is on WXD_HTTP_ADDR)",
             ),
             // A key added to KEYS without a line here shows up as this, and the unit test
@@ -855,17 +985,17 @@ mod tests {
     #[test]
     fn defaults_follow_the_contract() {
         let c = Config::from_sources(None, &env(&[])).unwrap();
-        assert_eq!(c.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(c.jobs_queue, "wxdispatch.jobs");
-        assert_eq!(c.outcomes_exchange, "wxdispatch.outcomes");
-        assert_eq!(c.outcomes_queue, "wxdispatch.outcomes");
-        assert_eq!(c.dead_queue, "wxdispatch.dead");
-        assert_eq!(c.api_base, "https://api.weixin.qq.com");
-        assert_eq!(c.token_mode, TokenMode::Stable);
+        assert_eq!(c.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(c.amqp.jobs_queue, "wxdispatch.jobs");
+        assert_eq!(c.amqp.outcomes_exchange, "wxdispatch.outcomes");
+        assert_eq!(c.amqp.outcomes_queue, "wxdispatch.outcomes");
+        assert_eq!(c.amqp.dead_queue, "wxdispatch.dead");
+        assert_eq!(c.wechat.api_base, "https://api.weixin.qq.com");
+        assert_eq!(c.wechat.token_mode, TokenMode::Stable);
         assert_eq!(c.http_addr, "0.0.0.0:9090");
-        assert_eq!(c.callback_path, "/wechat/callback");
-        assert_eq!(c.quota_probe_secs, 600);
-        assert_eq!(c.jobs_queue_type, QueueType::Quorum);
+        assert_eq!(c.callback.path, "/wechat/callback");
+        assert_eq!(c.limits.quota_probe, Duration::from_secs(600));
+        assert_eq!(c.amqp.jobs_queue_type, QueueType::Quorum);
     }
 
     #[test]
@@ -878,11 +1008,17 @@ mod tests {
             ("WXD_RATE_PER_SEC", "200"),
         ]);
         let c = Config::from_sources(Some(toml), &e).unwrap();
-        assert_eq!(c.jobs_queue, "from-env");
-        assert_eq!(c.concurrency, 8);
+        assert_eq!(c.amqp.jobs_queue, "from-env");
+        assert_eq!(c.limits.concurrency, 8);
         assert_eq!(c.accounts.len(), 1);
         assert_eq!(c.accounts[0].rate_per_sec, 200);
-        assert_eq!(c.accounts[0].secret.expose(), "s3cret");
+        assert_eq!(
+            c.credentials
+                .app_secret(&c.accounts[0].appid)
+                .unwrap()
+                .expose(),
+            "s3cret"
+        );
     }
 
     #[test]
@@ -901,7 +1037,8 @@ mod tests {
         assert_eq!(c.accounts.len(), 2);
         assert_eq!(c.accounts[0].rate_per_sec, 10);
         assert_eq!(c.accounts[1].daily_quota, Some(500));
-        assert_eq!(c.account(Some("wxbbbb")).unwrap().secret.expose(), "b");
+        assert_eq!(c.credentials.app_secret("wxbbbb").unwrap().expose(), "b");
+        assert!(c.account(Some("wxbbbb")).is_some());
         assert!(c.account(None).is_none(), "no default with two accounts");
     }
 
@@ -1009,7 +1146,7 @@ mod tests {
         }
         // The edges that are valid, so the rules above are not simply "refuse everything".
         let c = ok(None, &[("WXD_JOBS_QUEUE", &long_ok)]).unwrap();
-        assert_eq!(c.jobs_queue.len(), 200);
+        assert_eq!(c.amqp.jobs_queue.len(), 200);
         assert!(ok(None, &[("WXD_CALLBACK_AES_KEY", &"a".repeat(43))]).is_ok());
         assert!(ok(None, &[("WXD_RATE_PER_SEC", "1")]).is_ok());
         // The single account's secret from a file: read and trimmed, or a named error.
@@ -1023,7 +1160,12 @@ mod tests {
             )
         };
         assert_eq!(
-            only_file(&sf).unwrap().accounts[0].secret.expose(),
+            only_file(&sf)
+                .unwrap()
+                .credentials
+                .app_secret("wx0123456789abcdef")
+                .unwrap()
+                .expose(),
             "from-a-file"
         );
         let e = only_file(&mf).unwrap_err().to_string();
@@ -1047,9 +1189,9 @@ mod tests {
         let c = Config::from_sources(Some(toml), &e).unwrap();
         assert_eq!(c.accounts[0].original_id.as_deref(), Some("gh_aaaa"));
         assert_eq!(c.accounts[1].original_id, None);
-        assert_eq!(c.topology, Topology::Passive);
+        assert_eq!(c.amqp.topology, Topology::Passive);
         let c = Config::from_sources(None, &env(&[])).unwrap();
-        assert_eq!(c.topology, Topology::Declare, "the default");
+        assert_eq!(c.amqp.topology, Topology::Declare, "the default");
         let single = env(&[
             ("WXD_APPID", "wxaaaa"),
             ("WXD_SECRET", "a"),
@@ -1058,7 +1200,7 @@ mod tests {
         ]);
         let c = Config::from_sources(None, &single).unwrap();
         assert_eq!(c.accounts[0].original_id.as_deref(), Some("gh_single"));
-        assert_eq!(c.topology, Topology::Passive);
+        assert_eq!(c.amqp.topology, Topology::Passive);
         let twice = toml.replace(
             "appid = \"wxbbbb\"",
             "appid = \"wxbbbb\"\noriginal_id = \"gh_aaaa\"",
@@ -1119,8 +1261,11 @@ mod tests {
             ("WXD_REDIS_URL_FILE", redis.to_str().unwrap()),
         ]);
         let c = Config::from_sources(None, &e).unwrap();
-        assert_eq!(c.amqp_url, "amqp://u:p@broker:5672/%2f");
-        assert_eq!(c.redis_url.as_deref(), Some("redis://:p@redis:6379/1"));
+        assert_eq!(c.amqp.url, "amqp://u:p@broker:5672/%2f");
+        assert_eq!(
+            c.limits.redis_url.as_deref(),
+            Some("redis://:p@redis:6379/1")
+        );
         let both = env(&[
             ("WXD_AMQP_URL_FILE", amqp.to_str().unwrap()),
             ("WXD_AMQP_URL", "amqp://x"),
@@ -1144,11 +1289,11 @@ mod tests {
     fn callback_addr_is_optional_validated_and_distinct() {
         let c = Config::from_sources(None, &env(&[])).unwrap();
         assert_eq!(
-            c.callback_addr, None,
+            c.callback.addr, None,
             "the contract's single listener by default"
         );
         let c = Config::from_sources(None, &env(&[("WXD_CALLBACK_ADDR", "0.0.0.0:8080")])).unwrap();
-        assert_eq!(c.callback_addr.as_deref(), Some("0.0.0.0:8080"));
+        assert_eq!(c.callback.addr.as_deref(), Some("0.0.0.0:8080"));
         let msg = Config::from_sources(None, &env(&[("WXD_CALLBACK_ADDR", "8080")]))
             .unwrap_err()
             .to_string();

@@ -17,15 +17,16 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::job::{Job, MsgType};
-use crate::limiter::{AccountGate, AccountStops, Admission};
-use crate::metrics::Metrics;
+use crate::limiter::{AccountGate, AccountStops, Admission, Reservation};
+use crate::metrics::{AccountMetrics, Metrics};
 use crate::outcome::{Outcome, SendStatus};
 pub use crate::policy::{DeferReason, Next, RetryPolicy, RetryState};
 use crate::wechat::catalogue::{self, Mismatch, Source};
 use crate::wechat::errcode::{self, Action};
-use crate::wechat::{SendError, TokenError, TokenLimits, TokenSource, WechatClient};
+use crate::wechat::token::Token;
+use crate::wechat::{ApiReply, SendError, TokenError, TokenLimits, TokenSource, WechatClient};
 
 /// How a job ends its turn on a worker.
 #[derive(Debug)]
@@ -55,6 +56,8 @@ pub struct AccountCtx {
     fetching: tokio::sync::Mutex<()>,
     /// Whether the account is stopped by a configuration error (send or token side).
     pub stops: Arc<AccountStops>,
+    /// The account's per-job metric handles.
+    pub metrics: AccountMetrics,
 }
 
 impl AccountCtx {
@@ -77,6 +80,14 @@ pub struct Dispatcher {
     stop_probe: Duration,
 }
 
+/// What the account's admission gave a try: the quota gate of its type and its place in
+/// that day's count, released unless the send succeeds.
+struct Admitted<'a> {
+    quota: &'a AccountGate,
+    probe: bool,
+    reservation: Reservation<'a>,
+}
+
 /// What one try produced.
 enum Try {
     Done(Disposition),
@@ -93,12 +104,12 @@ enum Try {
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Dispatcher {
-        let client = WechatClient::new(
-            &config.api_base,
-            Duration::from_millis(config.http_timeout_ms),
-        );
+    /// Builds every account's gate, token source and stop state. Fails when an account has no
+    /// AppSecret, i.e. the configuration was loaded without its credentials.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Dispatcher, ConfigError> {
+        let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout);
         let shared = config
+            .limits
             .redis_url
             .as_deref()
             .map(|url| Arc::new(crate::limiter::shared::SharedSlot::new(url)));
@@ -106,55 +117,63 @@ impl Dispatcher {
             .accounts
             .iter()
             .map(|a| {
-                metrics.init_account(&a.appid);
+                let secret = config.credentials.app_secret(&a.appid).ok_or_else(|| {
+                    ConfigError(format!("account {}: no AppSecret loaded", a.appid))
+                })?;
                 let mp_id = format!("{}:{}", a.appid, MsgType::MiniprogramSubscribe);
-                metrics.quota_paused.with_label_values(&[&mp_id]).set(0);
                 let gate = |id: &str| {
                     AccountGate::with_shared(
                         id,
                         a.rate_per_sec,
                         a.daily_quota,
-                        Duration::from_secs(config.quota_probe_secs.max(1)),
+                        config.limits.quota_probe,
                         metrics.clone(),
                         shared.clone(),
-                        config.expected_replicas,
+                        config.limits.expected_replicas,
                     )
                 };
                 let stops = Arc::new(AccountStops::new(&a.appid, &metrics));
+                let account_metrics = metrics.init_account(&a.appid);
                 let ctx = AccountCtx {
                     mp_gate: gate(&mp_id),
                     gate: gate(&a.appid),
                     tokens: Arc::new(TokenSource::new(
                         a.appid.clone(),
-                        a.secret.clone(),
-                        config.token_mode,
+                        secret.clone(),
+                        config.wechat.token_mode,
                         client.clone(),
                         metrics.clone(),
                         TokenLimits {
-                            stop_probe: Duration::from_secs(config.account_stop_probe_secs.max(1)),
-                            force_budget: config.token_force_budget,
+                            stop_probe: config.limits.account_stop_probe,
+                            force_budget: config.wechat.token_force_budget,
                             shared: shared.clone(),
                             stops: stops.clone(),
                         },
                     )),
                     stops,
+                    metrics: account_metrics,
                     catalogues: Default::default(),
                     fetching: tokio::sync::Mutex::new(()),
                 };
-                (a.appid.clone(), Arc::new(ctx))
+                Ok((a.appid.clone(), Arc::new(ctx)))
             })
-            .collect();
-        Dispatcher {
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(Dispatcher {
             client,
             accounts,
             metrics,
-            policy: RetryPolicy::from_config(config),
-            stop_probe: Duration::from_secs(config.account_stop_probe_secs.max(1)),
-        }
+            policy: config.retry.clone(),
+            stop_probe: config.limits.account_stop_probe,
+        })
     }
 
     pub fn accounts(&self) -> impl Iterator<Item = &Arc<AccountCtx>> {
         self.accounts.values()
+    }
+
+    /// A configured account's per-job metric handles.
+    pub fn account_metrics(&self, appid: &str) -> Option<&AccountMetrics> {
+        self.accounts.get(appid).map(|a| &a.metrics)
     }
 
     /// Runs a job until it has a final outcome or must be deferred.
@@ -228,27 +247,75 @@ impl Dispatcher {
         o
     }
 
+    /// One try, in the policy's order: the account admits the job (stopped, quota, pace), a
+    /// token, the catalogue check, the request, then what its answer means. Each step may end
+    /// the try; an attempt is counted only once a send's result is known.
     async fn try_once(&self, job: &Job, acct: &AccountCtx, state: &mut RetryState) -> Try {
+        let admitted = match self.admit(job, acct, state).await {
+            Ok(a) => a,
+            Err(end) => return end,
+        };
+        let fetching = Instant::now();
+        let token = match acct.tokens.get().await {
+            Ok(t) => t,
+            Err(e) => return self.no_token(job, state, e, fetching.elapsed()),
+        };
+        if let Err(m) = self
+            .check_catalogue(&job.appid, acct, &token.value, job.msg_type, &job.body)
+            .await
+        {
+            return Try::Done(self.rejected_by_catalogue(job, state, m));
+        }
+        let started = Instant::now();
+        let result = self
+            .client
+            .send(job.msg_type, &token.value, job.body.clone())
+            .await;
+        let took = started.elapsed();
+        acct.metrics.send_duration.observe(took.as_secs_f64());
+        match result {
+            Ok(reply) => {
+                self.on_reply(job, acct, state, admitted, &token, reply, took)
+                    .await
+            }
+            Err(e) => self.on_send_error(job, state, e, took),
+        }
+    }
+
+    /// The account's side of a try: not stopped, within its daily quota (or this is the
+    /// quota's probe), and paced. A short wait for the account happens here, in place; a long
+    /// one defers the job. Neither is an attempt.
+    async fn admit<'a>(
+        &self,
+        job: &Job,
+        acct: &'a AccountCtx,
+        state: &RetryState,
+    ) -> Result<Admitted<'a>, Try> {
         let appid = job.appid.as_str();
         if let Some(hold) = acct.stops.send_hold(self.stop_probe) {
-            return Try::Done(self.defer(appid, hold, DeferReason::AccountStopped, *state));
+            return Err(Try::Done(self.defer(
+                appid,
+                hold,
+                DeferReason::AccountStopped,
+                *state,
+            )));
         }
         let quota = acct.quota_gate(job.msg_type);
         let probe = match quota.admit() {
             Admission::Go => false,
             Admission::Probe => true,
+            Admission::Later { delay, reason } if delay <= self.policy.inline_max => {
+                // Short enough to wait in place. Still a deferral (counted as one), never a
+                // retry: the budget is for errors, and this is the account's state.
+                self.metrics
+                    .deferred_total
+                    .with_label_values(&[appid, reason.as_str()])
+                    .inc();
+                tokio::time::sleep(delay).await;
+                return Err(Try::Waited);
+            }
             Admission::Later { delay, reason } => {
-                if delay <= self.policy.inline_max {
-                    // Short enough to wait in place. Still a deferral (counted as one), never
-                    // a retry: the budget is for errors, and this is the account's state.
-                    self.metrics
-                        .deferred_total
-                        .with_label_values(&[appid, reason.as_str()])
-                        .inc();
-                    tokio::time::sleep(delay).await;
-                    return Try::Waited;
-                }
-                return Try::Done(self.defer(appid, delay, reason, *state));
+                return Err(Try::Done(self.defer(appid, delay, reason, *state)));
             }
         };
         let reservation = quota.reservation(probe);
@@ -256,96 +323,125 @@ impl Dispatcher {
             // Too many of this account's sends already wait for its rate: park this one
             // rather than hold a slot other accounts could use.
             drop(reservation);
-            return Try::Done(self.defer(appid, wait, DeferReason::Rate, *state));
+            return Err(Try::Done(self.defer(
+                appid,
+                wait,
+                DeferReason::Rate,
+                *state,
+            )));
         }
-        let fetching = Instant::now();
-        let token = match acct.tokens.get().await {
-            Ok(t) => t,
-            Err(TokenError::Stopped { retry_in, .. }) => {
-                return Try::Done(self.defer(appid, retry_in, DeferReason::AccountStopped, *state));
+        Ok(Admitted {
+            quota,
+            probe,
+            reservation,
+        })
+    }
+
+    /// No token: a stopped account defers the job; an unavailable token endpoint is a failed
+    /// attempt like a failed send.
+    fn no_token(&self, job: &Job, state: &mut RetryState, e: TokenError, took: Duration) -> Try {
+        match e {
+            TokenError::Stopped { retry_in, .. } => {
+                Try::Done(self.defer(&job.appid, retry_in, DeferReason::AccountStopped, *state))
             }
-            Err(TokenError::Unavailable { retry_in, .. }) => {
+            TokenError::Unavailable { retry_in, .. } => {
                 state.attempts += 1;
-                return Try::Again {
+                Try::Again {
                     reason: "token_unavailable".into(),
                     wait: retry_in.max(self.policy.delay(state.attempts - 1)),
-                    took: fetching.elapsed(),
-                };
+                    took,
+                }
             }
-        };
-        if let Err(m) = self
-            .check_catalogue(&job.appid, acct, &token.value, job.msg_type, &job.body)
-            .await
-        {
-            tracing::info!(job_id = %job.id, appid, reason = m.reason(), detail = %m.detail(), "rejected before sending: the template catalogue says the job cannot succeed");
-            let mut o = self.outcome(job, SendStatus::Rejected, state);
-            o.reason = Some(m.reason().into());
-            o.errmsg = Some(m.detail());
-            return Try::Done(Disposition::Final(o));
         }
-        let started = Instant::now();
-        let result = self
-            .client
-            .send(job.msg_type, &token.value, job.body.clone())
-            .await;
-        self.metrics
-            .send_duration_seconds
-            .with_label_values(&[appid])
-            .observe(started.elapsed().as_secs_f64());
-        let reply = match result {
-            Ok(r) => r,
-            Err(e) => {
-                state.attempts += 1;
-                self.count_api(appid, &e.label());
-                if e.maybe_sent() && !job.msg_type.deduplicated() {
-                    // No client_msg_id on this endpoint: WeChat would take a retry as a second
-                    // message. The upstream must find out whether the user got it.
-                    tracing::warn!(job_id = %job.id, appid, msg_type = %job.msg_type, error = %e,
-                        "a subscription send may have been delivered and cannot be retried \
-                         safely (the endpoint takes no client_msg_id); reporting maybe_sent");
-                    return Try::Done(Disposition::Final(self.final_error(
-                        job,
-                        state,
-                        SendStatus::Failed,
-                        None,
-                        "maybe_sent".into(),
-                    )));
-                }
-                if e.maybe_sent() && state.maybe_sent_ms.is_none() {
-                    state.maybe_sent_ms = Some(Utc::now().timestamp_millis());
-                }
-                let mut wait = self.policy.delay(state.attempts - 1);
-                if let SendError::Status {
-                    status,
-                    retry_after,
-                } = e
-                {
-                    // The HTTP rows of the policy table (ERROR_POLICY.md): a redirect or a 4xx
-                    // other than 408/425/429 will not change on retry; those three are a
-                    // front end or proxy asking us to slow down, so wait at least as long as
-                    // it asks.
-                    if errcode::http_rule(status).action == Action::Reject {
-                        return Try::Done(Disposition::Final(self.final_error(
-                            job,
-                            state,
-                            SendStatus::Rejected,
-                            None,
-                            e.label(),
-                        )));
-                    }
-                    wait = wait.max(retry_after.unwrap_or_default());
-                }
-                tracing::info!(job_id = %job.id, appid, error = %e, attempt = state.attempts, "send failed");
-                return Try::Again {
-                    reason: e.label(),
-                    wait,
-                    took: started.elapsed(),
-                };
+    }
+
+    /// The catalogue says the job cannot succeed: reject it without a request.
+    fn rejected_by_catalogue(&self, job: &Job, state: &RetryState, m: Mismatch) -> Disposition {
+        tracing::info!(job_id = %job.id, appid = %job.appid, reason = m.reason(), detail = %m.detail(), "rejected before sending: the template catalogue says the job cannot succeed");
+        let mut o = self.outcome(job, SendStatus::Rejected, state);
+        o.reason = Some(m.reason().into());
+        o.errmsg = Some(m.detail());
+        Disposition::Final(o)
+    }
+
+    /// A send with no WeChat answer (transport error, timeout, an HTTP status, an unreadable
+    /// body). It may have been delivered, so it is retried only where WeChat deduplicates.
+    fn on_send_error(
+        &self,
+        job: &Job,
+        state: &mut RetryState,
+        e: SendError,
+        took: Duration,
+    ) -> Try {
+        let appid = job.appid.as_str();
+        state.attempts += 1;
+        self.count_api(appid, &e.label());
+        if e.maybe_sent() && !job.msg_type.deduplicated() {
+            // No client_msg_id on this endpoint: WeChat would take a retry as a second
+            // message. The upstream must find out whether the user got it.
+            tracing::warn!(job_id = %job.id, appid, msg_type = %job.msg_type, error = %e,
+                "a subscription send may have been delivered and cannot be retried \
+                 safely (the endpoint takes no client_msg_id); reporting maybe_sent");
+            return Try::Done(Disposition::Final(self.final_error(
+                job,
+                state,
+                SendStatus::Failed,
+                None,
+                "maybe_sent".into(),
+            )));
+        }
+        if e.maybe_sent() && state.maybe_sent_ms.is_none() {
+            state.maybe_sent_ms = Some(Utc::now().timestamp_millis());
+        }
+        let mut wait = self.policy.delay(state.attempts - 1);
+        if let SendError::Status {
+            status,
+            retry_after,
+        } = e
+        {
+            // The HTTP rows of the policy table (ERROR_POLICY.md): a redirect or a 4xx other
+            // than 408/425/429 will not change on retry; those three are a front end or proxy
+            // asking us to slow down, so wait at least as long as it asks.
+            if errcode::http_rule(status).action == Action::Reject {
+                return Try::Done(Disposition::Final(self.final_error(
+                    job,
+                    state,
+                    SendStatus::Rejected,
+                    None,
+                    e.label(),
+                )));
             }
-        };
+            wait = wait.max(retry_after.unwrap_or_default());
+        }
+        tracing::info!(job_id = %job.id, appid, error = %e, attempt = state.attempts, "send failed");
+        Try::Again {
+            reason: e.label(),
+            wait,
+            took,
+        }
+    }
+
+    /// WeChat answered: the policy table's action for its errcode, with its side effects on
+    /// the account (resume, pause, slow down, stop) and the token.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_reply(
+        &self,
+        job: &Job,
+        acct: &AccountCtx,
+        state: &mut RetryState,
+        admitted: Admitted<'_>,
+        token: &Token,
+        reply: ApiReply,
+        took: Duration,
+    ) -> Try {
+        let appid = job.appid.as_str();
         let code = reply.errcode;
-        self.count_api(appid, &code.to_string());
         let action = errcode::action(code);
+        if code == 0 {
+            acct.metrics.api_ok.inc();
+        } else {
+            self.count_api(appid, &code.to_string());
+        }
         // An attempt is counted once its result is known, and only when the result is about
         // the job: the minute limit, the quota and a stopped account are the account's state.
         if !matches!(
@@ -354,6 +450,16 @@ impl Dispatcher {
         ) {
             state.attempts += 1;
         }
+        let Admitted {
+            quota,
+            probe,
+            reservation,
+        } = admitted;
+        let again = |state: &RetryState| Try::Again {
+            reason: errcode::reason(code).into_owned(),
+            wait: self.policy.delay(state.attempts - 1),
+            took,
+        };
         match action {
             Action::Success => {
                 if acct.stops.resume_sends() {
@@ -390,18 +496,10 @@ impl Dispatcher {
             Action::RefreshToken => {
                 // Refresh, then retry after the ordinary backoff: if the code is not really
                 // about the token (41006), an immediate retry would only repeat it.
-                acct.tokens.invalidate(&token).await;
-                Try::Again {
-                    reason: errcode::reason(code).into_owned(),
-                    wait: self.policy.delay(state.attempts - 1),
-                    took: started.elapsed(),
-                }
+                acct.tokens.invalidate(token).await;
+                again(state)
             }
-            Action::Retry => Try::Again {
-                reason: errcode::reason(code).into_owned(),
-                wait: self.policy.delay(state.attempts - 1),
-                took: started.elapsed(),
-            },
+            Action::Retry => again(state),
             Action::SlowDown => {
                 let wait = quota.slow_down();
                 tracing::warn!(job_id = %job.id, appid, errcode = code, "minute limit hit; slowing down until the next minute");

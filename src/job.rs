@@ -250,13 +250,13 @@ fn parse_inner(
     config: &Config,
     known: &mut Known,
 ) -> Result<Parsed, InvalidJob> {
-    if body.len() > config.max_job_bytes {
+    if body.len() > config.limits.max_job_bytes {
         return Err(InvalidJob::new(
             "too_large",
             format!(
                 "body is {} bytes, the limit is {}",
                 body.len(),
-                config.max_job_bytes
+                config.limits.max_job_bytes
             ),
         ));
     }
@@ -442,12 +442,12 @@ fn parse_inner(
             .max_by_key(|r| Value::from(r.as_str()).to_string().len())
             .expect("a batch has recipients");
         let size = batch.job_for(longest).len();
-        if size > config.max_job_bytes {
+        if size > config.limits.max_job_bytes {
             return Err(InvalidJob::new(
                 "too_large",
                 format!(
                     "each recipient's job would be up to {size} bytes, the limit is {}",
-                    config.max_job_bytes
+                    config.limits.max_job_bytes
                 ),
             ));
         }

@@ -14,8 +14,6 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use rand::Rng;
 
-use crate::config::Config;
-
 /// Why a job is parked in a delay queue (or waits in place). The word travels in the
 /// `x-wxd-reason` header and labels `wxdispatch_deferred_total`; docs/ERROR_POLICY.md lists
 /// every one (a unit test checks it).
@@ -118,7 +116,7 @@ pub enum Next {
     UnknownDelivery,
 }
 
-/// The retry settings, from the configuration.
+/// The retry settings: the `retry` group of the configuration (validated there).
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -129,16 +127,6 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub fn from_config(c: &Config) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: c.max_attempts,
-            base: Duration::from_millis(c.retry_base_ms),
-            max_delay: Duration::from_secs(c.retry_max_delay_secs),
-            budget: Duration::from_secs(c.retry_budget_secs),
-            inline_max: Duration::from_millis(c.inline_retry_max_ms),
-        }
-    }
-
     /// Whether a job that just failed with `reason` may be tried again after `wait`.
     ///
     /// It may not when its attempts or its transient-error budget are spent, or when the retry

@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::amqp::{self, PublishError, Publisher};
 use crate::cli::PublishArgs;
-use crate::config::{Account, Config, ConfigError, Env, ProcessEnv, Secret};
+use crate::config::{Account, Config, ConfigError};
 use crate::job::{self, InvalidJob, Parsed};
 
 /// Publishes awaiting their confirm at once. Enough to keep a remote broker busy; bounded so a
@@ -226,12 +226,12 @@ pub async fn run(config: &Config, lines: Vec<Line>, opts: &Options) -> anyhow::R
     }
 
     if !valid.is_empty() {
-        let conn = amqp::connect(&config.amqp_url, "wxdispatch-publish")
+        let conn = amqp::connect(&config.amqp.url, "wxdispatch-publish")
             .await
             .with_context(|| {
                 format!(
                     "cannot reach RabbitMQ at {} (set WXD_AMQP_URL)",
-                    crate::config::redact_url(&config.amqp_url)
+                    crate::config::redact_url(&config.amqp.url)
                 )
             })?;
         let publisher = Publisher::new(&conn, config).await?;
@@ -275,7 +275,7 @@ async fn publish_all(
         governor::RateLimiter::direct(governor::Quota::per_second(r).allow_burst(NonZeroU32::MIN))
     });
     let limiter = limiter.as_ref();
-    let queue = config.jobs_queue.as_str();
+    let queue = config.amqp.jobs_queue.as_str();
     report.start(valid.len());
     let started = Instant::now();
     // `buffer_unordered` keeps polling the confirms in flight while the next job waits for
@@ -341,7 +341,6 @@ impl<'a> Validator<'a> {
             let mut c = config.clone();
             c.accounts = vec![Account {
                 appid: String::new(),
-                secret: Secret::new(PLACEHOLDER_SECRET),
                 rate_per_sec: 1,
                 daily_quota: None,
                 original_id: None,
@@ -380,64 +379,10 @@ fn summarize(
     }
 }
 
-/// Stands in for every secret when the publisher loads the configuration; it is never sent.
-const PLACEHOLDER_SECRET: &str = "unused-by-publish";
-
-/// Loads the worker's configuration (file and `WXD_*` settings) without reading any secret:
-/// publishing needs the broker, the queue names and the account list, never a credential.
+/// Loads the worker's configuration (file and `WXD_*` settings) without its credentials:
+/// publishing needs the broker, the queue names and the account list, never a secret.
 pub fn load_config(file: Option<&Path>) -> Result<Config, ConfigError> {
-    let env = ProcessEnv;
-    let path = file
-        .map(Path::to_path_buf)
-        .or_else(|| env.var("WXD_CONFIG").map(PathBuf::from));
-    let text =
-        match &path {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-                ConfigError(format!("cannot read config file {}: {e}", p.display()))
-            })?),
-            None => None,
-        };
-    config_without_secrets(text.as_deref(), &env)
-}
-
-/// [`load_config`] from given sources: `[[accounts]]` lose their `secret_env`/`secret_file`,
-/// and every secret variable reads as a placeholder, so no secret is ever read.
-fn config_without_secrets(toml_text: Option<&str>, env: &dyn Env) -> Result<Config, ConfigError> {
-    let text = match toml_text.map(|t| (t, t.parse::<toml::Table>())) {
-        Some((_, Ok(mut table))) => {
-            if let Some(toml::Value::Array(accounts)) = table.get_mut("accounts") {
-                for a in accounts.iter_mut().filter_map(toml::Value::as_table_mut) {
-                    a.remove("secret_env");
-                    a.remove("secret_file");
-                }
-            }
-            Some(toml::to_string(&table).map_err(|e| ConfigError(e.to_string()))?)
-        }
-        // Let the real loader report the syntax error.
-        Some((t, Err(_))) => Some(t.to_string()),
-        None => None,
-    };
-    Config::from_sources(text.as_deref(), &NoSecrets(env))
-}
-
-/// An environment in which every secret is a placeholder and the callback is not configured.
-/// (`Config::from_sources` only looks variables up by name for secrets.)
-struct NoSecrets<'a>(&'a dyn Env);
-
-impl Env for NoSecrets<'_> {
-    fn var(&self, name: &str) -> Option<String> {
-        if name.starts_with("WXD_CALLBACK_") {
-            None
-        } else if name == "WXD_SECRET" || name.starts_with("WXD_SECRET_") {
-            Some(PLACEHOLDER_SECRET.into())
-        } else {
-            self.0.var(name)
-        }
-    }
-
-    fn vars(&self) -> Vec<(String, String)> {
-        self.0.vars()
-    }
+    Config::load_without_credentials(file)
 }
 
 /// Reads JSON Lines: one job per line, blank lines ignored, line numbers kept for reports.
@@ -845,7 +790,7 @@ mod tests {
             secret_env = "UNSET_VARIABLE"
         "#;
         let e = env(&[("WXD_APPID", "wxc0000000000003"), ("WXD_JOBS_QUEUE", "q")]);
-        let c = config_without_secrets(Some(toml), &e).unwrap();
+        let c = Config::without_credentials(Some(toml), &e).unwrap();
         let ids: Vec<&str> = c.accounts.iter().map(|a| a.appid.as_str()).collect();
         assert_eq!(
             ids,
@@ -854,16 +799,17 @@ mod tests {
         assert!(
             c.accounts
                 .iter()
-                .all(|a| a.secret.expose() == PLACEHOLDER_SECRET)
+                .all(|a| c.credentials.app_secret(&a.appid).is_none())
         );
-        assert_eq!(c.jobs_queue, "q");
+        assert_eq!(c.amqp.jobs_queue, "q");
         // Unknown keys are still refused, like the worker does.
-        assert!(config_without_secrets(None, &env(&[("WXD_JOBS_QUEUEE", "q")])).is_err());
+        assert!(Config::without_credentials(None, &env(&[("WXD_JOBS_QUEUEE", "q")])).is_err());
     }
 
     #[test]
     fn configured_accounts_are_enforced_and_no_account_means_shape_only() {
-        let one = config_without_secrets(None, &env(&[("WXD_APPID", "wxa0000000000001")])).unwrap();
+        let one =
+            Config::without_credentials(None, &env(&[("WXD_APPID", "wxa0000000000001")])).unwrap();
         let lines = [
             r#"{"touser":"o","template_id":"t"}"#,
             r#"{"appid":"wxother","touser":"o","template_id":"t"}"#,
@@ -879,7 +825,7 @@ mod tests {
                 Err("missing_template_id")
             ]
         );
-        let none = config_without_secrets(None, &env(&[])).unwrap();
+        let none = Config::without_credentials(None, &env(&[])).unwrap();
         assert!(none.accounts.is_empty());
         assert_eq!(
             reasons(&none, &lines),

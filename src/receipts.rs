@@ -246,10 +246,10 @@ impl Receipts {
         config: &Config,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Option<Arc<Receipts>>> {
-        let Some(token) = config.callback_token.clone() else {
+        let Some(token) = config.credentials.callback_token.clone() else {
             return Ok(None);
         };
-        let aes_key = match &config.callback_aes_key {
+        let aes_key = match &config.credentials.callback_aes_key {
             Some(k) => Some(
                 AesKey::from_encoding_aes_key(k.expose())
                     .map_err(|e| anyhow::anyhow!("WXD_CALLBACK_AES_KEY: {e}"))?,
@@ -267,7 +267,7 @@ impl Receipts {
                 .iter()
                 .map(|a| (a.appid.clone(), a.original_id.clone()))
                 .collect(),
-            max_age: Duration::from_secs(config.callback_max_age_secs),
+            max_age: config.callback.max_age,
             metrics,
             config: config.clone(),
             publisher: tokio::sync::Mutex::new(None),
@@ -277,7 +277,7 @@ impl Receipts {
 
     /// The callback routes at the configured path.
     pub fn router(self: Arc<Self>) -> Router {
-        let path = self.config.callback_path.clone();
+        let path = self.config.callback.path.clone();
         Router::new()
             .route(&path, get(verify_url).post(receive))
             .with_state(self)
@@ -309,7 +309,7 @@ impl Receipts {
                 if slot.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
                     let conn = tokio::time::timeout(
                         CONNECT_WITHIN,
-                        amqp::connect(&self.config.amqp_url, "wxdispatch-receipts"),
+                        amqp::connect(&self.config.amqp.url, "wxdispatch-receipts"),
                     )
                     .await
                     .map_err(|_| {

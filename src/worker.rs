@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::amqp::{self, Acks, PublishError, Publisher, headers, topology};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::dispatch::{Dispatcher, Disposition};
 use crate::job::{self, Parsed};
 use crate::metrics::Metrics;
@@ -60,15 +60,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Ctx> {
-        let dispatcher = Arc::new(Dispatcher::new(&config, metrics.clone()));
-        Arc::new(Ctx {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Ctx>, ConfigError> {
+        let dispatcher = Arc::new(Dispatcher::new(&config, metrics.clone())?);
+        Ok(Arc::new(Ctx {
             config,
             metrics,
             dispatcher,
             health: Arc::new(Health::default()),
             instance: format!("{}-{:06x}", hostname(), rand::random::<u32>() & 0xffffff),
-        })
+        }))
     }
 }
 
@@ -132,127 +132,174 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) -> anyhow::Result<()> {
     }
 }
 
+/// One AMQP session: open the connections and the consumer, consume until shutdown or a lost
+/// connection, then drain the jobs in flight and close.
 async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionEnd> {
-    let cfg = &ctx.config;
-    let host = &ctx.instance;
-    let pub_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-publish-{host}")).await?;
-    let con_conn = amqp::connect(&cfg.amqp_url, &format!("wxdispatch-consume-{host}")).await?;
-    let publisher = Publisher::new(&pub_conn, cfg).await?;
-    topology::ensure(&pub_conn, publisher.channel(), cfg).await?;
-    let ch = con_conn.create_channel().await?;
-    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
-        .await?;
-    let io = Arc::new(Io {
-        publisher,
-        acks: Acks::start(ch.clone(), ctx.metrics.clone()),
-    });
-    let mut consumer = ch
-        .basic_consume(
-            cfg.jobs_queue.as_str().into(),
-            format!("wxdispatch-{host}").as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let tag = consumer.tag();
-    ctx.metrics.amqp_connected.set(1);
-    ctx.health.set_ready(&ctx.metrics, true);
-    tracing::info!(queue = %cfg.jobs_queue, prefetch = cfg.prefetch, concurrency = cfg.concurrency, "consuming");
-
-    let mut pub_events = pub_conn.events_listener();
-    let mut con_events = con_conn.events_listener();
-    let slots = Arc::new(Semaphore::new(cfg.concurrency));
-    let mut tasks = JoinSet::new();
-    // While the broker blocks our publisher (memory or disk alarm), take no new work: every
-    // job needs a publish before it can be acked.
-    let mut blocked = pub_conn.status().blocked();
-    let mut permit: Option<OwnedSemaphorePermit> = None;
-    // One timer for the whole session, not a new one per delivery.
-    let mut look_again = tokio::time::interval(Duration::from_secs(1));
-    look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let end = loop {
-        while tasks.try_join_next().is_some() {}
-        if !pub_conn.status().connected() || !con_conn.status().connected() {
-            break SessionEnd::Lost("connection closed".into());
-        }
-        ctx.health.set_ready(&ctx.metrics, !blocked);
-        tokio::select! {
-            _ = shutdown.wait() => break SessionEnd::Shutdown,
-            p = slots.clone().acquire_owned(), if permit.is_none() && !blocked => {
-                permit = Some(p.expect("semaphore never closed"));
-            }
-            d = consumer.next(), if permit.is_some() && !blocked => match d {
-                Some(Ok(delivery)) => {
-                    io.acks.received(delivery.delivery_tag);
-                    let ctx = ctx.clone();
-                    let io = io.clone();
-                    let slot = permit.take();
-                    // Boxed: the job's future is large, and tokio moves a task's future
-                    // into and out of its cell by value (memcpy was 8 % of the CPU).
-                    tasks.spawn(Box::pin(async move {
-                        handle(ctx, io, delivery, slot).await;
-                    }));
-                }
-                Some(Err(e)) => break SessionEnd::Lost(format!("consumer error: {e}")),
-                None => break SessionEnd::Lost("consumer cancelled by the broker".into()),
-            },
-            Some(ev) = pub_events.next() => match ev {
-                lapin::Event::ConnectionBlocked(why) => {
-                    tracing::warn!(reason = %why, "broker blocked publishing (resource alarm); pausing consumption");
-                    blocked = true;
-                }
-                lapin::Event::ConnectionUnblocked => {
-                    tracing::info!("broker unblocked publishing; resuming");
-                    blocked = false;
-                }
-                lapin::Event::Error(e) => break SessionEnd::Lost(format!("publisher connection: {e}")),
-                _ => {}
-            },
-            Some(ev) = con_events.next() => if let lapin::Event::Error(e) = ev {
-                break SessionEnd::Lost(format!("consumer connection: {e}"));
-            },
-            // Connection state can change without an event reaching us; look again soon.
-            _ = look_again.tick() => {}
-        }
-    };
-    drop(permit);
-    ctx.health.set_ready(&ctx.metrics, false);
-    // Stop new deliveries; what was prefetched but not started is requeued when the channel
-    // closes.
-    let _ = ch.basic_cancel(tag, BasicCancelOptions::default()).await;
-    let drain = match end {
-        SessionEnd::Shutdown => cfg.drain_timeout(),
-        SessionEnd::Lost(_) => Duration::from_secs(5),
-    };
-    while tasks.try_join_next().is_some() {}
-    let inflight = tasks.len();
-    if inflight > 0 {
-        tracing::info!(
-            inflight,
-            timeout_secs = drain.as_secs(),
-            "draining in-flight jobs"
-        );
-    }
-    let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_ok();
-    if !drained {
-        tracing::warn!(
-            left = tasks.len(),
-            "drain timeout; unfinished jobs will be redelivered"
-        );
-        tasks.abort_all();
-    }
-    // Closing what the broker already closed can wait forever: bound every step.
-    let bounded = Duration::from_secs(2);
-    // The acks still owed go out before the channel closes (unacked jobs would come back).
-    let _ = tokio::time::timeout(bounded * 2, io.acks.close()).await;
-    let _ = tokio::time::timeout(bounded, ch.close(200, "bye".into())).await;
-    let _ = tokio::time::timeout(bounded, con_conn.close(200, "bye".into())).await;
-    let _ = tokio::time::timeout(bounded, io.publisher.channel().close(200, "bye".into())).await;
-    let _ = tokio::time::timeout(bounded, pub_conn.close(200, "bye".into())).await;
-    ctx.metrics.amqp_connected.set(0);
+    let mut session = Session::open(ctx).await?;
+    let (end, tasks) = session.consume(ctx, shutdown).await;
+    session.close(ctx, &end, tasks).await;
     Ok(end)
+}
+
+/// The connections, channels and consumer of one session. The publisher and the consumer
+/// have connections of their own, so a broker that blocks publishing (a resource alarm) does
+/// not also stall the acks.
+struct Session {
+    pub_conn: lapin::Connection,
+    con_conn: lapin::Connection,
+    ch: lapin::Channel,
+    io: Arc<Io>,
+    consumer: lapin::Consumer,
+}
+
+impl Session {
+    /// Connects, checks or declares the topology, and starts consuming.
+    async fn open(ctx: &Arc<Ctx>) -> anyhow::Result<Session> {
+        let cfg = &ctx.config;
+        let host = &ctx.instance;
+        let pub_conn = amqp::connect(&cfg.amqp.url, &format!("wxdispatch-publish-{host}")).await?;
+        let con_conn = amqp::connect(&cfg.amqp.url, &format!("wxdispatch-consume-{host}")).await?;
+        let publisher = Publisher::new(&pub_conn, cfg).await?;
+        topology::ensure(&pub_conn, publisher.channel(), cfg).await?;
+        let ch = con_conn.create_channel().await?;
+        ch.basic_qos(cfg.amqp.prefetch, BasicQosOptions::default())
+            .await?;
+        let io = Arc::new(Io {
+            publisher,
+            acks: Acks::start(ch.clone(), ctx.metrics.clone()),
+        });
+        let consumer = ch
+            .basic_consume(
+                cfg.amqp.jobs_queue.as_str().into(),
+                format!("wxdispatch-{host}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        ctx.metrics.amqp_connected.set(1);
+        ctx.health.set_ready(&ctx.metrics, true);
+        tracing::info!(queue = %cfg.amqp.jobs_queue, prefetch = cfg.amqp.prefetch, concurrency = cfg.limits.concurrency, "consuming");
+        Ok(Session {
+            pub_conn,
+            con_conn,
+            ch,
+            io,
+            consumer,
+        })
+    }
+
+    /// Takes deliveries while a slot is free and the broker accepts our publishes, each in a
+    /// task of its own, until shutdown or a lost connection. Returns why it ended and the
+    /// tasks still running.
+    async fn consume(&mut self, ctx: &Arc<Ctx>, shutdown: &Shutdown) -> (SessionEnd, JoinSet<()>) {
+        let mut pub_events = self.pub_conn.events_listener();
+        let mut con_events = self.con_conn.events_listener();
+        let slots = Arc::new(Semaphore::new(ctx.config.limits.concurrency));
+        let mut tasks = JoinSet::new();
+        // While the broker blocks our publisher (memory or disk alarm), take no new work: every
+        // job needs a publish before it can be acked.
+        let mut blocked = self.pub_conn.status().blocked();
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        // One timer for the whole session, not a new one per delivery.
+        let mut look_again = tokio::time::interval(Duration::from_secs(1));
+        look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            while tasks.try_join_next().is_some() {}
+            if !self.pub_conn.status().connected() || !self.con_conn.status().connected() {
+                break SessionEnd::Lost("connection closed".into());
+            }
+            ctx.health.set_ready(&ctx.metrics, !blocked);
+            tokio::select! {
+                _ = shutdown.wait() => break SessionEnd::Shutdown,
+                p = slots.clone().acquire_owned(), if permit.is_none() && !blocked => {
+                    permit = Some(p.expect("semaphore never closed"));
+                }
+                d = self.consumer.next(), if permit.is_some() && !blocked => match d {
+                    Some(Ok(delivery)) => {
+                        self.io.acks.received(delivery.delivery_tag);
+                        let ctx = ctx.clone();
+                        let io = self.io.clone();
+                        let slot = permit.take();
+                        // Boxed: the job's future is large, and tokio moves a task's future
+                        // into and out of its cell by value (memcpy was 8 % of the CPU).
+                        tasks.spawn(Box::pin(async move {
+                            handle(ctx, io, delivery, slot).await;
+                        }));
+                    }
+                    Some(Err(e)) => break SessionEnd::Lost(format!("consumer error: {e}")),
+                    None => break SessionEnd::Lost("consumer cancelled by the broker".into()),
+                },
+                Some(ev) = pub_events.next() => match ev {
+                    lapin::Event::ConnectionBlocked(why) => {
+                        tracing::warn!(reason = %why, "broker blocked publishing (resource alarm); pausing consumption");
+                        blocked = true;
+                    }
+                    lapin::Event::ConnectionUnblocked => {
+                        tracing::info!("broker unblocked publishing; resuming");
+                        blocked = false;
+                    }
+                    lapin::Event::Error(e) => break SessionEnd::Lost(format!("publisher connection: {e}")),
+                    _ => {}
+                },
+                Some(ev) = con_events.next() => if let lapin::Event::Error(e) = ev {
+                    break SessionEnd::Lost(format!("consumer connection: {e}"));
+                },
+                // Connection state can change without an event reaching us; look again soon.
+                _ = look_again.tick() => {}
+            }
+        };
+        (end, tasks)
+    }
+
+    /// Stops deliveries, lets the jobs in flight finish (up to the drain timeout on shutdown,
+    /// 5 s after a lost connection), settles the acks still owed and closes everything, each
+    /// step bounded.
+    async fn close(self, ctx: &Ctx, end: &SessionEnd, mut tasks: JoinSet<()>) {
+        ctx.health.set_ready(&ctx.metrics, false);
+        // Stop new deliveries; what was prefetched but not started is requeued when the
+        // channel closes.
+        let _ = self
+            .ch
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await;
+        let drain = match end {
+            SessionEnd::Shutdown => ctx.config.drain_timeout,
+            SessionEnd::Lost(_) => Duration::from_secs(5),
+        };
+        while tasks.try_join_next().is_some() {}
+        let inflight = tasks.len();
+        if inflight > 0 {
+            tracing::info!(
+                inflight,
+                timeout_secs = drain.as_secs(),
+                "draining in-flight jobs"
+            );
+        }
+        let drained =
+            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+                .await
+                .is_ok();
+        if !drained {
+            tracing::warn!(
+                left = tasks.len(),
+                "drain timeout; unfinished jobs will be redelivered"
+            );
+            tasks.abort_all();
+        }
+        // Closing what the broker already closed can wait forever: bound every step.
+        let bounded = Duration::from_secs(2);
+        // The acks still owed go out before the channel closes (unacked jobs would come back).
+        let _ = tokio::time::timeout(bounded * 2, self.io.acks.close()).await;
+        let _ = tokio::time::timeout(bounded, self.ch.close(200, "bye".into())).await;
+        let _ = tokio::time::timeout(bounded, self.con_conn.close(200, "bye".into())).await;
+        let _ = tokio::time::timeout(
+            bounded,
+            self.io.publisher.channel().close(200, "bye".into()),
+        )
+        .await;
+        let _ = tokio::time::timeout(bounded, self.pub_conn.close(200, "bye".into())).await;
+        ctx.metrics.amqp_connected.set(0);
+    }
 }
 
 fn hostname() -> String {
@@ -286,7 +333,7 @@ async fn handle(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             let deliveries = delivery_count(&delivery) + 1;
-            if deliveries >= u64::from(ctx.config.delivery_limit) {
+            if deliveries >= u64::from(ctx.config.amqp.delivery_limit) {
                 // The last delivery the queue allows: end it here with a reason, rather than
                 // letting the broker dead-letter it silently.
                 tracing::error!(panic = %msg, deliveries, "job handler panicked again; dead-lettering the job as poison");
@@ -476,15 +523,23 @@ async fn publish_final(
 ) -> Result<(), PublishError> {
     publish_outcome_waiting(ctx, io, o).await?;
     // Only configured appids become label values: an invalid job may name anything.
-    let appid = o
+    let handles = o
         .appid
         .as_deref()
-        .filter(|a| ctx.config.account(Some(a)).is_some())
-        .unwrap_or("unknown");
-    ctx.metrics
-        .jobs_total
-        .with_label_values(&[appid, &o.status])
-        .inc();
+        .and_then(|a| ctx.dispatcher.account_metrics(a));
+    match handles.and_then(|h| h.job(&o.status)) {
+        Some(counter) => counter.inc(),
+        None => {
+            let appid = match handles {
+                Some(_) => o.appid.as_deref().unwrap_or("unknown"),
+                None => "unknown",
+            };
+            ctx.metrics
+                .jobs_total
+                .with_label_values(&[appid, &o.status])
+                .inc()
+        }
+    }
     io.acks.ack(delivery.delivery_tag);
     Ok(())
 }
@@ -542,7 +597,7 @@ async fn publish_outcome_waiting(ctx: &Ctx, io: &Io, o: &Outcome) -> Result<(), 
             waiting = Some(Waiting(&ctx.metrics));
             tracing::warn!(
                 reason,
-                exchange = %ctx.config.outcomes_exchange,
+                exchange = %ctx.config.amqp.outcomes_exchange,
                 "the broker refused an outcome (is the outcomes queue full?); the job waits unacked and the outcome is retried"
             );
         }

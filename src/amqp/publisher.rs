@@ -47,9 +47,9 @@ impl Publisher {
             .await?;
         Ok(Publisher {
             channel,
-            exchange: config.outcomes_exchange.clone(),
-            jobs_queue: config.jobs_queue.clone(),
-            dead_queue: config.dead_queue.clone(),
+            exchange: config.amqp.outcomes_exchange.clone(),
+            jobs_queue: config.amqp.jobs_queue.clone(),
+            dead_queue: config.amqp.dead_queue.clone(),
             config: config.clone(),
         })
     }

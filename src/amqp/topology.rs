@@ -134,30 +134,33 @@ pub fn tier_for(delay: Duration) -> u64 {
 /// The name of a tier's delay queue: versioned for quorum tiers, the original name for the
 /// classic ones.
 pub fn delay_queue(config: &Config, tier: u64) -> String {
-    match config.jobs_queue_type {
-        QueueType::Quorum => format!("{}.delay.v{DELAY_VERSION}.{tier}s", config.jobs_queue),
+    match config.amqp.jobs_queue_type {
+        QueueType::Quorum => format!("{}.delay.v{DELAY_VERSION}.{tier}s", config.amqp.jobs_queue),
         QueueType::Classic => classic_delay_queue(config, tier),
     }
 }
 
 /// The name the classic tiers have always had (and the quorum setup used before version 2).
 fn classic_delay_queue(config: &Config, tier: u64) -> String {
-    format!("{}.delay.{tier}s", config.jobs_queue)
+    format!("{}.delay.{tier}s", config.amqp.jobs_queue)
 }
 
 /// The arguments of a tier's delay queue.
 fn delay_args(config: &Config, tier: u64) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), queue_type(config.jobs_queue_type));
+    args.insert(
+        "x-queue-type".into(),
+        queue_type(config.amqp.jobs_queue_type),
+    );
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString("".into()),
     );
     args.insert(
         "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(config.jobs_queue.as_str().into()),
+        AMQPValue::LongString(config.amqp.jobs_queue.as_str().into()),
     );
-    if config.jobs_queue_type == QueueType::Quorum {
+    if config.amqp.jobs_queue_type == QueueType::Quorum {
         args.insert(
             "x-dead-letter-strategy".into(),
             AMQPValue::LongString("at-least-once".into()),
@@ -178,17 +181,17 @@ fn delay_args(config: &Config, tier: u64) -> FieldTable {
 /// Every queue the worker uses, in declaration order.
 pub fn queues(config: &Config) -> Vec<String> {
     let mut names = vec![
-        config.jobs_queue.clone(),
-        config.dead_queue.clone(),
-        config.outcomes_queue.clone(),
+        config.amqp.jobs_queue.clone(),
+        config.amqp.dead_queue.clone(),
+        config.amqp.outcomes_queue.clone(),
     ];
     names.extend(DELAY_TIERS.iter().map(|t| delay_queue(config, *t)));
     names
 }
 
-/// Sets the topology up the way `config.topology` says: declares it, or checks it exists.
+/// Sets the topology up the way `config.amqp.topology` says: declares it, or checks it exists.
 pub async fn ensure(conn: &Connection, ch: &Channel, config: &Config) -> Result<(), TopologyError> {
-    match config.topology {
+    match config.amqp.topology {
         Topology::Declare => declare(ch, config).await,
         Topology::Passive => check(conn, config).await,
     }
@@ -204,7 +207,7 @@ pub async fn check(conn: &Connection, config: &Config) -> Result<(), TopologyErr
     };
     let mut missing = Vec::new();
     let mut names: Vec<(String, bool)> = queues(config).into_iter().map(|q| (q, true)).collect();
-    names.push((config.outcomes_exchange.clone(), false));
+    names.push((config.amqp.outcomes_exchange.clone(), false));
     for (name, is_queue) in names {
         let ch = conn.create_channel().await?;
         let found = if is_queue {
@@ -266,33 +269,39 @@ fn queue_type(t: QueueType) -> AMQPValue {
 /// Declares everything. Idempotent, so every replica does it at every (re)connect.
 pub async fn declare(ch: &Channel, config: &Config) -> Result<(), TopologyError> {
     let mut jobs_args = FieldTable::default();
-    jobs_args.insert("x-queue-type".into(), queue_type(config.jobs_queue_type));
+    jobs_args.insert(
+        "x-queue-type".into(),
+        queue_type(config.amqp.jobs_queue_type),
+    );
     jobs_args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString("".into()),
     );
     jobs_args.insert(
         "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(config.dead_queue.as_str().into()),
+        AMQPValue::LongString(config.amqp.dead_queue.as_str().into()),
     );
-    if config.jobs_queue_type == QueueType::Quorum {
+    if config.amqp.jobs_queue_type == QueueType::Quorum {
         jobs_args.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongInt(config.delivery_limit as i32),
+            AMQPValue::LongInt(config.amqp.delivery_limit as i32),
         );
     }
-    ch.queue_declare(config.jobs_queue.as_str().into(), durable(), jobs_args)
+    ch.queue_declare(config.amqp.jobs_queue.as_str().into(), durable(), jobs_args)
         .await
-        .map_err(|e| refused(&config.jobs_queue, e))?;
+        .map_err(|e| refused(&config.amqp.jobs_queue, e))?;
 
     let mut dead_args = FieldTable::default();
-    dead_args.insert("x-queue-type".into(), queue_type(config.jobs_queue_type));
-    ch.queue_declare(config.dead_queue.as_str().into(), durable(), dead_args)
+    dead_args.insert(
+        "x-queue-type".into(),
+        queue_type(config.amqp.jobs_queue_type),
+    );
+    ch.queue_declare(config.amqp.dead_queue.as_str().into(), durable(), dead_args)
         .await
-        .map_err(|e| refused(&config.dead_queue, e))?;
+        .map_err(|e| refused(&config.amqp.dead_queue, e))?;
 
     ch.exchange_declare(
-        config.outcomes_exchange.as_str().into(),
+        config.amqp.outcomes_exchange.as_str().into(),
         ExchangeKind::Topic,
         ExchangeDeclareOptions {
             durable: true,
@@ -302,13 +311,20 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), TopologyError>
     )
     .await?;
     let mut out_args = FieldTable::default();
-    out_args.insert("x-queue-type".into(), queue_type(config.jobs_queue_type));
-    ch.queue_declare(config.outcomes_queue.as_str().into(), durable(), out_args)
-        .await
-        .map_err(|e| refused(&config.outcomes_queue, e))?;
+    out_args.insert(
+        "x-queue-type".into(),
+        queue_type(config.amqp.jobs_queue_type),
+    );
+    ch.queue_declare(
+        config.amqp.outcomes_queue.as_str().into(),
+        durable(),
+        out_args,
+    )
+    .await
+    .map_err(|e| refused(&config.amqp.outcomes_queue, e))?;
     ch.queue_bind(
-        config.outcomes_queue.as_str().into(),
-        config.outcomes_exchange.as_str().into(),
+        config.amqp.outcomes_queue.as_str().into(),
+        config.amqp.outcomes_exchange.as_str().into(),
         "#".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
@@ -344,9 +360,9 @@ pub async fn depth(ch: &Channel, queue: &str) -> u32 {
 /// names (the demo, the benchmark, tests); never called by the worker.
 pub async fn delete(ch: &Channel, config: &Config) {
     let mut names = vec![
-        config.jobs_queue.clone(),
-        config.outcomes_queue.clone(),
-        config.dead_queue.clone(),
+        config.amqp.jobs_queue.clone(),
+        config.amqp.outcomes_queue.clone(),
+        config.amqp.dead_queue.clone(),
     ];
     names.extend(DELAY_TIERS.iter().map(|t| delay_queue(config, *t)));
     names.extend(DELAY_TIERS.iter().map(|t| classic_delay_queue(config, *t)));
@@ -360,7 +376,10 @@ pub async fn delete(ch: &Channel, config: &Config) {
             .await;
     }
     let _ = ch
-        .exchange_delete(config.outcomes_exchange.as_str().into(), Default::default())
+        .exchange_delete(
+            config.amqp.outcomes_exchange.as_str().into(),
+            Default::default(),
+        )
         .await;
 }
 
@@ -428,7 +447,7 @@ mod tests {
             get("x-queue-type"),
             Some(AMQPValue::LongString("quorum".into()))
         );
-        c.jobs_queue_type = QueueType::Classic;
+        c.amqp.jobs_queue_type = QueueType::Classic;
         assert_eq!(
             delay_queue(&c, 5),
             "wxdispatch.jobs.delay.5s",

@@ -167,6 +167,10 @@ pub struct AccountGate {
     metrics: Arc<Metrics>,
     /// Sends of this account waiting for its rate limiter right now.
     waiting: std::sync::atomic::AtomicU32,
+    /// `wxdispatch_limiter_wait_seconds` of this account, observed by every send.
+    wait_seconds: prometheus::Histogram,
+    /// `wxdispatch_quota_paused` of this gate: the gate alone writes it.
+    paused_gauge: prometheus::IntGauge,
 }
 
 impl AccountGate {
@@ -216,6 +220,12 @@ impl AccountGate {
                 sent_today: 0,
                 reserved: 0,
             }),
+            wait_seconds: metrics.limiter_wait_seconds.with_label_values(&[appid]),
+            paused_gauge: {
+                let g = metrics.quota_paused.with_label_values(&[appid]);
+                g.set(0);
+                g
+            },
             metrics,
             waiting: std::sync::atomic::AtomicU32::new(0),
         }
@@ -335,10 +345,7 @@ impl AccountGate {
             },
         }
         let waited = start.elapsed();
-        self.metrics
-            .limiter_wait_seconds
-            .with_label_values(&[&self.appid])
-            .observe(waited.as_secs_f64());
+        self.wait_seconds.observe(waited.as_secs_f64());
         waited
     }
 
@@ -371,10 +378,7 @@ impl AccountGate {
         }
         // Only the probe resumes: sends admitted before the pause may still succeed after it.
         if was_probe && st.paused_since.take().is_some() {
-            self.metrics
-                .quota_paused
-                .with_label_values(&[&self.appid])
-                .set(0);
+            self.paused_gauge.set(0);
             tracing::info!(appid = %self.appid, "daily quota available again; account resumed");
         }
     }
@@ -386,10 +390,7 @@ impl AccountGate {
         if st.paused_since.is_none() {
             st.paused_since = Some(Instant::now());
             st.last_probe = Some(Instant::now());
-            self.metrics
-                .quota_paused
-                .with_label_values(&[&self.appid])
-                .set(1);
+            self.paused_gauge.set(1);
             tracing::warn!(
                 appid = %self.appid,
                 errcode = 45009,

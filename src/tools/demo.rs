@@ -148,30 +148,32 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     crate::logging::init_with_default(LogFormat::Text, "warn");
     let run = format!("{:x}", chrono::Utc::now().timestamp_millis() & 0xffffff);
     let mut config = base.clone();
-    config.jobs_queue = "wxdispatch.demo.jobs".into();
-    config.outcomes_exchange = "wxdispatch.demo.outcomes".into();
-    config.outcomes_queue = "wxdispatch.demo.outcomes".into();
-    config.dead_queue = "wxdispatch.demo.dead".into();
+    config.amqp.jobs_queue = "wxdispatch.demo.jobs".into();
+    config.amqp.outcomes_exchange = "wxdispatch.demo.outcomes".into();
+    config.amqp.outcomes_queue = "wxdispatch.demo.outcomes".into();
+    config.amqp.dead_queue = "wxdispatch.demo.dead".into();
     config.http_addr = "127.0.0.1:0".into();
-    config.http_timeout_ms = 1000;
-    config.inline_retry_max_ms = 3000;
-    config.concurrency = config.concurrency.max(128);
-    config.prefetch = config.prefetch.max(256);
-    config.callback_token = Some(crate::config::Secret::new(CALLBACK_TOKEN));
-    config.callback_aes_key = Some(crate::config::Secret::new(AES_KEY));
+    config.wechat.http_timeout = Duration::from_millis(1000);
+    config.retry.inline_max = Duration::from_millis(3000);
+    config.limits.concurrency = config.limits.concurrency.max(128);
+    config.amqp.prefetch = config.amqp.prefetch.max(256);
+    config.credentials.callback_token = Some(crate::config::Secret::new(CALLBACK_TOKEN));
+    config.credentials.callback_aes_key = Some(crate::config::Secret::new(AES_KEY));
     config.accounts = vec![crate::config::Account {
         appid: APPID.into(),
-        secret: crate::config::Secret::new(SECRET),
         rate_per_sec: 5000,
         daily_quota: None,
         original_id: None,
     }];
+    config
+        .credentials
+        .set_app_secret(APPID, crate::config::Secret::new(SECRET));
 
     println!(
         "wxdispatch demo: broker {}",
-        crate::config::redact_url(&config.amqp_url)
+        crate::config::redact_url(&config.amqp.url)
     );
-    let conn = amqp::connect(&config.amqp_url, "wxdispatch-demo")
+    let conn = amqp::connect(&config.amqp.url, "wxdispatch-demo")
         .await
         .context("cannot reach RabbitMQ (is it running on 127.0.0.1:5672?)")?;
     let publisher = Publisher::new(&conn, &config).await?;
@@ -183,7 +185,7 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let mock_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let mock_addr = mock_listener.local_addr()?;
     drop(mock_listener);
-    config.api_base = format!("http://{mock_addr}");
+    config.wechat.api_base = format!("http://{mock_addr}");
     let shutdown = Shutdown::new();
     let worker = crate::app::start(config.clone(), shutdown.clone()).await?;
     let mock = MockServer::start(
@@ -197,7 +199,7 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
                 ..Behaviour::default()
             },
             push: Some(PushTarget {
-                url: format!("http://{}{}", worker.http_addr, config.callback_path),
+                url: format!("http://{}{}", worker.http_addr, config.callback.path),
                 token: CALLBACK_TOKEN.into(),
                 aes_key: args
                     .safe_mode
@@ -220,7 +222,7 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let publishes = futures_util::stream::iter(jobs.iter())
-        .map(|j| publisher.publish("", &config.jobs_queue, &j.body, j.props.clone()))
+        .map(|j| publisher.publish("", &config.amqp.jobs_queue, &j.body, j.props.clone()))
         .buffer_unordered(256)
         .collect::<Vec<_>>()
         .await;
@@ -271,7 +273,7 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
 
     let outcomes = collect(
         &conn,
-        &config.outcomes_queue,
+        &config.amqp.outcomes_queue,
         Expect {
             sends: expected,
             receipts: good,
@@ -318,7 +320,7 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
             .map(|d| d.as_millis())
             .unwrap_or(0)
     };
-    let dead = amqp::topology::depth(publisher.channel(), &config.dead_queue).await;
+    let dead = amqp::topology::depth(publisher.channel(), &config.amqp.dead_queue).await;
 
     println!();
     println!("  outcome (kind send)        count");

@@ -105,6 +105,10 @@ pub struct ErrorInfo {
     pub en: &'static str,
     /// What the worker does when a send returns this code.
     pub action: Action,
+    /// What the worker does when a token endpoint (`/cgi-bin/token`, `/cgi-bin/stable_token`)
+    /// returns it. The same numbers mean other things there: 40001 is a wrong AppSecret, not a
+    /// stale token, and refreshing again would only repeat it.
+    pub token_action: Action,
 }
 
 const fn row(
@@ -113,6 +117,7 @@ const fn row(
     zh: &'static str,
     en: &'static str,
     action: Action,
+    token_action: Action,
 ) -> ErrorInfo {
     ErrorInfo {
         code,
@@ -120,6 +125,7 @@ const fn row(
         zh,
         en,
         action,
+        token_action,
     }
 }
 
@@ -128,67 +134,67 @@ use Action::{PauseQuota, RefreshToken, Reject, Retry, SlowDown, StopAccount, Suc
 // One row per line, so the table reads as a table (and a diff shows the row that changed).
 #[rustfmt::skip]
 const ENTRIES: &[ErrorInfo] = &[
-    row(-1, "system_busy", "系统繁忙", "system busy, try again later", Retry),
-    row(0, "ok", "请求成功", "request succeeded", Success),
-    row(40001, "invalid_credential", "验证失败", "invalid credential: the access_token is invalid or not the latest (at the token endpoint: wrong AppSecret)", RefreshToken),
-    row(40002, "invalid_grant_type", "不合法的凭证类型", "invalid grant_type", Reject),
-    row(40003, "invalid_openid", "不合法的OpenID", "invalid openid", Reject),
-    row(40004, "invalid_media_type", "不合法的媒体文件类型", "invalid media type", Reject),
-    row(40005, "invalid_file_type", "不合法的文件类型", "invalid file type", Reject),
-    row(40006, "invalid_file_size", "不合法的文件大小", "invalid file size", Reject),
-    row(40007, "invalid_media_id", "不合法的媒体文件id", "invalid media_id", Reject),
-    row(40008, "invalid_message_type", "不合法的消息类型", "invalid message type", Reject),
-    row(40009, "invalid_image_size", "不合法的图片文件大小", "invalid image file size", Reject),
-    row(40010, "invalid_voice_size", "不合法的音频文件大小", "invalid voice file size", Reject),
-    row(40011, "invalid_video_size", "不合法的视频文件大小", "invalid video file size", Reject),
-    row(40012, "invalid_thumb_size", "不合法的缩略图文件大小", "invalid thumbnail file size", Reject),
-    row(40013, "invalid_appid", "不合法的APPID", "invalid AppID", StopAccount),
-    row(40014, "invalid_access_token", "不合法的access_token", "invalid access_token", RefreshToken),
-    row(40033, "invalid_charset", "不合法的请求字符，不能包含 \\uxxxx 格式的字符", "invalid characters in the request: it must not contain \\uxxxx escapes", Reject),
-    row(40035, "invalid_parameter", "不合法的参数", "invalid parameter", Reject),
-    row(40036, "invalid_template_id_size", "不合法的template_id长度", "invalid template_id length", Reject),
-    row(40037, "invalid_template_id", "不合法的template_id", "invalid template_id (unknown or deleted template)", Reject),
-    row(40038, "invalid_packaging_type", "不合法的请求格式", "invalid request format", Reject),
-    row(40039, "invalid_url_size", "不合法的 URL 长度", "invalid URL length (the message's url is too long)", Reject),
-    row(40048, "invalid_url_domain", "无效的url", "invalid url (its domain is not accepted)", Reject),
-    row(40066, "invalid_url", "不合法的 url ，递交的页面被sitemap标记为拦截", "invalid url: the page is blocked by the mini-program's sitemap", Reject),
-    row(40097, "invalid_args", "参数错误", "invalid arguments", Reject),
-    row(40125, "invalid_appsecret", "不合法的appsecret", "invalid AppSecret", StopAccount),
-    row(40164, "ip_not_whitelisted", "调用接口的IP地址不在白名单中", "caller IP address is not in the account's IP whitelist", StopAccount),
-    row(41001, "access_token_missing", "缺少access_token参数", "access_token parameter missing", RefreshToken),
-    row(41002, "appid_missing", "缺少appid参数", "appid parameter missing", Reject),
-    row(41003, "refresh_token_missing", "缺少refresh_token参数", "refresh_token parameter missing", Reject),
-    row(41004, "secret_missing", "缺少secret参数", "secret parameter missing", Reject),
-    row(41005, "media_data_missing", "缺少多媒体文件数据", "media file data missing", Reject),
-    row(41006, "access_token_timeout", "access_token超时", "access_token timed out (the seed's table; today's list says missing media_id)", RefreshToken),
-    row(41030, "invalid_page", "page路径不正确，需要保证在现网版本小程序中存在，与app.json保持一致", "the page path is wrong: it must exist in the published mini-program and match its app.json (subscription sends)", Reject),
-    row(42001, "access_token_expired", "需要GET请求", "access_token expired (modern meaning; the old table's wording is \"GET request required\")", RefreshToken),
-    row(43002, "require_post", "需要POST请求", "POST request required", Reject),
-    row(43003, "require_https", "需要HTTPS请求", "HTTPS request required", Reject),
-    row(43004, "require_subscribe", "需要接收者关注", "recipient does not follow the account", Reject),
-    row(43019, "recipient_blacklisted", "需要将接收者从黑名单中移除", "recipient is on the account's blacklist", Reject),
-    row(43101, "user_refused", "用户拒绝接受消息", "user refused to receive messages; on a subscription send: the user refused or withdrew consent for this template (a rejection for this recipient only)", Reject),
-    row(44001, "empty_media", "多媒体文件为空", "media file is empty", Reject),
-    row(44002, "empty_post_data", "POST的数据包为空", "POST body is empty", Reject),
-    row(44003, "empty_news", "图文消息内容为空", "news message content is empty", Reject),
-    row(45001, "media_size_limit", "多媒体文件大小超过限制", "media file size exceeds the limit", Reject),
-    row(45002, "content_size_limit", "消息内容超过限制", "message content exceeds the limit", Reject),
-    row(45003, "title_size_limit", "标题字段超过限制", "title field exceeds the limit", Reject),
-    row(45004, "description_size_limit", "描述字段超过限制", "description field exceeds the limit", Reject),
-    row(45005, "url_size_limit", "链接字段超过限制", "url field exceeds the limit", Reject),
-    row(45006, "picurl_size_limit", "图片链接字段超过限制", "picture url field exceeds the limit", Reject),
-    row(45007, "voice_duration_limit", "音频播放时间超过限制", "voice playback time exceeds the limit", Reject),
-    row(45008, "article_count_limit", "图文消息超过限制", "news message exceeds the article limit", Reject),
-    row(45009, "daily_quota_exceeded", "接口调用超过限制", "API daily call quota exceeded", PauseQuota),
-    row(45011, "minute_limit_exceeded", "API调用太频繁", "API called too frequently (per-minute limit)", SlowDown),
-    row(46001, "media_not_found", "不存在媒体数据", "media data does not exist", Reject),
-    row(47001, "invalid_json_xml", "解析JSON/XML内容错误", "cannot parse the JSON/XML body", Reject),
-    row(47003, "invalid_argument", "参数错误/模板参数不准确", "argument invalid (template data does not match the template)", Reject),
-    row(48001, "api_unauthorized", "api功能未授权", "API not authorized for this account", StopAccount),
-    row(48002, "user_blocked_messages", "粉丝拒收消息（粉丝在公众号选项中，关闭了“接收消息”）", "the follower turned off \"receive messages\" for this account (a rejection for this recipient only)", Reject),
-    row(48004, "api_banned", "api接口被封禁", "API banned for this account (see mp.weixin.qq.com)", StopAccount),
-    row(50001, "api_unauthorized_by_user", "用户未授权该api", "API not authorized", StopAccount),
-    row(50002, "account_restricted", "用户受限，可能是违规后接口被封禁", "account restricted, the API may be banned after a violation", StopAccount),
+    row(-1, "system_busy", "系统繁忙", "system busy, try again later", Retry, Retry),
+    row(0, "ok", "请求成功", "request succeeded", Success, Success),
+    row(40001, "invalid_credential", "验证失败", "invalid credential: the access_token is invalid or not the latest (at the token endpoint: wrong AppSecret)", RefreshToken, StopAccount),
+    row(40002, "invalid_grant_type", "不合法的凭证类型", "invalid grant_type", Reject, StopAccount),
+    row(40003, "invalid_openid", "不合法的OpenID", "invalid openid", Reject, Retry),
+    row(40004, "invalid_media_type", "不合法的媒体文件类型", "invalid media type", Reject, Retry),
+    row(40005, "invalid_file_type", "不合法的文件类型", "invalid file type", Reject, Retry),
+    row(40006, "invalid_file_size", "不合法的文件大小", "invalid file size", Reject, Retry),
+    row(40007, "invalid_media_id", "不合法的媒体文件id", "invalid media_id", Reject, Retry),
+    row(40008, "invalid_message_type", "不合法的消息类型", "invalid message type", Reject, Retry),
+    row(40009, "invalid_image_size", "不合法的图片文件大小", "invalid image file size", Reject, Retry),
+    row(40010, "invalid_voice_size", "不合法的音频文件大小", "invalid voice file size", Reject, Retry),
+    row(40011, "invalid_video_size", "不合法的视频文件大小", "invalid video file size", Reject, Retry),
+    row(40012, "invalid_thumb_size", "不合法的缩略图文件大小", "invalid thumbnail file size", Reject, Retry),
+    row(40013, "invalid_appid", "不合法的APPID", "invalid AppID", StopAccount, StopAccount),
+    row(40014, "invalid_access_token", "不合法的access_token", "invalid access_token", RefreshToken, Retry),
+    row(40033, "invalid_charset", "不合法的请求字符，不能包含 \\uxxxx 格式的字符", "invalid characters in the request: it must not contain \\uxxxx escapes", Reject, Retry),
+    row(40035, "invalid_parameter", "不合法的参数", "invalid parameter", Reject, Retry),
+    row(40036, "invalid_template_id_size", "不合法的template_id长度", "invalid template_id length", Reject, Retry),
+    row(40037, "invalid_template_id", "不合法的template_id", "invalid template_id (unknown or deleted template)", Reject, Retry),
+    row(40038, "invalid_packaging_type", "不合法的请求格式", "invalid request format", Reject, Retry),
+    row(40039, "invalid_url_size", "不合法的 URL 长度", "invalid URL length (the message's url is too long)", Reject, Retry),
+    row(40048, "invalid_url_domain", "无效的url", "invalid url (its domain is not accepted)", Reject, Retry),
+    row(40066, "invalid_url", "不合法的 url ，递交的页面被sitemap标记为拦截", "invalid url: the page is blocked by the mini-program's sitemap", Reject, Retry),
+    row(40097, "invalid_args", "参数错误", "invalid arguments", Reject, Retry),
+    row(40125, "invalid_appsecret", "不合法的appsecret", "invalid AppSecret", StopAccount, StopAccount),
+    row(40164, "ip_not_whitelisted", "调用接口的IP地址不在白名单中", "caller IP address is not in the account's IP whitelist", StopAccount, StopAccount),
+    row(41001, "access_token_missing", "缺少access_token参数", "access_token parameter missing", RefreshToken, Retry),
+    row(41002, "appid_missing", "缺少appid参数", "appid parameter missing", Reject, StopAccount),
+    row(41003, "refresh_token_missing", "缺少refresh_token参数", "refresh_token parameter missing", Reject, Retry),
+    row(41004, "secret_missing", "缺少secret参数", "secret parameter missing", Reject, StopAccount),
+    row(41005, "media_data_missing", "缺少多媒体文件数据", "media file data missing", Reject, Retry),
+    row(41006, "access_token_timeout", "access_token超时", "access_token timed out (the seed's table; today's list says missing media_id)", RefreshToken, Retry),
+    row(41030, "invalid_page", "page路径不正确，需要保证在现网版本小程序中存在，与app.json保持一致", "the page path is wrong: it must exist in the published mini-program and match its app.json (subscription sends)", Reject, Retry),
+    row(42001, "access_token_expired", "需要GET请求", "access_token expired (modern meaning; the old table's wording is \"GET request required\")", RefreshToken, Retry),
+    row(43002, "require_post", "需要POST请求", "POST request required", Reject, Retry),
+    row(43003, "require_https", "需要HTTPS请求", "HTTPS request required", Reject, Retry),
+    row(43004, "require_subscribe", "需要接收者关注", "recipient does not follow the account", Reject, Retry),
+    row(43019, "recipient_blacklisted", "需要将接收者从黑名单中移除", "recipient is on the account's blacklist", Reject, Retry),
+    row(43101, "user_refused", "用户拒绝接受消息", "user refused to receive messages; on a subscription send: the user refused or withdrew consent for this template (a rejection for this recipient only)", Reject, Retry),
+    row(44001, "empty_media", "多媒体文件为空", "media file is empty", Reject, Retry),
+    row(44002, "empty_post_data", "POST的数据包为空", "POST body is empty", Reject, Retry),
+    row(44003, "empty_news", "图文消息内容为空", "news message content is empty", Reject, Retry),
+    row(45001, "media_size_limit", "多媒体文件大小超过限制", "media file size exceeds the limit", Reject, Retry),
+    row(45002, "content_size_limit", "消息内容超过限制", "message content exceeds the limit", Reject, Retry),
+    row(45003, "title_size_limit", "标题字段超过限制", "title field exceeds the limit", Reject, Retry),
+    row(45004, "description_size_limit", "描述字段超过限制", "description field exceeds the limit", Reject, Retry),
+    row(45005, "url_size_limit", "链接字段超过限制", "url field exceeds the limit", Reject, Retry),
+    row(45006, "picurl_size_limit", "图片链接字段超过限制", "picture url field exceeds the limit", Reject, Retry),
+    row(45007, "voice_duration_limit", "音频播放时间超过限制", "voice playback time exceeds the limit", Reject, Retry),
+    row(45008, "article_count_limit", "图文消息超过限制", "news message exceeds the article limit", Reject, Retry),
+    row(45009, "daily_quota_exceeded", "接口调用超过限制", "API daily call quota exceeded", PauseQuota, PauseQuota),
+    row(45011, "minute_limit_exceeded", "API调用太频繁", "API called too frequently (per-minute limit)", SlowDown, Retry),
+    row(46001, "media_not_found", "不存在媒体数据", "media data does not exist", Reject, Retry),
+    row(47001, "invalid_json_xml", "解析JSON/XML内容错误", "cannot parse the JSON/XML body", Reject, Retry),
+    row(47003, "invalid_argument", "参数错误/模板参数不准确", "argument invalid (template data does not match the template)", Reject, Retry),
+    row(48001, "api_unauthorized", "api功能未授权", "API not authorized for this account", StopAccount, Retry),
+    row(48002, "user_blocked_messages", "粉丝拒收消息（粉丝在公众号选项中，关闭了“接收消息”）", "the follower turned off \"receive messages\" for this account (a rejection for this recipient only)", Reject, Retry),
+    row(48004, "api_banned", "api接口被封禁", "API banned for this account (see mp.weixin.qq.com)", StopAccount, Retry),
+    row(50001, "api_unauthorized_by_user", "用户未授权该api", "API not authorized", StopAccount, Retry),
+    row(50002, "account_restricted", "用户受限，可能是违规后接口被封禁", "account restricted, the API may be banned after a violation", StopAccount, Retry),
 ];
 
 const fn sorted_and_unique(entries: &[ErrorInfo]) -> bool {
@@ -242,24 +248,13 @@ pub fn reason(code: i64) -> Cow<'static, str> {
 }
 
 /// The action for a code returned by the token endpoints
-/// (`GET /cgi-bin/token`, `POST /cgi-bin/stable_token`).
+/// (`GET /cgi-bin/token`, `POST /cgi-bin/stable_token`): the table's `token_action` column.
 ///
-/// The same numbers mean different things there: 40001 is a wrong AppSecret
-/// rather than a stale token, and refreshing again would just repeat the
-/// failure. So credential and whitelist problems stop the account, 45009
-/// (daily token-call limit, which resets at midnight Beijing time) pauses it
-/// like any other quota, and everything else, including -1 and 45011 (forced
-/// refresh too frequent), is retried with backoff.
+/// Credential and whitelist problems stop the account, 45009 (the daily token-call limit,
+/// which resets at midnight Beijing time) pauses it like any other quota, and everything else,
+/// including -1, 45011 (a forced refresh too soon) and unknown codes, is retried with backoff.
 pub fn token_endpoint_action(code: i64) -> Action {
-    match code {
-        0 => Action::Success,
-        // 40001 AppSecret wrong, 40125 invalid appsecret, 40013 invalid appid,
-        // 40164 IP not whitelisted, 41002/41004 missing appid/secret,
-        // 40002 bad grant_type.
-        40001 | 40125 | 40013 | 40164 | 41002 | 41004 | 40002 => Action::StopAccount,
-        45009 => Action::PauseQuota,
-        _ => Action::Retry,
-    }
+    lookup(code).map_or(Action::Retry, |e| e.token_action)
 }
 
 /// What the send path does with an HTTP reply that is not a plain `200` with WeChat's JSON:
@@ -350,16 +345,18 @@ fn escape_cell(s: &str) -> String {
 /// `cargo test print_policy_markdown_table -- --ignored --nocapture` and paste
 /// the printed table between the markers in the doc.
 pub fn policy_markdown_table() -> String {
-    let mut out = String::from("| code | reason | 含义 | meaning | action |\n");
-    out.push_str("|---:|---|---|---|---|\n");
+    let mut out =
+        String::from("| code | reason | 含义 | meaning | action | at the token endpoint |\n");
+    out.push_str("|---:|---|---|---|---|---|\n");
     for e in TABLE {
         out.push_str(&format!(
-            "| {} | `{}` | {} | {} | `{}` |\n",
+            "| {} | `{}` | {} | {} | `{}` | `{}` |\n",
             e.code,
             e.reason,
             escape_cell(e.zh),
             escape_cell(e.en),
             e.action.as_str(),
+            e.token_action.as_str(),
         ));
     }
     out
@@ -559,7 +556,7 @@ mod tests {
         for line in t.lines() {
             assert_eq!(
                 line.replace("\\|", "").matches('|').count(),
-                6,
+                7,
                 "row shape: {line}"
             );
         }

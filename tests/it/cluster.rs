@@ -24,7 +24,7 @@ async fn a_broker_list_with_dead_nodes_still_delivers_every_job() {
     .await;
     h.publish_many(&jobs("list", 30)).await;
     let out = h
-        .read(&h.config.outcomes_queue, 30, Duration::from_secs(30))
+        .read(&h.config.amqp.outcomes_queue, 30, Duration::from_secs(30))
         .await;
     assert_eq!(out.len(), 30);
     for (o, props) in &out {
@@ -271,7 +271,7 @@ async fn serial_cluster_losing_the_leader_then_a_follower_sends_every_job_once()
         ..Default::default()
     })
     .await;
-    let jobs_queue = h.config.jobs_queue.clone();
+    let jobs_queue = h.config.amqp.jobs_queue.clone();
     let (leader, members) = cluster.leader(1, &jobs_queue);
     assert_eq!(
         members.len(),
@@ -355,7 +355,7 @@ async fn serial_cluster_losing_the_leader_then_a_follower_sends_every_job_once()
         sent() >= N
     })
     .await;
-    let out = drain_outcomes(&h.config.outcomes_queue, N, Duration::from_secs(60)).await;
+    let out = drain_outcomes(&h.config.amqp.outcomes_queue, N, Duration::from_secs(60)).await;
     let stats = h.mock.state.stats();
 
     // Exactly once at WeChat: one message per job, whatever reached it twice.
@@ -419,7 +419,7 @@ async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
         ..Default::default()
     })
     .await;
-    let jobs_queue = h.config.jobs_queue.clone();
+    let jobs_queue = h.config.amqp.jobs_queue.clone();
     let (leader, members) = cluster.leader(1, &jobs_queue);
     h.publish(&job("probe", "o-probe")).await;
     h.publish_many(&jobs("nq", N)).await;
@@ -530,7 +530,7 @@ async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
         sent() >= N
     })
     .await;
-    let out = drain_outcomes(&h.config.outcomes_queue, N, Duration::from_secs(60)).await;
+    let out = drain_outcomes(&h.config.amqp.outcomes_queue, N, Duration::from_secs(60)).await;
     let stats = h.mock.state.stats();
     // The probe was taken by the test, not the worker: N jobs (+1 only if it leaked).
     assert_eq!(stats.messages as usize, N, "distinct messages at WeChat");
@@ -549,7 +549,7 @@ async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let dead = wxdispatch::amqp::topology::depth(&ch, &h.config.dead_queue).await;
+    let dead = wxdispatch::amqp::topology::depth(&ch, &h.config.amqp.dead_queue).await;
     assert_eq!(dead, 0, "nothing dead-lettered");
     let readyz = format!("http://{}/readyz", h.worker.as_ref().unwrap().http_addr);
     eventually("/readyz 200 again", Duration::from_secs(20), || async {

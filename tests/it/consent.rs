@@ -66,7 +66,7 @@ fn event(kind: SubscriptionKind, openid: &str, items: Vec<SubscriptionItem>) -> 
 /// callback answers, so after a `success` they are already on the queue.
 async fn read_n(h: &Harness, n: usize) -> Vec<Value> {
     let got: Vec<Value> = h
-        .read(&h.config.outcomes_queue, n, Duration::from_secs(10))
+        .read(&h.config.amqp.outcomes_queue, n, Duration::from_secs(10))
         .await
         .into_iter()
         .map(|(v, _)| v)

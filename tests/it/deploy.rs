@@ -79,7 +79,7 @@ async fn publish_age_is_measured_from_the_amqp_timestamp() {
         h.publisher
             .publish(
                 "",
-                &h.config.jobs_queue,
+                &h.config.amqp.jobs_queue,
                 &body,
                 BasicProperties::default()
                     .with_content_type("application/json".into())

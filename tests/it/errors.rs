@@ -429,7 +429,11 @@ async fn a_wrong_secret_stops_the_account_without_a_token_endpoint_loop() {
     assert_eq!(stats.stable_token_calls, 1, "the circuit breaker holds");
     assert_eq!(stats.errors.get("40125"), Some(&1));
     assert_eq!(stats.send_requests, 0);
-    assert_eq!(h.depth(&h.config.outcomes_queue).await, 0, "nothing failed");
+    assert_eq!(
+        h.depth(&h.config.amqp.outcomes_queue).await,
+        0,
+        "nothing failed"
+    );
     h.cleanup().await;
 }
 
@@ -461,7 +465,11 @@ async fn a_stopped_account_probes_once_per_interval_and_resumes_when_fixed() {
         "{calls} token calls in {:?}: more than one per probe interval",
         start.elapsed()
     );
-    assert_eq!(h.depth(&h.config.outcomes_queue).await, 0, "nothing failed");
+    assert_eq!(
+        h.depth(&h.config.amqp.outcomes_queue).await,
+        0,
+        "nothing failed"
+    );
 
     h.mock.state.add_account(APPID, SECRET);
     let out = h.outcomes(20, WAIT).await;
@@ -510,7 +518,7 @@ async fn configuration_errors_from_a_send_stop_the_account() {
             "{code}"
         );
         assert_eq!(
-            h.depth(&h.config.outcomes_queue).await,
+            h.depth(&h.config.amqp.outcomes_queue).await,
             0,
             "{code}: nothing failed"
         );
@@ -581,7 +589,7 @@ async fn the_minute_limit_defers_jobs_to_the_next_minute() {
         stats.send_requests, 1,
         "the second job waited without sending"
     );
-    assert_eq!(h.depth(&h.config.outcomes_queue).await, 0);
+    assert_eq!(h.depth(&h.config.amqp.outcomes_queue).await, 0);
 
     let out = h.outcomes(2, Duration::from_secs(90)).await;
     assert_eq!(out.len(), 2, "both jobs are sent after the minute turns");

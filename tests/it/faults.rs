@@ -85,7 +85,7 @@ async fn a_poison_job_is_dead_lettered_and_the_worker_survives() {
     h.publisher
         .publish(
             "",
-            &h.config.jobs_queue,
+            &h.config.amqp.jobs_queue,
             &serde_json::to_vec(&job("poison-1", "victim")).unwrap(),
             BasicProperties::default().with_headers(headers),
         )
@@ -101,7 +101,7 @@ async fn a_poison_job_is_dead_lettered_and_the_worker_survives() {
     assert_eq!(poison["reason"], "poison");
     assert_eq!(out.iter().filter(|o| o["status"] == "sent").count(), 20);
     let dead = h
-        .read(&h.config.dead_queue, 1, Duration::from_secs(5))
+        .read(&h.config.amqp.dead_queue, 1, Duration::from_secs(5))
         .await;
     assert_eq!(
         wxdispatch::amqp::headers::get_str(&dead[0].1, "x-wxd-reason").as_deref(),
@@ -219,7 +219,7 @@ async fn sigterm_mid_load_drains_and_exits_cleanly() {
         "every message WeChat accepted has its outcome before the exit"
     );
     assert_eq!(
-        h.depth(&h.config.jobs_queue).await as usize,
+        h.depth(&h.config.amqp.jobs_queue).await as usize,
         n - finished,
         "every unfinished job is back in the queue, none acked without an outcome"
     );
@@ -268,7 +268,11 @@ async fn a_drain_timeout_shorter_than_a_send_redelivers_the_job_and_sends_one_me
         h.outcomes(1, Duration::from_millis(500)).await.is_empty(),
         "the drain waited for the send instead of giving up after its timeout"
     );
-    assert_eq!(h.depth(&h.config.jobs_queue).await, 1, "the job is back");
+    assert_eq!(
+        h.depth(&h.config.amqp.jobs_queue).await,
+        1,
+        "the job is back"
+    );
     h.start_worker().await;
     let out = h.outcomes(1, Duration::from_secs(15)).await;
     assert_eq!(out.len(), 1);
@@ -310,7 +314,7 @@ async fn a_job_back_after_the_dedup_window_is_unknown_delivery_with_no_send() {
         h.publisher
             .publish(
                 "",
-                &h.config.jobs_queue,
+                &h.config.amqp.jobs_queue,
                 &serde_json::to_vec(&job(id, &format!("{id}-user"))).unwrap(),
                 props,
             )
@@ -403,7 +407,7 @@ async fn a_wechat_outage_backs_off_and_recovers() {
     );
     // Nothing consumes the outcomes queue yet, so its depth is every outcome published.
     assert_eq!(
-        h.depth(&h.config.outcomes_queue).await,
+        h.depth(&h.config.amqp.outcomes_queue).await,
         0,
         "a job ended during the outage"
     );
@@ -426,9 +430,9 @@ async fn a_wechat_outage_longer_than_the_budget_fails_jobs_cleanly() {
         ..Default::default()
     })
     .await;
-    h.config.api_base = refused_base();
-    h.config.max_attempts = 3;
-    h.config.retry_base_ms = 50;
+    h.config.wechat.api_base = refused_base();
+    h.config.retry.max_attempts = 3;
+    h.config.retry.base = std::time::Duration::from_millis(50);
     h.start_worker().await;
     let n = 20;
     h.publish_many(&jobs("refused", n)).await;

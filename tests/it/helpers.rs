@@ -146,7 +146,7 @@ impl Harness {
         self.publisher
             .publish(
                 "",
-                &self.config.jobs_queue,
+                &self.config.amqp.jobs_queue,
                 body,
                 BasicProperties::default().with_content_type("application/json".into()),
             )
@@ -164,7 +164,7 @@ impl Harness {
             .iter()
             .map(|j| serde_json::to_vec(j).unwrap())
             .collect();
-        let q = self.config.jobs_queue.clone();
+        let q = self.config.amqp.jobs_queue.clone();
         futures_util::stream::iter(bodies.iter())
             .map(|b| {
                 self.publisher
@@ -261,7 +261,7 @@ impl Harness {
         ch.basic_qos(1000, Default::default()).await.unwrap();
         let mut consumer = ch
             .basic_consume(
-                self.config.outcomes_queue.as_str().into(),
+                self.config.amqp.outcomes_queue.as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -339,11 +339,11 @@ impl Harness {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("WXD_AMQP_URL", AMQP_URL)
-            .env("WXD_JOBS_QUEUE", &c.jobs_queue)
-            .env("WXD_OUTCOMES_EXCHANGE", &c.outcomes_exchange)
-            .env("WXD_OUTCOMES_QUEUE", &c.outcomes_queue)
-            .env("WXD_DEAD_QUEUE", &c.dead_queue)
-            .env("WXD_API_BASE", &c.api_base)
+            .env("WXD_JOBS_QUEUE", &c.amqp.jobs_queue)
+            .env("WXD_OUTCOMES_EXCHANGE", &c.amqp.outcomes_exchange)
+            .env("WXD_OUTCOMES_QUEUE", &c.amqp.outcomes_queue)
+            .env("WXD_DEAD_QUEUE", &c.amqp.dead_queue)
+            .env("WXD_API_BASE", &c.wechat.api_base)
             .env("WXD_APPID", appid)
             .env("WXD_SECRET", secret)
             .env("WXD_RATE_PER_SEC", "100000")
@@ -372,11 +372,11 @@ impl Harness {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for (k, v) in [
             ("WXD_AMQP_URL", AMQP_URL),
-            ("WXD_JOBS_QUEUE", c.jobs_queue.as_str()),
-            ("WXD_OUTCOMES_EXCHANGE", c.outcomes_exchange.as_str()),
-            ("WXD_OUTCOMES_QUEUE", c.outcomes_queue.as_str()),
-            ("WXD_DEAD_QUEUE", c.dead_queue.as_str()),
-            ("WXD_API_BASE", c.api_base.as_str()),
+            ("WXD_JOBS_QUEUE", c.amqp.jobs_queue.as_str()),
+            ("WXD_OUTCOMES_EXCHANGE", c.amqp.outcomes_exchange.as_str()),
+            ("WXD_OUTCOMES_QUEUE", c.amqp.outcomes_queue.as_str()),
+            ("WXD_DEAD_QUEUE", c.amqp.dead_queue.as_str()),
+            ("WXD_API_BASE", c.wechat.api_base.as_str()),
             ("WXD_HTTP_ADDR", "127.0.0.1:0"),
         ] {
             env.insert(k.into(), v.into());

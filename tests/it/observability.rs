@@ -61,7 +61,7 @@ async fn loaded_worker(prefix: &str, n: usize) -> Harness {
     let url = format!(
         "http://{}{}",
         h.worker.as_ref().unwrap().http_addr,
-        h.config.callback_path
+        h.config.callback.path
     );
     let ts = chrono::Utc::now().timestamp().to_string();
     let receipt = format!(

@@ -51,7 +51,7 @@ async fn two_thousand_mixed_jobs_each_get_exactly_one_right_outcome() {
         assert_eq!(o["attempts"], 1);
     }
     let dead = h
-        .read(&h.config.dead_queue, 5, Duration::from_secs(10))
+        .read(&h.config.amqp.dead_queue, 5, Duration::from_secs(10))
         .await;
     assert_eq!(dead.len(), 5);
     let mut reasons: Vec<String> = dead
@@ -71,7 +71,11 @@ async fn two_thousand_mixed_jobs_each_get_exactly_one_right_outcome() {
     );
     let stats = h.mock.state.stats();
     assert_eq!(stats.messages, 1990, "one message per good job");
-    assert_eq!(h.depth(&h.config.jobs_queue).await, 0, "everything acked");
+    assert_eq!(
+        h.depth(&h.config.amqp.jobs_queue).await,
+        0,
+        "everything acked"
+    );
     let extra = h.outcomes(1, Duration::from_millis(500)).await;
     assert!(extra.is_empty(), "an outcome after the 2,000th: {extra:?}");
     assert_eq!(
@@ -125,7 +129,7 @@ async fn the_worker_keeps_serving_after_every_bad_input() {
                 .any(|o| o["status"] == "sent" && o["id"] == format!("after-{i}"))
         );
         let dead = h
-            .read(&h.config.dead_queue, 1, Duration::from_secs(5))
+            .read(&h.config.amqp.dead_queue, 1, Duration::from_secs(5))
             .await;
         assert_eq!(dead.len(), 1, "case {reason} dead-lettered");
         assert_eq!(
@@ -183,7 +187,7 @@ async fn outcomes_follow_the_contract() {
             .unwrap();
         ch.queue_bind(
             q.name().as_str().into(),
-            h.config.outcomes_exchange.as_str().into(),
+            h.config.amqp.outcomes_exchange.as_str().into(),
             key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -199,7 +203,7 @@ async fn outcomes_follow_the_contract() {
     )
     .await;
     let got = h
-        .read(&h.config.outcomes_queue, 1, Duration::from_secs(15))
+        .read(&h.config.amqp.outcomes_queue, 1, Duration::from_secs(15))
         .await;
     let (o, props) = &got[0];
     // Every field of the contract, with its type and, for a sent job, its value: `reason` is
@@ -287,7 +291,7 @@ async fn acks_are_batched_and_none_is_left_unacked() {
     );
     h.stop_worker().await;
     assert_eq!(
-        h.depth(&h.config.jobs_queue).await,
+        h.depth(&h.config.amqp.jobs_queue).await,
         0,
         "nothing came back unacked when the worker's channel closed"
     );

@@ -33,12 +33,12 @@ fn jsonl(jobs: &[Value]) -> Vec<u8> {
 /// The `id`s of the `n` jobs waiting in the jobs queue (checked to be all of them), drained.
 async fn queued_ids(h: &Harness, n: usize) -> Vec<String> {
     assert_eq!(
-        h.depth(&h.config.jobs_queue).await as usize,
+        h.depth(&h.config.amqp.jobs_queue).await as usize,
         n,
         "jobs in the queue"
     );
     let mut ids: Vec<String> = h
-        .read(&h.config.jobs_queue, n, Duration::from_secs(10))
+        .read(&h.config.amqp.jobs_queue, n, Duration::from_secs(10))
         .await
         .into_iter()
         .map(|(v, _)| v["id"].as_str().unwrap_or("?").to_string())
@@ -129,7 +129,7 @@ async fn strict_mode_sends_nothing_from_a_malformed_file() {
     assert_eq!((summary.published, summary.invalid.len()), (0, 5));
     assert_eq!(summary.exit_code(), 2);
     assert_eq!(
-        h.depth(&h.config.jobs_queue).await,
+        h.depth(&h.config.amqp.jobs_queue).await,
         0,
         "nothing was published"
     );
@@ -152,9 +152,9 @@ async fn csv_rows_become_jobs_with_the_right_data_fields() {
         .unwrap();
     assert_eq!((summary.published, summary.exit_code()), (3, 0));
 
-    assert_eq!(h.depth(&h.config.jobs_queue).await, 3);
+    assert_eq!(h.depth(&h.config.amqp.jobs_queue).await, 3);
     let mut jobs: Vec<Value> = h
-        .read(&h.config.jobs_queue, 3, Duration::from_secs(10))
+        .read(&h.config.amqp.jobs_queue, 3, Duration::from_secs(10))
         .await
         .into_iter()
         .map(|(v, _)| v)
@@ -186,7 +186,7 @@ fn batch(id: &str, n: usize) -> Value {
 /// Reads exactly `n` raw outcomes (no de-duplication), so the test knows every job finished.
 async fn raw_outcomes(h: &Harness, n: usize) -> Vec<Value> {
     let got: Vec<Value> = h
-        .read(&h.config.outcomes_queue, n, WAIT)
+        .read(&h.config.amqp.outcomes_queue, n, WAIT)
         .await
         .into_iter()
         .map(|(v, _)| v)
@@ -357,11 +357,11 @@ async fn the_binary_reports_a_malformed_file_and_exits_2() {
         .arg("publish")
         .arg(fixture("publish_malformed.jsonl"))
         .env_clear()
-        .env("WXD_AMQP_URL", &c.amqp_url)
-        .env("WXD_JOBS_QUEUE", &c.jobs_queue)
-        .env("WXD_DEAD_QUEUE", &c.dead_queue)
-        .env("WXD_OUTCOMES_EXCHANGE", &c.outcomes_exchange)
-        .env("WXD_OUTCOMES_QUEUE", &c.outcomes_queue)
+        .env("WXD_AMQP_URL", &c.amqp.url)
+        .env("WXD_JOBS_QUEUE", &c.amqp.jobs_queue)
+        .env("WXD_DEAD_QUEUE", &c.amqp.dead_queue)
+        .env("WXD_OUTCOMES_EXCHANGE", &c.amqp.outcomes_exchange)
+        .env("WXD_OUTCOMES_QUEUE", &c.amqp.outcomes_queue)
         .env("WXD_APPID", APPID)
         .kill_on_drop(true)
         .output();

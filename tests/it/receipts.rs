@@ -38,7 +38,7 @@ pub(crate) async fn start(aes: bool, extra: &[(&str, &str)]) -> Harness {
 
 pub(crate) fn callback_url(h: &Harness) -> String {
     let w = h.worker.as_ref().expect("worker running");
-    format!("http://{}{}", w.http_addr, h.config.callback_path)
+    format!("http://{}{}", w.http_addr, h.config.callback.path)
 }
 
 fn now() -> String {
@@ -144,7 +144,7 @@ async fn read_until(h: &Harness, msgid: i64) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while tokio::time::Instant::now() < deadline {
         for (v, _) in h
-            .read(&h.config.outcomes_queue, 1, Duration::from_secs(2))
+            .read(&h.config.amqp.outcomes_queue, 1, Duration::from_secs(2))
             .await
         {
             let done = v["msgid"] == msgid;
@@ -532,7 +532,7 @@ async fn broker_unavailable_answers_503_so_wechat_retries() {
     .unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
-        h.depth(&h.config.outcomes_queue).await,
+        h.depth(&h.config.amqp.outcomes_queue).await,
         0,
         "nothing reached the real broker"
     );
@@ -587,7 +587,7 @@ async fn send_then_receipts(aes: bool) {
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mock_addr = reserved.local_addr().unwrap();
     drop(reserved);
-    h.config.api_base = format!("http://{mock_addr}");
+    h.config.wechat.api_base = format!("http://{mock_addr}");
     h.start_worker().await;
     let pusher = MockServer::start(
         &mock_addr.to_string(),
@@ -823,7 +823,7 @@ async fn receipts_with_msgid_0_for_different_users_are_not_merged() {
     assert_eq!(callback_count(&m, "duplicate"), 1.0, "{m}");
     let mut got = Vec::new();
     for (v, _) in h
-        .read(&h.config.outcomes_queue, 3, Duration::from_secs(3))
+        .read(&h.config.amqp.outcomes_queue, 3, Duration::from_secs(3))
         .await
     {
         got.push(v["touser"].as_str().unwrap_or("?").to_string());
@@ -940,7 +940,7 @@ async fn serial_receipts_are_acknowledged_only_after_the_broker_confirms() {
     // Every receipt on the queue exactly once (read raw, without the harness's dedupe).
     let mut count: BTreeMap<i64, usize> = BTreeMap::new();
     for (v, _) in h
-        .read(&h.config.outcomes_queue, 100, Duration::from_secs(3))
+        .read(&h.config.amqp.outcomes_queue, 100, Duration::from_secs(3))
         .await
     {
         *count.entry(v["msgid"].as_i64().unwrap()).or_default() += 1;

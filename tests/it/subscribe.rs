@@ -182,7 +182,7 @@ async fn bad_subscription_jobs_are_invalid_with_a_reason_and_dead_lettered() {
         assert_eq!(o["reason"], *reason, "{body} -> {o}");
         assert!(o["errmsg"].as_str().is_some_and(|m| !m.is_empty()), "{o}");
     }
-    let dead = h.read(&h.config.dead_queue, cases.len(), WAIT).await;
+    let dead = h.read(&h.config.amqp.dead_queue, cases.len(), WAIT).await;
     assert_eq!(dead.len(), cases.len(), "each bad job dead-lettered");
     for (v, props) in &dead {
         let (reason, _) = cases.iter().find(|(_, b)| b["id"] == v["id"]).unwrap();

@@ -49,7 +49,7 @@ async fn a_transient_token_fault_backs_off_and_recovers(fault: TokenFault, error
     );
     assert_eq!(during.send_requests, 0, "no send without a token");
     assert_eq!(
-        h.depth(&h.config.outcomes_queue).await,
+        h.depth(&h.config.amqp.outcomes_queue).await,
         0,
         "no job gave up during a short token fault"
     );
@@ -134,6 +134,10 @@ async fn the_token_endpoints_daily_limit_stops_the_account_without_a_loop() {
     let stats = h.mock.state.stats();
     assert_eq!(stats.stable_token_calls, 1, "the circuit breaker holds");
     assert_eq!(stats.send_requests, 0);
-    assert_eq!(h.depth(&h.config.outcomes_queue).await, 0, "nothing failed");
+    assert_eq!(
+        h.depth(&h.config.amqp.outcomes_queue).await,
+        0,
+        "nothing failed"
+    );
     h.cleanup().await;
 }

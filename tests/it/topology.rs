@@ -77,7 +77,7 @@ async fn a_changed_queue_argument_stops_the_worker_with_one_line_naming_the_fix(
     let last = stderr.lines().last().unwrap_or_default();
     println!("the worker's last line: {last}");
     for part in [
-        h.config.jobs_queue.as_str(),
+        h.config.amqp.jobs_queue.as_str(),
         "x-delivery-limit",
         "policy (delivery-limit)",
     ] {
@@ -101,7 +101,7 @@ async fn passive_mode_names_each_missing_queue_and_declares_nothing() {
     .await;
     let tier = topology::delay_queue(&h.config, 30);
     let ch = h.conn.create_channel().await.unwrap();
-    for q in [&h.config.dead_queue, &tier] {
+    for q in [&h.config.amqp.dead_queue, &tier] {
         ch.queue_delete(q.as_str().into(), Default::default())
             .await
             .unwrap();
@@ -111,20 +111,20 @@ async fn passive_mode_names_each_missing_queue_and_declares_nothing() {
     assert_eq!(code, 1, "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     println!("the worker's last line: {last}");
-    for q in [&h.config.dead_queue, &tier] {
+    for q in [&h.config.amqp.dead_queue, &tier] {
         assert!(last.contains(q.as_str()), "{q} not named: {last}");
     }
     assert!(last.contains("passive"), "{last}");
     assert_eq!(
-        h.depth(&h.config.dead_queue).await,
+        h.depth(&h.config.amqp.dead_queue).await,
         0,
         "still missing (depth of a missing queue reads 0)"
     );
     let (_, listed) = rabbitmqctl(&["list_queues", "-q", "name"]);
     assert!(
-        !listed.lines().any(|l| l.trim() == h.config.dead_queue),
+        !listed.lines().any(|l| l.trim() == h.config.amqp.dead_queue),
         "passive mode declared {}",
-        h.config.dead_queue
+        h.config.amqp.dead_queue
     );
     h.cleanup().await;
 }
@@ -151,8 +151,8 @@ async fn passive_mode_runs_without_the_configure_permission() {
     let user = TempUser(name.clone());
     assert!(rabbitmqctl(&["add_user", &user.0, "pw-for-tests"]).0);
     assert!(rabbitmqctl(&["set_permissions", "-p", "/", &user.0, "^$", ".*", ".*"]).0);
-    h.config.amqp_url = format!("amqp://{name}:pw-for-tests@127.0.0.1:5672/%2f");
-    h.config.topology = wxdispatch::config::Topology::Passive;
+    h.config.amqp.url = format!("amqp://{name}:pw-for-tests@127.0.0.1:5672/%2f");
+    h.config.amqp.topology = wxdispatch::config::Topology::Passive;
     h.start_worker().await;
     h.publish_many(&jobs("passive", 10)).await;
     let out = h.outcomes(10, Duration::from_secs(30)).await;
@@ -184,7 +184,7 @@ async fn a_full_outcomes_queue_holds_jobs_without_losing_or_resending_them() {
     })
     .await;
     let policy = Policy(format!("wxd-test-{:08x}", rand::random::<u32>()));
-    let pattern = format!("^{}$", regex_escape(&h.config.outcomes_queue));
+    let pattern = format!("^{}$", regex_escape(&h.config.amqp.outcomes_queue));
     let (ok, text) = rabbitmqctl(&[
         "set_policy",
         "--apply-to",
@@ -202,7 +202,7 @@ async fn a_full_outcomes_queue_holds_jobs_without_losing_or_resending_them() {
             .publisher
             .publish(
                 "",
-                &h.config.outcomes_queue,
+                &h.config.amqp.outcomes_queue,
                 filler.as_bytes(),
                 BasicProperties::default(),
             )
@@ -237,26 +237,26 @@ async fn a_full_outcomes_queue_holds_jobs_without_losing_or_resending_them() {
         ])
         .1
         .lines()
-        .filter(|l| l.contains(&h.config.outcomes_queue))
+        .filter(|l| l.contains(&h.config.amqp.outcomes_queue))
         .collect::<Vec<_>>()
         .join("\n")
     );
     println!(
         "after 4 s: outcomes queue {} deep, dead queue {}, sends {:?}",
-        h.depth(&h.config.outcomes_queue).await,
-        h.depth(&h.config.dead_queue).await,
+        h.depth(&h.config.amqp.outcomes_queue).await,
+        h.depth(&h.config.amqp.dead_queue).await,
         stats.sends_by_id
     );
     let resent: Vec<_> = stats.sends_by_id.iter().filter(|(_, n)| **n > 1).collect();
     assert!(resent.is_empty(), "sent again while waiting: {resent:?}");
     assert_eq!(
-        h.depth(&h.config.dead_queue).await,
+        h.depth(&h.config.amqp.dead_queue).await,
         0,
         "nothing dead-lettered"
     );
     let m = h.metrics().await;
     let waiting = metric(&m, "wxdispatch_outcomes_waiting");
-    let in_queue = h.depth(&h.config.outcomes_queue).await as usize;
+    let in_queue = h.depth(&h.config.amqp.outcomes_queue).await as usize;
     let fillers = 6;
     assert!(waiting >= 1.0, "jobs wait, counted: {m}");
     assert_eq!(
@@ -347,7 +347,7 @@ async fn serial_jobs_in_the_delay_tiers_survive_a_broker_restart() {
     ch.basic_qos(1000, Default::default()).await.unwrap();
     let mut consumer = ch
         .basic_consume(
-            h.config.outcomes_queue.as_str().into(),
+            h.config.amqp.outcomes_queue.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -379,7 +379,10 @@ async fn serial_jobs_in_the_delay_tiers_survive_a_broker_restart() {
         .filter(|i| stats.sends_by_id.get(&format!("hop-{i}")) == Some(&1))
         .count();
     let mut depths = Vec::new();
-    let mut names = vec![h.config.jobs_queue.clone(), h.config.dead_queue.clone()];
+    let mut names = vec![
+        h.config.amqp.jobs_queue.clone(),
+        h.config.amqp.dead_queue.clone(),
+    ];
     names.extend(
         topology::DELAY_TIERS
             .iter()

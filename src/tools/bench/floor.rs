@@ -15,7 +15,6 @@
 //! JSON parse. Nothing here is used outside the benchmark.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -73,15 +72,16 @@ pub async fn run(Args { floor }: Args) -> anyhow::Result<()> {
         .accounts
         .first()
         .context("the floor worker needs WXD_APPID and WXD_SECRET")?;
-    let client = WechatClient::new(
-        &config.api_base,
-        Duration::from_millis(config.http_timeout_ms),
-    );
+    let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout);
+    let secret = config
+        .credentials
+        .app_secret(&account.appid)
+        .context("the floor worker needs WXD_SECRET")?;
     let token = match floor {
         Floor::Amqp => None,
         Floor::AmqpHttp => {
             let reply = client
-                .fetch_token(TokenMode::Stable, &account.appid, &account.secret, false)
+                .fetch_token(TokenMode::Stable, &account.appid, secret, false)
                 .await
                 .map_err(|e| anyhow::anyhow!("token: {e}"))?;
             Some(Secret::new(
@@ -90,16 +90,16 @@ pub async fn run(Args { floor }: Args) -> anyhow::Result<()> {
         }
     };
 
-    let pub_conn = amqp::connect(&config.amqp_url, "wxdispatch-floor-publish").await?;
-    let con_conn = amqp::connect(&config.amqp_url, "wxdispatch-floor-consume").await?;
+    let pub_conn = amqp::connect(&config.amqp.url, "wxdispatch-floor-publish").await?;
+    let con_conn = amqp::connect(&config.amqp.url, "wxdispatch-floor-consume").await?;
     let publisher = Publisher::new(&pub_conn, &config).await?;
     let ch = con_conn.create_channel().await?;
-    ch.basic_qos(config.prefetch, BasicQosOptions::default())
+    ch.basic_qos(config.amqp.prefetch, BasicQosOptions::default())
         .await?;
     let acks = Acks::start(ch.clone(), Arc::new(Metrics::new()));
     let mut consumer = ch
         .basic_consume(
-            config.jobs_queue.as_str().into(),
+            config.amqp.jobs_queue.as_str().into(),
             "wxdispatch-floor".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -111,7 +111,7 @@ pub async fn run(Args { floor }: Args) -> anyhow::Result<()> {
         client,
         token,
     });
-    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let slots = Arc::new(Semaphore::new(config.limits.concurrency));
     let mut tasks = JoinSet::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {

@@ -109,16 +109,16 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
         rand::random::<u16>()
     );
     let mut config = base;
-    config.jobs_queue = format!("wxdispatch.bench.{run}.jobs");
-    config.outcomes_exchange = format!("wxdispatch.bench.{run}.outcomes");
-    config.outcomes_queue = format!("wxdispatch.bench.{run}.outcomes");
-    config.dead_queue = format!("wxdispatch.bench.{run}.dead");
-    config.jobs_queue_type = match args.queue_type.as_str() {
+    config.amqp.jobs_queue = format!("wxdispatch.bench.{run}.jobs");
+    config.amqp.outcomes_exchange = format!("wxdispatch.bench.{run}.outcomes");
+    config.amqp.outcomes_queue = format!("wxdispatch.bench.{run}.outcomes");
+    config.amqp.dead_queue = format!("wxdispatch.bench.{run}.dead");
+    config.amqp.jobs_queue_type = match args.queue_type.as_str() {
         "classic" => QueueType::Classic,
         _ => QueueType::Quorum,
     };
 
-    let conn = amqp::connect(&config.amqp_url, "wxdispatch-bench-publish")
+    let conn = amqp::connect(&config.amqp.url, "wxdispatch-bench-publish")
         .await
         .context("cannot reach RabbitMQ (is it running? set WXD_AMQP_URL)")?;
     let publisher = Publisher::new(&conn, &config).await?;
@@ -177,14 +177,14 @@ async fn measure(
     }));
     // The collector consumes on its own connection, so a publisher slowed by flow control
     // never delays the timestamps of arriving outcomes.
-    let collect_conn = amqp::connect(&config.amqp_url, "wxdispatch-bench-collect").await?;
+    let collect_conn = amqp::connect(&config.amqp.url, "wxdispatch-bench-collect").await?;
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let t0 = Instant::now();
     let collector = {
         let ch = collect_conn.create_channel().await?;
         let consumer = ch
             .basic_consume(
-                config.outcomes_queue.as_str().into(),
+                config.amqp.outcomes_queue.as_str().into(),
                 "wxdispatch-bench-collect".into(),
                 BasicConsumeOptions {
                     no_ack: true,
@@ -204,7 +204,7 @@ async fn measure(
         let (child, pid) = spawn_worker(config, args, &mock.base_url())?;
         worker = Some((child, pid));
         let (child, pid) = worker.as_mut().expect("just set");
-        wait_consuming(&probe, &config.jobs_queue, child).await?;
+        wait_consuming(&probe, &config.amqp.jobs_queue, child).await?;
         cpu_base = proc_cpu(*pid).unwrap_or_default();
     }
 
@@ -326,7 +326,7 @@ async fn publish_all(
             async move {
                 sent_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 publisher
-                    .publish("", &config.jobs_queue, &body, props)
+                    .publish("", &config.amqp.jobs_queue, &body, props)
                     .await
             }
         })
@@ -423,16 +423,16 @@ fn spawn_worker(
             cmd.env_remove(k);
         }
     }
-    let queue_type = match config.jobs_queue_type {
+    let queue_type = match config.amqp.jobs_queue_type {
         QueueType::Quorum => "quorum",
         QueueType::Classic => "classic",
     };
-    cmd.env("WXD_AMQP_URL", &config.amqp_url)
-        .env("WXD_JOBS_QUEUE", &config.jobs_queue)
+    cmd.env("WXD_AMQP_URL", &config.amqp.url)
+        .env("WXD_JOBS_QUEUE", &config.amqp.jobs_queue)
         .env("WXD_JOBS_QUEUE_TYPE", queue_type)
-        .env("WXD_OUTCOMES_EXCHANGE", &config.outcomes_exchange)
-        .env("WXD_OUTCOMES_QUEUE", &config.outcomes_queue)
-        .env("WXD_DEAD_QUEUE", &config.dead_queue)
+        .env("WXD_OUTCOMES_EXCHANGE", &config.amqp.outcomes_exchange)
+        .env("WXD_OUTCOMES_QUEUE", &config.amqp.outcomes_queue)
+        .env("WXD_DEAD_QUEUE", &config.amqp.dead_queue)
         .env("WXD_API_BASE", api_base)
         .env("WXD_APPID", APPID)
         .env("WXD_SECRET", SECRET)
@@ -515,7 +515,7 @@ async fn delete_topology(conn: &Connection, config: &Config) {
         let c = if attempt == 0 && conn.status().connected() {
             conn
         } else {
-            match amqp::connect(&config.amqp_url, "wxdispatch-bench-cleanup").await {
+            match amqp::connect(&config.amqp.url, "wxdispatch-bench-cleanup").await {
                 Ok(c) => fresh.insert(c),
                 Err(_) => break,
             }
@@ -533,7 +533,7 @@ async fn delete_topology(conn: &Connection, config: &Config) {
         }
     }
     tracing::warn!(
-        queues = %format!("{}*", config.jobs_queue.trim_end_matches("jobs")),
+        queues = %format!("{}*", config.amqp.jobs_queue.trim_end_matches("jobs")),
         "could not delete this run's queues and exchange; delete them by hand"
     );
 }

@@ -51,7 +51,10 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let accounts: Vec<(String, String)> = config
         .accounts
         .iter()
-        .map(|a| (a.appid.clone(), a.secret.expose().to_string()))
+        .filter_map(|a| {
+            let secret = config.credentials.app_secret(&a.appid)?;
+            Some((a.appid.clone(), secret.expose().to_string()))
+        })
         .collect();
     if accounts.is_empty() {
         anyhow::bail!("no account: set WXD_APPID and WXD_SECRET (or [[accounts]] in the file)");
@@ -65,10 +68,12 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let push = match &args.push_url {
         Some(url) => {
             let token = config
+                .credentials
                 .callback_token
                 .as_ref()
                 .context("--push-url needs WXD_CALLBACK_TOKEN")?;
             let aes_key = config
+                .credentials
                 .callback_aes_key
                 .as_ref()
                 .map(|k| crate::callback::AesKey::from_encoding_aes_key(k.expose()))
