@@ -1,14 +1,16 @@
-//! Subcommand entry points and an embeddable worker (used by `run`, the demo and the tests).
+//! The product's subcommands (`run`, `check-config`, `templates`) and an embeddable worker
+//! ([`start`], used by `run`, the demo and the tests).
+//!
+//! Nothing here depends on the command line or on the tools, so both can build on it without
+//! an import cycle.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::cli::MockArgs;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::mock::{Behaviour, Fault, MockConfig, MockServer, push::PushTarget};
 use crate::receipts::Receipts;
 use crate::shutdown::Shutdown;
 use crate::worker::{self, Ctx};
@@ -137,7 +139,6 @@ pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `wxdispatch mock-wechat`.
 /// `wxdispatch templates [--appid A]`: each account's templates and the keys their content
 /// names, from WeChat's two catalogues: what a job's `template_id` and `data` must match.
 pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyhow::Result<()> {
@@ -179,80 +180,5 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
         }
     }
     anyhow::ensure!(failed == 0, "{failed} catalogue(s) could not be fetched");
-    Ok(())
-}
-
-pub async fn mock_wechat(config_file: Option<&Path>, args: MockArgs) -> anyhow::Result<()> {
-    let config = Config::load(config_file)?;
-    crate::logging::init(config.log_format);
-    // The simulator accepts the worker's own accounts, from the same configuration, so that
-    // secrets never travel on a command line.
-    let accounts: Vec<(String, String)> = config
-        .accounts
-        .iter()
-        .filter_map(|a| {
-            let secret = config.credentials.app_secret(&a.appid)?;
-            Some((a.appid.clone(), secret.expose().to_string()))
-        })
-        .collect();
-    if accounts.is_empty() {
-        anyhow::bail!("no account: set WXD_APPID and WXD_SECRET (or [[accounts]] in the file)");
-    }
-    let faults = args
-        .faults
-        .iter()
-        .map(|f| Fault::parse(f))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
-    let push = match &args.push_url {
-        Some(url) => {
-            let token = config
-                .credentials
-                .callback_token
-                .as_ref()
-                .context("--push-url needs WXD_CALLBACK_TOKEN")?;
-            let aes_key = config
-                .credentials
-                .callback_aes_key
-                .as_ref()
-                .map(|k| crate::callback::AesKey::from_encoding_aes_key(k.expose()))
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("WXD_CALLBACK_AES_KEY: {e}"))?;
-            Some(PushTarget {
-                url: url.clone(),
-                token: token.expose().to_string(),
-                aes_key,
-                delay_ms: 0,
-            })
-        }
-        None => None,
-    };
-    let server = MockServer::start(
-        &args.listen,
-        MockConfig {
-            accounts,
-            behaviour: Behaviour {
-                faults,
-                latency_ms: args.latency_ms,
-                quota: args.quota,
-                token_ttl_secs: args.token_ttl,
-                stall_ms: args.stall_ms,
-                outage: None,
-                token_outage: None,
-                private_templates: args.catalogue.then(crate::mock::sample_private_templates),
-                subscription_templates: args
-                    .catalogue
-                    .then(crate::mock::sample_subscription_templates),
-            },
-            push,
-        },
-    )
-    .await
-    .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(addr = %server.addr, "mock WeChat API listening; GET /mock/stats for counts");
-    let shutdown = Shutdown::new();
-    shutdown.on_signals();
-    shutdown.wait().await;
-    server.stop();
     Ok(())
 }

@@ -562,7 +562,7 @@ impl Config {
             .amqp_url
             .or_else(|| raw.amqp_urls.as_ref().map(|list| list.join(",")))
             .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-        let urls = crate::amqp::broker_urls(&amqp_url);
+        let urls = broker_urls(&amqp_url);
         if urls.is_empty()
             || !urls
                 .iter()
@@ -893,10 +893,19 @@ pub fn env_help() -> String {
     text
 }
 
+/// The broker addresses of `urls`, a comma-separated list (one URL is a list of one), as
+/// `WXD_AMQP_URL` takes them. Here rather than in `amqp`, so the loader needs no AMQP code.
+pub fn broker_urls(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// A URL with credentials (a broker, Redis; or a comma-separated list of them) with every
 /// password replaced by `***`, for logs and messages.
 pub fn redact_url(urls: &str) -> String {
-    crate::amqp::broker_urls(urls)
+    broker_urls(urls)
         .into_iter()
         .map(|url| match (url.find("://"), url.rfind('@')) {
             (Some(s), Some(at)) if at > s => {

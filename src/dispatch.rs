@@ -22,7 +22,7 @@ use crate::job::{Job, MsgType};
 use crate::limiter::{AccountGate, AccountStops, Admission, Reservation};
 use crate::metrics::{AccountMetrics, Metrics};
 use crate::outcome::{Outcome, SendStatus};
-pub use crate::policy::{DEDUP_WINDOW, DeferReason, Next, RetryPolicy, RetryState};
+pub use crate::policy::{DeferReason, Next, RetryPolicy, RetryState};
 use crate::wechat::catalogue::{self, Mismatch, Source};
 use crate::wechat::errcode::{self, Action};
 use crate::wechat::token::Token;

@@ -10,42 +10,49 @@
 //! them as outcomes.
 //!
 //! ## Layout
+//! The product:
 //! - [`config`]: the TOML file plus `WXD_*` environment overrides; secrets.
-//! - [`job`] and [`outcome`]: the message schemas of the contract.
+//! - [`job`] and `outcome`: the message schemas of the contract.
 //! - [`wechat`]: the HTTP client, the token cache, the error-code policy table and the template
 //!   catalogue.
 //! - [`policy`]: the retry state a job carries, the budget and backoff rules, defer reasons.
-//! - [`dispatch`]: what to do with one job: pace, token, send, retry or defer.
+//! - `dispatch`: what to do with one job: pace, token, send, retry or defer.
 //! - [`limiter`]: per-account rate limiting and quota pauses.
 //! - [`amqp`]: connections, topology, the confirming publisher.
-//! - [`worker`]: the consume → dispatch → publish → ack loop and its supervisor.
+//! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
 //! - [`callback`] and [`receipts`]: WeChat's push callback (signatures, AES safe mode, XML).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
 //! - [`metrics`], [`shutdown`], [`logging`]: operations.
-//! - [`mock`]: the WeChat API simulator behind `wxdispatch mock-wechat`.
+//! - [`app`]: `run`, `check-config`, `templates`, and [`app::start`], the worker embedded in a
+//!   process (the demo and the tests use it).
 //! - [`publish`]: `wxdispatch publish`, validating and enqueueing a campaign (JSONL or CSV).
-//! - [`bench`]: `wxdispatch bench`, the end-to-end benchmark, and its libraries-only floor
-//!   worker (docs/BENCHMARKS.md).
-//! - [`app`], [`demo`], [`cli`]: the subcommands; `main.rs` only wires them up.
+//!
+//! The tools, under [`tools`], which the product never imports:
+//! - [`tools::mock`]: the WeChat API simulator, behind `wxdispatch mock-wechat` and the tests.
+//! - `tools::demo`: `wxdispatch demo`, the whole pipeline once, with a summary.
+//! - `tools::bench`: `wxdispatch bench`, the end-to-end benchmark (orchestration, `/proc`
+//!   readings, the report) and its libraries-only floor worker (docs/BENCHMARKS.md).
+//! - `tools::sample`: the sample job the demo and the bench publish.
+//!
+//! [`cli`] names the subcommands and dispatches each to its module; `main.rs` only parses and
+//! exits. The modules without a link are private to the crate.
 
 pub mod amqp;
 pub mod app;
-pub mod bench;
 pub mod callback;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod dispatch;
+pub(crate) mod dispatch;
 pub mod http;
 pub mod job;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;
-pub mod mock;
-pub mod outcome;
+pub(crate) mod outcome;
 pub mod policy;
 pub mod publish;
 pub mod receipts;
 pub mod shutdown;
+pub mod tools;
 pub mod wechat;
-pub mod worker;
+pub(crate) mod worker;

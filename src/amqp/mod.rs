@@ -1,9 +1,9 @@
 //! RabbitMQ plumbing: connections, the topology wxdispatch declares, and a publisher that
 //! always waits for the broker's confirm.
 
-pub mod acks;
+pub(crate) mod acks;
 pub mod headers;
-pub mod publisher;
+pub(crate) mod publisher;
 pub mod topology;
 
 use std::time::Duration;
@@ -11,20 +11,14 @@ use std::time::Duration;
 use lapin::{Connection, ConnectionProperties};
 use rand::seq::SliceRandom;
 
+use crate::config::broker_urls;
+
 pub use acks::Acks;
 pub use publisher::{PublishError, Publisher};
 
 /// How long one broker address may take to accept a connection before the next is tried: a
 /// node that is down refuses at once, but one cut off by the network would hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The broker addresses of `urls`, a comma-separated list (one URL is a list of one).
-pub fn broker_urls(urls: &str) -> Vec<&str> {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect()
-}
 
 /// Opens a named connection, so operators can tell the worker's connections apart in the
 /// management UI (and tests can close one by name).

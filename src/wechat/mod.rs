@@ -1,10 +1,10 @@
 //! Everything that talks to WeChat's API: the HTTP client, the access-token cache and the
 //! error-code policy table.
 
-pub mod catalogue;
-pub mod client;
+pub(crate) mod catalogue;
+pub(crate) mod client;
 pub mod errcode;
-pub mod token;
+pub(crate) mod token;
 
 pub use client::{ApiReply, SendError, WechatClient};
 pub use errcode::Action;

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use wxdispatch::callback::{AesKey, SubscriptionEvent, SubscriptionItem, SubscriptionKind};
-use wxdispatch::mock::push::{PushAnswer, PushTarget, push_subscription_event};
+use wxdispatch::tools::mock::push::{PushAnswer, PushTarget, push_subscription_event};
 
 use crate::helpers::*;
 use crate::receipts::{

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use wxdispatch::amqp::topology;
-use wxdispatch::mock::Behaviour;
+use wxdispatch::tools::mock::Behaviour;
 use wxdispatch::wechat::errcode;
 
 use crate::helpers::*;

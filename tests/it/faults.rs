@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 
 use crate::helpers::*;
-use wxdispatch::mock::{Behaviour, FaultKind};
+use wxdispatch::tools::mock::{Behaviour, FaultKind};
 
 /// Prints the figures of a fault scenario and asserts that nothing was lost: every job has an
 /// outcome, and the outcomes have exactly the `expect`ed statuses (a `failed` job is not

@@ -13,8 +13,8 @@ use serde_json::Value;
 use wxdispatch::amqp::{self, Publisher};
 use wxdispatch::app::{self, RunningWorker};
 use wxdispatch::config::Config;
-use wxdispatch::mock::{Behaviour, MockConfig, MockServer};
 use wxdispatch::shutdown::Shutdown;
+use wxdispatch::tools::mock::{Behaviour, MockConfig, MockServer};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const APPID: &str = "wxtest0000000001";

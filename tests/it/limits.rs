@@ -38,7 +38,7 @@ fn assert_rate(series: &BTreeMap<i64, u64>, rate: f64, sustained_tolerance: f64)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_exhaustion_pauses_and_defers_until_the_quota_is_cleared() {
     let h = Harness::start(Opts {
-        behaviour: wxdispatch::mock::Behaviour {
+        behaviour: wxdispatch::tools::mock::Behaviour {
             quota: Some(500),
             ..Default::default()
         },
@@ -99,7 +99,7 @@ async fn quota_exhaustion_pauses_and_defers_until_the_quota_is_cleared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_pause_far_longer_than_the_retry_budget_fails_no_job() {
     let h = Harness::start(Opts {
-        behaviour: wxdispatch::mock::Behaviour {
+        behaviour: wxdispatch::tools::mock::Behaviour {
             quota: Some(100),
             ..Default::default()
         },

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use wxdispatch::callback::signature;
-use wxdispatch::mock::Behaviour;
+use wxdispatch::tools::mock::Behaviour;
 
 use crate::helpers::*;
 

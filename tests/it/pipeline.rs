@@ -243,7 +243,7 @@ async fn outcomes_follow_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_run_concurrently() {
     let h = Harness::start(Opts {
-        behaviour: wxdispatch::mock::Behaviour {
+        behaviour: wxdispatch::tools::mock::Behaviour {
             latency_ms: 100,
             ..Default::default()
         },
@@ -307,7 +307,7 @@ async fn acks_are_batched_and_none_is_left_unacked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_job_does_not_hold_back_the_acks_of_the_jobs_after_it() {
     let h = Harness::start(Opts {
-        behaviour: wxdispatch::mock::Behaviour {
+        behaviour: wxdispatch::tools::mock::Behaviour {
             stall_ms: 4_000,
             ..Default::default()
         },

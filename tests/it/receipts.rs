@@ -11,9 +11,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use wxdispatch::callback::{self, AesKey, Event, signature};
-use wxdispatch::mock::push::PushTarget;
-use wxdispatch::mock::{MockConfig, MockServer};
 use wxdispatch::receipts::MAX_BODY;
+use wxdispatch::tools::mock::push::PushTarget;
+use wxdispatch::tools::mock::{MockConfig, MockServer};
 
 use crate::helpers::*;
 
@@ -905,7 +905,7 @@ async fn serial_receipts_are_acknowledged_only_after_the_broker_confirms() {
     let n = 5;
     let msgids: Vec<i64> = (0..n).map(|i| 9_100_001 + i).collect();
     for (i, msgid) in msgids.iter().enumerate() {
-        wxdispatch::mock::push::spawn_receipt(
+        wxdispatch::tools::mock::push::spawn_receipt(
             h.mock.state.clone(),
             target.clone(),
             APPID.into(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use wxdispatch::mock::Behaviour;
+use wxdispatch::tools::mock::Behaviour;
 
 use crate::helpers::*;
 
@@ -425,7 +425,7 @@ async fn the_simulator_pushes_sent_and_consent_events() {
     use std::sync::{Arc, Mutex};
     use wxdispatch::config::{Secret, TokenMode};
     use wxdispatch::job::MsgType;
-    use wxdispatch::mock::{MockConfig, MockServer, push::PushTarget};
+    use wxdispatch::tools::mock::{MockConfig, MockServer, push::PushTarget};
     use wxdispatch::wechat::WechatClient;
 
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::helpers::*;
-use wxdispatch::mock::{Behaviour, TokenFault};
+use wxdispatch::tools::mock::{Behaviour, TokenFault};
 
 /// `name{appid="<APPID>",<more>}` as a metric prefix.
 fn series(name: &str, more: &str) -> String {

@@ -10,7 +10,7 @@ use wxdispatch::config::{Secret, TokenMode};
 use wxdispatch::limiter::AccountStops;
 use wxdispatch::limiter::shared::SharedSlot;
 use wxdispatch::metrics::Metrics;
-use wxdispatch::mock::{FORCED_REFRESHES_PER_DAY, MockConfig, MockServer};
+use wxdispatch::tools::mock::{FORCED_REFRESHES_PER_DAY, MockConfig, MockServer};
 use wxdispatch::wechat::{TokenLimits, TokenSource, WechatClient};
 
 use crate::helpers::*;

@@ -15,11 +15,25 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 
 use crate::amqp::{self, Publisher};
-use crate::cli::DemoArgs;
 use crate::config::{Config, LogFormat};
-use crate::mock::push::{self, PushTarget, SubscriptionEvent};
-use crate::mock::{Behaviour, Fault, MockConfig, MockServer};
 use crate::shutdown::Shutdown;
+use crate::tools::mock::push::{self, PushTarget, SubscriptionEvent};
+use crate::tools::mock::{Behaviour, Fault, MockConfig, MockServer};
+use crate::tools::sample;
+
+/// `wxdispatch demo`'s options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Number of good jobs to publish (bad and faulty ones are added).
+    #[arg(long, default_value_t = 2000)]
+    pub jobs: usize,
+    /// Simulator latency per send, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub latency_ms: u64,
+    /// Deliver receipts in AES safe mode instead of plaintext.
+    #[arg(long)]
+    pub safe_mode: bool,
+}
 
 const APPID: &str = "wxd0000000000demo";
 const SECRET: &str = "demo-secret-not-real";
@@ -34,22 +48,6 @@ struct Planned {
     outcomes: usize,
 }
 
-/// A realistic template send, like the contract's sample; the benchmark's jobs use it too.
-pub(crate) fn sample(id: &str, touser: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "id": id,
-        "touser": touser,
-        "template_id": "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY",
-        "url": "http://weixin.qq.com/download",
-        "topcolor": "#FF0000",
-        "data": {
-            "User": {"value": "黄先生", "color": "#173177"},
-            "Money": {"value": "人民币260.00元", "color": "#173177"}
-        }
-    }))
-    .expect("static JSON")
-}
-
 fn plan(n: usize, run: &str) -> Vec<Planned> {
     let json = || {
         BasicProperties::default()
@@ -58,7 +56,7 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
     };
     let mut v: Vec<Planned> = (0..n)
         .map(|i| Planned {
-            body: sample(&format!("{run}-{i}"), &format!("o{run}user{i}")),
+            body: sample::job(&format!("{run}-{i}"), &format!("o{run}user{i}")),
             props: json(),
             outcomes: 1,
         })
@@ -71,13 +69,16 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
         })
     };
     // Transient faults that succeed on retry (same client_msg_id every time).
-    add(sample(&format!("{run}-busy"), "flaky:-1:2:a"), 1);
-    add(sample(&format!("{run}-502"), "flaky:http502:1:b"), 1);
-    add(sample(&format!("{run}-timeout"), "flaky:timeout:1:c"), 1);
-    add(sample(&format!("{run}-token"), "flaky:40001:1:d"), 1);
+    add(sample::job(&format!("{run}-busy"), "flaky:-1:2:a"), 1);
+    add(sample::job(&format!("{run}-502"), "flaky:http502:1:b"), 1);
+    add(
+        sample::job(&format!("{run}-timeout"), "flaky:timeout:1:c"),
+        1,
+    );
+    add(sample::job(&format!("{run}-token"), "flaky:40001:1:d"), 1);
     // Permanent refusals.
-    add(sample(&format!("{run}-badopenid"), "fail:40003"), 1);
-    add(sample(&format!("{run}-unsub"), "fail:43004"), 1);
+    add(sample::job(&format!("{run}-badopenid"), "fail:40003"), 1);
+    add(sample::job(&format!("{run}-unsub"), "fail:43004"), 1);
     // A batch of five recipients: five outcomes.
     add(
         serde_json::to_vec(&serde_json::json!({
@@ -142,7 +143,7 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
 }
 
 /// Runs the demo and prints the summary.
-pub async fn run(config_file: Option<&Path>, args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let base = Config::load(config_file)?;
     crate::logging::init_with_default(LogFormat::Text, "warn");
     let run = format!("{:x}", chrono::Utc::now().timestamp_millis() & 0xffffff);

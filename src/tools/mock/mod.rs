@@ -24,7 +24,10 @@
 //! `GET /mock/stats` reports what was received: requests, unique messages, duplicates
 //! suppressed, per-second send counts per appid, token calls and errors by code.
 
+mod command;
 pub mod push;
+
+pub use command::{Args, run};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::MockState;
 use crate::callback::{self, AesKey};
-use crate::mock::MockState;
 
 /// Where and how to push receipts.
 #[derive(Clone, Debug)]

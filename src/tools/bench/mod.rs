@@ -27,78 +27,74 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
-use serde::Serialize;
 
 use crate::amqp::{self, Publisher};
-use crate::cli::BenchArgs;
 use crate::config::{Config, LogFormat, QueueType};
-use crate::mock::{Behaviour, MockConfig, MockServer};
+use crate::tools::mock::{Behaviour, MockConfig, MockServer};
+use crate::tools::sample;
 
 pub mod floor;
+mod procfs;
+mod report;
+
 pub use floor::Floor;
+use procfs::{machine_cpu, proc_cpu, proc_status_kib, self_cpu};
+use report::{Report, percentile};
 
 const APPID: &str = "wxbench0000000000";
 const SECRET: &str = "bench-secret-not-real";
 
-/// What one run measured. `--json` prints it as one line.
-#[derive(Debug, Serialize)]
-pub struct Report {
+/// `wxdispatch bench`'s options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Jobs to publish.
+    #[arg(long, default_value_t = 20_000)]
     pub jobs: usize,
+    /// The worker's sends in flight (WXD_CONCURRENCY).
+    #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// The worker's AMQP prefetch (WXD_PREFETCH).
+    #[arg(long, default_value_t = 512)]
     pub prefetch: u16,
+    /// Simulator latency per send, in milliseconds.
+    #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
-    /// Steady publishing rate, when one was asked for.
-    pub rate: Option<u32>,
+    /// Publish steadily at R jobs per second (for latency) instead of as fast as confirmed.
+    #[arg(long, value_name = "R")]
+    pub rate: Option<std::num::NonZeroU32>,
+    /// Publish every job first, then start the worker on the backlog (for memory).
+    #[arg(long)]
     pub backlog: bool,
+    /// Queue type of the jobs, outcomes and dead-letter queues.
+    #[arg(long, default_value = "quorum", value_parser = ["quorum", "classic"])]
     pub queue_type: String,
-    /// Distinct outcomes received (one per job when all went well).
-    pub outcomes: usize,
-    /// Outcomes with status `sent`.
-    pub sent: usize,
-    /// Outcomes received again (at-least-once delivery; expected 0 on a quiet run).
-    pub duplicates: usize,
-    /// Publishes that the broker did not confirm.
-    pub publish_failures: usize,
-    /// From the first publish to the last confirm.
-    pub publish_secs: f64,
-    /// Throughput from the first outcome to the last: the worker's sustained rate.
-    pub jobs_per_sec: f64,
-    /// Throughput from the first publish (with `--backlog`: the worker's start) to the last
-    /// outcome.
-    pub end_to_end_jobs_per_sec: f64,
-    /// The worker's CPU time (user + system, all threads) per job.
-    pub worker_cpu_us_per_job: f64,
-    /// The worker's CPU time over the measured window: from when it started consuming (with
-    /// `--backlog`: from its start) to the last outcome.
-    pub worker_cpu_secs: f64,
-    /// The worker's peak resident memory (VmHWM).
-    pub worker_peak_rss_mib: f64,
-    /// The worker's whole life from getrusage after it exited: start-up, the run and the drain.
-    pub worker_lifetime_cpu_secs: f64,
-    /// Publish to outcome, as seen by the bench (nearest-rank percentiles).
-    pub latency_p50_ms: f64,
-    pub latency_p99_ms: f64,
-    pub latency_max_ms: f64,
-    /// How busy the whole machine was over the measured window (100 = every core).
-    pub machine_busy_pct: f64,
-    /// Of that, the worker's share and this process's (publisher, simulator, collector), in
-    /// percent of the whole machine; the rest is the broker and anything else running.
-    pub worker_busy_pct: f64,
-    pub bench_busy_pct: f64,
-    pub cores: usize,
-    /// The worker's tokio worker threads when set with `--worker-threads` (default: one per
+    /// The account's rate limit given to the worker (WXD_RATE_PER_SEC); very high by default,
+    /// so the pipeline itself is measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub account_rate: u32,
+    /// Publishes awaiting their confirm at once.
+    #[arg(long, default_value_t = 1024)]
+    pub publish_window: usize,
+    /// Give up waiting for outcomes after this many seconds (default: 60 plus 1 s per 500 jobs,
+    /// or the publishing time at --rate plus 60 s).
+    #[arg(long)]
+    pub timeout_secs: Option<u64>,
+    /// Tokio worker threads of the worker process (TOKIO_WORKER_THREADS; default one per
     /// core).
-    pub worker_threads: Option<usize>,
-    /// `/proc/loadavg` before the run: other work on the machine skews every figure.
-    pub loadavg_before: String,
-    /// When the run started (UTC, RFC 3339), so results files can be matched to builds.
-    pub measured_at: String,
-    /// Set when the child was the floor worker (`--floor`), not `wxdispatch run`.
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+    /// Run a worker stripped to its libraries instead of `wxdispatch run`: `amqp` consumes,
+    /// publishes an outcome with a confirm and acks; `amqp-http` also sends each job to the
+    /// simulator. What the real worker costs above this floor is wxdispatch's own logic.
+    #[arg(long, value_enum, value_name = "PART")]
     pub floor: Option<Floor>,
+    /// Print one JSON object on stdout instead of the readable report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let base = Config::load(config_file)?;
     crate::logging::init_with_default(LogFormat::Text, "warn");
     anyhow::ensure!(args.jobs > 0, "--jobs must be at least 1");
@@ -135,7 +131,7 @@ pub async fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print_report(&report);
+        report::print(&report);
     }
     anyhow::ensure!(
         report.publish_failures == 0,
@@ -156,13 +152,11 @@ async fn measure(
     publisher: &Publisher,
     config: &Config,
     run: &str,
-    args: &BenchArgs,
+    args: &Args,
 ) -> anyhow::Result<Report> {
     let n = args.jobs;
     let measured_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let loadavg_before = std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let loadavg_before = procfs::loadavg();
     let mock = MockServer::start(
         "127.0.0.1:0",
         MockConfig {
@@ -298,10 +292,10 @@ async fn measure(
     })
 }
 
-/// The body of job `i`: the demo's realistic template send, with an id the collector can map
+/// The body of job `i`: the realistic template send the demo uses too, with an id the collector can map
 /// back to `i`.
 fn job_body(run: &str, i: usize) -> Vec<u8> {
-    crate::demo::sample(&format!("{run}-{i}"), &format!("obench{run}x{i}"))
+    sample::job(&format!("{run}-{i}"), &format!("obench{run}x{i}"))
 }
 
 /// Publishes every job with confirms, `publish_window` awaiting their confirm at once, paced
@@ -310,7 +304,7 @@ async fn publish_all(
     publisher: &Publisher,
     config: &Config,
     run: &str,
-    args: &BenchArgs,
+    args: &Args,
     sent_at: &[AtomicU64],
     t0: Instant,
 ) -> usize {
@@ -415,7 +409,7 @@ async fn collect(
 /// `WXD_*` of this process's environment is dropped, so a stray setting cannot skew it).
 fn spawn_worker(
     config: &Config,
-    args: &BenchArgs,
+    args: &Args,
     api_base: &str,
 ) -> anyhow::Result<(tokio::process::Child, u32)> {
     let exe = std::env::current_exe().context("cannot find this executable to start a worker")?;
@@ -508,7 +502,7 @@ async fn stop_worker(child: &mut tokio::process::Child, pid: u32) -> Duration {
         let _ = child.kill().await;
     }
     // The only child this process reaps, so RUSAGE_CHILDREN is the worker's.
-    rusage_cpu(libc::RUSAGE_CHILDREN)
+    procfs::rusage_cpu(libc::RUSAGE_CHILDREN)
 }
 
 /// Deletes this run's queues and exchange. A delete can cost the channel or even the
@@ -544,158 +538,9 @@ async fn delete_topology(conn: &Connection, config: &Config) {
     );
 }
 
-/// The value at quantile `q` of sorted values (nearest rank), 0 when empty.
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// A process's CPU time (user + system, all threads) so far.
-fn proc_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    stat_cpu(&stat, u64::try_from(hz).ok().filter(|h| *h > 0)?)
-}
-
-/// utime + stime from a `/proc/<pid>/stat` line. The command name may contain spaces and
-/// parentheses, so fields are counted from the last `)`.
-fn stat_cpu(stat: &str, ticks_per_sec: u64) -> Option<Duration> {
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .collect();
-    // After the name: state is field 3, utime field 14, stime field 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_secs_f64(
-        (utime + stime) as f64 / ticks_per_sec as f64,
-    ))
-}
-
-/// A `kB` field of `/proc/<pid>/status`, such as `VmHWM:` (peak resident set).
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// The whole machine's (busy, total) CPU ticks from `/proc/stat`.
-fn machine_cpu() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<u64> = stat
-        .lines()
-        .next()?
-        .strip_prefix("cpu ")?
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-    Some((total - idle, total))
-}
-
-fn self_cpu() -> Duration {
-    rusage_cpu(libc::RUSAGE_SELF)
-}
-
-fn rusage_cpu(who: libc::c_int) -> Duration {
-    // SAFETY: getrusage fills the zeroed struct we own.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(who, &mut ru);
-        ru
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn print_report(r: &Report) {
-    let rate = match r.rate {
-        Some(x) => format!("published steadily at {x} jobs/s"),
-        None => "published as fast as confirmed".into(),
-    };
-    println!(
-        "wxdispatch bench: {} jobs, concurrency {}, prefetch {}, simulator latency {} ms, {} queues, {}{}",
-        r.jobs,
-        r.concurrency,
-        r.prefetch,
-        r.latency_ms,
-        r.queue_type,
-        rate,
-        if r.backlog {
-            ", worker started on the backlog"
-        } else {
-            ""
-        }
-    );
-    if let Some(floor) = r.floor {
-        println!(
-            "  FLOOR: the child was the {} floor worker (libraries only), not `wxdispatch run`",
-            floor.as_str()
-        );
-    }
-    println!("  load average before        {}", r.loadavg_before);
-    println!(
-        "  outcomes                   {} of {} ({} sent, {} duplicates)",
-        r.outcomes, r.jobs, r.sent, r.duplicates
-    );
-    println!(
-        "  throughput                 {:.0} jobs/s first to last outcome; {:.0} jobs/s end to end",
-        r.jobs_per_sec, r.end_to_end_jobs_per_sec
-    );
-    println!(
-        "  worker CPU                 {:.1} µs/job ({:.2} s; {:.2} s over its whole life)",
-        r.worker_cpu_us_per_job, r.worker_cpu_secs, r.worker_lifetime_cpu_secs
-    );
-    println!(
-        "  worker peak RSS            {:.1} MiB",
-        r.worker_peak_rss_mib
-    );
-    println!(
-        "  publish → outcome latency  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms
-    );
-    println!(
-        "  machine ({} cores)          {:.0} % busy: worker {:.0} %, bench (publisher, simulator, collector) {:.0} %, the rest (broker, others) {:.0} %",
-        r.cores,
-        r.machine_busy_pct,
-        r.worker_busy_pct,
-        r.bench_busy_pct,
-        (r.machine_busy_pct - r.worker_busy_pct - r.bench_busy_pct).max(0.0)
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The CPU fields are found even when the command name holds spaces and parentheses.
-    #[test]
-    fn stat_cpu_counts_fields_from_the_last_parenthesis() {
-        let line = "4242 (wx (d) x) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
-        assert_eq!(stat_cpu(line, 100), Some(Duration::from_secs(3)));
-        assert_eq!(stat_cpu("garbage", 100), None);
-    }
-
-    /// Nearest-rank percentiles: p50 of 1..=100 is 50, p99 is 99, and edge cases are safe.
-    #[test]
-    fn percentiles_use_the_nearest_rank() {
-        let v: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&v, 0.50), 50);
-        assert_eq!(percentile(&v, 0.99), 99);
-        assert_eq!(percentile(&v, 1.0), 100);
-        assert_eq!(percentile(&v, 0.0), 1);
-        assert_eq!(percentile(&[], 0.5), 0);
-    }
 
     /// Job bodies are valid jobs whose id the collector can map back to the job's index.
     #[test]

@@ -48,6 +48,13 @@ impl Floor {
     }
 }
 
+/// `wxdispatch bench-floor`'s options (a hidden command: the bench starts it).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(value_enum)]
+    pub floor: Floor,
+}
+
 /// What every job task of the floor worker shares.
 struct Shared {
     publisher: Publisher,
@@ -58,7 +65,7 @@ struct Shared {
 }
 
 /// Runs the floor worker until SIGTERM, configured like `wxdispatch run` (`WXD_*`).
-pub async fn run(floor: Floor) -> anyhow::Result<()> {
+pub async fn run(Args { floor }: Args) -> anyhow::Result<()> {
     let config = Config::load(None)?;
     crate::logging::init_with_default(crate::config::LogFormat::Text, "warn");
     let account = config
@@ -187,7 +194,7 @@ mod tests {
 
     #[test]
     fn job_id_is_found_in_the_bench_body() {
-        let body = crate::demo::sample("abc-12", "obenchx");
+        let body = crate::tools::sample::job("abc-12", "obenchx");
         assert_eq!(job_id(&body), Some("abc-12"));
         assert_eq!(job_id(b"{}"), None);
     }
