@@ -11,7 +11,8 @@
 //!
 //! ## Layout
 //! The product:
-//! - [`config`]: the TOML file plus `WXD_*` environment overrides; secrets.
+//! - [`config`]: the flat TOML file and `WXD_*` keys, validated once into grouped settings
+//!   (`amqp`, `wechat`, `limits`, `retry`, `callback`) and, apart from them, the credentials.
 //! - [`job`] and `outcome`: the message schemas of the contract.
 //! - [`wechat`]: the HTTP client, the token cache, the error-code policy table and the template
 //!   catalogue.
@@ -25,7 +26,8 @@
 //! - [`metrics`], [`shutdown`], [`logging`]: operations.
 //! - [`app`]: `run`, `check-config`, `templates`, and [`app::start`], the worker embedded in a
 //!   process (the demo and the tests use it).
-//! - [`publish`]: `wxdispatch publish`, validating and enqueueing a campaign (JSONL or CSV).
+//! - [`publish`]: `wxdispatch publish`, validating and enqueueing a campaign: the run, the
+//!   JSONL and CSV readers, the per-line check, the progress report.
 //!
 //! The tools, under [`tools`], which the product never imports:
 //! - [`tools::mock`]: the WeChat API simulator, behind `wxdispatch mock-wechat` and the tests.
