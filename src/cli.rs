@@ -1,7 +1,7 @@
 //! Command-line interface: the subcommands and where each one goes.
 //!
-//! Each command's options live with the command (e.g. [`mock::Args`], [`demo::Args`],
-//! [`bench::Args`]); this module only names the subcommands and dispatches downward.
+//! Each command's options live with the command (e.g. [`mock::Args`], `demo::Args`,
+//! `bench::Args`); this module only names the subcommands and dispatches downward.
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! `wxdispatch publish`: enqueue a campaign from JSON Lines or a CSV of recipients.
 //!
 //! The input is read and validated in full before the first message is sent, with the same
-//! parser the worker uses ([`job::parse`]), so a typo in a campaign file is reported with its
+//! parser the worker uses ([`crate::job::parse`]), so a typo in a campaign file is reported with its
 //! line number instead of becoming hundreds of dead letters. Valid jobs are then published to
 //! the jobs queue with publisher confirms, many in flight at once, optionally throttled. A job
 //! only counts as published once the broker has confirmed it.
