@@ -36,6 +36,7 @@ use crate::tools::sample;
 pub mod floor;
 mod procfs;
 mod report;
+mod stalls;
 
 pub use floor::Floor;
 use procfs::{machine_cpu, proc_cpu, proc_status_kib, self_cpu};
@@ -179,7 +180,9 @@ async fn measure(
     // never delays the timestamps of arriving outcomes.
     let collect_conn = amqp::connect(&config.amqp.url, "wxdispatch-bench-collect").await?;
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let confirmed_at: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
     let t0 = Instant::now();
+    let t0_utc = chrono::Utc::now();
     let collector = {
         let ch = collect_conn.create_channel().await?;
         let consumer = ch
@@ -211,7 +214,7 @@ async fn measure(
     let mut machine_before = machine_cpu();
     let mut self_before = self_cpu();
     let publish_start = t0.elapsed();
-    let failures = publish_all(publisher, config, run, args, &sent_at, t0).await;
+    let failures = publish_all(publisher, config, run, args, (&sent_at, &confirmed_at), t0).await;
     let publish_secs = (t0.elapsed() - publish_start).as_secs_f64();
     if !args.json {
         eprintln!("published {n} jobs in {publish_secs:.2} s (each confirmed)");
@@ -248,6 +251,24 @@ async fn measure(
         .collect();
     latencies.sort_unstable();
     let ms = |ns: u64| ns as f64 / 1e6;
+    let sent_ns: Vec<u64> = sent_at.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+    let since_sent = |at: u64, i: usize| (at != 0).then(|| ms(at.saturating_sub(sent_ns[i])));
+    let outcome_ms: Vec<Option<f64>> = (0..n)
+        .map(|i| since_sent(collected.arrived_ns[i], i))
+        .collect();
+    let confirm_ms: Vec<Option<f64>> = (0..n)
+        .map(|i| since_sent(confirmed_at[i].load(Ordering::Relaxed), i))
+        .collect();
+    let mut confirms: Vec<u64> = confirm_ms
+        .iter()
+        .flatten()
+        .map(|&m| (m * 1e6) as u64)
+        .collect();
+    confirms.sort_unstable();
+    let late_jobs = outcome_ms
+        .iter()
+        .filter(|m| m.is_some_and(|m| m > stalls::LATE_MS))
+        .count();
     let first = collected.first_ns.unwrap_or(0);
     let last = collected.last_ns.unwrap_or(0);
     let secs = |ns: u64| (ns as f64 / 1e9).max(1e-9);
@@ -281,6 +302,10 @@ async fn measure(
         latency_p50_ms: ms(percentile(&latencies, 0.50)),
         latency_p99_ms: ms(percentile(&latencies, 0.99)),
         latency_max_ms: ms(latencies.last().copied().unwrap_or(0)),
+        publish_confirm_p99_ms: ms(percentile(&confirms, 0.99)),
+        publish_confirm_max_ms: ms(confirms.last().copied().unwrap_or(0)),
+        late_jobs,
+        stalls: stalls::find(&sent_ns, &outcome_ms, &confirm_ms, t0_utc),
         machine_busy_pct: 100.0 * busy / total,
         worker_busy_pct: pct(worker_cpu),
         bench_busy_pct: pct(self_after.saturating_sub(self_before)),
@@ -299,13 +324,14 @@ fn job_body(run: &str, i: usize) -> Vec<u8> {
 }
 
 /// Publishes every job with confirms, `publish_window` awaiting their confirm at once, paced
-/// at `--rate` if given. Records when each publish was issued. Returns the unconfirmed count.
+/// at `--rate` if given. Records when each publish was issued and when it was confirmed.
+/// Returns the unconfirmed count.
 async fn publish_all(
     publisher: &Publisher,
     config: &Config,
     run: &str,
     args: &Args,
-    sent_at: &[AtomicU64],
+    (sent_at, confirmed_at): (&[AtomicU64], &[AtomicU64]),
     t0: Instant,
 ) -> usize {
     let props = BasicProperties::default()
@@ -325,9 +351,13 @@ async fn publish_all(
             let props = props.clone();
             async move {
                 sent_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                publisher
+                let confirmed = publisher
                     .publish("", &config.amqp.jobs_queue, &body, props)
-                    .await
+                    .await;
+                if confirmed.is_ok() {
+                    confirmed_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+                confirmed
             }
         })
         .buffer_unordered(args.publish_window.max(1))

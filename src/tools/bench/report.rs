@@ -43,6 +43,13 @@ pub struct Report {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
+    /// The bench's own job publishes, issue to confirm: the broker alone, no worker involved.
+    pub publish_confirm_p99_ms: f64,
+    pub publish_confirm_max_ms: f64,
+    /// Jobs whose outcome came more than [`super::stalls::LATE_MS`] after their publish.
+    pub late_jobs: usize,
+    /// The runs of late jobs, the longest first (see [`super::stalls`]).
+    pub stalls: Vec<super::stalls::Stall>,
     /// How busy the whole machine was over the measured window (100 = every core).
     pub machine_busy_pct: f64,
     /// Of that, the worker's share and this process's (publisher, simulator, collector), in
@@ -117,6 +124,24 @@ pub(super) fn print(r: &Report) {
         "  publish → outcome latency  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms
     );
+    println!(
+        "  job publish → confirm      p99 {:.1} ms, max {:.1} ms (the broker alone)",
+        r.publish_confirm_p99_ms, r.publish_confirm_max_ms
+    );
+    if r.late_jobs > 0 {
+        println!(
+            "  late jobs (> {:.0} ms)       {} in {} stall(s)",
+            super::stalls::LATE_MS,
+            r.late_jobs,
+            r.stalls.len()
+        );
+        for s in &r.stalls {
+            println!(
+                "    at {:.1} s ({}): {} jobs, outcome max {:.0} ms, job publish confirm max {:.0} ms",
+                s.at_s, s.at_utc, s.jobs, s.max_ms, s.max_publish_confirm_ms
+            );
+        }
+    }
     println!(
         "  machine ({} cores)          {:.0} % busy: worker {:.0} %, bench (publisher, simulator, collector) {:.0} %, the rest (broker, others) {:.0} %",
         r.cores,
