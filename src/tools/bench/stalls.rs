@@ -73,7 +73,7 @@ pub fn find(
             }
         })
         .collect();
-    stalls.sort_by(|a, b| b.jobs.cmp(&a.jobs));
+    stalls.sort_by_key(|s| std::cmp::Reverse(s.jobs));
     stalls.truncate(MOST);
     stalls
 }
