@@ -6,6 +6,8 @@
 #   bash scripts/cluster.sh kill N  # kills node N hard (SIGKILL), as a lost machine would
 #   bash scripts/cluster.sh revive N
 #   bash scripts/cluster.sh ctl N ARGS...  # rabbitmqctl against node N (as the rabbitmq user)
+#   bash scripts/cluster.sh single  # node 1 alone, not clustered (e.g. with WXD_CLUSTER_DIR on
+#                                   # tmpfs, to measure the bench without the disk's syncs)
 #
 # Each node has its own node name, ports, data and log folders and config file: the machine's
 # /etc/rabbitmq/rabbitmq.conf pins port 5672, so the nodes must not read it. They run as the
@@ -107,6 +109,12 @@ case "${1:-}" in
   revive)
     start_node "$2"
     ;;
+  single)
+    mkdir -p "$BASE"
+    chown rabbitmq:rabbitmq "$BASE"
+    start_node 1
+    echo "node $(node 1) up on 127.0.0.1:5681, data in $BASE"
+    ;;
   ctl)
     shift
     i=$1
@@ -114,7 +122,7 @@ case "${1:-}" in
     ctl "$i" "$@"
     ;;
   *)
-    echo "usage: $0 start|stop|kill N|revive N|ctl N ARGS..." >&2
+    echo "usage: $0 start|single|stop|kill N|revive N|ctl N ARGS..." >&2
     exit 2
     ;;
 esac
