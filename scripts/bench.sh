@@ -7,6 +7,10 @@
 #   scripts/bench.sh plot       docs/bench/scaling.png from the sweep's results
 #   scripts/bench.sh floor      the libraries' floor: the worker, then `--floor amqp-http`,
 #                               then `--floor amqp`, alternating, three rounds
+#   scripts/bench.sh round2     issue 18's comparison, three rounds in alternation over a
+#                               30,000-job backlog: the build before (OLD_BIN), this build, and
+#                               the floors amqp, amqp-http (reqwest) and amqp-hyper; then p99 at
+#                               1,000 jobs/s three times, and 1,000 in flight at 200 ms latency
 #   scripts/bench.sh            all three
 #
 # Results are appended as JSON lines (one per run, with the load average before it) to
@@ -34,6 +38,10 @@ bench() {
     line=$("$BIN" bench --json --queue-type "$QUEUE_TYPE" "$@") || status=$?
     if [[ -z "$line" ]]; then
         line="{\"error\":\"exit $status\",\"args\":\"$*\"}"
+    fi
+    if [[ -n "${LABEL:-}" ]]; then
+        # Which build ran, for comparisons of two binaries in one file.
+        line=$(LINE="$line" python3 -c 'import json,os; d=json.loads(os.environ["LINE"]); d["build"]=os.environ["LABEL"]; print(json.dumps(d))')
     fi
     echo "$line" | tee -a "$OUT/$file"
 }
@@ -73,6 +81,26 @@ floor() {
     done
 }
 
+round2() {
+    local old=${OLD_BIN:?set OLD_BIN to the build to compare with}
+    local new_label old_label
+    new_label=$(git rev-parse --short HEAD)
+    old_label=${OLD_LABEL:-$(basename "$old")}
+    local drain=(--jobs 30000 --concurrency 128 --prefetch 256 --backlog)
+    for _ in 1 2 3; do
+        BIN=$old LABEL=$old_label bench round2.jsonl "${drain[@]}"
+        LABEL=$new_label bench round2.jsonl "${drain[@]}"
+        LABEL=$new_label bench round2.jsonl "${drain[@]}" --floor amqp
+        LABEL=$new_label bench round2.jsonl "${drain[@]}" --floor amqp-http
+        LABEL=$new_label bench round2.jsonl "${drain[@]}" --floor amqp-hyper
+    done
+    for _ in 1 2 3; do
+        LABEL=$new_label bench round2.jsonl --jobs 30000 --concurrency 128 --prefetch 256 --rate 1000
+    done
+    LABEL=$new_label bench round2.jsonl --jobs 60000 --concurrency 1000 --prefetch 2000 \
+        --latency-ms 200
+}
+
 plot() {
     python3 "$OUT/plot.py" "$OUT/sweep.jsonl" "$OUT/scaling.png"
 }
@@ -82,9 +110,10 @@ headline) build && headline ;;
 sweep) build && sweep ;;
 plot) plot ;;
 floor) build && floor ;;
+round2) build && round2 ;;
 all) build && headline && sweep && plot ;;
 *)
-    echo "usage: $0 [headline|sweep|plot|floor|all]" >&2
+    echo "usage: $0 [headline|sweep|plot|floor|round2|all]" >&2
     exit 2
     ;;
 esac
