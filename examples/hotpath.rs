@@ -78,10 +78,7 @@ fn main() {
             }
             "headers" => {
                 let props = black_box(&props);
-                black_box((
-                    headers::wait_left(props, 0),
-                    headers::retry_state(props),
-                ));
+                black_box((headers::wait_left(props, 0), headers::retry_state(props)));
             }
             other => panic!("unknown part {other:?}: parse, outcome or headers"),
         }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::amqp::headers;
@@ -80,11 +80,23 @@ impl Publisher {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), PublishError> {
+        self.publish_to(exchange.into(), routing_key.into(), body, props)
+            .await
+    }
+
+    /// [`Publisher::publish`] with the names already owned, as lapin takes them.
+    async fn publish_to(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
         let confirm = self
             .channel
             .basic_publish(
-                exchange.into(),
-                routing_key.into(),
+                exchange,
+                routing_key,
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -106,9 +118,9 @@ impl Publisher {
 
     /// Publishes an outcome to the outcome exchange with routing key `<kind>.<status>`.
     pub async fn outcome(&self, outcome: &Outcome) -> Result<(), PublishError> {
-        self.publish(
-            &self.exchange,
-            &outcome.routing_key(),
+        self.publish_to(
+            self.exchange.as_str().into(),
+            outcome.routing_key().into(),
             &outcome.to_json(),
             outcome_properties(outcome),
         )
