@@ -8,10 +8,12 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
 
-use crate::config::Config;
+use crate::config::{Account, Config};
+
+mod json;
+use json::{Body, Fields, Json};
 
 /// WeChat deduplicates on `(openid, client_msg_id)`, and `client_msg_id` is at most 64 bytes.
 pub const MAX_ID_LEN: usize = 64;
@@ -166,34 +168,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn new(
-        id: JobId,
-        appid: String,
-        msg_type: MsgType,
-        recipients: Vec<String>,
-        not_after: Option<DateTime<Utc>>,
-        mut template: Map<String, Value>,
-    ) -> Batch {
-        template.insert("id".into(), Value::String(id.0.clone()));
-        template.insert("appid".into(), Value::String(appid.clone()));
-        if let Some(t) = not_after {
-            template.insert("not_after".into(), Value::String(t.to_rfc3339()));
-        }
-        let mut head =
-            serde_json::to_vec(&Value::Object(template)).expect("a JSON map always serializes");
-        // The object holds at least `id`, so it ends in `}` after a member: drop the brace, and
-        // each recipient's job adds `,"touser":…}`.
-        head.pop();
-        Batch {
-            id,
-            appid,
-            msg_type,
-            recipients,
-            not_after,
-            head,
-        }
-    }
-
     /// The serialized job every recipient shares (without `touser`), for checks that need
     /// the template id and data without a parse.
     pub fn head(&self) -> &[u8] {
@@ -230,8 +204,13 @@ pub fn parse(
     message_id: Option<&str>,
     config: &Config,
 ) -> Result<Parsed, (InvalidJob, Known)> {
-    let mut known = Known::default();
-    parse_inner(body, message_id, config, &mut known).map_err(|e| {
+    let result = match read(body, config) {
+        Ok(fields) => fields
+            .validate(body, message_id, config)
+            .map_err(|e| (e, fields.known(body, message_id, config))),
+        Err(e) => Err((e, Known::default())),
+    };
+    result.map_err(|(e, mut known)| {
         // Even an unreadable job gets an id (as a valid one would), so its outcome can be told
         // apart from others.
         if known.id.is_none() {
@@ -244,12 +223,8 @@ pub fn parse(
     })
 }
 
-fn parse_inner(
-    body: &[u8],
-    message_id: Option<&str>,
-    config: &Config,
-    known: &mut Known,
-) -> Result<Parsed, InvalidJob> {
+/// The size, encoding and syntax checks, then the body read into its members.
+fn read<'a>(body: &'a [u8], config: &Config) -> Result<Box<Fields<'a>>, InvalidJob> {
     if body.len() > config.limits.max_job_bytes {
         return Err(InvalidJob::new(
             "too_large",
@@ -262,58 +237,200 @@ fn parse_inner(
     }
     let text = std::str::from_utf8(body)
         .map_err(|e| InvalidJob::new("bad_utf8", format!("body is not UTF-8: {e}")))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| InvalidJob::new("bad_json", format!("body is not JSON: {e}")))?;
-    let Value::Object(mut obj) = value else {
-        return Err(InvalidJob::new("not_object", "body must be a JSON object"));
-    };
+    match serde_json::from_str(text) {
+        Ok(Body::Object(fields)) => Ok(fields),
+        Ok(Body::NotObject) => Err(InvalidJob::new("not_object", "body must be a JSON object")),
+        Err(e) => Err(InvalidJob::new(
+            "bad_json",
+            format!("body is not JSON: {e}"),
+        )),
+    }
+}
 
-    // Gather what we can before validating, for the outcome of an invalid job.
-    if let Some(Value::String(s)) = obj.get("id") {
-        known.id = Some(truncate(s, MAX_ID_LEN));
-    }
-    if let Some(Value::String(s)) = obj.get("appid") {
-        known.appid = Some(truncate(s, 64));
-    }
-    if let Some(Value::String(s)) = obj.get("touser") {
-        known.touser = Some(truncate(s, 128));
-    }
-
-    let msg_type = match obj.remove("type") {
-        None | Some(Value::Null) => MsgType::Template,
-        Some(Value::String(s)) => MsgType::parse(&s).ok_or_else(|| {
-            InvalidJob::new(
-                "bad_type",
-                format!(
-                    "type {:?} is not one of template, subscribe, miniprogram_subscribe",
-                    truncate(&s, 32)
-                ),
-            )
-        })?,
-        Some(_) => {
-            return Err(InvalidJob::new("bad_type", "type must be a string"));
+impl Fields<'_> {
+    /// Validates the members in a fixed order (the first problem found is the job's reason)
+    /// and writes what is sent: the single job's WeChat body, or the batch's shared head.
+    fn validate(
+        &self,
+        body: &[u8],
+        message_id: Option<&str>,
+        config: &Config,
+    ) -> Result<Parsed, InvalidJob> {
+        let msg_type = self.msg_type()?;
+        let id = self.id(body, message_id)?;
+        let appid = self.account(config)?.appid.clone();
+        let not_after = self.not_after()?;
+        match &self.template_id {
+            Some(Json::Str(s)) if !s.is_empty() => {}
+            Some(Json::Str(_)) | None | Some(Json::Null) => {
+                return Err(InvalidJob::new(
+                    "missing_template_id",
+                    "template_id is required",
+                ));
+            }
+            Some(_) => {
+                return Err(InvalidJob::new(
+                    "bad_template_id",
+                    "template_id must be a string",
+                ));
+            }
         }
-    };
-    known.msg_type = Some(msg_type);
+        if msg_type != MsgType::Template {
+            self.check_subscription(msg_type)?;
+        }
+        check_type("url", &self.url, Json::is_string, "a string")?;
+        check_type("topcolor", &self.topcolor, Json::is_string, "a string")?;
+        check_type(
+            "miniprogram",
+            &self.miniprogram,
+            Json::is_object,
+            "an object",
+        )?;
+        check_type("data", &self.data, Json::is_object, "an object")?;
+        if let Some(Json::Object(data)) = &self.data {
+            for (k, v) in data {
+                let ok = match v {
+                    Json::Object(field) => field.get("value").is_none_or(|x| !x.is_object()),
+                    _ => false,
+                };
+                if !ok {
+                    return Err(InvalidJob::new(
+                        "bad_data",
+                        format!(
+                            "data.{} must be an object like {{\"value\": \"...\"}}",
+                            truncate(k, 32)
+                        ),
+                    ));
+                }
+            }
+        }
 
-    let id = match obj.remove("id") {
-        Some(Value::String(s)) => JobId::parse(&s)?,
-        Some(Value::Null) | None => match message_id {
-            Some(m) => JobId::parse(m)?,
-            None => JobId::from_body(body),
-        },
-        Some(_) => return Err(InvalidJob::new("bad_id", "id must be a string")),
-    };
-    known.id = Some(id.0.clone());
+        let recipients = self.recipients()?;
+        // Room for what the parser adds (`client_msg_id`), so the body is written without
+        // regrowing.
+        let capacity = body.len() + 2 * MAX_ID_LEN;
+        if recipients.len() > 1 {
+            // Each recipient's job comes back through this parser, so the head keeps what the
+            // parser reads: the id, the account, the deadline and the type (when not the
+            // default). `client_msg_id` is set again for each recipient's job.
+            let not_after_text = not_after.map(|t| t.to_rfc3339());
+            let mut set = vec![("id", id.as_str()), ("appid", appid.as_str())];
+            if let Some(t) = &not_after_text {
+                set.push(("not_after", t));
+            }
+            if msg_type != MsgType::Template {
+                set.push(("type", msg_type.as_str()));
+            }
+            let mut head = self.write(&set, capacity);
+            // The object holds at least `id`, so it ends in `}` after a member: drop the
+            // brace, and each recipient's job adds `,"touser":…}`.
+            head.pop();
+            let batch = Batch {
+                recipients: recipients.into_iter().map(str::to_owned).collect(),
+                id,
+                appid,
+                msg_type,
+                not_after,
+                head,
+            };
+            // Each recipient's job comes back through this parser with `id` and `appid` added,
+            // so a batch near the size limit would expand into jobs over it: refuse the batch
+            // now, as one invalid job, rather than every recipient later.
+            let longest = batch
+                .recipients
+                .iter()
+                .max_by_key(|r| serde_json::to_string(r).map_or(0, |s| s.len()))
+                .expect("a batch has recipients");
+            let size = batch.job_for(longest).len();
+            if size > config.limits.max_job_bytes {
+                return Err(InvalidJob::new(
+                    "too_large",
+                    format!(
+                        "each recipient's job would be up to {size} bytes, the limit is {}",
+                        config.limits.max_job_bytes
+                    ),
+                ));
+            }
+            return Ok(Parsed::Batch(batch));
+        }
+        let touser = recipients[0];
+        let set = [("touser", touser), ("client_msg_id", id.as_str())];
+        // Only the template send takes (and deduplicates by) `client_msg_id`.
+        let set = if msg_type.deduplicated() {
+            &set[..]
+        } else {
+            &set[..1]
+        };
+        let body = self.write(set, capacity).into();
+        Ok(Parsed::Single(Job {
+            touser: touser.to_owned(),
+            id,
+            appid,
+            msg_type,
+            not_after,
+            body,
+        }))
+    }
 
-    let appid = match obj.remove("appid") {
-        Some(Value::String(s)) => Some(s),
-        Some(Value::Null) | None => None,
-        Some(_) => return Err(InvalidJob::new("bad_appid", "appid must be a string")),
-    };
-    let account = config
-        .account(appid.as_deref())
-        .ok_or_else(|| match &appid {
+    /// What an invalid job's outcome can still report: the id, appid and openid as written,
+    /// then what each check that passed established (the checks are replayed in order, on
+    /// this error path only).
+    fn known(&self, body: &[u8], message_id: Option<&str>, config: &Config) -> Known {
+        let raw = |v: &Option<Json>, max| v.as_ref()?.as_str().map(|s| truncate(s, max));
+        let mut known = Known {
+            id: raw(&self.id, MAX_ID_LEN),
+            appid: raw(&self.appid, 64),
+            touser: raw(&self.touser, 128),
+            msg_type: None,
+        };
+        let Ok(msg_type) = self.msg_type() else {
+            return known;
+        };
+        known.msg_type = Some(msg_type);
+        let Ok(id) = self.id(body, message_id) else {
+            return known;
+        };
+        known.id = Some(id.0);
+        if let Ok(account) = self.account(config) {
+            known.appid = Some(account.appid.clone());
+        }
+        known
+    }
+
+    fn msg_type(&self) -> Result<MsgType, InvalidJob> {
+        match &self.msg_type {
+            None | Some(Json::Null) => Ok(MsgType::Template),
+            Some(Json::Str(s)) => MsgType::parse(s).ok_or_else(|| {
+                InvalidJob::new(
+                    "bad_type",
+                    format!(
+                        "type {:?} is not one of template, subscribe, miniprogram_subscribe",
+                        truncate(s, 32)
+                    ),
+                )
+            }),
+            Some(_) => Err(InvalidJob::new("bad_type", "type must be a string")),
+        }
+    }
+
+    fn id(&self, body: &[u8], message_id: Option<&str>) -> Result<JobId, InvalidJob> {
+        match &self.id {
+            Some(Json::Str(s)) => JobId::parse(s),
+            Some(Json::Null) | None => match message_id {
+                Some(m) => JobId::parse(m),
+                None => Ok(JobId::from_body(body)),
+            },
+            Some(_) => Err(InvalidJob::new("bad_id", "id must be a string")),
+        }
+    }
+
+    fn account<'c>(&self, config: &'c Config) -> Result<&'c Account, InvalidJob> {
+        let appid = match &self.appid {
+            Some(Json::Str(s)) => Some(s.as_ref()),
+            Some(Json::Null) | None => None,
+            Some(_) => return Err(InvalidJob::new("bad_appid", "appid must be a string")),
+        };
+        config.account(appid).ok_or_else(|| match appid {
             Some(a) => InvalidJob::new(
                 "unknown_account",
                 format!("appid {} is not configured", truncate(a, 64)),
@@ -322,235 +439,162 @@ fn parse_inner(
                 "unknown_account",
                 "appid is required when several accounts are configured",
             ),
-        })?;
-    let appid = account.appid.clone();
-    known.appid = Some(appid.clone());
+        })
+    }
 
-    let not_after = match obj.remove("not_after") {
-        Some(Value::String(s)) => Some(
-            DateTime::parse_from_rfc3339(&s)
-                .map_err(|e| InvalidJob::new("bad_not_after", format!("not_after: {e}")))?
-                .with_timezone(&Utc),
-        ),
-        Some(Value::Null) | None => None,
-        Some(_) => {
-            return Err(InvalidJob::new(
+    fn not_after(&self) -> Result<Option<DateTime<Utc>>, InvalidJob> {
+        match &self.not_after {
+            Some(Json::Str(s)) => Ok(Some(
+                DateTime::parse_from_rfc3339(s)
+                    .map_err(|e| InvalidJob::new("bad_not_after", format!("not_after: {e}")))?
+                    .with_timezone(&Utc),
+            )),
+            Some(Json::Null) | None => Ok(None),
+            Some(_) => Err(InvalidJob::new(
                 "bad_not_after",
                 "not_after must be an RFC 3339 string",
-            ));
+            )),
         }
-    };
+    }
 
-    match obj.get("template_id") {
-        Some(Value::String(s)) if !s.is_empty() => {}
-        Some(Value::String(_)) | None | Some(Value::Null) => {
+    /// The openids of `touser`: one for a single job, several for a batch.
+    fn recipients(&self) -> Result<Vec<&str>, InvalidJob> {
+        let recipients = match &self.touser {
+            Some(Json::Str(s)) => vec![s.as_ref()],
+            Some(Json::Array(items)) => {
+                if items.len() > MAX_BATCH {
+                    return Err(InvalidJob::new(
+                        "batch_too_large",
+                        format!(
+                            "touser has {} recipients, the limit is {MAX_BATCH}",
+                            items.len()
+                        ),
+                    ));
+                }
+                items
+                    .iter()
+                    .map(|v| {
+                        v.as_str().ok_or_else(|| {
+                            InvalidJob::new("bad_touser", "touser entries must be strings")
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            None | Some(Json::Null) => {
+                return Err(InvalidJob::new("missing_touser", "touser is required"));
+            }
+            Some(_) => {
+                return Err(InvalidJob::new(
+                    "bad_touser",
+                    "touser must be a string or an array of strings",
+                ));
+            }
+        };
+        if recipients.is_empty() {
+            return Err(InvalidJob::new("missing_touser", "touser is empty"));
+        }
+        for r in &recipients {
+            if r.is_empty() || r.len() > 128 || r.chars().any(char::is_control) {
+                return Err(InvalidJob::new(
+                    "bad_touser",
+                    "an openid must be 1-128 characters without control characters",
+                ));
+            }
+        }
+        Ok(recipients)
+    }
+
+    /// The schema of a subscription job (CONTRACT.md, "Message types"): only the fields its
+    /// type takes, each of the right type, and `data` values WeChat will accept. Checked here,
+    /// before any call to WeChat, because WeChat's answer to most of these (47003) does not say
+    /// which field.
+    fn check_subscription(&self, t: MsgType) -> Result<(), InvalidJob> {
+        const COMMON: [&str; 4] = ["touser", "template_id", "data", "client_msg_id"];
+        if let Some(k) = self
+            .passed()
+            .map(|(k, _)| k)
+            .filter(|k| !COMMON.contains(k) && !t.extra_fields().contains(k))
+            .min()
+        {
             return Err(InvalidJob::new(
-                "missing_template_id",
-                "template_id is required",
+                "unknown_field",
+                format!("a {t} job does not take the field {}", truncate(k, 32)),
             ));
         }
-        Some(_) => {
+        if self.client_msg_id.is_some() {
             return Err(InvalidJob::new(
-                "bad_template_id",
-                "template_id must be a string",
+                "unknown_field",
+                format!("a {t} job does not take client_msg_id: WeChat does not deduplicate it"),
             ));
         }
-    }
-    if msg_type != MsgType::Template {
-        check_subscription(&obj, msg_type)?;
-    }
-    check_type(&obj, "url", |v| v.is_string(), "a string")?;
-    check_type(&obj, "topcolor", |v| v.is_string(), "a string")?;
-    check_type(&obj, "miniprogram", |v| v.is_object(), "an object")?;
-    check_type(&obj, "data", |v| v.is_object(), "an object")?;
-    if let Some(Value::Object(data)) = obj.get("data") {
-        for (k, v) in data {
-            let ok = match v {
-                Value::Object(field) => field.get("value").is_none_or(|x| !x.is_object()),
+        check_type("page", &self.page, Json::is_string, "a string")?;
+        if let Some(mp) = &self.miniprogram {
+            let ok = match mp {
+                Json::Object(m) => {
+                    m.get("appid").is_some_and(Json::is_string)
+                        && m.get("pagepath").is_none_or(Json::is_string)
+                        && m.keys().all(|k| k == "appid" || k == "pagepath")
+                }
                 _ => false,
             };
             if !ok {
                 return Err(InvalidJob::new(
-                    "bad_data",
-                    format!(
-                        "data.{} must be an object like {{\"value\": \"...\"}}",
-                        truncate(k, 32)
-                    ),
-                ));
-            }
-        }
-    }
-
-    let recipients = match obj.remove("touser") {
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(items)) => {
-            if items.len() > MAX_BATCH {
-                return Err(InvalidJob::new(
-                    "batch_too_large",
-                    format!(
-                        "touser has {} recipients, the limit is {MAX_BATCH}",
-                        items.len()
-                    ),
-                ));
-            }
-            items
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s),
-                    _ => Err(InvalidJob::new(
-                        "bad_touser",
-                        "touser entries must be strings",
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        }
-        None | Some(Value::Null) => {
-            return Err(InvalidJob::new("missing_touser", "touser is required"));
-        }
-        Some(_) => {
-            return Err(InvalidJob::new(
-                "bad_touser",
-                "touser must be a string or an array of strings",
-            ));
-        }
-    };
-    if recipients.is_empty() {
-        return Err(InvalidJob::new("missing_touser", "touser is empty"));
-    }
-    for r in &recipients {
-        if r.is_empty() || r.len() > 128 || r.chars().any(char::is_control) {
-            return Err(InvalidJob::new(
-                "bad_touser",
-                "an openid must be 1-128 characters without control characters",
-            ));
-        }
-    }
-
-    if recipients.len() > 1 {
-        obj.remove("client_msg_id");
-        if msg_type != MsgType::Template {
-            // Each recipient's job comes back through this parser and must keep its type.
-            obj.insert("type".into(), Value::String(msg_type.as_str().into()));
-        }
-        let batch = Batch::new(id, appid, msg_type, recipients, not_after, obj);
-        // Each recipient's job comes back through this parser with `id` and `appid` added, so
-        // a batch near the size limit would expand into jobs over it: refuse the batch now, as
-        // one invalid job, rather than every recipient later.
-        let longest = batch
-            .recipients
-            .iter()
-            .max_by_key(|r| Value::from(r.as_str()).to_string().len())
-            .expect("a batch has recipients");
-        let size = batch.job_for(longest).len();
-        if size > config.limits.max_job_bytes {
-            return Err(InvalidJob::new(
-                "too_large",
-                format!(
-                    "each recipient's job would be up to {size} bytes, the limit is {}",
-                    config.limits.max_job_bytes
-                ),
-            ));
-        }
-        return Ok(Parsed::Batch(batch));
-    }
-    let touser = recipients.into_iter().next().expect("one recipient");
-    known.touser = Some(touser.clone());
-    obj.insert("touser".into(), Value::String(touser.clone()));
-    if msg_type.deduplicated() {
-        obj.insert("client_msg_id".into(), Value::String(id.0.clone()));
-    }
-    let body = serde_json::to_vec(&Value::Object(obj))
-        .expect("a JSON map always serializes")
-        .into();
-    Ok(Parsed::Single(Job {
-        id,
-        appid,
-        touser,
-        msg_type,
-        not_after,
-        body,
-    }))
-}
-
-/// The schema of a subscription job (CONTRACT.md, "Message types"): only the fields its type
-/// takes, each of the right type, and `data` values WeChat will accept. Checked here, before any
-/// call to WeChat, because WeChat's answer to most of these (47003) does not say which field.
-fn check_subscription(obj: &Map<String, Value>, t: MsgType) -> Result<(), InvalidJob> {
-    const COMMON: [&str; 4] = ["touser", "template_id", "data", "client_msg_id"];
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !COMMON.contains(&k.as_str()) && !t.extra_fields().contains(&k.as_str()))
-    {
-        return Err(InvalidJob::new(
-            "unknown_field",
-            format!("a {t} job does not take the field {}", truncate(k, 32)),
-        ));
-    }
-    if obj.contains_key("client_msg_id") {
-        return Err(InvalidJob::new(
-            "unknown_field",
-            format!("a {t} job does not take client_msg_id: WeChat does not deduplicate it"),
-        ));
-    }
-    check_type(obj, "page", |v| v.is_string(), "a string")?;
-    if let Some(mp) = obj.get("miniprogram") {
-        let ok = match mp {
-            Value::Object(m) => {
-                m.get("appid").is_some_and(Value::is_string)
-                    && m.get("pagepath").is_none_or(Value::is_string)
-                    && m.keys().all(|k| k == "appid" || k == "pagepath")
-            }
-            _ => false,
-        };
-        if !ok {
-            return Err(InvalidJob::new(
-                "bad_field",
-                "miniprogram must be {\"appid\": \"...\", \"pagepath\": \"...\"}",
-            ));
-        }
-    }
-    for (key, allowed) in [
-        ("miniprogram_state", &["developer", "trial", "formal"][..]),
-        ("lang", &["zh_CN", "en_US", "zh_HK", "zh_TW"][..]),
-    ] {
-        match obj.get(key) {
-            None => {}
-            Some(Value::String(v)) if allowed.contains(&v.as_str()) => {}
-            Some(_) => {
-                return Err(InvalidJob::new(
                     "bad_field",
-                    format!("{key} must be one of {}", allowed.join(", ")),
+                    "miniprogram must be {\"appid\": \"...\", \"pagepath\": \"...\"}",
                 ));
             }
         }
-    }
-    match obj.get("data") {
-        Some(Value::Object(data)) => {
-            for (k, v) in data {
-                let value = match v {
-                    Value::Object(f) if f.len() == 1 => f.get("value").and_then(Value::as_str),
-                    _ => None,
-                };
-                let Some(value) = value else {
+        for (key, value, allowed) in [
+            (
+                "miniprogram_state",
+                &self.miniprogram_state,
+                &["developer", "trial", "formal"][..],
+            ),
+            (
+                "lang",
+                &self.lang,
+                &["zh_CN", "en_US", "zh_HK", "zh_TW"][..],
+            ),
+        ] {
+            match value {
+                None => {}
+                Some(Json::Str(v)) if allowed.contains(&v.as_ref()) => {}
+                Some(_) => {
                     return Err(InvalidJob::new(
-                        "bad_data",
-                        format!(
-                            "data.{} must be {{\"value\": \"...\"}} with a string value",
-                            truncate(k, 32)
-                        ),
-                    ));
-                };
-                if let Some(why) = value_limit(k, value) {
-                    return Err(InvalidJob::new(
-                        "bad_value",
-                        format!("data.{}: {why}", truncate(k, 32)),
+                        "bad_field",
+                        format!("{key} must be one of {}", allowed.join(", ")),
                     ));
                 }
             }
-            Ok(())
         }
-        None | Some(Value::Null) => Err(InvalidJob::new("missing_data", "data is required")),
-        Some(_) => Err(InvalidJob::new("bad_field", "data must be an object")),
+        match &self.data {
+            Some(Json::Object(data)) => {
+                for (k, v) in data {
+                    let value = match v {
+                        Json::Object(f) if f.len() == 1 => f.get("value").and_then(Json::as_str),
+                        _ => None,
+                    };
+                    let Some(value) = value else {
+                        return Err(InvalidJob::new(
+                            "bad_data",
+                            format!(
+                                "data.{} must be {{\"value\": \"...\"}} with a string value",
+                                truncate(k, 32)
+                            ),
+                        ));
+                    };
+                    if let Some(why) = value_limit(k, value) {
+                        return Err(InvalidJob::new(
+                            "bad_value",
+                            format!("data.{}: {why}", truncate(k, 32)),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            None | Some(Json::Null) => Err(InvalidJob::new("missing_data", "data is required")),
+            Some(_) => Err(InvalidJob::new("bad_field", "data must be an object")),
+        }
     }
 }
 
@@ -583,13 +627,13 @@ pub fn value_limit(key: &str, value: &str) -> Option<String> {
     (n > *max).then(|| format!("{n} characters, a {kind} takes at most {max}"))
 }
 
-fn check_type(
-    obj: &Map<String, Value>,
+fn check_type<'a>(
     key: &str,
-    ok: impl Fn(&Value) -> bool,
+    value: &Option<Json<'a>>,
+    ok: impl Fn(&Json<'a>) -> bool,
     what: &str,
 ) -> Result<(), InvalidJob> {
-    match obj.get(key) {
+    match value {
         Some(v) if !v.is_null() && !ok(v) => Err(InvalidJob::new(
             "bad_field",
             format!("{key} must be {what}"),
@@ -609,6 +653,7 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::collections::BTreeMap;
 
     /// The sample body from the source document, verbatim (WeChat's send JSON, no id).

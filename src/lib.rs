@@ -13,7 +13,7 @@
 //! The product:
 //! - [`config`]: the flat TOML file and `WXD_*` keys, validated once into grouped settings
 //!   (`amqp`, `wechat`, `limits`, `retry`, `callback`) and, apart from them, the credentials.
-//! - [`job`] and `outcome`: the message schemas of the contract.
+//! - [`job`] and [`outcome`]: the message schemas of the contract.
 //! - [`wechat`]: the HTTP client, the token cache, the error-code policy table and the template
 //!   catalogue.
 //! - [`policy`]: the retry state a job carries, the budget and backoff rules, defer reasons.
@@ -50,7 +50,7 @@ pub mod job;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;
-pub(crate) mod outcome;
+pub mod outcome;
 pub mod policy;
 pub mod publish;
 pub mod receipts;

@@ -129,13 +129,16 @@ impl Outcome {
             Kind::Receipt => "receipt",
             Kind::Consent => "consent",
         };
+        let mut key = String::with_capacity(kind.len() + 1 + self.status.len());
+        key.push_str(kind);
+        key.push('.');
         // Statuses kept verbatim from WeChat may contain spaces or dots; keep the key a word.
-        let status: String = self
-            .status
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        format!("{kind}.{status}")
+        key.extend(
+            self.status
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
+        key
     }
 
     /// The AMQP `message_id` of the outcome: the same for every copy of one job's (one
@@ -147,33 +150,44 @@ impl Outcome {
     /// consents (the event time, because one user may accept, reject and accept again);
     /// a missing part is `-`.
     pub fn message_id(&self) -> String {
-        let part = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        // Joined from borrowed parts: one allocation, once per published outcome.
+        fn part(v: &Option<String>) -> &str {
+            v.as_deref().unwrap_or("-")
+        }
         match self.kind {
-            Kind::Send => format!(
-                "send:{}:{}:{}",
+            Kind::Send => [
+                "send",
                 part(&self.appid),
                 part(&self.id),
-                part(&self.touser)
-            ),
-            Kind::Receipt => format!(
-                "receipt:{}:{}:{}:{}",
-                part(&self.appid),
-                self.msgid.map_or_else(|| "-".into(), |m| m.to_string()),
                 part(&self.touser),
-                self.status
-            ),
+            ]
+            .join(":"),
+            Kind::Receipt => {
+                let msgid = self.msgid.map_or_else(|| "-".into(), |m| m.to_string());
+                [
+                    "receipt",
+                    part(&self.appid),
+                    &msgid,
+                    part(&self.touser),
+                    &self.status,
+                ]
+                .join(":")
+            }
             Kind::Consent => {
                 let sub = self.subscription.as_deref();
-                format!(
-                    "consent:{}:{}:{}:{}:{}:{}",
+                let event_time = sub
+                    .and_then(|s| s.event_time)
+                    .map_or_else(|| "-".into(), |t| t.to_string());
+                [
+                    "consent",
                     part(&self.appid),
                     part(&self.touser),
                     sub.map_or("-", |s| s.template_id.as_str()),
-                    sub.and_then(|s| s.event_time)
-                        .map_or_else(|| "-".into(), |t| t.to_string()),
-                    part(&sub.and_then(|s| s.source.clone())),
-                    self.status
-                )
+                    &event_time,
+                    sub.and_then(|s| s.source.as_deref()).unwrap_or("-"),
+                    &self.status,
+                ]
+                .join(":")
             }
         }
     }

@@ -3,7 +3,7 @@
 
 pub(crate) mod acks;
 pub mod headers;
-pub(crate) mod publisher;
+pub mod publisher;
 pub mod topology;
 
 use std::time::Duration;

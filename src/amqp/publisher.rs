@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use crate::amqp::headers;
@@ -38,6 +38,20 @@ pub struct Publisher {
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The AMQP properties of an outcome's message: persistent JSON, the job id as
+/// `correlation_id`, and the [`Outcome::message_id`] consumers deduplicate by.
+pub fn outcome_properties(outcome: &Outcome) -> BasicProperties {
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_timestamp(outcome.finished_at.timestamp() as u64)
+        .with_message_id(outcome.message_id().into());
+    match &outcome.id {
+        Some(id) => props.with_correlation_id(id.as_str().into()),
+        None => props,
+    }
+}
+
 impl Publisher {
     /// Opens a confirm-mode channel on `conn`.
     pub async fn new(conn: &Connection, config: &Config) -> lapin::Result<Publisher> {
@@ -66,11 +80,23 @@ impl Publisher {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), PublishError> {
+        self.publish_to(exchange.into(), routing_key.into(), body, props)
+            .await
+    }
+
+    /// [`Publisher::publish`] with the names already owned, as lapin takes them.
+    async fn publish_to(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
         let confirm = self
             .channel
             .basic_publish(
-                exchange.into(),
-                routing_key.into(),
+                exchange,
+                routing_key,
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -92,20 +118,11 @@ impl Publisher {
 
     /// Publishes an outcome to the outcome exchange with routing key `<kind>.<status>`.
     pub async fn outcome(&self, outcome: &Outcome) -> Result<(), PublishError> {
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_timestamp(outcome.finished_at.timestamp() as u64)
-            .with_message_id(outcome.message_id().into());
-        let props = match &outcome.id {
-            Some(id) => props.with_correlation_id(id.as_str().into()),
-            None => props,
-        };
-        self.publish(
-            &self.exchange,
-            &outcome.routing_key(),
+        self.publish_to(
+            self.exchange.as_str().into(),
+            outcome.routing_key().into(),
             &outcome.to_json(),
-            props,
+            outcome_properties(outcome),
         )
         .await
     }

@@ -4,8 +4,11 @@
 //! whatever the header says. Transport failures are classified by whether the message may have
 //! reached WeChat: a refused connection certainly did not, a timeout or a 5xx may have.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 
 use crate::config::{Secret, TokenMode};
@@ -78,10 +81,24 @@ pub struct WechatClient {
     http: reqwest::Client,
     base: String,
     /// The send endpoints, one per [`MsgType`] in [`MsgType::ALL`] order, parsed once: parsing
-    /// the whole URL (host, IDNA) for every message was 4 % of the worker's CPU. Each send only
-    /// sets the query.
+    /// the whole URL (host, IDNA) for every message was 4 % of the worker's CPU.
     send_urls: [reqwest::Url; 3],
+    /// The send endpoints with an access token in their query, for the latest tokens (newest
+    /// first): writing a token of about 140 characters into the query (`Url::set_query`
+    /// checks and copies every character) for every message cost more instructions than the
+    /// rest of the request building. A token lives for hours, so each is built once.
+    token_urls: Arc<Mutex<VecDeque<TokenUrls>>>,
 }
+
+/// The send endpoints with one access token in their query.
+struct TokenUrls {
+    token: Secret,
+    urls: [reqwest::Url; 3],
+}
+
+/// How many tokens' endpoints are kept: more than the accounts a worker usually serves, each
+/// with its current token and the previous one while it is replaced.
+const TOKEN_URLS: usize = 32;
 
 /// The path of each message type's send endpoint.
 pub const fn send_path(t: MsgType) -> &'static str {
@@ -120,7 +137,30 @@ impl WechatClient {
             http,
             base,
             send_urls,
+            token_urls: Arc::default(),
         }
+    }
+
+    /// The send endpoint of type `t` with `token` in its query.
+    fn send_url(&self, t: MsgType, token: &Secret) -> reqwest::Url {
+        let mut cache = self
+            .token_urls
+            .lock()
+            .expect("the URL cache lock is never poisoned");
+        if let Some(known) = cache.iter().find(|k| k.token == *token) {
+            return known.urls[t as usize].clone();
+        }
+        let urls = self.send_urls.clone().map(|mut url| {
+            url.set_query(Some(&format!("access_token={}", token.expose())));
+            url
+        });
+        let url = urls[t as usize].clone();
+        cache.truncate(TOKEN_URLS - 1);
+        cache.push_front(TokenUrls {
+            token: token.clone(),
+            urls,
+        });
+        url
     }
 
     /// `POST /cgi-bin/message/template/send` with a pre-serialized body.
@@ -140,12 +180,10 @@ impl WechatClient {
         token: &Secret,
         body: bytes::Bytes,
     ) -> Result<ApiReply, SendError> {
-        let mut url = self.send_urls[t as usize].clone();
-        url.set_query(Some(&format!("access_token={}", token.expose())));
         let req = self
             .http
-            .post(url)
-            .header("content-type", "application/json")
+            .post(self.send_url(t, token))
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
         let reply: SendReply = self.execute(req).await?;
         // WeChat always answers a send with an errcode. A 200 without one (an HTML page from a
@@ -308,6 +346,36 @@ mod tests {
             serde_json::from_str(r#"{"access_token":"T","expires_in":7200}"#).unwrap();
         assert_eq!(r.errcode, 0);
         assert_eq!(r.access_token.as_deref(), Some("T"));
+    }
+
+    /// The cached endpoints are the ones built per message before the cache: each token gets
+    /// its own, also after more tokens than the cache holds.
+    #[test]
+    fn send_urls_carry_their_token() {
+        let client = WechatClient::new("http://wx.example/", Duration::from_secs(1));
+        let built = |t: MsgType, token: &str| {
+            let mut url = reqwest::Url::parse("http://wx.example").unwrap();
+            url.set_path(send_path(t));
+            url.set_query(Some(&format!("access_token={token}")));
+            url
+        };
+        let odd = "a/b+c d%e&f";
+        for round in 0..2 {
+            for t in MsgType::ALL {
+                assert_eq!(
+                    client.send_url(t, &Secret::new(odd)),
+                    built(t, odd),
+                    "{round}"
+                );
+            }
+        }
+        for i in 0..2 * TOKEN_URLS {
+            let token = format!("T{i}");
+            let url = client.send_url(MsgType::Subscribe, &Secret::new(token.as_str()));
+            assert_eq!(url, built(MsgType::Subscribe, &token));
+        }
+        let url = client.send_url(MsgType::Template, &Secret::new(odd));
+        assert_eq!(url, built(MsgType::Template, odd), "an evicted token again");
     }
 
     #[test]

@@ -1,0 +1,317 @@
+//! Reading a job body into its members, without a `serde_json::Value` tree.
+//!
+//! The members the parser acts on get a field of [`Fields`] each; what it passes on to WeChat
+//! without looking inside (`data`'s entries, fields it does not know) stays a [`Json`], a value
+//! borrowed from the body. Every member is kept as written, whatever its type: a wrong type is
+//! an invalid job with its own reason, decided by the checks in [`super`], never a parse error.
+//!
+//! Objects are `BTreeMap`s, as in serde_json's `Value` (sorted keys, the last of repeated keys
+//! wins), and [`Fields::write`] writes the members in key order: the body WeChat gets is byte
+//! for byte the one a `Value` would have written, which the catalogue check relies on.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, Serializer};
+use serde_json::Number;
+
+/// A JSON value whose strings point into the job body (unless they hold escapes).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    Str(Cow<'a, str>),
+    Array(Vec<Json<'a>>),
+    Object(BTreeMap<Cow<'a, str>, Json<'a>>),
+}
+
+impl<'a> Json<'a> {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_string(&self) -> bool {
+        matches!(self, Json::Str(_))
+    }
+
+    pub fn is_object(&self) -> bool {
+        matches!(self, Json::Object(_))
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Json::Null)
+    }
+}
+
+/// A job body: an object read into its members, or any other JSON value (not a job).
+pub enum Body<'a> {
+    Object(Box<Fields<'a>>),
+    NotObject,
+}
+
+/// The members of a job object, each as written. `None` is an absent member, `Some(Null)` an
+/// explicit `null`: some checks tell them apart.
+#[derive(Debug, Default)]
+pub struct Fields<'a> {
+    pub id: Option<Json<'a>>,
+    pub appid: Option<Json<'a>>,
+    /// The `type` member.
+    pub msg_type: Option<Json<'a>>,
+    pub not_after: Option<Json<'a>>,
+    pub touser: Option<Json<'a>>,
+    pub client_msg_id: Option<Json<'a>>,
+    pub template_id: Option<Json<'a>>,
+    pub data: Option<Json<'a>>,
+    pub url: Option<Json<'a>>,
+    pub topcolor: Option<Json<'a>>,
+    pub miniprogram: Option<Json<'a>>,
+    pub page: Option<Json<'a>>,
+    pub miniprogram_state: Option<Json<'a>>,
+    pub lang: Option<Json<'a>>,
+    /// Members the parser does not know, passed on to WeChat as they came.
+    pub others: BTreeMap<Cow<'a, str>, Json<'a>>,
+}
+
+impl<'a> Fields<'a> {
+    /// The members that go to WeChat as they came (not `id`, `appid`, `type`, `not_after`,
+    /// `touser` and `client_msg_id`, which the parser rewrites), with their names.
+    pub fn passed(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
+        [
+            ("data", &self.data),
+            ("lang", &self.lang),
+            ("miniprogram", &self.miniprogram),
+            ("miniprogram_state", &self.miniprogram_state),
+            ("page", &self.page),
+            ("template_id", &self.template_id),
+            ("topcolor", &self.topcolor),
+            ("url", &self.url),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_ref()?)))
+        .chain(self.others.iter().map(|(k, v)| (k.as_ref(), v)))
+    }
+
+    /// The passed members plus `set` (members the parser writes itself, none of them passed),
+    /// as one compact JSON object with its keys in order.
+    pub fn write(&self, set: &[(&str, &str)], capacity: usize) -> Vec<u8> {
+        let mut members: Vec<(&str, Member)> = Vec::with_capacity(16 + self.others.len());
+        members.extend(self.passed().map(|(k, v)| (k, Member::Json(v))));
+        members.extend(set.iter().map(|&(k, v)| (k, Member::Str(v))));
+        members.sort_unstable_by_key(|&(k, _)| k);
+        let mut out = Vec::with_capacity(capacity);
+        serde_json::to_writer(&mut out, &Object(&members)).expect("a JSON object serializes");
+        out
+    }
+}
+
+/// One member's value in [`Fields::write`].
+enum Member<'m, 'a> {
+    Json(&'m Json<'a>),
+    Str(&'m str),
+}
+
+struct Object<'m, 'a>(&'m [(&'m str, Member<'m, 'a>)]);
+
+impl Serialize for Object<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl Serialize for Member<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Member::Json(v) => v.serialize(s),
+            Member::Str(v) => s.serialize_str(v),
+        }
+    }
+}
+
+impl Serialize for Json<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Null => s.serialize_unit(),
+            Json::Bool(b) => s.serialize_bool(*b),
+            Json::Number(n) => n.serialize(s),
+            Json::Str(v) => s.serialize_str(v),
+            Json::Array(items) => s.collect_seq(items),
+            Json::Object(members) => s.collect_map(members),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor)
+    }
+}
+
+/// Builds a [`Json`] the way serde_json builds a `Value`, so the same input gives the same
+/// value (and the same errors: they all come from the deserializer).
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Json<'de>, E> {
+        Ok(Json::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Json<'de>, E> {
+        Ok(Number::from_f64(v).map_or(Json::Null, Json::Number))
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Owned(v)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let mut members = BTreeMap::new();
+        while let Some((Key(k), v)) = map.next_entry()? {
+            members.insert(k, v);
+        }
+        Ok(Json::Object(members))
+    }
+}
+
+/// An object key, borrowed from the body unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Body<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BodyVisitor)
+    }
+}
+
+/// Reads an object into [`Fields`]; any other value is read whole (it must still be valid
+/// JSON) and is [`Body::NotObject`].
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Body<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body<'de>, A::Error> {
+        let mut f = Box::<Fields>::default();
+        while let Some(Key(key)) = map.next_key()? {
+            let slot = match key.as_ref() {
+                "id" => &mut f.id,
+                "appid" => &mut f.appid,
+                "type" => &mut f.msg_type,
+                "not_after" => &mut f.not_after,
+                "touser" => &mut f.touser,
+                "client_msg_id" => &mut f.client_msg_id,
+                "template_id" => &mut f.template_id,
+                "data" => &mut f.data,
+                "url" => &mut f.url,
+                "topcolor" => &mut f.topcolor,
+                "miniprogram" => &mut f.miniprogram,
+                "page" => &mut f.page,
+                "miniprogram_state" => &mut f.miniprogram_state,
+                "lang" => &mut f.lang,
+                _ => {
+                    let v = map.next_value()?;
+                    f.others.insert(key, v);
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
+        }
+        Ok(Body::Object(f))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Body<'de>, A::Error> {
+        JsonVisitor.visit_seq(seq).map(|_| Body::NotObject)
+    }
+
+    fn visit_unit<E>(self) -> Result<Body<'de>, E> {
+        Ok(Body::NotObject)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Body<'de>, E> {
+        Ok(Body::NotObject)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Body<'de>, E> {
+        Ok(Body::NotObject)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Body<'de>, E> {
+        Ok(Body::NotObject)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Body<'de>, E> {
+        Ok(Body::NotObject)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Body<'de>, E> {
+        Ok(Body::NotObject)
+    }
+}
