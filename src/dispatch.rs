@@ -107,7 +107,12 @@ impl Dispatcher {
     /// Builds every account's gate, token source and stop state. Fails when an account has no
     /// AppSecret, i.e. the configuration was loaded without its credentials.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Dispatcher, ConfigError> {
-        let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout);
+        // One connection per send in flight, and a few for the token and catalogue calls.
+        let client = WechatClient::with_connections(
+            &config.wechat.api_base,
+            config.wechat.http_timeout,
+            config.limits.concurrency + 8,
+        );
         let shared = config
             .limits
             .redis_url

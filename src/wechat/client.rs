@@ -110,11 +110,20 @@ pub const fn send_path(t: MsgType) -> &'static str {
 }
 
 impl WechatClient {
+    /// A client that keeps up to 512 idle connections (tools and tests).
     pub fn new(base: &str, timeout: Duration) -> WechatClient {
+        WechatClient::with_connections(base, timeout, 512)
+    }
+
+    /// A client that keeps up to `connections` idle connections to WeChat. HTTP/1.1 carries one
+    /// request per connection at a time, so the worker needs as many as it has sends in flight:
+    /// with fewer, every send past the cap closes its connection after the reply and the next
+    /// one opens (and, over TLS, handshakes) a new one, which at 1,000 in flight is most of them.
+    pub fn with_connections(base: &str, timeout: Duration, connections: usize) -> WechatClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .pool_max_idle_per_host(512)
+            .pool_max_idle_per_host(connections)
             .tcp_nodelay(true)
             // WeChat's API never redirects, and a redirect would carry the access token in the
             // query to wherever it points; an unexpected 3xx comes back as an HTTP status and
