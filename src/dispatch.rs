@@ -22,7 +22,7 @@ use crate::job::{Job, MsgType};
 use crate::limiter::{AccountGate, AccountStops, Admission, Reservation};
 use crate::metrics::{AccountMetrics, Metrics};
 use crate::outcome::{Outcome, SendStatus};
-pub use crate::policy::{DeferReason, Next, RetryPolicy, RetryState};
+pub use crate::policy::{DeferReason, EndReason, Next, RetryPolicy, RetryState};
 use crate::wechat::catalogue::{self, Mismatch, Source};
 use crate::wechat::errcode::{self, Action};
 use crate::wechat::token::Token;
@@ -186,7 +186,7 @@ impl Dispatcher {
         let Some(acct) = self.accounts.get(&job.appid) else {
             // The parser only lets configured accounts through; this is a bug, not bad input.
             let mut o = self.outcome(job, SendStatus::Rejected, &state);
-            o.reason = Some("unknown_account".into());
+            o.reason = Some(EndReason::UnknownAccount.as_str().into());
             return Disposition::Final(o);
         };
         loop {
@@ -194,7 +194,7 @@ impl Dispatcher {
                 && Utc::now() > deadline
             {
                 let mut o = self.outcome(job, SendStatus::Expired, &state);
-                o.reason = Some("not_after_passed".into());
+                o.reason = Some(EndReason::NotAfterPassed.as_str().into());
                 return Disposition::Final(o);
             }
             // A job back from a delay queue (or redelivered) may have waited past the window.
@@ -247,7 +247,7 @@ impl Dispatcher {
              a second message. Check with the recipient before resending it."
         );
         let mut o = self.outcome(job, SendStatus::Failed, state);
-        o.reason = Some("unknown_delivery".into());
+        o.reason = Some(EndReason::UnknownDelivery.as_str().into());
         o.errmsg = last.map(|l| format!("last error: {l}"));
         o
     }
@@ -352,7 +352,7 @@ impl Dispatcher {
             TokenError::Unavailable { retry_in, .. } => {
                 state.attempts += 1;
                 Try::Again {
-                    reason: "token_unavailable".into(),
+                    reason: EndReason::TokenUnavailable.as_str().into(),
                     wait: retry_in.max(self.policy.delay(state.attempts - 1)),
                     took,
                 }
@@ -392,7 +392,7 @@ impl Dispatcher {
                 state,
                 SendStatus::Failed,
                 None,
-                "maybe_sent".into(),
+                EndReason::MaybeSent.as_str().into(),
             )));
         }
         if e.maybe_sent() && state.maybe_sent_ms.is_none() {

@@ -57,6 +57,56 @@ impl std::fmt::Display for DeferReason {
     }
 }
 
+/// The reasons a job ends with that are neither a WeChat errcode (those are the errcode table's
+/// `reason` words) nor a transport label (`timeout`, `http_502`, ...): the policy's own. They
+/// travel in outcomes as [`EndReason::as_str`]; docs/ERROR_POLICY.md lists each one (unit
+/// test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// The job names an appid this worker has no account for (`rejected`).
+    UnknownAccount,
+    /// Its `not_after` passed before it could be sent (`expired`).
+    NotAfterPassed,
+    /// An earlier attempt may have been delivered and a retry could no longer be deduplicated
+    /// by WeChat (`failed`): the upstream must check before resending.
+    UnknownDelivery,
+    /// A subscription send may have been delivered; its endpoint takes no `client_msg_id`, so
+    /// it is never retried (`failed`).
+    MaybeSent,
+    /// No access token could be fetched within the retry budget (`failed`).
+    TokenUnavailable,
+    /// The job made the handler panic on its last allowed delivery (`failed`, dead-lettered).
+    Poison,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 6] = [
+        EndReason::UnknownAccount,
+        EndReason::NotAfterPassed,
+        EndReason::UnknownDelivery,
+        EndReason::MaybeSent,
+        EndReason::TokenUnavailable,
+        EndReason::Poison,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EndReason::UnknownAccount => "unknown_account",
+            EndReason::NotAfterPassed => "not_after_passed",
+            EndReason::UnknownDelivery => "unknown_delivery",
+            EndReason::MaybeSent => "maybe_sent",
+            EndReason::TokenUnavailable => "token_unavailable",
+            EndReason::Poison => "poison",
+        }
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// WeChat deduplicates `(openid, client_msg_id)` for 10 minutes; keep a safety margin.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(9 * 60 + 30);
 
@@ -180,6 +230,12 @@ mod tests {
             assert!(
                 doc.contains(&format!("`{}`", r.as_str())),
                 "docs/ERROR_POLICY.md does not list the defer reason `{r}`"
+            );
+        }
+        for r in EndReason::ALL {
+            assert!(
+                doc.contains(&format!("`{}`", r.as_str())),
+                "docs/ERROR_POLICY.md does not list the end reason `{r}`"
             );
         }
     }

@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::amqp::{self, Acks, PublishError, Publisher, headers, topology};
 use crate::config::{Config, ConfigError};
-use crate::dispatch::{Dispatcher, Disposition};
+use crate::dispatch::{Dispatcher, Disposition, EndReason};
 use crate::job::{self, Parsed};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, SendStatus};
@@ -398,7 +398,7 @@ async fn bury_poison(ctx: &Ctx, io: &Io, delivery: &Delivery, panic: &str) -> bo
         .with_label_values(&["poison"])
         .inc();
     let mut o = Outcome::send(SendStatus::Failed, known.0, known.1, known.2);
-    o.reason = Some("poison".into());
+    o.reason = Some(EndReason::Poison.as_str().into());
     o.errmsg = Some(detail);
     publish_final(ctx, io, delivery, &o).await.is_ok()
 }
