@@ -23,7 +23,9 @@ pub enum PublishError {
     Returned,
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("no confirm within {0:?}")]
+    /// The channel closed while the confirm was awaited (a closed channel usually fails the
+    /// confirm itself; this covers one that does not).
+    #[error("no confirm after {0:?}, and the channel is closed")]
     Timeout(Duration),
 }
 
@@ -36,7 +38,8 @@ pub struct Publisher {
     config: Config,
 }
 
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a confirm is awaited before the channel is checked and the wait is logged.
+const CONFIRM_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The AMQP properties of an outcome's message: persistent JSON, the job id as
 /// `correlation_id`, and the [`Outcome::message_id`] consumers deduplicate by.
@@ -105,9 +108,28 @@ impl Publisher {
                 props,
             )
             .await?;
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-            .await
-            .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
+        // A confirm can take long without anything being wrong with this job: a broker under a
+        // resource alarm reads nothing from us, a quorum queue without quorum commits nothing.
+        // Giving up would hand the job back (and it would be sent again) while this very
+        // message may still be confirmed, so wait as long as the channel is open, and say so.
+        let mut confirm = std::pin::pin!(confirm);
+        let mut waited = Duration::ZERO;
+        let confirmation = loop {
+            match tokio::time::timeout(CONFIRM_PATIENCE, &mut confirm).await {
+                Ok(confirmation) => break confirmation?,
+                Err(_) => {
+                    waited += CONFIRM_PATIENCE;
+                    if !self.channel.status().connected() {
+                        return Err(PublishError::Timeout(waited));
+                    }
+                    tracing::warn!(
+                        waited_secs = waited.as_secs(),
+                        "no publisher confirm yet (a resource alarm, or a quorum queue without \
+                         quorum?); still waiting, the job stays unacked"
+                    );
+                }
+            }
+        };
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::Returned),

@@ -549,3 +549,49 @@ async fn serial_a_memory_alarm_pauses_the_worker_without_losing_jobs() {
     report("memory_alarm", &h, n + 10, &out, &[("sent", n + 10)]);
     h.cleanup().await;
 }
+
+/// A broker that holds its publisher confirms for longer than 30 s (a memory alarm here; a
+/// quorum queue without quorum does the same) must not make the worker give the jobs in flight
+/// back: each would come back after the alarm and be sent to WeChat a second time, and its
+/// first outcome, confirmed late, would be followed by another. The worker keeps waiting for
+/// the confirm while its connection is alive, and each job is sent once. Serial: the alarm
+/// blocks every publisher on the broker, for 40 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_confirms_held_past_thirty_seconds_resend_nothing() {
+    let h = Harness::start(Opts {
+        behaviour: Behaviour {
+            latency_ms: 300,
+            ..Default::default()
+        },
+        env: &[("WXD_CONCURRENCY", "4"), ("WXD_PREFETCH", "8")],
+        ..Default::default()
+    })
+    .await;
+    h.publish_many(&jobs("held-warmup", 4)).await;
+    let mut out = h.outcomes(4, Duration::from_secs(15)).await;
+    let n = 40;
+    h.publish_many(&jobs("held", n)).await;
+    // Let the first sends start, so their outcomes are published into the alarm.
+    while h.mock.state.stats().messages < 6 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let guard = MemoryAlarm::raise();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    drop(guard);
+    out.extend(h.outcomes(n + 4 - out.len(), Duration::from_secs(60)).await);
+    // Redeliveries would arrive after the last first outcome: give them time to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    report("confirms_held", &h, n + 4, &out, &[("sent", n + 4)]);
+    let stats = h.mock.state.stats();
+    assert_eq!(
+        stats.duplicates_suppressed, 0,
+        "a job was sent to WeChat again after its confirm was held"
+    );
+    assert_eq!(
+        h.duplicate_outcomes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a job got a second outcome"
+    );
+    h.cleanup().await;
+}
