@@ -1325,18 +1325,12 @@ mod tests {
 
     #[test]
     fn without_credentials_no_secret_is_read_and_the_accounts_are_kept() {
-        let toml = r#"
-            [[accounts]]
-            appid = "wxa0000000000001"
-            secret_file = "/nonexistent/secret"
-            [[accounts]]
-            appid = "wxb0000000000002"
-            secret_env = "UNSET_VARIABLE"
-        "#;
-        let e = BTreeMap::from([
-            ("WXD_APPID".to_string(), "wxc0000000000003".to_string()),
-            ("WXD_JOBS_QUEUE".to_string(), "q".to_string()),
-        ]);
+        // Secret sources that would fail if they were read (the accounts as inline tables).
+        let toml = r#"accounts = [
+            { appid = "wxa0000000000001", secret_file = "/nonexistent/secret" },
+            { appid = "wxb0000000000002", secret_env = "UNSET_VARIABLE" },
+        ]"#;
+        let e = env(&[("WXD_APPID", "wxc0000000000003"), ("WXD_JOBS_QUEUE", "q")]);
         let c = Config::without_credentials(Some(toml), &e).unwrap();
         let ids: Vec<&str> = c.accounts.iter().map(|a| a.appid.as_str()).collect();
         assert_eq!(
@@ -1350,7 +1344,6 @@ mod tests {
         );
         assert_eq!(c.amqp.jobs_queue, "q");
         // Unknown keys are still refused, like the worker does.
-        let typo = BTreeMap::from([("WXD_JOBS_QUEUEE".to_string(), "q".to_string())]);
-        assert!(Config::without_credentials(None, &typo).is_err());
+        assert!(Config::without_credentials(None, &env(&[("WXD_JOBS_QUEUEE", "q")])).is_err());
     }
 }
