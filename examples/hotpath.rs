@@ -40,18 +40,7 @@ fn main() {
         .collect();
     let config = Config::from_sources(None, &env).expect("a valid configuration");
     // The bench's job body (`wxdispatch bench`, the contract's sample with two data fields).
-    let body = serde_json::to_vec(&serde_json::json!({
-        "id": "r1764614400-12345",
-        "touser": "or1764614400user12345",
-        "template_id": "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY",
-        "url": "http://weixin.qq.com/download",
-        "topcolor": "#FF0000",
-        "data": {
-            "User": {"value": "黄先生", "color": "#173177"},
-            "Money": {"value": "人民币260.00元", "color": "#173177"}
-        }
-    }))
-    .expect("static JSON");
+    let body = wxdispatch::tools::sample::job("r1764614400-12345", "or1764614400user12345");
     let Ok(Parsed::Single(job)) = job::parse(&body, None, &config) else {
         panic!("the bench's job parses as a single job");
     };

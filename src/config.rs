@@ -481,38 +481,10 @@ impl Config {
             });
         }
         for (i, a) in raw.accounts.into_iter().enumerate() {
-            let key = format!("accounts[{i}] ({})", a.appid);
-            if !required {
-                accounts.push(Account {
-                    appid: a.appid,
-                    rate_per_sec: a.rate_per_sec.unwrap_or(default_rate),
-                    daily_quota: a.daily_quota,
-                    original_id: a.original_id,
-                });
-                continue;
+            if required {
+                let secret = account_secret(&a, &format!("accounts[{i}] ({})", a.appid), env)?;
+                credentials.set_app_secret(&a.appid, secret);
             }
-            let secret = match (&a.secret_env, &a.secret_file) {
-                (Some(var), None) => env
-                    .var(var)
-                    .map(Secret::new)
-                    .ok_or_else(|| err(format!("{key}.secret_env: variable {var} is not set")))?,
-                (None, Some(path)) => read_secret_file(path, &format!("{key}.secret_file"))?,
-                (None, None) => {
-                    // Convention: WXD_SECRET_<APPID>, so a Kubernetes Secret can hold them all.
-                    let var = format!("WXD_SECRET_{}", a.appid.to_ascii_uppercase());
-                    secret_from_env(env, &var)?.ok_or_else(|| {
-                        err(format!(
-                            "{key}: no secret; set secret_env, secret_file or {var}"
-                        ))
-                    })?
-                }
-                (Some(_), Some(_)) => {
-                    return Err(err(format!(
-                        "{key}: set secret_env or secret_file, not both"
-                    )));
-                }
-            };
-            credentials.set_app_secret(&a.appid, secret);
             accounts.push(Account {
                 appid: a.appid,
                 rate_per_sec: a.rate_per_sec.unwrap_or(default_rate),
@@ -917,6 +889,30 @@ pub fn redact_url(urls: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The AppSecret of an `[[accounts]]` entry (`key` names the entry in errors): from its
+/// `secret_env`, its `secret_file`, or else `WXD_SECRET_<APPID>`.
+fn account_secret(a: &RawAccount, key: &str, env: &dyn Env) -> Result<Secret, ConfigError> {
+    match (&a.secret_env, &a.secret_file) {
+        (Some(var), None) => env
+            .var(var)
+            .map(Secret::new)
+            .ok_or_else(|| err(format!("{key}.secret_env: variable {var} is not set"))),
+        (None, Some(path)) => read_secret_file(path, &format!("{key}.secret_file")),
+        (None, None) => {
+            // Convention: WXD_SECRET_<APPID>, so a Kubernetes Secret can hold them all.
+            let var = format!("WXD_SECRET_{}", a.appid.to_ascii_uppercase());
+            secret_from_env(env, &var)?.ok_or_else(|| {
+                err(format!(
+                    "{key}: no secret; set secret_env, secret_file or {var}"
+                ))
+            })
+        }
+        (Some(_), Some(_)) => Err(err(format!(
+            "{key}: set secret_env or secret_file, not both"
+        ))),
+    }
 }
 
 /// A secret from `NAME` or from the file named by `NAME_FILE`.

@@ -80,14 +80,6 @@ pub struct Dispatcher {
     stop_probe: Duration,
 }
 
-/// What the account's admission gave a try: the quota gate of its type and its place in
-/// that day's count, released unless the send succeeds.
-struct Admitted<'a> {
-    quota: &'a AccountGate,
-    probe: bool,
-    reservation: Reservation<'a>,
-}
-
 /// What one try produced.
 enum Try {
     Done(Disposition),
@@ -256,8 +248,8 @@ impl Dispatcher {
     /// token, the catalogue check, the request, then what its answer means. Each step may end
     /// the try; an attempt is counted only once a send's result is known.
     async fn try_once(&self, job: &Job, acct: &AccountCtx, state: &mut RetryState) -> Try {
-        let admitted = match self.admit(job, acct, state).await {
-            Ok(a) => a,
+        let reservation = match self.admit(job, acct, state).await {
+            Ok(r) => r,
             Err(end) => return end,
         };
         let fetching = Instant::now();
@@ -280,7 +272,7 @@ impl Dispatcher {
         acct.metrics.send_duration.observe(took.as_secs_f64());
         match result {
             Ok(reply) => {
-                self.on_reply(job, acct, state, admitted, &token, reply, took)
+                self.on_reply(job, acct, state, reservation, &token, reply, took)
                     .await
             }
             Err(e) => self.on_send_error(job, state, e, took),
@@ -289,13 +281,14 @@ impl Dispatcher {
 
     /// The account's side of a try: not stopped, within its daily quota (or this is the
     /// quota's probe), and paced. A short wait for the account happens here, in place; a long
-    /// one defers the job. Neither is an attempt.
+    /// one defers the job. Neither is an attempt. The place taken in the day's count (on the
+    /// quota gate of the job's type) is released unless the send succeeds.
     async fn admit<'a>(
         &self,
         job: &Job,
         acct: &'a AccountCtx,
         state: &RetryState,
-    ) -> Result<Admitted<'a>, Try> {
+    ) -> Result<Reservation<'a>, Try> {
         let appid = job.appid.as_str();
         if let Some(hold) = acct.stops.send_hold(self.stop_probe) {
             return Err(Try::Done(self.defer(
@@ -335,11 +328,7 @@ impl Dispatcher {
                 *state,
             )));
         }
-        Ok(Admitted {
-            quota,
-            probe,
-            reservation,
-        })
+        Ok(reservation)
     }
 
     /// No token: a stopped account defers the job; an unavailable token endpoint is a failed
@@ -434,7 +423,7 @@ impl Dispatcher {
         job: &Job,
         acct: &AccountCtx,
         state: &mut RetryState,
-        admitted: Admitted<'_>,
+        reservation: Reservation<'_>,
         token: &Token,
         reply: ApiReply,
         took: Duration,
@@ -455,11 +444,7 @@ impl Dispatcher {
         ) {
             state.attempts += 1;
         }
-        let Admitted {
-            quota,
-            probe,
-            reservation,
-        } = admitted;
+        let quota = reservation.gate();
         let again = |state: &RetryState| Try::Again {
             reason: errcode::reason(code).into_owned(),
             wait: self.policy.delay(state.attempts - 1),
@@ -473,8 +458,7 @@ impl Dispatcher {
                         "a send for a stopped account succeeded; account resumed"
                     );
                 }
-                reservation.commit();
-                quota.on_sent(probe).await;
+                reservation.sent().await;
                 let mut o = self.outcome(job, SendStatus::Sent, state);
                 o.errcode = Some(0);
                 o.errmsg = Some(reply.errmsg);

@@ -34,7 +34,7 @@
 //! - `tools::demo`: `wxdispatch demo`, the whole pipeline once, with a summary.
 //! - `tools::bench`: `wxdispatch bench`, the end-to-end benchmark (orchestration, `/proc`
 //!   readings, the report) and its libraries-only floor worker (docs/BENCHMARKS.md).
-//! - `tools::sample`: the sample job the demo and the bench publish.
+//! - [`tools::sample`]: the sample job the demo, the bench and `examples/hotpath` use.
 //!
 //! [`cli`] names the subcommands and dispatches each to its module; `main.rs` only parses and
 //! exits. The modules without a link are private to the crate.

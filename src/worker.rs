@@ -523,22 +523,17 @@ async fn publish_final(
 ) -> Result<(), PublishError> {
     publish_outcome_waiting(ctx, io, o).await?;
     // Only configured appids become label values: an invalid job may name anything.
-    let handles = o
+    let account = o
         .appid
         .as_deref()
-        .and_then(|a| ctx.dispatcher.account_metrics(a));
-    match handles.and_then(|h| h.job(&o.status)) {
+        .and_then(|a| Some((a, ctx.dispatcher.account_metrics(a)?)));
+    match account.and_then(|(_, handles)| handles.job(&o.status)) {
         Some(counter) => counter.inc(),
-        None => {
-            let appid = match handles {
-                Some(_) => o.appid.as_deref().unwrap_or("unknown"),
-                None => "unknown",
-            };
-            ctx.metrics
-                .jobs_total
-                .with_label_values(&[appid, &o.status])
-                .inc()
-        }
+        None => ctx
+            .metrics
+            .jobs_total
+            .with_label_values(&[account.map_or("unknown", |(a, _)| a), &o.status])
+            .inc(),
     }
     io.acks.ack(delivery.delivery_tag);
     Ok(())

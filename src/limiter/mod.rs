@@ -425,10 +425,23 @@ pub struct Reservation<'a> {
     committed: bool,
 }
 
-impl Reservation<'_> {
+impl<'a> Reservation<'a> {
     /// The send succeeded: the place is now counted as sent (by [`AccountGate::on_sent`]).
     pub fn commit(mut self) {
         self.committed = true;
+    }
+
+    /// The send succeeded: commit the place and count the send, which resumes a paused
+    /// account when this was its probe.
+    pub async fn sent(self) {
+        let (gate, probe) = (self.gate, self.probe);
+        self.commit();
+        gate.on_sent(probe).await;
+    }
+
+    /// The gate the place was taken on (the quota gate of the job's message type).
+    pub fn gate(&self) -> &'a AccountGate {
+        self.gate
     }
 }
 

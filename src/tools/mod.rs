@@ -1,9 +1,10 @@
 //! Development and operations tools: the benchmark, the demo and the WeChat API simulator.
 //!
 //! They drive the product end to end, but they are not on its path: the worker never imports
-//! anything from here. The simulator is public because the integration tests run against it.
+//! anything from here. The simulator is public because the integration tests run against it,
+//! and the sample job because `examples/hotpath` measures the worker on it.
 
 pub(crate) mod bench;
 pub(crate) mod demo;
 pub mod mock;
-mod sample;
+pub mod sample;

@@ -2,7 +2,7 @@
 
 /// A realistic template send, like the contract's sample: the demo's good jobs and every
 /// benchmark job are this body with their own id and recipient.
-pub(crate) fn job(id: &str, touser: &str) -> Vec<u8> {
+pub fn job(id: &str, touser: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "id": id,
         "touser": touser,

@@ -191,14 +191,14 @@ impl Drop for Cluster {
     }
 }
 
-/// A consumer of `queue` on the node at `url`, one unacked delivery at a time, and its
+/// A consumer of `queue` on the node(s) at `url` with `prefetch` unacked deliveries, and its
 /// connection (kept alive by the caller).
-async fn consume_one_at_a_time(url: &str, queue: &str) -> (lapin::Connection, lapin::Consumer) {
-    let conn = wxdispatch::amqp::connect(url, "wxdispatch-test-probe")
+async fn consumer(url: &str, queue: &str, prefetch: u16) -> (lapin::Connection, lapin::Consumer) {
+    let conn = wxdispatch::amqp::connect(url, "wxdispatch-test-consumer")
         .await
-        .unwrap();
+        .expect("a live cluster node");
     let ch = conn.create_channel().await.unwrap();
-    ch.basic_qos(1, Default::default()).await.unwrap();
+    ch.basic_qos(prefetch, Default::default()).await.unwrap();
     let c = ch
         .basic_consume(
             queue.into(),
@@ -211,25 +211,17 @@ async fn consume_one_at_a_time(url: &str, queue: &str) -> (lapin::Connection, la
     (conn, c)
 }
 
+/// A consumer of `queue` on the node at `url`, one unacked delivery at a time.
+async fn consume_one_at_a_time(url: &str, queue: &str) -> (lapin::Connection, lapin::Consumer) {
+    consumer(url, queue, 1).await
+}
+
 /// Every outcome in `queue`, read over a fresh connection to any live node (the harness's own
 /// connection may have been on a killed node), until `want` distinct ones have come and the
 /// queue has been quiet for 3 s, so late repeats are counted too.
 async fn drain_outcomes(queue: &str, want: usize, timeout: Duration) -> Vec<Value> {
     use futures_util::StreamExt;
-    let conn = wxdispatch::amqp::connect(Cluster::URLS, "wxdispatch-test-drain")
-        .await
-        .expect("a live cluster node");
-    let ch = conn.create_channel().await.unwrap();
-    ch.basic_qos(1000, Default::default()).await.unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let (conn, mut consumer) = consumer(Cluster::URLS, queue, 1000).await;
     let mut out = Vec::new();
     let mut distinct = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + timeout;

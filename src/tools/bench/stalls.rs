@@ -45,17 +45,20 @@ pub fn find(
     let late: Vec<usize> = (0..outcome_ms.len())
         .filter(|&i| outcome_ms[i].is_some_and(|ms| ms > LATE_MS))
         .collect();
-    let mut runs: Vec<(usize, usize)> = Vec::new(); // first and last late job of each run
+    // The first and last late job of each run, and how many late jobs it holds.
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
     for &i in &late {
         match runs.last_mut() {
-            Some((_, last)) if i - *last <= MERGE_GAP => *last = i,
-            _ => runs.push((i, i)),
+            Some((_, last, jobs)) if i - *last <= MERGE_GAP => {
+                *last = i;
+                *jobs += 1;
+            }
+            _ => runs.push((i, i, 1)),
         }
     }
     let mut stalls: Vec<Stall> = runs
         .into_iter()
-        .map(|(first, last)| {
-            let jobs = late.iter().filter(|&&i| i >= first && i <= last).count();
+        .map(|(first, last, jobs)| {
             let max = |v: &[Option<f64>]| {
                 v[first..=last]
                     .iter()
