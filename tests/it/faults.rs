@@ -576,8 +576,16 @@ async fn serial_confirms_held_past_thirty_seconds_resend_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let guard = MemoryAlarm::raise();
+    let at_alarm = h.mock.state.stats().messages;
     tokio::time::sleep(Duration::from_secs(40)).await;
+    let during_alarm = h.mock.state.stats().messages - at_alarm;
     drop(guard);
+    // The case under test happened: sends in flight at the alarm finished during it, and
+    // their outcomes were published into the blocked connection, unconfirmed for 40 s.
+    assert!(
+        during_alarm > 0,
+        "no send finished during the alarm, so no confirm was held"
+    );
     out.extend(h.outcomes(n + 4 - out.len(), Duration::from_secs(60)).await);
     // Redeliveries would arrive after the last first outcome: give them time to show.
     tokio::time::sleep(Duration::from_secs(3)).await;
