@@ -7,6 +7,7 @@
 mod bench;
 mod cluster;
 mod consent;
+mod contract;
 mod deploy;
 mod errors;
 mod faults;
