@@ -253,7 +253,9 @@ async fn drain_outcomes(queue: &str, want: usize, timeout: Duration) -> Vec<Valu
 /// the longest time without any outcome, from the outcomes' own `finished_at`, stays bounded.
 /// Serial: it starts three more RabbitMQ nodes and measures a stall against the clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "serial: run by scripts/test.sh under the broker lock"]
 async fn serial_cluster_losing_the_leader_then_a_follower_sends_every_job_once() {
+    let _serial = serial_broker();
     const N: usize = 3000;
     let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
     let mut h = Harness::start(Opts {
@@ -400,7 +402,9 @@ async fn serial_cluster_losing_the_leader_then_a_follower_sends_every_job_once()
 ///    keeps running, holds its jobs, and once a second node is back every job reaches WeChat
 ///    once, with an outcome, and none is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "serial: run by scripts/test.sh under the broker lock"]
 async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
+    let _serial = serial_broker();
     use futures_util::StreamExt;
     const N: usize = 1500;
     let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
