@@ -454,6 +454,18 @@ fn tracing_subscriber_init() -> Option<()> {
     Some(())
 }
 
+/// Jobs parked in any of the delay queues right now (nothing consumes them there, so the
+/// ready count is all of them): a check that jobs wait, which fails if they vanish instead.
+pub async fn parked(h: &Harness) -> u32 {
+    let mut n = 0;
+    for tier in amqp::topology::DELAY_TIERS {
+        n += h
+            .depth(&amqp::topology::delay_queue(&h.config, *tier))
+            .await;
+    }
+    n
+}
+
 /// The file every broker-touching run locks: shared by the parallel pass, exclusive by a
 /// `serial_*` test (scripts/test.sh and docs/TESTING.md describe the protocol).
 pub const BROKER_LOCK: &str = "/tmp/wxd-broker.lock";

@@ -235,6 +235,9 @@ pub struct Stats {
     pub duplicates_suppressed: u64,
     pub token_calls: u64,
     pub stable_token_calls: u64,
+    /// Classic token calls made while the appid's previous token was still valid: renewals
+    /// ahead of expiry, as opposed to fetches after a token ran out.
+    pub renewed_before_expiry: u64,
     pub forced_refreshes: u64,
     /// Forced calls inside 30 s of the last forced refresh (answered with the current token).
     pub forced_too_soon: u64,
@@ -513,10 +516,16 @@ async fn classic_token(State(s): State<Shared>, Query(q): Query<TokenQuery>) -> 
     let ttl = s.behaviour.read().unwrap().token_ttl_secs;
     let token = s.issue_token(&appid, ttl);
     // The classic endpoint invalidates the previous token after a 5-minute overlap.
+    let mut renewed_early = false;
     if let Some(prev) = s.classic.lock().unwrap().insert(appid, token.clone())
         && let Some(t) = s.tokens.lock().unwrap().get_mut(&prev)
     {
-        t.expires_at = t.expires_at.min(Instant::now() + Duration::from_secs(300));
+        let now = Instant::now();
+        renewed_early = t.expires_at > now;
+        t.expires_at = t.expires_at.min(now + Duration::from_secs(300));
+    }
+    if renewed_early {
+        s.stats.lock().unwrap().renewed_before_expiry += 1;
     }
     wx(serde_json::json!({"access_token": token, "expires_in": ttl}))
 }
