@@ -444,24 +444,31 @@ fn invalid_job_reasons() -> BTreeSet<String> {
 /// the schema lists it.
 #[test]
 fn the_outcome_schema_lists_exactly_the_codes_words() {
-    use wxdispatch::outcome::SendStatus;
+    use wxdispatch::outcome::{ConsentStatus, Kind, ReceiptStatus, SendStatus};
     let schema = read_json("docs/schema/outcome.schema.json");
 
     assert_eq!(
         enum_at(&schema, "/$defs/send_status/enum"),
         set(SendStatus::ALL.map(SendStatus::as_str))
     );
+    let known = |words: &[&str], label: fn(&str) -> &'static str| {
+        set(words.iter().map(|w| label(w)).filter(|l| *l != "other"))
+    };
     assert_eq!(
         enum_at(&schema, "/$defs/receipt/properties/status/anyOf/0/enum"),
-        set(["success", "failed:user block", "failed: system failed"]
-            .map(
-                |s| wxdispatch::callback::event::ReceiptStatus::from_wechat(s)
-                    .as_str()
-                    .to_owned()
-            )
-            .iter()
-            .map(String::as_str))
+        known(&["success", "failed:user block", "failed: system failed", "?"], |w| {
+            ReceiptStatus::from_wechat(w).label()
+        })
     );
+    assert_eq!(
+        enum_at(&schema, "/$defs/consent/properties/status/anyOf/0/enum"),
+        known(&["accept", "reject", "?"], |w| ConsentStatus::from_wechat(w).label())
+    );
+    // The kinds the worker publishes, and the two the interface contract names for later
+    // (placeholders in the schema).
+    let mut kinds = set([Kind::Send, Kind::Receipt, Kind::Consent].map(Kind::as_str));
+    kinds.extend(set(["event", "authorization"]));
+    assert_eq!(enum_at(&schema, "/properties/kind/enum"), kinds);
     assert_eq!(
         enum_at(&schema, "/$defs/send/properties/type/enum"),
         set(job::MsgType::ALL.map(job::MsgType::as_str))
