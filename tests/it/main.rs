@@ -8,6 +8,7 @@ mod bench;
 mod cluster;
 mod consent;
 mod deploy;
+mod doc_citations;
 mod errors;
 mod faults;
 mod fuzz_corpus;
