@@ -18,6 +18,7 @@ mod observability;
 mod pipeline;
 mod publish;
 mod receipts;
+mod serial_marks;
 mod subscribe;
 mod token_faults;
 mod tokens;
