@@ -38,10 +38,7 @@ impl RunningWorker {
 
 /// Starts the worker and its HTTP server.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningWorker> {
-    let metrics = Arc::new(Metrics::new());
-    let receipts = Receipts::from_config(&config, metrics.clone())?;
-    let ctx = Ctx::new(config, metrics)?;
-    let callback = receipts.map(Receipts::router);
+    let (ctx, callback) = assemble(config)?;
     // With WXD_CALLBACK_ADDR the callback gets a listener of its own and the main one serves
     // only /metrics and the probes, so an Ingress routed to the callback port can never
     // reach them.
@@ -85,6 +82,16 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     })
 }
 
+/// What the worker builds from its configuration before it connects or listens: the
+/// dispatcher with each account's limits and tokens, and the callback with its AES key.
+/// `check-config` builds it too, so that what `run` would refuse at start it refuses as well.
+fn assemble(config: Config) -> anyhow::Result<(Arc<Ctx>, Option<axum::Router>)> {
+    let metrics = Arc::new(Metrics::new());
+    let receipts = Receipts::from_config(&config, metrics.clone())?;
+    let ctx = Ctx::new(config, metrics)?;
+    Ok((ctx, receipts.map(Receipts::router)))
+}
+
 /// `wxdispatch run`.
 pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
@@ -120,12 +127,14 @@ fn require_account(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `wxdispatch check-config`: loads the configuration exactly as `run` does, without
-/// connecting anywhere, and prints the effective settings with secrets redacted. An error names
-/// the key at fault and the process exits 1, so it works as a CI step or an initContainer.
+/// `wxdispatch check-config`: loads the configuration exactly as `run` does and builds what
+/// `run` builds before it connects, without connecting anywhere, then prints the effective
+/// settings with secrets redacted. An error names the key at fault and the process exits 1, so
+/// it works as a CI step or an initContainer.
 pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     require_account(&config)?;
+    assemble(config.clone())?;
     let mut out = String::new();
     for (name, value) in config.settings() {
         out.push_str(&format!("{name}={value}\n"));
