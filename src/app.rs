@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::callback::http::Receipts;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::receipts::Receipts;
 use crate::shutdown::Shutdown;
 use crate::worker::{self, Ctx};
 
