@@ -12,14 +12,13 @@
 //! `unknown_delivery`, never a blind resend.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
 use crate::config::{Config, ConfigError};
-use crate::job::{Job, MsgType};
+use crate::job::{AccountId, Job, MsgType, TemplateFields};
 use crate::limiter::{AccountGate, AccountStops, Admission, Reservation};
 use crate::metrics::{AccountMetrics, Metrics};
 use crate::outcome::{Outcome, SendStatus};
@@ -48,6 +47,7 @@ pub enum Disposition {
 
 /// Everything one account needs to send.
 pub struct Account {
+    pub appid: String,
     pub gate: AccountGate,
     /// The mini-program subscribe messages' own daily count and quota pause: WeChat counts
     /// them apart from the account's other sends, so a spent mini-program quota must not hold
@@ -78,7 +78,8 @@ impl Account {
 /// Sends jobs according to the policy. Shared by all in-flight tasks.
 pub struct Dispatcher {
     client: WechatClient,
-    accounts: HashMap<String, Arc<Account>>,
+    /// In the order of `Config::accounts`, which [`AccountId`] indexes.
+    accounts: Vec<Arc<Account>>,
     metrics: Arc<Metrics>,
     rules: Rules,
 }
@@ -120,6 +121,7 @@ impl Dispatcher {
                 let stops = Arc::new(AccountStops::new(&a.appid, &metrics));
                 let account_metrics = metrics.init_account(&a.appid);
                 let ctx = Account {
+                    appid: a.appid.clone(),
                     mp_gate: gate(&mp_id),
                     gate: gate(&a.appid),
                     tokens: Arc::new(TokenSource::new(
@@ -140,7 +142,7 @@ impl Dispatcher {
                     catalogues: Default::default(),
                     fetching: tokio::sync::Mutex::new(()),
                 };
-                Ok((a.appid.clone(), Arc::new(ctx)))
+                Ok(Arc::new(ctx))
             })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Dispatcher {
@@ -155,12 +157,26 @@ impl Dispatcher {
     }
 
     pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
-        self.accounts.values()
+        self.accounts.iter()
+    }
+
+    /// The account a job was parsed for. The parser's [`AccountId`] is the account's place in
+    /// the configuration this dispatcher was built from, so it is always there.
+    fn account(&self, id: AccountId) -> &Account {
+        &self.accounts[id.index()]
+    }
+
+    /// A configured account by appid (a handful: a scan is cheaper than hashing).
+    fn find(&self, appid: &str) -> Option<&Account> {
+        self.accounts
+            .iter()
+            .find(|a| a.appid == appid)
+            .map(|a| &**a)
     }
 
     /// A configured account's per-job metric handles.
     pub fn account_metrics(&self, appid: &str) -> Option<&AccountMetrics> {
-        self.accounts.get(appid).map(|a| &a.metrics)
+        self.find(appid).map(|a| &a.metrics)
     }
 
     /// Carries a job's steps out until it has a final outcome or must be deferred: each step
@@ -171,12 +187,7 @@ impl Dispatcher {
         mut state: RetryState,
         not_before_ms: Option<i64>,
     ) -> Disposition {
-        let Some(acct) = self.accounts.get(&job.appid) else {
-            // The parser only lets configured accounts through; this is a bug, not bad input.
-            let mut o = self.outcome(job, SendStatus::Rejected, &state);
-            o.reason = Some(EndReason::UnknownAccount.as_str().into());
-            return Disposition::Final(o);
-        };
+        let acct = self.account(job.account);
         let facts = JobFacts {
             deduplicated: job.msg_type.deduplicated(),
             not_before_ms,
@@ -248,7 +259,7 @@ impl Dispatcher {
             }
         };
         if let Err(m) = self
-            .check_catalogue(&job.appid, acct, &token.value, job.msg_type, &job.body)
+            .check_catalogue(&job.appid, acct, &token.value, job.msg_type, job.template())
             .await
         {
             tracing::info!(job_id = %job.id, appid = %job.appid, reason = m.reason(), detail = %m.detail(), "rejected before sending: the template catalogue says the job cannot succeed");
@@ -382,13 +393,13 @@ impl Dispatcher {
         acct: &Account,
         token: &crate::config::Secret,
         t: MsgType,
-        body: &[u8],
+        template: TemplateFields<'_>,
     ) -> Result<(), Mismatch> {
         let slot = &acct.catalogues[source_index(t)];
         let ready = |slot: &std::sync::RwLock<catalogue::State>| {
             let st = slot.read().expect("catalogue lock");
             match &*st {
-                catalogue::State::Ready { fetched, .. } => Some(fetched.clone()),
+                catalogue::State::Ready { catalogue, .. } => Some(catalogue.clone()),
                 _ => None,
             }
         };
@@ -418,7 +429,7 @@ impl Dispatcher {
                             Some(list) => {
                                 tracing::info!(appid, source = ?Source::of(t), templates = list.len(), "template catalogue fetched");
                                 catalogue::State::Ready {
-                                    fetched: Arc::new(catalogue::Fetched::new(&list)),
+                                    catalogue: Arc::new(catalogue::Catalogue::new(&list)),
                                     at: Instant::now(),
                                 }
                             }
@@ -437,7 +448,7 @@ impl Dispatcher {
             }
         }
         match ready(slot) {
-            Some(fetched) => fetched.check(body),
+            Some(catalogue) => catalogue.check(template),
             None => {
                 self.metrics
                     .catalogue_unchecked_total
@@ -452,9 +463,7 @@ impl Dispatcher {
     /// cannot work fails once, as a whole, instead of once per recipient. `Ok` when it may go
     /// on (also when no token or catalogue is available: the recipients' sends will tell).
     pub async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
-        let Some(acct) = self.accounts.get(&batch.appid) else {
-            return Ok(());
-        };
+        let acct = self.account(batch.account);
         let Ok(token) = acct.tokens.get().await else {
             return Ok(());
         };
@@ -463,7 +472,7 @@ impl Dispatcher {
             acct,
             &token.value,
             batch.msg_type,
-            batch.head(),
+            batch.template(),
         )
         .await
     }
@@ -475,8 +484,7 @@ impl Dispatcher {
         t: MsgType,
     ) -> anyhow::Result<Vec<catalogue::Template>> {
         let acct = self
-            .accounts
-            .get(appid)
+            .find(appid)
             .ok_or_else(|| anyhow::anyhow!("appid {appid} is not configured"))?;
         let token = acct
             .tokens

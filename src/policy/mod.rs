@@ -75,8 +75,6 @@ impl std::fmt::Display for DeferReason {
 /// test).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndReason {
-    /// The job names an appid this worker has no account for (`rejected`).
-    UnknownAccount,
     /// Its `not_after` passed before it could be sent (`expired`).
     NotAfterPassed,
     /// An earlier attempt may have been delivered and a retry could no longer be deduplicated
@@ -92,8 +90,7 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 6] = [
-        EndReason::UnknownAccount,
+    pub const ALL: [EndReason; 5] = [
         EndReason::NotAfterPassed,
         EndReason::UnknownDelivery,
         EndReason::MaybeSent,
@@ -103,7 +100,6 @@ impl EndReason {
 
     pub const fn as_str(self) -> &'static str {
         match self {
-            EndReason::UnknownAccount => "unknown_account",
             EndReason::NotAfterPassed => "not_after_passed",
             EndReason::UnknownDelivery => "unknown_delivery",
             EndReason::MaybeSent => "maybe_sent",
