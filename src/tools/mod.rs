@@ -2,8 +2,11 @@
 //!
 //! They drive the product end to end, but they are not on its path: the worker never imports
 //! anything from here. The simulator is public because the integration tests run against it,
-//! and the sample job because `examples/hotpath` measures the worker on it.
+//! and the sample job because `examples/hotpath` measures the worker on it. The benchmark is
+//! compiled only with the `bench` feature: it alone needs `libc` (the `/proc` and rusage
+//! readers) and hyper's own client (the floor worker).
 
+#[cfg(feature = "bench")]
 pub(crate) mod bench;
 pub(crate) mod demo;
 pub mod mock;
