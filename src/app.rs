@@ -70,9 +70,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         ),
         None => None,
     };
-    let run = worker::run(ctx.clone(), shutdown.clone());
+    let worker_loop = worker::run(ctx.clone(), shutdown.clone());
     let handle = tokio::spawn(async move {
-        let result = run.await;
+        let result = worker_loop.await;
         http_stop.trigger();
         result
     });
@@ -86,7 +86,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 }
 
 /// `wxdispatch run`.
-pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run_worker(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
     require_account(&config)?;

@@ -143,7 +143,7 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
 }
 
 /// Runs the demo and prints the summary.
-pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let base = Config::load(config_file)?;
     crate::logging::init_with_default(LogFormat::Text, "warn");
     let run = format!("{:x}", chrono::Utc::now().timestamp_millis() & 0xffffff);

@@ -95,7 +95,7 @@ pub struct Args {
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub async fn run_bench(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let base = Config::load(config_file)?;
     crate::logging::init_with_default(LogFormat::Text, "warn");
     anyhow::ensure!(args.jobs > 0, "--jobs must be at least 1");
