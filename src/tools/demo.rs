@@ -109,7 +109,7 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
         1,
     );
     add(vec![b'{'; 1024 * 1024], 1);
-    // The two subscription types through the same queue (issue 16): sent, refused by the
+    // The two subscription types through the same queue: sent, refused by the
     // user's consent (43101), a bad page (41030), an unknown result that must not be resent
     // (maybe_sent), and a value over WeChat's limit (invalid before any call).
     let sub = |id: String, touser: &str| {
