@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::job::{Job, MsgType};
 use crate::limiter::{AccountGate, AccountStops, Admission, Reservation};
 use crate::metrics::{AccountMetrics, Metrics};
-use crate::outcome::{Outcome, SendStatus};
+use crate::outcome::{JobIdentity, Outcome, SendStatus};
 pub use crate::policy::{DeferReason, EndReason, Next, RetryPolicy, RetryState};
 use crate::wechat::catalogue::{self, Mismatch, Source};
 use crate::wechat::errcode::{self, Action};
@@ -660,13 +660,13 @@ impl Dispatcher {
     }
 
     fn outcome(&self, job: &Job, status: SendStatus, state: &RetryState) -> Outcome {
-        let mut o = Outcome::send(
-            status,
-            Some(job.id.to_string()),
-            Some(job.appid.clone()),
-            Some(job.touser.clone()),
-        );
-        o.msg_type = Some(job.msg_type);
+        let about = JobIdentity {
+            id: Some(job.id.to_string()),
+            appid: Some(job.appid.clone()),
+            touser: Some(job.touser.clone()),
+            msg_type: Some(job.msg_type),
+        };
+        let mut o = Outcome::for_job(status, about);
         o.attempts = state.attempts;
         o
     }

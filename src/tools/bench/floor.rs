@@ -36,7 +36,7 @@ use crate::amqp::{self, Acks, Publisher};
 use crate::config::{Config, Secret, TokenMode};
 use crate::job::MsgType;
 use crate::metrics::Metrics;
-use crate::outcome::{Outcome, SendStatus};
+use crate::outcome::{JobIdentity, Outcome, SendStatus};
 use crate::wechat::client::{ApiReply, WechatClient, send_path};
 
 /// What the floor worker does per job besides consuming, publishing and acking.
@@ -250,7 +250,11 @@ pub async fn run_floor(Args { floor }: Args) -> anyhow::Result<()> {
             };
             drop(permit);
             // The worker's own outcome type and publish (routing key, properties, confirm).
-            let mut outcome = Outcome::send(status, Some(id), None, None);
+            let job = JobIdentity {
+                id: Some(id),
+                ..JobIdentity::default()
+            };
+            let mut outcome = Outcome::for_job(status, job);
             outcome.msgid = msgid;
             outcome.attempts = 1;
             match publisher.outcome(&outcome).await {

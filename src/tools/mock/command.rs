@@ -100,6 +100,7 @@ pub async fn serve_simulator(config_file: Option<&Path>, args: Args) -> anyhow::
                 stall_ms: args.stall_ms,
                 outage: None,
                 token_outage: None,
+                forced_token_fault: None,
                 private_templates: args.catalogue.then(super::sample_private_templates),
                 subscription_templates: args.catalogue.then(super::sample_subscription_templates),
             },
