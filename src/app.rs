@@ -145,7 +145,7 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
     use crate::job::MsgType;
     let config = Config::load(config_file)?;
     let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()))?;
-    let account = config
+    let appids = config
         .account(appid)
         .map(|a| vec![a.appid.clone()])
         .or_else(|| {
@@ -155,8 +155,8 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
         })
         .with_context(|| format!("appid {} is not configured", appid.unwrap_or("-")))?;
     let mut failed = 0;
-    for appid in &account {
-        for (t, what) in [
+    for appid in &appids {
+        for (msg_type, what) in [
             (MsgType::Template, "template messages (type template)"),
             (
                 MsgType::Subscribe,
@@ -164,7 +164,7 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
             ),
         ] {
             println!("{appid}: {what}");
-            match dispatcher.templates(appid, t).await {
+            match dispatcher.templates(appid, msg_type).await {
                 Ok(list) if list.is_empty() => println!("  (none)"),
                 Ok(list) => {
                     for tpl in list {
