@@ -161,6 +161,12 @@ fn plan(n: usize, run_id: &str) -> Vec<Planned> {
     v
 }
 
+/// Every job body the demo publishes (with `n` good ones): the contract test checks each
+/// against docs/schema/job.schema.json.
+pub fn job_bodies(n: usize) -> Vec<Vec<u8>> {
+    plan(n, "contract").into_iter().map(|p| p.body).collect()
+}
+
 /// Runs the demo and prints the summary.
 pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let base = Config::load(config_file)?;
