@@ -28,7 +28,7 @@
 mod command;
 pub mod push;
 
-pub use command::{Args, run};
+pub use command::{Args, serve_simulator};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
