@@ -80,6 +80,10 @@ pub struct Metrics {
     pub outcomes_refused_total: IntCounterVec,
     /// Jobs sent whose outcome is waiting for the broker to take it.
     pub outcomes_waiting: IntGauge,
+    /// Deferred (`delay`) and dead-letter (`dead`) copies of jobs that the broker refused.
+    pub copies_refused_total: IntCounterVec,
+    /// Jobs whose deferred or dead-letter copy waits for the broker to take it.
+    pub copies_waiting: IntGaugeVec,
     /// Subscription consents from the callback, by `status` (accept/reject/other) and
     /// `source` (popup/settings): how many users allow which messages, and from where.
     pub consents_total: IntCounterVec,
@@ -313,6 +317,18 @@ impl Metrics {
                 "wxdispatch_outcomes_waiting",
                 "Jobs whose outcome waits for the broker to accept it (not acked, not sent again)",
             ),
+            copies_refused_total: counter(
+                r,
+                "wxdispatch_copies_refused_total",
+                "Deferred (target delay) and dead-letter (target dead) copies of jobs refused by the broker (nacked: a full queue; returned: unroutable); the job waits and is retried",
+                &["target", "reason"],
+            ),
+            copies_waiting: gauge(
+                r,
+                "wxdispatch_copies_waiting",
+                "Jobs whose deferred or dead-letter copy waits for the broker to accept it (not acked, not sent again)",
+                &["target"],
+            ),
             consents_total: counter(
                 r,
                 "wxdispatch_consents_total",
@@ -334,6 +350,12 @@ impl Metrics {
         }
         for reason in ["nacked", "returned"] {
             m.outcomes_refused_total.with_label_values(&[reason]);
+            for target in ["delay", "dead"] {
+                m.copies_refused_total.with_label_values(&[target, reason]);
+            }
+        }
+        for target in ["delay", "dead"] {
+            m.copies_waiting.with_label_values(&[target]);
         }
         m
     }
