@@ -30,7 +30,7 @@ use crate::config::{Config, ConfigError, QueueType};
 use crate::dispatch::{Dispatcher, Disposition, EndReason};
 use crate::job::{self, Parsed};
 use crate::metrics::Metrics;
-use crate::outcome::{Outcome, SendStatus};
+use crate::outcome::{JobIdentity, Outcome, SendStatus};
 use crate::shutdown::Shutdown;
 
 /// Liveness and readiness, shared with the HTTP probes.
@@ -388,7 +388,7 @@ async fn requeue_counted(io: &Io, delivery: &Delivery, deliveries: u64) -> bool 
 async fn bury_poison(ctx: &Ctx, io: &Io, delivery: &Delivery, panic: &str) -> bool {
     let props = &delivery.properties;
     let message_id = props.message_id().as_ref().map(|m| m.as_str());
-    let known = match job::parse(&delivery.data, message_id, &ctx.config) {
+    let (id, appid, touser) = match job::parse(&delivery.data, message_id, &ctx.config) {
         Ok(Parsed::Single(j)) => (Some(j.id.to_string()), Some(j.appid), Some(j.touser)),
         Ok(Parsed::Batch(b)) => (Some(b.id.to_string()), Some(b.appid), None),
         Err((_, k)) => (k.id, k.appid, k.touser),
@@ -405,7 +405,13 @@ async fn bury_poison(ctx: &Ctx, io: &Io, delivery: &Delivery, panic: &str) -> bo
         .dead_letters_total
         .with_label_values(&["poison"])
         .inc();
-    let mut o = Outcome::send(SendStatus::Failed, known.0, known.1, known.2);
+    let job = JobIdentity {
+        id,
+        appid,
+        touser,
+        msg_type: None,
+    };
+    let mut o = Outcome::for_job(SendStatus::Failed, job);
     o.reason = Some(EndReason::Poison.as_str().into());
     o.errmsg = Some(detail);
     publish_final(ctx, io, delivery, &o).await.is_ok()
@@ -449,8 +455,13 @@ async fn process(
                 .dead_letters_total
                 .with_label_values(&[invalid.reason])
                 .inc();
-            let mut o = Outcome::send(SendStatus::Invalid, known.id, known.appid, known.touser);
-            o.msg_type = known.msg_type;
+            let job = JobIdentity {
+                id: known.id,
+                appid: known.appid,
+                touser: known.touser,
+                msg_type: known.msg_type,
+            };
+            let mut o = Outcome::for_job(SendStatus::Invalid, job);
             o.reason = Some(invalid.reason.to_string());
             o.errmsg = Some(invalid.detail);
             publish_final(ctx, io, delivery, &o).await
@@ -462,8 +473,8 @@ async fn process(
                 if let Err(m) = ctx.dispatcher.check_batch(&batch).await {
                     // One outcome for the whole batch: its template cannot work for anyone.
                     tracing::info!(reason = m.reason(), detail = %m.detail(), recipients = batch.recipients.len(), "batch rejected before expansion");
-                    let mut o = Outcome::send(SendStatus::Rejected, Some(id), Some(batch.appid.clone()), None);
-                    o.msg_type = Some(batch.msg_type);
+                    let job = JobIdentity { id: Some(id), appid: Some(batch.appid.clone()), touser: None, msg_type: Some(batch.msg_type) };
+                    let mut o = Outcome::for_job(SendStatus::Rejected, job);
                     o.reason = Some(m.reason().into());
                     o.errmsg = Some(m.detail());
                     return publish_final(ctx, io, delivery, &o).await;
@@ -489,19 +500,23 @@ async fn process(
         Ok(Parsed::Single(job)) => {
             let span = tracing::info_span!("job", job_id = %job.id, appid = %job.appid);
             async {
-                if let Some(left) = headers::wait_left(props, chrono::Utc::now().timestamp_millis()) {
-                    // Back early from a delay tier: park it again for the rest.
-                    let data = &delivery.data;
-                    publish_waiting(ctx, io, JobCopy::Delay, || publisher.defer(data, props.clone(), left)).await?;
-                    ack();
-                    return Ok(());
-                }
                 let state = headers::retry_state(props);
-                let disposition = ctx.dispatcher.run(&job, state).await;
+                let not_before = headers::not_before_ms(props);
+                let disposition = ctx.dispatcher.send_job(&job, state, not_before).await;
                 drop(slot);
                 match disposition {
+                    Disposition::Early { left } => {
+                        // Back early from a delay tier: park it again, unchanged, for the rest.
+                        let data = &delivery.data;
+                        publish_waiting(ctx, io, JobCopy::Delay, || {
+                            publisher.defer(data, props.clone(), left)
+                        })
+                        .await?;
+                        ack();
+                        Ok(())
+                    }
                     Disposition::Final(o) => {
-                        tracing::info!(status = %o.status, errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
+                        tracing::info!(status = %o.status(), errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
                         let latency = chrono::Utc::now().timestamp_millis() - state.first_seen_ms;
                         ctx.metrics
                             .outcome_latency_seconds
@@ -539,12 +554,12 @@ async fn publish_final(
         .appid
         .as_deref()
         .and_then(|a| Some((a, ctx.dispatcher.account_metrics(a)?)));
-    match account.and_then(|(_, handles)| handles.job(&o.status)) {
-        Some(counter) => counter.inc(),
-        None => ctx
+    match (account, o.send_status()) {
+        (Some((_, handles)), Some(status)) => handles.job(status).inc(),
+        _ => ctx
             .metrics
             .jobs_total
-            .with_label_values(&[account.map_or("unknown", |(a, _)| a), &o.status])
+            .with_label_values(&[account.map_or("unknown", |(a, _)| a), o.status().as_str()])
             .inc(),
     }
     io.acks.ack(delivery.delivery_tag);

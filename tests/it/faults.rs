@@ -410,7 +410,7 @@ async fn a_drain_timeout_shorter_than_a_send_redelivers_the_job_and_sends_one_me
     );
     assert_eq!(
         out[0]["msgid"].as_i64(),
-        Some(3_000_000_000),
+        Some(wxdispatch::tools::mock::FIRST_MSGID),
         "the first send's msgid"
     );
     h.cleanup().await;
@@ -626,7 +626,9 @@ fn refused_base() -> String {
 /// reports not ready; when the alarm clears it finishes everything. Serial: the alarm blocks
 /// every publisher on the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "serial: run by scripts/test.sh under the broker lock"]
 async fn serial_a_memory_alarm_pauses_the_worker_without_losing_jobs() {
+    let _serial = serial_broker();
     // A slow simulator and few slots, so jobs are still in flight when the alarm starts.
     let h = Harness::start(Opts {
         behaviour: Behaviour {
@@ -682,7 +684,9 @@ async fn serial_a_memory_alarm_pauses_the_worker_without_losing_jobs() {
 /// the confirm while its connection is alive, and each job is sent once. Serial: the alarm
 /// blocks every publisher on the broker, for 40 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "serial: run by scripts/test.sh under the broker lock"]
 async fn serial_confirms_held_past_thirty_seconds_resend_nothing() {
+    let _serial = serial_broker();
     let h = Harness::start(Opts {
         behaviour: Behaviour {
             latency_ms: 300,

@@ -28,7 +28,7 @@
 mod command;
 pub mod push;
 
-pub use command::{Args, run};
+pub use command::{Args, serve_simulator};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -46,6 +46,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::MsgType;
 use crate::shutdown::Shutdown;
+
+/// The first msgid the simulator hands out: 19 digits like real ones, past both `i32::MAX` and
+/// 2^53 (where JavaScript's `JSON.parse` rounds), so every test outcome exercises `msgid_str`.
+pub const FIRST_MSGID: i64 = 3_662_956_322_040_938_501;
 
 /// One kind of injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,6 +239,9 @@ pub struct Stats {
     pub duplicates_suppressed: u64,
     pub token_calls: u64,
     pub stable_token_calls: u64,
+    /// Classic token calls made while the appid's previous token was still valid: renewals
+    /// ahead of expiry, as opposed to fetches after a token ran out.
+    pub renewed_before_expiry: u64,
     pub forced_refreshes: u64,
     /// Forced calls inside 30 s of the last forced refresh (answered with the current token).
     pub forced_too_soon: u64,
@@ -314,8 +321,7 @@ impl MockServer {
             tries: Mutex::default(),
             quota_used: Mutex::default(),
             stats: Mutex::default(),
-            // Above i32::MAX on purpose: msgid is an i64.
-            next_msgid: AtomicI64::new(3_000_000_000),
+            next_msgid: AtomicI64::new(FIRST_MSGID),
             token_seq: AtomicU64::new(1),
             in_flight: AtomicU64::new(0),
             push: config.push,
@@ -513,10 +519,16 @@ async fn classic_token(State(s): State<Shared>, Query(q): Query<TokenQuery>) -> 
     let ttl = s.behaviour.read().unwrap().token_ttl_secs;
     let token = s.issue_token(&appid, ttl);
     // The classic endpoint invalidates the previous token after a 5-minute overlap.
+    let mut renewed_early = false;
     if let Some(prev) = s.classic.lock().unwrap().insert(appid, token.clone())
         && let Some(t) = s.tokens.lock().unwrap().get_mut(&prev)
     {
-        t.expires_at = t.expires_at.min(Instant::now() + Duration::from_secs(300));
+        let now = Instant::now();
+        renewed_early = t.expires_at > now;
+        t.expires_at = t.expires_at.min(now + Duration::from_secs(300));
+    }
+    if renewed_early {
+        s.stats.lock().unwrap().renewed_before_expiry += 1;
     }
     wx(serde_json::json!({"access_token": token, "expires_in": ttl}))
 }
