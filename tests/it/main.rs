@@ -7,6 +7,7 @@
 mod bench;
 mod cluster;
 mod consent;
+mod contract;
 mod deploy;
 mod doc_citations;
 mod errors;
