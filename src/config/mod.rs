@@ -23,12 +23,15 @@
 //! # Adding a setting
 //! Add its field to its group below (the group's `Default` gives the loader its blank), then
 //! one line to the table in `settings.rs`, e.g.
-//! `setting!("callback_forward_url", Callback, OptHttpUrl, Unset("(unset: nothing forwarded)"),
-//! field: callback.forward_url, "…")`. That line gives the file key, `WXD_CALLBACK_FORWARD_URL`,
-//! the type check, the default, `check-config`'s line and `run --help`'s line; the unit tests
-//! check that every entry round-trips. A key that only makes sense with others (a token mode's
-//! URL, say) adds its cross-key rule to `load::check_across`. A per-account key (like
-//! `publishers = [...]`) is a field of `RawAccount` and [`Account`] in `load.rs`, since
+//! `setting!("callback_forward_url", Callback, File, OptHttpUrl, Unset("(unset: nothing
+//! forwarded)"), field: callback.forward_url, "…")`. That line gives the file key,
+//! `WXD_CALLBACK_FORWARD_URL`, the type check, the default, `check-config`'s line,
+//! `--list-keys` and `run --help`'s line; the unit tests check that every entry round-trips. A
+//! secret uses the source `Secret` (only `WXD_<KEY>` or `WXD_<KEY>_FILE`, and a field in
+//! [`Credentials`]); a URL with a password, `Mounted`. A key that only makes sense with others
+//! (a token mode's URL, say) adds its rule to `load::check_across`. A per-account key (like
+//! `publishers = [...]`) is a field of `RawAccount` (and its name in `ACCOUNT_KEYS`, which a
+//! test keeps in step) in `load.rs` and of [`Account`], set in `load::build_accounts`, since
 //! `[[accounts]]` entries are not `WXD_` variables.
 
 mod describe;
