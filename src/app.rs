@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::callback::http::Receipts;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::receipts::Receipts;
 use crate::shutdown::Shutdown;
 use crate::worker::{self, Ctx};
 
@@ -67,9 +67,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         ),
         None => None,
     };
-    let run = worker::run(ctx.clone(), shutdown.clone());
+    let worker_loop = worker::run(ctx.clone(), shutdown.clone());
     let handle = tokio::spawn(async move {
-        let result = run.await;
+        let result = worker_loop.await;
         http_stop.trigger();
         result
     });
@@ -93,7 +93,7 @@ fn assemble(config: Config) -> anyhow::Result<(Arc<Ctx>, Option<axum::Router>)> 
 }
 
 /// `wxdispatch run`.
-pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run_worker(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
     require_account(&config)?;
@@ -154,7 +154,7 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
     use crate::job::MsgType;
     let config = Config::load(config_file)?;
     let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()))?;
-    let account = config
+    let appids = config
         .account(appid)
         .map(|a| vec![a.appid.clone()])
         .or_else(|| {
@@ -164,8 +164,8 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
         })
         .with_context(|| format!("appid {} is not configured", appid.unwrap_or("-")))?;
     let mut failed = 0;
-    for appid in &account {
-        for (t, what) in [
+    for appid in &appids {
+        for (msg_type, what) in [
             (MsgType::Template, "template messages (type template)"),
             (
                 MsgType::Subscribe,
@@ -173,7 +173,7 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
             ),
         ] {
             println!("{appid}: {what}");
-            match dispatcher.templates(appid, t).await {
+            match dispatcher.templates(appid, msg_type).await {
                 Ok(list) if list.is_empty() => println!("  (none)"),
                 Ok(list) => {
                     for tpl in list {

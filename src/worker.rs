@@ -498,16 +498,17 @@ async fn process(
         Ok(Parsed::Single(job)) => {
             let span = tracing::info_span!("job", job_id = %job.id, appid = %job.appid);
             async {
-                if let Some(left) = headers::wait_left(props, chrono::Utc::now().timestamp_millis()) {
-                    // Back early from a delay tier: park it again for the rest.
-                    publisher.defer(&delivery.data, props.clone(), left).await?;
-                    ack();
-                    return Ok(());
-                }
                 let state = headers::retry_state(props);
-                let disposition = ctx.dispatcher.run(&job, state).await;
+                let not_before = headers::not_before_ms(props);
+                let disposition = ctx.dispatcher.send_job(&job, state, not_before).await;
                 drop(slot);
                 match disposition {
+                    Disposition::Early { left } => {
+                        // Back early from a delay tier: park it again, unchanged, for the rest.
+                        publisher.defer(&delivery.data, props.clone(), left).await?;
+                        ack();
+                        Ok(())
+                    }
                     Disposition::Final(o) => {
                         tracing::info!(status = %o.status(), errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
                         let latency = chrono::Utc::now().timestamp_millis() - state.first_seen_ms;

@@ -99,11 +99,14 @@ pub fn with_deliveries(props: &BasicProperties, n: u64) -> BasicProperties {
     props.clone().with_headers(table)
 }
 
-/// How long a deferred job must still wait, if it came back early.
+/// When a deferred job may run again (Unix ms), if it was deferred.
+pub fn not_before_ms(props: &BasicProperties) -> Option<i64> {
+    get_i64(props, NOT_BEFORE)
+}
+
+/// How long a deferred job must still wait, if it came back early (the policy's rule).
 pub fn wait_left(props: &BasicProperties, now_ms: i64) -> Option<std::time::Duration> {
-    let at = get_i64(props, NOT_BEFORE)?;
-    // Within a quarter second is on time: tiers are whole seconds.
-    (at - now_ms > 250).then(|| std::time::Duration::from_millis((at - now_ms) as u64))
+    crate::policy::decision::time_left(not_before_ms(props), now_ms)
 }
 
 /// A copy of `props` that says the job may not run before `at_ms`.
