@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::callback::http::Receipts;
+use crate::callback::http::Endpoint;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -39,9 +39,9 @@ impl RunningWorker {
 /// Starts the worker and its HTTP server.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningWorker> {
     let metrics = Arc::new(Metrics::new());
-    let receipts = Receipts::from_config(&config, metrics.clone())?;
+    let endpoint = Endpoint::from_config(&config, metrics.clone())?;
     let ctx = Ctx::new(config, metrics)?;
-    let callback = receipts.map(Receipts::router);
+    let callback = endpoint.map(Endpoint::router);
     // With WXD_CALLBACK_ADDR the callback gets a listener of its own and the main one serves
     // only /metrics and the probes, so an Ingress routed to the callback port can never
     // reach them.

@@ -26,6 +26,7 @@
 
 mod command;
 pub mod push;
+pub mod xml;
 
 pub use command::{Args, run};
 
