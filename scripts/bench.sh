@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces the figures of docs/BENCHMARKS.md with `wxdispatch bench` (release build).
+# Reproduces the figures of docs/BENCHMARKS.md with `wxdispatch bench` (the `profiling` build:
+# release optimisations with symbols).
 #
 #   scripts/bench.sh headline   the four targets: throughput and CPU/job over 100,000 jobs,
 #                               RSS on a 200,000-job backlog, p99 at a steady 1,000 jobs/s
@@ -20,13 +21,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/bench}
-BIN=${BIN:-target/release/wxdispatch}
+BIN=${BIN:-target/profiling/wxdispatch}
 QUEUE_TYPE=${QUEUE_TYPE:-quorum}
 mkdir -p "$OUT"
 
 build() {
     if [[ -z "${NO_BUILD:-}" ]]; then
-        cargo build --release --locked --quiet
+        # The release build with symbols and line tables (Cargo.toml [profile.profiling]), so
+        # perf and callgrind can name functions; the shipped release binary is stripped.
+        cargo build --profile profiling --locked --quiet
     fi
 }
 

@@ -23,7 +23,8 @@
 //! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
 //! - [`callback`] and [`receipts`]: WeChat's push callback (signatures, AES safe mode, XML).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
-//! - [`metrics`], [`shutdown`], [`logging`]: operations.
+//! - [`metrics`], [`shutdown`], [`logging`]: operations; [`probe`], the readiness check the
+//!   image and its Kubernetes probes run.
 //! - [`app`]: `run`, `check-config`, `templates`, and [`app::start`], the worker embedded in a
 //!   process (the demo and the tests use it).
 //! - [`publish`]: `wxdispatch publish`, validating and enqueueing a campaign: the run, the
@@ -52,6 +53,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;
+pub mod probe;
 pub mod publish;
 pub mod receipts;
 pub mod shutdown;
