@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wxdispatch::amqp::{headers, publisher};
 use wxdispatch::config::{Config, Secret};
 use wxdispatch::job::{self, MsgType, Parsed};
-use wxdispatch::outcome::{Outcome, SendStatus};
+use wxdispatch::outcome::{JobIdentity, Outcome, SendStatus};
 use wxdispatch::wechat::WechatClient;
 
 fn main() {
@@ -56,13 +56,13 @@ fn main() {
                 black_box(job::parse(black_box(&body), None, &config).is_ok());
             }
             "outcome" => {
-                let mut o = Outcome::send(
-                    SendStatus::Sent,
-                    Some(job.id.to_string()),
-                    Some(job.appid.clone()),
-                    Some(job.touser.clone()),
-                );
-                o.msg_type = Some(job.msg_type);
+                let about = JobIdentity {
+                    id: Some(job.id.to_string()),
+                    appid: Some(job.appid.clone()),
+                    touser: Some(job.touser.clone()),
+                    msg_type: Some(job.msg_type),
+                };
+                let mut o = Outcome::for_job(SendStatus::Sent, about);
                 o.attempts = 1;
                 o.errcode = Some(0);
                 o.errmsg = Some("ok".to_string());

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduces the figures of docs/BENCHMARKS.md with `wxdispatch bench` (the `profiling` build:
-# release optimisations with symbols).
+# Reproduces the figures of docs/BENCHMARKS.md with `wxdispatch bench`: the `profiling` build
+# (release optimisations with symbols) with the `bench` feature, which the product's default
+# build leaves out.
 #
 #   scripts/bench.sh headline   the four targets: throughput and CPU/job over 100,000 jobs,
 #                               RSS on a 200,000-job backlog, p99 at a steady 1,000 jobs/s
@@ -29,7 +30,7 @@ build() {
     if [[ -z "${NO_BUILD:-}" ]]; then
         # The release build with symbols and line tables (Cargo.toml [profile.profiling]), so
         # perf and callgrind can name functions; the shipped release binary is stripped.
-        cargo build --profile profiling --locked --quiet
+        cargo build --profile profiling --locked --quiet --features bench
     fi
 }
 

@@ -21,7 +21,7 @@
 //! - [`limiter`]: per-account rate limiting and quota pauses.
 //! - [`amqp`]: connections, topology, the confirming publisher.
 //! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
-//! - [`callback`] and [`receipts`]: WeChat's push callback (signatures, AES safe mode, XML).
+//! - [`callback`] (its HTTP side in `callback::http`): WeChat's push callback (signatures, AES safe mode, XML).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
 //! - [`metrics`], [`shutdown`], [`logging`]: operations; [`probe`], the readiness check the
 //!   image and its Kubernetes probes run.
@@ -34,7 +34,9 @@
 //! - [`tools::mock`]: the WeChat API simulator, behind `wxdispatch mock-wechat` and the tests.
 //! - `tools::demo`: `wxdispatch demo`, the whole pipeline once, with a summary.
 //! - `tools::bench`: `wxdispatch bench`, the end-to-end benchmark (orchestration, `/proc`
-//!   readings, the report) and its libraries-only floor worker (docs/BENCHMARKS.md).
+//!   readings, the report) and its libraries-only floor worker (docs/BENCHMARKS.md). Only
+//!   with the cargo feature `bench`, so the default build has neither it nor `libc` and
+//!   hyper's client as dependencies of its own.
 //! - [`tools::sample`]: the sample job the demo, the bench and `examples/hotpath` use.
 //!
 //! [`cli`] names the subcommands and dispatches each to its module; `main.rs` only parses and
@@ -55,7 +57,6 @@ pub mod outcome;
 pub mod policy;
 pub mod probe;
 pub mod publish;
-pub mod receipts;
 pub mod shutdown;
 pub mod tools;
 pub mod wechat;

@@ -1,14 +1,21 @@
-//! Outcomes: the one final word on every job (and every delivery receipt).
+//! Outcomes: the one final word on every job (and every delivery receipt and consent).
 //!
 //! Outcomes are published to the outcome exchange with routing key `<kind>.<status>`, with
 //! publisher confirms, before the job is acked. Consumers may see a job's outcome twice after a
 //! crash or a broker failover (at-least-once delivery); the AMQP `message_id`
 //! ([`Outcome::message_id`]) is the same on every copy, so they can drop repeats by it.
+//!
+//! Every outcome is built here, by one constructor per kind: [`Outcome::for_job`] (`send`),
+//! [`Outcome::receipt`] and [`Outcome::consent`]. The kind and status are private and typed
+//! ([`Status`]), so a receipt can never carry a send's status, and metrics read the status
+//! without matching a string back to an enum.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-/// Whether an outcome reports a send attempt or a delivery receipt pushed by WeChat.
+use crate::job::MsgType;
+
+/// What an outcome reports: a send attempt, a delivery receipt or a consent pushed by WeChat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -16,6 +23,16 @@ pub enum Kind {
     Receipt,
     /// A user's accept/reject of a subscription template, from WeChat's callback.
     Consent,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Send => "send",
+            Kind::Receipt => "receipt",
+            Kind::Consent => "consent",
+        }
+    }
 }
 
 /// The final status of a send job.
@@ -45,6 +62,7 @@ impl SendStatus {
         }
     }
 
+    /// Every status, in declaration order: `ALL[s as usize] == s`.
     pub const ALL: [SendStatus; 5] = [
         SendStatus::Sent,
         SendStatus::Rejected,
@@ -54,32 +72,170 @@ impl SendStatus {
     ];
 }
 
+/// The outcome reported by a delivery receipt (`TEMPLATESENDJOBFINISH`, or a subscription
+/// message's sent event).
+///
+/// WeChat's status strings are irregular (note the space in `failed: system failed`), so they
+/// are mapped once here and the rest of the worker deals in this enum. Unknown values are kept
+/// verbatim rather than dropped, so a new status shows up in receipts instead of vanishing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReceiptStatus {
+    /// `success`: the user received the message.
+    Delivered,
+    /// `failed:user block`: the user refuses messages from this account.
+    Blocked,
+    /// `failed: system failed`: WeChat could not deliver it.
+    Undelivered,
+    /// Any other status, verbatim.
+    Other(String),
+}
+
+impl ReceiptStatus {
+    /// Maps WeChat's `Status` text. Surrounding whitespace is ignored when
+    /// matching, but an unrecognised value is kept exactly as received.
+    pub fn from_wechat(status: &str) -> ReceiptStatus {
+        match status.trim() {
+            "success" => ReceiptStatus::Delivered,
+            "failed:user block" => ReceiptStatus::Blocked,
+            "failed: system failed" => ReceiptStatus::Undelivered,
+            _ => ReceiptStatus::Other(status.to_owned()),
+        }
+    }
+
+    /// The status word recorded in receipts: `delivered`, `blocked`,
+    /// `undelivered`, or the raw WeChat status.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ReceiptStatus::Other(raw) => raw,
+            known => known.label(),
+        }
+    }
+
+    /// The metric label: the status word, or `other` for a verbatim status (labels stay a
+    /// small, fixed set).
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReceiptStatus::Delivered => "delivered",
+            ReceiptStatus::Blocked => "blocked",
+            ReceiptStatus::Undelivered => "undelivered",
+            ReceiptStatus::Other(_) => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ReceiptStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A user's answer about a subscription template.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ConsentStatus {
+    Accept,
+    Reject,
+    /// Any other `SubscribeStatusString`, verbatim, so a new value shows up instead of
+    /// vanishing.
+    Other(String),
+}
+
+impl ConsentStatus {
+    /// Maps WeChat's `SubscribeStatusString`, ignoring surrounding whitespace.
+    pub fn from_wechat(raw: &str) -> ConsentStatus {
+        match raw.trim() {
+            "accept" => ConsentStatus::Accept,
+            "reject" => ConsentStatus::Reject,
+            _ => ConsentStatus::Other(raw.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ConsentStatus::Other(raw) => raw,
+            known => known.label(),
+        }
+    }
+
+    /// The metric label: `accept`, `reject` or `other`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ConsentStatus::Accept => "accept",
+            ConsentStatus::Reject => "reject",
+            ConsentStatus::Other(_) => "other",
+        }
+    }
+}
+
+/// An outcome's status, typed by its kind: the kind is read from it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Status {
+    Send(SendStatus),
+    Receipt(ReceiptStatus),
+    Consent(ConsentStatus),
+}
+
+impl Status {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Status::Send(_) => Kind::Send,
+            Status::Receipt(_) => Kind::Receipt,
+            Status::Consent(_) => Kind::Consent,
+        }
+    }
+
+    /// The `status` word of the outcome's JSON and routing key.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Status::Send(s) => s.as_str(),
+            Status::Receipt(s) => s.as_str(),
+            Status::Consent(s) => s.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One outcome message, as the contract defines it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
-    pub kind: Kind,
+    /// Always `status.kind()`: both are set by the constructors alone. Kept as a field so the
+    /// JSON keeps `kind` first.
+    kind: Kind,
     pub id: Option<String>,
     pub appid: Option<String>,
     pub touser: Option<String>,
     /// The job's `type` (a send outcome); absent on receipts and when the body or its `type`
     /// was unreadable.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    pub msg_type: Option<crate::job::MsgType>,
-    pub status: String,
+    pub msg_type: Option<MsgType>,
+    status: Status,
     pub errcode: Option<i64>,
     pub errmsg: Option<String>,
+    /// Written as `msgid` and, beside it, `msgid_str`: WeChat's ids exceed 2^53, which
+    /// JavaScript's `JSON.parse` rounds, so a consumer there matches receipts by the string.
+    #[serde(flatten, serialize_with = "msgid_and_str")]
     pub msgid: Option<i64>,
     pub attempts: u32,
     pub reason: Option<String>,
     #[serde(serialize_with = "millis")]
     pub finished_at: DateTime<Utc>,
     /// What a consent, or a subscription delivery receipt, is about; absent elsewhere, so
-    /// send outcomes keep their shape. Boxed: it is rare, and every outcome carries the slot.
+    /// send outcomes keep their shape. Boxed: it is rare, and every outcome carries the field.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<Box<SubscriptionFields>>,
 }
 
-/// The fields a subscription event adds to its outcome (issue 16.2).
+/// The fields a subscription event adds to its outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SubscriptionFields {
     /// The template the consent or receipt is about.
@@ -93,25 +249,67 @@ pub struct SubscriptionFields {
     pub event_time: Option<i64>,
 }
 
+/// Which job a send outcome is about, as far as it is known (an invalid job may lack any part).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobIdentity {
+    pub id: Option<String>,
+    pub appid: Option<String>,
+    /// The recipient; absent on a batch's single outcome.
+    pub touser: Option<String>,
+    pub msg_type: Option<MsgType>,
+}
+
+/// What a delivery receipt says, as WeChat pushed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The account, when the push's original id names a configured one.
+    pub appid: Option<String>,
+    pub touser: String,
+    /// The id the send returned; how a consumer finds the job.
+    pub msgid: Option<i64>,
+    pub status: ReceiptStatus,
+    /// WeChat's own code and status text, verbatim.
+    pub errcode: Option<i64>,
+    pub errmsg: Option<String>,
+    /// The template of a subscription message's receipt; template messages' receipts name none.
+    pub template_id: Option<String>,
+}
+
+/// A user's consent about one subscription template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    pub appid: Option<String>,
+    pub touser: String,
+    pub template_id: String,
+    pub status: ConsentStatus,
+    /// `popup` or `settings`.
+    pub source: String,
+    /// WeChat's `CreateTime` of the event (Unix seconds).
+    pub event_time: i64,
+}
+
+fn msgid_and_str<S: serde::Serializer>(msgid: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(2))?;
+    map.serialize_entry("msgid", msgid)?;
+    map.serialize_entry("msgid_str", &msgid.map(|m| m.to_string()))?;
+    map.end()
+}
+
 fn millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
 impl Outcome {
-    /// A send outcome with the fields every status shares.
-    pub fn send(
-        status: SendStatus,
-        id: Option<String>,
-        appid: Option<String>,
-        touser: Option<String>,
-    ) -> Outcome {
+    /// The one shape every outcome starts from; only the constructors below call it.
+    fn new(status: Status, appid: Option<String>, touser: Option<String>) -> Outcome {
         Outcome {
-            kind: Kind::Send,
-            id,
+            kind: status.kind(),
+            id: None,
             appid,
             touser,
             msg_type: None,
-            status: status.as_str().to_string(),
+            status,
             errcode: None,
             errmsg: None,
             msgid: None,
@@ -122,19 +320,68 @@ impl Outcome {
         }
     }
 
+    /// A send job's outcome (kind `send`). The caller adds what the status tells: the
+    /// attempts, WeChat's code and message, the msgid, the reason.
+    pub fn for_job(status: SendStatus, job: JobIdentity) -> Outcome {
+        let mut o = Outcome::new(Status::Send(status), job.appid, job.touser);
+        o.id = job.id;
+        o.msg_type = job.msg_type;
+        o
+    }
+
+    /// A delivery receipt's outcome (kind `receipt`).
+    pub fn receipt(r: Receipt) -> Outcome {
+        let mut o = Outcome::new(Status::Receipt(r.status), r.appid, Some(r.touser));
+        o.msgid = r.msgid;
+        o.errcode = r.errcode;
+        o.errmsg = r.errmsg;
+        o.subscription = r.template_id.map(|template_id| {
+            Box::new(SubscriptionFields {
+                template_id,
+                source: None,
+                event_time: None,
+            })
+        });
+        o
+    }
+
+    /// A consent's outcome (kind `consent`).
+    pub fn consent(c: Consent) -> Outcome {
+        let mut o = Outcome::new(Status::Consent(c.status), c.appid, Some(c.touser));
+        o.subscription = Some(Box::new(SubscriptionFields {
+            template_id: c.template_id,
+            source: Some(c.source),
+            event_time: Some(c.event_time),
+        }));
+        o
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// The status of a send outcome; `None` for the other kinds.
+    pub fn send_status(&self) -> Option<SendStatus> {
+        match self.status {
+            Status::Send(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The routing key on the outcome exchange: `<kind>.<status>`.
     pub fn routing_key(&self) -> String {
-        let kind = match self.kind {
-            Kind::Send => "send",
-            Kind::Receipt => "receipt",
-            Kind::Consent => "consent",
-        };
-        let mut key = String::with_capacity(kind.len() + 1 + self.status.len());
+        let kind = self.kind.as_str();
+        let status = self.status.as_str();
+        let mut key = String::with_capacity(kind.len() + 1 + status.len());
         key.push_str(kind);
         key.push('.');
         // Statuses kept verbatim from WeChat may contain spaces or dots; keep the key a word.
         key.extend(
-            self.status
+            status
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
         );
@@ -169,7 +416,7 @@ impl Outcome {
                     part(&self.appid),
                     &msgid,
                     part(&self.touser),
-                    &self.status,
+                    self.status.as_str(),
                 ]
                 .join(":")
             }
@@ -185,7 +432,7 @@ impl Outcome {
                     sub.map_or("-", |s| s.template_id.as_str()),
                     &event_time,
                     sub.and_then(|s| s.source.as_deref()).unwrap_or("-"),
-                    &self.status,
+                    self.status.as_str(),
                 ]
                 .join(":")
             }
@@ -204,38 +451,90 @@ impl Outcome {
 mod tests {
     use super::*;
 
+    fn job(id: Option<&str>, appid: Option<&str>, touser: Option<&str>) -> JobIdentity {
+        JobIdentity {
+            id: id.map(Into::into),
+            appid: appid.map(Into::into),
+            touser: touser.map(Into::into),
+            msg_type: None,
+        }
+    }
+
+    fn json(o: &Outcome) -> serde_json::Value {
+        serde_json::from_slice(&o.to_json()).unwrap()
+    }
+
     #[test]
     fn serializes_as_the_contract_shows() {
-        let mut o = Outcome::send(
+        let mut o = Outcome::for_job(
             SendStatus::Sent,
-            Some("order-7781-paid".into()),
-            Some("wx0123456789abcdef".into()),
-            Some("OPENID".into()),
+            job(
+                Some("order-7781-paid"),
+                Some("wx0123456789abcdef"),
+                Some("OPENID"),
+            ),
         );
         o.errcode = Some(0);
         o.errmsg = Some("ok".into());
         o.msgid = Some(3_000_000_000);
         o.attempts = 1;
-        let v: serde_json::Value = serde_json::from_slice(&o.to_json()).unwrap();
+        let v = json(&o);
         assert_eq!(v["kind"], "send");
         assert_eq!(v["status"], "sent");
         assert_eq!(v["msgid"], 3_000_000_000i64, "msgid is an i64");
+        assert_eq!(v["msgid_str"], "3000000000");
         assert_eq!(v["reason"], serde_json::Value::Null);
         let at = v["finished_at"].as_str().unwrap();
         assert!(at.ends_with('Z') && at.contains('.'), "{at}");
         assert_eq!(o.routing_key(), "send.sent");
     }
 
-    /// Issue 20: every copy of one job's outcome carries the same message_id, whatever its
-    /// attempts or time; different recipients and receipts get different ones.
+    /// The JSON keeps its field order and every key, whatever the constructor: consumers
+    /// that compare bytes or schemas see the same document as before the typed status.
+    #[test]
+    fn send_outcomes_keep_their_exact_keys_in_order() {
+        let mut o = Outcome::for_job(
+            SendStatus::Rejected,
+            JobIdentity {
+                msg_type: Some(MsgType::Template),
+                ..job(Some("j"), Some("wxa"), Some("U"))
+            },
+        );
+        o.reason = Some("template_not_found".into());
+        let text = String::from_utf8(o.to_json()).unwrap();
+        let at = text.find(r#","finished_at""#).unwrap();
+        assert_eq!(
+            &text[..at],
+            r#"{"kind":"send","id":"j","appid":"wxa","touser":"U","type":"template","status":"rejected","errcode":null,"errmsg":null,"msgid":null,"attempts":0,"reason":"template_not_found""#
+        );
+        assert!(text.ends_with(r#"Z"}"#), "{text}");
+        assert_eq!(o.kind(), Kind::Send);
+        assert_eq!(o.send_status(), Some(SendStatus::Rejected));
+        assert_eq!(o.routing_key(), "send.rejected");
+    }
+
+    #[test]
+    fn every_send_status_serializes_as_its_word() {
+        for s in SendStatus::ALL {
+            let o = Outcome::for_job(s, JobIdentity::default());
+            assert_eq!(json(&o)["status"], s.as_str());
+            assert_eq!(o.routing_key(), format!("send.{}", s.as_str()));
+            assert_eq!(
+                SendStatus::ALL[s as usize],
+                s,
+                "ALL is in declaration order"
+            );
+        }
+    }
+
+    /// Every copy of one job's outcome carries the same message_id, whatever its attempts or
+    /// time; different recipients and receipts get different ones.
     #[test]
     fn message_ids_are_stable_per_job_and_recipient() {
         let out = |touser: &str, attempts: u32| {
-            let mut o = Outcome::send(
+            let mut o = Outcome::for_job(
                 SendStatus::Sent,
-                Some("order-1".into()),
-                Some("wxa".into()),
-                Some(touser.into()),
+                job(Some("order-1"), Some("wxa"), Some(touser)),
             );
             o.attempts = attempts;
             o
@@ -243,56 +542,148 @@ mod tests {
         assert_eq!(out("U1", 1).message_id(), "send:wxa:order-1:U1");
         assert_eq!(out("U1", 1).message_id(), out("U1", 3).message_id());
         assert_ne!(out("U1", 1).message_id(), out("U2", 1).message_id());
-        let mut r = out("U1", 0);
-        r.kind = Kind::Receipt;
-        r.id = None;
-        r.msgid = Some(42);
-        r.status = "delivered".into();
+        let r = Outcome::receipt(receipt(ReceiptStatus::Delivered));
         assert_eq!(r.message_id(), "receipt:wxa:42:U1:delivered");
     }
 
-    /// Issue 16.2: a consent carries the contract's `touser`, `template_id`, `status` and
-    /// `source`; send outcomes do not grow those fields; each consent event has its own
-    /// message_id, so accept, reject, accept again are three messages, not one.
+    fn receipt(status: ReceiptStatus) -> Receipt {
+        Receipt {
+            appid: Some("wxa".into()),
+            touser: "U1".into(),
+            msgid: Some(42),
+            status,
+            errcode: None,
+            errmsg: Some("success".into()),
+            template_id: None,
+        }
+    }
+
+    /// A template message's receipt: kind, status word, msgid and WeChat's raw status; no
+    /// job id, type, attempts or subscription fields.
+    #[test]
+    fn receipts_carry_msgid_and_wechat_status_and_no_job_fields() {
+        let o = Outcome::receipt(receipt(ReceiptStatus::Blocked));
+        let v = json(&o);
+        assert_eq!(v["kind"], "receipt");
+        assert_eq!(v["status"], "blocked");
+        assert_eq!(v["touser"], "U1");
+        assert_eq!(v["appid"], "wxa");
+        assert_eq!(v["msgid"], 42);
+        assert_eq!(v["errmsg"], "success");
+        assert_eq!(v["id"], serde_json::Value::Null);
+        assert_eq!(v["attempts"], 0);
+        for absent in ["type", "template_id", "source", "event_time"] {
+            assert!(v.get(absent).is_none(), "receipt has {absent}: {v}");
+        }
+        assert_eq!(o.kind(), Kind::Receipt);
+        assert_eq!(o.send_status(), None);
+        assert_eq!(o.routing_key(), "receipt.blocked");
+    }
+
+    /// A subscription message's receipt names its template, and no consent source or time.
+    #[test]
+    fn subscription_receipts_name_their_template() {
+        let o = Outcome::receipt(Receipt {
+            errcode: Some(0),
+            template_id: Some("TPL".into()),
+            ..receipt(ReceiptStatus::Delivered)
+        });
+        let v = json(&o);
+        assert_eq!(v["template_id"], "TPL");
+        assert_eq!(v["errcode"], 0);
+        assert!(
+            v.get("source").is_none() && v.get("event_time").is_none(),
+            "{v}"
+        );
+    }
+
+    /// A consent carries the contract's `touser`, `template_id`, `status` and `source`; send
+    /// outcomes do not grow those fields; each consent event has its own message_id, so
+    /// accept, reject, accept again are three messages, not one.
     #[test]
     fn consents_serialize_with_template_and_source_and_sends_keep_their_shape() {
-        let send = Outcome::send(SendStatus::Sent, Some("j".into()), None, Some("U".into()));
-        let v: serde_json::Value = serde_json::from_slice(&send.to_json()).unwrap();
+        let send = Outcome::for_job(SendStatus::Sent, job(Some("j"), None, Some("U")));
+        let v = json(&send);
         for absent in ["template_id", "source", "event_time"] {
             assert!(v.get(absent).is_none(), "send outcome has {absent}: {v}");
         }
-        let consent = |status: &str, at: i64| {
-            let mut o = Outcome::send(SendStatus::Sent, None, Some("wxa".into()), Some("U".into()));
-            o.kind = Kind::Consent;
-            o.status = status.into();
-            o.subscription = Some(Box::new(SubscriptionFields {
+        let consent = |status: ConsentStatus, at: i64| {
+            Outcome::consent(Consent {
+                appid: Some("wxa".into()),
+                touser: "U".into(),
                 template_id: "TPL".into(),
-                source: Some("popup".into()),
-                event_time: Some(at),
-            }));
-            o
+                status,
+                source: "popup".into(),
+                event_time: at,
+            })
         };
-        let c = consent("accept", 1_610_969_440);
-        let v: serde_json::Value = serde_json::from_slice(&c.to_json()).unwrap();
+        let c = consent(ConsentStatus::Accept, 1_610_969_440);
+        let v = json(&c);
         assert_eq!(v["kind"], "consent");
         assert_eq!(v["touser"], "U");
         assert_eq!(v["template_id"], "TPL");
         assert_eq!(v["status"], "accept");
         assert_eq!(v["source"], "popup");
         assert_eq!(v["event_time"], 1_610_969_440);
+        assert_eq!(v["msgid"], serde_json::Value::Null);
         assert_eq!(c.routing_key(), "consent.accept");
         assert_eq!(c.message_id(), "consent:wxa:U:TPL:1610969440:popup:accept");
         assert_ne!(
             c.message_id(),
-            consent("accept", 1_610_969_500).message_id()
+            consent(ConsentStatus::Accept, 1_610_969_500).message_id()
         );
+        let r = consent(ConsentStatus::Reject, 1_610_969_440);
+        assert_eq!(json(&r)["status"], "reject");
+        assert_eq!(r.kind(), Kind::Consent);
+    }
+
+    /// A 19-digit msgid is past 2^53, where JavaScript's `JSON.parse` loses digits: the
+    /// number stays exact for other parsers, and `msgid_str` carries it for JavaScript.
+    #[test]
+    fn a_19_digit_msgid_is_also_written_as_a_string() {
+        let job = JobIdentity {
+            id: Some("j".into()),
+            touser: Some("U".into()),
+            ..JobIdentity::default()
+        };
+        let mut o = Outcome::for_job(SendStatus::Sent, job);
+        o.msgid = Some(3_662_956_322_040_938_501);
+        let text = String::from_utf8(o.to_json()).unwrap();
+        assert!(
+            text.contains(r#""msgid":3662956322040938501,"msgid_str":"3662956322040938501""#),
+            "{text}"
+        );
+        let lossy = 3_662_956_322_040_938_501_i64 as f64;
+        assert_ne!(
+            lossy as i64, 3_662_956_322_040_938_501,
+            "a double cannot hold it"
+        );
+        o.msgid = None;
+        let v: serde_json::Value = serde_json::from_slice(&o.to_json()).unwrap();
+        assert!(v["msgid"].is_null() && v["msgid_str"].is_null(), "{v}");
     }
 
     #[test]
     fn routing_keys_stay_single_words_for_verbatim_statuses() {
-        let mut o = Outcome::send(SendStatus::Sent, None, None, None);
-        o.kind = Kind::Receipt;
-        o.status = "failed: weird.status".into();
+        let o = Outcome::receipt(receipt(ReceiptStatus::from_wechat("failed: weird.status")));
         assert_eq!(o.routing_key(), "receipt.failed__weird_status");
+        assert_eq!(json(&o)["status"], "failed: weird.status");
+    }
+
+    #[test]
+    fn wechat_words_map_to_statuses_and_unknown_ones_stay_verbatim() {
+        assert_eq!(
+            ReceiptStatus::from_wechat(" success "),
+            ReceiptStatus::Delivered
+        );
+        assert_eq!(
+            ReceiptStatus::from_wechat("failed:user block"),
+            ReceiptStatus::Blocked
+        );
+        let odd = ReceiptStatus::from_wechat("failed: new");
+        assert_eq!((odd.as_str(), odd.label()), ("failed: new", "other"));
+        assert_eq!(ConsentStatus::from_wechat(" accept"), ConsentStatus::Accept);
+        let odd = ConsentStatus::from_wechat(" maybe ");
+        assert_eq!((odd.as_str(), odd.label()), (" maybe ", "other"));
     }
 }

@@ -25,11 +25,11 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::amqp::{self, Acks, PublishError, Publisher, headers, topology};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, QueueType};
 use crate::dispatch::{Dispatcher, Disposition, EndReason};
 use crate::job::{self, Parsed};
 use crate::metrics::Metrics;
-use crate::outcome::{Outcome, SendStatus};
+use crate::outcome::{JobIdentity, Outcome, SendStatus};
 use crate::shutdown::Shutdown;
 
 /// Liveness and readiness, shared with the HTTP probes.
@@ -332,12 +332,18 @@ async fn handle(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            let deliveries = delivery_count(&delivery) + 1;
+            let deliveries =
+                headers::deliveries_before(&delivery.properties, delivery.redelivered) + 1;
             if deliveries >= u64::from(ctx.config.amqp.delivery_limit) {
                 // The last delivery the queue allows: end it here with a reason, rather than
                 // letting the broker dead-letter it silently.
                 tracing::error!(panic = %msg, deliveries, "job handler panicked again; dead-lettering the job as poison");
                 !bury_poison(&ctx, &io, &delivery, &msg).await
+            } else if ctx.config.amqp.jobs_queue_type == QueueType::Classic {
+                // A classic queue counts no deliveries and has no limit: a nack would bring
+                // the job back uncounted for ever. Put a counted copy back instead.
+                tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is put back with its delivery count");
+                !requeue_counted(&io, &delivery, deliveries).await
             } else {
                 tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is requeued");
                 true
@@ -360,18 +366,20 @@ async fn handle(
     ctx.metrics.inflight.dec();
 }
 
-/// How many times the broker delivered this job before (quorum queues count it in
-/// `x-delivery-count`; classic queues only say `redelivered`).
-fn delivery_count(delivery: &Delivery) -> u64 {
-    let counted = delivery.properties.headers().as_ref().and_then(|h| {
-        match h.inner().get("x-delivery-count")? {
-            lapin::types::AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-            lapin::types::AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-            lapin::types::AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-            _ => None,
+/// Publishes a copy of a panicked job, with its delivery count, to the end of the jobs queue,
+/// and acks the delivery once the copy is confirmed; true if so.
+async fn requeue_counted(io: &Io, delivery: &Delivery, deliveries: u64) -> bool {
+    let props = headers::with_deliveries(&delivery.properties, deliveries);
+    match io.publisher.requeue(&delivery.data, props).await {
+        Ok(()) => {
+            io.acks.ack(delivery.delivery_tag);
+            true
         }
-    });
-    counted.unwrap_or(u64::from(delivery.redelivered))
+        Err(e) => {
+            tracing::warn!(error = %e, "could not put the panicked job back; it is requeued uncounted");
+            false
+        }
+    }
 }
 
 /// Dead-letters a poison job and publishes its `failed` outcome; true if both were confirmed
@@ -379,7 +387,7 @@ fn delivery_count(delivery: &Delivery) -> u64 {
 async fn bury_poison(ctx: &Ctx, io: &Io, delivery: &Delivery, panic: &str) -> bool {
     let props = &delivery.properties;
     let message_id = props.message_id().as_ref().map(|m| m.as_str());
-    let known = match job::parse(&delivery.data, message_id, &ctx.config) {
+    let (id, appid, touser) = match job::parse(&delivery.data, message_id, &ctx.config) {
         Ok(Parsed::Single(j)) => (Some(j.id.to_string()), Some(j.appid), Some(j.touser)),
         Ok(Parsed::Batch(b)) => (Some(b.id.to_string()), Some(b.appid), None),
         Err((_, k)) => (k.id, k.appid, k.touser),
@@ -397,7 +405,13 @@ async fn bury_poison(ctx: &Ctx, io: &Io, delivery: &Delivery, panic: &str) -> bo
         .dead_letters_total
         .with_label_values(&["poison"])
         .inc();
-    let mut o = Outcome::send(SendStatus::Failed, known.0, known.1, known.2);
+    let job = JobIdentity {
+        id,
+        appid,
+        touser,
+        msg_type: None,
+    };
+    let mut o = Outcome::for_job(SendStatus::Failed, job);
     o.reason = Some(EndReason::Poison.as_str().into());
     o.errmsg = Some(detail);
     publish_final(ctx, io, delivery, &o).await.is_ok()
@@ -439,8 +453,13 @@ async fn process(
                 .dead_letters_total
                 .with_label_values(&[invalid.reason])
                 .inc();
-            let mut o = Outcome::send(SendStatus::Invalid, known.id, known.appid, known.touser);
-            o.msg_type = known.msg_type;
+            let job = JobIdentity {
+                id: known.id,
+                appid: known.appid,
+                touser: known.touser,
+                msg_type: known.msg_type,
+            };
+            let mut o = Outcome::for_job(SendStatus::Invalid, job);
             o.reason = Some(invalid.reason.to_string());
             o.errmsg = Some(invalid.detail);
             publish_final(ctx, io, delivery, &o).await
@@ -452,8 +471,8 @@ async fn process(
                 if let Err(m) = ctx.dispatcher.check_batch(&batch).await {
                     // One outcome for the whole batch: its template cannot work for anyone.
                     tracing::info!(reason = m.reason(), detail = %m.detail(), recipients = batch.recipients.len(), "batch rejected before expansion");
-                    let mut o = Outcome::send(SendStatus::Rejected, Some(id), Some(batch.appid.clone()), None);
-                    o.msg_type = Some(batch.msg_type);
+                    let job = JobIdentity { id: Some(id), appid: Some(batch.appid.clone()), touser: None, msg_type: Some(batch.msg_type) };
+                    let mut o = Outcome::for_job(SendStatus::Rejected, job);
                     o.reason = Some(m.reason().into());
                     o.errmsg = Some(m.detail());
                     return publish_final(ctx, io, delivery, &o).await;
@@ -479,18 +498,19 @@ async fn process(
         Ok(Parsed::Single(job)) => {
             let span = tracing::info_span!("job", job_id = %job.id, appid = %job.appid);
             async {
-                if let Some(left) = headers::wait_left(props, chrono::Utc::now().timestamp_millis()) {
-                    // Back early from a delay tier: park it again for the rest.
-                    publisher.defer(&delivery.data, props.clone(), left).await?;
-                    ack();
-                    return Ok(());
-                }
                 let state = headers::retry_state(props);
-                let disposition = ctx.dispatcher.run(&job, state).await;
+                let not_before = headers::not_before_ms(props);
+                let disposition = ctx.dispatcher.send_job(&job, state, not_before).await;
                 drop(slot);
                 match disposition {
+                    Disposition::Early { left } => {
+                        // Back early from a delay tier: park it again, unchanged, for the rest.
+                        publisher.defer(&delivery.data, props.clone(), left).await?;
+                        ack();
+                        Ok(())
+                    }
                     Disposition::Final(o) => {
-                        tracing::info!(status = %o.status, errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
+                        tracing::info!(status = %o.status(), errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
                         let latency = chrono::Utc::now().timestamp_millis() - state.first_seen_ms;
                         ctx.metrics
                             .outcome_latency_seconds
@@ -527,12 +547,12 @@ async fn publish_final(
         .appid
         .as_deref()
         .and_then(|a| Some((a, ctx.dispatcher.account_metrics(a)?)));
-    match account.and_then(|(_, handles)| handles.job(&o.status)) {
-        Some(counter) => counter.inc(),
-        None => ctx
+    match (account, o.send_status()) {
+        (Some((_, handles)), Some(status)) => handles.job(status).inc(),
+        _ => ctx
             .metrics
             .jobs_total
-            .with_label_values(&[account.map_or("unknown", |(a, _)| a), &o.status])
+            .with_label_values(&[account.map_or("unknown", |(a, _)| a), o.status().as_str()])
             .inc(),
     }
     io.acks.ack(delivery.delivery_tag);

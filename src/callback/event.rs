@@ -18,7 +18,8 @@
 //! * malformed documents are errors, and no input makes the parser panic.
 
 use std::borrow::Cow;
-use std::fmt;
+
+use crate::outcome::{ConsentStatus, ReceiptStatus};
 
 use quick_xml::Reader;
 use quick_xml::events::{BytesRef, BytesStart, Event as XmlEvent};
@@ -308,15 +309,10 @@ pub struct SubscriptionItem {
 pub const USER_REFUSED: i64 = 43101;
 
 impl SubscriptionItem {
-    /// The consent word of a pop-up or change item: `accept`, `reject`, or the raw value,
-    /// kept verbatim so a new value shows up instead of vanishing.
-    pub fn consent_status(&self) -> &str {
-        let raw = self.status.as_deref().unwrap_or("");
-        match raw.trim() {
-            "accept" => "accept",
-            "reject" => "reject",
-            _ => raw,
-        }
+    /// The consent of a pop-up or change item: `accept`, `reject`, or the raw value, kept
+    /// verbatim so a new value shows up instead of vanishing.
+    pub fn consent_status(&self) -> ConsentStatus {
+        ConsentStatus::from_wechat(self.status.as_deref().unwrap_or(""))
     }
 
     /// The delivery result of a sent item. `ErrorCode` decides when present (0 delivered,
@@ -427,54 +423,6 @@ impl Event {
         }
         out.push_str("</xml>");
         out
-    }
-}
-
-/// The outcome reported by a `TEMPLATESENDJOBFINISH` receipt.
-///
-/// WeChat's status strings are irregular (note the space in
-/// `failed: system failed`), so they are mapped once here and the rest of
-/// the worker deals in this enum. Unknown values are kept verbatim rather
-/// than dropped, so a new status shows up in receipts instead of vanishing.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ReceiptStatus {
-    /// `success`: the user received the message.
-    Delivered,
-    /// `failed:user block`: the user refuses messages from this account.
-    Blocked,
-    /// `failed: system failed`: WeChat could not deliver it.
-    Undelivered,
-    /// Any other status, verbatim.
-    Other(String),
-}
-
-impl ReceiptStatus {
-    /// Maps WeChat's `Status` text. Surrounding whitespace is ignored when
-    /// matching, but an unrecognised value is kept exactly as received.
-    pub fn from_wechat(status: &str) -> ReceiptStatus {
-        match status.trim() {
-            "success" => ReceiptStatus::Delivered,
-            "failed:user block" => ReceiptStatus::Blocked,
-            "failed: system failed" => ReceiptStatus::Undelivered,
-            _ => ReceiptStatus::Other(status.to_owned()),
-        }
-    }
-
-    /// The status word recorded in receipts: `delivered`, `blocked`,
-    /// `undelivered`, or the raw WeChat status.
-    pub fn as_str(&self) -> &str {
-        match self {
-            ReceiptStatus::Delivered => "delivered",
-            ReceiptStatus::Blocked => "blocked",
-            ReceiptStatus::Undelivered => "undelivered",
-            ReceiptStatus::Other(raw) => raw,
-        }
-    }
-}
-
-impl fmt::Display for ReceiptStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -1225,7 +1173,7 @@ mod tests {
             .map(|i| {
                 (
                     i.template_id.as_str(),
-                    i.consent_status(),
+                    i.consent_status().label(),
                     i.popup_scene.as_deref(),
                 )
             })
@@ -1254,7 +1202,7 @@ mod tests {
         assert_eq!(e.kind, SubscriptionKind::Change);
         assert_eq!(e.kind.source(), Some("settings"));
         assert_eq!(e.items.len(), 1);
-        assert_eq!(e.items[0].consent_status(), "reject");
+        assert_eq!(e.items[0].consent_status().as_str(), "reject");
         assert_eq!(e.items[0].popup_scene, None);
     }
 

@@ -20,12 +20,12 @@
 
 pub mod crypto;
 pub mod event;
+pub mod http;
 pub mod signature;
 
 pub use crypto::{AesKey, CryptoError, Decrypted, decrypt, encrypt};
 pub use event::{
-    Event, Inbound, ReceiptStatus, SubscriptionEvent, SubscriptionItem, SubscriptionKind, XmlError,
-    parse,
+    Event, Inbound, SubscriptionEvent, SubscriptionItem, SubscriptionKind, XmlError, parse,
 };
 pub use signature::{sign, verify};
 
@@ -177,6 +177,7 @@ pub fn seal_safe_mode(
 mod tests {
     use super::*;
     use crate::callback::event::DEFAULT_MAX_XML_BYTES;
+    use crate::outcome::ReceiptStatus;
 
     const TOKEN: &str = "QDG6eK";
     const APPID: &str = "wx5823bf96d3bd56c7";

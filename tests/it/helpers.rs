@@ -141,8 +141,10 @@ impl Harness {
         }
     }
 
-    /// Publishes a job body (with confirms) to the jobs queue.
+    /// Publishes a job body (with confirms) to the jobs queue, after checking that the job
+    /// schema and the worker's parser agree on it.
     pub async fn publish_raw(&self, body: &[u8]) {
+        crate::contract::check_job(body, None, &self.config);
         self.publisher
             .publish(
                 "",
@@ -164,6 +166,9 @@ impl Harness {
             .iter()
             .map(|j| serde_json::to_vec(j).unwrap())
             .collect();
+        for body in &bodies {
+            crate::contract::check_job(body, None, &self.config);
+        }
         let q = self.config.amqp.jobs_queue.clone();
         futures_util::stream::iter(bodies.iter())
             .map(|b| {
@@ -202,6 +207,9 @@ impl Harness {
                     let v = serde_json::from_slice(&d.data).unwrap_or_else(|_| {
                         Value::String(String::from_utf8_lossy(&d.data).into_owned())
                     });
+                    if d.exchange.as_str() == self.config.amqp.outcomes_exchange {
+                        crate::contract::check_outcome(&v);
+                    }
                     out.push((v, d.properties));
                 }
                 _ => break,
@@ -228,6 +236,7 @@ impl Harness {
             let Ok(Some(v)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
                 break;
             };
+            crate::contract::check_outcome(&v);
             // Sends are identified by (id, touser); receipts by (msgid, status).
             let key = if v["kind"] == "send" {
                 format!("send|{}|{}", v["id"], v["touser"])
@@ -452,6 +461,90 @@ fn tracing_subscriber_init() -> Option<()> {
         wxdispatch::logging::init(wxdispatch::config::LogFormat::Text);
     }
     Some(())
+}
+
+/// Jobs parked in any of the delay queues right now (nothing consumes them there, so the
+/// ready count is all of them): a check that jobs wait, which fails if they vanish instead.
+pub async fn parked(h: &Harness) -> u32 {
+    let mut n = 0;
+    for tier in amqp::topology::DELAY_TIERS {
+        n += h
+            .depth(&amqp::topology::delay_queue(&h.config, *tier))
+            .await;
+    }
+    n
+}
+
+/// The file every broker-touching run locks: shared by the parallel pass, exclusive by a
+/// `serial_*` test (scripts/test.sh and docs/TESTING.md describe the protocol).
+pub const BROKER_LOCK: &str = "/tmp/wxd-broker.lock";
+
+/// The exclusive broker lock, held for as long as it lives. Every `serial_*` test (they stop,
+/// block or cluster the broker, or measure rates against the clock) takes it first, so no
+/// parallel run touches the broker meanwhile, whoever started the test.
+pub struct SerialBroker {
+    /// The file whose `flock` this is; `None` when a parent (`flock -x FILE cargo test …`)
+    /// already holds the exclusive lock on a descriptor this process inherited.
+    _file: Option<std::fs::File>,
+}
+
+/// Takes the exclusive broker lock, waiting for every other holder to finish.
+///
+/// A run wrapped in `flock -x /tmp/wxd-broker.lock` passes its locked descriptor down; locking
+/// the file again on a new descriptor would wait for that parent for ever, so an inherited
+/// exclusive lock is used as it is. An inherited shared one means a serial test was started
+/// inside the parallel pass: that is refused, not waited on.
+pub fn serial_broker() -> SerialBroker {
+    use std::os::fd::AsRawFd;
+    if let Some(mode) = inherited_broker_lock() {
+        assert_eq!(
+            mode, "WRITE",
+            "a serial_ test was run under a shared {BROKER_LOCK} lock (the parallel pass); run it \
+             alone: cargo test --test it serial_NAME -- --ignored --test-threads=1"
+        );
+        return SerialBroker { _file: None };
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(BROKER_LOCK)
+        .unwrap_or_else(|e| panic!("open {BROKER_LOCK}: {e}"));
+    // Blocks this thread until every shared holder (a parallel run) has finished.
+    let rc =
+        tokio::task::block_in_place(|| unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) });
+    assert_eq!(
+        rc,
+        0,
+        "flock {BROKER_LOCK}: {}",
+        std::io::Error::last_os_error()
+    );
+    SerialBroker { _file: Some(file) }
+}
+
+/// The mode (`READ` or `WRITE`) of a `flock` on the broker lock held through a descriptor this
+/// process inherited, from /proc/self/fdinfo (Linux lists each descriptor's own locks there).
+fn inherited_broker_lock() -> Option<String> {
+    let target = std::fs::canonicalize(BROKER_LOCK).ok()?;
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        if std::fs::read_link(entry.path()).ok().as_deref() != Some(target.as_path()) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .ok()?;
+        let mode = info
+            .lines()
+            .filter(|l| l.starts_with("lock:") && l.contains("FLOCK"))
+            .find_map(|l| l.split_whitespace().find(|w| *w == "READ" || *w == "WRITE"));
+        if let Some(mode) = mode {
+            return Some(mode.to_string());
+        }
+    }
+    None
 }
 
 /// A RabbitMQ memory alarm (every publisher on the broker blocks) for as long as it lives.

@@ -319,7 +319,9 @@ impl Drop for BrokerRestart {
 /// each is sent to WeChat exactly once (counted per job id at the simulator) and gets exactly
 /// one outcome (counted per id). Serial: it stops the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "serial: run by scripts/test.sh under the broker lock"]
 async fn serial_jobs_in_the_delay_tiers_survive_a_broker_restart() {
+    let _serial = serial_broker();
     let mut h = Harness::start(Opts::default()).await;
     let n = 1000;
     let bodies: Vec<Vec<u8>> = jobs("hop", n)

@@ -39,10 +39,10 @@ use serde::Deserialize;
 
 use crate::amqp::{self, Publisher};
 use crate::callback::event::TEMPLATE_SEND_JOB_FINISH;
-use crate::callback::{self, AesKey, Inbound, ReceiptStatus, SubscriptionEvent};
+use crate::callback::{self, AesKey, Inbound, SubscriptionEvent};
 use crate::config::{Config, Secret};
 use crate::metrics::Metrics;
-use crate::outcome::{Kind, Outcome, SendStatus, SubscriptionFields};
+use crate::outcome::{Consent, Outcome, Receipt, ReceiptStatus};
 
 /// Largest callback body accepted. WeChat's pushes are well under 2 KiB.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -453,16 +453,17 @@ async fn receive(
         event: TEMPLATE_SEND_JOB_FINISH.into(),
         template_id: String::new(),
     };
-    let mut o = Outcome::send(SendStatus::Sent, None, appid, Some(event.from_user.clone()));
-    o.kind = Kind::Receipt;
-    o.status = status.as_str().to_string();
-    o.msgid = Some(msgid);
-    o.errmsg = Some(raw_status);
-    let label = match status {
-        ReceiptStatus::Other(_) => "other",
-        _ => status.as_str(),
-    };
-    let publish = publish_counted(&r, o, Counted::Receipt(label.to_string()));
+    let counted = Counted::Receipt(status.label());
+    let o = Outcome::receipt(Receipt {
+        appid,
+        touser: event.from_user.clone(),
+        msgid: Some(msgid),
+        status,
+        errcode: None,
+        errmsg: Some(raw_status),
+        template_id: None,
+    });
+    let publish = publish_counted(&r, o, counted);
     let answer = r.seen.store(key, ANSWER_WITHIN, publish).await;
     respond(&r, answer)
 }
@@ -470,9 +471,9 @@ async fn receive(
 /// The counter an outcome bumps once the broker confirmed it.
 enum Counted {
     /// `wxdispatch_receipts_total{status}`.
-    Receipt(String),
+    Receipt(&'static str),
     /// `wxdispatch_consents_total{status,source}`.
-    Consent(String, String),
+    Consent(&'static str, &'static str),
 }
 
 /// The publish of one outcome, to run in the dedupe's own task. It is counted when the broker
@@ -490,19 +491,19 @@ fn publish_counted(
                     Counted::Receipt(status) => publisher
                         .metrics
                         .receipts_total
-                        .with_label_values(&[status.as_str()])
+                        .with_label_values(&[status])
                         .inc(),
                     Counted::Consent(status, source) => publisher
                         .metrics
                         .consents_total
-                        .with_label_values(&[status.as_str(), source.as_str()])
+                        .with_label_values(&[status, source])
                         .inc(),
                 }
-                tracing::debug!(kind = ?o.kind, msgid = ?o.msgid, status = %o.status, "callback outcome stored");
+                tracing::debug!(kind = ?o.kind(), msgid = ?o.msgid, status = %o.status(), "callback outcome stored");
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(error = %e, kind = ?o.kind, msgid = ?o.msgid, "could not store a callback outcome; WeChat's retry will try again");
+                tracing::warn!(error = %e, kind = ?o.kind(), msgid = ?o.msgid, "could not store a callback outcome; WeChat's retry will try again");
                 Err(e)
             }
         }
@@ -536,49 +537,42 @@ async fn store_subscription(
         tracing::warn!(to_user = %ev.to_user, "subscription event for an original id no account declares (set original_id in [[accounts]])");
     }
     let stores = ev.items.iter().map(|item| {
-        let mut o = Outcome::send(
-            SendStatus::Sent,
-            None,
-            appid.clone(),
-            Some(ev.from_user.clone()),
-        );
-        let (raw, counted, source) = match ev.kind.source() {
+        let touser = ev.from_user.clone();
+        let template_id = item.template_id.clone();
+        let (o, raw, counted) = match ev.kind.source() {
             Some(source) => {
-                o.kind = Kind::Consent;
-                o.status = item.consent_status().to_string();
-                let label = match o.status.as_str() {
-                    s @ ("accept" | "reject") => s,
-                    _ => "other",
-                };
-                (
-                    item.status.clone().unwrap_or_default(),
-                    Counted::Consent(label.to_string(), source.to_string()),
-                    Some(source.to_string()),
-                )
+                let status = item.consent_status();
+                let counted = Counted::Consent(status.label(), source);
+                let o = Outcome::consent(Consent {
+                    appid: appid.clone(),
+                    touser,
+                    template_id,
+                    status,
+                    source: source.to_string(),
+                    event_time: ev.create_time,
+                });
+                (o, item.status.clone().unwrap_or_default(), counted)
             }
             None => {
                 let status = item.receipt_status();
-                o.kind = Kind::Receipt;
-                o.status = status.as_str().to_string();
-                o.msgid = item.msg_id;
-                o.errcode = item.error_code;
-                o.errmsg = item.error_status.clone();
-                (
-                    format!(
-                        "{}:{}",
-                        item.error_code.map_or_else(String::new, |c| c.to_string()),
-                        item.error_status.as_deref().unwrap_or("")
-                    ),
-                    Counted::Receipt(status.as_str().to_string()),
-                    None,
-                )
+                let counted = Counted::Receipt(status.label());
+                let o = Outcome::receipt(Receipt {
+                    appid: appid.clone(),
+                    touser,
+                    msgid: item.msg_id,
+                    status,
+                    errcode: item.error_code,
+                    errmsg: item.error_status.clone(),
+                    template_id: Some(template_id),
+                });
+                let raw = format!(
+                    "{}:{}",
+                    item.error_code.map_or_else(String::new, |c| c.to_string()),
+                    item.error_status.as_deref().unwrap_or("")
+                );
+                (o, raw, counted)
             }
         };
-        o.subscription = Some(Box::new(SubscriptionFields {
-            template_id: item.template_id.clone(),
-            event_time: source.is_some().then_some(ev.create_time),
-            source,
-        }));
         let key = ReceiptKey {
             to_user: ev.to_user.clone(),
             from_user: ev.from_user.clone(),
