@@ -48,6 +48,10 @@ pub struct Metrics {
     pub catalogue_unchecked_total: IntCounterVec,
     pub inflight: IntGauge,
     pub quota_paused: IntGaugeVec,
+    /// The configured `daily_quota` of each account that has one.
+    pub daily_quota: IntGaugeVec,
+    /// Sends counted against today's quota (Beijing day); with Redis, every replica's.
+    pub sent_today: IntGaugeVec,
     pub receipts_total: IntCounterVec,
     pub amqp_connected: IntGauge,
     pub token_expires_in_seconds: IntGaugeVec,
@@ -226,6 +230,18 @@ impl Metrics {
                 "1 while an account is paused on its daily quota (45009)",
                 &["appid"],
             ),
+            daily_quota: gauge(
+                r,
+                "wxdispatch_daily_quota",
+                "The configured daily quota of an account (absent when none is configured)",
+                &["appid"],
+            ),
+            sent_today: gauge(
+                r,
+                "wxdispatch_sent_today",
+                "Sends counted against today's quota (Beijing day); with Redis, all replicas' sends",
+                &["appid"],
+            ),
             receipts_total: counter(
                 r,
                 "wxdispatch_receipts_total",
@@ -375,6 +391,7 @@ impl Metrics {
             self.receipts_total.with_label_values(&[s]);
         }
         self.dead_letters_total.with_label_values(&["invalid"]);
+        self.catalogue_unchecked_total.with_label_values(&[appid]);
         AccountMetrics {
             jobs: SendStatus::ALL.map(|s| self.jobs_total.with_label_values(&[appid, s.as_str()])),
             send_duration: self.send_duration_seconds.with_label_values(&[appid]),
