@@ -87,6 +87,8 @@ export WXD_CALLBACK_TOKEN="smoke-token-$RANDOM"
 export WXD_API_BASE="http://127.0.0.1:$MOCK_PORT"
 export WXD_HTTP_ADDR="127.0.0.1:$WORKER_PORT"
 export WXD_RETRY_BASE_MS=50 WXD_LOG_FORMAT=text RUST_LOG=warn
+# A configured quota, so the "sends today against the daily quota" panel has both series.
+export WXD_DAILY_QUOTA=100000
 unset WXD_CONFIG WXD_REDIS_URL WXD_CALLBACK_AES_KEY
 
 say "worker on 127.0.0.1:$WORKER_PORT, simulator on 127.0.0.1:$MOCK_PORT (queues $PREFIX.*)"

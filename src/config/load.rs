@@ -389,3 +389,25 @@ fn valid_appid(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint list names exactly the fields serde accepts in an `[[accounts]]` entry.
+    #[test]
+    fn account_keys_match_the_entry() {
+        let e = toml::from_str::<RawAccount>("no_such_key = 1").unwrap_err();
+        let msg = e.to_string();
+        let listed = msg
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{msg}"));
+        let listed: Vec<&str> = listed
+            .split(',')
+            .map(|k| k.trim().trim_matches('`'))
+            .filter(|k| !k.is_empty())
+            .collect();
+        assert_eq!(listed, ACCOUNT_KEYS, "{msg}");
+    }
+}

@@ -317,35 +317,14 @@ fn terminal_log_format() -> Value {
 }
 
 impl Draft {
-    /// Placeholders only: the loader sets every field from its key's default or value.
+    /// The blank the loader starts from: every field is then set from its key's value or
+    /// default, so these placeholders are never seen.
     pub(super) fn blank() -> Draft {
         Draft {
             config: Config {
-                amqp: AmqpSettings {
-                    url: String::new(),
-                    jobs_queue: String::new(),
-                    jobs_queue_type: QueueType::Quorum,
-                    outcomes_exchange: String::new(),
-                    outcomes_queue: String::new(),
-                    dead_queue: String::new(),
-                    prefetch: 0,
-                    delivery_limit: 0,
-                    topology: Topology::Declare,
-                },
-                wechat: WechatSettings {
-                    api_base: String::new(),
-                    token_mode: TokenMode::Stable,
-                    token_force_budget: 0,
-                    http_timeout: Duration::ZERO,
-                },
-                limits: LimitSettings {
-                    concurrency: 0,
-                    max_job_bytes: 0,
-                    quota_probe: Duration::ZERO,
-                    account_stop_probe: Duration::ZERO,
-                    redis_url: None,
-                    expected_replicas: 0,
-                },
+                amqp: AmqpSettings::default(),
+                wechat: WechatSettings::default(),
+                limits: LimitSettings::default(),
                 retry: RetryPolicy {
                     max_attempts: 0,
                     base: Duration::ZERO,
@@ -353,19 +332,10 @@ impl Draft {
                     budget: Duration::ZERO,
                     inline_max: Duration::ZERO,
                 },
-                callback: CallbackSettings {
-                    path: String::new(),
-                    max_age: Duration::ZERO,
-                    addr: None,
-                    forward_url: None,
-                    forward_owned: false,
-                    forward_timeout: Duration::ZERO,
-                    publish_events: false,
-                    publish_content: false,
-                },
+                callback: CallbackSettings::default(),
                 accounts: Vec::new(),
                 http_addr: String::new(),
-                log_format: LogFormat::Json,
+                log_format: LogFormat::default(),
                 drain_timeout: Duration::ZERO,
                 credentials: Credentials::default(),
             },

@@ -130,6 +130,102 @@ async fn a_poison_job_on_a_classic_queue_is_dead_lettered_and_the_worker_survive
     a_poison_job_is_dead_lettered_and_the_worker_survives("classic").await;
 }
 
+/// Every delay tier refuses deferred jobs (a `max-length` policy beside the tiers'
+/// `reject-publish`). A job whose defer is refused must not be nacked back: each redelivery
+/// would send it to WeChat again and spend the quorum queue's delivery limit, until the broker
+/// dead-lettered it with no outcome. It waits unacked instead, counted, and goes on once the
+/// tier takes it. Every job ends with exactly one outcome, each attempt is one request, and
+/// nothing reaches the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_tier_that_refuses_defers_holds_the_jobs_and_loses_none() {
+    let h = Harness::start(Opts {
+        env: &[
+            ("WXD_DELIVERY_LIMIT", "3"),
+            ("WXD_MAX_ATTEMPTS", "3"),
+            ("WXD_RETRY_BASE_MS", "200"),
+            ("WXD_INLINE_RETRY_MAX_MS", "0"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // Every retry here waits under a second: the 1 s tier. It refuses publishes while it has
+    // a message ready (max-length 0), so fillers published all the time keep it refusing
+    // most of the time. The fillers it takes are jobs: they come back in a second and are
+    // sent.
+    let tier = wxdispatch::amqp::topology::delay_queue(&h.config, 1);
+    let policy = Policy::set(
+        &format!("^{}$", regex_escape(&tier)),
+        r#"{"max-length":0,"overflow":"reject-publish"}"#,
+    );
+    let filling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let filler = {
+        let publisher = wxdispatch::amqp::Publisher::new(&h.conn, &h.config)
+            .await
+            .unwrap();
+        let filling = filling.clone();
+        tokio::spawn(async move {
+            let mut taken = 0;
+            while filling.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = serde_json::to_vec(&job(
+                    &format!("filler-{taken}"),
+                    &format!("filler-user-{taken}"),
+                ))
+                .unwrap();
+                let props = BasicProperties::default();
+                if publisher.publish("", &tier, &body, props).await.is_ok() {
+                    taken += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            taken
+        })
+    };
+    let n = 6;
+    let all: Vec<Value> = (0..n)
+        .map(|i| job(&format!("refused-defer-{i}"), &format!("fail:-1:{i}")))
+        .collect();
+    h.publish_many(&all).await;
+    // Long enough for a requeued job to pass its delivery limit of 3 several times over.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    filling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let fillers: usize = filler.await.unwrap();
+    drop(policy);
+    let refused = metric(&h.metrics().await, "wxdispatch_copies_refused_total");
+    let out = h.outcomes(n + fillers, Duration::from_secs(30)).await;
+    assert_eq!(
+        h.late_duplicates(Duration::from_secs(2)).await,
+        0,
+        "a job got a second outcome"
+    );
+    report(
+        "refused_defer",
+        &h,
+        n + fillers,
+        &out,
+        &[("failed", n), ("sent", fillers)],
+    );
+    assert_eq!(
+        h.depth(&h.config.amqp.dead_queue).await,
+        0,
+        "a job was dead-lettered"
+    );
+    let out: Vec<Value> = out
+        .into_iter()
+        .filter(|o| o["id"].as_str().unwrap().starts_with("refused-defer-"))
+        .collect();
+    assert!(out.iter().all(|o| o["attempts"] == 3), "{out:?}");
+    assert_eq!(
+        h.mock.state.stats().send_requests,
+        (n * 3 + fillers) as u64,
+        "one request per attempt: no job was sent again by a redelivery"
+    );
+    assert!(
+        refused > 0.0,
+        "no defer was refused: the case did not happen"
+    );
+    h.cleanup().await;
+}
+
 /// The broker closes the worker's connections mid-load (`rabbitmqctl close_connection`):
 /// the worker reconnects on its own, every job gets an outcome, and WeChat got exactly one
 /// message per job.

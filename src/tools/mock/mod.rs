@@ -27,6 +27,7 @@
 
 mod command;
 pub mod push;
+pub mod xml;
 
 pub use command::{Args, serve_simulator};
 
