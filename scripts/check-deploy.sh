@@ -125,7 +125,15 @@ VARIANTS=(base redis-limiter keda prometheus-operator overlay)
 variant_dir() {  # NAME -> a directory to render
   case "$1" in
     base) echo "$ROOT/k8s" ;;
-    overlay) echo "$ROOT/k8s/overlays/example" ;;
+    overlay)
+      # The overlay's secret files are git-ignored (an operator creates them): render a copy
+      # of k8s/ with the base's placeholders in their place, never anyone's real files.
+      if [ ! -d "$WORK/k8s-overlay" ]; then
+        cp -r "$ROOT/k8s" "$WORK/k8s-overlay"
+        rm -rf "$WORK/k8s-overlay/overlays/example/secrets"
+        cp -r "$ROOT/k8s/base/secrets" "$WORK/k8s-overlay/overlays/example/secrets"
+      fi
+      echo "$WORK/k8s-overlay/overlays/example" ;;
     *)
       local dir="$WORK/variants/$1" comps=()
       case "$1" in
@@ -195,30 +203,92 @@ refuses_keda_without_redis() {
 }
 
 binary_accepts_renders() {
-  # The binary itself loads each render's settings: the ConfigMap's WXD_* keys, the Secret
-  # (the base's placeholders, also for the overlay that deletes it) and config.toml from the
-  # accounts ConfigMap, through `wxdispatch check-config`, exactly as the pods would.
+  # The binary itself loads each render's settings as a pod would: the worker container's
+  # envFrom ConfigMap as its environment, and every volume (the accounts ConfigMap, the Secret)
+  # written out at its mountPath, under a temporary root that the paths are moved into.
   run cargo build --locked --quiet --bin wxdispatch
   local bin="${CARGO_TARGET_DIR:-target}/debug/wxdispatch" v
   for v in "${VARIANTS[@]}"; do
-    python3 - "$bin" "$WORK/rendered-$v.yaml" "$WORK/config-$v.toml" k8s/base/secret.example.yaml "$v" <<'PY'
-import os, subprocess, sys, yaml
-binary, rendered, toml, example, name = sys.argv[1:]
+    python3 - "$bin" "$WORK/rendered-$v.yaml" "$WORK/pod-$v" "$v" <<'PY'
+import base64, os, pathlib, subprocess, sys, yaml
+binary, rendered, root, name = sys.argv[1:]
 docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
-secret = [d for d in docs if d["kind"] == "Secret"] or list(yaml.safe_load_all(open(example)))
+named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+dep = next(d for d in docs if d["kind"] == "Deployment")
+pod = dep["spec"]["template"]["spec"]
+c = pod["containers"][0]
+moved = lambda p: root + p
 env = {"PATH": os.environ["PATH"]}
-for d in docs:
-    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "wxdispatch-config":
-        env.update(d["data"])
-    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "wxdispatch-accounts":
-        open(toml, "w").write(d["data"]["config.toml"])
-        env["WXD_CONFIG"] = toml
-env.update(secret[0].get("stringData") or {})
+for e in c.get("envFrom") or []:
+    env.update(named[("ConfigMap", e["configMapRef"]["name"])]["data"])
+for e in c.get("env") or []:
+    env[e["name"]] = e["value"]
+volumes = {v["name"]: v for v in pod["volumes"]}
+for m in c.get("volumeMounts") or []:
+    v = volumes[m["name"]]
+    if "configMap" in v:
+        files = named[("ConfigMap", v["configMap"]["name"])]["data"]
+    else:
+        files = {k: base64.b64decode(x).decode()
+                 for k, x in named[("Secret", v["secret"]["secretName"])]["data"].items()}
+    for f, text in files.items():
+        path = pathlib.Path(moved(m["mountPath"])) / f
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text.replace("/etc/wxdispatch/", moved("/etc/wxdispatch/")))
+env = {k: (moved(x) if x.startswith("/etc/wxdispatch/") else x) for k, x in env.items()}
 r = subprocess.run([binary, "check-config"], env=env, capture_output=True, text=True)
 print(f"{name}: exit {r.returncode}: {r.stderr.strip()}")
 sys.exit(r.returncode)
 PY
   done
+}
+
+refuses_secrets_in_env() {
+  # The cross-checks can fail: the overlay's Deployment with the Secret back in envFrom and the
+  # settings' ConfigMap by its plain name must be refused.
+  python3 - "$WORK/rendered-overlay.yaml" > "$WORK/rendered-secret-env.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+for d in docs:
+    if d["kind"] == "Deployment":
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        c["envFrom"] = [{"configMapRef": {"name": "wxdispatch-config"}},
+                        {"secretRef": {"name": "wxdispatch-secrets"}}]
+yaml.safe_dump_all(docs, sys.stdout)
+PY
+  if python3 deploy/tools/check_manifests.py --render overlay "$WORK/rendered-secret-env.yaml" \
+      "$WORK/split-negative-env" > "$WORK/negative-env.log" 2>&1; then
+    echo "check_manifests.py accepted a Secret in envFrom"; return 1
+  fi
+  grep -F "puts secrets in the environment" "$WORK/negative-env.log" | sed 's/^FAIL: /refused as expected: /'
+  grep -F "envFrom must name the generated wxdispatch-config" "$WORK/negative-env.log" | sed 's/^FAIL: /refused as expected: /'
+}
+
+generated_names_roll() {
+  # A changed setting is a new ConfigMap name in the Deployment's pod template, so the pods
+  # roll: render the base, change one value in a copy, render again, compare.
+  local a="$WORK/roll-a.yaml" b="$WORK/roll-b.yaml"
+  cp -r "$ROOT/k8s" "$WORK/k8s-roll"
+  sed -i 's/^WXD_CONCURRENCY=.*/WXD_CONCURRENCY=65/' "$WORK/k8s-roll/base/config.env"
+  printf '%s' 'CHANGE_ME_rotated' > "$WORK/k8s-roll/base/secrets/callback-token"
+  local renderer=(python3 deploy/tools/render_kustomize.py)
+  [ "${#RENDER[@]}" = 0 ] || renderer=("${RENDER[@]}")
+  run "${renderer[@]}" "$ROOT/k8s" > "$a"
+  run "${renderer[@]}" "$WORK/k8s-roll" > "$b"
+  python3 - "$a" "$b" <<'PY'
+import json, sys, yaml
+def template(path):
+    dep = next(d for d in yaml.safe_load_all(open(path)) if d and d["kind"] == "Deployment")
+    return dep["spec"]["template"]
+ta, tb = template(sys.argv[1]), template(sys.argv[2])
+refs = lambda t: sorted(json.dumps(x) for x in t["spec"]["volumes"]) + [json.dumps(t["spec"]["containers"][0]["envFrom"])]
+changed = [x for x, y in zip(refs(ta), refs(tb)) if x != y]
+print(f"{len(changed)} references in the pod template changed")
+for x in changed:
+    print("  was", x)
+# the env ConfigMap, and the Secret volume
+sys.exit(0 if len(changed) == 2 else "a changed setting or secret must change the pod template")
+PY
 }
 
 validate_core() {
@@ -376,6 +446,8 @@ PY
 check "render k8s/: base, base + each component, overlays/example (kustomize and the fallback agree)" render_all
 check "manifest cross-checks of every render" cross_check
 check "cross-checks refuse KEDA without the Redis limiter" refuses_keda_without_redis
+check "cross-checks refuse a Secret in envFrom and an unhashed ConfigMap" refuses_secrets_in_env
+check "a changed setting or secret renames its ConfigMap/Secret in the pod template (pods roll)" generated_names_roll
 check "wxdispatch check-config accepts every render's ConfigMap and Secret" binary_accepts_renders
 check "kubernetes-validate --strict (core kinds of every render, k8s 1.28 and latest bundled)" validate_core
 check "KEDA and Prometheus-Operator objects against their projects' schemas (npm @kubernetes-models)" validate_crds

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::tools::{bench, demo, mock};
+#[cfg(feature = "bench")]
+use crate::tools::bench;
+use crate::tools::{demo, mock};
 
 /// Sends WeChat Official Account template messages from RabbitMQ jobs.
 #[derive(Debug, Parser)]
@@ -20,12 +22,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the development tools sort in `--help`: after what an operator runs.
+const TOOL: usize = 100;
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the worker: consume jobs, send, publish outcomes, serve metrics and callbacks.
     Run,
-    /// Run a local WeChat API simulator (token, stable_token, template/send, subscribe/bizsend,
-    /// subscribe/send, the two template catalogues, clear_quota).
+    /// Tool: run a local WeChat API simulator (token, stable_token, template/send,
+    /// subscribe/bizsend, subscribe/send, the two template catalogues, clear_quota).
+    #[command(display_order = TOOL)]
     MockWechat(mock::Args),
     /// Print each account's templates (template messages and subscription templates) and the
     /// data keys each one's content names: what a job's `template_id` and `data` must match.
@@ -34,8 +40,10 @@ pub enum Command {
         #[arg(long)]
         appid: Option<String>,
     },
-    /// Run everything end to end on the local broker with an embedded simulator, then print a
-    /// summary. Needs RabbitMQ on WXD_AMQP_URL (default localhost) and no WeChat credentials.
+    /// Tool: run everything end to end on the local broker with an embedded simulator, then
+    /// print a summary. Needs RabbitMQ on WXD_AMQP_URL (default localhost) and no WeChat
+    /// credentials.
+    #[command(display_order = TOOL)]
     Demo(demo::Args),
     /// Validate jobs (JSON Lines, or a CSV of recipients) and publish them to the jobs queue
     /// with publisher confirms. Needs no WeChat secret.
@@ -44,13 +52,16 @@ pub enum Command {
     /// start (re-running is safe: jobs keep their ids); 2 invalid lines (reported with their
     /// line numbers and never sent).
     Publish(crate::publish::Args),
-    /// Measure the whole pipeline on the local broker: publish jobs with confirms, run a worker
-    /// as a child process against an embedded simulator, consume the outcomes, and report
-    /// jobs/s, the worker's CPU per job and peak RSS, and publish-to-outcome latency.
+    /// Tool: measure the whole pipeline on the local broker: publish jobs with confirms, run a
+    /// worker as a child process against an embedded simulator, consume the outcomes, and
+    /// report jobs/s, the worker's CPU per job and peak RSS, and publish-to-outcome latency.
     /// Uses its own queue names and deletes them afterwards. See docs/BENCHMARKS.md.
+    #[cfg(feature = "bench")]
+    #[command(display_order = TOOL)]
     Bench(bench::Args),
     /// The bench's floor worker (`bench --floor`): consume, optionally send, publish, ack,
     /// and nothing else. Started by `wxdispatch bench`; not for production.
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchFloor(bench::floor::Args),
     /// Validate the configuration (file and WXD_* environment) exactly as `run` loads it,
@@ -87,17 +98,19 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
 
 /// Runs the parsed command line. `Ok` carries the process's exit code: `publish` tells apart
 /// invalid input (2) from a job not confirmed (1).
-pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     let config = cli.config.as_deref();
     let done = match cli.command {
         // The only command with exit codes of its own.
         Command::Publish(args) => return crate::publish::command(config, args).await,
-        Command::Run => crate::app::run(config).await,
-        Command::MockWechat(args) => mock::run(config, args).await,
+        Command::Run => crate::app::run_worker(config).await,
+        Command::MockWechat(args) => mock::serve_simulator(config, args).await,
         Command::Templates { appid } => crate::app::templates(config, appid.as_deref()).await,
-        Command::Demo(args) => demo::run(config, args).await,
-        Command::Bench(args) => bench::run(config, args).await,
-        Command::BenchFloor(args) => bench::floor::run(args).await,
+        Command::Demo(args) => demo::run_demo(config, args).await,
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => bench::run_bench(config, args).await,
+        #[cfg(feature = "bench")]
+        Command::BenchFloor(args) => bench::floor::run_floor(args).await,
         Command::CheckConfig { list_keys: true } => {
             println!("{}", crate::config::env_keys().join("\n"));
             Ok(())

@@ -11,22 +11,24 @@
 //! 10-minute deduplication window. Past it, the outcome is `failed` with reason
 //! `unknown_delivery`, never a blind resend.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
 use crate::config::{Config, ConfigError};
-use crate::job::{Job, MsgType};
+use crate::job::{AccountId, Job, MsgType, TemplateFields};
 use crate::limiter::{AccountGate, AccountStops, Admission, Reservation};
 use crate::metrics::{AccountMetrics, Metrics};
 use crate::outcome::{JobIdentity, Outcome, SendStatus};
-pub use crate::policy::{DeferReason, EndReason, Next, RetryPolicy, RetryState};
+use crate::policy::{
+    self, AccountChange, Due, End, EndStatus, Hold, JobFacts, Rules, Step, Tried, errcode,
+};
+pub use crate::policy::{DeferReason, EndReason, RetryState};
 use crate::wechat::catalogue::{self, Mismatch, Source};
-use crate::wechat::errcode::{self, Action};
 use crate::wechat::token::Token;
-use crate::wechat::{ApiReply, SendError, TokenError, TokenLimits, TokenSource, WechatClient};
+use crate::wechat::{ApiReply, TokenError, TokenLimits, TokenSource, WechatClient};
 
 /// How a job ends its turn on a worker.
 #[derive(Debug)]
@@ -39,10 +41,13 @@ pub enum Disposition {
         reason: DeferReason,
         state: RetryState,
     },
+    /// It came back early from a delay queue: park it again, unchanged, for `left`.
+    Early { left: Duration },
 }
 
 /// Everything one account needs to send.
-pub struct AccountCtx {
+pub struct Account {
+    pub appid: String,
     pub gate: AccountGate,
     /// The mini-program subscribe messages' own daily count and quota pause: WeChat counts
     /// them apart from the account's other sends, so a spent mini-program quota must not hold
@@ -60,7 +65,7 @@ pub struct AccountCtx {
     pub metrics: AccountMetrics,
 }
 
-impl AccountCtx {
+impl Account {
     /// The gate that holds the daily count and the quota pause of message type `t`.
     pub fn quota_gate(&self, t: MsgType) -> &AccountGate {
         match t {
@@ -73,26 +78,10 @@ impl AccountCtx {
 /// Sends jobs according to the policy. Shared by all in-flight tasks.
 pub struct Dispatcher {
     client: WechatClient,
-    accounts: HashMap<String, Arc<AccountCtx>>,
+    /// In the order of `Config::accounts`, which [`AccountId`] indexes.
+    accounts: Vec<Arc<Account>>,
     metrics: Arc<Metrics>,
-    policy: RetryPolicy,
-    /// While an account is stopped by a send's configuration error, one probe per this.
-    stop_probe: Duration,
-}
-
-/// What one try produced.
-enum Try {
-    Done(Disposition),
-    /// The try failed transiently after taking `took`; another may follow after `wait`.
-    /// Both are charged to the retry budget.
-    Again {
-        reason: String,
-        wait: Duration,
-        took: Duration,
-    },
-    /// The account was not ready (quota probe, minute limit) and the job already waited for
-    /// it in place. Not an error: nothing is charged, and the job simply tries again.
-    Waited,
+    rules: Rules,
 }
 
 impl Dispatcher {
@@ -131,7 +120,8 @@ impl Dispatcher {
                 };
                 let stops = Arc::new(AccountStops::new(&a.appid, &metrics));
                 let account_metrics = metrics.init_account(&a.appid);
-                let ctx = AccountCtx {
+                let ctx = Account {
+                    appid: a.appid.clone(),
                     mp_gate: gate(&mp_id),
                     gate: gate(&a.appid),
                     tokens: Arc::new(TokenSource::new(
@@ -152,76 +142,85 @@ impl Dispatcher {
                     catalogues: Default::default(),
                     fetching: tokio::sync::Mutex::new(()),
                 };
-                Ok((a.appid.clone(), Arc::new(ctx)))
+                Ok(Arc::new(ctx))
             })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Dispatcher {
             client,
             accounts,
             metrics,
-            policy: config.retry.clone(),
-            stop_probe: config.limits.account_stop_probe,
+            rules: Rules {
+                retry: config.retry.clone(),
+                stop_probe: config.limits.account_stop_probe,
+            },
         })
     }
 
-    pub fn accounts(&self) -> impl Iterator<Item = &Arc<AccountCtx>> {
-        self.accounts.values()
+    pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
+        self.accounts.iter()
+    }
+
+    /// The account a job was parsed for. The parser's [`AccountId`] is the account's place in
+    /// the configuration this dispatcher was built from, so it is always there.
+    fn account(&self, id: AccountId) -> &Account {
+        &self.accounts[id.index()]
+    }
+
+    /// A configured account by appid (a handful: a scan is cheaper than hashing).
+    fn find(&self, appid: &str) -> Option<&Account> {
+        self.accounts
+            .iter()
+            .find(|a| a.appid == appid)
+            .map(|a| &**a)
     }
 
     /// A configured account's per-job metric handles.
     pub fn account_metrics(&self, appid: &str) -> Option<&AccountMetrics> {
-        self.accounts.get(appid).map(|a| &a.metrics)
+        self.find(appid).map(|a| &a.metrics)
     }
 
-    /// Runs a job until it has a final outcome or must be deferred.
-    pub async fn run(&self, job: &Job, mut state: RetryState) -> Disposition {
-        let Some(acct) = self.accounts.get(&job.appid) else {
-            // The parser only lets configured accounts through; this is a bug, not bad input.
-            let mut o = self.outcome(job, SendStatus::Rejected, &state);
-            o.reason = Some(EndReason::UnknownAccount.as_str().into());
-            return Disposition::Final(o);
+    /// Carries a job's steps out until it has a final outcome or must be deferred: each step
+    /// is the decision core's ([`crate::policy::decide`]), this only does what it says.
+    pub async fn send_job(
+        &self,
+        job: &Job,
+        mut state: RetryState,
+        not_before_ms: Option<i64>,
+    ) -> Disposition {
+        let acct = self.account(job.account);
+        let facts = JobFacts {
+            deduplicated: job.msg_type.deduplicated(),
+            not_before_ms,
+            not_after_ms: job.not_after.map(|t| t.timestamp_millis()),
         };
         loop {
-            if let Some(deadline) = job.not_after
-                && Utc::now() > deadline
-            {
-                let mut o = self.outcome(job, SendStatus::Expired, &state);
-                o.reason = Some(EndReason::NotAfterPassed.as_str().into());
-                return Disposition::Final(o);
+            match policy::due(&facts, &state, now_ms()) {
+                Due::Now => {}
+                Due::NotYet(left) => return Disposition::Early { left },
+                Due::End(end) => return Disposition::Final(self.ended(job, &state, end, None)),
             }
-            // A job back from a delay queue (or redelivered) may have waited past the window.
-            if state.past_dedup_window(Utc::now().timestamp_millis(), Duration::ZERO) {
-                return Disposition::Final(self.unknown_delivery(job, &state, None));
-            }
-            match self.try_once(job, acct, &mut state).await {
-                Try::Done(d) => return d,
-                Try::Waited => {}
-                Try::Again { reason, wait, took } => {
-                    state.charge(took);
-                    let appid = job.appid.as_str();
-                    let now = Utc::now().timestamp_millis();
-                    match self.policy.next(&state, now, &reason, wait) {
-                        Next::Retry => {}
-                        Next::UnknownDelivery => {
-                            return Disposition::Final(self.unknown_delivery(
-                                job,
-                                &state,
-                                Some(&reason),
-                            ));
-                        }
-                        Next::GiveUp(r) => {
-                            let mut o = self.outcome(job, SendStatus::Failed, &state);
-                            o.reason = Some(r);
-                            return Disposition::Final(o);
-                        }
-                    }
-                    state.charge(wait);
+            let (step, reply) = self.try_once(job, acct, &facts, &mut state).await;
+            let appid = job.appid.as_str();
+            match step {
+                Step::End(end) => return Disposition::Final(self.ended(job, &state, end, reply)),
+                Step::Defer { delay, reason } => return self.defer(appid, delay, reason, state),
+                Step::Wait { delay, reason } => {
+                    // Still a deferral (counted as one), never a retry: the budget is for
+                    // errors, and this is the account's state.
+                    self.count_deferred(appid, reason);
+                    tokio::time::sleep(delay).await;
+                }
+                Step::Retry {
+                    reason,
+                    wait,
+                    in_place,
+                } => {
                     self.metrics
                         .retries_total
                         .with_label_values(&[appid, &reason])
                         .inc();
                     tracing::debug!(job_id = %job.id, appid, %reason, wait_ms = wait.as_millis() as u64, "retrying");
-                    if wait > self.policy.inline_max {
+                    if !in_place {
                         return self.defer(appid, wait, DeferReason::Backoff, state);
                     }
                     tokio::time::sleep(wait).await;
@@ -230,38 +229,41 @@ impl Dispatcher {
         }
     }
 
-    /// The `failed` outcome of a job that may or may not have been delivered.
-    fn unknown_delivery(&self, job: &Job, state: &RetryState, last: Option<&str>) -> Outcome {
-        tracing::warn!(
-            job_id = %job.id, appid = %job.appid, last_error = last.unwrap_or("-"),
-            "giving up on a message that may already have been delivered (an earlier attempt \
-             timed out or got no readable reply); reporting unknown_delivery instead of risking \
-             a second message. Check with the recipient before resending it."
-        );
-        let mut o = self.outcome(job, SendStatus::Failed, state);
-        o.reason = Some(EndReason::UnknownDelivery.as_str().into());
-        o.errmsg = last.map(|l| format!("last error: {l}"));
-        o
-    }
-
     /// One try, in the policy's order: the account admits the job (stopped, quota, pace), a
-    /// token, the catalogue check, the request, then what its answer means. Each step may end
-    /// the try; an attempt is counted only once a send's result is known.
-    async fn try_once(&self, job: &Job, acct: &AccountCtx, state: &mut RetryState) -> Try {
-        let reservation = match self.admit(job, acct, state).await {
+    /// token, the catalogue check, the request; then the core decides what its result means.
+    /// Returns the step and WeChat's reply, if there was one (the outcome quotes it).
+    async fn try_once(
+        &self,
+        job: &Job,
+        acct: &Account,
+        facts: &JobFacts,
+        state: &mut RetryState,
+    ) -> (Step, Option<ApiReply>) {
+        let reservation = match self.admit(job, acct).await {
             Ok(r) => r,
-            Err(end) => return end,
+            Err(hold) => return (policy::on_hold(&self.rules, hold), None),
         };
         let fetching = Instant::now();
         let token = match acct.tokens.get().await {
             Ok(t) => t,
-            Err(e) => return self.no_token(job, state, e, fetching.elapsed()),
+            Err(e) => {
+                let tried = match e {
+                    TokenError::Stopped { retry_in, .. } => Tried::TokenStopped { retry_in },
+                    TokenError::Unavailable { retry_in, .. } => {
+                        Tried::TokenUnavailable { retry_in }
+                    }
+                };
+                let took = fetching.elapsed();
+                let d = policy::decide(&self.rules, facts, state, tried, took, now_ms());
+                return (d.step, None);
+            }
         };
         if let Err(m) = self
-            .check_catalogue(&job.appid, acct, &token.value, job.msg_type, &job.body)
+            .check_catalogue(&job.appid, acct, &token.value, job.msg_type, job.template())
             .await
         {
-            return Try::Done(self.rejected_by_catalogue(job, state, m));
+            tracing::info!(job_id = %job.id, appid = %job.appid, reason = m.reason(), detail = %m.detail(), "rejected before sending: the template catalogue says the job cannot succeed");
+            return (Step::End(End::refused(m.reason(), m.detail())), None);
         }
         let started = Instant::now();
         let result = self
@@ -270,188 +272,86 @@ impl Dispatcher {
             .await;
         let took = started.elapsed();
         acct.metrics.send_duration.observe(took.as_secs_f64());
+        let appid = job.appid.as_str();
         match result {
             Ok(reply) => {
-                self.on_reply(job, acct, state, reservation, &token, reply, took)
-                    .await
+                let code = reply.errcode;
+                if code == 0 {
+                    acct.metrics.api_ok.inc();
+                } else {
+                    self.count_api(appid, &code.to_string());
+                }
+                let tried = Tried::Replied { errcode: code };
+                let d = policy::decide(&self.rules, facts, state, tried, took, now_ms());
+                if let Some(change) = d.change {
+                    self.apply(job, acct, change, reservation, &token).await;
+                }
+                if let Step::End(End {
+                    status: EndStatus::Rejected,
+                    ..
+                }) = d.step
+                {
+                    tracing::info!(job_id = %job.id, appid, errcode = code, errmsg = %reply.errmsg, "rejected by WeChat");
+                }
+                (d.step, Some(reply))
             }
-            Err(e) => self.on_send_error(job, state, e, took),
+            Err(e) => {
+                self.count_api(appid, &e.label());
+                let tried = Tried::SendFailed(&e);
+                let d = policy::decide(&self.rules, facts, state, tried, took, now_ms());
+                match &d.step {
+                    Step::End(end)
+                        if end.reason.as_deref() == Some(EndReason::MaybeSent.as_str()) =>
+                    {
+                        tracing::warn!(job_id = %job.id, appid, msg_type = %job.msg_type, error = %e,
+                            "a subscription send may have been delivered and cannot be retried \
+                             safely (the endpoint takes no client_msg_id); reporting maybe_sent");
+                    }
+                    _ => {
+                        tracing::info!(job_id = %job.id, appid, error = %e, attempt = state.attempts, "send failed");
+                    }
+                }
+                (d.step, None)
+            }
         }
     }
 
     /// The account's side of a try: not stopped, within its daily quota (or this is the
-    /// quota's probe), and paced. A short wait for the account happens here, in place; a long
-    /// one defers the job. Neither is an attempt. The place taken in the day's count (on the
-    /// quota gate of the job's type) is released unless the send succeeds.
-    async fn admit<'a>(
-        &self,
-        job: &Job,
-        acct: &'a AccountCtx,
-        state: &RetryState,
-    ) -> Result<Reservation<'a>, Try> {
-        let appid = job.appid.as_str();
-        if let Some(hold) = acct.stops.send_hold(self.stop_probe) {
-            return Err(Try::Done(self.defer(
-                appid,
-                hold,
-                DeferReason::AccountStopped,
-                *state,
-            )));
+    /// quota's probe), and paced. The place taken in the day's count (on the quota gate of the
+    /// job's type) is released unless the send succeeds.
+    async fn admit<'a>(&self, job: &Job, acct: &'a Account) -> Result<Reservation<'a>, Hold> {
+        if let Some(hold) = acct.stops.send_hold(self.rules.stop_probe) {
+            return Err(Hold::SendsStopped(hold));
         }
         let quota = acct.quota_gate(job.msg_type);
         let probe = match quota.admit() {
             Admission::Go => false,
             Admission::Probe => true,
-            Admission::Later { delay, reason } if delay <= self.policy.inline_max => {
-                // Short enough to wait in place. Still a deferral (counted as one), never a
-                // retry: the budget is for errors, and this is the account's state.
-                self.metrics
-                    .deferred_total
-                    .with_label_values(&[appid, reason.as_str()])
-                    .inc();
-                tokio::time::sleep(delay).await;
-                return Err(Try::Waited);
-            }
-            Admission::Later { delay, reason } => {
-                return Err(Try::Done(self.defer(appid, delay, reason, *state)));
-            }
+            Admission::Later { delay, reason } => return Err(Hold::Quota { delay, reason }),
         };
         let reservation = quota.reservation(probe);
-        if let Err(wait) = acct.gate.pace_within(self.policy.inline_max).await {
+        if let Err(wait) = acct.gate.pace_within(self.rules.retry.inline_max).await {
             // Too many of this account's sends already wait for its rate: park this one
-            // rather than hold a slot other accounts could use.
+            // rather than hold a consumer other accounts could use.
             drop(reservation);
-            return Err(Try::Done(self.defer(
-                appid,
-                wait,
-                DeferReason::Rate,
-                *state,
-            )));
+            return Err(Hold::Rate(wait));
         }
         Ok(reservation)
     }
 
-    /// No token: a stopped account defers the job; an unavailable token endpoint is a failed
-    /// attempt like a failed send.
-    fn no_token(&self, job: &Job, state: &mut RetryState, e: TokenError, took: Duration) -> Try {
-        match e {
-            TokenError::Stopped { retry_in, .. } => {
-                Try::Done(self.defer(&job.appid, retry_in, DeferReason::AccountStopped, *state))
-            }
-            TokenError::Unavailable { retry_in, .. } => {
-                state.attempts += 1;
-                Try::Again {
-                    reason: EndReason::TokenUnavailable.as_str().into(),
-                    wait: retry_in.max(self.policy.delay(state.attempts - 1)),
-                    took,
-                }
-            }
-        }
-    }
-
-    /// The catalogue says the job cannot succeed: reject it without a request.
-    fn rejected_by_catalogue(&self, job: &Job, state: &RetryState, m: Mismatch) -> Disposition {
-        tracing::info!(job_id = %job.id, appid = %job.appid, reason = m.reason(), detail = %m.detail(), "rejected before sending: the template catalogue says the job cannot succeed");
-        let mut o = self.outcome(job, SendStatus::Rejected, state);
-        o.reason = Some(m.reason().into());
-        o.errmsg = Some(m.detail());
-        Disposition::Final(o)
-    }
-
-    /// A send with no WeChat answer (transport error, timeout, an HTTP status, an unreadable
-    /// body). It may have been delivered, so it is retried only where WeChat deduplicates.
-    fn on_send_error(
+    /// Applies a decision's change to the account.
+    async fn apply(
         &self,
         job: &Job,
-        state: &mut RetryState,
-        e: SendError,
-        took: Duration,
-    ) -> Try {
-        let appid = job.appid.as_str();
-        state.attempts += 1;
-        self.count_api(appid, &e.label());
-        if e.maybe_sent() && !job.msg_type.deduplicated() {
-            // No client_msg_id on this endpoint: WeChat would take a retry as a second
-            // message. The upstream must find out whether the user got it.
-            tracing::warn!(job_id = %job.id, appid, msg_type = %job.msg_type, error = %e,
-                "a subscription send may have been delivered and cannot be retried \
-                 safely (the endpoint takes no client_msg_id); reporting maybe_sent");
-            return Try::Done(Disposition::Final(self.final_error(
-                job,
-                state,
-                SendStatus::Failed,
-                None,
-                EndReason::MaybeSent.as_str().into(),
-            )));
-        }
-        if e.maybe_sent() && state.maybe_sent_ms.is_none() {
-            state.maybe_sent_ms = Some(Utc::now().timestamp_millis());
-        }
-        let mut wait = self.policy.delay(state.attempts - 1);
-        if let SendError::Status {
-            status,
-            retry_after,
-        } = e
-        {
-            // The HTTP rows of the policy table (ERROR_POLICY.md): a redirect or a 4xx other
-            // than 408/425/429 will not change on retry; those three are a front end or proxy
-            // asking us to slow down, so wait at least as long as it asks.
-            if errcode::http_rule(status).action == Action::Reject {
-                return Try::Done(Disposition::Final(self.final_error(
-                    job,
-                    state,
-                    SendStatus::Rejected,
-                    None,
-                    e.label(),
-                )));
-            }
-            wait = wait.max(retry_after.unwrap_or_default());
-        }
-        tracing::info!(job_id = %job.id, appid, error = %e, attempt = state.attempts, "send failed");
-        Try::Again {
-            reason: e.label(),
-            wait,
-            took,
-        }
-    }
-
-    /// WeChat answered: the policy table's action for its errcode, with its side effects on
-    /// the account (resume, pause, slow down, stop) and the token.
-    #[allow(clippy::too_many_arguments)]
-    async fn on_reply(
-        &self,
-        job: &Job,
-        acct: &AccountCtx,
-        state: &mut RetryState,
+        acct: &Account,
+        change: AccountChange,
         reservation: Reservation<'_>,
         token: &Token,
-        reply: ApiReply,
-        took: Duration,
-    ) -> Try {
+    ) {
         let appid = job.appid.as_str();
-        let code = reply.errcode;
-        let action = errcode::action(code);
-        if code == 0 {
-            acct.metrics.api_ok.inc();
-        } else {
-            self.count_api(appid, &code.to_string());
-        }
-        // An attempt is counted once its result is known, and only when the result is about
-        // the job: the minute limit, the quota and a stopped account are the account's state.
-        if !matches!(
-            action,
-            Action::SlowDown | Action::PauseQuota | Action::StopAccount
-        ) {
-            state.attempts += 1;
-        }
         let quota = reservation.gate();
-        let again = |state: &RetryState| Try::Again {
-            reason: errcode::reason(code).into_owned(),
-            wait: self.policy.delay(state.attempts - 1),
-            took,
-        };
-        match action {
-            Action::Success => {
+        match change {
+            AccountChange::Sent => {
                 if acct.stops.resume_sends() {
                     tracing::info!(
                         appid,
@@ -459,57 +359,27 @@ impl Dispatcher {
                     );
                 }
                 reservation.sent().await;
-                let mut o = self.outcome(job, SendStatus::Sent, state);
-                o.errcode = Some(0);
-                o.errmsg = Some(reply.errmsg);
-                o.msgid = reply.msgid;
-                Try::Done(Disposition::Final(o))
             }
-            Action::Reject => {
-                if code == 40037 {
-                    // The template may have been deleted or added since the catalogue was
-                    // fetched: fetch it again before the next send.
-                    *acct.catalogues[source_index(job.msg_type)]
-                        .write()
-                        .expect("catalogue lock") = catalogue::State::Empty;
-                }
-                tracing::info!(job_id = %job.id, appid, errcode = code, errmsg = %reply.errmsg, "rejected by WeChat");
-                Try::Done(Disposition::Final(self.final_error(
-                    job,
-                    state,
-                    SendStatus::Rejected,
-                    Some((code, reply.errmsg)),
-                    errcode::reason(code).into_owned(),
-                )))
+            AccountChange::InvalidateToken => acct.tokens.invalidate(token).await,
+            AccountChange::ForgetCatalogue => {
+                *acct.catalogues[source_index(job.msg_type)]
+                    .write()
+                    .expect("catalogue lock") = catalogue::State::Empty;
             }
-            Action::RefreshToken => {
-                // Refresh, then retry after the ordinary backoff: if the code is not really
-                // about the token (41006), an immediate retry would only repeat it.
-                acct.tokens.invalidate(token).await;
-                again(state)
+            AccountChange::SlowDown(wait) => {
+                quota.slow_down(wait);
+                tracing::warn!(job_id = %job.id, appid, "minute limit hit; slowing down until the next minute");
             }
-            Action::Retry => again(state),
-            Action::SlowDown => {
-                let wait = quota.slow_down();
-                tracing::warn!(job_id = %job.id, appid, errcode = code, "minute limit hit; slowing down until the next minute");
-                Try::Done(self.defer(appid, wait, DeferReason::RateMinute, *state))
-            }
-            Action::PauseQuota => {
-                quota.pause_quota();
-                let delay = self.policy.inline_max + Duration::from_secs(1);
-                let delay = delay.max(Duration::from_secs(1));
-                Try::Done(self.defer(appid, delay, DeferReason::Quota, *state))
-            }
-            Action::StopAccount => {
-                if acct.stops.stop_sends(code, self.stop_probe) {
+            AccountChange::PauseQuota => quota.pause_quota(),
+            AccountChange::StopSends { errcode: code } => {
+                if acct.stops.stop_sends(code, self.rules.stop_probe) {
                     tracing::error!(job_id = %job.id, appid, errcode = code,
-                        reason = %errcode::reason(code), errmsg = %reply.errmsg,
+                        reason = %errcode::reason(code),
                         "WeChat refused the account's configuration (IP whitelist or API \
                          permission); account STOPPED: its jobs are deferred, one probe send per \
                          {}s. Fix the account in the WeChat admin console.",
-                        self.stop_probe.as_secs());
+                        self.rules.stop_probe.as_secs());
                 }
-                Try::Done(self.defer(appid, self.stop_probe, DeferReason::AccountStopped, *state))
             }
         }
     }
@@ -520,16 +390,16 @@ impl Dispatcher {
     async fn check_catalogue(
         &self,
         appid: &str,
-        acct: &AccountCtx,
+        acct: &Account,
         token: &crate::config::Secret,
         t: MsgType,
-        body: &[u8],
+        template: TemplateFields<'_>,
     ) -> Result<(), Mismatch> {
         let slot = &acct.catalogues[source_index(t)];
         let ready = |slot: &std::sync::RwLock<catalogue::State>| {
             let st = slot.read().expect("catalogue lock");
             match &*st {
-                catalogue::State::Ready { fetched, .. } => Some(fetched.clone()),
+                catalogue::State::Ready { catalogue, .. } => Some(catalogue.clone()),
                 _ => None,
             }
         };
@@ -559,7 +429,7 @@ impl Dispatcher {
                             Some(list) => {
                                 tracing::info!(appid, source = ?Source::of(t), templates = list.len(), "template catalogue fetched");
                                 catalogue::State::Ready {
-                                    fetched: Arc::new(catalogue::Fetched::new(&list)),
+                                    catalogue: Arc::new(catalogue::Catalogue::new(&list)),
                                     at: Instant::now(),
                                 }
                             }
@@ -578,7 +448,7 @@ impl Dispatcher {
             }
         }
         match ready(slot) {
-            Some(fetched) => fetched.check(body),
+            Some(catalogue) => catalogue.check(template),
             None => {
                 self.metrics
                     .catalogue_unchecked_total
@@ -593,9 +463,7 @@ impl Dispatcher {
     /// cannot work fails once, as a whole, instead of once per recipient. `Ok` when it may go
     /// on (also when no token or catalogue is available: the recipients' sends will tell).
     pub async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
-        let Some(acct) = self.accounts.get(&batch.appid) else {
-            return Ok(());
-        };
+        let acct = self.account(batch.account);
         let Ok(token) = acct.tokens.get().await else {
             return Ok(());
         };
@@ -604,7 +472,7 @@ impl Dispatcher {
             acct,
             &token.value,
             batch.msg_type,
-            batch.head(),
+            batch.template(),
         )
         .await
     }
@@ -616,8 +484,7 @@ impl Dispatcher {
         t: MsgType,
     ) -> anyhow::Result<Vec<catalogue::Template>> {
         let acct = self
-            .accounts
-            .get(appid)
+            .find(appid)
             .ok_or_else(|| anyhow::anyhow!("appid {appid} is not configured"))?;
         let token = acct
             .tokens
@@ -641,15 +508,19 @@ impl Dispatcher {
         reason: DeferReason,
         state: RetryState,
     ) -> Disposition {
-        self.metrics
-            .deferred_total
-            .with_label_values(&[appid, reason.as_str()])
-            .inc();
+        self.count_deferred(appid, reason);
         Disposition::Defer {
             delay,
             reason,
             state,
         }
+    }
+
+    fn count_deferred(&self, appid: &str, reason: DeferReason) {
+        self.metrics
+            .deferred_total
+            .with_label_values(&[appid, reason.as_str()])
+            .inc();
     }
 
     fn count_api(&self, appid: &str, code: &str) {
@@ -671,25 +542,41 @@ impl Dispatcher {
         o
     }
 
-    fn final_error(
-        &self,
-        job: &Job,
-        state: &RetryState,
-        status: SendStatus,
-        code: Option<(i64, String)>,
-        reason: String,
-    ) -> Outcome {
-        let mut o = self.outcome(job, status, state);
-        if let Some((c, m)) = code {
-            o.errcode = Some(c);
-            o.errmsg = Some(m);
+    /// The outcome of a job that ended, quoting WeChat's reply when it decided the end.
+    fn ended(&self, job: &Job, state: &RetryState, end: End, reply: Option<ApiReply>) -> Outcome {
+        if end.is_unknown_delivery() {
+            tracing::warn!(
+                job_id = %job.id, appid = %job.appid, last_error = end.note.as_deref().unwrap_or("-"),
+                "giving up on a message that may already have been delivered (an earlier attempt \
+                 timed out or got no readable reply); reporting unknown_delivery instead of risking \
+                 a second message. Check with the recipient before resending it."
+            );
         }
-        o.reason = Some(reason);
+        let status = match end.status {
+            EndStatus::Sent => SendStatus::Sent,
+            EndStatus::Rejected => SendStatus::Rejected,
+            EndStatus::Failed => SendStatus::Failed,
+            EndStatus::Expired => SendStatus::Expired,
+        };
+        let mut o = self.outcome(job, status, state);
+        o.reason = end.reason.map(Cow::into_owned);
+        o.errmsg = end.note;
+        if let (Some(code), Some(reply)) = (end.errcode, reply) {
+            o.errcode = Some(code);
+            o.errmsg = Some(reply.errmsg);
+            if end.status == EndStatus::Sent {
+                o.msgid = reply.msgid;
+            }
+        }
         o
     }
 }
 
-/// The index of a message type's catalogue in [`AccountCtx::catalogues`].
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// The index of a message type's catalogue in [`Account::catalogues`].
 fn source_index(t: MsgType) -> usize {
     match Source::of(t) {
         Source::Private => 0,

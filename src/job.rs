@@ -14,6 +14,7 @@ use crate::config::{Account, Config};
 
 mod json;
 use json::{Body, Fields, Json};
+pub use json::{Span, TemplateSpans};
 
 /// WeChat deduplicates on `(openid, client_msg_id)`, and `client_msg_id` is at most 64 bytes.
 pub const MAX_ID_LEN: usize = 64;
@@ -130,10 +131,44 @@ impl fmt::Display for MsgType {
     }
 }
 
+/// A configured account, as the parser found it: its place in the configuration's account
+/// list. The worker builds its accounts from the same list, in the same order, so the
+/// dispatcher reaches a job's account without looking its appid up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AccountId(usize);
+
+impl AccountId {
+    /// The account's position in `Config::accounts`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// The template a body was written for: its `template_id` and its `data` keys, read from where
+/// the parser wrote them.
+#[derive(Debug, Clone, Copy)]
+pub struct TemplateFields<'b> {
+    written: &'b [u8],
+    spans: &'b TemplateSpans,
+}
+
+impl<'b> TemplateFields<'b> {
+    pub fn id(&self) -> std::borrow::Cow<'b, str> {
+        self.spans.id.text(self.written)
+    }
+
+    pub fn data_keys(&self) -> impl Iterator<Item = std::borrow::Cow<'b, str>> + 'b {
+        let written = self.written;
+        self.spans.data_keys.iter().map(move |k| k.text(written))
+    }
+}
+
 /// A validated job for one recipient, ready to send.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: JobId,
+    /// The account it is sent from.
+    pub account: AccountId,
     pub appid: String,
     pub touser: String,
     /// The endpoint to send to.
@@ -143,6 +178,18 @@ pub struct Job {
     /// serialized once at parse time. `Bytes`, so each try hands it to the HTTP client
     /// without a copy.
     pub body: bytes::Bytes,
+    /// Where `template_id` and the data keys lie in `body`.
+    template: TemplateSpans,
+}
+
+impl Job {
+    /// The template the job is for, as sent.
+    pub fn template(&self) -> TemplateFields<'_> {
+        TemplateFields {
+            written: &self.body,
+            spans: &self.template,
+        }
+    }
 }
 
 /// A parsed job: one recipient, or a batch to be expanded into one job per recipient.
@@ -157,6 +204,8 @@ pub enum Parsed {
 #[derive(Debug)]
 pub struct Batch {
     pub id: JobId,
+    /// The account every recipient's job is sent from.
+    pub account: AccountId,
     pub appid: String,
     pub msg_type: MsgType,
     pub recipients: Vec<String>,
@@ -165,13 +214,17 @@ pub struct Batch {
     /// brace: `{"id":…,"appid":…,"template_id":…,"data":{…}`. A batch of 10,000 recipients
     /// then costs one serialization of `data`, not 10,000 copies of it.
     head: Vec<u8>,
+    /// Where `template_id` and the data keys lie in `head`.
+    template: TemplateSpans,
 }
 
 impl Batch {
-    /// The serialized job every recipient shares (without `touser`), for checks that need
-    /// the template id and data without a parse.
-    pub fn head(&self) -> &[u8] {
-        &self.head
+    /// The template every recipient's job is for.
+    pub fn template(&self) -> TemplateFields<'_> {
+        TemplateFields {
+            written: &self.head,
+            spans: &self.template,
+        }
     }
 
     /// The JSON body of recipient `touser`'s single job, as it is published back to the queue.
@@ -258,7 +311,8 @@ impl Fields<'_> {
     ) -> Result<Parsed, InvalidJob> {
         let msg_type = self.msg_type()?;
         let id = self.id(body, message_id)?;
-        let appid = self.account(config)?.appid.clone();
+        let (account, appid) = self.account(config)?;
+        let appid = appid.appid.clone();
         let not_after = self.not_after()?;
         match &self.template_id {
             Some(Json::Str(s)) if !s.is_empty() => {}
@@ -321,17 +375,19 @@ impl Fields<'_> {
             if msg_type != MsgType::Template {
                 set.push(("type", msg_type.as_str()));
             }
-            let mut head = self.write(&set, capacity);
+            let (mut head, template) = self.write(&set, capacity);
             // The object holds at least `id`, so it ends in `}` after a member: drop the
             // brace, and each recipient's job adds `,"touser":…}`.
             head.pop();
             let batch = Batch {
                 recipients: recipients.into_iter().map(str::to_owned).collect(),
                 id,
+                account,
                 appid,
                 msg_type,
                 not_after,
                 head,
+                template,
             };
             // Each recipient's job comes back through this parser with `id` and `appid` added,
             // so a batch near the size limit would expand into jobs over it: refuse the batch
@@ -361,14 +417,16 @@ impl Fields<'_> {
         } else {
             &set[..1]
         };
-        let body = self.write(set, capacity).into();
+        let (body, template) = self.write(set, capacity);
         Ok(Parsed::Single(Job {
             touser: touser.to_owned(),
             id,
+            account,
             appid,
             msg_type,
             not_after,
-            body,
+            body: body.into(),
+            template,
         }))
     }
 
@@ -391,7 +449,7 @@ impl Fields<'_> {
             return known;
         };
         known.id = Some(id.0);
-        if let Ok(account) = self.account(config) {
+        if let Ok((_, account)) = self.account(config) {
             known.appid = Some(account.appid.clone());
         }
         known
@@ -424,22 +482,29 @@ impl Fields<'_> {
         }
     }
 
-    fn account<'c>(&self, config: &'c Config) -> Result<&'c Account, InvalidJob> {
+    fn account<'c>(&self, config: &'c Config) -> Result<(AccountId, &'c Account), InvalidJob> {
         let appid = match &self.appid {
             Some(Json::Str(s)) => Some(s.as_ref()),
             Some(Json::Null) | None => None,
             Some(_) => return Err(InvalidJob::new("bad_appid", "appid must be a string")),
         };
-        config.account(appid).ok_or_else(|| match appid {
-            Some(a) => InvalidJob::new(
-                "unknown_account",
-                format!("appid {} is not configured", truncate(a, 64)),
-            ),
-            None => InvalidJob::new(
-                "unknown_account",
-                "appid is required when several accounts are configured",
-            ),
-        })
+        let index = |found: &Account| {
+            let at = config.accounts.iter().position(|a| std::ptr::eq(a, found));
+            AccountId(at.expect("Config::account returns one of Config::accounts"))
+        };
+        config
+            .account(appid)
+            .map(|a| (index(a), a))
+            .ok_or_else(|| match appid {
+                Some(a) => InvalidJob::new(
+                    "unknown_account",
+                    format!("appid {} is not configured", truncate(a, 64)),
+                ),
+                None => InvalidJob::new(
+                    "unknown_account",
+                    "appid is required when several accounts are configured",
+                ),
+            })
     }
 
     fn not_after(&self) -> Result<Option<DateTime<Utc>>, InvalidJob> {

@@ -35,7 +35,9 @@
 //!   with the pushes it writes (`tools::mock::xml`, `tools::mock::push`).
 //! - `tools::demo`: `wxdispatch demo`, the whole pipeline once, with a summary.
 //! - `tools::bench`: `wxdispatch bench`, the end-to-end benchmark (orchestration, `/proc`
-//!   readings, the report) and its libraries-only floor worker (docs/BENCHMARKS.md).
+//!   readings, the report) and its libraries-only floor worker (docs/BENCHMARKS.md). Only
+//!   with the cargo feature `bench`, so the default build has neither it nor `libc` and
+//!   hyper's client as dependencies of its own.
 //! - [`tools::sample`]: the sample job the demo, the bench and `examples/hotpath` use.
 //!
 //! [`cli`] names the subcommands and dispatches each to its module; `main.rs` only parses and

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::amqp::{self, Acks, PublishError, Publisher, headers, topology};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, QueueType};
 use crate::dispatch::{Dispatcher, Disposition, EndReason};
 use crate::job::{self, Parsed};
 use crate::metrics::Metrics;
@@ -332,12 +332,18 @@ async fn handle(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            let deliveries = delivery_count(&delivery) + 1;
+            let deliveries =
+                headers::deliveries_before(&delivery.properties, delivery.redelivered) + 1;
             if deliveries >= u64::from(ctx.config.amqp.delivery_limit) {
                 // The last delivery the queue allows: end it here with a reason, rather than
                 // letting the broker dead-letter it silently.
                 tracing::error!(panic = %msg, deliveries, "job handler panicked again; dead-lettering the job as poison");
                 !bury_poison(&ctx, &io, &delivery, &msg).await
+            } else if ctx.config.amqp.jobs_queue_type == QueueType::Classic {
+                // A classic queue counts no deliveries and has no limit: a nack would bring
+                // the job back uncounted for ever. Put a counted copy back instead.
+                tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is put back with its delivery count");
+                !requeue_counted(&io, &delivery, deliveries).await
             } else {
                 tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is requeued");
                 true
@@ -360,18 +366,20 @@ async fn handle(
     ctx.metrics.inflight.dec();
 }
 
-/// How many times the broker delivered this job before (quorum queues count it in
-/// `x-delivery-count`; classic queues only say `redelivered`).
-fn delivery_count(delivery: &Delivery) -> u64 {
-    let counted = delivery.properties.headers().as_ref().and_then(|h| {
-        match h.inner().get("x-delivery-count")? {
-            lapin::types::AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-            lapin::types::AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-            lapin::types::AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-            _ => None,
+/// Publishes a copy of a panicked job, with its delivery count, to the end of the jobs queue,
+/// and acks the delivery once the copy is confirmed; true if so.
+async fn requeue_counted(io: &Io, delivery: &Delivery, deliveries: u64) -> bool {
+    let props = headers::with_deliveries(&delivery.properties, deliveries);
+    match io.publisher.requeue(&delivery.data, props).await {
+        Ok(()) => {
+            io.acks.ack(delivery.delivery_tag);
+            true
         }
-    });
-    counted.unwrap_or(u64::from(delivery.redelivered))
+        Err(e) => {
+            tracing::warn!(error = %e, "could not put the panicked job back; it is requeued uncounted");
+            false
+        }
+    }
 }
 
 /// Dead-letters a poison job and publishes its `failed` outcome; true if both were confirmed
@@ -490,16 +498,17 @@ async fn process(
         Ok(Parsed::Single(job)) => {
             let span = tracing::info_span!("job", job_id = %job.id, appid = %job.appid);
             async {
-                if let Some(left) = headers::wait_left(props, chrono::Utc::now().timestamp_millis()) {
-                    // Back early from a delay tier: park it again for the rest.
-                    publisher.defer(&delivery.data, props.clone(), left).await?;
-                    ack();
-                    return Ok(());
-                }
                 let state = headers::retry_state(props);
-                let disposition = ctx.dispatcher.run(&job, state).await;
+                let not_before = headers::not_before_ms(props);
+                let disposition = ctx.dispatcher.send_job(&job, state, not_before).await;
                 drop(slot);
                 match disposition {
+                    Disposition::Early { left } => {
+                        // Back early from a delay tier: park it again, unchanged, for the rest.
+                        publisher.defer(&delivery.data, props.clone(), left).await?;
+                        ack();
+                        Ok(())
+                    }
                     Disposition::Final(o) => {
                         tracing::info!(status = %o.status(), errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
                         let latency = chrono::Utc::now().timestamp_millis() - state.first_seen_ms;

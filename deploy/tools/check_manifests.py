@@ -22,6 +22,7 @@ documents for the schema validators.
 
 Exits 1 listing every problem found.
 """
+import base64
 import json
 import os
 import re
@@ -42,6 +43,7 @@ CORE = {
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("v1", "Namespace"),
+    ("v1", "ServiceAccount"),
     ("networking.k8s.io/v1", "Ingress"),
 }
 CRDS = {
@@ -50,28 +52,44 @@ CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
-BASE_KINDS = {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
+BASE_KINDS = {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
+              "ServiceAccount"}
 # The kinds each render must hold (exactly, apart from the overlay's Namespace and Ingress).
 RENDERS = {
     "base": BASE_KINDS,
     "redis-limiter": BASE_KINDS,
     "keda": BASE_KINDS | {"ScaledObject", "TriggerAuthentication"},
     "prometheus-operator": BASE_KINDS | {"ServiceMonitor", "PrometheusRule"},
-    "overlay": (BASE_KINDS - {"Secret"}) | {"Namespace", "Ingress", "ScaledObject",
+    "overlay": BASE_KINDS | {"Namespace", "Ingress", "ScaledObject",
                                             "TriggerAuthentication", "ServiceMonitor",
                                             "PrometheusRule"},
 }
-SECRET_EXAMPLE = ROOT / "k8s/base/secret.example.yaml"
+SECRETS_DIR = "/etc/wxdispatch/secrets"
+# The Secret's files: the worker's, through the ConfigMap's *_FILE keys, and KEDA's own.
+SECRET_FILES = {"WXD_AMQP_URL_FILE": "amqp-url", "WXD_SECRET_FILE": "appsecret",
+                "WXD_CALLBACK_TOKEN_FILE": "callback-token",
+                "WXD_CALLBACK_AES_KEY_FILE": "callback-aes-key"}
+KEDA_KEY = "keda-amqp-host"
+# Objects kustomize generates, so their names end in a hash of their content.
+GENERATED = {("ConfigMap", "wxdispatch-config"), ("ConfigMap", "wxdispatch-accounts"),
+             ("Secret", "wxdispatch-secrets")}
+HASHED = re.compile(r"^(?P<base>.+)-[a-z0-9]{10}$")
+LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+          "app.kubernetes.io/component")
 INGRESS_NAMESPACE = "ingress-nginx"
 MONITORING_NAMESPACE = "monitoring"
 HTTP_PORT, CALLBACK_PORT = 9090, 8080
+# Never in the environment: the values are files (SECRET_FILES).
 SECRET_KEYS = {"WXD_AMQP_URL", "WXD_SECRET", "WXD_CALLBACK_TOKEN", "WXD_CALLBACK_AES_KEY"}
 CONFIG_KEYS = {
     "WXD_JOBS_QUEUE", "WXD_OUTCOMES_EXCHANGE", "WXD_OUTCOMES_QUEUE", "WXD_DEAD_QUEUE",
     "WXD_API_BASE", "WXD_APPID", "WXD_TOKEN_MODE", "WXD_RATE_PER_SEC", "WXD_HTTP_ADDR",
     "WXD_CALLBACK_PATH", "WXD_CONCURRENCY", "WXD_PREFETCH", "WXD_MAX_ATTEMPTS",
     "WXD_QUOTA_PROBE_SECS", "WXD_DRAIN_TIMEOUT_SECS", "WXD_LOG_FORMAT", "WXD_CALLBACK_ADDR",
-}
+    "WXD_CONFIG",
+} | set(SECRET_FILES)
+META_KEYS = {"WXD_CONFIG", "WXD_SECRET_FILE", "WXD_CALLBACK_TOKEN_FILE",
+             "WXD_CALLBACK_AES_KEY_FILE", "WXD_AMQP_URL_FILE", "WXD_REDIS_URL_FILE"}
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 problems = []
@@ -110,7 +128,10 @@ def known_binary_keys():
     if out.returncode != 0:
         fail(f"{binary} check-config --list-keys failed: {out.stderr.strip()}")
         return None
-    return {line.strip() for line in out.stdout.splitlines() if line.strip()} or None
+    keys = {line.strip() for line in out.stdout.splitlines() if line.strip()}
+    # --list-keys names the file's keys; the binary also takes these variables, which are no
+    # file key (binary_accepts_renders in check-deploy.sh has the binary load every render).
+    return keys | META_KEYS if keys else None
 
 
 def load(path):
@@ -135,8 +156,6 @@ def main(argv):
     extra = []
     for ex in examples:
         extra.extend((ex, d) for d in load(ex))
-    # The Secret's shape, also for the overlay that deletes the placeholder one.
-    secret_shape = [d for d in load(SECRET_EXAMPLE) if isinstance(d, dict)]
 
     by_kind = {}
     written = 0
@@ -169,13 +188,40 @@ def main(argv):
         docs = by_kind.get(kind) or []
         return docs[0] if docs else {}
 
-    examples_by_kind = {"Secret": secret_shape}
+    examples_by_kind = {}
     for _, d in extra:
         if isinstance(d, dict):
             examples_by_kind.setdefault(d.get("kind"), []).append(d)
 
+    # ---- Generated names: <name>-<hash>, and the labels on every object
+    def unhashed(kind, name):
+        m = HASHED.match(name or "")
+        return m.group("base") if m and (kind, m.group("base")) in GENERATED else name
+    generated = {}
+    for kind in ("ConfigMap", "Secret"):
+        for d in by_kind.get(kind, []):
+            name = get(d, "metadata", "name")
+            if unhashed(kind, name) != name:
+                generated[(kind, unhashed(kind, name))] = name
+    for kind, name in sorted(GENERATED - set(generated)):
+        fail(f"{kind} {name}: missing, or its name has no content hash (use a kustomize "
+             "generator, so that a change rolls the pods)")
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    for kind, docs in by_kind.items():
+        for d in docs:
+            labels = get(d, "metadata", "labels", default={}) or {}
+            if kind == "Namespace":
+                continue
+            missing = [k for k in LABELS if k not in labels]
+            if missing:
+                fail(f"{kind}/{get(d, 'metadata', 'name')}: labels {missing} missing")
+            elif labels["app.kubernetes.io/version"] != version:
+                fail(f"{kind}/{get(d, 'metadata', 'name')}: app.kubernetes.io/version "
+                     f"{labels['app.kubernetes.io/version']} is not Cargo.toml's {version}")
+
     # ---- ConfigMaps
-    configmaps = {get(c, "metadata", "name"): c for c in by_kind.get("ConfigMap", [])}
+    configmaps = {unhashed("ConfigMap", get(c, "metadata", "name")): c
+                  for c in by_kind.get("ConfigMap", [])}
     cfg = configmaps.get("wxdispatch-config", {})
     data = cfg.get("data") or {}
     if not cfg:
@@ -215,19 +261,36 @@ def main(argv):
         fail("ConfigMap: WXD_DRAIN_TIMEOUT_SECS / WXD_EXPECTED_REPLICAS must be integers")
         drain, expected_replicas = 30, 0
 
-    # ---- Secret (the example shape, and the placeholder one the base renders)
+    # ---- Secret: files, named by the ConfigMap's *_FILE keys (placeholders in every render
+    # CI makes: the base's, and the copies check-deploy.sh puts beside the overlay)
     secret_keys = set()
-    for s in examples_by_kind.get("Secret", []) + by_kind.get("Secret", []):
-        sd = {**(s.get("data") or {}), **(s.get("stringData") or {})}
+    want_files = set(SECRET_FILES.values()) | {KEDA_KEY}
+    for key, file in SECRET_FILES.items():
+        if data.get(key) != f"{SECRETS_DIR}/{file}":
+            fail(f"ConfigMap: {key} must be {SECRETS_DIR}/{file} (the Secret's file)")
+    for s in by_kind.get("Secret", []):
+        if s.get("stringData"):
+            fail("Secret: stringData (use the generator's files)")
+        sd = {k: base64.b64decode(v).decode() for k, v in (s.get("data") or {}).items()}
         secret_keys |= set(sd)
-        if set(sd) != SECRET_KEYS:
-            fail(f"Secret example: keys {sorted(sd)} != {sorted(SECRET_KEYS)}")
+        if set(sd) != want_files:
+            fail(f"Secret: files {sorted(sd)} != {sorted(want_files)}")
         for k, v in sd.items():
-            if "CHANGE_ME" not in str(v):
-                fail(f"Secret example: {k} must hold a CHANGE_ME placeholder, not a value")
-        if len(str(sd.get("WXD_CALLBACK_AES_KEY", ""))) != 43:
-            fail("Secret example: WXD_CALLBACK_AES_KEY placeholder must be 43 characters")
-    secret_names = {get(s, "metadata", "name") for s in examples_by_kind.get("Secret", [])}
+            if k == "callback-aes-key":
+                try:
+                    key = base64.b64decode(v + "=", validate=True)
+                except ValueError:
+                    key = b""
+                if len(v) != 43 or len(key) != 32 or b"CHANGE_ME" not in key:
+                    fail("Secret: callback-aes-key placeholder must be 43 characters of base64 "
+                         "(32 bytes) spelling CHANGE_ME")
+            elif "CHANGE_ME" not in v:
+                fail(f"Secret: {k} must hold a CHANGE_ME placeholder, not a value")
+        if "," in sd.get(KEDA_KEY, ""):
+            fail(f"Secret: {KEDA_KEY} must be ONE node's URL (KEDA takes no list)")
+    secret_names = {get(s, "metadata", "name") for s in by_kind.get("Secret", [])}
+    if len(secret_names) != 1:
+        fail(f"expected one Secret, got {sorted(secret_names)}")
 
     # ---- Deployment
     dep = one("Deployment")
@@ -277,28 +340,59 @@ def main(argv):
     for ic in pod.get("initContainers") or []:
         # The check-config initContainer must check the very image and settings that run.
         if ic.get("args") == ["check-config"]:
-            if ic.get("image") != c.get("image") or ic.get("envFrom") != c.get("envFrom"):
-                fail("Deployment: the check-config initContainer must use the worker's image and envFrom")
+            if (ic.get("image") != c.get("image") or ic.get("envFrom") != c.get("envFrom")
+                    or ic.get("volumeMounts") != c.get("volumeMounts")):
+                fail("Deployment: the check-config initContainer must use the worker's image, "
+                     "envFrom and volumeMounts")
+    if render == "overlay":
+        for cont in containers + (pod.get("initContainers") or []):
+            if not re.search(r"@sha256:[0-9a-f]{64}$", cont.get("image", "")):
+                fail(f"Deployment: overlay image {cont.get('image')} is not pinned by digest")
+    sa = get(pod, "serviceAccountName")
+    sas = {get(d, "metadata", "name"): d for d in by_kind.get("ServiceAccount", [])}
+    if sa not in sas:
+        fail(f"Deployment: serviceAccountName {sa} names no ServiceAccount of the render")
+    elif sas[sa].get("automountServiceAccountToken") is not False \
+            or pod.get("automountServiceAccountToken") is not False:
+        fail("ServiceAccount and pod: automountServiceAccountToken must be false")
     res = c.get("resources") or {}
     if get(res, "requests", "cpu") is None or get(res, "limits", "memory") is None:
         fail("Deployment: resources requests/limits missing")
-    env_from = c.get("envFrom") or []
-    cm_refs = [get(e, "configMapRef", "name") for e in env_from if "configMapRef" in e]
-    sec_refs = [get(e, "secretRef", "name") for e in env_from if "secretRef" in e]
-    if "wxdispatch-config" not in cm_refs:
-        fail("Deployment: envFrom must reference ConfigMap wxdispatch-config")
-    if not sec_refs:
-        fail("Deployment: envFrom must reference the Secret")
-    for s in sec_refs:
-        if s not in secret_names:
-            fail(f"Deployment: envFrom Secret {s} is not the one of {SECRET_EXAMPLE.name}")
+    # Nothing secret in the environment: envFrom names the settings' ConfigMap only, env has no
+    # secret key and no secretKeyRef; the Secret is a volume mounted where the *_FILE keys point.
+    for cont in containers + (pod.get("initContainers") or []):
+        env_from = cont.get("envFrom") or []
+        cm_refs = [get(e, "configMapRef", "name") for e in env_from if "configMapRef" in e]
+        if any("secretRef" in e for e in env_from):
+            fail(f"Deployment: container {cont.get('name')}: envFrom a Secret puts secrets in "
+                 "the environment (mount it and use WXD_*_FILE)")
+        if cm_refs != [generated.get(("ConfigMap", "wxdispatch-config"))]:
+            fail(f"Deployment: container {cont.get('name')}: envFrom must name the generated "
+                 f"wxdispatch-config, got {cm_refs}")
+        for e in cont.get("env") or []:
+            if e.get("name") in SECRET_KEYS or get(e, "valueFrom", "secretKeyRef") \
+                    or str(e.get("name", "")).startswith("WXD_SECRET_"):
+                fail(f"Deployment: container {cont.get('name')}: env {e.get('name')} is a "
+                     "secret in the environment")
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    secret_volumes = [n for n, v in volumes.items() if "secret" in v]
+    if [get(volumes[n], "secret", "secretName") for n in secret_volumes] != \
+            [generated.get(("Secret", "wxdispatch-secrets"))]:
+        fail("Deployment: the generated Secret must be mounted, as one volume")
+    mounts = {m.get("mountPath"): m.get("name") for m in c.get("volumeMounts") or []}
+    if secret_volumes and mounts.get(SECRETS_DIR) != secret_volumes[0]:
+        fail(f"Deployment: the Secret must be mounted at {SECRETS_DIR}")
+    accounts_dir = str(Path(data.get("WXD_CONFIG", "/")).parent)
+    if get(volumes.get(mounts.get(accounts_dir), {}), "configMap", "name") != \
+            generated.get(("ConfigMap", "wxdispatch-accounts")):
+        fail(f"Deployment: the accounts ConfigMap must be mounted at {accounts_dir} (WXD_CONFIG)")
     for e in c.get("env") or []:
         if str(e.get("name", "")).startswith("WXD_") and known and e["name"] not in known \
                 and e["name"] not in ("WXD_CONFIG",) and not e["name"].startswith("WXD_SECRET"):
             fail(f"Deployment: env {e['name']} unknown to the binary")
     for v in pod.get("volumes") or []:
         ref = get(v, "configMap", "name")
-        if ref and ref not in configmaps:
+        if ref and unhashed("ConfigMap", ref) not in configmaps:
             fail(f"Deployment: volume {v.get('name')} references missing ConfigMap {ref}")
 
     # ---- Service
@@ -379,8 +473,9 @@ def main(argv):
             fail("ScaledObject: authenticationRef names no TriggerAuthentication in the base")
     for ta in by_kind.get("TriggerAuthentication", []):
         for ref in get(ta, "spec", "secretTargetRef", default=[]):
-            if ref.get("name") not in secret_names or ref.get("key") not in secret_keys:
-                fail(f"TriggerAuthentication: secretTargetRef {ref} names no key of the Secret")
+            if ref.get("name") not in secret_names or ref.get("key") != KEDA_KEY:
+                fail(f"TriggerAuthentication: secretTargetRef {ref} must name the Secret's own "
+                     f"single-node key {KEDA_KEY} (WXD_AMQP_URL may be a list or a file)")
 
     # ---- Prometheus Operator (schema: deploy/tools/crd-validate; here the cross-references)
     has_po = "ServiceMonitor" in by_kind

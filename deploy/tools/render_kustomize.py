@@ -13,17 +13,43 @@ render it wrongly:
 * `images:`     name -> newName / newTag / digest, in containers and initContainers
 * `patches:`    with `target:` and a JSON 6902 patch (add / replace / remove), or a
                 strategic-merge patch that is exactly `$patch: delete` of one object
+* `configMapGenerator:` / `secretGenerator:` with `envs`, `files`, `literals`, `type` and
+                `behavior` (create / merge / replace), `generatorOptions: labels`, and
+                kustomize's content-hash name suffix, with the references to the generated
+                names rewritten (containers' envFrom and env, volumes, and the extra
+                `nameReference` field specs of `configurations:` files)
+* `labels:`     `pairs` with includeSelectors false (metadata and, with includeTemplates,
+                pod templates)
 
     python3 deploy/tools/render_kustomize.py k8s/overlays/example > rendered.yaml
 """
+import base64
 import copy
+import hashlib
+import json
 import sys
 from pathlib import Path
 
 import yaml
 
-KUSTOMIZATION = {"apiVersion", "kind", "resources", "components", "namespace", "images", "patches"}
-COMPONENT = {"apiVersion", "kind", "resources", "patches"}
+GENERATION = {"configMapGenerator", "secretGenerator", "generatorOptions", "labels",
+              "configurations"}
+KUSTOMIZATION = {"apiVersion", "kind", "resources", "components", "namespace", "images",
+                 "patches"} | GENERATION
+COMPONENT = {"apiVersion", "kind", "resources", "patches"} | GENERATION
+# Where a workload names a ConfigMap or a Secret (kustomize's built-in nameReference, the part
+# k8s/ uses), as paths below the pod spec.
+POD_REFS = {
+    "ConfigMap": [("containers", "envFrom", "configMapRef", "name"),
+                  ("containers", "env", "valueFrom", "configMapKeyRef", "name"),
+                  ("volumes", "configMap", "name")],
+    "Secret": [("containers", "envFrom", "secretRef", "name"),
+               ("containers", "env", "valueFrom", "secretKeyRef", "name"),
+               ("volumes", "secret", "secretName")],
+}
+# Marks a generated object until its name gets the hash (removed before output).
+GENERATED = "__generated__"
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
 
@@ -48,7 +74,7 @@ def load_resources(directory: Path, k: dict, path: Path):
     for res in k.get("resources") or []:
         p = (directory / res).resolve()
         if p.is_dir():
-            docs.extend(render(p))
+            docs.extend(render(p)[0])
         elif p.is_file():
             docs.extend(d for d in yaml.safe_load_all(p.read_text()) if d is not None)
         else:
@@ -67,8 +93,13 @@ def render(directory: Path, base_docs=None, component=False):
     if unsupported:
         raise Unsupported(f"{path}: unsupported fields {unsupported}")
     docs = list(base_docs or []) + load_resources(directory, k, path)
+    refs = []
+    for conf in k.get("configurations") or []:
+        refs.extend(name_references(directory / conf, path))
+    docs = generate(directory, k, docs, path)
     for comp in k.get("components") or []:
-        docs = render((directory / comp).resolve(), docs, component=True)
+        docs, comp_refs = render((directory / comp).resolve(), docs, component=True)
+        refs.extend(comp_refs)
     seen = set()
     for d in docs:
         if key(d) in seen:
@@ -82,7 +113,145 @@ def render(directory: Path, base_docs=None, component=False):
                 d.setdefault("metadata", {})["namespace"] = k["namespace"]
     for img in k.get("images") or []:
         set_image(docs, img, path)
+    for spec in k.get("labels") or []:
+        add_labels(docs, spec, path)
+    return docs, refs
+
+
+def name_references(conf: Path, path):
+    """The extra (kind, field path) pairs of a `configurations:` file that name a ConfigMap or
+    a Secret."""
+    c = yaml.safe_load(conf.read_text()) or {}
+    if set(c) - {"nameReference"}:
+        raise Unsupported(f"{path}: configurations fields {sorted(set(c) - {'nameReference'})}")
+    out = []
+    for ref in c.get("nameReference") or []:
+        for fs in ref.get("fieldSpecs") or []:
+            out.append((ref["kind"], fs["kind"], tuple(fs["path"].split("/"))))
+    return out
+
+
+def generate(directory, k, docs, path):
+    """Applies this kustomization's generators to `docs` (create, merge or replace)."""
+    opts = k.get("generatorOptions") or {}
+    if set(opts) - {"labels"}:
+        raise Unsupported(f"{path}: generatorOptions fields {sorted(set(opts) - {'labels'})}")
+    for kind, field in (("ConfigMap", "configMapGenerator"), ("Secret", "secretGenerator")):
+        for g in k.get(field) or []:
+            extra = set(g) - {"name", "behavior", "envs", "files", "literals", "type"}
+            if extra:
+                raise Unsupported(f"{path}: {field} fields {sorted(extra)}")
+            data = {}
+            for env in g.get("envs") or []:
+                for line in (directory / env).read_text().splitlines():
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        key, _, value = line.partition("=")
+                        data[key] = value
+            for lit in g.get("literals") or []:
+                key, _, value = lit.partition("=")
+                data[key] = value
+            for f in g.get("files") or []:
+                key, _, src = f.rpartition("=") if "=" in f else ("", "", f)
+                file = directory / src
+                if not file.is_file():
+                    sys.exit(f"render_kustomize: {path}: {field} file {src} not found")
+                data[key or Path(src).name] = file.read_text()
+            if kind == "Secret":
+                data = {key: base64.b64encode(v.encode()).decode() for key, v in data.items()}
+            behavior = g.get("behavior", "create")
+            old = [d for d in docs if d.get("kind") == kind and d["metadata"]["name"] == g["name"]]
+            if behavior == "create":
+                if old:
+                    sys.exit(f"render_kustomize: {path}: {kind} {g['name']} already exists")
+                obj = {"apiVersion": "v1", "kind": kind,
+                       "metadata": {"name": g["name"], GENERATED: True}}
+                if opts.get("labels"):
+                    obj["metadata"]["labels"] = dict(opts["labels"])
+                if kind == "Secret":
+                    obj["type"] = g.get("type", "Opaque")
+                obj["data"] = data
+                docs.append(obj)
+            elif behavior in ("merge", "replace") and len(old) == 1:
+                if behavior == "merge":
+                    old[0].setdefault("data", {}).update(data)
+                else:
+                    old[0]["data"] = data
+            else:
+                sys.exit(f"render_kustomize: {path}: {kind} {g['name']}: behavior {behavior} "
+                         "needs exactly one generated object of that name")
     return docs
+
+
+def go_json(value):
+    """Go's json.Marshal of a map: sorted keys, no spaces, <, > and & escaped."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                    ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def content_hash(obj):
+    """kustomize's name suffix: the first ten hex digits of the SHA-256 of the object's kind,
+    type (Secrets) and data, with 0, 1, 3, a and e mapped to g, h, k, m and t. (kustomize v5
+    hashes an empty "name": checked against it by scripts/check-deploy.sh.)"""
+    m = {"kind": obj["kind"], "name": "", "data": obj.get("data") or {}}
+    if obj["kind"] == "Secret":
+        m["type"] = obj.get("type", "")
+    digest = hashlib.sha256(go_json(m).encode()).hexdigest()[:10]
+    return digest.translate(str.maketrans("013ae", "ghkmt"))
+
+
+def field_values(obj, fields):
+    """(container, key) pairs for every value at the path `fields` (lists are walked)."""
+    if not fields:
+        return
+    head, rest = fields[0], fields[1:]
+    items = obj if isinstance(obj, list) else [obj]
+    for item in items:
+        if not isinstance(item, dict) or head not in item:
+            continue
+        if not rest:
+            yield item, head
+        else:
+            yield from field_values(item[head], rest)
+
+
+def suffix_names(docs, refs):
+    """Gives each generated object its hashed name and rewrites the references to it."""
+    renamed = {}
+    for d in docs:
+        if d["metadata"].pop(GENERATED, False):
+            new = f"{d['metadata']['name']}-{content_hash(d)}"
+            renamed[(d["kind"], d["metadata"]["name"])] = new
+            d["metadata"]["name"] = new
+    for d in docs:
+        paths = []
+        pod = ((d.get("spec") or {}).get("template") or {}).get("spec")
+        if pod is not None:
+            for kind, fields in POD_REFS.items():
+                for f in fields:
+                    paths.append((kind, pod, f))
+                    if f[0] == "containers":
+                        paths.append((kind, pod, ("initContainers",) + f[1:]))
+        for kind, owner, f in refs:
+            if d.get("kind") == owner:
+                paths.append((kind, d, f))
+        for kind, root, fields in paths:
+            for holder, key in list(field_values(root, fields)):
+                holder[key] = renamed.get((kind, holder[key]), holder[key])
+    return docs
+
+
+def add_labels(docs, spec, path):
+    if set(spec) - {"pairs", "includeSelectors", "includeTemplates"} or spec.get("includeSelectors"):
+        raise Unsupported(f"{path}: labels other than pairs with includeSelectors false")
+    for d in docs:
+        d.setdefault("metadata", {}).setdefault("labels", {}).update(spec["pairs"])
+        template = (d.get("spec") or {}).get("template")
+        if spec.get("includeTemplates") and d.get("kind") in WORKLOADS and template is not None:
+            template.setdefault("metadata", {}).setdefault("labels", {}).update(spec["pairs"])
 
 
 def matches(doc, target):
@@ -181,7 +350,8 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: render_kustomize.py DIR")
     try:
-        docs = render(Path(sys.argv[1]).resolve())
+        docs, refs = render(Path(sys.argv[1]).resolve())
+        docs = suffix_names(docs, refs)
     except Unsupported as e:
         print(f"render_kustomize: {e}; install kubectl or kustomize to render this", file=sys.stderr)
         sys.exit(2)

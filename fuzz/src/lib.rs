@@ -147,6 +147,15 @@ fn check_single(job: &Job) {
         job.touser.len()
     );
     assert!(text("template_id").is_some_and(|t| !t.is_empty()));
+    // The catalogue check reads the template id and data keys where the parser noted them.
+    let template = job.template();
+    assert_eq!(Some(&*template.id()), text("template_id"));
+    let keys: Vec<String> = match sent.get("data") {
+        Some(Value::Object(data)) => data.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let noted: Vec<String> = template.data_keys().map(|k| k.into_owned()).collect();
+    assert_eq!(noted, keys, "the noted data keys are the body's");
     for key in ["id", "appid", "not_after"] {
         assert!(sent.get(key).is_none(), "`{key}` is sent to WeChat");
     }

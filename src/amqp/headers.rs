@@ -25,6 +25,11 @@ pub const ERROR: &str = "x-wxd-error";
 pub const BATCH: &str = "x-wxd-batch";
 /// The queue a dead-lettered job was consumed from.
 pub const SOURCE_QUEUE: &str = "x-wxd-source-queue";
+/// Deliveries that ended in a panic, counted by the worker itself on a classic jobs queue,
+/// which (unlike a quorum queue) keeps no delivery count.
+pub const DELIVERIES: &str = "x-wxd-deliveries";
+/// The delivery count a quorum queue keeps (RabbitMQ's own header).
+const BROKER_DELIVERY_COUNT: &str = "x-delivery-count";
 
 fn get_i64(props: &BasicProperties, key: &str) -> Option<i64> {
     let table = props.headers().as_ref()?;
@@ -74,11 +79,34 @@ pub fn with_retry_state(props: &BasicProperties, st: &RetryState, reason: &str) 
     props.clone().with_headers(table)
 }
 
-/// How long a deferred job must still wait, if it came back early.
+/// How many times this job was delivered before this delivery: the quorum queue's own count
+/// when there is one, else the worker's [`DELIVERIES`] plus one if the broker says it is
+/// redelivering (after a lost connection, which the worker could not count).
+pub fn deliveries_before(props: &BasicProperties, redelivered: bool) -> u64 {
+    match get_i64(props, BROKER_DELIVERY_COUNT) {
+        Some(n) => n.max(0) as u64,
+        None => get_i64(props, DELIVERIES).unwrap_or(0).max(0) as u64 + u64::from(redelivered),
+    }
+}
+
+/// A copy of `props` that says the job was delivered `n` times already.
+pub fn with_deliveries(props: &BasicProperties, n: u64) -> BasicProperties {
+    let mut table = props.headers().clone().unwrap_or_default();
+    table.insert(
+        DELIVERIES.into(),
+        AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
+    );
+    props.clone().with_headers(table)
+}
+
+/// When a deferred job may run again (Unix ms), if it was deferred.
+pub fn not_before_ms(props: &BasicProperties) -> Option<i64> {
+    get_i64(props, NOT_BEFORE)
+}
+
+/// How long a deferred job must still wait, if it came back early (the policy's rule).
 pub fn wait_left(props: &BasicProperties, now_ms: i64) -> Option<std::time::Duration> {
-    let at = get_i64(props, NOT_BEFORE)?;
-    // Within a quarter second is on time: tiers are whole seconds.
-    (at - now_ms > 250).then(|| std::time::Duration::from_millis((at - now_ms) as u64))
+    crate::policy::decision::time_left(not_before_ms(props), now_ms)
 }
 
 /// A copy of `props` that says the job may not run before `at_ms`.
@@ -133,6 +161,24 @@ mod tests {
         );
         assert_eq!(wait_left(&props, 9_900), None, "close enough");
         assert_eq!(wait_left(&BasicProperties::default(), 0), None);
+    }
+
+    #[test]
+    fn deliveries_are_the_brokers_count_or_our_own() {
+        let fresh = BasicProperties::default();
+        assert_eq!(deliveries_before(&fresh, false), 0);
+        assert_eq!(deliveries_before(&fresh, true), 1, "a classic redelivery");
+        let ours = with_deliveries(&fresh, 2);
+        assert_eq!(deliveries_before(&ours, false), 2);
+        assert_eq!(deliveries_before(&ours, true), 3);
+        let mut table = FieldTable::default();
+        table.insert(BROKER_DELIVERY_COUNT.into(), AMQPValue::LongLongInt(4));
+        let quorum = fresh.with_headers(table);
+        assert_eq!(
+            deliveries_before(&quorum, true),
+            4,
+            "the quorum queue's own count"
+        );
     }
 
     #[test]

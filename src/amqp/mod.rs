@@ -30,8 +30,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
     let mut list = broker_urls(urls);
     list.shuffle(&mut rand::rng());
+    connect_first(&list, name).await
+}
+
+/// Tries `urls` in the order given, every one of them if need be; the first that accepts wins,
+/// else the last error is returned.
+async fn connect_first(urls: &[&str], name: &str) -> lapin::Result<Connection> {
     let mut last = None;
-    for url in list {
+    for &url in urls {
         let props = ConnectionProperties::default().with_connection_name(name.into());
         match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
             Ok(Ok(conn)) => return Ok(conn),
@@ -75,13 +81,37 @@ mod tests {
         );
     }
 
-    /// A list whose first reachable node comes after dead ones still connects (the dead ones
-    /// refuse at once); a list of dead nodes fails with the last error.
+    const DEAD: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
+    /// The machine's broker (scripts/services.sh starts it).
+    const LIVE: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    /// A list of dead nodes fails with the last error; an empty one fails too.
     #[tokio::test]
-    async fn connect_skips_unreachable_nodes() {
-        let dead = "amqp://guest:guest@127.0.0.1:1/%2f";
-        let err = connect(&format!("{dead},{dead}"), "wxdispatch-test-dead").await;
+    async fn connect_fails_when_no_node_is_reachable() {
+        let err = connect(&format!("{DEAD},{DEAD}"), "wxdispatch-test-dead").await;
         assert!(err.is_err());
         assert!(connect("", "wxdispatch-test-none").await.is_err());
+    }
+
+    /// Failover over `dead,dead,live` reaches the live node every time: in that fixed order
+    /// (the dead ones refuse at once and are skipped), and through `connect`'s shuffle, whose
+    /// order changes from try to try but still ends on the live node.
+    #[tokio::test]
+    async fn connect_skips_unreachable_nodes() {
+        for i in 0..20 {
+            let conn = connect_first(&[DEAD, DEAD, LIVE], "wxdispatch-test-failover")
+                .await
+                .unwrap_or_else(|e| panic!("try {i}: dead,dead,live did not connect: {e}"));
+            assert!(conn.status().connected(), "try {i}");
+            let _ = conn.close(200, "done".into()).await;
+        }
+        let list = format!("{DEAD},{DEAD},{LIVE}");
+        for i in 0..20 {
+            let conn = connect(&list, "wxdispatch-test-failover")
+                .await
+                .unwrap_or_else(|e| panic!("shuffled try {i}: did not connect: {e}"));
+            assert!(conn.status().connected(), "shuffled try {i}");
+            let _ = conn.close(200, "done".into()).await;
+        }
     }
 }

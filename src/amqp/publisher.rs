@@ -182,6 +182,13 @@ impl Publisher {
             .await
     }
 
+    /// Puts a job back at the end of the jobs queue as it was, with its own `props` (which
+    /// carry the worker's delivery count on a classic queue).
+    pub async fn requeue(&self, body: &[u8], props: BasicProperties) -> Result<(), PublishError> {
+        self.publish("", &self.jobs_queue, body, props.with_delivery_mode(2))
+            .await
+    }
+
     /// Publishes a job to the jobs queue (used to expand batches).
     pub async fn job(&self, body: Vec<u8>, batch_id: &str) -> Result<(), PublishError> {
         let mut table = FieldTable::default();

@@ -7,7 +7,7 @@
 //!
 //! Objects are `BTreeMap`s, as in serde_json's `Value` (sorted keys, the last of repeated keys
 //! wins), and [`Fields::write`] writes the members in key order: the body WeChat gets is byte
-//! for byte the one a `Value` would have written, which the catalogue check relies on.
+//! for byte the one a `Value` would have written.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, Serializer};
 use serde_json::Number;
+use smallvec::SmallVec;
 
 /// A JSON value whose strings point into the job body (unless they hold escapes).
 #[derive(Debug, Clone, PartialEq)]
@@ -98,30 +99,100 @@ impl<'a> Fields<'a> {
     }
 
     /// The passed members plus `set` (members the parser writes itself, none of them passed),
-    /// as one compact JSON object with its keys in order.
-    pub fn write(&self, set: &[(&str, &str)], capacity: usize) -> Vec<u8> {
+    /// as one compact JSON object with its keys in order, and where in it the template id and
+    /// the data keys were written.
+    pub fn write(&self, set: &[(&str, &str)], capacity: usize) -> (Vec<u8>, TemplateSpans) {
         let mut members: Vec<(&str, Member)> = Vec::with_capacity(16 + self.others.len());
         members.extend(self.passed().map(|(k, v)| (k, Member::Json(v))));
         members.extend(set.iter().map(|&(k, v)| (k, Member::Str(v))));
         members.sort_unstable_by_key(|&(k, _)| k);
         let mut out = Vec::with_capacity(capacity);
-        serde_json::to_writer(&mut out, &Object(&members)).expect("a JSON object serializes");
-        out
+        let mut spans = TemplateSpans::default();
+        // serde_json's compact form, written member by member to note where the strings the
+        // catalogue check reads begin and end.
+        out.push(b'{');
+        for (i, (key, value)) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(&mut out, key);
+            out.push(b':');
+            match (*key, value) {
+                ("template_id", Member::Json(Json::Str(id))) => spans.id = write_str(&mut out, id),
+                ("data", Member::Json(Json::Object(entries))) => {
+                    out.push(b'{');
+                    for (j, (k, v)) in entries.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        spans.data_keys.push(write_str(&mut out, k));
+                        out.push(b':');
+                        write_json(&mut out, v);
+                    }
+                    out.push(b'}');
+                }
+                _ => write_json(&mut out, value),
+            }
+        }
+        out.push(b'}');
+        (out, spans)
     }
+}
+
+fn write_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    serde_json::to_writer(out, value).expect("JSON values serialize");
+}
+
+/// Writes a JSON string and returns where its text (between the quotes) lies.
+fn write_str(out: &mut Vec<u8>, s: &str) -> Span {
+    let start = out.len() + 1;
+    write_json(out, s);
+    Span::new(start, out.len() - 1)
+}
+
+/// Where a string's JSON text (escapes and all, without its quotes) lies in a written body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn new(start: usize, end: usize) -> Span {
+        // Bodies are bounded by `max_job_bytes`, far below 4 GiB.
+        let at = |n: usize| u32::try_from(n).expect("a job body is under 4 GiB");
+        Span {
+            start: at(start),
+            end: at(end),
+        }
+    }
+
+    /// The string in `written`, unescaped (which copies only when it holds escapes).
+    pub fn text(self, written: &[u8]) -> Cow<'_, str> {
+        let (start, end) = (self.start as usize, self.end as usize);
+        let text = &written[start..end];
+        if text.contains(&b'\\') {
+            let quoted = &written[start - 1..end + 1];
+            Cow::Owned(serde_json::from_slice(quoted).expect("a string the parser wrote"))
+        } else {
+            Cow::Borrowed(std::str::from_utf8(text).expect("a string the parser wrote"))
+        }
+    }
+}
+
+/// Where [`Fields::write`] put the `template_id` and each `data` key: the catalogue check
+/// reads them there, with no second parse and no copy. Inline up to eight keys, which covers
+/// WeChat's templates, so a job costs no allocation for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateSpans {
+    pub id: Span,
+    pub data_keys: SmallVec<[Span; 8]>,
 }
 
 /// One member's value in [`Fields::write`].
 enum Member<'m, 'a> {
     Json(&'m Json<'a>),
     Str(&'m str),
-}
-
-struct Object<'m, 'a>(&'m [(&'m str, Member<'m, 'a>)]);
-
-impl Serialize for Object<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-    }
 }
 
 impl Serialize for Member<'_, '_> {

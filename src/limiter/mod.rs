@@ -117,13 +117,6 @@ pub fn until_beijing_midnight() -> Duration {
         .unwrap_or(Duration::from_secs(1))
 }
 
-/// Time left until the start of the next wall-clock minute.
-pub fn until_next_minute() -> Duration {
-    let now = Utc::now();
-    let ms = (now.timestamp_millis().rem_euclid(60_000)) as u64;
-    Duration::from_millis(60_000 - ms + 50)
-}
-
 /// What the gate says about sending one job now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
@@ -401,12 +394,10 @@ impl AccountGate {
         }
     }
 
-    /// WeChat said 45011: slow down until the next minute.
-    pub fn slow_down(&self) -> Duration {
-        let d = until_next_minute();
+    /// WeChat said 45011: hold this gate's sends for `d` (until the next minute).
+    pub fn slow_down(&self, d: Duration) {
         let mut st = self.state.lock().expect("gate lock");
         st.slow_until = Some(Instant::now() + d);
-        d
     }
 
     fn roll_day(&self, st: &mut GateState) {
@@ -528,8 +519,9 @@ mod tests {
     #[test]
     fn minute_limit_waits_for_the_next_minute() {
         let g = gate(None, Duration::from_secs(600));
-        let d = g.slow_down();
+        let d = crate::policy::decision::until_next_minute(Utc::now().timestamp_millis());
         assert!(d <= Duration::from_millis(60_050));
+        g.slow_down(d);
         assert!(matches!(
             g.admit(),
             Admission::Later {

@@ -8,15 +8,15 @@
 //! `wxdispatch_catalogue_unchecked_total{appid}` counts those sends: the check is a help, never
 //! a reason to stop sending.
 //!
-//! The check costs no JSON parse and no allocation per job: the job's `template_id` and its
-//! `data` keys are found in its already-serialized body by byte search.
+//! The check costs no JSON parse and no allocation per job: the parser noted where it wrote
+//! the job's `template_id` and `data` keys ([`crate::job::TemplateFields`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::job::MsgType;
+use crate::job::{MsgType, TemplateFields};
 
 /// How long a fetched catalogue is trusted before it is fetched again.
 pub const REFRESH: Duration = Duration::from_secs(600);
@@ -144,66 +144,37 @@ impl Mismatch {
     }
 }
 
-/// One account's fetched catalogue of one source: template id → the `"key":` needles to find
-/// in a job's body.
+/// One account's catalogue of one source: each template id and the data keys its content
+/// names.
 #[derive(Debug, Default)]
-pub struct Fetched {
-    templates: HashMap<String, Vec<Vec<u8>>>,
+pub struct Catalogue {
+    templates: HashMap<String, Vec<String>>,
 }
 
-impl Fetched {
-    pub fn new(templates: &[Template]) -> Fetched {
-        Fetched {
+impl Catalogue {
+    pub fn new(templates: &[Template]) -> Catalogue {
+        Catalogue {
             templates: templates
                 .iter()
-                .map(|t| {
-                    let needles = t
-                        .keys
-                        .iter()
-                        .map(|k| serde_json::to_vec(k).expect("a string serializes"))
-                        .map(|mut n| {
-                            n.push(b':');
-                            n
-                        })
-                        .collect();
-                    (t.template_id.clone(), needles)
-                })
+                .map(|t| (t.template_id.clone(), t.keys.clone()))
                 .collect(),
         }
     }
 
-    /// Checks a serialized job body (as the parser wrote it: compact JSON) against the
-    /// catalogue. A body whose template id cannot be found passes: WeChat will judge it.
-    pub fn check(&self, body: &[u8]) -> Result<(), Mismatch> {
-        let Some(id) = template_id_in(body) else {
-            return Ok(());
+    /// Checks a job's template against the catalogue: the account must have it, and the job's
+    /// `data` must hold every key its content names.
+    pub fn check(&self, job: TemplateFields<'_>) -> Result<(), Mismatch> {
+        let id = job.id();
+        let Some(keys) = self.templates.get(id.as_ref()) else {
+            return Err(Mismatch::UnknownTemplate(id.into_owned()));
         };
-        let Some(needles) = self.templates.get(id) else {
-            return Err(Mismatch::UnknownTemplate(id.to_string()));
-        };
-        let data = find(body, b"\"data\":{").map_or(&body[..0], |i| &body[i..]);
-        for n in needles {
-            if find(data, n).is_none() {
-                let key = String::from_utf8_lossy(&n[1..n.len() - 2]).into_owned();
-                return Err(Mismatch::MissingKey(key));
+        for key in keys {
+            if !job.data_keys().any(|k| k == key.as_str()) {
+                return Err(Mismatch::MissingKey(key.clone()));
             }
         }
         Ok(())
     }
-}
-
-/// The `template_id` of a compact serialized job, without parsing it.
-fn template_id_in(body: &[u8]) -> Option<&str> {
-    const KEY: &[u8] = b"\"template_id\":\"";
-    let start = find(body, KEY)? + KEY.len();
-    let len = body[start..]
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\')?;
-    std::str::from_utf8(&body[start..start + len]).ok()
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The state of one account's catalogue of one source.
@@ -213,7 +184,7 @@ pub enum State {
     #[default]
     Empty,
     Ready {
-        fetched: std::sync::Arc<Fetched>,
+        catalogue: std::sync::Arc<Catalogue>,
         at: Instant,
     },
     /// The last fetch failed at this time: send unchecked until `RETRY_FAILED` has passed.
@@ -262,21 +233,53 @@ mod tests {
         assert!(r.templates().is_none());
     }
 
+    /// The template fields of a job body, as the parser writes them.
+    fn checked(catalogue: &Catalogue, body: &[u8]) -> Result<(), Mismatch> {
+        let env: std::collections::BTreeMap<String, String> =
+            [("WXD_APPID", "wx0123456789abcdef"), ("WXD_SECRET", "s")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let config = crate::config::Config::from_sources(None, &env).unwrap();
+        match crate::job::parse(body, None, &config).unwrap() {
+            crate::job::Parsed::Single(job) => catalogue.check(job.template()),
+            crate::job::Parsed::Batch(batch) => catalogue.check(batch.template()),
+        }
+    }
+
     #[test]
     fn a_body_is_checked_for_its_template_and_every_key() {
-        let f = Fetched::new(&[Template {
+        let f = Catalogue::new(&[Template {
             template_id: "T1".into(),
             title: String::new(),
             keys: vec!["User".into(), "Money".into()],
         }]);
         let ok = br#"{"data":{"Money":{"value":"1"},"User":{"value":"x"}},"template_id":"T1","touser":"o"}"#;
-        assert_eq!(f.check(ok), Ok(()));
+        assert_eq!(checked(&f, ok), Ok(()));
         let missing = br#"{"data":{"User":{"value":"Money"}},"template_id":"T1","touser":"o"}"#;
-        assert_eq!(f.check(missing), Err(Mismatch::MissingKey("Money".into())));
+        assert_eq!(
+            checked(&f, missing),
+            Err(Mismatch::MissingKey("Money".into()))
+        );
         let unknown = br#"{"data":{},"template_id":"T9","touser":"o"}"#;
         assert_eq!(
-            f.check(unknown),
+            checked(&f, unknown),
             Err(Mismatch::UnknownTemplate("T9".into()))
         );
+    }
+
+    /// Keys and ids with escapes are compared as the strings they stand for, and a batch is
+    /// checked by its shared head.
+    #[test]
+    fn escaped_keys_and_batches_are_checked_by_their_values() {
+        let f = Catalogue::new(&[Template {
+            template_id: "T\"1".into(),
+            title: String::new(),
+            keys: vec!["a\"b".into(), "é".into()],
+        }]);
+        let ok = br#"{"data":{"a\"b":{"value":"1"},"\u00e9":{"value":"x"}},"template_id":"T\"1","touser":["o1","o2"]}"#;
+        assert_eq!(checked(&f, ok), Ok(()));
+        let missing = br#"{"data":{"a\"b":{"value":"1"}},"template_id":"T\"1","touser":"o"}"#;
+        assert_eq!(checked(&f, missing), Err(Mismatch::MissingKey("é".into())));
     }
 }

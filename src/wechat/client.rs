@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::config::{Secret, TokenMode};
 use crate::job::MsgType;
+pub use crate::policy::SendError;
 
 /// WeChat's common reply shape: `{errcode, errmsg, ...}` plus endpoint-specific fields.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -28,51 +29,6 @@ pub struct ApiReply {
     pub access_token: Option<String>,
     #[serde(default)]
     pub expires_in: Option<u64>,
-}
-
-/// A request that got no usable WeChat reply.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SendError {
-    /// The connection could not be made: the request never left, so nothing was sent.
-    #[error("connect error: {0}")]
-    Connect(String),
-    /// No answer in time: the message may or may not have been sent.
-    #[error("timeout")]
-    Timeout,
-    /// An HTTP status other than 200. Whether the message may have been sent, and whether to
-    /// retry, is the policy table's call ([`crate::wechat::errcode::http_rule`]).
-    #[error("http status {status}")]
-    Status {
-        status: u16,
-        /// The reply's `Retry-After`, if it had a readable one: the least time to wait.
-        retry_after: Option<Duration>,
-    },
-    /// The reply could not be read or parsed: may or may not have been sent.
-    #[error("bad reply: {0}")]
-    BadReply(String),
-}
-
-impl SendError {
-    /// Whether the message could have reached WeChat despite the error.
-    pub fn maybe_sent(&self) -> bool {
-        match self {
-            SendError::Connect(_) => false,
-            SendError::Status { status, .. } => {
-                crate::wechat::errcode::http_rule(*status).maybe_sent
-            }
-            SendError::Timeout | SendError::BadReply(_) => true,
-        }
-    }
-
-    /// A short, bounded label for metrics and outcomes.
-    pub fn label(&self) -> String {
-        match self {
-            SendError::Connect(_) => "connect".into(),
-            SendError::Timeout => "timeout".into(),
-            SendError::Status { status, .. } => format!("http_{status}"),
-            SendError::BadReply(_) => "bad_reply".into(),
-        }
-    }
 }
 
 /// The HTTP client. One per process: it holds the keep-alive connection pool.

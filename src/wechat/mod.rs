@@ -1,11 +1,10 @@
 //! Everything that talks to WeChat's API: the HTTP client, the access-token cache and the
-//! error-code policy table.
+//! template catalogue. The error-code table they follow is the policy's ([`crate::policy::errcode`]).
 
 pub(crate) mod catalogue;
 pub(crate) mod client;
-pub mod errcode;
 pub(crate) mod token;
 
+pub use crate::policy::errcode::{self, Action};
 pub use client::{ApiReply, SendError, WechatClient};
-pub use errcode::Action;
 pub use token::{TokenError, TokenLimits, TokenSource};

@@ -407,7 +407,7 @@ impl TokenSource {
                 }
             }
         }
-        let mut reply = self.call(st, false).await?;
+        let mut reply = self.call(st).await?;
         let mut forced = false;
         let handed_back = st.last_rejected.as_ref().filter(|r| {
             self.mode == TokenMode::Stable && reply.access_token.as_deref() == Some(&r.value)
@@ -425,12 +425,9 @@ impl TokenSource {
                 match self.take_force(st).await {
                     ForceGrant::Granted(n) => {
                         tracing::warn!(appid = %self.appid, forced_today = n, budget = self.force_budget, "a fresh stable token was rejected; forcing a refresh");
-                        match self.call_forced(st).await? {
-                            Some(r) => {
-                                reply = r;
-                                forced = true;
-                            }
-                            None => self.skipped("budget_spent"),
+                        if let Some(r) = self.call_forced(st).await {
+                            reply = r;
+                            forced = true;
                         }
                     }
                     ForceGrant::TooSoon => self.skipped("too_soon"),
@@ -507,7 +504,7 @@ impl TokenSource {
                 }
             }
             if limiter.lock_token_fetch(&self.appid, LOCK_HOLD).await? {
-                let reply = match self.call(st, false).await {
+                let reply = match self.call(st).await {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = limiter.unlock_token_fetch(&self.appid).await;
@@ -541,41 +538,46 @@ impl TokenSource {
         }
     }
 
-    /// A forced `stable_token` call. `None` when WeChat says the day's forced refreshes are
-    /// spent (45009 on a forced call): the budget is marked spent and the current token stays,
-    /// because a normal fetch still works and the account must not stop over it.
-    async fn call_forced(
-        &self,
-        st: &mut RefreshState,
-    ) -> Result<Option<crate::wechat::ApiReply>, TokenError> {
+    /// A forced `stable_token` call: the new token, or `None` when the call failed. Either
+    /// way the caller still holds the good token the normal call has just returned, so a
+    /// failure neither stops the account nor starts the endpoint's backoff; it is counted
+    /// (`force_quota`, `force_error`). A 45009 means WeChat says the day's forced refreshes
+    /// are spent: the budget is marked spent too.
+    async fn call_forced(&self, st: &mut RefreshState) -> Option<crate::wechat::ApiReply> {
         let result = self
             .client
             .fetch_token(self.mode, &self.appid, &self.secret, true)
             .await;
-        match result {
+        let detail = match result {
             Ok(r) if r.errcode == 45009 => {
                 self.count("force_quota");
+                self.skipped("budget_spent");
                 st.forces.exhaust(self.force_budget);
                 self.metrics
                     .token_force_budget_remaining
                     .with_label_values(&[&self.appid])
                     .set(0);
-                Ok(None)
+                return None;
             }
-            result => self.interpret(st, result, true).map(Some),
-        }
+            Ok(r) if r.errcode == 0 && r.access_token.is_some() && r.expires_in.is_some() => {
+                self.count("forced");
+                return Some(r);
+            }
+            Ok(r) => format!("errcode {}: {}", r.errcode, r.errmsg),
+            Err(e) => e.to_string(),
+        };
+        self.count("force_error");
+        tracing::warn!(appid = %self.appid, %detail, "the forced token refresh failed; keeping the token the endpoint has just returned");
+        None
     }
 
-    async fn call(
-        &self,
-        st: &mut RefreshState,
-        force: bool,
-    ) -> Result<crate::wechat::ApiReply, TokenError> {
+    /// A normal (not forced) call of the token endpoint.
+    async fn call(&self, st: &mut RefreshState) -> Result<crate::wechat::ApiReply, TokenError> {
         let result = self
             .client
-            .fetch_token(self.mode, &self.appid, &self.secret, force)
+            .fetch_token(self.mode, &self.appid, &self.secret, false)
             .await;
-        self.interpret(st, result, force)
+        self.interpret(st, result)
     }
 
     /// What a token endpoint's answer means: a reply to use, a transient failure, or a stop.
@@ -583,7 +585,6 @@ impl TokenSource {
         &self,
         st: &mut RefreshState,
         result: Result<crate::wechat::ApiReply, crate::wechat::SendError>,
-        force: bool,
     ) -> Result<crate::wechat::ApiReply, TokenError> {
         let reply = match result {
             Ok(r) => r,
@@ -598,7 +599,7 @@ impl TokenSource {
                 self.count("error");
                 return Err(self.transient(st, "reply without access_token".into()));
             }
-            self.count(if force { "forced" } else { "ok" });
+            self.count("ok");
             return Ok(reply);
         }
         let code = reply.errcode;

@@ -519,6 +519,17 @@ async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
         metric(&m, "wxdispatch_amqp_reconnects_total"),
     );
     assert!(after < N, "the outage came too late to matter; more jobs");
+    // Waiting, not draining: it stays up and live, and takes no new job without a quorum (a
+    // quorum queue delivers nothing then), so at most the deliveries it held (one prefetch
+    // window) reached WeChat meanwhile. Whether any of them ended other than `sent` is
+    // checked below, with every outcome.
+    assert_eq!(health, 200, "/healthz while waiting");
+    let prefetch = usize::from(h.config.amqp.prefetch);
+    assert!(
+        after - at_loss <= prefetch,
+        "{} jobs sent without a quorum: more than the {prefetch} it could hold",
+        after - at_loss
+    );
     tokio::task::block_in_place(|| cluster.revive(lost));
     eprintln!("{:?}: node {lost} is back, quorum again", started.elapsed());
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use wxdispatch::amqp::topology;
 use wxdispatch::tools::mock::Behaviour;
 use wxdispatch::wechat::errcode;
 
@@ -21,15 +20,6 @@ async fn only_outcome(h: &Harness) -> Value {
     let mut got = h.outcomes(1, WAIT).await;
     assert_eq!(got.len(), 1, "expected one outcome within {WAIT:?}");
     got.remove(0)
-}
-
-/// Jobs parked in any of the delay queues right now.
-async fn parked(h: &Harness) -> u32 {
-    let mut n = 0;
-    for tier in topology::DELAY_TIERS {
-        n += h.depth(&topology::delay_queue(&h.config, *tier)).await;
-    }
-    n
 }
 
 /// `name{appid="<APPID>"...` as a metric prefix, with more labels when given.
@@ -347,6 +337,87 @@ async fn transient_errors_that_outlast_max_attempts_fail() {
     h.cleanup().await;
 }
 
+/// Only `not_after` ends a job that is still retrying with attempts and budget to spare: system
+/// busy on every try ends `expired` once its `not_after` has passed (not `failed`, and not
+/// before that time), after more than one try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_retrying_past_its_not_after_expires() {
+    let h = Harness::start(Opts {
+        env: &[
+            ("WXD_MAX_ATTEMPTS", "1000"),
+            ("WXD_RETRY_BUDGET_SECS", "600"),
+            ("WXD_RETRY_BASE_MS", "200"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let not_after = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let mut j = job("retry-expires", "fail:-1");
+    j["not_after"] = serde_json::json!(not_after.to_rfc3339());
+    h.publish(&j).await;
+    let o = only_outcome(&h).await;
+    assert_eq!(o["status"], "expired", "{o}");
+    assert_eq!(o["reason"], "not_after_passed", "{o}");
+    let finished: chrono::DateTime<chrono::Utc> =
+        o["finished_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        finished > not_after,
+        "ended before its not_after ({not_after}): {o}"
+    );
+    let tries = errors(&h, "-1");
+    assert!(tries >= 2, "it was retrying: {tries} tries");
+    assert_eq!(o["attempts"].as_u64(), Some(tries), "{o}");
+    assert_eq!(h.mock.state.stats().messages, 0);
+    h.cleanup().await;
+}
+
+/// Only `not_after` ends a job parked on a quota pause: with WeChat answering 45009 to every
+/// send and a probe every 2 s, a job whose `not_after` is 5 s away sits in a delay queue, and
+/// ends `expired` once that time has passed (not before it, and not `failed` although the
+/// retry budget is 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_parked_on_quota_expires_at_its_not_after() {
+    let h = Harness::start(Opts {
+        behaviour: Behaviour {
+            quota: Some(0),
+            ..Default::default()
+        },
+        env: &[
+            ("WXD_QUOTA_PROBE_SECS", "2"),
+            ("WXD_INLINE_RETRY_MAX_MS", "10"),
+            ("WXD_RETRY_BUDGET_SECS", "1"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let not_after = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let mut j = job("quota-expires", "user-q");
+    j["not_after"] = serde_json::json!(not_after.to_rfc3339());
+    h.publish(&j).await;
+    eventually("the job parked on quota", WAIT, || async {
+        parked(&h).await == 1
+    })
+    .await;
+    let o = only_outcome(&h).await;
+    assert_eq!(o["status"], "expired", "{o}");
+    assert_eq!(o["reason"], "not_after_passed", "{o}");
+    let finished: chrono::DateTime<chrono::Utc> =
+        o["finished_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        finished > not_after,
+        "ended before its not_after ({not_after}): {o}"
+    );
+    let m = h.metrics().await;
+    assert!(
+        metric(&m, &series("wxdispatch_deferred_total", "reason=\"quota\"")) >= 1.0,
+        "it was parked on quota"
+    );
+    assert!(errors(&h, "45009") >= 1);
+    assert_eq!(h.mock.state.stats().messages, 0);
+    assert_eq!(parked(&h).await, 0, "nothing left parked");
+    h.cleanup().await;
+}
+
 /// With inline retries limited to 10 ms, every backoff goes through a delay queue. The jobs
 /// come back with their attempt count (the `x-wxd-attempts` header): the one that recovers
 /// reports 3 attempts, and the one that never does stops at `max_attempts` instead of looping.
@@ -640,6 +711,11 @@ async fn the_token_is_refreshed_in_the_background_before_it_expires() {
         h.mock.state.stats().token_calls >= 2
     })
     .await;
+    assert_eq!(
+        h.mock.state.stats().renewed_before_expiry,
+        1,
+        "the second fetch came while the first token was still valid"
+    );
     // The next send finds a fresh token and needs no retry.
     h.publish(&job("bg-2", "u2")).await;
     let o = h.outcomes(1, Duration::from_secs(10)).await;

@@ -72,11 +72,15 @@ fn close_connections(needle: &str) -> usize {
 
 /// A job that makes the handler panic on every delivery (only in fault-injection builds)
 /// does not loop forever: on its last allowed delivery it is dead-lettered with reason
-/// `poison` and gets a `failed` outcome, and the worker keeps serving other jobs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_job_is_dead_lettered_and_the_worker_survives() {
+/// `poison` and gets a `failed` outcome, and the worker keeps serving other jobs. On a quorum
+/// jobs queue the broker counts the deliveries; on a classic one (which has no delivery count
+/// or limit) the worker counts them itself.
+async fn a_poison_job_is_dead_lettered_and_the_worker_survives(queue_type: &str) {
     let h = Harness::start(Opts {
-        env: &[("WXD_DELIVERY_LIMIT", "3")],
+        env: &[
+            ("WXD_DELIVERY_LIMIT", "3"),
+            ("WXD_JOBS_QUEUE_TYPE", queue_type),
+        ],
         ..Default::default()
     })
     .await;
@@ -114,6 +118,16 @@ async fn a_poison_job_is_dead_lettered_and_the_worker_survives() {
     );
     report("poison", &h, 21, &out, &[("failed", 1), ("sent", 20)]);
     h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_job_on_a_quorum_queue_is_dead_lettered_and_the_worker_survives() {
+    a_poison_job_is_dead_lettered_and_the_worker_survives("quorum").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_job_on_a_classic_queue_is_dead_lettered_and_the_worker_survives() {
+    a_poison_job_is_dead_lettered_and_the_worker_survives("classic").await;
 }
 
 /// The broker closes the worker's connections mid-load (`rabbitmqctl close_connection`):
@@ -173,13 +187,14 @@ async fn broker_closing_the_connections_mid_load_loses_nothing() {
 /// the messages accepted) and has its outcome, and every other job is back in the jobs queue.
 /// An aborted send would show up as a request without a message; one finished but not
 /// acked would come back and reach the simulator a second time after the restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_mid_load_drains_and_exits_cleanly() {
+async fn sigterm_mid_load_drains_and_exits_cleanly(queue_type: &str) {
+    let queue_env = [("WXD_JOBS_QUEUE_TYPE", queue_type)];
     let mut h = Harness::start(Opts {
         behaviour: Behaviour {
             latency_ms: 200,
             ..Default::default()
         },
+        env: &queue_env,
         no_worker: true,
         ..Default::default()
     })
@@ -189,7 +204,11 @@ async fn sigterm_mid_load_drains_and_exits_cleanly() {
     let mut child = h.worker_process(
         APPID,
         SECRET,
-        &[("WXD_CONCURRENCY", "32"), ("WXD_DRAIN_TIMEOUT_SECS", "10")],
+        &[
+            ("WXD_CONCURRENCY", "32"),
+            ("WXD_DRAIN_TIMEOUT_SECS", "10"),
+            queue_env[0],
+        ],
     );
     let mut out = h.outcomes(100, Duration::from_secs(30)).await;
     assert_eq!(out.len(), 100);
@@ -234,6 +253,16 @@ async fn sigterm_mid_load_drains_and_exits_cleanly() {
     );
     report("sigterm", &h, n, &out, &[("sent", n)]);
     h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_on_a_quorum_queue_drains_and_exits_cleanly() {
+    sigterm_mid_load_drains_and_exits_cleanly("quorum").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_on_a_classic_queue_drains_and_exits_cleanly() {
+    sigterm_mid_load_drains_and_exits_cleanly("classic").await;
 }
 
 /// A drain timeout shorter than a send in flight: the worker gives up on the send when the
@@ -285,7 +314,7 @@ async fn a_drain_timeout_shorter_than_a_send_redelivers_the_job_and_sends_one_me
     );
     assert_eq!(
         out[0]["msgid"].as_i64(),
-        Some(3_000_000_000),
+        Some(wxdispatch::tools::mock::FIRST_MSGID),
         "the first send's msgid"
     );
     h.cleanup().await;

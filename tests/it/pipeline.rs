@@ -12,9 +12,12 @@ use crate::helpers::*;
 /// dead-lettered with their reason, and WeChat saw exactly one message per good job. "Exactly
 /// one": no job's outcome is published twice, not even an identical repeat (nothing was
 /// redelivered in this run), and nothing more arrives after the 2,000th.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_mixed_jobs_each_get_exactly_one_right_outcome() {
-    let h = Harness::start(Opts::default()).await;
+async fn two_thousand_mixed_jobs_each_get_exactly_one_right_outcome(queue_type: &str) {
+    let h = Harness::start(Opts {
+        env: &[("WXD_JOBS_QUEUE_TYPE", queue_type)],
+        ..Default::default()
+    })
+    .await;
     let mut jobs = Vec::new();
     for i in 0..1990 {
         jobs.push(job(&format!("good-{i}"), &format!("user-{i}")));
@@ -85,6 +88,16 @@ async fn two_thousand_mixed_jobs_each_get_exactly_one_right_outcome() {
         "a job's outcome was published twice"
     );
     h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_mixed_jobs_on_a_quorum_queue_each_get_exactly_one_right_outcome() {
+    two_thousand_mixed_jobs_each_get_exactly_one_right_outcome("quorum").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_mixed_jobs_on_a_classic_queue_each_get_exactly_one_right_outcome() {
+    two_thousand_mixed_jobs_each_get_exactly_one_right_outcome("classic").await;
 }
 
 /// Every kind of bad input gets an `invalid` outcome with its reason and a dead-letter copy,

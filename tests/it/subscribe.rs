@@ -275,9 +275,72 @@ async fn the_miniprogram_subscribe_quota_is_counted_apart() {
     assert!(got.iter().all(|o| o["status"] == "sent"), "{got:?}");
     h.publish(&job("q-t2", "user-3")).await;
     h.publish(&mp_subscribe("q-m2", "user-4")).await;
-    let more = h.outcomes(1, Duration::from_secs(2)).await;
+    // Both wait in the delay queues (counted there: a lost job fails this), with no outcome.
+    eventually("both jobs over quota parked", WAIT, || async {
+        parked(&h).await == 2
+    })
+    .await;
+    let more = h.outcomes(1, Duration::from_secs(1)).await;
     assert!(more.is_empty(), "both wait on their quota: {more:?}");
     assert_eq!(h.mock.state.stats().send_requests, 2, "no send over quota");
+    h.cleanup().await;
+}
+
+/// A 45009 from WeChat on a mini-program send pauses only `miniprogram_subscribe` jobs of that
+/// appid. WeChat's daily quota is one message per count: the second mini-program job is refused
+/// with 45009 and parked, a third one is parked without a send, and a template job of the same
+/// appid is still sent. The parked jobs are counted in the delay queues, so a job that vanished
+/// instead of waiting fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_45009_on_a_miniprogram_send_pauses_only_miniprogram_subscribe() {
+    let h = Harness::start(Opts {
+        behaviour: Behaviour {
+            quota: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let paused =
+        |appid: &str, m: &str| metric(m, &format!("wxdispatch_quota_paused{{appid=\"{appid}\"}}"));
+    h.publish(&mp_subscribe("p-m1", "user-1")).await;
+    let got = h.outcomes(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["status"], "sent", "{got:?}");
+
+    h.publish(&mp_subscribe("p-m2", "user-2")).await;
+    eventually("the refused mini-program job parked", WAIT, || async {
+        parked(&h).await == 1
+    })
+    .await;
+    let stats = h.mock.state.stats();
+    assert_eq!(
+        stats.errors.get("45009"),
+        Some(&1),
+        "WeChat said 45009 once"
+    );
+    let m = h.metrics().await;
+    assert_eq!(paused(&format!("{APPID}:miniprogram_subscribe"), &m), 1.0);
+    assert_eq!(paused(APPID, &m), 0.0, "template sends are not paused");
+
+    h.publish(&mp_subscribe("p-m3", "user-3")).await;
+    h.publish(&job("p-t1", "user-4")).await;
+    let got = h.outcomes(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["id"], "p-t1", "{got:?}");
+    assert_eq!(got[0]["status"], "sent", "{got:?}");
+    eventually("both mini-program jobs parked", WAIT, || async {
+        parked(&h).await == 2
+    })
+    .await;
+    let more = h.outcomes(1, Duration::from_secs(1)).await;
+    assert!(more.is_empty(), "the mini-program jobs wait: {more:?}");
+    assert_eq!(
+        requests(&h, "miniprogram_subscribe"),
+        2,
+        "no mini-program send while paused"
+    );
+    assert_eq!(h.mock.state.stats().messages, 2);
     h.cleanup().await;
 }
 

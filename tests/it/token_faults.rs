@@ -4,10 +4,15 @@
 //! once per job, and every job is sent once the endpoint answers again. The endpoint's own
 //! daily limit (45009) stops the account and parks its jobs, with one call and no loop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::helpers::*;
-use wxdispatch::tools::mock::{Behaviour, TokenFault};
+use wxdispatch::config::{Secret, TokenMode};
+use wxdispatch::limiter::AccountStops;
+use wxdispatch::metrics::Metrics;
+use wxdispatch::tools::mock::{Behaviour, MockConfig, MockServer, TokenFault};
+use wxdispatch::wechat::{TokenLimits, TokenSource, WechatClient};
 
 /// `name{appid="<APPID>",<more>}` as a metric prefix.
 fn series(name: &str, more: &str) -> String {
@@ -140,4 +145,89 @@ async fn the_token_endpoints_daily_limit_stops_the_account_without_a_loop() {
         "nothing failed"
     );
     h.cleanup().await;
+}
+
+/// A forced `stable_token` refresh that fails (503, or 45009 for the day's forced refreshes)
+/// must not cost the good token the normal call has just returned, nor start the endpoint's
+/// backoff: the cache hands that token out, the failure is counted, and the next fetch goes
+/// to the endpoint at once. Only the forced calls fail here; normal calls are answered.
+async fn a_failed_forced_refresh_keeps_the_good_token(fault: TokenFault, result: &str) {
+    let mock = MockServer::start(
+        "127.0.0.1:0",
+        MockConfig {
+            accounts: vec![(APPID.into(), SECRET.into())],
+            behaviour: Behaviour {
+                forced_token_fault: Some(fault),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let tokens = TokenSource::new(
+        APPID.into(),
+        Secret::new(SECRET),
+        TokenMode::Stable,
+        WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
+        metrics.clone(),
+        TokenLimits {
+            stop_probe: Duration::from_secs(60),
+            force_budget: 10,
+            shared: None,
+            stops: Arc::new(AccountStops::new(APPID, &metrics)),
+        },
+    );
+    // A fresh token is rejected; stable_token hands it back, so a refresh is forced, and the
+    // forced call fails.
+    let good = tokens.get().await.unwrap();
+    tokens.invalidate(&good).await;
+    let after = tokens
+        .get()
+        .await
+        .expect("the good token the normal call returned");
+    assert_eq!(after.value, good.value);
+    assert!(!after.forced);
+    let stats = mock.state.stats();
+    assert_eq!(
+        stats.stable_token_calls, 3,
+        "fetch, normal call, forced call"
+    );
+    assert_eq!(stats.forced_refreshes, 0);
+    let m = metrics.render();
+    assert_eq!(
+        metric(
+            &m,
+            &series(
+                "wxdispatch_token_refreshes_total",
+                &format!("result=\"{result}\"")
+            )
+        ),
+        1.0,
+        "the failed forced refresh is counted as {result}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!("wxdispatch_account_stopped{{appid=\"{APPID}\"}}")
+        ),
+        0.0
+    );
+    // No backoff was started: the token is rejected again (no longer fresh for a force, as
+    // the 30 s spacing says), and the next fetch reaches the endpoint and succeeds.
+    tokens.invalidate(&after).await;
+    let again = tokens.get().await.expect("no endpoint backoff");
+    assert_eq!(again.value, good.value);
+    assert_eq!(mock.state.stats().stable_token_calls, 4);
+}
+
+#[tokio::test]
+async fn a_forced_refresh_answered_503_keeps_the_good_token() {
+    a_failed_forced_refresh_keeps_the_good_token(TokenFault::Http(503), "force_error").await;
+}
+
+#[tokio::test]
+async fn a_forced_refresh_answered_45009_keeps_the_good_token() {
+    a_failed_forced_refresh_keeps_the_good_token(TokenFault::Errcode(45009), "force_quota").await;
 }

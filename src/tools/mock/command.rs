@@ -43,7 +43,7 @@ pub struct Args {
 }
 
 /// `wxdispatch mock-wechat`: serves the simulator until SIGINT or SIGTERM.
-pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub async fn serve_simulator(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
     // The simulator accepts the worker's own accounts, from the same configuration, so that
@@ -100,6 +100,7 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
                 stall_ms: args.stall_ms,
                 outage: None,
                 token_outage: None,
+                forced_token_fault: None,
                 private_templates: args.catalogue.then(super::sample_private_templates),
                 subscription_templates: args.catalogue.then(super::sample_subscription_templates),
             },

@@ -16,7 +16,8 @@
 //!   (`<code>` may also be `http502` or `timeout`);
 //! - at run time, via `POST /mock/faults`, `POST /mock/expire_tokens` and `POST /mock/outage`;
 //! - on the token endpoints, `Behaviour::token_outage`: every `token` and `stable_token` call
-//!   is answered with a [`TokenFault`] while it is set.
+//!   is answered with a [`TokenFault`] while it is set; `Behaviour::forced_token_fault` does
+//!   the same to forced `stable_token` calls only.
 //!
 //! A "timeout" fault accepts the message and then stalls the reply, which is exactly the case
 //! where a careless retry would send a second message.
@@ -28,7 +29,7 @@ mod command;
 pub mod push;
 pub mod xml;
 
-pub use command::{Args, run};
+pub use command::{Args, serve_simulator};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -46,6 +47,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::MsgType;
 use crate::shutdown::Shutdown;
+
+/// The first msgid the simulator hands out: 19 digits like real ones, past both `i32::MAX` and
+/// 2^53 (where JavaScript's `JSON.parse` rounds), so every test outcome exercises `msgid_str`.
+pub const FIRST_MSGID: i64 = 3_662_956_322_040_938_501;
 
 /// One kind of injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +150,10 @@ pub struct Behaviour {
     /// When set, every call of a token endpoint is answered with this fault.
     #[serde(default)]
     pub token_outage: Option<TokenFault>,
+    /// When set, every forced `stable_token` call (`force_refresh: true`) is answered with this
+    /// fault, while normal calls are answered as usual.
+    #[serde(default)]
+    pub forced_token_fault: Option<TokenFault>,
     /// The template-message catalogue (`get_all_private_template`): `(template_id, content)`.
     /// `None`: the endpoint answers 48001, as for an account without the permission.
     #[serde(default)]
@@ -164,6 +173,7 @@ impl Default for Behaviour {
             stall_ms: 30_000,
             outage: None,
             token_outage: None,
+            forced_token_fault: None,
             private_templates: None,
             subscription_templates: None,
         }
@@ -230,6 +240,9 @@ pub struct Stats {
     pub duplicates_suppressed: u64,
     pub token_calls: u64,
     pub stable_token_calls: u64,
+    /// Classic token calls made while the appid's previous token was still valid: renewals
+    /// ahead of expiry, as opposed to fetches after a token ran out.
+    pub renewed_before_expiry: u64,
     pub forced_refreshes: u64,
     /// Forced calls inside 30 s of the last forced refresh (answered with the current token).
     pub forced_too_soon: u64,
@@ -309,8 +322,7 @@ impl MockServer {
             tries: Mutex::default(),
             quota_used: Mutex::default(),
             stats: Mutex::default(),
-            // Above i32::MAX on purpose: msgid is an i64.
-            next_msgid: AtomicI64::new(3_000_000_000),
+            next_msgid: AtomicI64::new(FIRST_MSGID),
             token_seq: AtomicU64::new(1),
             in_flight: AtomicU64::new(0),
             push: config.push,
@@ -478,14 +490,19 @@ fn check_credentials(
 /// The injected token-endpoint fault's reply, if one is set.
 async fn token_fault(s: &MockState) -> Option<Response> {
     let fault = s.behaviour.read().unwrap().token_outage?;
-    Some(match fault {
+    Some(token_fault_reply(s, fault).await)
+}
+
+/// The reply of a token endpoint for `fault`.
+async fn token_fault_reply(s: &MockState, fault: TokenFault) -> Response {
+    match fault {
         TokenFault::Errcode(code) => fault_reply(s, FaultKind::Errcode(code), 0).await,
         TokenFault::Http(status) => fault_reply(s, FaultKind::Http(status), 0).await,
         TokenFault::NoToken => {
             s.error("no_token".into());
             wx(serde_json::json!({"errcode": 0, "errmsg": "ok", "expires_in": 7200}))
         }
-    })
+    }
 }
 
 async fn classic_token(State(s): State<Shared>, Query(q): Query<TokenQuery>) -> Response {
@@ -503,10 +520,16 @@ async fn classic_token(State(s): State<Shared>, Query(q): Query<TokenQuery>) -> 
     let ttl = s.behaviour.read().unwrap().token_ttl_secs;
     let token = s.issue_token(&appid, ttl);
     // The classic endpoint invalidates the previous token after a 5-minute overlap.
+    let mut renewed_early = false;
     if let Some(prev) = s.classic.lock().unwrap().insert(appid, token.clone())
         && let Some(t) = s.tokens.lock().unwrap().get_mut(&prev)
     {
-        t.expires_at = t.expires_at.min(Instant::now() + Duration::from_secs(300));
+        let now = Instant::now();
+        renewed_early = t.expires_at > now;
+        t.expires_at = t.expires_at.min(now + Duration::from_secs(300));
+    }
+    if renewed_early {
+        s.stats.lock().unwrap().renewed_before_expiry += 1;
     }
     wx(serde_json::json!({"access_token": token, "expires_in": ttl}))
 }
@@ -535,6 +558,12 @@ async fn stable_token(State(s): State<Shared>, body: Bytes) -> Response {
         Ok(a) => a,
         Err((code, msg)) => return wx_err(code, msg),
     };
+    let forced_fault = s.behaviour.read().unwrap().forced_token_fault;
+    if q.force_refresh
+        && let Some(fault) = forced_fault
+    {
+        return token_fault_reply(&s, fault).await;
+    }
     let ttl = s.behaviour.read().unwrap().token_ttl_secs;
     let mut stable = s.stable.lock().unwrap();
     let entry = stable.get(&appid).cloned();

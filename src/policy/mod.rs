@@ -1,6 +1,8 @@
-//! The retry policy, a leaf that both the dispatcher and the AMQP plumbing use: the retry
-//! state a job carries (through delay queues, in headers), the budget and backoff rules, and
-//! the reasons a job is deferred.
+//! The send policy, a leaf that the dispatcher, the token cache and the AMQP plumbing use: the
+//! error-code table ([`errcode`]), the ways a send fails without an answer ([`SendError`]),
+//! the retry state a job carries (through delay queues, in headers), the budget and backoff
+//! rules, the reasons a job is deferred or ends, and the decision core ([`decision`]) that turns
+//! what a try came to into the job's next step, with no I/O.
 //!
 //! The one rule that must never break: a message that *may* have reached WeChat (timeout, 5xx,
 //! unreadable reply) is only retried with the same `client_msg_id` and only inside WeChat's
@@ -9,6 +11,16 @@
 //! account, the rate) is never charged to the transient-error budget.
 
 use std::time::Duration;
+
+pub mod decision;
+pub mod errcode;
+mod send_error;
+
+pub use decision::{
+    AccountChange, Decision, Due, End, EndStatus, Hold, JobFacts, Rules, Step, Tried, decide, due,
+    on_hold,
+};
+pub use send_error::SendError;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
@@ -63,8 +75,6 @@ impl std::fmt::Display for DeferReason {
 /// test).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndReason {
-    /// The job names an appid this worker has no account for (`rejected`).
-    UnknownAccount,
     /// Its `not_after` passed before it could be sent (`expired`).
     NotAfterPassed,
     /// An earlier attempt may have been delivered and a retry could no longer be deduplicated
@@ -80,8 +90,7 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 6] = [
-        EndReason::UnknownAccount,
+    pub const ALL: [EndReason; 5] = [
         EndReason::NotAfterPassed,
         EndReason::UnknownDelivery,
         EndReason::MaybeSent,
@@ -91,7 +100,6 @@ impl EndReason {
 
     pub const fn as_str(self) -> &'static str {
         match self {
-            EndReason::UnknownAccount => "unknown_account",
             EndReason::NotAfterPassed => "not_after_passed",
             EndReason::UnknownDelivery => "unknown_delivery",
             EndReason::MaybeSent => "maybe_sent",
@@ -225,7 +233,7 @@ mod tests {
     /// The operator-facing list of deferral reasons names every one the code can produce.
     #[test]
     fn the_policy_doc_lists_every_defer_reason() {
-        let doc = include_str!("../docs/ERROR_POLICY.md");
+        let doc = include_str!("../../docs/ERROR_POLICY.md");
         for r in DeferReason::ALL {
             assert!(
                 doc.contains(&format!("`{}`", r.as_str())),
