@@ -505,7 +505,7 @@ mod tests {
         let at = text.find(r#","finished_at""#).unwrap();
         assert_eq!(
             &text[..at],
-            r#"{"kind":"send","id":"j","appid":"wxa","touser":"U","type":"template","status":"rejected","errcode":null,"errmsg":null,"msgid":null,"attempts":0,"reason":"template_not_found""#
+            r#"{"kind":"send","id":"j","appid":"wxa","touser":"U","type":"template","status":"rejected","errcode":null,"errmsg":null,"msgid":null,"msgid_str":null,"attempts":0,"reason":"template_not_found""#
         );
         assert!(text.ends_with(r#"Z"}"#), "{text}");
         assert_eq!(o.kind(), Kind::Send);

@@ -456,13 +456,17 @@ fn the_outcome_schema_lists_exactly_the_codes_words() {
     };
     assert_eq!(
         enum_at(&schema, "/$defs/receipt/properties/status/anyOf/0/enum"),
-        known(&["success", "failed:user block", "failed: system failed", "?"], |w| {
-            ReceiptStatus::from_wechat(w).label()
-        })
+        known(
+            &["success", "failed:user block", "failed: system failed", "?"],
+            |w| { ReceiptStatus::from_wechat(w).label() }
+        )
     );
     assert_eq!(
         enum_at(&schema, "/$defs/consent/properties/status/anyOf/0/enum"),
-        known(&["accept", "reject", "?"], |w| ConsentStatus::from_wechat(w).label())
+        known(&["accept", "reject", "?"], |w| ConsentStatus::from_wechat(
+            w
+        )
+        .label())
     );
     // The kinds the worker publishes, and the two the interface contract names for later
     // (placeholders in the schema).
