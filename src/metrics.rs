@@ -59,6 +59,7 @@ pub struct Metrics {
     pub limiter_wait_seconds: HistogramVec,
     pub deferred_total: IntCounterVec,
     pub dead_letters_total: IntCounterVec,
+    pub publisher_refused_total: IntCounterVec,
     pub amqp_reconnects_total: IntCounter,
     /// `basic.ack` frames sent, by `multiple`: with `wxdispatch_jobs_total` it shows how many
     /// jobs one ack settles (see amqp::acks).
@@ -283,6 +284,12 @@ impl Metrics {
                 "wxdispatch_dead_letters_total",
                 "Jobs copied to the dead-letter queue, by reason",
                 &["reason"],
+            ),
+            publisher_refused_total: counter(
+                r,
+                "wxdispatch_publisher_refused_total",
+                "Jobs refused because their AMQP user_id is not on the account's publishers list",
+                &["appid"],
             ),
             amqp_reconnects_total,
             amqp_acks_total: counter(

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::amqp::{self, Acks, PublishError, Publisher, headers, topology};
 use crate::config::{Config, ConfigError, QueueType};
 use crate::dispatch::{Dispatcher, Disposition, EndReason};
-use crate::job::{self, Parsed};
+use crate::job::{self, AccountId, Parsed};
 use crate::metrics::Metrics;
 use crate::outcome::{JobIdentity, Outcome, SendStatus};
 use crate::shutdown::Shutdown;
@@ -470,11 +470,14 @@ async fn process(
             let span = tracing::info_span!("batch", job_id = %batch.id, appid = %batch.appid);
             async {
                 let id = batch.id.to_string();
+                let job = || JobIdentity { id: Some(id.clone()), appid: Some(batch.appid.clone()), touser: None, msg_type: Some(batch.msg_type) };
+                if let Some(o) = refuse_publisher(ctx, io, batch.account, job(), props) {
+                    return publish_final(ctx, io, delivery, &o).await;
+                }
                 if let Err(m) = ctx.dispatcher.check_batch(&batch).await {
                     // One outcome for the whole batch: its template cannot work for anyone.
                     tracing::info!(reason = m.reason(), detail = %m.detail(), recipients = batch.recipients.len(), "batch rejected before expansion");
-                    let job = JobIdentity { id: Some(id), appid: Some(batch.appid.clone()), touser: None, msg_type: Some(batch.msg_type) };
-                    let mut o = Outcome::for_job(SendStatus::Rejected, job);
+                    let mut o = Outcome::for_job(SendStatus::Rejected, job());
                     o.reason = Some(m.reason().into());
                     o.errmsg = Some(m.detail());
                     return publish_final(ctx, io, delivery, &o).await;
@@ -500,6 +503,16 @@ async fn process(
         Ok(Parsed::Single(job)) => {
             let span = tracing::info_span!("job", job_id = %job.id, appid = %job.appid);
             async {
+                let identity = JobIdentity {
+                    id: Some(job.id.to_string()),
+                    appid: Some(job.appid.clone()),
+                    touser: Some(job.touser.clone()),
+                    msg_type: Some(job.msg_type),
+                };
+                if let Some(o) = refuse_publisher(ctx, io, job.account, identity, props) {
+                    drop(slot);
+                    return publish_final(ctx, io, delivery, &o).await;
+                }
                 let state = headers::retry_state(props);
                 let not_before = headers::not_before_ms(props);
                 let disposition = ctx.dispatcher.send_job(&job, state, not_before).await;
@@ -540,6 +553,38 @@ async fn process(
             .await
         }
     }
+}
+
+/// The `rejected` outcome of a job its publisher may not send: the account lists its
+/// `publishers` and the job's AMQP `user_id` (which the broker checks against the publishing
+/// connection's user) is missing or not among them. `None` when the job may go on. Jobs the
+/// worker published itself (a batch's recipients, jobs back from a delay queue) carry its own
+/// user and go on: they were checked when they first arrived.
+fn refuse_publisher(
+    ctx: &Ctx,
+    io: &Io,
+    account: AccountId,
+    job: JobIdentity,
+    props: &lapin::BasicProperties,
+) -> Option<Outcome> {
+    let acct = &ctx.config.accounts[account.index()];
+    let user = props.user_id().as_ref().map(|u| u.as_str());
+    if acct.admits(user) || user == Some(io.publisher.own_user()) {
+        return None;
+    }
+    let user = user.unwrap_or("(none)");
+    tracing::warn!(user_id = user, appid = %acct.appid, "job refused: its publisher may not send as this account");
+    ctx.metrics
+        .publisher_refused_total
+        .with_label_values(&[&acct.appid])
+        .inc();
+    let mut o = Outcome::for_job(SendStatus::Rejected, job);
+    o.reason = Some(EndReason::PublisherNotAllowed.as_str().into());
+    o.errmsg = Some(format!(
+        "user_id {user} is not among the publishers of {}",
+        acct.appid
+    ));
+    Some(o)
 }
 
 async fn publish_final(

@@ -34,6 +34,8 @@ struct RawAccount {
     daily_quota: Option<u64>,
     /// The account's original id (`gh_…`), to attribute plaintext-mode receipts.
     original_id: Option<String>,
+    /// The RabbitMQ users that may send as it.
+    publishers: Option<Vec<String>>,
 }
 
 /// The keys of an `[[accounts]]` entry, for the nearest-key hint (serde only lists them).
@@ -44,6 +46,7 @@ const ACCOUNT_KEYS: &[&str] = &[
     "rate_per_sec",
     "daily_quota",
     "original_id",
+    "publishers",
 ];
 
 /// The file's keys that are not settings of their own.
@@ -285,6 +288,7 @@ fn build_accounts(
             rate_per_sec: single.rate_per_sec,
             daily_quota: single.daily_quota,
             original_id: single.original_id.clone(),
+            publishers: single.publishers.clone(),
         });
     }
     for (i, a) in raw.into_iter().enumerate() {
@@ -302,6 +306,7 @@ fn build_accounts(
             rate_per_sec: a.rate_per_sec.unwrap_or(single.rate_per_sec),
             daily_quota: a.daily_quota,
             original_id: a.original_id,
+            publishers: a.publishers,
         });
     }
     for (i, a) in accounts.iter().enumerate() {
@@ -320,6 +325,11 @@ fn build_accounts(
                 "rate_per_sec for {}: must be at least 1",
                 a.appid
             )));
+        }
+        if let Some(list) = &a.publishers
+            && let Err(e) = super::value::check_publishers(list)
+        {
+            return Err(err(format!("publishers of {}: {e}", a.appid)));
         }
         if accounts[..i].iter().any(|b| b.appid == a.appid) {
             return Err(err(format!("appid {}: configured twice", a.appid)));

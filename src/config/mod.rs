@@ -108,6 +108,20 @@ pub struct Account {
     /// The account's original id (`gh_…`), which WeChat puts in a push's `ToUserName`. With
     /// several accounts a plaintext-mode receipt carries nothing else that names its account.
     pub original_id: Option<String>,
+    /// The RabbitMQ users that may send as this account (a job's AMQP `user_id`, which the
+    /// broker checks against the connection's user). `None`: anyone who may publish to the
+    /// jobs queue.
+    pub publishers: Option<Vec<String>>,
+}
+
+impl Account {
+    /// Whether a job published by `user_id` may be sent as this account.
+    pub fn admits(&self, user_id: Option<&str>) -> bool {
+        match &self.publishers {
+            None => true,
+            Some(list) => user_id.is_some_and(|u| list.iter().any(|p| p == u)),
+        }
+    }
 }
 
 /// The validated configuration, grouped by concern. Every value is defaulted and clamped by

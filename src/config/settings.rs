@@ -11,7 +11,8 @@ use toml::Value;
 
 use super::value::{
     ANY, Addr, AesKey, AmqpUrls, AtLeast, Choice, Codec, Flag, HttpBase, Kind, Millis, OptAddr,
-    OptHttpUrl, OptText, OptWhole, QueueName, RedisUrl, RoutePath, SecretText, Secs, Whole,
+    OptHttpUrl, OptNames, OptText, OptWhole, QueueName, RedisUrl, RoutePath, SecretText, Secs,
+    Whole,
 };
 use super::{
     AmqpSettings, CallbackSettings, Config, Credentials, LimitSettings, LogFormat, QueueType,
@@ -150,6 +151,7 @@ pub(super) struct SingleAccount {
     pub rate_per_sec: u32,
     pub daily_quota: Option<u64>,
     pub original_id: Option<String>,
+    pub publishers: Option<Vec<String>>,
 }
 
 /// A table entry. `field:` names the configuration field the value fills and shows;
@@ -239,6 +241,12 @@ pub(super) static SETTINGS: &[Setting] = &[
             [a] => a.original_id.clone(),
             _ => Some("(per account)".into()),
         }, "the account's original id (gh_…), to attribute plaintext receipts"),
+    setting!("publishers", Account, File, OptNames, Unset("(anyone)"),
+        single: publishers, show: |c| match c.accounts.as_slice() {
+            [a] => a.publishers.as_ref().map(|p| p.join(",")),
+            [] => None,
+            _ => Some("(per account)".into()),
+        }, "RabbitMQ users whose jobs (AMQP user_id) may send as the account, comma-separated"),
 
     setting!("concurrency", Limits, File, Whole<usize, 1, ANY>, Num(64),
         field: limits.concurrency, "sends in flight per process"),

@@ -189,6 +189,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
         rate_per_sec: 5000,
         daily_quota: None,
         original_id: None,
+        publishers: None,
     }];
     config
         .credentials
