@@ -89,7 +89,8 @@ export WXD_HTTP_ADDR="127.0.0.1:$WORKER_PORT"
 export WXD_RETRY_BASE_MS=50 WXD_LOG_FORMAT=text RUST_LOG=warn
 # A configured quota, so the "sends today against the daily quota" panel has both series.
 export WXD_DAILY_QUOTA=100000
-unset WXD_CONFIG WXD_REDIS_URL WXD_CALLBACK_AES_KEY
+# WXD_BIN names the binary for this script only: the worker refuses unknown WXD_* variables.
+unset WXD_CONFIG WXD_REDIS_URL WXD_CALLBACK_AES_KEY WXD_BIN
 
 say "worker on 127.0.0.1:$WORKER_PORT, simulator on 127.0.0.1:$MOCK_PORT (queues $PREFIX.*)"
 "$BIN" run >"$WORK/worker.log" 2>&1 &

@@ -310,10 +310,13 @@ impl Harness {
         rx
     }
 
-    /// Messages in a queue right now (passive declare).
+    /// Messages ready in a queue right now (passive declare; unacked ones are not counted).
+    /// Panics if the queue cannot be read.
     pub async fn depth(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.unwrap();
-        let q = amqp::topology::depth(&ch, queue).await;
+        let q = amqp::topology::depth(&ch, queue)
+            .await
+            .unwrap_or_else(|e| panic!("the depth of {queue}: {e}"));
         let _ = ch.close(200, "done".into()).await;
         q
     }

@@ -36,7 +36,12 @@ async fn status_of(url: &str) -> Option<StatusCode> {
 /// one, a retried one, an invalid one and a few callback requests.
 async fn loaded_worker(prefix: &str, n: usize) -> Harness {
     let h = Harness::start(Opts {
-        env: &[("WXD_CALLBACK_TOKEN", CALLBACK_TOKEN)],
+        // A daily quota, so that wxdispatch_daily_quota (exported only for accounts that have
+        // one) is on /metrics like every other name the dashboard uses.
+        env: &[
+            ("WXD_CALLBACK_TOKEN", CALLBACK_TOKEN),
+            ("WXD_DAILY_QUOTA", "1000000"),
+        ],
         ..Opts::default()
     })
     .await;

@@ -356,7 +356,10 @@ async fn serial_jobs_in_the_delay_tiers_survive_a_broker_restart() {
     );
     for q in names {
         let probe = conn.create_channel().await.unwrap();
-        depths.push(format!("{q}={}", topology::depth(&probe, &q).await));
+        let depth = topology::depth(&probe, &q)
+            .await
+            .map_or_else(|e| format!("? ({e})"), |d| d.to_string());
+        depths.push(format!("{q}={depth}"));
     }
     println!("queues after the run: {}", depths.join(" "));
     println!(
