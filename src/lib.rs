@@ -24,7 +24,8 @@
 //! - [`callback`]: WeChat's push callback: signatures, AES safe mode, the XML reader and the
 //!   message model, the retry dedupe and the HTTP handlers that turn pushes into outcomes.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
-//! - [`metrics`], [`shutdown`], [`logging`]: operations.
+//! - [`metrics`], [`shutdown`], [`logging`]: operations; [`probe`], the readiness check the
+//!   image and its Kubernetes probes run.
 //! - [`app`]: `run`, `check-config`, `templates`, and [`app::start`], the worker embedded in a
 //!   process (the demo and the tests use it).
 //! - [`publish`]: `wxdispatch publish`, validating and enqueueing a campaign: the run, the
@@ -56,6 +57,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;
+pub mod probe;
 pub mod publish;
 pub mod shutdown;
 pub mod tools;
