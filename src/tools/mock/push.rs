@@ -1,8 +1,7 @@
 //! The simulator's delivery-receipt pushes: after a successful send, POST a
 //! TEMPLATESENDJOBFINISH event to the worker's callback URL, in plaintext or AES safe mode,
-//! signed the way WeChat signs it. [`push_subscription_event`] pushes a parsed subscription
-//! event (consents and subscription delivery results) the same way, for the tests. [`push_subscription_event`] pushes the subscription events
-//! (consents and subscription delivery results) the same way.
+//! signed the way WeChat signs it. [`push_subscription_event`] pushes a subscription event
+//! (consents and subscription delivery results) the same way, for the tests.
 
 use std::sync::Arc;
 use std::time::Duration;
