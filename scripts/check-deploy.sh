@@ -436,7 +436,7 @@ dockerfile() {
   grep -Eq '^EXPOSE 9090 8080$' "$f"                       || { echo "no EXPOSE 9090 8080 (metrics, callback)"; return 1; }
   grep -Eq '^ENTRYPOINT \["wxdispatch"\]$' "$f"            || { echo "ENTRYPOINT is not [\"wxdispatch\"]"; return 1; }
   grep -Eq '^CMD \["run"\]$' "$f"                          || { echo "CMD is not [\"run\"]"; return 1; }
-  grep -Eq '/usr/local/bin/wxdispatch' "$f"                || { echo "binary not at /usr/local/bin/wxdispatch"; return 1; }
+  grep -Fq '"$dir/usr/local/bin/wxdispatch"' scripts/image.sh || { echo "image.sh rootfs does not put the binary at /usr/local/bin/wxdispatch"; return 1; }
   grep -Eq '^/?target/?$' .dockerignore                     || { echo ".dockerignore does not exclude target/"; return 1; }
   # The binary name built must be the package's.
   python3 - <<'PY'
