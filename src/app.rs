@@ -13,11 +13,11 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::receipts::Receipts;
 use crate::shutdown::Shutdown;
-use crate::worker::{self, Ctx};
+use crate::worker::{self, Worker};
 
 /// A worker running inside this process.
 pub struct RunningWorker {
-    pub ctx: Arc<Ctx>,
+    pub ctx: Arc<Worker>,
     /// Where `/metrics`, the probes and (unless `callback_addr` is set) the callback are
     /// served.
     pub http_addr: std::net::SocketAddr,
@@ -40,7 +40,7 @@ impl RunningWorker {
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningWorker> {
     let metrics = Arc::new(Metrics::new());
     let receipts = Receipts::from_config(&config, metrics.clone())?;
-    let ctx = Ctx::new(config, metrics)?;
+    let ctx = Worker::new(config, metrics)?;
     let callback = receipts.map(Receipts::router);
     // With WXD_CALLBACK_ADDR the callback gets a listener of its own and the main one serves
     // only /metrics and the probes, so an Ingress routed to the callback port can never
@@ -70,7 +70,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         ),
         None => None,
     };
-    let run = worker::run(ctx.clone(), shutdown.clone());
+    let run = worker::supervise(ctx.clone(), shutdown.clone());
     let handle = tokio::spawn(async move {
         let result = run.await;
         http_stop.trigger();

@@ -1,0 +1,340 @@
+//! One delivery, from parse to ack: dispatch a job (or expand a batch, or dead-letter bad
+//! input), publish its outcome with a confirm, then ack. A handler that panics is requeued with
+//! its delivery count, and buried as poison on its last allowed delivery.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::BasicNackOptions;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::{SessionChannels, Worker};
+use crate::amqp::{PublishError, headers};
+use crate::config::QueueType;
+use crate::dispatch::{Disposition, EndReason};
+use crate::job::{self, Parsed};
+use crate::metrics::Metrics;
+use crate::outcome::{JobIdentity, Outcome, SendStatus};
+
+/// Handles one delivery; never panics out and never acks without a confirmed publish.
+pub(super) async fn handle(
+    ctx: Arc<Worker>,
+    io: Arc<SessionChannels>,
+    delivery: Delivery,
+    send_permit: Option<OwnedSemaphorePermit>,
+) {
+    ctx.metrics.inflight.inc();
+    let result = AssertUnwindSafe(process(&ctx, &io, &delivery, send_permit))
+        .catch_unwind()
+        .await;
+    let failed = match result {
+        Ok(Ok(())) => false,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not publish a job's result; the job will be redelivered");
+            true
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let deliveries =
+                headers::deliveries_before(&delivery.properties, delivery.redelivered) + 1;
+            if deliveries >= u64::from(ctx.config.amqp.delivery_limit) {
+                // The last delivery the queue allows: end it here with a reason, rather than
+                // letting the broker dead-letter it silently.
+                tracing::error!(panic = %msg, deliveries, "job handler panicked again; dead-lettering the job as poison");
+                !bury_poison(&ctx, &io, &delivery, &msg).await
+            } else if ctx.config.amqp.jobs_queue_type == QueueType::Classic {
+                // A classic queue counts no deliveries and has no limit: a nack would bring
+                // the job back uncounted for ever. Put a counted copy back instead.
+                tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is put back with its delivery count");
+                !requeue_counted(&io, &delivery, deliveries).await
+            } else {
+                tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is requeued");
+                true
+            }
+        }
+    };
+    if failed {
+        // A short pause so a broker that keeps refusing does not turn this into a hot loop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await;
+        // Awaited first, so no later multiple ack can reach the broker before this nack.
+        io.acks.settled(delivery.delivery_tag);
+    }
+    ctx.metrics.inflight.dec();
+}
+
+/// Publishes a copy of a panicked job, with its delivery count, to the end of the jobs queue,
+/// and acks the delivery once the copy is confirmed; true if so.
+async fn requeue_counted(io: &SessionChannels, delivery: &Delivery, deliveries: u64) -> bool {
+    let props = headers::with_deliveries(&delivery.properties, deliveries);
+    match io.publisher.requeue(&delivery.data, props).await {
+        Ok(()) => {
+            io.acks.ack(delivery.delivery_tag);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not put the panicked job back; it is requeued uncounted");
+            false
+        }
+    }
+}
+
+/// Dead-letters a poison job and publishes its `failed` outcome; true if both were confirmed
+/// and the job acked.
+async fn bury_poison(ctx: &Worker, io: &SessionChannels, delivery: &Delivery, panic: &str) -> bool {
+    let props = &delivery.properties;
+    let message_id = props.message_id().as_ref().map(|m| m.as_str());
+    let (id, appid, touser) = match job::parse(&delivery.data, message_id, &ctx.config) {
+        Ok(Parsed::Single(j)) => (Some(j.id.to_string()), Some(j.appid), Some(j.touser)),
+        Ok(Parsed::Batch(b)) => (Some(b.id.to_string()), Some(b.appid), None),
+        Err((_, k)) => (k.id, k.appid, k.touser),
+    };
+    let detail = format!("the worker panicked on every delivery: {panic}");
+    if io
+        .publisher
+        .dead_letter(&delivery.data, props, "poison", &detail)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    ctx.metrics
+        .dead_letters_total
+        .with_label_values(&["poison"])
+        .inc();
+    let job = JobIdentity {
+        id,
+        appid,
+        touser,
+        msg_type: None,
+    };
+    let mut o = Outcome::for_job(SendStatus::Failed, job);
+    o.reason = Some(EndReason::Poison.as_str().into());
+    o.errmsg = Some(detail);
+    publish_final(ctx, io, delivery, &o).await.is_ok()
+}
+
+/// `send_permit` is the job's share of `concurrency`. It is released as soon as the send is
+/// over: publishing the outcome and waiting for its confirm (a quorum-queue commit) need no
+/// send permit, and the prefetch still bounds how many jobs are held at once. Holding it until the
+/// ack made every send cycle that much longer than WeChat's own latency.
+async fn process(
+    ctx: &Worker,
+    io: &SessionChannels,
+    delivery: &Delivery,
+    send_permit: Option<OwnedSemaphorePermit>,
+) -> Result<(), PublishError> {
+    let publisher = &io.publisher;
+    let ack = || io.acks.ack(delivery.delivery_tag);
+    let props = &delivery.properties;
+    observe_queue_wait(ctx, props);
+    #[cfg(feature = "fault-injection")]
+    if headers::get_str(props, "x-wxd-test-panic").is_some() {
+        panic!("injected panic (fault-injection build, x-wxd-test-panic header)");
+    }
+    let message_id = props.message_id().as_ref().map(|m| m.as_str());
+    let parsed = job::parse(&delivery.data, message_id, &ctx.config);
+    match parsed {
+        Err((invalid, known)) => {
+            tracing::warn!(
+                job_id = known.id.as_deref().unwrap_or("-"),
+                appid = known.appid.as_deref().unwrap_or("-"),
+                reason = invalid.reason,
+                detail = %invalid.detail,
+                "invalid job; dead-lettering it"
+            );
+            publisher
+                .dead_letter(&delivery.data, props, invalid.reason, &invalid.detail)
+                .await?;
+            ctx.metrics
+                .dead_letters_total
+                .with_label_values(&[invalid.reason])
+                .inc();
+            let job = JobIdentity {
+                id: known.id,
+                appid: known.appid,
+                touser: known.touser,
+                msg_type: known.msg_type,
+            };
+            let mut o = Outcome::for_job(SendStatus::Invalid, job);
+            o.reason = Some(invalid.reason.to_string());
+            o.errmsg = Some(invalid.detail);
+            publish_final(ctx, io, delivery, &o).await
+        }
+        Ok(Parsed::Batch(batch)) => {
+            let span = tracing::info_span!("batch", job_id = %batch.id, appid = %batch.appid);
+            async {
+                let id = batch.id.to_string();
+                if let Err(m) = ctx.dispatcher.check_batch(&batch).await {
+                    // One outcome for the whole batch: its template cannot work for anyone.
+                    tracing::info!(reason = m.reason(), detail = %m.detail(), recipients = batch.recipients.len(), "batch rejected before expansion");
+                    let job = JobIdentity { id: Some(id), appid: Some(batch.appid.clone()), touser: None, msg_type: Some(batch.msg_type) };
+                    let mut o = Outcome::for_job(SendStatus::Rejected, job);
+                    o.reason = Some(m.reason().into());
+                    o.errmsg = Some(m.detail());
+                    return publish_final(ctx, io, delivery, &o).await;
+                }
+                // Expand-then-ack: every recipient's job is confirmed before the batch is acked.
+                // A crash in between re-expands the batch; WeChat deduplicates each recipient.
+                for chunk in batch.recipients.chunks(256) {
+                    let mut pending = futures_util::stream::FuturesUnordered::new();
+                    for r in chunk {
+                        pending.push(publisher.job(batch.job_for(r), &id));
+                    }
+                    while let Some(res) = pending.next().await {
+                        res?;
+                    }
+                }
+                tracing::info!(recipients = batch.recipients.len(), "batch expanded");
+                ack();
+                Ok(())
+            }
+            .instrument(span)
+            .await
+        }
+        Ok(Parsed::Single(job)) => {
+            let span = tracing::info_span!("job", job_id = %job.id, appid = %job.appid);
+            async {
+                let state = headers::retry_state(props);
+                let not_before = headers::not_before_ms(props);
+                let disposition = ctx.dispatcher.send_job(&job, state, not_before).await;
+                drop(send_permit);
+                match disposition {
+                    Disposition::Early { left } => {
+                        // Back early from a delay tier: park it again, unchanged, for the rest.
+                        publisher.defer(&delivery.data, props.clone(), left).await?;
+                        ack();
+                        Ok(())
+                    }
+                    Disposition::Final(o) => {
+                        tracing::info!(status = %o.status(), errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
+                        let latency = chrono::Utc::now().timestamp_millis() - state.first_seen_ms;
+                        ctx.metrics
+                            .outcome_latency_seconds
+                            .observe(latency.max(0) as f64 / 1000.0);
+                        if let Some(age) = publish_age_secs(props) {
+                            ctx.metrics.publish_latency_seconds.observe(age);
+                        }
+                        publish_final(ctx, io, delivery, &o).await
+                    }
+                    Disposition::Defer { delay, reason, state } => {
+                        tracing::debug!(reason = reason.as_str(), delay_ms = delay.as_millis() as u64, "job deferred");
+                        let props = headers::with_retry_state(props, &state, reason.as_str());
+                        publisher.defer(&delivery.data, props, delay).await?;
+                        ack();
+                        Ok(())
+                    }
+                }
+            }
+            .instrument(span)
+            .await
+        }
+    }
+}
+
+async fn publish_final(
+    ctx: &Worker,
+    io: &SessionChannels,
+    delivery: &Delivery,
+    o: &Outcome,
+) -> Result<(), PublishError> {
+    publish_outcome_waiting(ctx, io, o).await?;
+    // Only configured appids become label values: an invalid job may name anything.
+    let account = o
+        .appid
+        .as_deref()
+        .and_then(|a| Some((a, ctx.dispatcher.account_metrics(a)?)));
+    match (account, o.send_status()) {
+        (Some((_, handles)), Some(status)) => handles.job(status).inc(),
+        _ => ctx
+            .metrics
+            .jobs_total
+            .with_label_values(&[account.map_or("unknown", |(a, _)| a), o.status().as_str()])
+            .inc(),
+    }
+    io.acks.ack(delivery.delivery_tag);
+    Ok(())
+}
+
+/// Seconds since the job was published, from its AMQP `timestamp` property (whole seconds,
+/// set by `wxdispatch publish` and most client libraries on request). `None` without one.
+fn publish_age_secs(props: &lapin::BasicProperties) -> Option<f64> {
+    let published = (*props.timestamp())?;
+    let now = chrono::Utc::now().timestamp_millis();
+    Some((now - published as i64 * 1000).max(0) as f64 / 1000.0)
+}
+
+/// Records how long a job waited in the jobs queue, on its first delivery only: a job back
+/// from a delay queue carries the first-seen header, and its age measures the deferral, not
+/// the backlog.
+fn observe_queue_wait(ctx: &Worker, props: &lapin::BasicProperties) {
+    let first = props
+        .headers()
+        .as_ref()
+        .is_none_or(|t| !t.inner().contains_key(headers::FIRST_SEEN));
+    if first && let Some(age) = publish_age_secs(props) {
+        ctx.metrics.queue_wait_seconds.observe(age);
+    }
+}
+
+/// Publishes an outcome; while the broker refuses it (a full outcomes queue with
+/// `reject-publish` nacks, an unbound exchange returns), waits and tries again rather than
+/// nacking the job: a requeued job would be sent to WeChat again, and would reach the
+/// queue's delivery limit and be dead-lettered without an outcome. The job stays unacked
+/// meanwhile, counted in `wxdispatch_outcomes_waiting`; it is given up (and redelivered) only
+/// with its session, or when the drain timeout ends.
+async fn publish_outcome_waiting(
+    ctx: &Worker,
+    io: &SessionChannels,
+    o: &Outcome,
+) -> Result<(), PublishError> {
+    /// Keeps `outcomes_waiting` right even when the task is aborted at the drain timeout.
+    struct Waiting<'a>(&'a Metrics);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.outcomes_waiting.dec();
+        }
+    }
+    let mut wait = Duration::from_millis(250);
+    let mut waiting = None;
+    loop {
+        let reason = match io.publisher.outcome(o).await {
+            Ok(()) => return Ok(()),
+            Err(PublishError::Nacked) => "nacked",
+            Err(PublishError::Returned) => "returned",
+            Err(e) => return Err(e),
+        };
+        ctx.metrics
+            .outcomes_refused_total
+            .with_label_values(&[reason])
+            .inc();
+        if waiting.is_none() {
+            ctx.metrics.outcomes_waiting.inc();
+            waiting = Some(Waiting(&ctx.metrics));
+            tracing::warn!(
+                reason,
+                exchange = %ctx.config.amqp.outcomes_exchange,
+                "the broker refused an outcome (is the outcomes queue full?); the job waits unacked and the outcome is retried"
+            );
+        }
+        if !io.publisher.channel().status().connected() {
+            return Err(PublishError::Nacked);
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
