@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::callback::http::Receipts;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::receipts::Receipts;
 use crate::shutdown::Shutdown;
 use crate::worker::{self, Worker};
 
@@ -38,10 +38,7 @@ impl RunningWorker {
 
 /// Starts the worker and its HTTP server.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningWorker> {
-    let metrics = Arc::new(Metrics::new());
-    let receipts = Receipts::from_config(&config, metrics.clone())?;
-    let ctx = Worker::new(config, metrics)?;
-    let callback = receipts.map(Receipts::router);
+    let (ctx, callback) = assemble(config)?;
     // With WXD_CALLBACK_ADDR the callback gets a listener of its own and the main one serves
     // only /metrics and the probes, so an Ingress routed to the callback port can never
     // reach them.
@@ -70,9 +67,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         ),
         None => None,
     };
-    let run = worker::supervise(ctx.clone(), shutdown.clone());
+    let worker_loop = worker::supervise(ctx.clone(), shutdown.clone());
     let handle = tokio::spawn(async move {
-        let result = run.await;
+        let result = worker_loop.await;
         http_stop.trigger();
         result
     });
@@ -85,8 +82,18 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     })
 }
 
+/// What the worker builds from its configuration before it connects or listens: the
+/// dispatcher with each account's limits and tokens, and the callback with its AES key.
+/// `check-config` builds it too, so that what `run` would refuse at start it refuses as well.
+fn assemble(config: Config) -> anyhow::Result<(Arc<Worker>, Option<axum::Router>)> {
+    let metrics = Arc::new(Metrics::new());
+    let receipts = Receipts::from_config(&config, metrics.clone())?;
+    let ctx = Worker::new(config, metrics)?;
+    Ok((ctx, receipts.map(Receipts::router)))
+}
+
 /// `wxdispatch run`.
-pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run_worker(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
     require_account(&config)?;
@@ -120,12 +127,14 @@ fn require_account(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `wxdispatch check-config`: loads the configuration exactly as `run` does, without
-/// connecting anywhere, and prints the effective settings with secrets redacted. An error names
-/// the key at fault and the process exits 1, so it works as a CI step or an initContainer.
+/// `wxdispatch check-config`: loads the configuration exactly as `run` does and builds what
+/// `run` builds before it connects, without connecting anywhere, then prints the effective
+/// settings with secrets redacted. An error names the key at fault and the process exits 1, so
+/// it works as a CI step or an initContainer.
 pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     require_account(&config)?;
+    assemble(config.clone())?;
     let mut out = String::new();
     for (name, value) in config.settings() {
         out.push_str(&format!("{name}={value}\n"));
@@ -145,7 +154,7 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
     use crate::job::MsgType;
     let config = Config::load(config_file)?;
     let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()))?;
-    let account = config
+    let appids = config
         .account(appid)
         .map(|a| vec![a.appid.clone()])
         .or_else(|| {
@@ -155,8 +164,8 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
         })
         .with_context(|| format!("appid {} is not configured", appid.unwrap_or("-")))?;
     let mut failed = 0;
-    for appid in &account {
-        for (t, what) in [
+    for appid in &appids {
+        for (msg_type, what) in [
             (MsgType::Template, "template messages (type template)"),
             (
                 MsgType::Subscribe,
@@ -164,7 +173,7 @@ pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyho
             ),
         ] {
             println!("{appid}: {what}");
-            match dispatcher.templates(appid, t).await {
+            match dispatcher.templates(appid, msg_type).await {
                 Ok(list) if list.is_empty() => println!("  (none)"),
                 Ok(list) => {
                     for tpl in list {

@@ -98,19 +98,19 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
 
 /// Runs the parsed command line. `Ok` carries the process's exit code: `publish` tells apart
 /// invalid input (2) from a job not confirmed (1).
-pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     let config = cli.config.as_deref();
     let done = match cli.command {
         // The only command with exit codes of its own.
         Command::Publish(args) => return crate::publish::command(config, args).await,
-        Command::Run => crate::app::run(config).await,
-        Command::MockWechat(args) => mock::run(config, args).await,
+        Command::Run => crate::app::run_worker(config).await,
+        Command::MockWechat(args) => mock::serve_simulator(config, args).await,
         Command::Templates { appid } => crate::app::templates(config, appid.as_deref()).await,
-        Command::Demo(args) => demo::run(config, args).await,
+        Command::Demo(args) => demo::run_demo(config, args).await,
         #[cfg(feature = "bench")]
-        Command::Bench(args) => bench::run(config, args).await,
+        Command::Bench(args) => bench::run_bench(config, args).await,
         #[cfg(feature = "bench")]
-        Command::BenchFloor(args) => bench::floor::run(args).await,
+        Command::BenchFloor(args) => bench::floor::run_floor(args).await,
         Command::CheckConfig { list_keys: true } => {
             println!("{}", crate::config::env_keys().join("\n"));
             Ok(())

@@ -25,7 +25,7 @@
 //!   policy decided (retry, defer, end).
 //! - [`amqp`]: connections, topology, the confirming publisher.
 //! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
-//! - [`callback`] and [`receipts`]: WeChat's push callback (signatures, AES safe mode, XML).
+//! - [`callback`] (its HTTP side in `callback::http`): WeChat's push callback (signatures, AES safe mode, XML).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
 //! - [`metrics`], [`shutdown`], [`logging`]: operations.
 //! - [`app`]: `run`, `check-config`, `templates`, and [`app::start`], the worker embedded in a
@@ -59,7 +59,6 @@ pub mod metrics;
 pub mod outcome;
 pub mod policy;
 pub mod publish;
-pub mod receipts;
 pub mod shutdown;
 pub mod tools;
 pub mod wechat;

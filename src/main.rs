@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() {
-    match wxdispatch::cli::run(wxdispatch::cli::parse()).await {
+    match wxdispatch::cli::execute(wxdispatch::cli::parse()).await {
         Ok(0) => {}
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -221,6 +221,9 @@ pub struct Outcome {
     status: Status,
     pub errcode: Option<i64>,
     pub errmsg: Option<String>,
+    /// Written as `msgid` and, beside it, `msgid_str`: WeChat's ids exceed 2^53, which
+    /// JavaScript's `JSON.parse` rounds, so a consumer there matches receipts by the string.
+    #[serde(flatten, serialize_with = "msgid_and_str")]
     pub msgid: Option<i64>,
     pub attempts: u32,
     pub reason: Option<String>,
@@ -283,6 +286,14 @@ pub struct Consent {
     pub source: String,
     /// WeChat's `CreateTime` of the event (Unix seconds).
     pub event_time: i64,
+}
+
+fn msgid_and_str<S: serde::Serializer>(msgid: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(2))?;
+    map.serialize_entry("msgid", msgid)?;
+    map.serialize_entry("msgid_str", &msgid.map(|m| m.to_string()))?;
+    map.end()
 }
 
 fn millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -471,6 +482,7 @@ mod tests {
         assert_eq!(v["kind"], "send");
         assert_eq!(v["status"], "sent");
         assert_eq!(v["msgid"], 3_000_000_000i64, "msgid is an i64");
+        assert_eq!(v["msgid_str"], "3000000000");
         assert_eq!(v["reason"], serde_json::Value::Null);
         let at = v["finished_at"].as_str().unwrap();
         assert!(at.ends_with('Z') && at.contains('.'), "{at}");
@@ -623,6 +635,32 @@ mod tests {
         let r = consent(ConsentStatus::Reject, 1_610_969_440);
         assert_eq!(json(&r)["status"], "reject");
         assert_eq!(r.kind(), Kind::Consent);
+    }
+
+    /// A 19-digit msgid is past 2^53, where JavaScript's `JSON.parse` loses digits: the
+    /// number stays exact for other parsers, and `msgid_str` carries it for JavaScript.
+    #[test]
+    fn a_19_digit_msgid_is_also_written_as_a_string() {
+        let job = JobIdentity {
+            id: Some("j".into()),
+            touser: Some("U".into()),
+            ..JobIdentity::default()
+        };
+        let mut o = Outcome::for_job(SendStatus::Sent, job);
+        o.msgid = Some(3_662_956_322_040_938_501);
+        let text = String::from_utf8(o.to_json()).unwrap();
+        assert!(
+            text.contains(r#""msgid":3662956322040938501,"msgid_str":"3662956322040938501""#),
+            "{text}"
+        );
+        let lossy = 3_662_956_322_040_938_501_i64 as f64;
+        assert_ne!(
+            lossy as i64, 3_662_956_322_040_938_501,
+            "a double cannot hold it"
+        );
+        o.msgid = None;
+        let v: serde_json::Value = serde_json::from_slice(&o.to_json()).unwrap();
+        assert!(v["msgid"].is_null() && v["msgid_str"].is_null(), "{v}");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod crypto;
 pub mod event;
+pub mod http;
 pub mod signature;
 
 pub use crypto::{AesKey, CryptoError, Decrypted, decrypt, encrypt};

@@ -167,7 +167,7 @@ pub async fn command(config_file: Option<&Path>, args: Args) -> anyhow::Result<i
         progress,
         dry_run: args.dry_run,
     };
-    let summary = run(&config, lines, &opts).await?;
+    let summary = publish_lines(&config, lines, &opts).await?;
     Ok(summary.exit_code())
 }
 
@@ -179,14 +179,14 @@ fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     Ok(Box::new(std::io::BufReader::new(f)))
 }
 
-/// Reads JSON Lines, then validates and publishes them: [`read_jsonl`] and [`run`].
-pub async fn run_lines(
+/// Reads JSON Lines, then validates and publishes them: [`read_jsonl`] and [`publish_lines`].
+pub async fn publish_jsonl(
     config: &Config,
     reader: impl BufRead,
     opts: &Options,
 ) -> anyhow::Result<Summary> {
     let lines = read_jsonl(reader).context("cannot read the input")?;
-    run(config, lines, opts).await
+    publish_lines(config, lines, opts).await
 }
 
 /// Validates every line, then (unless `--strict` found invalid ones) publishes the valid jobs
@@ -194,7 +194,11 @@ pub async fn run_lines(
 ///
 /// An `Err` means the run could not start (broker unreachable, topology mismatch); jobs that
 /// were not confirmed once publishing started are in [`Summary::failed`] instead.
-pub async fn run(config: &Config, lines: Vec<Line>, opts: &Options) -> anyhow::Result<Summary> {
+pub async fn publish_lines(
+    config: &Config,
+    lines: Vec<Line>,
+    opts: &Options,
+) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut summary = Summary {
         lines: lines.len(),

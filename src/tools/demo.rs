@@ -48,7 +48,7 @@ struct Planned {
     outcomes: usize,
 }
 
-fn plan(n: usize, run: &str) -> Vec<Planned> {
+fn plan(n: usize, run_id: &str) -> Vec<Planned> {
     let json = || {
         BasicProperties::default()
             .with_content_type("application/json".into())
@@ -56,7 +56,7 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
     };
     let mut v: Vec<Planned> = (0..n)
         .map(|i| Planned {
-            body: sample::job(&format!("{run}-{i}"), &format!("o{run}user{i}")),
+            body: sample::job(&format!("{run_id}-{i}"), &format!("o{run_id}user{i}")),
             props: json(),
             outcomes: 1,
         })
@@ -69,20 +69,26 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
         })
     };
     // Transient faults that succeed on retry (same client_msg_id every time).
-    add(sample::job(&format!("{run}-busy"), "flaky:-1:2:a"), 1);
-    add(sample::job(&format!("{run}-502"), "flaky:http502:1:b"), 1);
+    add(sample::job(&format!("{run_id}-busy"), "flaky:-1:2:a"), 1);
     add(
-        sample::job(&format!("{run}-timeout"), "flaky:timeout:1:c"),
+        sample::job(&format!("{run_id}-502"), "flaky:http502:1:b"),
         1,
     );
-    add(sample::job(&format!("{run}-token"), "flaky:40001:1:d"), 1);
+    add(
+        sample::job(&format!("{run_id}-timeout"), "flaky:timeout:1:c"),
+        1,
+    );
+    add(
+        sample::job(&format!("{run_id}-token"), "flaky:40001:1:d"),
+        1,
+    );
     // Permanent refusals.
-    add(sample::job(&format!("{run}-badopenid"), "fail:40003"), 1);
-    add(sample::job(&format!("{run}-unsub"), "fail:43004"), 1);
+    add(sample::job(&format!("{run_id}-badopenid"), "fail:40003"), 1);
+    add(sample::job(&format!("{run_id}-unsub"), "fail:43004"), 1);
     // A batch of five recipients: five outcomes.
     add(
         serde_json::to_vec(&serde_json::json!({
-            "id": format!("{run}-batch"), "template_id": "t",
+            "id": format!("{run_id}-batch"), "template_id": "t",
             "touser": ["ob1", "ob2", "ob3", "ob4", "ob5"], "data": {}
         }))
         .expect("static JSON"),
@@ -91,7 +97,7 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
     // Past its deadline.
     add(
         serde_json::to_vec(&serde_json::json!({
-            "id": format!("{run}-late"), "template_id": "t", "touser": "olate",
+            "id": format!("{run_id}-late"), "template_id": "t", "touser": "olate",
             "not_after": "2020-01-01T00:00:00Z"
         }))
         .expect("static JSON"),
@@ -109,7 +115,7 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
         1,
     );
     add(vec![b'{'; 1024 * 1024], 1);
-    // The two subscription types through the same queue (issue 16): sent, refused by the
+    // The two subscription types through the same queue: sent, refused by the
     // user's consent (43101), a bad page (41030), an unknown result that must not be resent
     // (maybe_sent), and a value over WeChat's limit (invalid before any call).
     let sub = |id: String, touser: &str| {
@@ -128,25 +134,44 @@ fn plan(n: usize, run: &str) -> Vec<Planned> {
         .expect("static JSON")
     };
     for i in 0..3 {
-        add(sub(format!("{run}-sub-{i}"), &format!("o{run}sub{i}")), 1);
         add(
-            mp(format!("{run}-mp-{i}"), &format!("o{run}mp{i}"), "配送中"),
+            sub(format!("{run_id}-sub-{i}"), &format!("o{run_id}sub{i}")),
+            1,
+        );
+        add(
+            mp(
+                format!("{run_id}-mp-{i}"),
+                &format!("o{run_id}mp{i}"),
+                "配送中",
+            ),
             1,
         );
     }
-    add(sub(format!("{run}-sub-refused"), "fail:43101"), 1);
-    add(mp(format!("{run}-mp-refused"), "fail:43101", "配送中"), 1);
-    add(mp(format!("{run}-mp-badpage"), "fail:41030", "配送中"), 1);
-    add(sub(format!("{run}-sub-maybe"), "flaky:timeout:1:e"), 1);
-    add(mp(format!("{run}-mp-toolong"), "o", &"长".repeat(21)), 1);
+    add(sub(format!("{run_id}-sub-refused"), "fail:43101"), 1);
+    add(
+        mp(format!("{run_id}-mp-refused"), "fail:43101", "配送中"),
+        1,
+    );
+    add(
+        mp(format!("{run_id}-mp-badpage"), "fail:41030", "配送中"),
+        1,
+    );
+    add(sub(format!("{run_id}-sub-maybe"), "flaky:timeout:1:e"), 1);
+    add(mp(format!("{run_id}-mp-toolong"), "o", &"长".repeat(21)), 1);
     v
 }
 
+/// Every job body the demo publishes (with `n` good ones): the contract test checks each
+/// against docs/schema/job.schema.json.
+pub fn job_bodies(n: usize) -> Vec<Vec<u8>> {
+    plan(n, "contract").into_iter().map(|p| p.body).collect()
+}
+
 /// Runs the demo and prints the summary.
-pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let base = Config::load(config_file)?;
     crate::logging::init_with_default(LogFormat::Text, "warn");
-    let run = format!("{:x}", chrono::Utc::now().timestamp_millis() & 0xffffff);
+    let run_id = format!("{:x}", chrono::Utc::now().timestamp_millis() & 0xffffff);
     let mut config = base.clone();
     config.amqp.jobs_queue = "wxdispatch.demo.jobs".into();
     config.amqp.outcomes_exchange = "wxdispatch.demo.outcomes".into();
@@ -212,9 +237,10 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     )
     .await?;
 
-    let jobs = plan(args.jobs, &run);
+    let jobs = plan(args.jobs, &run_id);
     let expected: usize = jobs.iter().map(|j| j.outcomes).sum();
-    let good = args.jobs + 4; // good jobs and the flaky ones: each gets a receipt
+    // The good jobs and the four flaky template jobs are sent in the end; each gets a receipt.
+    let receipts_expected = args.jobs + 4;
     println!(
         "publishing {} jobs ({} outcomes expected) ...",
         jobs.len(),
@@ -276,7 +302,7 @@ pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
         &config.amqp.outcomes_queue,
         Expect {
             sends: expected,
-            receipts: good,
+            receipts: receipts_expected,
             consents: expected_consents,
         },
         Duration::from_secs(50),

@@ -2,12 +2,13 @@
 //!
 //! They drive the product end to end, but they are not on its path: the worker never imports
 //! anything from here. The simulator is public because the integration tests run against it,
-//! and the sample job because `examples/hotpath` measures the worker on it. The benchmark is
+//! the sample job because `examples/hotpath` measures the worker on it, and the demo for its job
+//! bodies, which the contract test checks against the job schema. The benchmark is
 //! compiled only with the `bench` feature: it alone needs `libc` (the `/proc` and rusage
 //! readers) and hyper's own client (the floor worker).
 
 #[cfg(feature = "bench")]
 pub(crate) mod bench;
-pub(crate) mod demo;
+pub mod demo;
 pub mod mock;
 pub mod sample;

@@ -184,6 +184,33 @@ fn check_config_redacts_and_names_the_bad_key() {
     assert!(err.contains("WXD_APPID"), "{err}");
 }
 
+/// `check-config` refuses what `run` would refuse at start, naming the variable: an
+/// EncodingAESKey of 43 characters that are not base64 (the k8s base's old placeholder) and a
+/// broker URL whose port is not a number.
+#[test]
+fn check_config_refuses_what_run_refuses() {
+    let base = [
+        ("WXD_APPID", "wx0123456789abcdef"),
+        ("WXD_SECRET", "s"),
+        ("WXD_CALLBACK_TOKEN", "t"),
+    ];
+    let (code, out, err) = wxdispatch(&["check-config"], &base, "");
+    assert_eq!(code, 0, "the base is valid: {out}{err}");
+    for (var, value) in [
+        (
+            "WXD_CALLBACK_AES_KEY",
+            "CHANGE_ME_CHANGE_ME_CHANGE_ME_CHANGE_ME_CHA",
+        ),
+        ("WXD_AMQP_URL", "amqp://h:notaport/%2f"),
+    ] {
+        let mut env = base.to_vec();
+        env.push((var, value));
+        let (code, out, err) = wxdispatch(&["check-config"], &env, "");
+        assert_eq!(code, 1, "{var}={value} accepted: {out}{err}");
+        assert!(err.contains(var), "{err}");
+    }
+}
+
 /// `publish --dry-run` validates and reports, and never contacts the broker: it succeeds with
 /// WXD_AMQP_URL pointing at a port where nothing listens.
 #[test]

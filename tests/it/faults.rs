@@ -314,7 +314,7 @@ async fn a_drain_timeout_shorter_than_a_send_redelivers_the_job_and_sends_one_me
     );
     assert_eq!(
         out[0]["msgid"].as_i64(),
-        Some(3_000_000_000),
+        Some(wxdispatch::tools::mock::FIRST_MSGID),
         "the first send's msgid"
     );
     h.cleanup().await;

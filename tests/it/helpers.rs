@@ -141,8 +141,10 @@ impl Harness {
         }
     }
 
-    /// Publishes a job body (with confirms) to the jobs queue.
+    /// Publishes a job body (with confirms) to the jobs queue, after checking that the job
+    /// schema and the worker's parser agree on it.
     pub async fn publish_raw(&self, body: &[u8]) {
+        crate::contract::check_job(body, None, &self.config);
         self.publisher
             .publish(
                 "",
@@ -164,6 +166,9 @@ impl Harness {
             .iter()
             .map(|j| serde_json::to_vec(j).unwrap())
             .collect();
+        for body in &bodies {
+            crate::contract::check_job(body, None, &self.config);
+        }
         let q = self.config.amqp.jobs_queue.clone();
         futures_util::stream::iter(bodies.iter())
             .map(|b| {
@@ -202,6 +207,9 @@ impl Harness {
                     let v = serde_json::from_slice(&d.data).unwrap_or_else(|_| {
                         Value::String(String::from_utf8_lossy(&d.data).into_owned())
                     });
+                    if d.exchange.as_str() == self.config.amqp.outcomes_exchange {
+                        crate::contract::check_outcome(&v);
+                    }
                     out.push((v, d.properties));
                 }
                 _ => break,
@@ -228,6 +236,7 @@ impl Harness {
             let Ok(Some(v)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
                 break;
             };
+            crate::contract::check_outcome(&v);
             // Sends are identified by (id, touser); receipts by (msgid, status).
             let key = if v["kind"] == "send" {
                 format!("send|{}|{}", v["id"], v["touser"])

@@ -7,7 +7,9 @@
 mod bench;
 mod cluster;
 mod consent;
+mod contract;
 mod deploy;
+mod doc_citations;
 mod errors;
 mod faults;
 mod fuzz_corpus;
@@ -17,6 +19,7 @@ mod observability;
 mod pipeline;
 mod publish;
 mod receipts;
+mod serial_marks;
 mod subscribe;
 mod token_faults;
 mod tokens;

@@ -52,7 +52,7 @@ async fn queued_ids(h: &Harness, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jsonl_campaign_gets_an_outcome_for_every_recipient() {
     let h = Harness::start(Opts::default()).await;
-    let summary = publish::run_lines(
+    let summary = publish::publish_jsonl(
         &h.config,
         open_fixture("campaign.jsonl"),
         &Options::default(),
@@ -86,7 +86,7 @@ async fn invalid_lines_are_reported_by_number_and_never_published() {
         ..Opts::default()
     })
     .await;
-    let summary = publish::run_lines(
+    let summary = publish::publish_jsonl(
         &h.config,
         open_fixture("publish_malformed.jsonl"),
         &Options::default(),
@@ -122,7 +122,7 @@ async fn strict_mode_sends_nothing_from_a_malformed_file() {
         strict: true,
         ..Options::default()
     };
-    let summary = publish::run_lines(&h.config, open_fixture("publish_malformed.jsonl"), &opts)
+    let summary = publish::publish_jsonl(&h.config, open_fixture("publish_malformed.jsonl"), &opts)
         .await
         .unwrap();
     assert!(summary.aborted);
@@ -147,7 +147,7 @@ async fn csv_rows_become_jobs_with_the_right_data_fields() {
     .await;
     let text = std::fs::read_to_string(fixture("recipients.csv")).unwrap();
     let lines = publish::read_csv(&text, "tmpl-csv").unwrap();
-    let summary = publish::run(&h.config, lines, &Options::default())
+    let summary = publish::publish_lines(&h.config, lines, &Options::default())
         .await
         .unwrap();
     assert_eq!((summary.published, summary.exit_code()), (3, 0));
@@ -201,7 +201,7 @@ async fn raw_outcomes(h: &Harness, n: usize) -> Vec<Value> {
 async fn a_batch_of_300_gets_300_outcomes_with_the_batch_id() {
     let h = Harness::start(Opts::default()).await;
     let input = jsonl(&[batch("fanout-1", 300)]);
-    let summary = publish::run_lines(&h.config, &input[..], &Options::default())
+    let summary = publish::publish_jsonl(&h.config, &input[..], &Options::default())
         .await
         .unwrap();
     assert_eq!((summary.published, summary.recipients), (1, 300));
@@ -234,7 +234,7 @@ async fn a_batch_interrupted_mid_expansion_reaches_everyone_exactly_once() {
     })
     .await;
     let body = serde_json::to_vec(&batch("crashy", 300)).unwrap();
-    publish::run_lines(
+    publish::publish_jsonl(
         &h.config,
         &jsonl(&[batch("crashy", 300)])[..],
         &Options::default(),
@@ -273,7 +273,7 @@ async fn a_batch_interrupted_mid_expansion_reaches_everyone_exactly_once() {
 async fn a_batch_published_twice_sends_each_recipient_one_message() {
     let h = Harness::start(Opts::default()).await;
     let input = jsonl(&[batch("twice", 300), batch("twice", 300)]);
-    let summary = publish::run_lines(&h.config, &input[..], &Options::default())
+    let summary = publish::publish_jsonl(&h.config, &input[..], &Options::default())
         .await
         .unwrap();
     assert_eq!(summary.published, 2);
@@ -295,7 +295,7 @@ async fn a_job_past_its_not_after_expires_without_reaching_wechat() {
     let mut late = job("late-notice", "late-user");
     late["not_after"] = json!(past);
     let input = jsonl(&[late, job("on-time", "on-time-user")]);
-    publish::run_lines(&h.config, &input[..], &Options::default())
+    publish::publish_jsonl(&h.config, &input[..], &Options::default())
         .await
         .unwrap();
 
@@ -334,7 +334,7 @@ async fn rate_throttles_publishing() {
         rate: NonZeroU32::new(10),
         ..Options::default()
     };
-    let summary = publish::run_lines(&h.config, &jsonl(&jobs)[..], &opts)
+    let summary = publish::publish_jsonl(&h.config, &jsonl(&jobs)[..], &opts)
         .await
         .unwrap();
     let took = summary.publishing;

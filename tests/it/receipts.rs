@@ -10,8 +10,8 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use wxdispatch::callback::http::MAX_BODY;
 use wxdispatch::callback::{self, AesKey, Event, signature};
-use wxdispatch::receipts::MAX_BODY;
 use wxdispatch::tools::mock::push::PushTarget;
 use wxdispatch::tools::mock::{MockConfig, MockServer};
 

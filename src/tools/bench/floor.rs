@@ -161,7 +161,7 @@ impl HyperSender {
 const USER_AGENT_VALUE: &str = concat!("wxdispatch/", env!("CARGO_PKG_VERSION"));
 
 /// Runs the floor worker until SIGTERM, configured like `wxdispatch run` (`WXD_*`).
-pub async fn run(Args { floor }: Args) -> anyhow::Result<()> {
+pub async fn run_floor(Args { floor }: Args) -> anyhow::Result<()> {
     let config = Config::load(None)?;
     crate::logging::init_with_default(crate::config::LogFormat::Text, "warn");
     let account = config
@@ -211,14 +211,14 @@ pub async fn run(Args { floor }: Args) -> anyhow::Result<()> {
         acks,
         sender,
     });
-    let slots = Arc::new(Semaphore::new(config.limits.concurrency));
+    let send_permits = Arc::new(Semaphore::new(config.limits.concurrency));
     let mut tasks = JoinSet::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         while tasks.try_join_next().is_some() {}
-        let slot = tokio::select! {
+        let permit = tokio::select! {
             _ = term.recv() => break,
-            s = slots.clone().acquire_owned() => s.expect("never closed"),
+            p = send_permits.clone().acquire_owned() => p.expect("never closed"),
         };
         let delivery = tokio::select! {
             _ = term.recv() => break,
@@ -248,7 +248,7 @@ pub async fn run(Args { floor }: Args) -> anyhow::Result<()> {
                     (SendStatus::Failed, None)
                 }
             };
-            drop(slot);
+            drop(permit);
             // The worker's own outcome type and publish (routing key, properties, confirm).
             let job = JobIdentity {
                 id: Some(id),

@@ -43,7 +43,7 @@ pub struct Args {
 }
 
 /// `wxdispatch mock-wechat`: serves the simulator until SIGINT or SIGTERM.
-pub async fn run(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub async fn serve_simulator(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
     // The simulator accepts the worker's own accounts, from the same configuration, so that

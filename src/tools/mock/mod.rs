@@ -28,7 +28,7 @@
 mod command;
 pub mod push;
 
-pub use command::{Args, run};
+pub use command::{Args, serve_simulator};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -46,6 +46,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::MsgType;
 use crate::shutdown::Shutdown;
+
+/// The first msgid the simulator hands out: 19 digits like real ones, past both `i32::MAX` and
+/// 2^53 (where JavaScript's `JSON.parse` rounds), so every test outcome exercises `msgid_str`.
+pub const FIRST_MSGID: i64 = 3_662_956_322_040_938_501;
 
 /// One kind of injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,8 +321,7 @@ impl MockServer {
             tries: Mutex::default(),
             quota_used: Mutex::default(),
             stats: Mutex::default(),
-            // Above i32::MAX on purpose: msgid is an i64.
-            next_msgid: AtomicI64::new(3_000_000_000),
+            next_msgid: AtomicI64::new(FIRST_MSGID),
             token_seq: AtomicU64::new(1),
             in_flight: AtomicU64::new(0),
             push: config.push,
