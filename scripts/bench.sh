@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduces the figures of docs/BENCHMARKS.md with `wxdispatch bench` (a release build with the
-# `bench` feature, which the product's default build leaves out).
+# Reproduces the figures of docs/BENCHMARKS.md with `wxdispatch bench`: the `profiling` build
+# (release optimisations with symbols) with the `bench` feature, which the product's default
+# build leaves out.
 #
 #   scripts/bench.sh headline   the four targets: throughput and CPU/job over 100,000 jobs,
 #                               RSS on a 200,000-job backlog, p99 at a steady 1,000 jobs/s
@@ -21,13 +22,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/bench}
-BIN=${BIN:-target/release/wxdispatch}
+BIN=${BIN:-target/profiling/wxdispatch}
 QUEUE_TYPE=${QUEUE_TYPE:-quorum}
 mkdir -p "$OUT"
 
 build() {
     if [[ -z "${NO_BUILD:-}" ]]; then
-        cargo build --release --locked --quiet --features bench
+        # The release build with symbols and line tables (Cargo.toml [profile.profiling]), so
+        # perf and callgrind can name functions; the shipped release binary is stripped.
+        cargo build --profile profiling --locked --quiet --features bench
     fi
 }
 

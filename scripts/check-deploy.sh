@@ -375,8 +375,8 @@ PY
 }
 
 runbooks() {
-  # Every alert's runbook_url points at a heading of docs/OPERATIONS.md (GitHub's anchors:
-  # lower case, punctuation dropped, spaces to dashes), and every queue alert has one.
+  # Every alert has a runbook_url, at a heading of docs/OPERATIONS.md (GitHub's anchors:
+  # lower case, punctuation dropped, spaces to dashes). tests/it/deploy.rs checks the same.
   python3 - <<'PY'
 import re, sys, yaml
 doc = open("docs/OPERATIONS.md").read()
@@ -387,8 +387,7 @@ for g in yaml.safe_load(open("deploy/prometheus/rules.yml"))["groups"]:
     for r in g["rules"]:
         url = (r.get("annotations") or {}).get("runbook_url")
         if url is None:
-            if g["name"] == "wxdispatch-queues":
-                bad.append(f"{r['alert']}: no runbook_url")
+            bad.append(f"{r['alert']}: no runbook_url")
             continue
         n += 1
         path, _, anchor = url.partition("#")
@@ -414,12 +413,19 @@ dockerfile() {
   grep -Eq '^FROM .* AS build' "$f"                        || { echo "no build stage"; return 1; }
   grep -Eq 'cargo auditable build --release --locked' "$f" || { echo "no cargo auditable build --release --locked"; return 1; }
   grep -Eq 'cargo install cargo-auditable --locked --version [0-9.]+' "$f" || { echo "cargo-auditable not installed at a pinned version"; return 1; }
-  # Base images: a digest build arg on every FROM (empty means the tag; see the Dockerfile).
+  # Base images: a digest build arg on every FROM but scratch (empty means the tag).
   local froms
   froms="$(grep -E '^FROM ' "$f")"
-  if printf '%s\n' "$froms" | grep -vqE '\$\{(BUILD|RUNTIME)_DIGEST\}'; then
+  if printf '%s\n' "$froms" | grep -v '^FROM scratch$' | grep -vqE '\$\{BUILD_DIGEST\}'; then
     echo "a FROM without its digest build arg:"; printf '%s\n' "$froms"; return 1
   fi
+  # The same layout as scripts/image.sh: its rootfs step, copied onto scratch.
+  grep -Eq '^FROM scratch$' "$f"                           || { echo "runtime stage is not FROM scratch"; return 1; }
+  grep -Eq 'bash scripts/image.sh rootfs /rootfs target/release/wxdispatch' "$f" \
+                                                            || { echo "no image.sh rootfs step"; return 1; }
+  grep -Eq '^COPY --from=build /rootfs/ /$' "$f"           || { echo "rootfs not copied onto scratch"; return 1; }
+  grep -Eq '^HEALTHCHECK .*CMD \["wxdispatch", "probe"\]$' "$f" || { echo "no HEALTHCHECK wxdispatch probe"; return 1; }
+  grep -Eq '^scripts/' .dockerignore && { echo ".dockerignore excludes scripts/ (the build runs image.sh)"; return 1; }
   if grep -Eq '_DIGEST=.+@sha256:' "$f"; then
     echo "note: a default digest is set; make sure it was verified against the registry"
   fi
@@ -440,7 +446,7 @@ sys.exit(0 if pkg == "wxdispatch" else f"Cargo.toml package is {pkg!r}, Dockerfi
 PY
   grep -q 'licenses="MIT OR Apache-2.0"' "$f" && [ -f LICENSE-MIT ] && [ -f LICENSE-APACHE ] \
     || { echo "the image's licence label, Cargo.toml and LICENSE-* disagree"; return 1; }
-  echo "ok: Dockerfile multi-stage, cargo auditable, --locked, digest args, OCI labels, uid 10001, EXPOSE 9090 8080, ENTRYPOINT/CMD; .dockerignore excludes target/"
+  echo "ok: Dockerfile multi-stage, cargo auditable, --locked, digest arg, FROM scratch with image.sh's rootfs, OCI labels, uid 10001, EXPOSE 9090 8080, HEALTHCHECK probe, ENTRYPOINT/CMD; .dockerignore excludes target/"
 }
 
 check "render k8s/: base, base + each component, overlays/example (kustomize and the fallback agree)" render_all

@@ -87,7 +87,10 @@ export WXD_CALLBACK_TOKEN="smoke-token-$RANDOM"
 export WXD_API_BASE="http://127.0.0.1:$MOCK_PORT"
 export WXD_HTTP_ADDR="127.0.0.1:$WORKER_PORT"
 export WXD_RETRY_BASE_MS=50 WXD_LOG_FORMAT=text RUST_LOG=warn
-unset WXD_CONFIG WXD_REDIS_URL WXD_CALLBACK_AES_KEY
+# A configured quota, so the "sends today against the daily quota" panel has both series.
+export WXD_DAILY_QUOTA=100000
+# WXD_BIN names the binary for this script only: the worker refuses unknown WXD_* variables.
+unset WXD_CONFIG WXD_REDIS_URL WXD_CALLBACK_AES_KEY WXD_BIN
 
 say "worker on 127.0.0.1:$WORKER_PORT, simulator on 127.0.0.1:$MOCK_PORT (queues $PREFIX.*)"
 "$BIN" run >"$WORK/worker.log" 2>&1 &

@@ -10,9 +10,9 @@
 # Two passes share the broker through one lock file, /tmp/wxd-broker.lock:
 # - the parallel pass holds it SHARED, so several runs (say, in different worktrees) may
 #   overlap; it skips the `serial_*` tests, which are #[ignore]d;
-# - the serial pass runs only those, one at a time. They stop, block or cluster the broker,
-#   or measure rates against the clock, so each takes the lock EXCLUSIVELY for its duration
-#   (tests/it/helpers.rs, `serial_broker`), waiting for every parallel run to finish. The
+# - the serial pass runs only those, one at a time, under the EXCLUSIVE lock: they stop, block
+#   or cluster the broker, or measure rates against the clock. Each also takes the lock itself
+#   (tests/it/helpers.rs, `serial_broker`), so one run alone by hand is serial too. The
 #   `serial_cluster_*` ones start a three-node cluster beside the broker (scripts/cluster.sh,
 #   about 20 s, root and the rabbitmq user needed) and stop it again, about a minute each.
 set -euo pipefail
@@ -27,5 +27,7 @@ fi
 # Built before the lock is taken, so the lock is held only while tests run.
 cargo nextest run --locked --all-targets --no-run
 flock -s "$LOCK" cargo nextest run --locked --all-targets --no-fail-fast "$@"
-cargo nextest run --locked --test it --run-ignored only --test-threads 1 --no-fail-fast \
-    -E 'test(/::serial_/)' "$@"
+# The serial pass takes the exclusive lock itself, so waiting for other runs to finish does not
+# count against the tests' time limits; each test finds the inherited lock and keeps it.
+flock -x "$LOCK" cargo nextest run --locked --test it --run-ignored only --test-threads 1 \
+    --no-fail-fast -E 'test(/::serial_/)' "$@"

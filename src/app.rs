@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::callback::http::Receipts;
+use crate::callback::http::Endpoint;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -87,9 +87,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 /// `check-config` builds it too, so that what `run` would refuse at start it refuses as well.
 fn assemble(config: Config) -> anyhow::Result<(Arc<Worker>, Option<axum::Router>)> {
     let metrics = Arc::new(Metrics::new());
-    let receipts = Receipts::from_config(&config, metrics.clone())?;
+    let endpoint = Endpoint::from_config(&config, metrics.clone())?;
     let ctx = Worker::new(config, metrics)?;
-    Ok((ctx, receipts.map(Receipts::router)))
+    Ok((ctx, endpoint.map(Endpoint::router)))
 }
 
 /// `wxdispatch run`.

@@ -72,6 +72,9 @@ pub enum Command {
         #[arg(long)]
         list_keys: bool,
     },
+    /// Exit 0 when the local worker answers 200 on /readyz (WXD_HTTP_ADDR), else 1: a health
+    /// check and Kubernetes exec probe that needs no shell or curl in the image.
+    Probe(crate::probe::Args),
     /// Print shell completions, e.g. `wxdispatch completions bash > /etc/bash_completion.d/wxdispatch`.
     Completions {
         #[arg(value_enum)]
@@ -101,8 +104,9 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
 pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     let config = cli.config.as_deref();
     let done = match cli.command {
-        // The only command with exit codes of its own.
+        // The commands with exit codes of their own.
         Command::Publish(args) => return crate::publish::command(config, args).await,
+        Command::Probe(args) => return Ok(crate::probe::run(&args)),
         Command::Run => crate::app::run_worker(config).await,
         Command::MockWechat(args) => mock::serve_simulator(config, args).await,
         Command::Templates { appid } => crate::app::templates(config, appid.as_deref()).await,

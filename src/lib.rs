@@ -25,16 +25,19 @@
 //!   policy decided (retry, defer, end).
 //! - [`amqp`]: connections, topology, the confirming publisher.
 //! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
-//! - [`callback`] (its HTTP side in `callback::http`): WeChat's push callback (signatures, AES safe mode, XML).
+//! - [`callback`]: WeChat's push callback: signatures, AES safe mode, the XML reader and the
+//!   message model, the retry dedupe and the HTTP handlers that turn pushes into outcomes.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
-//! - [`metrics`], [`shutdown`], [`logging`]: operations.
+//! - [`metrics`], [`shutdown`], [`logging`]: operations; [`probe`], the readiness check the
+//!   image and its Kubernetes probes run.
 //! - [`app`]: `run`, `check-config`, `templates`, and [`app::start`], the worker embedded in a
 //!   process (the demo and the tests use it).
 //! - [`publish`]: `wxdispatch publish`, validating and enqueueing a campaign: the run, the
 //!   JSONL and CSV readers, the per-line check, the progress report.
 //!
 //! The tools, under [`tools`], which the product never imports:
-//! - [`tools::mock`]: the WeChat API simulator, behind `wxdispatch mock-wechat` and the tests.
+//! - [`tools::mock`]: the WeChat API simulator, behind `wxdispatch mock-wechat` and the tests,
+//!   with the pushes it writes (`tools::mock::xml`, `tools::mock::push`).
 //! - `tools::demo`: `wxdispatch demo`, the whole pipeline once, with a summary.
 //! - `tools::bench`: `wxdispatch bench`, the end-to-end benchmark (orchestration, `/proc`
 //!   readings, the report) and its libraries-only floor worker (docs/BENCHMARKS.md). Only
@@ -58,6 +61,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;
+pub mod probe;
 pub mod publish;
 pub mod shutdown;
 pub mod tools;

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub catalogue_unchecked_total: IntCounterVec,
     pub inflight: IntGauge,
     pub quota_paused: IntGaugeVec,
+    /// The configured `daily_quota` of each account that has one.
+    pub daily_quota: IntGaugeVec,
+    /// Sends counted against today's quota (Beijing day); with Redis, every replica's.
+    pub sent_today: IntGaugeVec,
     pub receipts_total: IntCounterVec,
     pub amqp_connected: IntGauge,
     pub token_expires_in_seconds: IntGaugeVec,
@@ -55,6 +59,7 @@ pub struct Metrics {
     pub limiter_wait_seconds: HistogramVec,
     pub deferred_total: IntCounterVec,
     pub dead_letters_total: IntCounterVec,
+    pub publisher_refused_total: IntCounterVec,
     pub amqp_reconnects_total: IntCounter,
     /// `basic.ack` frames sent, by `multiple`: with `wxdispatch_jobs_total` it shows how many
     /// jobs one ack settles (see amqp::acks).
@@ -76,6 +81,10 @@ pub struct Metrics {
     pub outcomes_refused_total: IntCounterVec,
     /// Jobs sent whose outcome is waiting for the broker to take it.
     pub outcomes_waiting: IntGauge,
+    /// Deferred (`delay`) and dead-letter (`dead`) copies of jobs that the broker refused.
+    pub copies_refused_total: IntCounterVec,
+    /// Jobs whose deferred or dead-letter copy waits for the broker to take it.
+    pub copies_waiting: IntGaugeVec,
     /// Subscription consents from the callback, by `status` (accept/reject/other) and
     /// `source` (popup/settings): how many users allow which messages, and from where.
     pub consents_total: IntCounterVec,
@@ -222,6 +231,18 @@ impl Metrics {
                 "1 while an account is paused on its daily quota (45009)",
                 &["appid"],
             ),
+            daily_quota: gauge(
+                r,
+                "wxdispatch_daily_quota",
+                "The configured daily quota of an account (absent when none is configured)",
+                &["appid"],
+            ),
+            sent_today: gauge(
+                r,
+                "wxdispatch_sent_today",
+                "Sends counted against today's quota (Beijing day); with Redis, all replicas' sends",
+                &["appid"],
+            ),
             receipts_total: counter(
                 r,
                 "wxdispatch_receipts_total",
@@ -263,6 +284,12 @@ impl Metrics {
                 "wxdispatch_dead_letters_total",
                 "Jobs copied to the dead-letter queue, by reason",
                 &["reason"],
+            ),
+            publisher_refused_total: counter(
+                r,
+                "wxdispatch_publisher_refused_total",
+                "Jobs refused because their AMQP user_id is not on the account's publishers list",
+                &["appid"],
             ),
             amqp_reconnects_total,
             amqp_acks_total: counter(
@@ -309,6 +336,18 @@ impl Metrics {
                 "wxdispatch_outcomes_waiting",
                 "Jobs whose outcome waits for the broker to accept it (not acked, not sent again)",
             ),
+            copies_refused_total: counter(
+                r,
+                "wxdispatch_copies_refused_total",
+                "Deferred (target delay) and dead-letter (target dead) copies of jobs refused by the broker (nacked: a full queue; returned: unroutable); the job waits and is retried",
+                &["target", "reason"],
+            ),
+            copies_waiting: gauge(
+                r,
+                "wxdispatch_copies_waiting",
+                "Jobs whose deferred or dead-letter copy waits for the broker to accept it (not acked, not sent again)",
+                &["target"],
+            ),
             consents_total: counter(
                 r,
                 "wxdispatch_consents_total",
@@ -330,6 +369,12 @@ impl Metrics {
         }
         for reason in ["nacked", "returned"] {
             m.outcomes_refused_total.with_label_values(&[reason]);
+            for target in ["delay", "dead"] {
+                m.copies_refused_total.with_label_values(&[target, reason]);
+            }
+        }
+        for target in ["delay", "dead"] {
+            m.copies_waiting.with_label_values(&[target]);
         }
         m
     }
@@ -353,6 +398,7 @@ impl Metrics {
             self.receipts_total.with_label_values(&[s]);
         }
         self.dead_letters_total.with_label_values(&["invalid"]);
+        self.catalogue_unchecked_total.with_label_values(&[appid]);
         AccountMetrics {
             jobs: SendStatus::ALL.map(|s| self.jobs_total.with_label_values(&[appid, s.as_str()])),
             send_duration: self.send_duration_seconds.with_label_values(&[appid]),

@@ -74,7 +74,8 @@ def main():
         for t in p.get("targets") or []:
             if not t.get("expr"):
                 problems.append(f"panel {p.get('title')!r}: target without expr")
-            if "appid" in t.get("expr", "") and "$appid" not in t["expr"] and "by (appid)" not in t["expr"]:
+            if re.search(r"\bappid\b", t.get("expr", "")) and "$appid" not in t["expr"] \
+                    and "by (appid)" not in t["expr"]:
                 problems.append(f"panel {p.get('title')!r}: appid used without the $appid filter")
             # Every worker series is scoped to the chosen namespace and job.
             for m in re.finditer(r"\b(?:wxdispatch|process)_[a-z0-9_]+(\{[^}]*\})?", t.get("expr", "")):

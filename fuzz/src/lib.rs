@@ -18,8 +18,10 @@ use cbc::cipher::{BlockEncryptMut, KeyIvInit};
 use serde_json::Value;
 use wxdispatch::callback::crypto::{self, AesKey, CryptoError, Decrypted};
 use wxdispatch::callback::event::{self, Inbound};
+use wxdispatch::callback::xml;
 use wxdispatch::config::Config;
 use wxdispatch::job::{self, Job, MAX_BATCH, MAX_ID_LEN, Parsed};
+use wxdispatch::tools::mock::xml::{WechatXml, encrypted_envelope};
 
 /// The one account the job target's configurations serve.
 pub const APPID: &str = "wx0123456789abcdef";
@@ -167,14 +169,14 @@ fn check_id(id: &str) {
     );
 }
 
-/// `wxdispatch::callback::event` on an arbitrary body.
+/// `wxdispatch::callback::event` (and its reader, `callback::xml`) on an arbitrary body.
 ///
 /// Never panics; `parse_bytes` and `parse` agree; a document with a DOCTYPE is refused
 /// whatever follows it (no entity is ever expanded); an event or envelope that parses
-/// serializes back (`Event::to_xml`, `encrypted_envelope`) to XML that parses to the same
+/// serializes back (the simulator's `WechatXml::to_xml`, `encrypted_envelope`) to XML that parses to the same
 /// value, since the callback simulator relies on that.
 pub fn callback_xml(data: &[u8]) {
-    let limit = event::DEFAULT_MAX_XML_BYTES;
+    let limit = xml::DEFAULT_MAX_XML_BYTES;
     let parsed = event::parse_bytes(data, limit);
     if let Err(e) = &parsed {
         assert!(!e.reason().is_empty());
@@ -184,7 +186,7 @@ pub fn callback_xml(data: &[u8]) {
         return;
     };
     assert_eq!(event::parse(text), parsed, "parse and parse_bytes disagree");
-    let _ = event::parse_fields(text, limit);
+    let _ = xml::parse_fields(text, limit);
 
     for prolog in [
         "<!DOCTYPE xml [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>",
@@ -219,7 +221,7 @@ pub fn callback_xml(data: &[u8]) {
             to_user: Some(to_user),
             encrypt,
         }) => {
-            let xml = event::encrypted_envelope(&to_user, &encrypt);
+            let xml = encrypted_envelope(&to_user, &encrypt);
             assert_eq!(
                 event::parse_with_limit(&xml, usize::MAX),
                 Ok(Inbound::Encrypted {

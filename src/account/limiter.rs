@@ -91,6 +91,8 @@ pub struct AccountGate {
     wait_seconds: prometheus::Histogram,
     /// `wxdispatch_quota_paused` of this gate: the gate alone writes it.
     paused_gauge: prometheus::IntGauge,
+    /// `wxdispatch_sent_today` of this gate: today's count against the daily quota.
+    sent_gauge: prometheus::IntGauge,
 }
 
 impl AccountGate {
@@ -145,6 +147,15 @@ impl AccountGate {
                 let g = metrics.quota_paused.with_label_values(&[appid]);
                 g.set(0);
                 g
+            },
+            sent_gauge: {
+                if let Some(q) = daily_quota {
+                    metrics
+                        .daily_quota
+                        .with_label_values(&[appid])
+                        .set(i64::try_from(q).unwrap_or(i64::MAX));
+                }
+                metrics.sent_today.with_label_values(&[appid])
             },
             metrics,
             waiting: std::sync::atomic::AtomicU32::new(0),
@@ -293,6 +304,8 @@ impl AccountGate {
             // The shared count includes every replica's sends.
             st.sent_today = st.sent_today.max(n);
         }
+        self.sent_gauge
+            .set(i64::try_from(st.sent_today).unwrap_or(i64::MAX));
         if was_probe {
             st.probe_in_flight = false;
         }
@@ -332,6 +345,7 @@ impl AccountGate {
         if st.day != today {
             st.day = today;
             st.sent_today = 0;
+            self.sent_gauge.set(0);
         }
     }
 }

@@ -20,6 +20,15 @@ pub use publisher::{PublishError, Publisher};
 /// node that is down refuses at once, but one cut off by the network would hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The user the worker connects as (the first broker URL's; a cluster's nodes share their
+/// users): the `user_id` the broker lets it stamp on what it publishes.
+pub fn connection_user(urls: &str) -> String {
+    broker_urls(urls)
+        .first()
+        .and_then(|u| u.parse::<lapin::uri::AMQPUri>().ok())
+        .map_or_else(|| "guest".to_string(), |u| u.authority.userinfo.username)
+}
+
 /// Opens a named connection, so operators can tell the worker's connections apart in the
 /// management UI (and tests can close one by name).
 ///

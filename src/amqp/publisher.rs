@@ -36,6 +36,10 @@ pub struct Publisher {
     jobs_queue: String,
     dead_queue: String,
     config: Config,
+    /// The worker's own user: the `user_id` of every job it publishes again (a batch's
+    /// recipients, a deferral, a dead letter). The broker refuses a message whose `user_id` is
+    /// not the connection's user, so the original publisher's cannot be kept.
+    own_user: ShortString,
 }
 
 /// How long a confirm is awaited before the channel is checked and the wait is logged.
@@ -68,11 +72,17 @@ impl Publisher {
             jobs_queue: config.amqp.jobs_queue.clone(),
             dead_queue: config.amqp.dead_queue.clone(),
             config: config.clone(),
+            own_user: super::connection_user(&config.amqp.url).into(),
         })
     }
 
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// The user this publisher's connection authenticates as.
+    pub fn own_user(&self) -> &str {
+        self.own_user.as_str()
     }
 
     /// Publishes and waits for the broker's ack.
@@ -162,7 +172,11 @@ impl Publisher {
         headers::insert(&mut table, headers::REASON, reason);
         headers::insert(&mut table, headers::ERROR, detail);
         headers::insert(&mut table, headers::SOURCE_QUEUE, &self.jobs_queue);
-        let props = props.clone().with_headers(table).with_delivery_mode(2);
+        let props = props
+            .clone()
+            .with_headers(table)
+            .with_delivery_mode(2)
+            .with_user_id(self.own_user.clone());
         self.publish("", &self.dead_queue, body, props).await
     }
 
@@ -177,7 +191,8 @@ impl Publisher {
         let not_before = chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64;
         let props = headers::with_not_before(props, not_before)
             .with_expiration((tier * 1000).to_string().into())
-            .with_delivery_mode(2);
+            .with_delivery_mode(2)
+            .with_user_id(self.own_user.clone());
         self.publish("", &topology::delay_queue(&self.config, tier), body, props)
             .await
     }
@@ -196,7 +211,8 @@ impl Publisher {
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_headers(table);
+            .with_headers(table)
+            .with_user_id(self.own_user.clone());
         self.publish("", &self.jobs_queue, &body, props).await
     }
 }

@@ -340,9 +340,10 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), TopologyError>
     Ok(())
 }
 
-/// Messages ready in `queue` now (a passive declare; 0 if it cannot be read). A passive
-/// declare of a missing queue closes the channel, so give it one that may be lost.
-pub async fn depth(ch: &Channel, queue: &str) -> u32 {
+/// Messages ready in `queue` now (a passive declare; messages delivered and not yet acked are
+/// not counted). A passive declare of a missing queue closes the channel, so give it one that
+/// may be lost.
+pub async fn depth(ch: &Channel, queue: &str) -> Result<u32, lapin::Error> {
     ch.queue_declare(
         queue.into(),
         QueueDeclareOptions {
@@ -353,7 +354,6 @@ pub async fn depth(ch: &Channel, queue: &str) -> u32 {
     )
     .await
     .map(|q| q.message_count())
-    .unwrap_or(0)
 }
 
 /// Deletes every queue and the exchange `declare` creates. For tools that use throw-away

@@ -1,192 +1,14 @@
-//! Parsing the XML that WeChat pushes to the callback URL.
+//! The messages WeChat pushes to the callback URL, and what a body turns out to be.
 //!
-//! WeChat's callback documents are flat: a root `<xml>` element whose
-//! children each hold one value, usually wrapped in CDATA. So parsing happens
-//! in two steps. [`parse_fields`] turns the document into a flat list of
-//! child-name → text pairs while enforcing the safety rules, and [`parse`]
-//! interprets those pairs as an [`Inbound`] message.
-//!
-//! The body arrives from the network before we know it is genuine (in safe
-//! mode the signature covers only the `<Encrypt>` text), so the parser is
-//! deliberately strict and small:
-//!
-//! * bodies over a size limit are refused before any parsing;
-//! * any `<!DOCTYPE>` is refused, so entity declarations can never be
-//!   defined, let alone expanded;
-//! * only the five predefined entities and numeric character references are
-//!   resolved, anything else is an error;
-//! * malformed documents are errors, and no input makes the parser panic.
+//! [`parse`] reads a body with the safe reader of [`super::xml`] and interprets its fields as
+//! an [`Inbound`]: a safe-mode envelope, an event (such as a template receipt), a
+//! subscription event (consents and subscription delivery results) or a user message.
 
-use std::borrow::Cow;
-
+use super::xml::{DEFAULT_MAX_XML_BYTES, Fields, XmlError, check_size, parse_fields};
 use crate::outcome::{ConsentStatus, ReceiptStatus};
-
-use quick_xml::Reader;
-use quick_xml::events::{BytesRef, BytesStart, Event as XmlEvent};
-
-/// Default cap on a callback body. Real WeChat pushes are well under 4 KiB;
-/// 64 KiB leaves room for unusual events while bounding memory and CPU.
-pub const DEFAULT_MAX_XML_BYTES: usize = 64 * 1024;
 
 /// The `Event` value of a template message delivery receipt.
 pub const TEMPLATE_SEND_JOB_FINISH: &str = "TEMPLATESENDJOBFINISH";
-
-/// Most `<List>` items one subscription event may carry. A pop-up offers at most a handful of
-/// templates; the cap keeps a hostile body from fanning out into thousands of publishes.
-pub const MAX_SUBSCRIPTION_ITEMS: usize = 64;
-
-/// Why a callback body was rejected.
-///
-/// Like [`super::crypto::CryptoError`], each variant has a short
-/// [`reason`](XmlError::reason) word for logs and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum XmlError {
-    /// The body is larger than the allowed limit.
-    #[error("XML body is {len} bytes, over the {limit}-byte limit")]
-    TooLarge {
-        /// Size of the rejected body in bytes.
-        len: usize,
-        /// The limit that was exceeded.
-        limit: usize,
-    },
-    /// The body is not valid UTF-8.
-    #[error("XML body is not valid UTF-8")]
-    NotUtf8,
-    /// The body contains a `<!DOCTYPE>` (and so possibly entity declarations).
-    #[error("DOCTYPE/DTD declarations are not accepted")]
-    Doctype,
-    /// A reference to an entity other than the five predefined ones.
-    #[error("unknown entity reference &{0};")]
-    UnknownEntity(String),
-    /// The document is not well-formed XML.
-    #[error("malformed XML: {0}")]
-    Malformed(String),
-    /// The root element is not `<xml>`.
-    #[error("root element must be <xml>, found <{0}>")]
-    UnexpectedRoot(String),
-    /// A field appears twice, so its value would be ambiguous.
-    #[error("element <{0}> appears more than once")]
-    DuplicateField(String),
-    /// A field the message type requires is absent.
-    #[error("required element <{0}> is missing")]
-    MissingField(&'static str),
-    /// A numeric field does not hold a 64-bit integer.
-    #[error("element <{0}> is not a valid integer")]
-    BadNumber(&'static str),
-    /// More list items than one event may carry.
-    #[error("more than {0} list items")]
-    TooManyItems(usize),
-}
-
-impl XmlError {
-    /// A short machine-readable word for logs and metric labels.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            XmlError::TooLarge { .. } => "too_large",
-            XmlError::NotUtf8 => "not_utf8",
-            XmlError::Doctype => "doctype",
-            XmlError::UnknownEntity(_) => "unknown_entity",
-            XmlError::Malformed(_) => "malformed",
-            XmlError::UnexpectedRoot(_) => "unexpected_root",
-            XmlError::DuplicateField(_) => "duplicate_field",
-            XmlError::MissingField(_) => "missing_field",
-            XmlError::BadNumber(_) => "bad_number",
-            XmlError::TooManyItems(_) => "too_many_items",
-        }
-    }
-}
-
-/// The top-level children of a callback document, in document order.
-///
-/// Exposed so callers can read fields this module does not model (for
-/// example `Content` of a text message) without parsing the XML twice.
-///
-/// Subscription events nest one level deeper (`<SubscribeMsgPopupEvent><List>
-/// <TemplateId>…</TemplateId></List></SubscribeMsgPopupEvent>`); those
-/// grandchildren are kept as [`ListItem`]s, see [`Fields::items`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fields {
-    fields: Vec<(String, String)>,
-    items: Vec<ListItem>,
-}
-
-/// One grandchild of the root (such as a `<List>` of a subscription event) and its own
-/// children's text, in document order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListItem {
-    /// The top-level element it sits in, e.g. `SubscribeMsgPopupEvent`.
-    pub container: String,
-    /// Its own element name, e.g. `List`.
-    pub name: String,
-    fields: Vec<(String, String)>,
-}
-
-impl ListItem {
-    /// The text of the child element `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        lookup(&self.fields, name)
-    }
-
-    fn require(&self, name: &'static str) -> Result<&str, XmlError> {
-        self.get(name).ok_or(XmlError::MissingField(name))
-    }
-
-    fn number(&self, name: &'static str) -> Result<Option<i64>, XmlError> {
-        parse_number(self.get(name), name)
-    }
-}
-
-fn lookup<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn parse_number(value: Option<&str>, name: &'static str) -> Result<Option<i64>, XmlError> {
-    value
-        .map(|v| {
-            v.trim()
-                .parse::<i64>()
-                .map_err(|_| XmlError::BadNumber(name))
-        })
-        .transpose()
-}
-
-impl Fields {
-    /// The text of the child element `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        lookup(&self.fields, name)
-    }
-
-    /// Iterates over `(name, text)` pairs in document order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    /// The grandchildren of the root, in document order.
-    pub fn items(&self) -> &[ListItem] {
-        &self.items
-    }
-
-    /// Number of top-level fields.
-    pub fn len(&self) -> usize {
-        self.fields.len()
-    }
-
-    /// True when the root element had no children.
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
-    }
-
-    fn require(&self, name: &'static str) -> Result<&str, XmlError> {
-        self.get(name).ok_or(XmlError::MissingField(name))
-    }
-
-    fn number(&self, name: &'static str) -> Result<Option<i64>, XmlError> {
-        parse_number(self.get(name), name)
-    }
-}
 
 /// What a callback body turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,43 +154,6 @@ impl SubscriptionItem {
     }
 }
 
-impl SubscriptionEvent {
-    /// Serializes the event the way WeChat sends it (for the simulator and round-trip
-    /// tests); only the fields an item has are written.
-    pub fn to_xml(&self) -> String {
-        let mut out = String::from("<xml>");
-        push_cdata_field(&mut out, "ToUserName", &self.to_user);
-        push_cdata_field(&mut out, "FromUserName", &self.from_user);
-        out.push_str(&format!("<CreateTime>{}</CreateTime>", self.create_time));
-        push_cdata_field(&mut out, "MsgType", "event");
-        push_cdata_field(&mut out, "Event", self.kind.event_name());
-        let container = self.kind.container();
-        out.push_str(&format!("<{container}>"));
-        for item in &self.items {
-            out.push_str("<List>");
-            push_cdata_field(&mut out, "TemplateId", &item.template_id);
-            if let Some(s) = &item.status {
-                push_cdata_field(&mut out, "SubscribeStatusString", s);
-            }
-            if let Some(s) = &item.popup_scene {
-                push_cdata_field(&mut out, "PopupScene", s);
-            }
-            if let Some(id) = item.msg_id {
-                out.push_str(&format!("<MsgID>{id}</MsgID>"));
-            }
-            if let Some(code) = item.error_code {
-                out.push_str(&format!("<ErrorCode>{code}</ErrorCode>"));
-            }
-            if let Some(s) = &item.error_status {
-                push_cdata_field(&mut out, "ErrorStatus", s);
-            }
-            out.push_str("</List>");
-        }
-        out.push_str(&format!("</{container}></xml>"));
-        out
-    }
-}
-
 /// An event push from WeChat.
 ///
 /// The common header fields are required; `MsgID` and `Status` are only
@@ -403,27 +188,6 @@ impl Event {
     pub fn receipt_status(&self) -> Option<ReceiptStatus> {
         self.status.as_deref().map(ReceiptStatus::from_wechat)
     }
-
-    /// Serializes the event the way WeChat sends it.
-    ///
-    /// Used by the callback simulator and round-trip tests; text goes in
-    /// CDATA sections, split where needed so that `]]>` survives.
-    pub fn to_xml(&self) -> String {
-        let mut out = String::from("<xml>");
-        push_cdata_field(&mut out, "ToUserName", &self.to_user);
-        push_cdata_field(&mut out, "FromUserName", &self.from_user);
-        out.push_str(&format!("<CreateTime>{}</CreateTime>", self.create_time));
-        push_cdata_field(&mut out, "MsgType", &self.msg_type);
-        push_cdata_field(&mut out, "Event", &self.event);
-        if let Some(id) = self.msg_id {
-            out.push_str(&format!("<MsgID>{id}</MsgID>"));
-        }
-        if let Some(status) = &self.status {
-            push_cdata_field(&mut out, "Status", status);
-        }
-        out.push_str("</xml>");
-        out
-    }
 }
 
 /// Parses a callback body with the [default size limit](DEFAULT_MAX_XML_BYTES).
@@ -444,158 +208,6 @@ pub fn parse_bytes(body: &[u8], limit: usize) -> Result<Inbound, XmlError> {
     check_size(body.len(), limit)?;
     let xml = std::str::from_utf8(body).map_err(|_| XmlError::NotUtf8)?;
     parse_with_limit(xml, limit)
-}
-
-/// Reads the top-level children of the root `<xml>` element.
-///
-/// Each child's value is its own text (text, CDATA and resolved references,
-/// concatenated); text of deeper descendants is ignored, though their markup
-/// must still be well-formed. Empty elements such as `<MsgID/>` yield "".
-pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
-    check_size(xml.len(), limit)?;
-
-    let mut reader = Reader::from_str(xml);
-    let config = reader.config_mut();
-    config.check_end_names = true;
-    config.allow_unmatched_ends = false;
-    config.allow_dangling_amp = false;
-    config.check_comments = true;
-
-    let mut fields: Vec<(String, String)> = Vec::new();
-    let mut items: Vec<ListItem> = Vec::new();
-    // The depth-2 element whose text is being collected.
-    let mut current: Option<(String, String)> = None;
-    // The grandchild of the root being read, and the child of it whose text is collected.
-    let mut item: Option<ListItem> = None;
-    let mut item_field: Option<(String, String)> = None;
-    let mut depth = 0usize;
-    let mut seen_root = false;
-    let mut first_event = true;
-
-    loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| XmlError::Malformed(e.to_string()))?;
-        let is_first = std::mem::replace(&mut first_event, false);
-        match event {
-            XmlEvent::DocType(_) => return Err(XmlError::Doctype),
-            XmlEvent::Start(start) => {
-                check_attributes(&start)?;
-                let qname = start.name();
-                let name: &str = qname.as_ref();
-                match depth {
-                    0 => open_root(&mut seen_root, name)?,
-                    1 => current = Some((name.to_owned(), String::new())),
-                    2 => item = Some(open_item(&current, name, items.len())?),
-                    3 => item_field = Some((name.to_owned(), String::new())),
-                    _ => {}
-                }
-                depth += 1;
-            }
-            XmlEvent::Empty(start) => {
-                check_attributes(&start)?;
-                let qname = start.name();
-                let name: &str = qname.as_ref();
-                match depth {
-                    0 => open_root(&mut seen_root, name)?,
-                    1 => push_field(&mut fields, name.to_owned(), String::new())?,
-                    2 => items.push(open_item(&current, name, items.len())?),
-                    3 => {
-                        if let Some(it) = item.as_mut() {
-                            push_field(&mut it.fields, name.to_owned(), String::new())?;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            XmlEvent::End(_) => {
-                // quick-xml has already checked the name matches the open tag.
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| XmlError::Malformed("unmatched end tag".into()))?;
-                match depth {
-                    1 => {
-                        if let Some((name, value)) = current.take() {
-                            push_field(&mut fields, name, value)?;
-                        }
-                    }
-                    2 => items.extend(item.take()),
-                    3 => {
-                        if let (Some(it), Some((name, value))) = (item.as_mut(), item_field.take())
-                        {
-                            push_field(&mut it.fields, name, value)?;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            XmlEvent::Text(text) => {
-                add_text(depth, &mut current, &mut item_field, &text.xml10_content())?
-            }
-            XmlEvent::CData(cdata) => {
-                if depth == 0 {
-                    return Err(XmlError::Malformed("CDATA outside the root element".into()));
-                }
-                add_text(depth, &mut current, &mut item_field, &cdata.xml10_content())?;
-            }
-            XmlEvent::GeneralRef(reference) => {
-                let ch = resolve_reference(&reference)?;
-                let mut buf = [0u8; 4];
-                add_text(
-                    depth,
-                    &mut current,
-                    &mut item_field,
-                    ch.encode_utf8(&mut buf),
-                )?;
-            }
-            XmlEvent::Decl(_) if !is_first => {
-                return Err(XmlError::Malformed(
-                    "XML declaration is only allowed at the start".into(),
-                ));
-            }
-            XmlEvent::Comment(_) | XmlEvent::PI(_) | XmlEvent::Decl(_) => {}
-            XmlEvent::Eof => break,
-        }
-    }
-
-    if !seen_root {
-        return Err(XmlError::Malformed("no root element".into()));
-    }
-    if depth != 0 {
-        return Err(XmlError::Malformed(
-            "unclosed element at end of input".into(),
-        ));
-    }
-    Ok(Fields { fields, items })
-}
-
-/// Starts a grandchild of the root inside the top-level element `current`, refusing more
-/// than [`MAX_SUBSCRIPTION_ITEMS`] of them so one body cannot fan out without bound.
-fn open_item(
-    current: &Option<(String, String)>,
-    name: &str,
-    count: usize,
-) -> Result<ListItem, XmlError> {
-    if count >= MAX_SUBSCRIPTION_ITEMS {
-        return Err(XmlError::TooManyItems(MAX_SUBSCRIPTION_ITEMS));
-    }
-    Ok(ListItem {
-        container: current.as_ref().map(|(n, _)| n.clone()).unwrap_or_default(),
-        name: name.to_owned(),
-        fields: Vec::new(),
-    })
-}
-
-/// Builds the safe-mode envelope WeChat POSTs: `ToUserName` plus `Encrypt`.
-///
-/// For the callback simulator; pair it with
-/// [`super::signature::msg_signature`] over the same `encrypt` text.
-pub fn encrypted_envelope(to_user: &str, encrypt: &str) -> String {
-    let mut out = String::from("<xml>");
-    push_cdata_field(&mut out, "ToUserName", to_user);
-    push_cdata_field(&mut out, "Encrypt", encrypt);
-    out.push_str("</xml>");
-    out
 }
 
 fn interpret(fields: &Fields) -> Result<Inbound, XmlError> {
@@ -693,126 +305,10 @@ fn subscription_items(
     Ok(out)
 }
 
-fn check_size(len: usize, limit: usize) -> Result<(), XmlError> {
-    if len > limit {
-        Err(XmlError::TooLarge { len, limit })
-    } else {
-        Ok(())
-    }
-}
-
-/// Attributes carry nothing we read, but a duplicated or unquoted one still
-/// makes the document malformed, so they are walked and checked.
-fn check_attributes(start: &BytesStart<'_>) -> Result<(), XmlError> {
-    for attr in start.attributes() {
-        attr.map_err(|e| XmlError::Malformed(e.to_string()))?;
-    }
-    Ok(())
-}
-
-fn open_root(seen_root: &mut bool, name: &str) -> Result<(), XmlError> {
-    if *seen_root {
-        return Err(XmlError::Malformed("more than one root element".into()));
-    }
-    if name != "xml" {
-        return Err(XmlError::UnexpectedRoot(name.to_owned()));
-    }
-    *seen_root = true;
-    Ok(())
-}
-
-fn push_field(
-    fields: &mut Vec<(String, String)>,
-    name: String,
-    value: String,
-) -> Result<(), XmlError> {
-    if fields.iter().any(|(k, _)| *k == name) {
-        return Err(XmlError::DuplicateField(name));
-    }
-    fields.push((name, value));
-    Ok(())
-}
-
-fn add_text(
-    depth: usize,
-    current: &mut Option<(String, String)>,
-    item_field: &mut Option<(String, String)>,
-    text: &str,
-) -> Result<(), XmlError> {
-    match depth {
-        0 if !text.trim().is_empty() => {
-            Err(XmlError::Malformed("text outside the root element".into()))
-        }
-        2 => {
-            if let Some((_, value)) = current {
-                value.push_str(text);
-            }
-            Ok(())
-        }
-        4 => {
-            if let Some((_, value)) = item_field {
-                value.push_str(text);
-            }
-            Ok(())
-        }
-        // Whitespace between elements, or text nested deeper than we read.
-        _ => Ok(()),
-    }
-}
-
-fn resolve_reference(reference: &BytesRef<'_>) -> Result<char, XmlError> {
-    if reference.is_char_ref() {
-        return match reference.resolve_char_ref() {
-            Ok(Some(ch)) => Ok(ch),
-            _ => Err(XmlError::Malformed(format!(
-                "invalid character reference &{};",
-                truncate(reference)
-            ))),
-        };
-    }
-    match &**reference {
-        "lt" => Ok('<'),
-        "gt" => Ok('>'),
-        "amp" => Ok('&'),
-        "apos" => Ok('\''),
-        "quot" => Ok('"'),
-        other => Err(XmlError::UnknownEntity(truncate(other).into_owned())),
-    }
-}
-
-/// Keeps attacker-chosen names in error messages to a sensible length.
-fn truncate(s: &str) -> Cow<'_, str> {
-    const MAX: usize = 64;
-    if s.len() <= MAX {
-        return Cow::Borrowed(s);
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}...", &s[..end]))
-}
-
-fn push_cdata_field(out: &mut String, name: &str, value: &str) {
-    out.push('<');
-    out.push_str(name);
-    out.push_str("><![CDATA[");
-    // A CDATA section cannot contain `]]>`; end it after `]]` and start a
-    // new one before `>`. A CR would be read back as LF (XML end-of-line handling), so it goes
-    // between sections as a character reference.
-    out.push_str(
-        &value
-            .replace("]]>", "]]]]><![CDATA[>")
-            .replace('\r', "]]>&#13;<![CDATA["),
-    );
-    out.push_str("]]></");
-    out.push_str(name);
-    out.push('>');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::callback::xml::MAX_SUBSCRIPTION_ITEMS;
     use proptest::prelude::*;
 
     fn receipt(status: &str, msg_id: &str) -> String {
@@ -926,13 +422,6 @@ mod tests {
                 encrypt: "AAAA+/==".into()
             }
         );
-        assert_eq!(
-            parse(&encrypted_envelope("gh_y", "QUJD")).unwrap(),
-            Inbound::Encrypted {
-                to_user: Some("gh_y".into()),
-                encrypt: "QUJD".into()
-            }
-        );
     }
 
     #[test]
@@ -948,137 +437,6 @@ mod tests {
         let fields = parse_fields(xml, DEFAULT_MAX_XML_BYTES).unwrap();
         assert_eq!(fields.get("Content"), Some("a&b"));
         assert_eq!(fields.len(), 3);
-    }
-
-    #[test]
-    fn predefined_entities_and_char_refs_are_resolved() {
-        let xml = "<xml><MsgType>t</MsgType>\
-                   <V>&lt;&gt;&amp;&apos;&quot;&#65;&#x4E2D;&#x1F600;</V></xml>";
-        let fields = parse_fields(xml, DEFAULT_MAX_XML_BYTES).unwrap();
-        assert_eq!(fields.get("V"), Some("<>&'\"A中😀"));
-    }
-
-    #[test]
-    fn unknown_entity_reference_is_rejected() {
-        let xml = "<xml><MsgType>&xxe;</MsgType></xml>";
-        assert_eq!(
-            parse(xml).unwrap_err(),
-            XmlError::UnknownEntity("xxe".into())
-        );
-        assert_eq!(parse(xml).unwrap_err().reason(), "unknown_entity");
-    }
-
-    #[test]
-    fn invalid_char_refs_are_malformed() {
-        for r in [
-            "&#0;",
-            "&#xD800;",
-            "&#x110000;",
-            "&#99999999999999999999;",
-            "&#;",
-            "&#xZ;",
-        ] {
-            let xml = format!("<xml><MsgType>{r}</MsgType></xml>");
-            assert_eq!(parse(&xml).unwrap_err().reason(), "malformed", "{r}");
-        }
-    }
-
-    #[test]
-    fn doctype_is_rejected_without_expansion() {
-        let xxe = "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>\
-                   <xml><MsgType>&xxe;</MsgType></xml>";
-        assert_eq!(parse(xxe).unwrap_err(), XmlError::Doctype);
-        let laughs = "<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;&lol;\">]>\
-                      <xml><MsgType>&lol2;</MsgType></xml>";
-        assert_eq!(parse(laughs).unwrap_err(), XmlError::Doctype);
-        assert_eq!(
-            parse("<!DOCTYPE xml><xml/>").unwrap_err().reason(),
-            "doctype"
-        );
-    }
-
-    #[test]
-    fn entity_declaration_outside_doctype_is_rejected() {
-        let xml = "<!ENTITY x \"y\"><xml><MsgType>&x;</MsgType></xml>";
-        assert!(parse(xml).is_err());
-    }
-
-    #[test]
-    fn oversized_body_is_rejected_before_parsing() {
-        let big = format!(
-            "<xml><MsgType>{}</MsgType></xml>",
-            "a".repeat(DEFAULT_MAX_XML_BYTES)
-        );
-        assert_eq!(
-            parse(&big).unwrap_err(),
-            XmlError::TooLarge {
-                len: big.len(),
-                limit: DEFAULT_MAX_XML_BYTES
-            }
-        );
-        // A caller-given limit applies to both str and byte entry points,
-        // and the size check runs before the UTF-8 check.
-        assert_eq!(
-            parse_with_limit("<xml/>", 5).unwrap_err().reason(),
-            "too_large"
-        );
-        assert_eq!(
-            parse_bytes(b"\xff\xff\xff", 2).unwrap_err().reason(),
-            "too_large"
-        );
-    }
-
-    #[test]
-    fn non_utf8_body_is_rejected() {
-        assert_eq!(
-            parse_bytes(b"<xml><MsgType>\xff</MsgType></xml>", DEFAULT_MAX_XML_BYTES).unwrap_err(),
-            XmlError::NotUtf8
-        );
-    }
-
-    #[test]
-    fn malformed_documents_are_rejected() {
-        for xml in [
-            "",
-            "   ",
-            "not xml",
-            "<xml>",
-            "<xml><MsgType>text</MsgType>",
-            "<xml><MsgType>text</msgtype></xml>",
-            "<xml></xml></xml>",
-            "</xml>",
-            "<xml><MsgType>a<b</MsgType></xml>",
-            "<xml><MsgType>a & b</MsgType></xml>",
-            "<xml><MsgType><![CDATA[text</MsgType></xml>",
-            "<xml/><xml/>",
-            "<xml/>trailing",
-            "<![CDATA[x]]><xml/>",
-            "<xml><MsgType attr=\"x>text</MsgType></xml>",
-            "<xml a='1' a='2'><MsgType>t</MsgType></xml>",
-            "<xml><MsgType a=1>t</MsgType></xml>",
-            "<xml><MsgType>t</MsgType><?xml version='1.0'?></xml>",
-            "<xml><!-- a -- b --><MsgType>t</MsgType></xml>",
-        ] {
-            let err = parse(xml).unwrap_err();
-            assert_eq!(err.reason(), "malformed", "{xml:?} gave {err:?}");
-        }
-    }
-
-    #[test]
-    fn wrong_root_is_rejected() {
-        assert_eq!(
-            parse("<html><MsgType>t</MsgType></html>").unwrap_err(),
-            XmlError::UnexpectedRoot("html".into())
-        );
-    }
-
-    #[test]
-    fn duplicate_field_is_rejected() {
-        let xml = "<xml><MsgType>event</MsgType><MsgType>text</MsgType></xml>";
-        assert_eq!(
-            parse(xml).unwrap_err(),
-            XmlError::DuplicateField("MsgType".into())
-        );
     }
 
     #[test]
@@ -1129,20 +487,6 @@ mod tests {
         let fields = parse_fields(xml, DEFAULT_MAX_XML_BYTES).unwrap();
         assert_eq!(fields.get("Info"), Some("ac"));
         assert_eq!(fields.get("Item"), None);
-    }
-
-    #[test]
-    fn cdata_containing_terminator_survives_to_xml_round_trip() {
-        let e = Event {
-            to_user: "gh_]]>x".into(),
-            from_user: "o<&>\"'".into(),
-            create_time: -5,
-            msg_type: "event".into(),
-            event: TEMPLATE_SEND_JOB_FINISH.into(),
-            msg_id: Some(i64::MAX),
-            status: Some("failed:user block".into()),
-        };
-        assert_eq!(parse(&e.to_xml()).unwrap(), Inbound::Event(e));
     }
 
     fn fixture(name: &str) -> String {
@@ -1331,11 +675,6 @@ mod tests {
         assert_eq!(parse(&xml).unwrap_err().reason(), "too_many_items");
     }
 
-    fn text() -> impl Strategy<Value = String> {
-        // Any characters, CR included (written as `&#13;` so it is not read back as LF).
-        ".{0,40}|[\r\n\\]>]{0,8}"
-    }
-
     proptest! {
         #[test]
         fn parse_never_panics_on_arbitrary_strings(s in ".{0,400}") {
@@ -1354,51 +693,6 @@ mod tests {
             b in prop::collection::vec(any::<u8>(), 0..400),
         ) {
             let _ = parse_bytes(&b, DEFAULT_MAX_XML_BYTES);
-        }
-
-        #[test]
-        fn event_to_xml_then_parse_round_trips(
-            to_user in text(),
-            from_user in text(),
-            create_time in any::<i64>(),
-            event in text(),
-            msg_id in any::<Option<i64>>(),
-            status in prop::option::of(text()),
-        ) {
-            let e = Event {
-                to_user, from_user, create_time,
-                msg_type: "event".into(), event, msg_id, status,
-            };
-            prop_assert_eq!(parse(&e.to_xml()).unwrap(), Inbound::Event(e));
-        }
-
-        #[test]
-        fn subscription_event_to_xml_then_parse_round_trips(
-            to_user in text(),
-            from_user in text(),
-            create_time in any::<i64>(),
-            kind in 0usize..3,
-            items in prop::collection::vec(
-                (text(), text(), prop::option::of(text()), any::<i64>(), prop::option::of(any::<i64>()), text()),
-                1..4,
-            ),
-        ) {
-            let kind = SubscriptionKind::ALL[kind];
-            let items = items
-                .into_iter()
-                .map(|(template_id, status, scene, msg_id, code, error_status)| match kind {
-                    SubscriptionKind::Sent => SubscriptionItem {
-                        template_id, status: None, popup_scene: None, msg_id: Some(msg_id),
-                        error_code: code, error_status: Some(error_status),
-                    },
-                    _ => SubscriptionItem {
-                        template_id, status: Some(status), popup_scene: scene, msg_id: None,
-                        error_code: None, error_status: None,
-                    },
-                })
-                .collect();
-            let e = SubscriptionEvent { to_user, from_user, create_time, kind, items };
-            prop_assert_eq!(parse(&e.to_xml()).unwrap(), Inbound::Subscription(e));
         }
     }
 }

@@ -5,13 +5,11 @@
 //! and the endpoint answers `success` only once the broker confirmed it: `success` makes
 //! WeChat stop retrying, so it is a promise that the receipt is stored.
 //!
-//! WeChat gives up on a push after 5 s and retries it (three tries in all). The publish runs
-//! in its own task, so it outlives the request; the request waits for it at most
-//! [`ANSWER_WITHIN`] and otherwise answers 503. A retry of a push whose publish is still in
-//! flight waits for that same publish (it never starts a second one, and never gets
-//! `success` early); a retry after a failed publish publishes again; a retry after a
-//! confirmed one is answered `success` at once. Pushes are told apart by
-//! `(ToUserName, FromUserName, CreateTime, MsgID, Status)`, remembered for [`DEDUP_FOR`].
+//! WeChat gives up on a push after 5 s and retries it (three tries in all). The request waits
+//! for its publish at most [`ANSWER_WITHIN`] and otherwise answers 503; [`super::dedupe`]
+//! makes each retry wait for, or skip, the publish an earlier try started. Pushes are told
+//! apart by `(ToUserName, FromUserName, CreateTime, MsgID, Status)`, remembered for
+//! [`DEDUP_FOR`].
 //!
 //! Subscription events list one or more templates: `subscribe_msg_popup_event` and
 //! `subscribe_msg_change_event` become one `kind: consent` outcome per template,
@@ -24,9 +22,8 @@
 //! DOCTYPE, bad base64 or padding, a wrong appid, a missing field or an oversized body is 400.
 //! Each is counted in `wxdispatch_callback_requests_total{result}`.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -37,8 +34,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::amqp::{self, Publisher};
-use crate::callback::event::TEMPLATE_SEND_JOB_FINISH;
+use super::dedupe::{Answer, DEDUP_FOR, Dedupe, PushKey, combine};
+use super::event::TEMPLATE_SEND_JOB_FINISH;
+use super::publisher::LazyPublisher;
 use crate::callback::{self, AesKey, Inbound, SubscriptionEvent};
 use crate::config::{Config, Secret};
 use crate::metrics::Metrics;
@@ -46,174 +44,9 @@ use crate::outcome::{Consent, Outcome, Receipt, ReceiptStatus};
 
 /// Largest callback body accepted. WeChat's pushes are well under 2 KiB.
 pub const MAX_BODY: usize = 16 * 1024;
-/// How long a stored receipt is remembered to answer WeChat's retries without publishing
-/// again. WeChat's three tries are over within a minute; ten leaves room for clock trouble.
-pub const DEDUP_FOR: Duration = Duration::from_secs(600);
 /// The longest a push waits for its receipt's confirm before it is answered 503. WeChat
 /// gives up after 5 s; the rest is for the network and the answer itself.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(4);
-/// Opening the receipt connection gets this long, so a broker that accepts TCP but never
-/// finishes the handshake cannot hold the connection slot (and every receipt behind it).
-const CONNECT_WITHIN: Duration = Duration::from_secs(3);
-/// One receipt publish (connect and confirm) gets this long in its own task. Longer than
-/// [`ANSWER_WITHIN`] on purpose: a broker blocked for a few seconds still stores the receipt
-/// once, and WeChat's next retry gets `success` instead of a second publish.
-const PUBLISH_WITHIN: Duration = Duration::from_secs(30);
-
-/// What tells one receipt push from another. WeChat repeats all five on a retry; MsgID alone
-/// is not enough, because it is reported to be 0 for messages sent with a `client_msg_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ReceiptKey {
-    pub to_user: String,
-    pub from_user: String,
-    pub create_time: i64,
-    pub msg_id: i64,
-    /// WeChat's status text, verbatim.
-    pub status: String,
-    /// The `Event` value: a consent and a receipt of one second must not merge.
-    pub event: String,
-    /// The item's TemplateId for subscription events (one push lists several); empty for
-    /// template receipts.
-    pub template_id: String,
-}
-
-/// How a push is answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// This push's receipt was published and confirmed: `success`.
-    Stored,
-    /// A retry of a push whose receipt was confirmed earlier: `success`, nothing published.
-    Duplicate,
-    /// A retry that waited for the publish an earlier try started, and saw it confirmed:
-    /// `success`, nothing published again.
-    Joined,
-    /// The publish failed: 503, WeChat retries and the retry publishes again.
-    Failed,
-    /// No confirm within [`ANSWER_WITHIN`]: 503. The publish goes on; a retry waits for it.
-    Pending,
-}
-
-impl Answer {
-    /// Whether WeChat may be told `success` (it will not push this receipt again).
-    pub fn is_success(&self) -> bool {
-        matches!(self, Answer::Stored | Answer::Duplicate | Answer::Joined)
-    }
-
-    /// The `wxdispatch_callback_requests_total` label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Answer::Stored => "ok",
-            Answer::Duplicate => "duplicate",
-            Answer::Joined => "joined",
-            Answer::Failed => "unavailable",
-            Answer::Pending => "pending",
-        }
-    }
-}
-
-/// The answer to a push that stores several outcomes (a subscription event with several
-/// templates): `success` only if every one is stored, so WeChat keeps retrying while any is
-/// missing. A failed publish outranks a pending one (the retry must publish again).
-pub fn combine(answers: &[Answer]) -> Answer {
-    let rank = |a: &Answer| match a {
-        Answer::Failed => 0,
-        Answer::Pending => 1,
-        Answer::Stored => 2,
-        Answer::Joined => 3,
-        Answer::Duplicate => 4,
-    };
-    answers
-        .iter()
-        .min_by_key(|a| rank(a))
-        .cloned()
-        .unwrap_or(Answer::Failed)
-}
-
-enum Entry {
-    /// A publish is running; the value turns `Some(confirmed)` when it ends.
-    InFlight(tokio::sync::watch::Receiver<Option<bool>>),
-    /// Confirmed at this instant.
-    Stored(tokio::time::Instant),
-}
-
-/// The receipts seen recently and the publishes in flight, by [`ReceiptKey`].
-pub struct Dedupe {
-    entries: Mutex<HashMap<ReceiptKey, Entry>>,
-    keep_for: Duration,
-}
-
-impl Dedupe {
-    pub fn new(keep_for: Duration) -> Arc<Dedupe> {
-        Arc::new(Dedupe {
-            entries: Mutex::new(HashMap::new()),
-            keep_for,
-        })
-    }
-
-    /// Stores the receipt `key` with `publish` unless it is stored or being stored already,
-    /// and answers within `answer_within`. `publish` runs in its own task, so a push that
-    /// gives up (or a client that hangs up) never cancels a publish half way: its outcome is
-    /// recorded for the retry either way.
-    pub async fn store<F>(
-        self: &Arc<Self>,
-        key: ReceiptKey,
-        answer_within: Duration,
-        publish: F,
-    ) -> Answer
-    where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let deadline = tokio::time::Instant::now() + answer_within;
-        let (mut done, joined) = {
-            // Tokio's clock, so tests can move it past `keep_for`.
-            let now = tokio::time::Instant::now();
-            let mut entries = self.entries.lock().expect("dedupe lock");
-            if entries.len() > 100_000 {
-                let keep = self.keep_for;
-                entries.retain(|_, e| match e {
-                    Entry::Stored(t) => now.duration_since(*t) < keep,
-                    Entry::InFlight(_) => true,
-                });
-            }
-            match entries.get(&key) {
-                Some(Entry::Stored(t)) if now.duration_since(*t) < self.keep_for => {
-                    return Answer::Duplicate;
-                }
-                Some(Entry::InFlight(rx)) => (rx.clone(), true),
-                _ => {
-                    let (tx, rx) = tokio::sync::watch::channel(None);
-                    entries.insert(key.clone(), Entry::InFlight(rx.clone()));
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        let confirmed = publish.await.is_ok();
-                        {
-                            let mut entries = me.entries.lock().expect("dedupe lock");
-                            if confirmed {
-                                entries.insert(key, Entry::Stored(tokio::time::Instant::now()));
-                            } else {
-                                entries.remove(&key);
-                            }
-                        }
-                        let _ = tx.send(Some(confirmed));
-                    });
-                    (rx, false)
-                }
-            }
-        };
-        let ended = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
-        match ended {
-            Ok(Ok(v)) if *v == Some(true) => {
-                if joined {
-                    Answer::Joined
-                } else {
-                    Answer::Stored
-                }
-            }
-            Ok(_) => Answer::Failed,
-            Err(_) => Answer::Pending,
-        }
-    }
-}
 
 /// The account a plaintext-mode receipt belongs to: the one that declares the push's
 /// `ToUserName` as its original id, else the only account. With several accounts and no
@@ -226,8 +59,8 @@ pub fn attribute(accounts: &[(String, Option<String>)], to_user: &str) -> Option
         .map(|(appid, _)| appid.clone())
 }
 
-/// Callback state.
-pub struct Receipts {
+/// The callback endpoint: its secrets, accounts, publisher and the pushes seen recently.
+pub struct Endpoint {
     token: Secret,
     aes_key: Option<AesKey>,
     appids: Vec<String>,
@@ -235,17 +68,18 @@ pub struct Receipts {
     accounts: Vec<(String, Option<String>)>,
     max_age: Duration,
     metrics: Arc<Metrics>,
-    config: Config,
-    publisher: tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>,
+    /// Where the callback is served.
+    path: String,
+    publisher: LazyPublisher,
     seen: Arc<Dedupe>,
 }
 
-impl Receipts {
+impl Endpoint {
     /// The callback, if a callback token is configured.
     pub fn from_config(
         config: &Config,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Option<Arc<Receipts>>> {
+    ) -> anyhow::Result<Option<Arc<Endpoint>>> {
         let Some(token) = config.credentials.callback_token.clone() else {
             return Ok(None);
         };
@@ -258,7 +92,7 @@ impl Receipts {
         };
         // The series exists from the start, so dashboards and alerts see a zero, not nothing.
         metrics.callback_requests_total.with_label_values(&["ok"]);
-        Ok(Some(Arc::new(Receipts {
+        Ok(Some(Arc::new(Endpoint {
             token,
             aes_key,
             appids: config.accounts.iter().map(|a| a.appid.clone()).collect(),
@@ -269,15 +103,15 @@ impl Receipts {
                 .collect(),
             max_age: config.callback.max_age,
             metrics,
-            config: config.clone(),
-            publisher: tokio::sync::Mutex::new(None),
+            path: config.callback.path.clone(),
+            publisher: LazyPublisher::new(config.clone()),
             seen: Dedupe::new(DEDUP_FOR),
         })))
     }
 
     /// The callback routes at the configured path.
     pub fn router(self: Arc<Self>) -> Router {
-        let path = self.config.callback.path.clone();
+        let path = self.path.clone();
         Router::new()
             .route(&path, get(verify_url).post(receive))
             .with_state(self)
@@ -296,35 +130,6 @@ impl Receipts {
         };
         let now = chrono::Utc::now().timestamp();
         (now - ts).unsigned_abs() <= self.max_age.as_secs()
-    }
-
-    /// Publishes with confirms over a lazily (re)opened connection, all within
-    /// [`PUBLISH_WITHIN`].
-    async fn publish(&self, outcome: &Outcome) -> anyhow::Result<()> {
-        tokio::time::timeout(PUBLISH_WITHIN, async {
-            // The lock only guards (re)connecting; confirms are awaited outside it, so
-            // receipts are published concurrently.
-            let publisher = {
-                let mut slot = self.publisher.lock().await;
-                if slot.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
-                    let conn = tokio::time::timeout(
-                        CONNECT_WITHIN,
-                        amqp::connect(&self.config.amqp.url, "wxdispatch-receipts"),
-                    )
-                    .await
-                    .map_err(|_| {
-                        anyhow::anyhow!("no AMQP connection within {CONNECT_WITHIN:?}")
-                    })??;
-                    let publisher = Arc::new(Publisher::new(&conn, &self.config).await?);
-                    *slot = Some((conn, publisher));
-                }
-                slot.as_ref().expect("just set").1.clone()
-            };
-            publisher.outcome(outcome).await?;
-            anyhow::Ok(())
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("no confirm within {PUBLISH_WITHIN:?}"))?
     }
 }
 
@@ -345,7 +150,7 @@ fn reply(status: StatusCode, body: &'static str) -> Response {
     (status, body).into_response()
 }
 
-async fn verify_url(State(r): State<Arc<Receipts>>, Query(q): Query<CallbackQuery>) -> Response {
+async fn verify_url(State(r): State<Arc<Endpoint>>, Query(q): Query<CallbackQuery>) -> Response {
     let ok = callback::signature::verify_url_signature(
         &q.signature,
         r.token.expose(),
@@ -369,7 +174,7 @@ async fn verify_url(State(r): State<Arc<Receipts>>, Query(q): Query<CallbackQuer
 }
 
 async fn receive(
-    State(r): State<Arc<Receipts>>,
+    State(r): State<Arc<Endpoint>>,
     Query(q): Query<CallbackQuery>,
     body: Body,
 ) -> Response {
@@ -444,7 +249,7 @@ async fn receive(
     if appid.is_none() {
         tracing::warn!(to_user = %event.to_user, "receipt for an original id no account declares (set original_id in [[accounts]])");
     }
-    let key = ReceiptKey {
+    let key = PushKey {
         to_user: event.to_user.clone(),
         from_user: event.from_user.clone(),
         create_time: event.create_time,
@@ -479,13 +284,13 @@ enum Counted {
 /// The publish of one outcome, to run in the dedupe's own task. It is counted when the broker
 /// confirmed it, even if the push that started it had already been answered 503.
 fn publish_counted(
-    r: &Arc<Receipts>,
+    r: &Arc<Endpoint>,
     o: Outcome,
     counted: Counted,
 ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
     let publisher = r.clone();
     async move {
-        match publisher.publish(&o).await {
+        match publisher.publisher.publish(&o).await {
             Ok(()) => {
                 match &counted {
                     Counted::Receipt(status) => publisher
@@ -511,7 +316,7 @@ fn publish_counted(
 }
 
 /// Counts the answer and turns it into the HTTP reply: `success` or 503 (WeChat retries).
-fn respond(r: &Receipts, answer: Answer) -> Response {
+fn respond(r: &Endpoint, answer: Answer) -> Response {
     r.count(answer.label());
     if answer.is_success() {
         "success".into_response()
@@ -528,7 +333,7 @@ fn respond(r: &Receipts, answer: Answer) -> Response {
 /// Stores one outcome per template of a subscription event, all at once, and answers
 /// `success` only when every one is stored.
 async fn store_subscription(
-    r: &Arc<Receipts>,
+    r: &Arc<Endpoint>,
     appid: Option<String>,
     ev: SubscriptionEvent,
 ) -> Response {
@@ -573,7 +378,7 @@ async fn store_subscription(
                 (o, raw, counted)
             }
         };
-        let key = ReceiptKey {
+        let key = PushKey {
             to_user: ev.to_user.clone(),
             from_user: ev.from_user.clone(),
             create_time: ev.create_time,
@@ -592,204 +397,6 @@ async fn store_subscription(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    fn key(from_user: &str, msg_id: i64) -> ReceiptKey {
-        ReceiptKey {
-            to_user: "gh_7f083739789a".into(),
-            from_user: from_user.into(),
-            create_time: 1_700_000_000,
-            msg_id,
-            status: "success".into(),
-            event: TEMPLATE_SEND_JOB_FINISH.into(),
-            template_id: String::new(),
-        }
-    }
-
-    /// A publish that counts its runs and, with `release`, ends only when the test says
-    /// (`true`: confirmed, `false`: refused); without it, it is confirmed at once.
-    fn publish(
-        runs: &Arc<AtomicUsize>,
-        release: Option<tokio::sync::oneshot::Receiver<bool>>,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
-        let runs = runs.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let ok = match release {
-                Some(rx) => rx.await.unwrap_or(false),
-                None => true,
-            };
-            if ok {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("nacked"))
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_retry_during_the_publish_waits_for_it_and_never_gets_success_early() {
-        let d = Dedupe::new(DEDUP_FOR);
-        let runs = Arc::new(AtomicUsize::new(0));
-        let (release, rx) = tokio::sync::oneshot::channel();
-        let first = d
-            .store(
-                key("o1", 5),
-                Duration::from_millis(50),
-                publish(&runs, Some(rx)),
-            )
-            .await;
-        assert_eq!(first, Answer::Pending, "no confirm yet: 503, not success");
-        let retry = {
-            let d = d.clone();
-            let runs = runs.clone();
-            tokio::spawn(async move {
-                d.store(key("o1", 5), Duration::from_secs(30), publish(&runs, None))
-                    .await
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!retry.is_finished(), "the retry waits for the confirm");
-        release.send(true).unwrap();
-        assert_eq!(retry.await.unwrap(), Answer::Joined);
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "published once");
-        let later = d
-            .store(key("o1", 5), Duration::from_secs(1), publish(&runs, None))
-            .await;
-        assert_eq!(later, Answer::Duplicate);
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn the_answer_comes_within_its_bound_even_if_the_publish_never_ends() {
-        assert!(ANSWER_WITHIN < Duration::from_secs(5), "WeChat waits 5 s");
-        let d = Dedupe::new(DEDUP_FOR);
-        let runs = Arc::new(AtomicUsize::new(0));
-        let (_never, rx) = tokio::sync::oneshot::channel::<bool>();
-        let answer = tokio::time::timeout(
-            Duration::from_secs(10),
-            d.store(
-                key("o2", 6),
-                Duration::from_millis(100),
-                publish(&runs, Some(rx)),
-            ),
-        )
-        .await
-        .expect("answered within the bound, not when the publish ends");
-        assert_eq!(answer, Answer::Pending);
-        assert!(!answer.is_success());
-    }
-
-    #[tokio::test]
-    async fn a_failed_publish_is_forgotten_so_the_retry_publishes_again() {
-        let d = Dedupe::new(DEDUP_FOR);
-        let runs = Arc::new(AtomicUsize::new(0));
-        let (nack, rx) = tokio::sync::oneshot::channel();
-        nack.send(false).unwrap();
-        let first = d
-            .store(
-                key("o3", 7),
-                Duration::from_secs(5),
-                publish(&runs, Some(rx)),
-            )
-            .await;
-        assert_eq!(first, Answer::Failed);
-        let retry = d
-            .store(key("o3", 7), Duration::from_secs(5), publish(&runs, None))
-            .await;
-        assert_eq!(retry, Answer::Stored);
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn a_stored_receipt_is_forgotten_after_the_dedupe_window() {
-        let d = Dedupe::new(Duration::from_millis(1));
-        let runs = Arc::new(AtomicUsize::new(0));
-        let k = key("o4", 8);
-        assert_eq!(
-            d.store(k.clone(), Duration::from_secs(5), publish(&runs, None))
-                .await,
-            Answer::Stored
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            d.store(k, Duration::from_secs(5), publish(&runs, None))
-                .await,
-            Answer::Stored,
-            "past the window a push is a new receipt"
-        );
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn every_field_of_the_key_tells_receipts_apart() {
-        let d = Dedupe::new(DEDUP_FOR);
-        let runs = Arc::new(AtomicUsize::new(0));
-        let base = key("o5", 0);
-        let variants = [
-            base.clone(),
-            ReceiptKey {
-                to_user: "gh_other".into(),
-                ..base.clone()
-            },
-            ReceiptKey {
-                from_user: "o6".into(),
-                ..base.clone()
-            },
-            ReceiptKey {
-                create_time: base.create_time + 1,
-                ..base.clone()
-            },
-            ReceiptKey {
-                msg_id: 1,
-                ..base.clone()
-            },
-            ReceiptKey {
-                status: "failed:user block".into(),
-                ..base.clone()
-            },
-            ReceiptKey {
-                event: "subscribe_msg_sent_event".into(),
-                ..base.clone()
-            },
-            ReceiptKey {
-                template_id: "tpl-b".into(),
-                ..base.clone()
-            },
-        ];
-        for k in variants {
-            let a = d
-                .store(k.clone(), Duration::from_secs(5), publish(&runs, None))
-                .await;
-            assert_eq!(a, Answer::Stored, "{k:?} is a receipt of its own");
-        }
-        let again = d
-            .store(base, Duration::from_secs(5), publish(&runs, None))
-            .await;
-        assert_eq!(again, Answer::Duplicate, "all fields equal: WeChat's retry");
-        assert_eq!(runs.load(Ordering::SeqCst), 8);
-    }
-
-    /// Issue 16.2: a push listing several templates is answered `success` only when every
-    /// one of its outcomes is stored; one missing confirm makes it 503 so WeChat retries.
-    #[test]
-    fn a_multi_template_push_is_success_only_when_every_outcome_is_stored() {
-        use Answer::*;
-        assert_eq!(combine(&[Stored, Pending, Stored]), Pending);
-        assert_eq!(
-            combine(&[Stored, Failed, Pending]),
-            Failed,
-            "the retry must publish"
-        );
-        assert!(!combine(&[Duplicate, Duplicate, Pending]).is_success());
-        assert!(
-            !combine(&[]).is_success(),
-            "no outcome stored is no success"
-        );
-        assert_eq!(combine(&[Stored, Stored]), Stored);
-        assert_eq!(combine(&[Duplicate, Stored]), Stored);
-        assert_eq!(combine(&[Duplicate, Joined]), Joined);
-    }
 
     #[test]
     fn receipts_are_attributed_by_original_id_else_to_the_only_account() {

@@ -1,33 +1,36 @@
-//! WeChat Official Account server-push callbacks.
+//! WeChat Official Account server-push callbacks: the HTTP endpoint and everything it needs.
 //!
-//! WeChat calls back into the worker to report what happened to template
-//! messages (`TEMPLATESENDJOBFINISH` receipts) and to deliver other events.
-//! Before any of that can be trusted, the request has to be authenticated,
-//! possibly decrypted, and parsed, and each of those steps lives in its own
-//! submodule:
+//! WeChat calls back into the worker to report what happened to template messages
+//! (`TEMPLATESENDJOBFINISH` receipts) and subscription notifications, and to deliver other
+//! events. Before any of that can be trusted, the request has to be authenticated, possibly
+//! decrypted, and parsed; each step lives in its own submodule:
 //!
 //! * [`signature`]: the SHA-1 signatures on the URL check, plaintext POSTs
 //!   and safe-mode POSTs, compared in constant time.
 //! * [`crypto`]: AES-256-CBC "safe mode", including WeChat's 32-byte padding.
-//! * [`event`]: a deliberately strict parser for the pushed XML.
+//! * [`xml`]: a deliberately strict reader for the pushed XML.
+//! * [`event`]: the message model, and what a body turns out to be.
 //!
-//! The [`open_plain`] and [`open_safe_mode`] helpers run those steps in the
-//! right order, so HTTP handlers do not have to remember that the signature
-//! comes first. [`seal_safe_mode`] does the reverse for the simulator.
+//! The [`open_plain`] and [`open_safe_mode`] helpers run those steps in the right order, so
+//! the handler does not have to remember that the signature comes first; they are plain
+//! functions over bytes. The I/O is apart:
 //!
-//! Nothing here does I/O or keeps state; it is plain functions over bytes,
-//! which keeps it easy to test and to call from any handler.
+//! * [`http`]: the axum handlers, turning pushes into outcomes;
+//! * [`dedupe`]: WeChat's retries of one push, told apart from new pushes;
+//! * `publisher`: the callback's own lazily opened, confirming publisher.
 
 pub mod crypto;
+pub mod dedupe;
 pub mod event;
 pub mod http;
+mod publisher;
 pub mod signature;
+pub mod xml;
 
 pub use crypto::{AesKey, CryptoError, Decrypted, decrypt, encrypt};
-pub use event::{
-    Event, Inbound, SubscriptionEvent, SubscriptionItem, SubscriptionKind, XmlError, parse,
-};
+pub use event::{Event, Inbound, SubscriptionEvent, SubscriptionItem, SubscriptionKind, parse};
 pub use signature::{sign, verify};
+pub use xml::XmlError;
 
 /// Why a callback request was refused by [`open_plain`] or [`open_safe_mode`].
 ///
@@ -84,15 +87,6 @@ pub struct Opened {
     pub appid: String,
     /// The parsed inner message.
     pub inbound: Inbound,
-}
-
-/// A safe-mode request body and the `msg_signature` that goes with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
-    /// The envelope XML to POST.
-    pub body: String,
-    /// The `msg_signature` query parameter to send alongside it.
-    pub msg_signature: String,
 }
 
 /// Authenticates and parses a plaintext-mode POST.
@@ -153,30 +147,10 @@ pub fn open_safe_mode<S: AsRef<str>>(
     })
 }
 
-/// Builds a safe-mode POST the way WeChat would, for the callback simulator.
-///
-/// `inner_xml` is encrypted for `appid` with a fresh random prefix, wrapped
-/// in an envelope addressed to `to_user`, and signed with `token`.
-pub fn seal_safe_mode(
-    token: &str,
-    key: &AesKey,
-    appid: &str,
-    to_user: &str,
-    inner_xml: &str,
-    timestamp: &str,
-    nonce: &str,
-) -> Sealed {
-    let encrypt = crypto::encrypt_with_random(key, inner_xml, appid);
-    Sealed {
-        msg_signature: signature::msg_signature(token, timestamp, nonce, &encrypt),
-        body: event::encrypted_envelope(to_user, &encrypt),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callback::event::DEFAULT_MAX_XML_BYTES;
+    use crate::callback::xml::DEFAULT_MAX_XML_BYTES;
     use crate::outcome::ReceiptStatus;
 
     const TOKEN: &str = "QDG6eK";
@@ -186,17 +160,28 @@ mod tests {
         AesKey::from_encoding_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap()
     }
 
+    /// A template receipt as WeChat writes it.
     fn receipt_xml() -> String {
-        Event {
-            to_user: "gh_7f083739789a".into(),
-            from_user: "oia2TjuEGTNoeX76QEjQNrcURxG8".into(),
-            create_time: 1395658920,
-            msg_type: "event".into(),
-            event: "TEMPLATESENDJOBFINISH".into(),
-            msg_id: Some(200163836),
-            status: Some("failed:user block".into()),
-        }
-        .to_xml()
+        "<xml><ToUserName><![CDATA[gh_7f083739789a]]></ToUserName>\
+         <FromUserName><![CDATA[oia2TjuEGTNoeX76QEjQNrcURxG8]]></FromUserName>\
+         <CreateTime>1395658920</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>200163836</MsgID>\
+         <Status><![CDATA[failed:user block]]></Status></xml>"
+            .into()
+    }
+
+    /// The safe-mode envelope WeChat POSTs.
+    fn encrypted_envelope(to_user: &str, encrypt: &str) -> String {
+        format!(
+            "<xml><ToUserName><![CDATA[{to_user}]]></ToUserName>\
+             <Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+        )
+    }
+
+    /// A safe-mode body and its `msg_signature`, sealed the way WeChat seals them.
+    struct Sealed {
+        body: String,
+        msg_signature: String,
     }
 
     fn query<'a>(sealed: &'a Sealed) -> SafeModeQuery<'a> {
@@ -208,15 +193,11 @@ mod tests {
     }
 
     fn seal(appid: &str, inner: &str) -> Sealed {
-        seal_safe_mode(
-            TOKEN,
-            &key(),
-            appid,
-            "gh_7f083739789a",
-            inner,
-            "1409659813",
-            "1372623149",
-        )
+        let encrypt = crypto::encrypt_with_random(&key(), inner, appid);
+        Sealed {
+            msg_signature: signature::msg_signature(TOKEN, "1409659813", "1372623149", &encrypt),
+            body: encrypted_envelope("gh_7f083739789a", &encrypt),
+        }
     }
 
     #[test]
@@ -244,7 +225,7 @@ mod tests {
     #[test]
     fn safe_mode_with_wrong_signature_is_refused_before_decrypting() {
         // Garbage ciphertext: if decryption ran first we would see bad_length.
-        let body = event::encrypted_envelope("gh", "AAAA");
+        let body = encrypted_envelope("gh", "AAAA");
         let q = SafeModeQuery {
             timestamp: "1",
             nonce: "2",
@@ -325,7 +306,7 @@ mod tests {
 
     #[test]
     fn safe_mode_nested_envelope_is_refused() {
-        let sealed = seal(APPID, &event::encrypted_envelope("gh", "QUJD"));
+        let sealed = seal(APPID, &encrypted_envelope("gh", "QUJD"));
         let err = open_safe_mode(
             TOKEN,
             &key(),

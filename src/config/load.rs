@@ -34,6 +34,8 @@ struct RawAccount {
     daily_quota: Option<u64>,
     /// The account's original id (`gh_…`), to attribute plaintext-mode receipts.
     original_id: Option<String>,
+    /// The RabbitMQ users that may send as it.
+    publishers: Option<Vec<String>>,
 }
 
 /// The keys of an `[[accounts]]` entry, for the nearest-key hint (serde only lists them).
@@ -44,6 +46,7 @@ const ACCOUNT_KEYS: &[&str] = &[
     "rate_per_sec",
     "daily_quota",
     "original_id",
+    "publishers",
 ];
 
 /// The file's keys that are not settings of their own.
@@ -285,6 +288,7 @@ fn build_accounts(
             rate_per_sec: single.rate_per_sec,
             daily_quota: single.daily_quota,
             original_id: single.original_id.clone(),
+            publishers: single.publishers.clone(),
         });
     }
     for (i, a) in raw.into_iter().enumerate() {
@@ -302,6 +306,7 @@ fn build_accounts(
             rate_per_sec: a.rate_per_sec.unwrap_or(single.rate_per_sec),
             daily_quota: a.daily_quota,
             original_id: a.original_id,
+            publishers: a.publishers,
         });
     }
     for (i, a) in accounts.iter().enumerate() {
@@ -320,6 +325,11 @@ fn build_accounts(
                 "rate_per_sec for {}: must be at least 1",
                 a.appid
             )));
+        }
+        if let Some(list) = &a.publishers
+            && let Err(e) = super::value::check_publishers(list)
+        {
+            return Err(err(format!("publishers of {}: {e}", a.appid)));
         }
         if accounts[..i].iter().any(|b| b.appid == a.appid) {
             return Err(err(format!("appid {}: configured twice", a.appid)));
@@ -388,4 +398,26 @@ fn valid_appid(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint list names exactly the fields serde accepts in an `[[accounts]]` entry.
+    #[test]
+    fn account_keys_match_the_entry() {
+        let e = toml::from_str::<RawAccount>("no_such_key = 1").unwrap_err();
+        let msg = e.to_string();
+        let listed = msg
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{msg}"));
+        let listed: Vec<&str> = listed
+            .split(',')
+            .map(|k| k.trim().trim_matches('`'))
+            .filter(|k| !k.is_empty())
+            .collect();
+        assert_eq!(listed, ACCOUNT_KEYS, "{msg}");
+    }
 }

@@ -21,13 +21,17 @@
 //! - `env`: [`Env`], so tests read a map instead of the process environment.
 //!
 //! # Adding a setting
-//! Add its field to its group below, then one line to the table in `settings.rs`, e.g.
-//! `setting!("callback_forward_url", Callback, OptHttpUrl, Unset("(unset: nothing forwarded)"),
-//! field: callback.forward_url, "…")`. That line gives the file key, `WXD_CALLBACK_FORWARD_URL`,
-//! the type check, the default, `check-config`'s line and `run --help`'s line; the unit tests
-//! check that every entry round-trips. A key that only makes sense with others (a token mode's
-//! URL, say) adds its cross-key rule to `load::check_across`. A per-account key (like
-//! `publishers = [...]`) is a field of `RawAccount` and [`Account`] in `load.rs`, since
+//! Add its field to its group below (the group's `Default` gives the loader its blank), then
+//! one line to the table in `settings.rs`, e.g.
+//! `setting!("callback_forward_url", Callback, File, OptHttpUrl, Unset("(unset: nothing
+//! forwarded)"), field: callback.forward_url, "…")`. That line gives the file key,
+//! `WXD_CALLBACK_FORWARD_URL`, the type check, the default, `check-config`'s line,
+//! `--list-keys` and `run --help`'s line; the unit tests check that every entry round-trips. A
+//! secret uses the source `Secret` (only `WXD_<KEY>` or `WXD_<KEY>_FILE`, and a field in
+//! [`Credentials`]); a URL with a password, `Mounted`. A key that only makes sense with others
+//! (a token mode's URL, say) adds its rule to `load::check_across`. A per-account key (like
+//! `publishers = [...]`) is a field of `RawAccount` (and its name in `ACCOUNT_KEYS`, which a
+//! test keeps in step) in `load.rs` and of [`Account`], set in `load::build_accounts`, since
 //! `[[accounts]]` entries are not `WXD_` variables.
 
 mod describe;
@@ -48,40 +52,44 @@ pub use env::{Env, ProcessEnv};
 pub use secrets::{Credentials, Secret};
 
 /// How access tokens are obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenMode {
     /// `POST /cgi-bin/stable_token`: every caller gets the same token, so replicas never
     /// invalidate each other. The default.
+    #[default]
     Stable,
     /// `GET /cgi-bin/token`: each fetch invalidates the previous token after a 5-minute overlap.
     Classic,
 }
 
 /// The RabbitMQ queue type of the jobs queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
     /// Replicated, with a delivery limit that dead-letters poison jobs. The default.
+    #[default]
     Quorum,
     /// A classic queue, for brokers or setups without quorum queues.
     Classic,
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    #[default]
     Json,
     Text,
 }
 
 /// Who owns the queues and the exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Topology {
     /// The worker declares everything at start-up (needs the `configure` permission). The
     /// default.
+    #[default]
     Declare,
     /// The platform declares them (and sets their arguments with policies); the worker only
     /// checks that they exist, so it needs no `configure` permission.
@@ -100,10 +108,25 @@ pub struct Account {
     /// The account's original id (`gh_…`), which WeChat puts in a push's `ToUserName`. With
     /// several accounts a plaintext-mode receipt carries nothing else that names its account.
     pub original_id: Option<String>,
+    /// The RabbitMQ users that may send as this account (a job's AMQP `user_id`, which the
+    /// broker checks against the connection's user). `None`: anyone who may publish to the
+    /// jobs queue.
+    pub publishers: Option<Vec<String>>,
+}
+
+impl Account {
+    /// Whether a job published by `user_id` may be sent as this account.
+    pub fn admits(&self, user_id: Option<&str>) -> bool {
+        match &self.publishers {
+            None => true,
+            Some(list) => user_id.is_some_and(|u| list.iter().any(|p| p == u)),
+        }
+    }
 }
 
 /// The validated configuration, grouped by concern. Every value is defaulted and clamped by
-/// the loader from the settings table; code that reads a setting never has to `.max(1)` it.
+/// the loader from the settings table (the groups' `Default` is only the blank it starts
+/// from); code that reads a setting never has to `.max(1)` it.
 /// The flat file and `WXD_*` keys of the contract map onto these groups.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -124,7 +147,7 @@ pub struct Config {
 }
 
 /// The broker: where jobs come from and where outcomes go.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AmqpSettings {
     /// One URL, or a comma-separated list of a cluster's nodes.
     pub url: String,
@@ -141,7 +164,7 @@ pub struct AmqpSettings {
 }
 
 /// The WeChat API and its tokens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct WechatSettings {
     pub api_base: String,
     pub token_mode: TokenMode,
@@ -153,7 +176,7 @@ pub struct WechatSettings {
 }
 
 /// How much work runs at once and how accounts are paced and paused.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LimitSettings {
     /// Sends in flight per process (at least 1).
     pub concurrency: usize,
@@ -170,7 +193,7 @@ pub struct LimitSettings {
 }
 
 /// WeChat's push callback (receipts, consents, and what is forwarded or published).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CallbackSettings {
     pub path: String,
     /// Pushes with an older timestamp are refused (replay protection).

@@ -11,7 +11,8 @@ use toml::Value;
 
 use super::value::{
     ANY, Addr, AesKey, AmqpUrls, AtLeast, Choice, Codec, Flag, HttpBase, Kind, Millis, OptAddr,
-    OptHttpUrl, OptText, OptWhole, QueueName, RedisUrl, RoutePath, SecretText, Secs, Whole,
+    OptHttpUrl, OptNames, OptText, OptWhole, QueueName, RedisUrl, RoutePath, SecretText, Secs,
+    Whole,
 };
 use super::{
     AmqpSettings, CallbackSettings, Config, Credentials, LimitSettings, LogFormat, QueueType,
@@ -150,6 +151,7 @@ pub(super) struct SingleAccount {
     pub rate_per_sec: u32,
     pub daily_quota: Option<u64>,
     pub original_id: Option<String>,
+    pub publishers: Option<Vec<String>>,
 }
 
 /// A table entry. `field:` names the configuration field the value fills and shows;
@@ -239,6 +241,12 @@ pub(super) static SETTINGS: &[Setting] = &[
             [a] => a.original_id.clone(),
             _ => Some("(per account)".into()),
         }, "the account's original id (gh_…), to attribute plaintext receipts"),
+    setting!("publishers", Account, File, OptNames, Unset("(anyone)"),
+        single: publishers, show: |c| match c.accounts.as_slice() {
+            [a] => a.publishers.as_ref().map(|p| p.join(",")),
+            [] => None,
+            _ => Some("(per account)".into()),
+        }, "RabbitMQ users whose jobs (AMQP user_id) may send as the account, comma-separated"),
 
     setting!("concurrency", Limits, File, Whole<usize, 1, ANY>, Num(64),
         field: limits.concurrency, "sends in flight per process"),
@@ -317,35 +325,14 @@ fn terminal_log_format() -> Value {
 }
 
 impl Draft {
-    /// Placeholders only: the loader sets every field from its key's default or value.
+    /// The blank the loader starts from: every field is then set from its key's value or
+    /// default, so these placeholders are never seen.
     pub(super) fn blank() -> Draft {
         Draft {
             config: Config {
-                amqp: AmqpSettings {
-                    url: String::new(),
-                    jobs_queue: String::new(),
-                    jobs_queue_type: QueueType::Quorum,
-                    outcomes_exchange: String::new(),
-                    outcomes_queue: String::new(),
-                    dead_queue: String::new(),
-                    prefetch: 0,
-                    delivery_limit: 0,
-                    topology: Topology::Declare,
-                },
-                wechat: WechatSettings {
-                    api_base: String::new(),
-                    token_mode: TokenMode::Stable,
-                    token_force_budget: 0,
-                    http_timeout: Duration::ZERO,
-                },
-                limits: LimitSettings {
-                    concurrency: 0,
-                    max_job_bytes: 0,
-                    quota_probe: Duration::ZERO,
-                    account_stop_probe: Duration::ZERO,
-                    redis_url: None,
-                    expected_replicas: 0,
-                },
+                amqp: AmqpSettings::default(),
+                wechat: WechatSettings::default(),
+                limits: LimitSettings::default(),
                 retry: RetryPolicy {
                     max_attempts: 0,
                     base: Duration::ZERO,
@@ -353,19 +340,10 @@ impl Draft {
                     budget: Duration::ZERO,
                     inline_max: Duration::ZERO,
                 },
-                callback: CallbackSettings {
-                    path: String::new(),
-                    max_age: Duration::ZERO,
-                    addr: None,
-                    forward_url: None,
-                    forward_owned: false,
-                    forward_timeout: Duration::ZERO,
-                    publish_events: false,
-                    publish_content: false,
-                },
+                callback: CallbackSettings::default(),
                 accounts: Vec::new(),
                 http_addr: String::new(),
-                log_format: LogFormat::Json,
+                log_format: LogFormat::default(),
                 drain_timeout: Duration::ZERO,
                 credentials: Credentials::default(),
             },

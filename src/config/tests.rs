@@ -265,6 +265,51 @@ fn original_ids_and_topology_are_read_and_checked() {
     assert!(bad.to_string().contains("maybe"), "{bad}");
 }
 
+/// `publishers`: a list per `[[accounts]]` entry, or `WXD_PUBLISHERS` (comma-separated) for
+/// the single account; without it anyone may send; an empty list or a name with a blank is
+/// refused at load, naming the account.
+#[test]
+fn publishers_are_read_per_account_and_checked() {
+    let toml = r#"
+        [[accounts]]
+        appid = "wxaaaa"
+        publishers = ["billing", "crm"]
+        [[accounts]]
+        appid = "wxbbbb"
+    "#;
+    let e = env(&[("WXD_SECRET_WXAAAA", "a"), ("WXD_SECRET_WXBBBB", "b")]);
+    let c = Config::from_sources(Some(toml), &e).unwrap();
+    let a = &c.accounts[0];
+    assert!(a.admits(Some("billing")) && a.admits(Some("crm")));
+    assert!(!a.admits(Some("other")) && !a.admits(None) && !a.admits(Some("")));
+    assert!(c.accounts[1].admits(None), "without the key, anyone");
+    let single = env(&[
+        ("WXD_APPID", "wxaaaa"),
+        ("WXD_SECRET", "a"),
+        ("WXD_PUBLISHERS", "billing, crm"),
+    ]);
+    let c = Config::from_sources(None, &single).unwrap();
+    assert_eq!(
+        c.accounts[0].publishers,
+        Some(vec!["billing".to_string(), "crm".to_string()])
+    );
+    for bad in [r#"[]"#, r#"["bill ing"]"#, r#"[""]"#, r#""billing""#] {
+        let t = toml.replace(r#"["billing", "crm"]"#, bad);
+        let err = Config::from_sources(Some(&t), &e).unwrap_err().to_string();
+        assert!(
+            err.contains("publishers") || err.contains("accounts"),
+            "{bad}: {err}"
+        );
+    }
+    let mut empty = single.clone();
+    empty.insert("WXD_PUBLISHERS".into(), " ".into());
+    let err = Config::from_sources(None, &empty).unwrap_err().to_string();
+    assert!(
+        err.contains("PUBLISHERS") || err.contains("publishers"),
+        "{err}"
+    );
+}
+
 #[test]
 fn inline_secret_in_file_is_refused() {
     let e = Config::from_sources(Some("secret = \"x\""), &env(&[])).unwrap_err();

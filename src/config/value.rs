@@ -84,6 +84,46 @@ impl Codec for OptText {
     }
 }
 
+/// An optional list of RabbitMQ user names: a TOML array, or a comma-separated string (the
+/// environment's form).
+pub(super) struct OptNames;
+impl Codec for OptNames {
+    type Out = Option<Vec<String>>;
+    const KIND: Kind = Kind::Text;
+    fn decode(v: Value) -> Result<Option<Vec<String>>, String> {
+        let names: Vec<String> = match v {
+            Value::String(s) => s.split(',').map(|n| n.trim().to_string()).collect(),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|i| text(i, "a list of user names"))
+                .collect::<Result<_, _>>()?,
+            other => return Err(format!("expected a list of user names, got {other}")),
+        };
+        check_publishers(&names)?;
+        Ok(Some(names))
+    }
+    fn show(v: &Option<Vec<String>>) -> Option<String> {
+        v.as_ref().map(|n| n.join(","))
+    }
+}
+
+/// A `publishers` list must name someone (an empty one would refuse every job: leave the key
+/// out to admit anyone), and each name as RabbitMQ spells users: no blanks or commas.
+pub(super) fn check_publishers(names: &[String]) -> Result<(), String> {
+    if names.is_empty() || names.iter().all(String::is_empty) {
+        return Err("an empty list would refuse every job; leave it out to admit anyone".into());
+    }
+    match names.iter().find(|n| {
+        n.is_empty()
+            || n.len() > 255
+            || n.chars()
+                .any(|c| c == ',' || c.is_whitespace() || c.is_control())
+    }) {
+        Some(bad) => Err(format!("{bad:?} is not a user name")),
+        None => Ok(()),
+    }
+}
+
 /// A queue or exchange name: RabbitMQ takes 1 to 255 bytes; 200 leaves room for suffixes.
 pub(super) struct QueueName;
 impl Codec for QueueName {

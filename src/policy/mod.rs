@@ -85,16 +85,20 @@ pub enum EndReason {
     MaybeSent,
     /// No access token could be fetched within the retry budget (`failed`).
     TokenUnavailable,
+    /// The job's AMQP `user_id` is missing or not on its account's `publishers` list
+    /// (`rejected`, never sent).
+    PublisherNotAllowed,
     /// The job made the handler panic on its last allowed delivery (`failed`, dead-lettered).
     Poison,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 5] = [
+    pub const ALL: [EndReason; 6] = [
         EndReason::NotAfterPassed,
         EndReason::UnknownDelivery,
         EndReason::MaybeSent,
         EndReason::TokenUnavailable,
+        EndReason::PublisherNotAllowed,
         EndReason::Poison,
     ];
 
@@ -104,6 +108,7 @@ impl EndReason {
             EndReason::UnknownDelivery => "unknown_delivery",
             EndReason::MaybeSent => "maybe_sent",
             EndReason::TokenUnavailable => "token_unavailable",
+            EndReason::PublisherNotAllowed => "publisher_not_allowed",
             EndReason::Poison => "poison",
         }
     }

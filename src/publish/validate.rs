@@ -22,6 +22,7 @@ impl<'a> Validator<'a> {
                 rate_per_sec: 1,
                 daily_quota: None,
                 original_id: None,
+                publishers: None,
             }];
             c
         });

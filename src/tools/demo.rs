@@ -189,6 +189,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
         rate_per_sec: 5000,
         daily_quota: None,
         original_id: None,
+        publishers: None,
     }];
     config
         .credentials
@@ -346,7 +347,10 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
             .map(|d| d.as_millis())
             .unwrap_or(0)
     };
-    let dead = amqp::topology::depth(publisher.channel(), &config.amqp.dead_queue).await;
+    let dead = match amqp::topology::depth(publisher.channel(), &config.amqp.dead_queue).await {
+        Ok(n) => n.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
 
     println!();
     println!("  outcome (kind send)        count");

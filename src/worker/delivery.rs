@@ -9,15 +9,15 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::BasicNackOptions;
+use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::{SessionChannels, Worker};
-use crate::amqp::{PublishError, headers};
+use crate::amqp::{PublishError, Publisher, headers};
 use crate::config::QueueType;
 use crate::dispatch::{Disposition, EndReason};
-use crate::job::{self, Parsed};
-use crate::metrics::Metrics;
+use crate::job::{self, AccountId, Parsed};
 use crate::outcome::{JobIdentity, Outcome, SendStatus};
 
 /// Handles one delivery; never panics out and never acks without a confirmed publish.
@@ -104,12 +104,11 @@ async fn bury_poison(ctx: &Worker, io: &SessionChannels, delivery: &Delivery, pa
         Err((_, k)) => (k.id, k.appid, k.touser),
     };
     let detail = format!("the worker panicked on every delivery: {panic}");
-    if io
-        .publisher
-        .dead_letter(&delivery.data, props, "poison", &detail)
-        .await
-        .is_err()
-    {
+    let dead = publish_waiting(ctx, io, JobCopy::Dead, || {
+        io.publisher
+            .dead_letter(&delivery.data, props, "poison", &detail)
+    });
+    if dead.await.is_err() {
         return false;
     }
     ctx.metrics
@@ -157,9 +156,11 @@ async fn process(
                 detail = %invalid.detail,
                 "invalid job; dead-lettering it"
             );
-            publisher
-                .dead_letter(&delivery.data, props, invalid.reason, &invalid.detail)
-                .await?;
+            let data = &delivery.data;
+            publish_waiting(ctx, io, JobCopy::Dead, || {
+                publisher.dead_letter(data, props, invalid.reason, &invalid.detail)
+            })
+            .await?;
             ctx.metrics
                 .dead_letters_total
                 .with_label_values(&[invalid.reason])
@@ -179,11 +180,14 @@ async fn process(
             let span = tracing::info_span!("batch", job_id = %batch.id, appid = %batch.appid);
             async {
                 let id = batch.id.to_string();
+                let job = || JobIdentity { id: Some(id.clone()), appid: Some(batch.appid.clone()), touser: None, msg_type: Some(batch.msg_type) };
+                if let Some(o) = refuse_publisher(ctx, io, batch.account, job(), props) {
+                    return publish_final(ctx, io, delivery, &o).await;
+                }
                 if let Err(m) = ctx.dispatcher.check_batch(&batch).await {
                     // One outcome for the whole batch: its template cannot work for anyone.
                     tracing::info!(reason = m.reason(), detail = %m.detail(), recipients = batch.recipients.len(), "batch rejected before expansion");
-                    let job = JobIdentity { id: Some(id), appid: Some(batch.appid.clone()), touser: None, msg_type: Some(batch.msg_type) };
-                    let mut o = Outcome::for_job(SendStatus::Rejected, job);
+                    let mut o = Outcome::for_job(SendStatus::Rejected, job());
                     o.reason = Some(m.reason().into());
                     o.errmsg = Some(m.detail());
                     return publish_final(ctx, io, delivery, &o).await;
@@ -209,6 +213,16 @@ async fn process(
         Ok(Parsed::Single(job)) => {
             let span = tracing::info_span!("job", job_id = %job.id, appid = %job.appid);
             async {
+                let identity = JobIdentity {
+                    id: Some(job.id.to_string()),
+                    appid: Some(job.appid.clone()),
+                    touser: Some(job.touser.clone()),
+                    msg_type: Some(job.msg_type),
+                };
+                if let Some(o) = refuse_publisher(ctx, io, job.account, identity, props) {
+                    drop(send_permit);
+                    return publish_final(ctx, io, delivery, &o).await;
+                }
                 let state = headers::retry_state(props);
                 let not_before = headers::not_before_ms(props);
                 let disposition = ctx.dispatcher.send_job(&job, state, not_before).await;
@@ -216,7 +230,11 @@ async fn process(
                 match disposition {
                     Disposition::Early { left } => {
                         // Back early from a delay tier: park it again, unchanged, for the rest.
-                        publisher.defer(&delivery.data, props.clone(), left).await?;
+                        let data = &delivery.data;
+                        publish_waiting(ctx, io, JobCopy::Delay, || {
+                            publisher.defer(data, props.clone(), left)
+                        })
+                        .await?;
                         ack();
                         Ok(())
                     }
@@ -234,7 +252,8 @@ async fn process(
                     Disposition::Defer { delay, reason, state } => {
                         tracing::debug!(reason = reason.as_str(), delay_ms = delay.as_millis() as u64, "job deferred");
                         let props = headers::with_retry_state(props, &state, reason.as_str());
-                        publisher.defer(&delivery.data, props, delay).await?;
+                        let data = &delivery.data;
+                        publish_waiting(ctx, io, JobCopy::Delay, || publisher.defer(data, props.clone(), delay)).await?;
                         ack();
                         Ok(())
                     }
@@ -244,6 +263,38 @@ async fn process(
             .await
         }
     }
+}
+
+/// The `rejected` outcome of a job its publisher may not send: the account lists its
+/// `publishers` and the job's AMQP `user_id` (which the broker checks against the publishing
+/// connection's user) is missing or not among them. `None` when the job may go on. Jobs the
+/// worker published itself (a batch's recipients, jobs back from a delay queue) carry its own
+/// user and go on: they were checked when they first arrived.
+fn refuse_publisher(
+    ctx: &Worker,
+    io: &SessionChannels,
+    account: AccountId,
+    job: JobIdentity,
+    props: &lapin::BasicProperties,
+) -> Option<Outcome> {
+    let acct = &ctx.config.accounts[account.index()];
+    let user = props.user_id().as_ref().map(|u| u.as_str());
+    if acct.admits(user) || user == Some(io.publisher.own_user()) {
+        return None;
+    }
+    let user = user.unwrap_or("(none)");
+    tracing::warn!(user_id = user, appid = %acct.appid, "job refused: its publisher may not send as this account");
+    ctx.metrics
+        .publisher_refused_total
+        .with_label_values(&[&acct.appid])
+        .inc();
+    let mut o = Outcome::for_job(SendStatus::Rejected, job);
+    o.reason = Some(EndReason::PublisherNotAllowed.as_str().into());
+    o.errmsg = Some(format!(
+        "user_id {user} is not among the publishers of {}",
+        acct.appid
+    ));
+    Some(o)
 }
 
 async fn publish_final(
@@ -302,36 +353,111 @@ async fn publish_outcome_waiting(
     io: &SessionChannels,
     o: &Outcome,
 ) -> Result<(), PublishError> {
-    /// Keeps `outcomes_waiting` right even when the task is aborted at the drain timeout.
-    struct Waiting<'a>(&'a Metrics);
-    impl Drop for Waiting<'_> {
+    let refused = |reason: &str| {
+        ctx.metrics
+            .outcomes_refused_total
+            .with_label_values(&[reason])
+            .inc()
+    };
+    let waiting = Waiting {
+        gauge: &ctx.metrics.outcomes_waiting,
+        what: "an outcome",
+        to: &ctx.config.amqp.outcomes_exchange,
+    };
+    retry_refused(&io.publisher, refused, waiting, || io.publisher.outcome(o)).await
+}
+
+/// A copy of a job the worker publishes before it acks the job.
+#[derive(Clone, Copy)]
+enum JobCopy {
+    /// Parked in a delay tier (a retry, a pause, an early return).
+    Delay,
+    /// The dead-letter queue (an invalid or poison job).
+    Dead,
+}
+
+/// Publishes a deferred or dead-letter copy of a job, waiting and trying again while the
+/// broker refuses it, as [`publish_outcome_waiting`] does and for the same reasons: a full
+/// delay tier (tiers `reject-publish`) or a dead-letter queue with a length limit. A refused
+/// defer nacked back would be sent again on every redelivery and spend the delivery limit
+/// until the broker dead-lettered the job with no outcome. Counted in
+/// `wxdispatch_copies_waiting{target}` while it waits.
+async fn publish_waiting<F, Fut>(
+    ctx: &Worker,
+    io: &SessionChannels,
+    copy: JobCopy,
+    publish: F,
+) -> Result<(), PublishError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), PublishError>>,
+{
+    let (target, to) = match copy {
+        JobCopy::Delay => ("delay", "a delay tier"),
+        JobCopy::Dead => ("dead", ctx.config.amqp.dead_queue.as_str()),
+    };
+    let refused = |reason: &str| {
+        ctx.metrics
+            .copies_refused_total
+            .with_label_values(&[target, reason])
+            .inc()
+    };
+    let gauge = ctx.metrics.copies_waiting.with_label_values(&[target]);
+    let waiting = Waiting {
+        gauge: &gauge,
+        what: "a job's copy",
+        to,
+    };
+    retry_refused(&io.publisher, refused, waiting, publish).await
+}
+
+/// What waits while a publish is refused, for its gauge and its log line.
+struct Waiting<'a> {
+    gauge: &'a IntGauge,
+    what: &'static str,
+    to: &'a str,
+}
+
+/// Publishes until the broker takes it: a nack or a return is counted by `refused` and tried
+/// again (250 ms doubling to 5 s) while the channel lives; any other error ends it.
+async fn retry_refused<F, Fut>(
+    publisher: &Publisher,
+    refused: impl Fn(&str),
+    waiting: Waiting<'_>,
+    mut publish: F,
+) -> Result<(), PublishError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), PublishError>>,
+{
+    /// Keeps the gauge right even when the task is aborted at the drain timeout.
+    struct Held<'a>(&'a IntGauge);
+    impl Drop for Held<'_> {
         fn drop(&mut self) {
-            self.0.outcomes_waiting.dec();
+            self.0.dec();
         }
     }
     let mut wait = Duration::from_millis(250);
-    let mut waiting = None;
+    let mut held = None;
     loop {
-        let reason = match io.publisher.outcome(o).await {
+        let reason = match publish().await {
             Ok(()) => return Ok(()),
             Err(PublishError::Nacked) => "nacked",
             Err(PublishError::Returned) => "returned",
             Err(e) => return Err(e),
         };
-        ctx.metrics
-            .outcomes_refused_total
-            .with_label_values(&[reason])
-            .inc();
-        if waiting.is_none() {
-            ctx.metrics.outcomes_waiting.inc();
-            waiting = Some(Waiting(&ctx.metrics));
+        refused(reason);
+        if held.is_none() {
+            waiting.gauge.inc();
+            held = Some(Held(waiting.gauge));
             tracing::warn!(
                 reason,
-                exchange = %ctx.config.amqp.outcomes_exchange,
-                "the broker refused an outcome (is the outcomes queue full?); the job waits unacked and the outcome is retried"
+                to = waiting.to,
+                "the broker refused {} (is its queue full?); the job waits unacked and the publish is retried",
+                waiting.what
             );
         }
-        if !io.publisher.channel().status().connected() {
+        if !publisher.channel().status().connected() {
             return Err(PublishError::Nacked);
         }
         tokio::time::sleep(wait).await;

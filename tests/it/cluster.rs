@@ -556,7 +556,9 @@ async fn serial_cluster_without_quorum_the_worker_waits_and_loses_nothing() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let dead = wxdispatch::amqp::topology::depth(&ch, &h.config.amqp.dead_queue).await;
+    let dead = wxdispatch::amqp::topology::depth(&ch, &h.config.amqp.dead_queue)
+        .await
+        .expect("the dead-letter queue's depth");
     assert_eq!(dead, 0, "nothing dead-lettered");
     let readyz = format!("http://{}/readyz", h.worker.as_ref().unwrap().http_addr);
     eventually("/readyz 200 again", Duration::from_secs(20), || async {

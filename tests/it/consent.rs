@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use wxdispatch::callback::{AesKey, SubscriptionEvent, SubscriptionItem, SubscriptionKind};
 use wxdispatch::tools::mock::push::{PushAnswer, PushTarget, push_subscription_event};
+use wxdispatch::tools::mock::xml::WechatXml;
 
 use crate::helpers::*;
 use crate::receipts::{

@@ -628,3 +628,154 @@ async fn a_19_digit_msgid_travels_as_a_string_too() {
     );
     h.cleanup().await;
 }
+
+/// A RabbitMQ user with full rights on vhost `/` (password: its name), created if missing.
+/// Never deleted: a parallel run may be using it.
+fn broker_user(name: &str) {
+    let ctl = |args: &[&str]| {
+        std::process::Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl (the tests run as root beside the broker)")
+    };
+    let _ = ctl(&["add_user", name, name]); // fails harmlessly when the user exists
+    let out = ctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
+    assert!(out.status.success(), "set_permissions {name}: {out:?}");
+}
+
+/// Publishes `job` over a connection of RabbitMQ user `user`, with `user_id` set to it (the
+/// broker refuses any other), persistent and confirmed.
+async fn publish_as(h: &Harness, user: &str, job: &Value) {
+    let url = format!("amqp://{user}:{user}@127.0.0.1:5672/%2f");
+    let conn = wxdispatch::amqp::connect(&url, "wxdispatch-test-publisher")
+        .await
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"));
+    let publisher = wxdispatch::amqp::Publisher::new(&conn, &h.config)
+        .await
+        .unwrap();
+    let props = lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_user_id(user.into());
+    publisher
+        .publish(
+            "",
+            &h.config.amqp.jobs_queue,
+            &serde_json::to_vec(job).unwrap(),
+            props,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("publish as {user}: {e}"));
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// An account with `publishers` sends only the jobs of the users listed: every other job (a
+/// stranger's, one without `user_id`, a stranger's batch) ends `rejected` with reason
+/// `publisher_not_allowed`, never reaches WeChat and is counted. A listed publisher's jobs go
+/// through every path that republishes them (a batch's expansion, a deferral through a delay
+/// queue, a dead letter), where the worker stamps its own user on them.
+#[tokio::test]
+async fn only_the_listed_publishers_may_send_as_an_account() {
+    broker_user("wxd-test-billing");
+    broker_user("wxd-test-intruder");
+    let h = Harness::start(Opts {
+        env: &[
+            ("WXD_PUBLISHERS", "wxd-test-billing,wxd-test-crm"),
+            // Every retry goes through a delay queue, so the deferral path is taken.
+            ("WXD_INLINE_RETRY_MAX_MS", "0"),
+        ],
+        ..Opts::default()
+    })
+    .await;
+    let job = crate::helpers::job;
+    publish_as(&h, "wxd-test-billing", &job("pub-billing", "o-billing")).await;
+    let mut batch = job("pub-billing-batch", "o");
+    batch["touser"] = serde_json::json!(["o-batch-1", "o-batch-2"]);
+    publish_as(&h, "wxd-test-billing", &batch).await;
+    publish_as(
+        &h,
+        "wxd-test-billing",
+        &job("pub-billing-deferred", "flaky:-1:1:pub"),
+    )
+    .await;
+    publish_as(
+        &h,
+        "wxd-test-billing",
+        &serde_json::json!({"id": "pub-billing-bad", "touser": "o"}),
+    )
+    .await;
+    publish_as(&h, "wxd-test-intruder", &job("pub-intruder", "o-intruder")).await;
+    let mut stranger_batch = job("pub-intruder-batch", "o");
+    stranger_batch["touser"] = serde_json::json!(["o-x-1", "o-x-2"]);
+    publish_as(&h, "wxd-test-intruder", &stranger_batch).await;
+    h.publish(&job("pub-anonymous", "o-anonymous")).await; // no user_id at all
+
+    let out = h.outcomes(8, Duration::from_secs(30)).await;
+    let by_id: std::collections::BTreeMap<String, Vec<&Value>> =
+        out.iter().fold(Default::default(), |mut m, o| {
+            m.entry(o["id"].as_str().unwrap().to_string())
+                .or_default()
+                .push(o);
+            m
+        });
+    let statuses = |id: &str| -> Vec<String> {
+        by_id
+            .get(id)
+            .map(|v| {
+                v.iter()
+                    .map(|o| {
+                        format!(
+                            "{}:{}",
+                            o["status"].as_str().unwrap(),
+                            o["reason"].as_str().unwrap_or("-")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(statuses("pub-billing"), ["sent:-"], "{out:?}");
+    assert_eq!(
+        statuses("pub-billing-batch"),
+        ["sent:-", "sent:-"],
+        "{out:?}"
+    );
+    assert_eq!(statuses("pub-billing-deferred"), ["sent:-"], "{out:?}");
+    assert_eq!(by_id["pub-billing-deferred"][0]["attempts"], 2, "{out:?}");
+    assert_eq!(
+        statuses("pub-billing-bad"),
+        ["invalid:missing_template_id"],
+        "{out:?}"
+    );
+    for id in ["pub-intruder", "pub-intruder-batch", "pub-anonymous"] {
+        assert_eq!(
+            statuses(id),
+            ["rejected:publisher_not_allowed"],
+            "{id}: {out:?}"
+        );
+    }
+    assert!(
+        by_id["pub-intruder-batch"][0]["touser"].is_null(),
+        "one outcome for the batch"
+    );
+    assert_eq!(out.len(), 8, "{out:?}");
+
+    let stats = h.mock.state.stats();
+    assert_eq!(
+        stats.messages, 4,
+        "only the listed publisher's four messages reach WeChat"
+    );
+    let refused = crate::helpers::metric(
+        &h.metrics().await,
+        &format!(
+            "wxdispatch_publisher_refused_total{{appid=\"{}\"}}",
+            crate::helpers::APPID
+        ),
+    );
+    assert_eq!(refused, 3.0);
+    let dead = h
+        .read(&h.config.amqp.dead_queue, 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(dead.len(), 1, "the invalid job is dead-lettered");
+    h.cleanup().await;
+}

@@ -267,3 +267,111 @@ fn version_is_the_crates_and_is_in_the_changelog() {
         "{metrics}"
     );
 }
+
+/// GitHub's anchor of a Markdown heading: lower case, punctuation dropped (hyphens and
+/// underscores kept), spaces to hyphens.
+fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Problems of the alert rules against the runbook: an alert without a runbook_url, a
+/// runbook_url whose anchor is no heading of docs/OPERATIONS.md, a `by (…)` without namespace.
+/// Returns the alerts seen too.
+fn runbook_problems(rules: &str, operations: &str) -> (Vec<String>, Vec<String>) {
+    let anchors: std::collections::BTreeSet<String> = operations
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| github_anchor(l.trim_start_matches('#')))
+        .collect();
+    // (alert, runbook_url, expr) from the YAML's fixed layout (one key per line).
+    let mut alerts: Vec<(String, Option<String>, String)> = Vec::new();
+    let mut in_expr = false;
+    for line in rules.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("- alert: ") {
+            alerts.push((name.to_string(), None, String::new()));
+            in_expr = false;
+        } else if let Some(alert) = alerts.last_mut() {
+            if let Some(url) = t.strip_prefix("runbook_url: ") {
+                alert.1 = Some(url.trim_matches('"').to_string());
+            }
+            if let Some(expr) = t.strip_prefix("expr:") {
+                in_expr = true;
+                alert.2.push_str(expr);
+            } else if in_expr && (t.starts_with("for:") || t.starts_with("labels:")) {
+                in_expr = false;
+            } else if in_expr {
+                alert.2.push(' ');
+                alert.2.push_str(t);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (name, url, expr) in &alerts {
+        match url
+            .as_deref()
+            .and_then(|u| u.strip_prefix("docs/OPERATIONS.md#"))
+        {
+            None => problems.push(format!("{name}: no runbook_url into docs/OPERATIONS.md")),
+            Some(anchor) if !anchors.contains(anchor) => problems.push(format!(
+                "{name}: runbook_url anchor #{anchor} is no heading of docs/OPERATIONS.md"
+            )),
+            Some(_) => {}
+        }
+        for (at, _) in expr.match_indices("by (") {
+            let labels = &expr[at + 4..];
+            let labels = &labels[..labels.find(')').unwrap_or(labels.len())];
+            if !labels.split(',').any(|l| l.trim() == "namespace") {
+                problems.push(format!("{name}: `by ({labels})` drops namespace"));
+            }
+        }
+    }
+    (problems, alerts.into_iter().map(|a| a.0).collect())
+}
+
+/// Every alert links to a runbook heading that exists in docs/OPERATIONS.md and keeps
+/// `namespace` in its `by` clauses (two installs on one Prometheus must not mask each other).
+/// The check fails when a heading is removed (shown on a copy of the document).
+#[test]
+fn every_alert_has_a_runbook_anchor_and_keeps_namespace() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/rules.yml")).unwrap();
+    let ops = std::fs::read_to_string(format!("{root}/docs/OPERATIONS.md")).unwrap();
+    let (problems, alerts) = runbook_problems(&rules, &ops);
+    assert!(alerts.len() >= 18, "alerts found: {alerts:?}");
+    for a in [
+        "WxdispatchCallbackSignaturesFailing",
+        "WxdispatchCallbackUnavailable",
+        "WxdispatchReceiptsStopped",
+    ] {
+        assert!(alerts.iter().any(|x| x == a), "{a} missing: {alerts:?}");
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    let without = ops.replace("### Runbook: receipts stopped\n", "");
+    let (problems, _) = runbook_problems(&rules, &without);
+    assert_eq!(
+        problems,
+        vec![
+            "WxdispatchReceiptsStopped: runbook_url anchor #runbook-receipts-stopped is no \
+             heading of docs/OPERATIONS.md"
+                .to_string()
+        ]
+    );
+    let narrowed = rules.replacen(
+        "max by (namespace, appid) (wxdispatch_quota_paused)",
+        "max by (appid) (wxdispatch_quota_paused)",
+        1,
+    );
+    let (problems, _) = runbook_problems(&narrowed, &ops);
+    assert_eq!(
+        problems,
+        vec!["WxdispatchQuotaPaused: `by (appid)` drops namespace".to_string()]
+    );
+}

@@ -3,7 +3,8 @@
 //! the citation says. Citations are code spans of these forms:
 //! - `path/to/file.rs::name`: a `fn name` in that file (the path from the repository root);
 //! - `::name` right after such a citation: a `fn name` in the same file;
-//! - `module::tests::name`: a `fn name` in `module.rs` or `module/mod.rs` anywhere under src/;
+//! - `module::tests::name`: a `fn name` in `module.rs`, `module/mod.rs`, `module/tests.rs` or
+//!   `module_tests.rs` anywhere under src/;
 //! - a bare snake_case name of five words or more (not a metric name): a `fn name` anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -117,8 +118,14 @@ fn stale_citations(doc: &str, text: &str, fns: &BTreeMap<String, BTreeSet<String
             let module = module_path.rsplit("::").next().unwrap();
             let found = fns.iter().any(|(file, f)| {
                 file.starts_with("src/")
-                    && (file.ends_with(&format!("/{module}.rs"))
-                        || file.ends_with(&format!("/{module}/mod.rs")))
+                    && [
+                        format!("/{module}.rs"),
+                        format!("/{module}/mod.rs"),
+                        format!("/{module}/tests.rs"),
+                        format!("/{module}_tests.rs"),
+                    ]
+                    .iter()
+                    .any(|end| file.ends_with(end))
                     && f.contains(name)
             });
             if !found {

@@ -130,6 +130,102 @@ async fn a_poison_job_on_a_classic_queue_is_dead_lettered_and_the_worker_survive
     a_poison_job_is_dead_lettered_and_the_worker_survives("classic").await;
 }
 
+/// Every delay tier refuses deferred jobs (a `max-length` policy beside the tiers'
+/// `reject-publish`). A job whose defer is refused must not be nacked back: each redelivery
+/// would send it to WeChat again and spend the quorum queue's delivery limit, until the broker
+/// dead-lettered it with no outcome. It waits unacked instead, counted, and goes on once the
+/// tier takes it. Every job ends with exactly one outcome, each attempt is one request, and
+/// nothing reaches the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_tier_that_refuses_defers_holds_the_jobs_and_loses_none() {
+    let h = Harness::start(Opts {
+        env: &[
+            ("WXD_DELIVERY_LIMIT", "3"),
+            ("WXD_MAX_ATTEMPTS", "3"),
+            ("WXD_RETRY_BASE_MS", "200"),
+            ("WXD_INLINE_RETRY_MAX_MS", "0"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // Every retry here waits under a second: the 1 s tier. It refuses publishes while it has
+    // a message ready (max-length 0), so fillers published all the time keep it refusing
+    // most of the time. The fillers it takes are jobs: they come back in a second and are
+    // sent.
+    let tier = wxdispatch::amqp::topology::delay_queue(&h.config, 1);
+    let policy = Policy::set(
+        &format!("^{}$", regex_escape(&tier)),
+        r#"{"max-length":0,"overflow":"reject-publish"}"#,
+    );
+    let filling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let filler = {
+        let publisher = wxdispatch::amqp::Publisher::new(&h.conn, &h.config)
+            .await
+            .unwrap();
+        let filling = filling.clone();
+        tokio::spawn(async move {
+            let mut taken = 0;
+            while filling.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = serde_json::to_vec(&job(
+                    &format!("filler-{taken}"),
+                    &format!("filler-user-{taken}"),
+                ))
+                .unwrap();
+                let props = BasicProperties::default();
+                if publisher.publish("", &tier, &body, props).await.is_ok() {
+                    taken += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            taken
+        })
+    };
+    let n = 6;
+    let all: Vec<Value> = (0..n)
+        .map(|i| job(&format!("refused-defer-{i}"), &format!("fail:-1:{i}")))
+        .collect();
+    h.publish_many(&all).await;
+    // Long enough for a requeued job to pass its delivery limit of 3 several times over.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    filling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let fillers: usize = filler.await.unwrap();
+    drop(policy);
+    let refused = metric(&h.metrics().await, "wxdispatch_copies_refused_total");
+    let out = h.outcomes(n + fillers, Duration::from_secs(30)).await;
+    assert_eq!(
+        h.late_duplicates(Duration::from_secs(2)).await,
+        0,
+        "a job got a second outcome"
+    );
+    report(
+        "refused_defer",
+        &h,
+        n + fillers,
+        &out,
+        &[("failed", n), ("sent", fillers)],
+    );
+    assert_eq!(
+        h.depth(&h.config.amqp.dead_queue).await,
+        0,
+        "a job was dead-lettered"
+    );
+    let out: Vec<Value> = out
+        .into_iter()
+        .filter(|o| o["id"].as_str().unwrap().starts_with("refused-defer-"))
+        .collect();
+    assert!(out.iter().all(|o| o["attempts"] == 3), "{out:?}");
+    assert_eq!(
+        h.mock.state.stats().send_requests,
+        (n * 3 + fillers) as u64,
+        "one request per attempt: no job was sent again by a redelivery"
+    );
+    assert!(
+        refused > 0.0,
+        "no defer was refused: the case did not happen"
+    );
+    h.cleanup().await;
+}
+
 /// The broker closes the worker's connections mid-load (`rabbitmqctl close_connection`):
 /// the worker reconnects on its own, every job gets an outcome, and WeChat got exactly one
 /// message per job.
@@ -367,11 +463,12 @@ async fn a_job_back_after_the_dedup_window_is_unknown_delivery_with_no_send() {
 }
 
 /// `kill -9` during a run of 10,000 jobs against a slow simulator, then a restart: every job
-/// has an outcome and the simulator received no second message for any (openid,
-/// client_msg_id). Duplicate outcomes (from jobs in flight at the kill) are counted; a
-/// consumer de-duplicates them by (id, touser), as `Harness::outcomes` does.
+/// has an outcome and no user got a second message (each of the 10,000 recipients got
+/// exactly one). Jobs in flight at the kill are sent again, with the same `client_msg_id`,
+/// and WeChat drops the repeat; their duplicate outcomes are counted, and a consumer
+/// de-duplicates them by (id, touser), as `Harness::outcomes` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_and_restart_loses_nothing_and_sends_nothing_twice() {
+async fn kill_9_and_restart_loses_nothing_and_no_user_gets_a_second_message() {
     let h = Harness::start(Opts {
         behaviour: Behaviour {
             latency_ms: 30,
@@ -394,23 +491,29 @@ async fn kill_9_and_restart_loses_nothing_and_sends_nothing_twice() {
     let _ = again.start_kill();
     let _ = again.wait().await;
     let stats = h.mock.state.stats();
-    assert_eq!(stats.messages as usize, n, "no second message for any job");
+    assert_eq!(stats.messages as usize, n, "one message per job");
+    let per_user = h.mock.state.messages_per_recipient();
+    assert_eq!(per_user.len(), n, "every recipient got a message");
+    let twice: Vec<_> = per_user.iter().filter(|(_, m)| **m > 1).collect();
+    assert!(twice.is_empty(), "users with a second message: {twice:?}");
+    let repeated = stats.sends_by_id.values().filter(|c| **c > 1).count();
+    println!("kill_9: {repeated} jobs reached WeChat twice (same client_msg_id, suppressed)");
     report("kill_9", &h, n, &out, &[("sent", n)]);
     h.cleanup().await;
 }
 
-/// WeChat is down (503 on every send) for a while: jobs back off through the delay queues
-/// without a hot loop and are all sent once it is back.
+/// WeChat is down for a while (every send answered `fault`): jobs back off through the delay
+/// queues without a hot loop and are all sent once it is back. Returns each job's gaps
+/// between attempts during the outage.
 ///
 /// The attempt budget (50) is far above what backoff allows in the 5 s outage, so the request
 /// count is bounded by the backoff, not the budget: with a 500 ms base doubling to a 4 s cap,
 /// and each delay at least a tenth of its cap, a job can try at most 17 times in 5 s
 /// (0.05 + 0.1 + 0.2 + 13 x 0.4 s). Without backoff each job would spend its 50 attempts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wechat_outage_backs_off_and_recovers() {
+async fn a_wechat_outage_backs_off_and_recovers(fault: FaultKind) -> Vec<Vec<Duration>> {
     let h = Harness::start(Opts {
         behaviour: Behaviour {
-            outage: Some(FaultKind::Http(503)),
+            outage: Some(fault),
             ..Default::default()
         },
         env: &[
@@ -426,6 +529,14 @@ async fn a_wechat_outage_backs_off_and_recovers() {
     h.publish_many(&jobs("outage", n)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let during = h.mock.state.stats().send_requests;
+    let gaps: Vec<Vec<Duration>> = h
+        .mock
+        .state
+        .request_times()
+        .values()
+        .map(|t| t.windows(2).map(|w| w[1] - w[0]).collect())
+        .collect();
+    assert_eq!(gaps.len(), n, "every job was tried");
     assert!(
         during <= (n * 17) as u64,
         "{during} requests for {n} jobs in 5 s: that is a hot loop"
@@ -447,6 +558,54 @@ async fn a_wechat_outage_backs_off_and_recovers() {
     assert!(out.iter().all(|o| o["attempts"].as_u64().unwrap() > 1));
     report("outage_recovers", &h, n, &out, &[("sent", n)]);
     h.cleanup().await;
+    gaps
+}
+
+/// The mean of the `k`-th gap between attempts, over the jobs that had one.
+fn mean_gap(gaps: &[Vec<Duration>], k: usize) -> Duration {
+    let kth: Vec<Duration> = gaps.iter().filter_map(|g| g.get(k).copied()).collect();
+    assert!(
+        kth.len() * 2 >= gaps.len(),
+        "only {} of {} jobs had a gap number {k}",
+        kth.len(),
+        gaps.len()
+    );
+    kth.iter().sum::<Duration>() / kth.len() as u32
+}
+
+/// An outage whose answers say nothing about when to come back: the gaps between one job's
+/// attempts grow. Each delay is drawn between a tenth of its cap and the cap (0.5, 1, 2 s
+/// for the first three), so the third gap averages about four times the first; a constant or
+/// shrinking delay would average the same or less.
+async fn an_outage_without_retry_after_backs_off_with_growing_gaps(fault: FaultKind) {
+    let gaps = a_wechat_outage_backs_off_and_recovers(fault).await;
+    let (first, third) = (mean_gap(&gaps, 0), mean_gap(&gaps, 2));
+    println!("{fault:?}: mean gaps between attempts: first {first:?}, third {third:?}");
+    assert!(
+        third > first * 2,
+        "{fault:?}: the gaps do not grow: first {first:?}, third {third:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wechat_outage_answering_system_busy_backs_off_with_growing_gaps_and_recovers() {
+    an_outage_without_retry_after_backs_off_with_growing_gaps(FaultKind::Errcode(-1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wechat_outage_answering_http_502_backs_off_with_growing_gaps_and_recovers() {
+    an_outage_without_retry_after_backs_off_with_growing_gaps(FaultKind::Http(502)).await;
+}
+
+/// A 503 with `Retry-After: 1` (as the simulator sends it): no job comes back sooner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wechat_outage_answering_http_503_honours_retry_after_and_recovers() {
+    let gaps = a_wechat_outage_backs_off_and_recovers(FaultKind::Http(503)).await;
+    let shortest = gaps.iter().flatten().min().copied().expect("retries");
+    assert!(
+        shortest >= Duration::from_millis(950),
+        "a retry {shortest:?} after a 503 that said Retry-After: 1"
+    );
 }
 
 /// WeChat refuses connections for longer than the retry budget: every job ends `failed`
@@ -620,19 +779,18 @@ async fn serial_confirms_held_past_thirty_seconds_resend_nothing() {
         "no send finished during the alarm, so no confirm was held"
     );
     out.extend(h.outcomes(n + 4 - out.len(), Duration::from_secs(60)).await);
-    // Redeliveries would arrive after the last first outcome: give them time to show.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Redeliveries would arrive after the last first outcome: read what comes for 3 s, so
+    // a repeat is counted, not left unread in the queue.
+    assert_eq!(
+        h.late_duplicates(Duration::from_secs(3)).await,
+        0,
+        "a job got a second outcome"
+    );
     report("confirms_held", &h, n + 4, &out, &[("sent", n + 4)]);
     let stats = h.mock.state.stats();
     assert_eq!(
         stats.duplicates_suppressed, 0,
         "a job was sent to WeChat again after its confirm was held"
-    );
-    assert_eq!(
-        h.duplicate_outcomes
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "a job got a second outcome"
     );
     h.cleanup().await;
 }

@@ -265,6 +265,19 @@ impl Harness {
         out
     }
 
+    /// Waits `wait` for outcomes that arrive late (redeliveries), consuming them, and returns
+    /// how many repeats were seen in all. Call it after the expected outcomes were read: an
+    /// outcome never read is never counted.
+    pub async fn late_duplicates(&self, wait: Duration) -> usize {
+        let extra = self.outcomes(usize::MAX, wait).await;
+        assert!(
+            extra.is_empty(),
+            "outcomes of jobs never expected: {extra:?}"
+        );
+        self.duplicate_outcomes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn consume_outcomes(&self) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
         let ch = self.conn.create_channel().await.unwrap();
         ch.basic_qos(1000, Default::default()).await.unwrap();
@@ -291,10 +304,13 @@ impl Harness {
         rx
     }
 
-    /// Messages in a queue right now (passive declare).
+    /// Messages ready in a queue right now (passive declare; unacked ones are not counted).
+    /// Panics if the queue cannot be read.
     pub async fn depth(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.unwrap();
-        let q = amqp::topology::depth(&ch, queue).await;
+        let q = amqp::topology::depth(&ch, queue)
+            .await
+            .unwrap_or_else(|e| panic!("the depth of {queue}: {e}"));
         let _ = ch.close(200, "done".into()).await;
         q
     }
@@ -595,4 +611,60 @@ impl Drop for MemoryAlarm {
             .args(&args)
             .output();
     }
+}
+
+/// Runs `rabbitmqctl` with `args`: whether it succeeded, and what it printed.
+pub fn rabbitmqctl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A policy on one queue, removed when the test ends (even on panic).
+pub struct Policy(pub String);
+
+impl Policy {
+    /// Applies `definition` (JSON) to the queues whose names match `pattern`, under a fresh
+    /// policy name.
+    pub fn set(pattern: &str, definition: &str) -> Policy {
+        let policy = Policy(format!("wxd-test-{:08x}", rand::random::<u32>()));
+        let (ok, text) = rabbitmqctl(&[
+            "set_policy",
+            "--apply-to",
+            "queues",
+            &policy.0,
+            pattern,
+            definition,
+        ]);
+        assert!(ok, "{text}");
+        policy
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["clear_policy", &self.0]);
+    }
+}
+
+/// `s` as a literal in a RabbitMQ policy pattern.
+pub fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = ".^$*+?()[]{}|\\".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
 }

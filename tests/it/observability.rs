@@ -36,7 +36,12 @@ async fn status_of(url: &str) -> Option<StatusCode> {
 /// one, a retried one, an invalid one and a few callback requests.
 async fn loaded_worker(prefix: &str, n: usize) -> Harness {
     let h = Harness::start(Opts {
-        env: &[("WXD_CALLBACK_TOKEN", CALLBACK_TOKEN)],
+        // A daily quota, so that wxdispatch_daily_quota (exported only for accounts that have
+        // one) is on /metrics like every other name the dashboard uses.
+        env: &[
+            ("WXD_CALLBACK_TOKEN", CALLBACK_TOKEN),
+            ("WXD_DAILY_QUOTA", "1000000"),
+        ],
         ..Opts::default()
     })
     .await;
@@ -459,4 +464,97 @@ async fn logs_never_contain_secrets_or_access_tokens() {
         );
     }
     h.cleanup().await;
+}
+
+/// The metric names of every panel query of a Grafana dashboard (descriptions and legends do
+/// not count: a name only mentioned there is not shown).
+fn dashboard_query_names(dashboard: &Value) -> BTreeSet<String> {
+    fn walk(panels: &Value, out: &mut BTreeSet<String>) {
+        for p in panels.as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                out.extend(names_used_in(t["expr"].as_str().unwrap_or_default()));
+            }
+            walk(&p["panels"], out);
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(&dashboard["panels"], &mut out);
+    out
+}
+
+/// What is wrong with the coverage: registered names neither queried nor listed as internal,
+/// and internal entries that are gone or on the dashboard after all.
+fn coverage_problems(
+    registered: &BTreeSet<String>,
+    on_dashboard: &BTreeSet<String>,
+    internal: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut problems: Vec<String> = registered
+        .iter()
+        .filter(|n| !on_dashboard.contains(*n) && !internal.contains(*n))
+        .map(|n| {
+            format!(
+                "{n}: exported, but on no dashboard panel and not in deploy/metrics-internal.txt"
+            )
+        })
+        .collect();
+    for n in internal {
+        if !registered.contains(n) {
+            problems.push(format!("{n}: listed as internal but no longer registered"));
+        }
+        if on_dashboard.contains(n) {
+            problems.push(format!("{n}: listed as internal but on the dashboard"));
+        }
+    }
+    problems
+}
+
+/// Every metric the worker registers (each `"wxdispatch_…"` name in src/metrics.rs, where all
+/// of them are registered) is queried by a dashboard panel or listed with its reason in
+/// deploy/metrics-internal.txt, so a new metric cannot go unseen by on-call. The check fails
+/// when a panel's query is removed (shown on a copy of the dashboard).
+#[test]
+fn every_exported_metric_is_on_the_dashboard_or_internal() {
+    let source = repo_file("src/metrics.rs");
+    let registered: BTreeSet<String> = source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("wxdispatch_") && names_used_in(s).len() == 1)
+        .map(str::to_string)
+        .collect();
+    assert!(
+        registered.len() >= 30 && registered.contains("wxdispatch_jobs_total"),
+        "src/metrics.rs registers its metrics by name: {registered:?}"
+    );
+    let internal: BTreeSet<String> = repo_file("deploy/metrics-internal.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    let dashboard: Value =
+        serde_json::from_str(&repo_file("grafana/dashboards/wxdispatch.json")).unwrap();
+    let problems = coverage_problems(&registered, &dashboard_query_names(&dashboard), &internal);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // The same check on a dashboard without the consents panel's query reports it.
+    let mut fewer = dashboard.clone();
+    fn drop_queries(panels: &mut Value, name: &str) {
+        for p in panels.as_array_mut().into_iter().flatten() {
+            if let Some(ts) = p["targets"].as_array_mut() {
+                ts.retain(|t| !t["expr"].as_str().unwrap_or_default().contains(name));
+            }
+            drop_queries(&mut p["panels"], name);
+        }
+    }
+    drop_queries(&mut fewer["panels"], "wxdispatch_consents_total");
+    let problems = coverage_problems(&registered, &dashboard_query_names(&fewer), &internal);
+    assert_eq!(
+        problems,
+        vec![
+            "wxdispatch_consents_total: exported, but on no dashboard panel and not in \
+             deploy/metrics-internal.txt"
+                .to_string()
+        ]
+    );
 }

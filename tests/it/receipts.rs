@@ -13,6 +13,7 @@ use serde_json::Value;
 use wxdispatch::callback::http::MAX_BODY;
 use wxdispatch::callback::{self, AesKey, Event, signature};
 use wxdispatch::tools::mock::push::PushTarget;
+use wxdispatch::tools::mock::xml::{WechatXml, encrypted_envelope};
 use wxdispatch::tools::mock::{MockConfig, MockServer};
 
 use crate::helpers::*;
@@ -112,7 +113,7 @@ async fn post_encrypted(h: &Harness, encrypt: &str) -> (StatusCode, String) {
             signature::msg_signature(TOKEN, &ts, &nonce, encrypt),
         ),
     ];
-    post(h, &query, callback::event::encrypted_envelope(GH, encrypt)).await
+    post(h, &query, encrypted_envelope(GH, encrypt)).await
 }
 
 /// A safe-mode POST of `xml` sealed for `appid`, as WeChat sends it.
@@ -491,7 +492,7 @@ async fn every_bad_input_is_refused_counted_and_never_published() {
             signature::msg_signature("not-the-token", &ts, "1", "AAAA"),
         ),
     ];
-    let (code, _) = post(&h, &query, callback::event::encrypted_envelope(GH, "AAAA")).await;
+    let (code, _) = post(&h, &query, encrypted_envelope(GH, "AAAA")).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
 
     let health = reqwest::get(format!(

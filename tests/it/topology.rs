@@ -17,21 +17,6 @@ use wxdispatch::amqp::{self, topology};
 
 use crate::helpers::*;
 
-fn rabbitmqctl(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// Runs the worker binary until it exits (at most `within`); its exit code and stderr.
 /// `None` when it was still running: it did not stop.
 async fn run_until_exit(
@@ -162,15 +147,6 @@ async fn passive_mode_runs_without_the_configure_permission() {
     drop(user);
 }
 
-/// A policy on one queue, removed when the test ends (even on panic).
-struct Policy(String);
-
-impl Drop for Policy {
-    fn drop(&mut self) {
-        let _ = rabbitmqctl(&["clear_policy", &self.0]);
-    }
-}
-
 /// Issue 14.5: the outcomes queue is full (`max-length` with `reject-publish`, set by a
 /// policy): a sent job whose outcome the broker refuses is not acked, not sent to WeChat
 /// again, not dead-lettered at its delivery limit; it waits, is counted, and gets its outcome
@@ -292,18 +268,6 @@ async fn a_full_outcomes_queue_holds_jobs_without_losing_or_resending_them() {
     drop(policy);
 }
 
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let special = ".^$*+?()[]{}|\\".contains(c);
-            special
-                .then_some('\\')
-                .into_iter()
-                .chain(std::iter::once(c))
-        })
-        .collect()
-}
-
 /// Starts the broker app again when dropped, so a failing test never leaves it stopped.
 struct BrokerRestart;
 
@@ -392,7 +356,10 @@ async fn serial_jobs_in_the_delay_tiers_survive_a_broker_restart() {
     );
     for q in names {
         let probe = conn.create_channel().await.unwrap();
-        depths.push(format!("{q}={}", topology::depth(&probe, &q).await));
+        let depth = topology::depth(&probe, &q)
+            .await
+            .map_or_else(|e| format!("? ({e})"), |d| d.to_string());
+        depths.push(format!("{q}={depth}"));
     }
     println!("queues after the run: {}", depths.join(" "));
     println!(

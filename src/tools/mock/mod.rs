@@ -27,6 +27,7 @@
 
 mod command;
 pub mod push;
+pub mod xml;
 
 pub use command::{Args, serve_simulator};
 
@@ -284,6 +285,9 @@ pub struct MockState {
     classic: Mutex<HashMap<String, String>>,
     accepted: Mutex<HashMap<(String, String), Accepted>>,
     tries: Mutex<HashMap<(String, String), u32>>,
+    /// When each send request arrived, per `client_msg_id`, so a test can see the gaps
+    /// between one job's attempts (kept out of [`Stats`], which is cloned often).
+    request_times: Mutex<HashMap<String, Vec<Instant>>>,
     quota_used: Mutex<HashMap<String, u64>>,
     stats: Mutex<Stats>,
     next_msgid: AtomicI64,
@@ -319,6 +323,7 @@ impl MockServer {
             classic: Mutex::default(),
             accepted: Mutex::default(),
             tries: Mutex::default(),
+            request_times: Mutex::default(),
             quota_used: Mutex::default(),
             stats: Mutex::default(),
             next_msgid: AtomicI64::new(FIRST_MSGID),
@@ -363,6 +368,20 @@ impl MockState {
 
     pub fn stats(&self) -> Stats {
         self.stats.lock().unwrap().clone()
+    }
+
+    /// When each send request arrived, per `client_msg_id`, in order.
+    pub fn request_times(&self) -> HashMap<String, Vec<Instant>> {
+        self.request_times.lock().unwrap().clone()
+    }
+
+    /// Distinct messages accepted per recipient: what each user would see.
+    pub fn messages_per_recipient(&self) -> HashMap<String, u64> {
+        let mut per = HashMap::new();
+        for (touser, _) in self.accepted.lock().unwrap().keys() {
+            *per.entry(touser.clone()).or_default() += 1;
+        }
+        per
     }
 
     pub fn set_behaviour(&self, b: Behaviour) {
@@ -674,13 +693,21 @@ async fn send(s: Shared, q: AccessQuery, body: Bytes, msg_type: MsgType) -> Resp
             .entry(msg_type.as_str().into())
             .or_default() += 1;
     }
+    let req = serde_json::from_slice::<SendBody>(&body).ok();
+    if let Some(id) = req.as_ref().and_then(|r| r.client_msg_id.clone()) {
+        s.request_times
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_default()
+            .push(Instant::now());
+    }
     if behaviour.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
     }
     if let Some(kind) = behaviour.outage {
         return fault_reply(&s, kind, behaviour.stall_ms).await;
     }
-    let req = serde_json::from_slice::<SendBody>(&body).ok();
     // A flaky message's try is counted before the token check: "the first n tries" are its
     // first n requests, even if one of them is refused for its token.
     let flaky = req.as_ref().and_then(|r| flaky_try(&s, r));

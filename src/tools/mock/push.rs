@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::MockState;
+use super::xml::{WechatXml, seal_safe_mode};
 use crate::callback::{self, AesKey};
 
 /// Where and how to push receipts.
@@ -135,15 +136,8 @@ fn signed_request(
     ];
     match &target.aes_key {
         Some(key) => {
-            let sealed = callback::seal_safe_mode(
-                &target.token,
-                key,
-                appid,
-                to_user,
-                xml,
-                &timestamp,
-                &nonce,
-            );
+            let sealed =
+                seal_safe_mode(&target.token, key, appid, to_user, xml, &timestamp, &nonce);
             query.push(("encrypt_type", "aes".to_string()));
             query.push(("msg_signature", sealed.msg_signature));
             (sealed.body, query)
