@@ -13,11 +13,11 @@ use crate::callback::http::Endpoint;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::worker::{self, Ctx};
+use crate::worker::{self, Worker};
 
 /// A worker running inside this process.
 pub struct RunningWorker {
-    pub ctx: Arc<Ctx>,
+    pub ctx: Arc<Worker>,
     /// Where `/metrics`, the probes and (unless `callback_addr` is set) the callback are
     /// served.
     pub http_addr: std::net::SocketAddr,
@@ -67,7 +67,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         ),
         None => None,
     };
-    let worker_loop = worker::run(ctx.clone(), shutdown.clone());
+    let worker_loop = worker::supervise(ctx.clone(), shutdown.clone());
     let handle = tokio::spawn(async move {
         let result = worker_loop.await;
         http_stop.trigger();
@@ -85,10 +85,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 /// What the worker builds from its configuration before it connects or listens: the
 /// dispatcher with each account's limits and tokens, and the callback with its AES key.
 /// `check-config` builds it too, so that what `run` would refuse at start it refuses as well.
-fn assemble(config: Config) -> anyhow::Result<(Arc<Ctx>, Option<axum::Router>)> {
+fn assemble(config: Config) -> anyhow::Result<(Arc<Worker>, Option<axum::Router>)> {
     let metrics = Arc::new(Metrics::new());
     let endpoint = Endpoint::from_config(&config, metrics.clone())?;
-    let ctx = Ctx::new(config, metrics)?;
+    let ctx = Worker::new(config, metrics)?;
     Ok((ctx, endpoint.map(Endpoint::router)))
 }
 

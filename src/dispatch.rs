@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use crate::account::{Account, Accounts, Admission, Reservation};
 use crate::config::{Config, ConfigError};
-use crate::job::{AccountId, Job, MsgType, TemplateFields};
-use crate::limiter::{AccountGate, AccountStops, Admission, Reservation};
+use crate::job::{Job, MsgType};
 use crate::metrics::{AccountMetrics, Metrics};
 use crate::outcome::{JobIdentity, Outcome, SendStatus};
 use crate::policy::{
@@ -28,7 +28,7 @@ use crate::policy::{
 pub use crate::policy::{DeferReason, EndReason, RetryState};
 use crate::wechat::catalogue::{self, Mismatch, Source};
 use crate::wechat::token::Token;
-use crate::wechat::{ApiReply, TokenError, TokenLimits, TokenSource, WechatClient};
+use crate::wechat::{ApiReply, TokenError, WechatClient};
 
 /// How a job ends its turn on a worker.
 #[derive(Debug)]
@@ -45,48 +45,17 @@ pub enum Disposition {
     Early { left: Duration },
 }
 
-/// Everything one account needs to send.
-pub struct Account {
-    pub appid: String,
-    pub gate: AccountGate,
-    /// The mini-program subscribe messages' own daily count and quota pause: WeChat counts
-    /// them apart from the account's other sends, so a spent mini-program quota must not hold
-    /// back template messages (nor the other way round). Pacing stays with `gate`: the rate is
-    /// the account's, whatever the type. Its metric label is `<appid>:miniprogram_subscribe`.
-    pub mp_gate: AccountGate,
-    pub tokens: Arc<TokenSource>,
-    /// The account's template catalogues ([`catalogue::Source`] order: private, subscription),
-    /// read by every send; `fetching` makes one task fetch while the others send unchecked.
-    catalogues: [std::sync::RwLock<catalogue::State>; 2],
-    fetching: tokio::sync::Mutex<()>,
-    /// Whether the account is stopped by a configuration error (send or token side).
-    pub stops: Arc<AccountStops>,
-    /// The account's per-job metric handles.
-    pub metrics: AccountMetrics,
-}
-
-impl Account {
-    /// The gate that holds the daily count and the quota pause of message type `t`.
-    pub fn quota_gate(&self, t: MsgType) -> &AccountGate {
-        match t {
-            MsgType::MiniprogramSubscribe => &self.mp_gate,
-            MsgType::Template | MsgType::Subscribe => &self.gate,
-        }
-    }
-}
-
 /// Sends jobs according to the policy. Shared by all in-flight tasks.
 pub struct Dispatcher {
     client: WechatClient,
-    /// In the order of `Config::accounts`, which [`AccountId`] indexes.
-    accounts: Vec<Arc<Account>>,
+    accounts: Accounts,
     metrics: Arc<Metrics>,
     rules: Rules,
 }
 
 impl Dispatcher {
-    /// Builds every account's gate, token source and stop state. Fails when an account has no
-    /// AppSecret, i.e. the configuration was loaded without its credentials.
+    /// Builds every account. Fails when an account has no AppSecret, i.e. the configuration
+    /// was loaded without its credentials.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Dispatcher, ConfigError> {
         // One connection per send in flight, and a few for the token and catalogue calls.
         let client = WechatClient::with_connections(
@@ -94,60 +63,9 @@ impl Dispatcher {
             config.wechat.http_timeout,
             config.limits.concurrency + 8,
         );
-        let shared = config
-            .limits
-            .redis_url
-            .as_deref()
-            .map(|url| Arc::new(crate::limiter::shared::SharedSlot::new(url)));
-        let accounts = config
-            .accounts
-            .iter()
-            .map(|a| {
-                let secret = config.credentials.app_secret(&a.appid).ok_or_else(|| {
-                    ConfigError(format!("account {}: no AppSecret loaded", a.appid))
-                })?;
-                let mp_id = format!("{}:{}", a.appid, MsgType::MiniprogramSubscribe);
-                let gate = |id: &str| {
-                    AccountGate::with_shared(
-                        id,
-                        a.rate_per_sec,
-                        a.daily_quota,
-                        config.limits.quota_probe,
-                        metrics.clone(),
-                        shared.clone(),
-                        config.limits.expected_replicas,
-                    )
-                };
-                let stops = Arc::new(AccountStops::new(&a.appid, &metrics));
-                let account_metrics = metrics.init_account(&a.appid);
-                let ctx = Account {
-                    appid: a.appid.clone(),
-                    mp_gate: gate(&mp_id),
-                    gate: gate(&a.appid),
-                    tokens: Arc::new(TokenSource::new(
-                        a.appid.clone(),
-                        secret.clone(),
-                        config.wechat.token_mode,
-                        client.clone(),
-                        metrics.clone(),
-                        TokenLimits {
-                            stop_probe: config.limits.account_stop_probe,
-                            force_budget: config.wechat.token_force_budget,
-                            shared: shared.clone(),
-                            stops: stops.clone(),
-                        },
-                    )),
-                    stops,
-                    metrics: account_metrics,
-                    catalogues: Default::default(),
-                    fetching: tokio::sync::Mutex::new(()),
-                };
-                Ok(Arc::new(ctx))
-            })
-            .collect::<Result<_, ConfigError>>()?;
         Ok(Dispatcher {
+            accounts: Accounts::build(config, &client, &metrics)?,
             client,
-            accounts,
             metrics,
             rules: Rules {
                 retry: config.retry.clone(),
@@ -160,23 +78,9 @@ impl Dispatcher {
         self.accounts.iter()
     }
 
-    /// The account a job was parsed for. The parser's [`AccountId`] is the account's place in
-    /// the configuration this dispatcher was built from, so it is always there.
-    fn account(&self, id: AccountId) -> &Account {
-        &self.accounts[id.index()]
-    }
-
-    /// A configured account by appid (a handful: a scan is cheaper than hashing).
-    fn find(&self, appid: &str) -> Option<&Account> {
-        self.accounts
-            .iter()
-            .find(|a| a.appid == appid)
-            .map(|a| &**a)
-    }
-
     /// A configured account's per-job metric handles.
     pub fn account_metrics(&self, appid: &str) -> Option<&AccountMetrics> {
-        self.find(appid).map(|a| &a.metrics)
+        self.accounts.find(appid).map(|a| &a.metrics)
     }
 
     /// Carries a job's steps out until it has a final outcome or must be deferred: each step
@@ -187,7 +91,7 @@ impl Dispatcher {
         mut state: RetryState,
         not_before_ms: Option<i64>,
     ) -> Disposition {
-        let acct = self.account(job.account);
+        let acct = self.accounts.get(job.account);
         let facts = JobFacts {
             deduplicated: job.msg_type.deduplicated(),
             not_before_ms,
@@ -258,8 +162,16 @@ impl Dispatcher {
                 return (d.step, None);
             }
         };
-        if let Err(m) = self
-            .check_catalogue(&job.appid, acct, &token.value, job.msg_type, job.template())
+        if let Err(m) = acct
+            .catalogues
+            .check(
+                &self.client,
+                &self.metrics,
+                &job.appid,
+                &token.value,
+                job.msg_type,
+                job.template(),
+            )
             .await
         {
             tracing::info!(job_id = %job.id, appid = %job.appid, reason = m.reason(), detail = %m.detail(), "rejected before sending: the template catalogue says the job cannot succeed");
@@ -361,11 +273,7 @@ impl Dispatcher {
                 reservation.sent().await;
             }
             AccountChange::InvalidateToken => acct.tokens.invalidate(token).await,
-            AccountChange::ForgetCatalogue => {
-                *acct.catalogues[source_index(job.msg_type)]
-                    .write()
-                    .expect("catalogue lock") = catalogue::State::Empty;
-            }
+            AccountChange::ForgetCatalogue => acct.catalogues.forget(job.msg_type),
             AccountChange::SlowDown(wait) => {
                 quota.slow_down(wait);
                 tracing::warn!(job_id = %job.id, appid, "minute limit hit; slowing down until the next minute");
@@ -384,97 +292,24 @@ impl Dispatcher {
         }
     }
 
-    /// Checks a job body (a single job's, or a batch's head) against the account's catalogue
-    /// of its type, fetching the catalogue when it is due. Sends go on unchecked (and are
-    /// counted) while the catalogue cannot be fetched.
-    async fn check_catalogue(
-        &self,
-        appid: &str,
-        acct: &Account,
-        token: &crate::config::Secret,
-        t: MsgType,
-        template: TemplateFields<'_>,
-    ) -> Result<(), Mismatch> {
-        let slot = &acct.catalogues[source_index(t)];
-        let ready = |slot: &std::sync::RwLock<catalogue::State>| {
-            let st = slot.read().expect("catalogue lock");
-            match &*st {
-                catalogue::State::Ready { catalogue, .. } => Some(catalogue.clone()),
-                _ => None,
-            }
-        };
-        let (due, never) = {
-            let st = slot.read().expect("catalogue lock");
-            (
-                st.due(Instant::now()),
-                matches!(*st, catalogue::State::Empty),
-            )
-        };
-        // Before the first fetch every job waits for it (else the first burst of jobs would
-        // all go unchecked); a refresh is made by one task while the others use the old one.
-        let lock = if !due {
-            None
-        } else if never {
-            Some(acct.fetching.lock().await)
-        } else {
-            acct.fetching.try_lock().ok()
-        };
-        if let Some(_one) = lock {
-            // Checked again under the lock: another task may just have fetched it.
-            if slot.read().expect("catalogue lock").due(Instant::now()) {
-                let new = match self.client.fetch_catalogue(token, Source::of(t)).await {
-                    Ok(reply) => {
-                        let (code, msg) = (reply.errcode, reply.errmsg.clone());
-                        match reply.templates() {
-                            Some(list) => {
-                                tracing::info!(appid, source = ?Source::of(t), templates = list.len(), "template catalogue fetched");
-                                catalogue::State::Ready {
-                                    catalogue: Arc::new(catalogue::Catalogue::new(&list)),
-                                    at: Instant::now(),
-                                }
-                            }
-                            None => {
-                                tracing::warn!(appid, source = ?Source::of(t), errcode = code, errmsg = %msg, "template catalogue unavailable; sending unchecked");
-                                catalogue::State::Failed(Instant::now())
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(appid, source = ?Source::of(t), error = %e, "template catalogue unavailable; sending unchecked");
-                        catalogue::State::Failed(Instant::now())
-                    }
-                };
-                *slot.write().expect("catalogue lock") = new;
-            }
-        }
-        match ready(slot) {
-            Some(catalogue) => catalogue.check(template),
-            None => {
-                self.metrics
-                    .catalogue_unchecked_total
-                    .with_label_values(&[appid])
-                    .inc();
-                Ok(())
-            }
-        }
-    }
-
     /// Checks a batch against the catalogue before it is expanded, so a batch whose template
     /// cannot work fails once, as a whole, instead of once per recipient. `Ok` when it may go
     /// on (also when no token or catalogue is available: the recipients' sends will tell).
     pub async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
-        let acct = self.account(batch.account);
+        let acct = self.accounts.get(batch.account);
         let Ok(token) = acct.tokens.get().await else {
             return Ok(());
         };
-        self.check_catalogue(
-            &batch.appid,
-            acct,
-            &token.value,
-            batch.msg_type,
-            batch.template(),
-        )
-        .await
+        acct.catalogues
+            .check(
+                &self.client,
+                &self.metrics,
+                &batch.appid,
+                &token.value,
+                batch.msg_type,
+                batch.template(),
+            )
+            .await
     }
 
     /// The catalogue of one type for `wxdispatch templates`: fetched now, never cached.
@@ -484,6 +319,7 @@ impl Dispatcher {
         t: MsgType,
     ) -> anyhow::Result<Vec<catalogue::Template>> {
         let acct = self
+            .accounts
             .find(appid)
             .ok_or_else(|| anyhow::anyhow!("appid {appid} is not configured"))?;
         let token = acct
@@ -574,12 +410,4 @@ impl Dispatcher {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
-}
-
-/// The index of a message type's catalogue in [`Account::catalogues`].
-fn source_index(t: MsgType) -> usize {
-    match Source::of(t) {
-        Source::Private => 0,
-        Source::Subscription => 1,
-    }
 }

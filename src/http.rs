@@ -9,10 +9,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::shutdown::Shutdown;
-use crate::worker::Ctx;
+use crate::worker::Worker;
 
 /// Builds the router. The callback routes are merged in when a callback token is configured.
-pub fn router(ctx: Arc<Ctx>, callback: Option<Router>) -> Router {
+pub fn router(ctx: Arc<Worker>, callback: Option<Router>) -> Router {
     let base = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -24,7 +24,7 @@ pub fn router(ctx: Arc<Ctx>, callback: Option<Router>) -> Router {
     }
 }
 
-async fn metrics(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
+async fn metrics(State(ctx): State<Arc<Worker>>) -> impl IntoResponse {
     for acct in ctx.dispatcher.accounts() {
         acct.tokens.update_gauges();
     }
@@ -37,7 +37,7 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
+async fn readyz(State(ctx): State<Arc<Worker>>) -> impl IntoResponse {
     if ctx.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {

@@ -13,12 +13,16 @@
 //! The product:
 //! - [`config`]: the flat TOML file and `WXD_*` keys, validated once into grouped settings
 //!   (`amqp`, `wechat`, `limits`, `retry`, `callback`) and, apart from them, the credentials.
-//! - [`job`] and [`outcome`]: the message schemas of the contract.
-//! - [`wechat`]: the HTTP client, the token cache, the error-code policy table and the template
-//!   catalogue.
-//! - [`policy`]: the retry state a job carries, the budget and backoff rules, defer reasons.
-//! - `dispatch`: what to do with one job: pace, token, send, retry or defer.
-//! - [`limiter`]: per-account rate limiting and quota pauses.
+//! - [`job`] and [`outcome`]: the message schemas of the contract; a parsed job carries its
+//!   account, its template id and its data keys.
+//! - [`policy`]: the decision core, with no I/O: the error-code table, the send-error kinds,
+//!   the retry state a job carries, the budget and backoff rules, and the function from what a
+//!   try came to to the job's next step.
+//! - [`wechat`]: the HTTP client, the token cache and the template catalogue's replies.
+//! - [`account`]: one home per account: its rate limiter and quota gates, its stop state, its
+//!   token source and catalogue cache, and the Redis coordination replicas share.
+//! - `dispatch`: carries a job's steps out: admit, token, catalogue check, send, then what the
+//!   policy decided (retry, defer, end).
 //! - [`amqp`]: connections, topology, the confirming publisher.
 //! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
 //! - [`callback`]: WeChat's push callback: signatures, AES safe mode, the XML reader and the
@@ -44,6 +48,7 @@
 //! [`cli`] names the subcommands and dispatches each to its module; `main.rs` only parses and
 //! exits. The modules without a link are private to the crate.
 
+pub mod account;
 pub mod amqp;
 pub mod app;
 pub mod callback;
@@ -52,7 +57,6 @@ pub mod config;
 pub(crate) mod dispatch;
 pub mod http;
 pub mod job;
-pub mod limiter;
 pub mod logging;
 pub mod metrics;
 pub mod outcome;

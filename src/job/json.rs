@@ -332,7 +332,7 @@ impl<'de> Visitor<'de> for BodyVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body<'de>, A::Error> {
         let mut f = Box::<Fields>::default();
         while let Some(Key(key)) = map.next_key()? {
-            let slot = match key.as_ref() {
+            let field = match key.as_ref() {
                 "id" => &mut f.id,
                 "appid" => &mut f.appid,
                 "type" => &mut f.msg_type,
@@ -353,7 +353,7 @@ impl<'de> Visitor<'de> for BodyVisitor {
                     continue;
                 }
             };
-            *slot = Some(map.next_value()?);
+            *field = Some(map.next_value()?);
         }
         Ok(Body::Object(f))
     }

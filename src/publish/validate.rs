@@ -49,7 +49,7 @@ impl<'a> Validator<'a> {
 }
 
 fn summarize(
-    parsed: Result<Parsed, (InvalidJob, job::Known)>,
+    parsed: Result<Parsed, (InvalidJob, job::PartialJob)>,
 ) -> Result<(String, usize), InvalidJob> {
     match parsed {
         Ok(Parsed::Single(j)) => Ok((j.id.to_string(), 1)),

@@ -12,16 +12,10 @@
 //! the job's `template_id` and `data` keys ([`crate::job::TemplateFields`]).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use crate::job::{MsgType, TemplateFields};
-
-/// How long a fetched catalogue is trusted before it is fetched again.
-pub const REFRESH: Duration = Duration::from_secs(600);
-/// After a failed fetch, how long sends go on unchecked before the next try.
-pub const RETRY_FAILED: Duration = Duration::from_secs(60);
 
 /// One template and the keys its content names (`{{key.DATA}}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,31 +168,6 @@ impl Catalogue {
             }
         }
         Ok(())
-    }
-}
-
-/// The state of one account's catalogue of one source.
-#[derive(Debug, Default)]
-pub enum State {
-    /// Never fetched.
-    #[default]
-    Empty,
-    Ready {
-        catalogue: std::sync::Arc<Catalogue>,
-        at: Instant,
-    },
-    /// The last fetch failed at this time: send unchecked until `RETRY_FAILED` has passed.
-    Failed(Instant),
-}
-
-impl State {
-    /// Whether the catalogue should be fetched now.
-    pub fn due(&self, now: Instant) -> bool {
-        match self {
-            State::Empty => true,
-            State::Ready { at, .. } => now.duration_since(*at) >= REFRESH,
-            State::Failed(at) => now.duration_since(*at) >= RETRY_FAILED,
-        }
     }
 }
 

@@ -33,8 +33,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::account::redis::{ForceGrant, RedisLink};
 use crate::config::{Secret, TokenMode};
-use crate::limiter::shared::{ForceGrant, SharedSlot};
 use crate::metrics::Metrics;
 use crate::wechat::client::WechatClient;
 use crate::wechat::errcode::{self, Action};
@@ -124,7 +124,7 @@ struct LocalForces {
 
 impl LocalForces {
     fn take(&mut self, per_day: u32, now: Instant) -> ForceGrant {
-        let today = crate::limiter::beijing_today();
+        let today = crate::account::limiter::beijing_today();
         if self.day != Some(today) {
             *self = LocalForces {
                 day: Some(today),
@@ -148,7 +148,7 @@ impl LocalForces {
 
     /// WeChat itself said the day's forced refreshes are gone (45009 on a forced call).
     fn exhaust(&mut self, per_day: u32) {
-        self.day = Some(crate::limiter::beijing_today());
+        self.day = Some(crate::account::limiter::beijing_today());
         self.used = self.used.max(per_day);
     }
 }
@@ -161,10 +161,10 @@ pub struct TokenLimits {
     /// Forced `stable_token` refreshes allowed per Beijing day.
     pub force_budget: u32,
     /// Redis, to share the force budget and spacing with the other replicas.
-    pub shared: Option<Arc<SharedSlot>>,
+    pub shared: Option<Arc<RedisLink>>,
     /// The account's stop state, shared with the send side; the token side reports its
     /// circuit breaker there, and it alone writes the gauge.
-    pub stops: Arc<crate::limiter::AccountStops>,
+    pub stops: Arc<crate::account::AccountStops>,
 }
 
 /// One account's token cache.
@@ -178,9 +178,9 @@ pub struct TokenSource {
     /// Forced `stable_token` refreshes allowed per Beijing day.
     force_budget: u32,
     /// Redis, to share the force budget and spacing with the other replicas.
-    shared: Option<Arc<SharedSlot>>,
+    shared: Option<Arc<RedisLink>>,
     /// Where the token side's stop is reported (the one writer of the stopped gauge).
-    stops: Arc<crate::limiter::AccountStops>,
+    stops: Arc<crate::account::AccountStops>,
     current: Mutex<Option<Arc<Token>>>,
     refresh: tokio::sync::Mutex<RefreshState>,
 }
@@ -300,7 +300,7 @@ impl TokenSource {
     async fn shared_force(&self) -> Option<ForceGrant> {
         let slot = self.shared.as_ref()?;
         let limiter = slot.get().await?;
-        let day = crate::limiter::beijing_today().to_string();
+        let day = crate::account::limiter::beijing_today().to_string();
         match limiter
             .take_force(&self.appid, &day, self.force_budget, FORCE_SPACING)
             .await
@@ -484,7 +484,7 @@ impl TokenSource {
     /// killing each other's tokens.
     async fn classic_shared(
         &self,
-        limiter: &crate::limiter::shared::SharedLimiter,
+        limiter: &crate::account::redis::SharedLimiter,
         st: &mut RefreshState,
     ) -> Result<Arc<Token>, SharedFetch> {
         const LOCK_HOLD: Duration = Duration::from_secs(10);
@@ -518,7 +518,7 @@ impl TokenSource {
                     ));
                 };
                 let fetched_ms = chrono::Utc::now().timestamp_millis();
-                let shared = crate::limiter::shared::SharedToken {
+                let shared = crate::account::redis::SharedToken {
                     value: value.clone(),
                     fetched_ms,
                     expires_ms: fetched_ms + (expires_in.max(1) * 1000) as i64,
@@ -608,7 +608,7 @@ impl TokenSource {
                 let quota = errcode::token_endpoint_action(code) == Action::PauseQuota;
                 let hold = if quota {
                     // The token endpoint's own daily limit: wait for it to reset.
-                    crate::limiter::until_beijing_midnight().min(self.stop_probe * 12)
+                    crate::account::limiter::until_beijing_midnight().min(self.stop_probe * 12)
                 } else {
                     self.stop_probe
                 };

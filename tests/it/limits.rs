@@ -343,7 +343,7 @@ fn redis_appid() -> String {
 /// calls take milliseconds, so each wait is well within a second of its slot.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_gcra_schedule_spaces_every_replicas_sends_in_redis() {
-    use wxdispatch::limiter::shared::SharedLimiter;
+    use wxdispatch::account::redis::SharedLimiter;
     let appid = redis_appid();
     let a = SharedLimiter::connect(REDIS_URL)
         .await
@@ -374,8 +374,8 @@ async fn the_shared_gcra_schedule_spaces_every_replicas_sends_in_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_count_in_redis_adds_up_every_replicas_sends() {
     use std::sync::Arc;
-    use wxdispatch::limiter::shared::SharedSlot;
-    use wxdispatch::limiter::{AccountGate, Admission};
+    use wxdispatch::account::redis::RedisLink;
+    use wxdispatch::account::{AccountGate, Admission};
     let appid = redis_appid();
     let replica = || {
         AccountGate::with_shared(
@@ -384,7 +384,7 @@ async fn the_daily_count_in_redis_adds_up_every_replicas_sends() {
             Some(5),
             Duration::from_secs(600),
             Arc::new(wxdispatch::metrics::Metrics::new()),
-            Some(Arc::new(SharedSlot::new(REDIS_URL))),
+            Some(Arc::new(RedisLink::new(REDIS_URL))),
             1,
         )
     };

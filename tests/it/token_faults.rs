@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::helpers::*;
+use wxdispatch::account::AccountStops;
 use wxdispatch::config::{Secret, TokenMode};
-use wxdispatch::limiter::AccountStops;
 use wxdispatch::metrics::Metrics;
 use wxdispatch::tools::mock::{Behaviour, MockConfig, MockServer, TokenFault};
 use wxdispatch::wechat::{TokenLimits, TokenSource, WechatClient};

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use wxdispatch::account::AccountStops;
+use wxdispatch::account::redis::RedisLink;
 use wxdispatch::config::{Secret, TokenMode};
-use wxdispatch::limiter::AccountStops;
-use wxdispatch::limiter::shared::SharedSlot;
 use wxdispatch::metrics::Metrics;
 use wxdispatch::tools::mock::{FORCED_REFRESHES_PER_DAY, MockConfig, MockServer};
 use wxdispatch::wechat::{TokenLimits, TokenSource, WechatClient};
@@ -146,7 +146,7 @@ async fn replicas_share_the_forced_refresh_budget_through_redis() {
             &appid,
             TokenMode::Stable,
             &mock,
-            Arc::new(SharedSlot::new(REDIS_URL)),
+            Arc::new(RedisLink::new(REDIS_URL)),
         )
     };
     // Replica A: its fresh token is rejected, stable_token hands it back, A forces.
@@ -196,7 +196,7 @@ async fn account_mock(appid: &str) -> MockServer {
 
 /// One replica's token cache for `appid`, with a forced-refresh budget of 2 shared through
 /// `slot`.
-fn replica(appid: &str, mode: TokenMode, mock: &MockServer, slot: Arc<SharedSlot>) -> TokenSource {
+fn replica(appid: &str, mode: TokenMode, mock: &MockServer, slot: Arc<RedisLink>) -> TokenSource {
     let metrics = Arc::new(Metrics::new());
     TokenSource::new(
         appid.to_string(),
@@ -261,7 +261,7 @@ async fn replicas_in_classic_mode_share_one_token_through_redis() {
     // Each replica's Redis connection is opened first: a replica whose Redis does not answer
     // falls back to a token of its own (by design), which is not what this test is about.
     let new_replica = || async {
-        let slot = Arc::new(SharedSlot::new(REDIS_URL));
+        let slot = Arc::new(RedisLink::new(REDIS_URL));
         assert!(slot.get().await.is_some(), "Redis on 127.0.0.1:6379");
         replica(&appid, TokenMode::Classic, &mock, slot)
     };

@@ -225,7 +225,7 @@ async fn timed<T>(
 
 /// A lazily connected [`SharedLimiter`]: Redis may be down at start or go away later; the
 /// worker keeps running on local limits and reconnects in the background of later calls.
-pub struct SharedSlot {
+pub struct RedisLink {
     url: String,
     inner: tokio::sync::Mutex<SlotState>,
 }
@@ -238,9 +238,9 @@ struct SlotState {
 /// Pause between reconnection attempts while Redis is unreachable.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 
-impl SharedSlot {
-    pub fn new(url: &str) -> SharedSlot {
-        SharedSlot {
+impl RedisLink {
+    pub fn new(url: &str) -> RedisLink {
+        RedisLink {
             url: url.to_string(),
             inner: tokio::sync::Mutex::new(SlotState {
                 limiter: None,

@@ -1,324 +1,34 @@
-//! The worker: consume jobs, dispatch them, publish one confirmed outcome, then ack.
-//!
-//! A supervisor loop owns a *session*: one connection for consuming and one for publishing
-//! (so a flow-controlled publisher never stalls deliveries and acks). When either connection
-//! is lost, the session ends, readiness drops, and a new session is built with backoff; the
-//! topology is declared again on every session. Deliveries of a dead channel are never acked
-//! on a new one: the broker redelivers them.
-//!
-//! The ack rule: a job is acked only after everything it produced (its outcome, its
-//! dead-letter copy, its deferred copy or its expanded recipients) was confirmed by the broker.
-//! On any publish failure the job is nacked with requeue and comes back. Acks are batched
-//! ([`amqp::acks`]): one `basic.ack(multiple)` settles a contiguous run of finished jobs.
+//! One delivery, from parse to ack: dispatch a job (or expand a batch, or dead-letter bad
+//! input), publish its outcome with a confirm, then ack. A handler that panics is requeued with
+//! its delivery count, and buried as poison on its last allowed delivery.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicNackOptions;
 use prometheus::IntGauge;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use crate::amqp::{self, Acks, PublishError, Publisher, headers, topology};
-use crate::config::{Config, ConfigError, QueueType};
-use crate::dispatch::{Dispatcher, Disposition, EndReason};
+use super::{SessionChannels, Worker};
+use crate::amqp::{PublishError, Publisher, headers};
+use crate::config::QueueType;
+use crate::dispatch::{Disposition, EndReason};
 use crate::job::{self, AccountId, Parsed};
-use crate::metrics::Metrics;
 use crate::outcome::{JobIdentity, Outcome, SendStatus};
-use crate::shutdown::Shutdown;
-
-/// Liveness and readiness, shared with the HTTP probes.
-#[derive(Default)]
-pub struct Health {
-    ready: AtomicBool,
-}
-
-impl Health {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-    fn set_ready(&self, metrics: &Metrics, v: bool) {
-        self.ready.store(v, Ordering::Relaxed);
-        metrics.ready.set(i64::from(v));
-    }
-}
-
-/// What every job task needs.
-pub struct Ctx {
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub dispatcher: Arc<Dispatcher>,
-    pub health: Arc<Health>,
-    /// Names this worker's AMQP connections (`wxdispatch-<role>-<instance>`), so operators
-    /// and tests can tell replicas apart in the broker.
-    pub instance: String,
-}
-
-impl Ctx {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Ctx>, ConfigError> {
-        let dispatcher = Arc::new(Dispatcher::new(&config, metrics.clone())?);
-        Ok(Arc::new(Ctx {
-            config,
-            metrics,
-            dispatcher,
-            health: Arc::new(Health::default()),
-            instance: format!("{}-{:06x}", hostname(), rand::random::<u32>() & 0xffffff),
-        }))
-    }
-}
-
-/// What a job task needs from its session: the confirm-mode publisher and the acks of the
-/// consuming channel. Both die with the session; a delivery is never acked on another.
-struct Io {
-    publisher: Publisher,
-    acks: Acks,
-}
-
-enum SessionEnd {
-    Shutdown,
-    Lost(String),
-}
-
-/// Runs the worker until `shutdown` is triggered and in-flight jobs are drained.
-pub async fn run(ctx: Arc<Ctx>, shutdown: Shutdown) -> anyhow::Result<()> {
-    for acct in ctx.dispatcher.accounts() {
-        tokio::spawn(acct.tokens.clone().keep_fresh(shutdown.clone()));
-    }
-    let mut backoff = Duration::from_millis(250);
-    let mut first = true;
-    loop {
-        if shutdown.is_triggered() {
-            return Ok(());
-        }
-        if !first {
-            ctx.metrics.amqp_reconnects_total.inc();
-        }
-        first = false;
-        let started = Instant::now();
-        match session(&ctx, &shutdown).await {
-            Ok(SessionEnd::Shutdown) => return Ok(()),
-            Ok(SessionEnd::Lost(why)) => {
-                tracing::warn!(reason = %why, "AMQP session lost; reconnecting");
-            }
-            Err(e) => {
-                // A queue with other arguments, or a missing one in passive mode: no
-                // reconnect can fix that, so stop and say what to do.
-                if let Some(t) = e.downcast_ref::<topology::TopologyError>()
-                    && t.is_permanent()
-                {
-                    tracing::error!(error = %t, "cannot use the queues as configured; stopping");
-                    ctx.health.set_ready(&ctx.metrics, false);
-                    return Err(e);
-                }
-                tracing::warn!(error = %e, "AMQP session failed; reconnecting");
-            }
-        }
-        ctx.health.set_ready(&ctx.metrics, false);
-        ctx.metrics.amqp_connected.set(0);
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(250);
-        }
-        let wait = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
-        backoff = (backoff * 2).min(Duration::from_secs(15));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait() => return Ok(()),
-        }
-    }
-}
-
-/// One AMQP session: open the connections and the consumer, consume until shutdown or a lost
-/// connection, then drain the jobs in flight and close.
-async fn session(ctx: &Arc<Ctx>, shutdown: &Shutdown) -> anyhow::Result<SessionEnd> {
-    let mut session = Session::open(ctx).await?;
-    let (end, tasks) = session.consume(ctx, shutdown).await;
-    session.close(ctx, &end, tasks).await;
-    Ok(end)
-}
-
-/// The connections, channels and consumer of one session. The publisher and the consumer
-/// have connections of their own, so a broker that blocks publishing (a resource alarm) does
-/// not also stall the acks.
-struct Session {
-    pub_conn: lapin::Connection,
-    con_conn: lapin::Connection,
-    ch: lapin::Channel,
-    io: Arc<Io>,
-    consumer: lapin::Consumer,
-}
-
-impl Session {
-    /// Connects, checks or declares the topology, and starts consuming.
-    async fn open(ctx: &Arc<Ctx>) -> anyhow::Result<Session> {
-        let cfg = &ctx.config;
-        let host = &ctx.instance;
-        let pub_conn = amqp::connect(&cfg.amqp.url, &format!("wxdispatch-publish-{host}")).await?;
-        let con_conn = amqp::connect(&cfg.amqp.url, &format!("wxdispatch-consume-{host}")).await?;
-        let publisher = Publisher::new(&pub_conn, cfg).await?;
-        topology::ensure(&pub_conn, publisher.channel(), cfg).await?;
-        let ch = con_conn.create_channel().await?;
-        ch.basic_qos(cfg.amqp.prefetch, BasicQosOptions::default())
-            .await?;
-        let io = Arc::new(Io {
-            publisher,
-            acks: Acks::start(ch.clone(), ctx.metrics.clone()),
-        });
-        let consumer = ch
-            .basic_consume(
-                cfg.amqp.jobs_queue.as_str().into(),
-                format!("wxdispatch-{host}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        ctx.metrics.amqp_connected.set(1);
-        ctx.health.set_ready(&ctx.metrics, true);
-        tracing::info!(queue = %cfg.amqp.jobs_queue, prefetch = cfg.amqp.prefetch, concurrency = cfg.limits.concurrency, "consuming");
-        Ok(Session {
-            pub_conn,
-            con_conn,
-            ch,
-            io,
-            consumer,
-        })
-    }
-
-    /// Takes deliveries while a slot is free and the broker accepts our publishes, each in a
-    /// task of its own, until shutdown or a lost connection. Returns why it ended and the
-    /// tasks still running.
-    async fn consume(&mut self, ctx: &Arc<Ctx>, shutdown: &Shutdown) -> (SessionEnd, JoinSet<()>) {
-        let mut pub_events = self.pub_conn.events_listener();
-        let mut con_events = self.con_conn.events_listener();
-        let slots = Arc::new(Semaphore::new(ctx.config.limits.concurrency));
-        let mut tasks = JoinSet::new();
-        // While the broker blocks our publisher (memory or disk alarm), take no new work: every
-        // job needs a publish before it can be acked.
-        let mut blocked = self.pub_conn.status().blocked();
-        let mut permit: Option<OwnedSemaphorePermit> = None;
-        // One timer for the whole session, not a new one per delivery.
-        let mut look_again = tokio::time::interval(Duration::from_secs(1));
-        look_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let end = loop {
-            while tasks.try_join_next().is_some() {}
-            if !self.pub_conn.status().connected() || !self.con_conn.status().connected() {
-                break SessionEnd::Lost("connection closed".into());
-            }
-            ctx.health.set_ready(&ctx.metrics, !blocked);
-            tokio::select! {
-                _ = shutdown.wait() => break SessionEnd::Shutdown,
-                p = slots.clone().acquire_owned(), if permit.is_none() && !blocked => {
-                    permit = Some(p.expect("semaphore never closed"));
-                }
-                d = self.consumer.next(), if permit.is_some() && !blocked => match d {
-                    Some(Ok(delivery)) => {
-                        self.io.acks.received(delivery.delivery_tag);
-                        let ctx = ctx.clone();
-                        let io = self.io.clone();
-                        let slot = permit.take();
-                        // Boxed: the job's future is large, and tokio moves a task's future
-                        // into and out of its cell by value (memcpy was 8 % of the CPU).
-                        tasks.spawn(Box::pin(async move {
-                            handle(ctx, io, delivery, slot).await;
-                        }));
-                    }
-                    Some(Err(e)) => break SessionEnd::Lost(format!("consumer error: {e}")),
-                    None => break SessionEnd::Lost("consumer cancelled by the broker".into()),
-                },
-                Some(ev) = pub_events.next() => match ev {
-                    lapin::Event::ConnectionBlocked(why) => {
-                        tracing::warn!(reason = %why, "broker blocked publishing (resource alarm); pausing consumption");
-                        blocked = true;
-                    }
-                    lapin::Event::ConnectionUnblocked => {
-                        tracing::info!("broker unblocked publishing; resuming");
-                        blocked = false;
-                    }
-                    lapin::Event::Error(e) => break SessionEnd::Lost(format!("publisher connection: {e}")),
-                    _ => {}
-                },
-                Some(ev) = con_events.next() => if let lapin::Event::Error(e) = ev {
-                    break SessionEnd::Lost(format!("consumer connection: {e}"));
-                },
-                // Connection state can change without an event reaching us; look again soon.
-                _ = look_again.tick() => {}
-            }
-        };
-        (end, tasks)
-    }
-
-    /// Stops deliveries, lets the jobs in flight finish (up to the drain timeout on shutdown,
-    /// 5 s after a lost connection), settles the acks still owed and closes everything, each
-    /// step bounded.
-    async fn close(self, ctx: &Ctx, end: &SessionEnd, mut tasks: JoinSet<()>) {
-        ctx.health.set_ready(&ctx.metrics, false);
-        // Stop new deliveries; what was prefetched but not started is requeued when the
-        // channel closes.
-        let _ = self
-            .ch
-            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
-            .await;
-        let drain = match end {
-            SessionEnd::Shutdown => ctx.config.drain_timeout,
-            SessionEnd::Lost(_) => Duration::from_secs(5),
-        };
-        while tasks.try_join_next().is_some() {}
-        let inflight = tasks.len();
-        if inflight > 0 {
-            tracing::info!(
-                inflight,
-                timeout_secs = drain.as_secs(),
-                "draining in-flight jobs"
-            );
-        }
-        let drained =
-            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
-                .await
-                .is_ok();
-        if !drained {
-            tracing::warn!(
-                left = tasks.len(),
-                "drain timeout; unfinished jobs will be redelivered"
-            );
-            tasks.abort_all();
-        }
-        // Closing what the broker already closed can wait forever: bound every step.
-        let bounded = Duration::from_secs(2);
-        // The acks still owed go out before the channel closes (unacked jobs would come back).
-        let _ = tokio::time::timeout(bounded * 2, self.io.acks.close()).await;
-        let _ = tokio::time::timeout(bounded, self.ch.close(200, "bye".into())).await;
-        let _ = tokio::time::timeout(bounded, self.con_conn.close(200, "bye".into())).await;
-        let _ = tokio::time::timeout(
-            bounded,
-            self.io.publisher.channel().close(200, "bye".into()),
-        )
-        .await;
-        let _ = tokio::time::timeout(bounded, self.pub_conn.close(200, "bye".into())).await;
-        ctx.metrics.amqp_connected.set(0);
-    }
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("pid{}", std::process::id()))
-}
 
 /// Handles one delivery; never panics out and never acks without a confirmed publish.
-async fn handle(
-    ctx: Arc<Ctx>,
-    io: Arc<Io>,
+pub(super) async fn handle(
+    ctx: Arc<Worker>,
+    io: Arc<SessionChannels>,
     delivery: Delivery,
-    slot: Option<OwnedSemaphorePermit>,
+    send_permit: Option<OwnedSemaphorePermit>,
 ) {
     ctx.metrics.inflight.inc();
-    let result = AssertUnwindSafe(process(&ctx, &io, &delivery, slot))
+    let result = AssertUnwindSafe(process(&ctx, &io, &delivery, send_permit))
         .catch_unwind()
         .await;
     let failed = match result {
@@ -369,7 +79,7 @@ async fn handle(
 
 /// Publishes a copy of a panicked job, with its delivery count, to the end of the jobs queue,
 /// and acks the delivery once the copy is confirmed; true if so.
-async fn requeue_counted(io: &Io, delivery: &Delivery, deliveries: u64) -> bool {
+async fn requeue_counted(io: &SessionChannels, delivery: &Delivery, deliveries: u64) -> bool {
     let props = headers::with_deliveries(&delivery.properties, deliveries);
     match io.publisher.requeue(&delivery.data, props).await {
         Ok(()) => {
@@ -385,7 +95,7 @@ async fn requeue_counted(io: &Io, delivery: &Delivery, deliveries: u64) -> bool 
 
 /// Dead-letters a poison job and publishes its `failed` outcome; true if both were confirmed
 /// and the job acked.
-async fn bury_poison(ctx: &Ctx, io: &Io, delivery: &Delivery, panic: &str) -> bool {
+async fn bury_poison(ctx: &Worker, io: &SessionChannels, delivery: &Delivery, panic: &str) -> bool {
     let props = &delivery.properties;
     let message_id = props.message_id().as_ref().map(|m| m.as_str());
     let (id, appid, touser) = match job::parse(&delivery.data, message_id, &ctx.config) {
@@ -417,15 +127,15 @@ async fn bury_poison(ctx: &Ctx, io: &Io, delivery: &Delivery, panic: &str) -> bo
     publish_final(ctx, io, delivery, &o).await.is_ok()
 }
 
-/// `slot` is the job's share of `concurrency`. It is released as soon as the send is over:
-/// publishing the outcome and waiting for its confirm (a quorum-queue commit) need no send
-/// slot, and the prefetch still bounds how many jobs are held at once. Holding it until the
+/// `send_permit` is the job's share of `concurrency`. It is released as soon as the send is
+/// over: publishing the outcome and waiting for its confirm (a quorum-queue commit) need no
+/// send permit, and the prefetch still bounds how many jobs are held at once. Holding it until the
 /// ack made every send cycle that much longer than WeChat's own latency.
 async fn process(
-    ctx: &Ctx,
-    io: &Io,
+    ctx: &Worker,
+    io: &SessionChannels,
     delivery: &Delivery,
-    slot: Option<OwnedSemaphorePermit>,
+    send_permit: Option<OwnedSemaphorePermit>,
 ) -> Result<(), PublishError> {
     let publisher = &io.publisher;
     let ack = || io.acks.ack(delivery.delivery_tag);
@@ -510,13 +220,13 @@ async fn process(
                     msg_type: Some(job.msg_type),
                 };
                 if let Some(o) = refuse_publisher(ctx, io, job.account, identity, props) {
-                    drop(slot);
+                    drop(send_permit);
                     return publish_final(ctx, io, delivery, &o).await;
                 }
                 let state = headers::retry_state(props);
                 let not_before = headers::not_before_ms(props);
                 let disposition = ctx.dispatcher.send_job(&job, state, not_before).await;
-                drop(slot);
+                drop(send_permit);
                 match disposition {
                     Disposition::Early { left } => {
                         // Back early from a delay tier: park it again, unchanged, for the rest.
@@ -561,8 +271,8 @@ async fn process(
 /// worker published itself (a batch's recipients, jobs back from a delay queue) carry its own
 /// user and go on: they were checked when they first arrived.
 fn refuse_publisher(
-    ctx: &Ctx,
-    io: &Io,
+    ctx: &Worker,
+    io: &SessionChannels,
     account: AccountId,
     job: JobIdentity,
     props: &lapin::BasicProperties,
@@ -588,8 +298,8 @@ fn refuse_publisher(
 }
 
 async fn publish_final(
-    ctx: &Ctx,
-    io: &Io,
+    ctx: &Worker,
+    io: &SessionChannels,
     delivery: &Delivery,
     o: &Outcome,
 ) -> Result<(), PublishError> {
@@ -622,7 +332,7 @@ fn publish_age_secs(props: &lapin::BasicProperties) -> Option<f64> {
 /// Records how long a job waited in the jobs queue, on its first delivery only: a job back
 /// from a delay queue carries the first-seen header, and its age measures the deferral, not
 /// the backlog.
-fn observe_queue_wait(ctx: &Ctx, props: &lapin::BasicProperties) {
+fn observe_queue_wait(ctx: &Worker, props: &lapin::BasicProperties) {
     let first = props
         .headers()
         .as_ref()
@@ -638,7 +348,11 @@ fn observe_queue_wait(ctx: &Ctx, props: &lapin::BasicProperties) {
 /// queue's delivery limit and be dead-lettered without an outcome. The job stays unacked
 /// meanwhile, counted in `wxdispatch_outcomes_waiting`; it is given up (and redelivered) only
 /// with its session, or when the drain timeout ends.
-async fn publish_outcome_waiting(ctx: &Ctx, io: &Io, o: &Outcome) -> Result<(), PublishError> {
+async fn publish_outcome_waiting(
+    ctx: &Worker,
+    io: &SessionChannels,
+    o: &Outcome,
+) -> Result<(), PublishError> {
     let refused = |reason: &str| {
         ctx.metrics
             .outcomes_refused_total
@@ -669,8 +383,8 @@ enum JobCopy {
 /// until the broker dead-lettered the job with no outcome. Counted in
 /// `wxdispatch_copies_waiting{target}` while it waits.
 async fn publish_waiting<F, Fut>(
-    ctx: &Ctx,
-    io: &Io,
+    ctx: &Worker,
+    io: &SessionChannels,
     copy: JobCopy,
     publish: F,
 ) -> Result<(), PublishError>

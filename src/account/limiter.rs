@@ -11,9 +11,7 @@
 //! Nothing here ever calls `clear_quota`: that is an operator's decision.
 //!
 //! With `WXD_REDIS_URL`, the rate and the daily count are shared by all replicas
-//! ([`shared`]); without it, they are per process.
-
-pub mod shared;
+//! ([`super::redis`]); without it, they are per process.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -22,9 +20,9 @@ use std::time::{Duration, Instant};
 use chrono::{FixedOffset, NaiveDate, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use super::redis::RedisLink;
 use crate::metrics::Metrics;
 use crate::policy::DeferReason;
-use shared::SharedSlot;
 
 /// Beijing time (Asia/Shanghai has no daylight saving), in which WeChat's daily quota resets.
 fn beijing() -> FixedOffset {
@@ -33,77 +31,6 @@ fn beijing() -> FixedOffset {
 
 pub(crate) fn beijing_today() -> NaiveDate {
     Utc::now().with_timezone(&beijing()).date_naive()
-}
-
-/// Whether an account is stopped by a configuration error, on either side: a send refused for
-/// the account's setup (40164 IP whitelist, 48001 API unauthorized, ...) or the token endpoint
-/// refusing its credentials. The one writer of `wxdispatch_account_stopped{appid}`, which is 1
-/// while either side is stopped, so a token recovery cannot clear the gauge while sends are
-/// still stopped (and the other way round).
-pub struct AccountStops {
-    gauge: prometheus::IntGauge,
-    /// The send side: the errcode and when one probe send may go out.
-    send: Mutex<Option<(i64, Instant)>>,
-    /// The token side (its circuit breaker lives in the token cache).
-    token: std::sync::atomic::AtomicBool,
-}
-
-impl AccountStops {
-    pub fn new(appid: &str, metrics: &Metrics) -> AccountStops {
-        AccountStops {
-            gauge: metrics.account_stopped.with_label_values(&[appid]),
-            send: Mutex::new(None),
-            token: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// How long a send must wait because the send side is stopped, or `None` to send. Once
-    /// the hold has passed, exactly one caller gets `None` (the probe) and the hold is renewed
-    /// for everybody else; a successful probe clears it.
-    pub fn send_hold(&self, probe_every: Duration) -> Option<Duration> {
-        let mut stop = self.send.lock().expect("stop lock");
-        let (code, until) = (*stop)?;
-        let now = Instant::now();
-        if now < until {
-            return Some(until - now);
-        }
-        *stop = Some((code, now + probe_every));
-        None
-    }
-
-    /// Stops sends for `hold`. Returns whether the send side was running until now.
-    pub fn stop_sends(&self, code: i64, hold: Duration) -> bool {
-        let was_running = {
-            let mut stop = self.send.lock().expect("stop lock");
-            let was_running = stop.is_none();
-            *stop = Some((code, Instant::now() + hold));
-            was_running
-        };
-        self.update();
-        was_running
-    }
-
-    /// A send succeeded: clears the send side's stop. Returns whether there was one.
-    pub fn resume_sends(&self) -> bool {
-        let had = self.send.lock().expect("stop lock").take().is_some();
-        if had {
-            self.update();
-        }
-        had
-    }
-
-    /// The token side stopped (`true`) or resumed (`false`).
-    pub fn set_token_stopped(&self, stopped: bool) {
-        self.token
-            .store(stopped, std::sync::atomic::Ordering::Relaxed);
-        self.update();
-    }
-
-    fn update(&self) {
-        let send = self.send.lock().expect("stop lock").is_some();
-        let token = self.token.load(std::sync::atomic::Ordering::Relaxed);
-        self.gauge.set(i64::from(send || token));
-    }
 }
 
 /// Time left until the next midnight in Beijing.
@@ -153,7 +80,7 @@ pub struct AccountGate {
     limiter: DefaultDirectRateLimiter,
     /// Paces this process while Redis is configured but unreachable: rate / expected replicas.
     fallback: DefaultDirectRateLimiter,
-    shared: Option<Arc<SharedSlot>>,
+    shared: Option<Arc<RedisLink>>,
     daily_quota: Option<u64>,
     probe_every: Duration,
     state: Mutex<GateState>,
@@ -194,7 +121,7 @@ impl AccountGate {
         daily_quota: Option<u64>,
         probe_every: Duration,
         metrics: Arc<Metrics>,
-        shared: Option<Arc<SharedSlot>>,
+        shared: Option<Arc<RedisLink>>,
         expected_replicas: u32,
     ) -> AccountGate {
         let fallback_rate = (rate_per_sec / expected_replicas.max(1)).max(1);
@@ -592,23 +519,5 @@ mod tests {
         // 5 of burst, then 50 at 100/s: about half a second.
         let e = start.elapsed();
         assert!(e >= Duration::from_millis(450), "{e:?}");
-    }
-
-    /// Issue 15: the gauge stays 1 while either side is stopped; the token side's recovery
-    /// does not hide a send-side stop.
-    #[test]
-    fn the_account_stopped_gauge_follows_both_sides() {
-        let m = Metrics::new();
-        let stops = AccountStops::new("wxstop", &m);
-        let gauge = || m.account_stopped.with_label_values(&["wxstop"]).get();
-        assert!(stops.stop_sends(40164, Duration::from_secs(60)));
-        stops.set_token_stopped(true);
-        stops.set_token_stopped(false);
-        assert_eq!(gauge(), 1, "sends are still stopped");
-        assert!(stops.resume_sends());
-        assert_eq!(gauge(), 0);
-        stops.set_token_stopped(true);
-        assert!(!stops.resume_sends(), "no send-side stop to clear");
-        assert_eq!(gauge(), 1, "the token side is still stopped");
     }
 }
