@@ -100,10 +100,13 @@ async fn passive_mode_names_each_missing_queue_and_declares_nothing() {
         assert!(last.contains(q.as_str()), "{q} not named: {last}");
     }
     assert!(last.contains("passive"), "{last}");
-    assert_eq!(
-        h.depth(&h.config.amqp.dead_queue).await,
-        0,
-        "still missing (depth of a missing queue reads 0)"
+    // Still missing: reading its depth (a passive declare) fails instead of reading 0.
+    let ch = h.conn.create_channel().await.unwrap();
+    assert!(
+        topology::depth(&ch, &h.config.amqp.dead_queue)
+            .await
+            .is_err(),
+        "the dead-letter queue exists after a passive start"
     );
     let (_, listed) = rabbitmqctl(&["list_queues", "-q", "name"]);
     assert!(
