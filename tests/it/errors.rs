@@ -337,6 +337,32 @@ async fn transient_errors_that_outlast_max_attempts_fail() {
     h.cleanup().await;
 }
 
+/// Publishes a job for `touser` whose `not_after` is `secs` from now, and returns that time.
+async fn publish_due_in(
+    h: &Harness,
+    id: &str,
+    touser: &str,
+    secs: i64,
+) -> chrono::DateTime<chrono::Utc> {
+    let not_after = chrono::Utc::now() + chrono::Duration::seconds(secs);
+    let mut j = job(id, touser);
+    j["not_after"] = serde_json::json!(not_after.to_rfc3339());
+    h.publish(&j).await;
+    not_after
+}
+
+/// The outcome is `expired` / `not_after_passed`, finished after `not_after` (not before it).
+fn assert_expired_after(o: &Value, not_after: chrono::DateTime<chrono::Utc>) {
+    assert_eq!(o["status"], "expired", "{o}");
+    assert_eq!(o["reason"], "not_after_passed", "{o}");
+    let finished: chrono::DateTime<chrono::Utc> =
+        o["finished_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        finished > not_after,
+        "ended before its not_after ({not_after}): {o}"
+    );
+}
+
 /// Only `not_after` ends a job that is still retrying with attempts and budget to spare: system
 /// busy on every try ends `expired` once its `not_after` has passed (not `failed`, and not
 /// before that time), after more than one try.
@@ -351,19 +377,9 @@ async fn a_job_retrying_past_its_not_after_expires() {
         ..Default::default()
     })
     .await;
-    let not_after = chrono::Utc::now() + chrono::Duration::seconds(3);
-    let mut j = job("retry-expires", "fail:-1");
-    j["not_after"] = serde_json::json!(not_after.to_rfc3339());
-    h.publish(&j).await;
+    let not_after = publish_due_in(&h, "retry-expires", "fail:-1", 3).await;
     let o = only_outcome(&h).await;
-    assert_eq!(o["status"], "expired", "{o}");
-    assert_eq!(o["reason"], "not_after_passed", "{o}");
-    let finished: chrono::DateTime<chrono::Utc> =
-        o["finished_at"].as_str().unwrap().parse().unwrap();
-    assert!(
-        finished > not_after,
-        "ended before its not_after ({not_after}): {o}"
-    );
+    assert_expired_after(&o, not_after);
     let tries = errors(&h, "-1");
     assert!(tries >= 2, "it was retrying: {tries} tries");
     assert_eq!(o["attempts"].as_u64(), Some(tries), "{o}");
@@ -390,23 +406,13 @@ async fn a_job_parked_on_quota_expires_at_its_not_after() {
         ..Default::default()
     })
     .await;
-    let not_after = chrono::Utc::now() + chrono::Duration::seconds(5);
-    let mut j = job("quota-expires", "user-q");
-    j["not_after"] = serde_json::json!(not_after.to_rfc3339());
-    h.publish(&j).await;
+    let not_after = publish_due_in(&h, "quota-expires", "user-q", 5).await;
     eventually("the job parked on quota", WAIT, || async {
         parked(&h).await == 1
     })
     .await;
     let o = only_outcome(&h).await;
-    assert_eq!(o["status"], "expired", "{o}");
-    assert_eq!(o["reason"], "not_after_passed", "{o}");
-    let finished: chrono::DateTime<chrono::Utc> =
-        o["finished_at"].as_str().unwrap().parse().unwrap();
-    assert!(
-        finished > not_after,
-        "ended before its not_after ({not_after}): {o}"
-    );
+    assert_expired_after(&o, not_after);
     let m = h.metrics().await;
     assert!(
         metric(&m, &series("wxdispatch_deferred_total", "reason=\"quota\"")) >= 1.0,
