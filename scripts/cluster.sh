@@ -34,12 +34,29 @@ env_of() { # i -> the environment one node runs with
     "HOME=/var/lib/rabbitmq"
 }
 
+has_name() { # pid, i -> whether that process is node i's VM (grep -z reads the NUL-separated
+  # environment itself: a `tr | grep -q` pipeline can fail under pipefail when grep exits first)
+  grep -qxz "RABBITMQ_NODENAME=$(node "$2")" "/proc/$1/environ" 2>/dev/null
+}
+
 pid_of() { # i -> the pid of node i's VM, if it runs (a killed node leaves its pid file behind)
   local f="$BASE/n$1/pid" pid
-  [[ -f $f ]] || return 1
-  pid=$(cat "$f")
-  { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$(node "$1")" &&
-    echo "$pid"
+  if [[ -f $f ]]; then
+    pid=$(cat "$f")
+    if [[ -n $pid ]] && has_name "$pid" "$1"; then echo "$pid"; return 0; fi
+  fi
+  # No pid file, or a stale one: look for the VM among the running beam processes.
+  for pid in $(pgrep -x beam.smp || true); do
+    if has_name "$pid" "$1"; then echo "$pid"; return 0; fi
+  done
+  return 1
+}
+
+why_down() { # i -> to stderr: what is known about a node that should run and does not
+  local d="$BASE/n$1"
+  echo "node $(node "$1") is not running (pid file: $(cat "$d/pid" 2>/dev/null || echo none));" \
+    "the end of its log:" >&2
+  tail -n 40 "$d/log/"*.log >&2 2>/dev/null || echo "(no log in $d/log)" >&2
 }
 
 as_rabbit() { # i, command...
@@ -102,7 +119,7 @@ case "${1:-}" in
   kill)
     # The node name is not on beam's command line (it comes from RABBITMQ_NODENAME), so
     # pkill -f cannot find it: the node writes its pid to RABBITMQ_PID_FILE.
-    pid=$(pid_of "$2") || { echo "node $(node "$2") is not running" >&2; exit 1; }
+    pid=$(pid_of "$2") || { why_down "$2"; exit 1; }
     kill -9 "$pid"
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     ;;

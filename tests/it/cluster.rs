@@ -186,6 +186,17 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // `stop` removes the nodes' folders; a failed run keeps their logs for the reader.
+        if std::thread::panicking() {
+            let keep = concat!(env!("CARGO_MANIFEST_DIR"), "/target/cluster-logs");
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "rm -rf {keep} && mkdir -p {keep} && cp -r /tmp/wxd-cluster/n* {keep}/ \
+                     && echo cluster logs kept in {keep} >&2"
+                ))
+                .status();
+        }
         let out = Cluster::script(&["stop"]);
         eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
     }
