@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use crate::account::token::{Token, TokenError};
 use crate::account::{Account, Accounts, Admission, Reservation};
 use crate::config::{Config, ConfigError};
 use crate::job::{Job, MsgType};
@@ -27,8 +28,7 @@ use crate::policy::{
 };
 pub use crate::policy::{DeferReason, EndReason, RetryState};
 use crate::wechat::catalogue::{self, Mismatch, Source};
-use crate::wechat::token::Token;
-use crate::wechat::{ApiReply, TokenError, WechatClient};
+use crate::wechat::{ApiReply, WechatClient};
 
 /// How a job ends its turn on a worker.
 #[derive(Debug)]

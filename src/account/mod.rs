@@ -1,6 +1,6 @@
 //! One home per account: everything the worker keeps about an account it sends for. Its pace
 //! and daily quota ([`limiter`]), whether it is stopped ([`stops`]), its access token (the
-//! token cache in [`crate::wechat`]) and its template catalogues ([`catalogue`]), built once
+//! token cache, [`token`], which fetches through a source in [`crate::wechat`]) and its template catalogues ([`catalogue`]), built once
 //! from the configuration. What several replicas share about an account (the rate, the day's
 //! count, the token) goes through Redis in one module, [`redis`].
 
@@ -8,18 +8,20 @@ pub mod catalogue;
 pub mod limiter;
 pub mod redis;
 pub mod stops;
+pub mod token;
 
 use std::sync::Arc;
 
 pub use limiter::{AccountGate, Admission, Reservation};
 pub use stops::AccountStops;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, TokenMode};
 use crate::job::{AccountId, MsgType};
 use crate::metrics::{AccountMetrics, Metrics};
-use crate::wechat::{TokenLimits, TokenSource, WechatClient};
+use crate::wechat::WechatClient;
 use catalogue::CatalogueCache;
 use redis::RedisLink;
+use token::{TokenCache, TokenLimits, TokenSource};
 
 /// Everything one account needs to send.
 pub struct Account {
@@ -30,7 +32,7 @@ pub struct Account {
     /// back template messages (nor the other way round). Pacing stays with `gate`: the rate is
     /// the account's, whatever the type. Its metric label is `<appid>:miniprogram_subscribe`.
     pub mp_gate: AccountGate,
-    pub tokens: Arc<TokenSource>,
+    pub tokens: Arc<TokenCache>,
     /// The account's template catalogues, read by every send.
     pub catalogues: CatalogueCache,
     /// Whether the account is stopped by a configuration error (send or token side).
@@ -85,10 +87,17 @@ impl Accounts {
                     )
                 };
                 let stops = Arc::new(AccountStops::new(&a.appid, metrics));
-                let tokens = TokenSource::new(
+                let source = match config.wechat.token_mode {
+                    TokenMode::Stable => TokenSource::Stable {
+                        secret: secret.clone(),
+                    },
+                    TokenMode::Classic => TokenSource::Classic {
+                        secret: secret.clone(),
+                    },
+                };
+                let tokens = TokenCache::new(
                     a.appid.clone(),
-                    secret.clone(),
-                    config.wechat.token_mode,
+                    source,
                     client.clone(),
                     metrics.clone(),
                     TokenLimits {

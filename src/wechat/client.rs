@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 
-use crate::config::{Secret, TokenMode};
+use crate::config::Secret;
 use crate::job::MsgType;
 pub use crate::policy::SendError;
 
@@ -178,40 +178,18 @@ impl WechatClient {
         self.execute(req).await
     }
 
-    /// Fetches an access token, by `stable_token` (optionally forced) or the classic endpoint.
-    pub async fn fetch_token(
-        &self,
-        mode: TokenMode,
-        appid: &str,
-        secret: &Secret,
-        force: bool,
-    ) -> Result<ApiReply, SendError> {
-        let req = match mode {
-            TokenMode::Stable => {
-                let body = serde_json::json!({
-                    "grant_type": "client_credential",
-                    "appid": appid,
-                    "secret": secret.expose(),
-                    "force_refresh": force,
-                });
-                self.http
-                    .post(format!("{}/cgi-bin/stable_token", self.base))
-                    .header("content-type", "application/json")
-                    .body(body.to_string())
-            }
-            TokenMode::Classic => self
-                .http
-                .get(format!("{}/cgi-bin/token", self.base))
-                .query(&[
-                    ("grant_type", "client_credential"),
-                    ("appid", appid),
-                    ("secret", secret.expose()),
-                ]),
-        };
-        self.execute(req).await
+    /// The connection pool, for the token calls ([`crate::wechat::token`]).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
-    async fn execute<T: serde::de::DeserializeOwned>(
+    /// The API base URL, without a trailing slash.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and reads its JSON reply, whatever its content type.
+    pub(crate) async fn execute<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, SendError> {

@@ -1,5 +1,5 @@
-//! Everything that talks to WeChat's API: the HTTP client, the access-token cache and the
-//! template catalogue. The error-code table they follow is the policy's ([`crate::policy::errcode`]).
+//! Everything that talks to WeChat's API: the HTTP client, the calls that fetch an access
+//! token (its sources) and the template catalogue. The error-code table they follow is the policy's ([`crate::policy::errcode`]).
 
 pub(crate) mod catalogue;
 pub(crate) mod client;
@@ -7,4 +7,4 @@ pub(crate) mod token;
 
 pub use crate::policy::errcode::{self, Action};
 pub use client::{ApiReply, SendError, WechatClient};
-pub use token::{TokenError, TokenLimits, TokenSource};
+pub use token::{Ask, TokenSource};

@@ -486,10 +486,10 @@ async fn a_40037_refreshes_the_catalogue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_pushes_sent_and_consent_events() {
     use std::sync::{Arc, Mutex};
-    use wxdispatch::config::{Secret, TokenMode};
+    use wxdispatch::config::Secret;
     use wxdispatch::job::MsgType;
     use wxdispatch::tools::mock::{MockConfig, MockServer, push::PushTarget};
-    use wxdispatch::wechat::WechatClient;
+    use wxdispatch::wechat::{Ask, TokenSource, WechatClient};
 
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let keep = seen.clone();
@@ -523,12 +523,14 @@ async fn the_simulator_pushes_sent_and_consent_events() {
     .await
     .unwrap();
     let client = WechatClient::new(&mock.base_url(), Duration::from_secs(2));
-    let token = client
-        .fetch_token(TokenMode::Stable, APPID, &Secret::new(SECRET), false)
-        .await
-        .unwrap()
-        .access_token
-        .unwrap();
+    let token = TokenSource::Stable {
+        secret: Secret::new(SECRET),
+    }
+    .fetch(&client, APPID, Ask::Current)
+    .await
+    .unwrap()
+    .access_token
+    .unwrap();
     let body = json!({"touser": "o-sub", "template_id": "SUBTPL0001",
         "data": {"thing1": {"value": "x"}}});
     let reply = client

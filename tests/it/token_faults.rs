@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use crate::helpers::*;
 use wxdispatch::account::AccountStops;
-use wxdispatch::config::{Secret, TokenMode};
+use wxdispatch::account::token::{TokenCache, TokenLimits, TokenSource};
+use wxdispatch::config::Secret;
 use wxdispatch::metrics::Metrics;
 use wxdispatch::tools::mock::{Behaviour, MockConfig, MockServer, TokenFault};
-use wxdispatch::wechat::{TokenLimits, TokenSource, WechatClient};
+use wxdispatch::wechat::WechatClient;
 
 /// `name{appid="<APPID>",<more>}` as a metric prefix.
 fn series(name: &str, more: &str) -> String {
@@ -166,10 +167,11 @@ async fn a_failed_forced_refresh_keeps_the_good_token(fault: TokenFault, result:
     .await
     .unwrap();
     let metrics = Arc::new(Metrics::new());
-    let tokens = TokenSource::new(
+    let tokens = TokenCache::new(
         APPID.into(),
-        Secret::new(SECRET),
-        TokenMode::Stable,
+        TokenSource::Stable {
+            secret: Secret::new(SECRET),
+        },
         WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
         metrics.clone(),
         TokenLimits {

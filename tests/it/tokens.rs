@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use wxdispatch::account::AccountStops;
 use wxdispatch::account::redis::RedisLink;
+use wxdispatch::account::token::{TokenCache, TokenLimits, TokenSource};
 use wxdispatch::config::{Secret, TokenMode};
 use wxdispatch::metrics::Metrics;
 use wxdispatch::tools::mock::{FORCED_REFRESHES_PER_DAY, MockConfig, MockServer};
-use wxdispatch::wechat::{TokenLimits, TokenSource, WechatClient};
+use wxdispatch::wechat::WechatClient;
 
 use crate::helpers::*;
 
@@ -196,12 +197,16 @@ async fn account_mock(appid: &str) -> MockServer {
 
 /// One replica's token cache for `appid`, with a forced-refresh budget of 2 shared through
 /// `slot`.
-fn replica(appid: &str, mode: TokenMode, mock: &MockServer, slot: Arc<RedisLink>) -> TokenSource {
+fn replica(appid: &str, mode: TokenMode, mock: &MockServer, slot: Arc<RedisLink>) -> TokenCache {
     let metrics = Arc::new(Metrics::new());
-    TokenSource::new(
+    let secret = Secret::new(SECRET);
+    let source = match mode {
+        TokenMode::Classic => TokenSource::Classic { secret },
+        _ => TokenSource::Stable { secret },
+    };
+    TokenCache::new(
         appid.to_string(),
-        Secret::new(SECRET),
-        mode,
+        source,
         WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
         metrics.clone(),
         TokenLimits {

@@ -33,11 +33,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::amqp::{self, Acks, Publisher};
-use crate::config::{Config, Secret, TokenMode};
+use crate::config::{Config, Secret};
 use crate::job::MsgType;
 use crate::metrics::Metrics;
 use crate::outcome::{JobIdentity, Outcome, SendStatus};
 use crate::wechat::client::{ApiReply, WechatClient, send_path};
+use crate::wechat::{Ask, TokenSource};
 
 /// What the floor worker does per job besides consuming, publishing and acking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -177,10 +178,12 @@ pub async fn run_floor(Args { floor }: Args) -> anyhow::Result<()> {
         Floor::Amqp => Sender::None,
         Floor::AmqpHttp | Floor::AmqpHyper => {
             let client = WechatClient::new(&config.wechat.api_base, timeout);
-            let reply = client
-                .fetch_token(TokenMode::Stable, &account.appid, secret, false)
-                .await
-                .map_err(|e| anyhow::anyhow!("token: {e}"))?;
+            let reply = TokenSource::Stable {
+                secret: secret.clone(),
+            }
+            .fetch(&client, &account.appid, Ask::Current)
+            .await
+            .map_err(|e| anyhow::anyhow!("token: {e}"))?;
             let token = Secret::new(reply.access_token.context("the token reply has no token")?);
             match floor {
                 Floor::AmqpHyper => {
