@@ -55,8 +55,9 @@ impl Account {
 pub struct Accounts(Vec<Arc<Account>>);
 
 impl Accounts {
-    /// Builds every account's gates, token source and stop state. Fails when an account has
-    /// no AppSecret, i.e. the configuration was loaded without its credentials.
+    /// Builds every account's gates, token cache and stop state. Fails when an account needs
+    /// an AppSecret (stable and classic tokens) and has none, i.e. the configuration was
+    /// loaded without its credentials.
     pub fn build(
         config: &Config,
         client: &WechatClient,
@@ -71,9 +72,6 @@ impl Accounts {
             .accounts
             .iter()
             .map(|a| {
-                let secret = config.credentials.app_secret(&a.appid).ok_or_else(|| {
-                    ConfigError(format!("account {}: no AppSecret loaded", a.appid))
-                })?;
                 let mp_id = format!("{}:{}", a.appid, MsgType::MiniprogramSubscribe);
                 let gate = |id: &str| {
                     AccountGate::with_shared(
@@ -87,14 +85,7 @@ impl Accounts {
                     )
                 };
                 let stops = Arc::new(AccountStops::new(&a.appid, metrics));
-                let source = match config.wechat.token_mode {
-                    TokenMode::Stable => TokenSource::Stable {
-                        secret: secret.clone(),
-                    },
-                    TokenMode::Classic => TokenSource::Classic {
-                        secret: secret.clone(),
-                    },
-                };
+                let source = token_source(config, &a.appid)?;
                 let tokens = TokenCache::new(
                     a.appid.clone(),
                     source,
@@ -135,4 +126,29 @@ impl Accounts {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
         self.0.iter()
     }
+}
+
+/// Where the tokens of account `appid` come from, by the configured token mode.
+fn token_source(config: &Config, appid: &str) -> Result<TokenSource, ConfigError> {
+    let secret = || {
+        config
+            .credentials
+            .app_secret(appid)
+            .cloned()
+            .ok_or_else(|| ConfigError(format!("account {appid}: no AppSecret loaded")))
+    };
+    Ok(match config.wechat.token_mode {
+        TokenMode::Stable => TokenSource::Stable { secret: secret()? },
+        TokenMode::Classic => TokenSource::Classic { secret: secret()? },
+        TokenMode::Central => {
+            let url = config.wechat.token_url.as_deref().ok_or_else(|| {
+                ConfigError("token_mode central: no token_url (WXD_TOKEN_URL)".into())
+            })?;
+            TokenSource::Central {
+                url: reqwest::Url::parse(url)
+                    .map_err(|e| ConfigError(format!("token_url: {e}")))?,
+                auth: config.credentials.token_url_auth.clone(),
+            }
+        }
+    })
 }

@@ -41,6 +41,8 @@ impl Config {
                     a.daily_quota.map_or("none".into(), |q| q.to_string()),
                     if self.credentials.app_secret(&a.appid).is_some() {
                         "(set)"
+                    } else if !self.wechat.token_mode.needs_app_secret() {
+                        "(not needed)"
                     } else {
                         "(not loaded)"
                     }

@@ -122,7 +122,9 @@ fn build(toml_text: Option<&str>, env: &dyn Env, secrets: Secrets) -> Result<Con
         };
         (s.apply)(&mut draft, v).map_err(|e| err(format!("{}: {e}", s.name())))?;
     }
-    build_accounts(&mut draft, accounts(raw_accounts)?, env, required)?;
+    // A central token service owns the tokens: no account needs an AppSecret.
+    let app_secrets = required && draft.config.wechat.token_mode.needs_app_secret();
+    build_accounts(&mut draft, accounts(raw_accounts)?, env, app_secrets)?;
     check_across(&draft.config)?;
     Ok(draft.config)
 }
@@ -375,6 +377,12 @@ fn check_across(c: &Config) -> Result<(), ConfigError> {
              expected another path, or the callback on its own listener (WXD_CALLBACK_ADDR)",
             c.callback.path
         )));
+    }
+    if c.wechat.token_mode == TokenMode::Central && c.wechat.token_url.is_none() {
+        return Err(err(
+            "token_mode: central needs token_url (WXD_TOKEN_URL), the central token service's \
+             URL (GET {url}?appid=A answers {\"access_token\", \"expires_in\"})",
+        ));
     }
     if c.wechat.token_mode == TokenMode::Classic
         && c.limits.expected_replicas > 1

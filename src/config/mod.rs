@@ -61,6 +61,19 @@ pub enum TokenMode {
     Stable,
     /// `GET /cgi-bin/token`: each fetch invalidates the previous token after a 5-minute overlap.
     Classic,
+    /// A central token service (`token_url`) owns every account's token; the worker needs no
+    /// AppSecret.
+    Central,
+}
+
+impl TokenMode {
+    /// Whether the worker fetches tokens with each account's AppSecret.
+    pub fn needs_app_secret(self) -> bool {
+        match self {
+            TokenMode::Stable | TokenMode::Classic => true,
+            TokenMode::Central => false,
+        }
+    }
 }
 
 /// The RabbitMQ queue type of the jobs queue.
@@ -171,6 +184,8 @@ pub struct WechatSettings {
     /// Forced `stable_token` refreshes allowed per Beijing day, across all replicas when
     /// Redis is configured (WeChat allows 20; the rest are left to other systems).
     pub token_force_budget: u32,
+    /// The central token service (`token_mode = central`): `GET {url}?appid=A`.
+    pub token_url: Option<String>,
     /// The whole-request timeout of one API call.
     pub http_timeout: Duration,
 }

@@ -38,6 +38,8 @@ pub struct Credentials {
     app_secrets: BTreeMap<String, Secret>,
     pub callback_token: Option<Secret>,
     pub callback_aes_key: Option<Secret>,
+    /// The bearer token sent to the central token service.
+    pub token_url_auth: Option<Secret>,
 }
 
 impl Credentials {

@@ -31,6 +31,44 @@ fn classic_tokens_with_several_replicas_need_redis() {
     assert!(e.to_string().contains("token_force_budget"), "{e}");
 }
 
+/// A central token service owns the tokens: accounts need no AppSecret, and the mode needs
+/// the service's URL. Its bearer token is a secret, from the environment or a file.
+#[test]
+fn central_tokens_need_a_url_and_no_secret() {
+    let e = Config::from_sources(
+        None,
+        &env(&[("WXD_APPID", "wxcentral"), ("WXD_TOKEN_MODE", "central")]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("WXD_TOKEN_URL"), "{e}");
+    let dir = std::env::temp_dir().join(format!("wxd-central-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let auth = dir.join("auth");
+    std::fs::write(&auth, "bearer-secret\n").unwrap();
+    let c = Config::from_sources(
+        Some("[[accounts]]\nappid = \"wxother\"\n"),
+        &env(&[
+            ("WXD_APPID", "wxcentral"),
+            ("WXD_TOKEN_MODE", "central"),
+            ("WXD_TOKEN_URL", "http://tokens.internal/token"),
+            ("WXD_TOKEN_URL_AUTH_FILE", auth.to_str().unwrap()),
+        ]),
+    )
+    .expect("no AppSecret is needed in central mode");
+    assert_eq!(c.wechat.token_mode, TokenMode::Central);
+    assert_eq!(c.accounts.len(), 2);
+    assert!(c.credentials.app_secret("wxcentral").is_none());
+    assert_eq!(
+        c.credentials.token_url_auth.as_ref().map(Secret::expose),
+        Some("bearer-secret")
+    );
+    assert!(!format!("{c:?}").contains("bearer-secret"));
+    // The same accounts without a secret are still refused in the default mode.
+    let e = Config::from_sources(None, &env(&[("WXD_APPID", "wxcentral")])).unwrap_err();
+    assert!(e.to_string().contains("WXD_SECRET"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()

@@ -3,7 +3,7 @@
 //! account's token and needs none. When to call, how often, and what an answer means for the
 //! account is the token cache's business ([`crate::account::token`]).
 
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 
 use crate::config::{Secret, TokenMode};
 use crate::wechat::client::{ApiReply, SendError, WechatClient};
@@ -14,6 +14,13 @@ pub enum TokenSource {
     Stable { secret: Secret },
     /// `GET /cgi-bin/token` with the AppSecret: each call issues a new token.
     Classic { secret: Secret },
+    /// A central token service (中控服务器): `GET {url}?appid=A`, and after a token error
+    /// `GET {url}?appid=A&invalid=<refused token>`, where the service decides whether to
+    /// refresh. `auth` goes in an `Authorization: Bearer` header.
+    Central {
+        url: reqwest::Url,
+        auth: Option<Secret>,
+    },
 }
 
 /// What the cache asks its source for.
@@ -35,6 +42,7 @@ impl TokenSource {
         match self {
             TokenSource::Stable { .. } => TokenMode::Stable,
             TokenSource::Classic { .. } => TokenMode::Classic,
+            TokenSource::Central { .. } => TokenMode::Central,
         }
     }
 
@@ -66,6 +74,18 @@ impl TokenSource {
                     ("appid", appid),
                     ("secret", secret.expose()),
                 ]),
+            TokenSource::Central { url, auth } => {
+                let mut url = url.clone();
+                url.query_pairs_mut().append_pair("appid", appid);
+                if let Ask::Refused(token) = ask {
+                    url.query_pairs_mut().append_pair("invalid", token);
+                }
+                let req = http.get(url);
+                match auth {
+                    Some(a) => req.header(AUTHORIZATION, format!("Bearer {}", a.expose())),
+                    None => req,
+                }
+            }
         };
         client.execute(req).await
     }

@@ -21,6 +21,7 @@ mod publish;
 mod receipts;
 mod serial_marks;
 mod subscribe;
+mod token_central;
 mod token_faults;
 mod tokens;
 mod topology;

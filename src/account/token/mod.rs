@@ -5,7 +5,8 @@
 //! (single flight). A token that WeChat rejects is invalidated only if it is still the current
 //! one (compare-and-invalidate), so a burst of failures on the same token costs one refresh.
 //!
-//! The cache fetches through its [`TokenSource`] (WeChat's `stable_token` or classic endpoint);
+//! The cache fetches through its [`TokenSource`] (WeChat's `stable_token` or classic endpoint,
+//! or a central token service, which is told the refused token and decides whether to refresh);
 //! everything here is the policy around those calls, the same for every source:
 //! - a circuit breaker: a configuration error (bad appid or secret, IP not whitelisted) stops
 //!   the account; the source is probed again only after `stop_probe` has passed
@@ -20,6 +21,10 @@
 //! The classic endpoint issues a new token on every call (and invalidates the previous one
 //! after five minutes), so there a rejection of a fresh token is not followed by another
 //! fetch either: it would cost one of the 2,000 daily calls and could not help.
+//!
+//! A central service hears of a refused token once (`invalid=`, single flight, so a burst of
+//! refusals costs one call); a token it gave in that answer and WeChat refuses again within a
+//! minute is not reported again, as a forced token is not forced again.
 
 mod force;
 mod reply;
@@ -47,7 +52,8 @@ pub struct Token {
     pub expires_at: Instant,
     /// The last time the source handed out this token.
     pub confirmed_at: Instant,
-    /// Whether it came from a forced refresh.
+    /// Whether it came from a forced refresh (`stable_token`), or from a central service's
+    /// answer to an `invalid=` call.
     pub forced: bool,
 }
 
@@ -207,6 +213,15 @@ impl TokenCache {
             self.skipped("fresh_classic_token");
             return;
         }
+        if self.mode() == TokenMode::Central && used.forced && fresh {
+            // The central service answered an `invalid=` call with this token moments ago,
+            // a new one or the same after deciding not to refresh. Asking again would make it
+            // refresh on every retry of a job whose code is not about the token (the forced
+            // `stable_token` rule); the job backs off, and a minute on it may ask again.
+            tracing::info!(appid = %self.appid, "a token the central service has just vouched for was rejected; not asking it again yet");
+            self.skipped("fresh_central_token");
+            return;
+        }
         let dropped = {
             let mut cur = self.current.lock().expect("token lock");
             match cur.as_ref() {
@@ -320,8 +335,20 @@ impl TokenCache {
                 }
             }
         }
-        let mut reply = self.call(st, Ask::Current).await?;
-        let mut forced = false;
+        // A central service is told which token WeChat refused; it decides whether to refresh.
+        let refused = match (self.mode(), &st.last_rejected) {
+            (TokenMode::Central, Some(r)) => Some(r.value.clone()),
+            _ => None,
+        };
+        let ask = refused.as_deref().map_or(Ask::Current, Ask::Refused);
+        let mut reply = self.call(st, ask).await?;
+        // A central token given in answer to a refusal counts as forced: see `invalidate`.
+        let mut forced = refused.is_some();
+        if let Some(r) = &refused
+            && reply.access_token.as_deref() == Some(r)
+        {
+            tracing::warn!(appid = %self.appid, "the central token service kept the token WeChat refused; using it, jobs back off");
+        }
         // Whether stable_token handed back the token WeChat just rejected, and how it was had.
         let handed_back = st
             .last_rejected

@@ -25,6 +25,7 @@
 //! `GET /mock/stats` reports what was received: requests, unique messages, duplicates
 //! suppressed, per-second send counts per appid, token calls and errors by code.
 
+pub mod central;
 mod command;
 pub mod push;
 pub mod xml;
@@ -296,6 +297,8 @@ pub struct MockState {
     in_flight: AtomicU64,
     push: Option<push::PushTarget>,
     http: reqwest::Client,
+    /// The central token service's state ([`central`]).
+    central: central::CentralState,
 }
 
 type Shared = Arc<MockState>;
@@ -331,6 +334,7 @@ impl MockServer {
             in_flight: AtomicU64::new(0),
             push: config.push,
             http: reqwest::Client::new(),
+            central: central::CentralState::default(),
         });
         let shutdown = Shutdown::new();
         let (addr, _) = crate::http::serve(listen, router(state.clone()), shutdown.clone()).await?;
@@ -459,6 +463,7 @@ fn router(state: Shared) -> Router {
         .route("/mock/expire_tokens", post(expire_tokens))
         .route("/mock/clear_quota", post(mock_clear_quota))
         .route("/mock/consent", post(consent))
+        .merge(central::routes())
         .with_state(state)
 }
 
