@@ -55,6 +55,7 @@ pub mod amqp;
 pub mod app;
 pub mod callback;
 pub mod cli;
+pub mod component;
 pub mod config;
 pub(crate) mod dispatch;
 pub mod http;

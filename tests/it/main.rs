@@ -6,6 +6,7 @@
 
 mod bench;
 mod cluster;
+mod component;
 mod consent;
 mod contract;
 mod deploy;

@@ -27,6 +27,7 @@
 
 pub mod central;
 mod command;
+pub mod component;
 pub mod push;
 pub mod xml;
 
@@ -299,6 +300,8 @@ pub struct MockState {
     http: reqwest::Client,
     /// The central token service's state ([`central`]).
     central: central::CentralState,
+    /// The third-party platform's state ([`component`]).
+    component: component::ComponentState,
 }
 
 type Shared = Arc<MockState>;
@@ -335,6 +338,7 @@ impl MockServer {
             push: config.push,
             http: reqwest::Client::new(),
             central: central::CentralState::default(),
+            component: component::ComponentState::default(),
         });
         let shutdown = Shutdown::new();
         let (addr, _) = crate::http::serve(listen, router(state.clone()), shutdown.clone()).await?;
@@ -464,6 +468,7 @@ fn router(state: Shared) -> Router {
         .route("/mock/clear_quota", post(mock_clear_quota))
         .route("/mock/consent", post(consent))
         .merge(central::routes())
+        .merge(component::routes())
         .with_state(state)
 }
 

@@ -1,0 +1,249 @@
+//! What a third-party platform keeps in Redis, shared by every replica: the last verify
+//! ticket, the component token, and per authorizer its refresh token, its granted permission
+//! sets and its current access token. Values are credentials: Redis must be as private as the
+//! worker's own environment.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+/// An authorizer as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizerRecord {
+    /// The refresh token; `None` when it was lost (recovered from the authorizer list).
+    pub refresh_token: Option<String>,
+    /// The permission sets granted (`funcscope_category.id`).
+    pub funcs: Vec<u32>,
+}
+
+/// A token stored with its expiry (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub value: String,
+    pub expires_ms: i64,
+}
+
+/// The platform's keys in Redis.
+#[derive(Clone)]
+pub struct ComponentStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl ComponentStore {
+    pub async fn connect(url: &str, component_appid: &str) -> redis::RedisResult<ComponentStore> {
+        let client = redis::Client::open(url)?;
+        let conn = tokio::time::timeout(Duration::from_secs(3), ConnectionManager::new(client))
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))
+            })??;
+        Ok(ComponentStore {
+            conn,
+            prefix: format!("wxdispatch:component:{component_appid}"),
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    /// The key of authorizer `appid`'s record.
+    fn authorizer(&self, appid: &str) -> String {
+        self.key(&format!("authorizer:{appid}"))
+    }
+
+    pub async fn set_ticket(&self, ticket: &str) -> redis::RedisResult<()> {
+        // WeChat's ticket is valid 12 h; a newer one replaces it every 10 minutes.
+        redis::cmd("SET")
+            .arg(self.key("ticket"))
+            .arg(ticket)
+            .arg("EX")
+            .arg(12 * 3600)
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    pub async fn ticket(&self) -> redis::RedisResult<Option<String>> {
+        redis::cmd("GET")
+            .arg(self.key("ticket"))
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    async fn get_token(&self, key: String) -> redis::RedisResult<Option<StoredToken>> {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(raw.and_then(|r| {
+            let (expires, value) = r.split_once(':')?;
+            Some(StoredToken {
+                expires_ms: expires.parse().ok()?,
+                value: value.to_string(),
+            })
+        }))
+    }
+
+    pub async fn component_token(&self) -> redis::RedisResult<Option<StoredToken>> {
+        self.get_token(self.key("token")).await
+    }
+
+    /// Stores the component token and releases its fetch lock, in one transaction.
+    pub async fn store_component_token(
+        &self,
+        value: &str,
+        expires_in: u64,
+    ) -> redis::RedisResult<()> {
+        let ttl = expires_in.max(1) * 1000;
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.key("token"))
+            .arg(format!("{}:{value}", now_ms() + ttl as i64))
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .del(self.key("token:lock"))
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// A fetch lock that expires by itself after `hold`, should its holder die.
+    pub async fn lock(&self, what: &str, hold: Duration) -> redis::RedisResult<bool> {
+        let got: Option<String> = redis::cmd("SET")
+            .arg(self.key(&format!("{what}:lock")))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(hold.as_millis() as u64)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(got.is_some())
+    }
+
+    pub async fn unlock(&self, what: &str) -> redis::RedisResult<()> {
+        redis::cmd("DEL")
+            .arg(self.key(&format!("{what}:lock")))
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// The lock name of authorizer `appid`'s refresh.
+    pub fn authorizer_lock(appid: &str) -> String {
+        format!("authorizer:{appid}:refresh")
+    }
+
+    pub async fn authorizer_record(
+        &self,
+        appid: &str,
+    ) -> redis::RedisResult<Option<AuthorizerRecord>> {
+        let (refresh, funcs): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.authorizer(appid))
+            .arg("refresh_token")
+            .arg("funcs")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let Some(funcs) = funcs else {
+            return Ok(None);
+        };
+        Ok(Some(AuthorizerRecord {
+            refresh_token: refresh.filter(|r| !r.is_empty()),
+            funcs: funcs.split(',').filter_map(|f| f.parse().ok()).collect(),
+        }))
+    }
+
+    /// Stores an authorization (`authorized`, `updateauthorized`, or a recovery): the refresh
+    /// token, the permission sets and, when given, the access token, in one transaction.
+    pub async fn store_authorizer(
+        &self,
+        appid: &str,
+        record: &AuthorizerRecord,
+        token: Option<(&str, u64)>,
+    ) -> redis::RedisResult<()> {
+        let funcs = record
+            .funcs
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(self.authorizer(appid))
+            .arg("refresh_token")
+            .arg(record.refresh_token.as_deref().unwrap_or(""))
+            .arg("funcs")
+            .arg(funcs)
+            .ignore();
+        if let Some((value, expires_in)) = token {
+            Self::token_into(
+                &mut pipe,
+                self.key(&format!("authorizer:{appid}:token")),
+                value,
+                expires_in,
+            );
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    fn token_into(pipe: &mut redis::Pipeline, key: String, value: &str, expires_in: u64) {
+        let ttl = expires_in.max(1) * 1000;
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(format!("{}:{value}", now_ms() + ttl as i64))
+            .arg("PX")
+            .arg(ttl)
+            .ignore();
+    }
+
+    pub async fn authorizer_token(&self, appid: &str) -> redis::RedisResult<Option<StoredToken>> {
+        self.get_token(self.key(&format!("authorizer:{appid}:token")))
+            .await
+    }
+
+    /// After `api_authorizer_token`: the rotated refresh token and the new access token are
+    /// stored and the refresh lock released in one transaction, so no replica ever reads the
+    /// new token with the old refresh token, or the lock free with neither stored.
+    pub async fn store_rotation(
+        &self,
+        appid: &str,
+        refresh_token: &str,
+        access_token: &str,
+        expires_in: u64,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(self.authorizer(appid))
+            .arg("refresh_token")
+            .arg(refresh_token)
+            .ignore();
+        Self::token_into(
+            &mut pipe,
+            self.key(&format!("authorizer:{appid}:token")),
+            access_token,
+            expires_in,
+        );
+        pipe.del(self.key(&format!("{}:lock", Self::authorizer_lock(appid))))
+            .ignore();
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    /// `unauthorized`: the authorizer and its tokens are forgotten.
+    pub async fn remove_authorizer(&self, appid: &str) -> redis::RedisResult<()> {
+        redis::pipe()
+            .atomic()
+            .del(self.authorizer(appid))
+            .ignore()
+            .del(self.key(&format!("authorizer:{appid}:token")))
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+}

@@ -1,0 +1,255 @@
+//! The platform's tokens: the component token (from the last verify ticket) and each
+//! authorizer's access token (from its refresh token). Both are kept in Redis and fetched by
+//! one replica at a time under a lock that expires by itself; the others wait for what it
+//! stores. Every `api_authorizer_token` call rotates the refresh token: the new one is stored
+//! with the access token in one transaction, so a replica never refreshes with a spent one.
+
+use std::time::{Duration, Instant};
+
+use super::api::ComponentApi;
+use super::store::{AuthorizerRecord, ComponentStore, StoredToken};
+use crate::wechat::SendError;
+
+/// How long a fetch lock is held at most (more than the HTTP timeout of the call it guards).
+const LOCK_HOLD: Duration = Duration::from_secs(10);
+/// How long a replica waits for another one's fetch before giving up for now.
+const WAIT_FOR_OTHER: Duration = Duration::from_secs(5);
+/// A stored token with less than this left is refreshed ahead of its expiry.
+const AHEAD: Duration = Duration::from_secs(300);
+
+/// WeChat: the authorizer refresh token is invalid (lost, or rotated by someone else).
+pub const INVALID_REFRESH_TOKEN: i64 = 61023;
+
+/// Why a token of the platform could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("no component_verify_ticket has arrived yet")]
+    NoTicket,
+    /// The appid never authorized the platform, or has unauthorized it.
+    #[error("{0} has not authorized the platform")]
+    NotAuthorized(String),
+    #[error("errcode {code}: {msg}")]
+    Wechat { code: i64, msg: String },
+    #[error("{0}")]
+    Http(#[from] SendError),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("another replica is fetching the token")]
+    Busy,
+}
+
+/// A third-party platform: its API and its Redis keys.
+pub struct Component {
+    pub api: ComponentApi,
+    pub store: ComponentStore,
+}
+
+fn usable(t: &StoredToken) -> bool {
+    t.expires_ms - chrono::Utc::now().timestamp_millis() > AHEAD.as_millis() as i64
+}
+
+impl Component {
+    /// The component access token, fetched with the last verify ticket when none is stored.
+    pub async fn component_token(&self) -> Result<String, ComponentError> {
+        let started = Instant::now();
+        loop {
+            if let Some(t) = self.store.component_token().await?
+                && usable(&t)
+            {
+                return Ok(t.value);
+            }
+            if self.store.lock("token", LOCK_HOLD).await? {
+                let fetched = self.fetch_component_token().await;
+                if fetched.is_err() {
+                    self.store.unlock("token").await?;
+                }
+                return fetched;
+            }
+            if started.elapsed() > WAIT_FOR_OTHER {
+                return Err(ComponentError::Busy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn fetch_component_token(&self) -> Result<String, ComponentError> {
+        let ticket = self.store.ticket().await?.ok_or(ComponentError::NoTicket)?;
+        let answer = self.api.component_token(&ticket).await?;
+        let token = match answer.body {
+            Some(t) if answer.errcode == 0 => t,
+            _ => {
+                return Err(ComponentError::Wechat {
+                    code: answer.errcode,
+                    msg: answer.errmsg,
+                });
+            }
+        };
+        self.store
+            .store_component_token(&token.component_access_token, token.expires_in)
+            .await?;
+        Ok(token.component_access_token)
+    }
+
+    /// `authorized` / `updateauthorized`: the code is exchanged at once and the authorizer's
+    /// refresh token, permission sets and access token are stored. Returns the permission sets.
+    pub async fn authorize(&self, code: &str) -> Result<(String, Vec<u32>), ComponentError> {
+        let ctoken = self.component_token().await?;
+        let answer = self.api.query_auth(&ctoken, code).await?;
+        let info = match answer.body {
+            Some(q) if answer.errcode == 0 => q.authorization_info,
+            _ => {
+                return Err(ComponentError::Wechat {
+                    code: answer.errcode,
+                    msg: answer.errmsg,
+                });
+            }
+        };
+        let funcs: Vec<u32> = info
+            .func_info
+            .iter()
+            .map(|f| f.funcscope_category.id)
+            .collect();
+        let record = AuthorizerRecord {
+            refresh_token: Some(info.authorizer_refresh_token),
+            funcs: funcs.clone(),
+        };
+        self.store
+            .store_authorizer(
+                &info.authorizer_appid,
+                &record,
+                Some((&info.authorizer_access_token, info.expires_in)),
+            )
+            .await?;
+        Ok((info.authorizer_appid, funcs))
+    }
+
+    /// The authorizer's record, or `NotAuthorized`.
+    pub async fn record(&self, appid: &str) -> Result<AuthorizerRecord, ComponentError> {
+        self.store
+            .authorizer_record(appid)
+            .await?
+            .ok_or_else(|| ComponentError::NotAuthorized(appid.to_string()))
+    }
+
+    /// Authorizer `appid`'s access token: the stored one while it has more than five minutes
+    /// left, else a refresh by exactly one replica.
+    pub async fn authorizer_token(&self, appid: &str) -> Result<StoredToken, ComponentError> {
+        let started = Instant::now();
+        let lock = ComponentStore::authorizer_lock(appid);
+        loop {
+            if let Some(t) = self.store.authorizer_token(appid).await?
+                && usable(&t)
+            {
+                return Ok(t);
+            }
+            let record = self.record(appid).await?;
+            if self.store.lock(&lock, LOCK_HOLD).await? {
+                let refreshed = self.refresh_authorizer(appid, record).await;
+                if refreshed.is_err() {
+                    self.store.unlock(&lock).await?;
+                }
+                return refreshed;
+            }
+            if started.elapsed() > WAIT_FOR_OTHER {
+                return Err(ComponentError::Busy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Under the authorizer's lock: refresh with the stored refresh token (recovered from the
+    /// authorizer list when it is missing or WeChat says it is invalid), and store the rotation.
+    async fn refresh_authorizer(
+        &self,
+        appid: &str,
+        record: AuthorizerRecord,
+    ) -> Result<StoredToken, ComponentError> {
+        // Another replica may have stored a token between our read and our lock.
+        if let Some(t) = self.store.authorizer_token(appid).await?
+            && usable(&t)
+        {
+            self.store
+                .unlock(&ComponentStore::authorizer_lock(appid))
+                .await?;
+            return Ok(t);
+        }
+        let ctoken = self.component_token().await?;
+        let mut refresh = match record.refresh_token {
+            Some(r) => r,
+            None => self.recover_refresh_token(&ctoken, appid).await?,
+        };
+        let mut recovered = false;
+        loop {
+            let answer = self.api.authorizer_token(&ctoken, appid, &refresh).await?;
+            match answer.body {
+                Some(t) if answer.errcode == 0 => {
+                    self.store
+                        .store_rotation(
+                            appid,
+                            &t.authorizer_refresh_token,
+                            &t.authorizer_access_token,
+                            t.expires_in,
+                        )
+                        .await?;
+                    let expires_ms =
+                        chrono::Utc::now().timestamp_millis() + (t.expires_in.max(1) * 1000) as i64;
+                    return Ok(StoredToken {
+                        value: t.authorizer_access_token,
+                        expires_ms,
+                    });
+                }
+                _ if answer.errcode == INVALID_REFRESH_TOKEN && !recovered => {
+                    tracing::warn!(authorizer = %appid, "the stored refresh token is invalid; recovering it from the authorizer list");
+                    refresh = self.recover_refresh_token(&ctoken, appid).await?;
+                    recovered = true;
+                }
+                _ => {
+                    return Err(ComponentError::Wechat {
+                        code: answer.errcode,
+                        msg: answer.errmsg,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The refresh token of `appid` from `api_get_authorizer_list`, stored; `NotAuthorized`
+    /// when the list does not have it.
+    async fn recover_refresh_token(
+        &self,
+        ctoken: &str,
+        appid: &str,
+    ) -> Result<String, ComponentError> {
+        let mut offset = 0;
+        loop {
+            let answer = self.api.authorizer_list(ctoken, offset).await?;
+            let page = match answer.body {
+                Some(p) if answer.errcode == 0 => p,
+                _ => {
+                    return Err(ComponentError::Wechat {
+                        code: answer.errcode,
+                        msg: answer.errmsg,
+                    });
+                }
+            };
+            if let Some(found) = page.list.iter().find(|a| a.authorizer_appid == appid) {
+                let funcs = self
+                    .store
+                    .authorizer_record(appid)
+                    .await?
+                    .map(|r| r.funcs)
+                    .unwrap_or_default();
+                let record = AuthorizerRecord {
+                    refresh_token: Some(found.refresh_token.clone()),
+                    funcs,
+                };
+                self.store.store_authorizer(appid, &record, None).await?;
+                return Ok(found.refresh_token.clone());
+            }
+            offset += page.list.len() as u64;
+            if page.list.is_empty() || offset >= page.total_count {
+                return Err(ComponentError::NotAuthorized(appid.to_string()));
+            }
+        }
+    }
+}
