@@ -152,6 +152,12 @@ impl Dispatcher {
             Ok(t) => t,
             Err(e) => {
                 let tried = match e {
+                    TokenError::NotAuthorized { appid } => {
+                        tracing::info!(job_id = %job.id, %appid, "rejected before sending: the appid has not authorized the platform");
+                        let note = format!("{appid} has not authorized the third-party platform");
+                        let end = End::refused(EndReason::NotAuthorized.as_str(), note);
+                        return (Step::End(end), None);
+                    }
                     TokenError::Stopped { retry_in, .. } => Tried::TokenStopped { retry_in },
                     TokenError::Unavailable { retry_in, .. } => {
                         Tried::TokenUnavailable { retry_in }

@@ -68,6 +68,12 @@ impl Accounts {
             .redis_url
             .as_deref()
             .map(|url| Arc::new(RedisLink::new(url)));
+        let platform = match config.wechat.token_mode {
+            TokenMode::Component => Some(Arc::new(crate::component::Component::from_config(
+                config, client,
+            )?)),
+            _ => None,
+        };
         let accounts = config
             .accounts
             .iter()
@@ -85,7 +91,7 @@ impl Accounts {
                     )
                 };
                 let stops = Arc::new(AccountStops::new(&a.appid, metrics));
-                let source = token_source(config, &a.appid)?;
+                let source = token_source(config, &a.appid, platform.as_ref())?;
                 let tokens = TokenCache::new(
                     a.appid.clone(),
                     source,
@@ -129,7 +135,11 @@ impl Accounts {
 }
 
 /// Where the tokens of account `appid` come from, by the configured token mode.
-fn token_source(config: &Config, appid: &str) -> Result<TokenSource, ConfigError> {
+fn token_source(
+    config: &Config,
+    appid: &str,
+    platform: Option<&Arc<crate::component::Component>>,
+) -> Result<TokenSource, ConfigError> {
     let secret = || {
         config
             .credentials
@@ -140,6 +150,11 @@ fn token_source(config: &Config, appid: &str) -> Result<TokenSource, ConfigError
     Ok(match config.wechat.token_mode {
         TokenMode::Stable => TokenSource::Stable { secret: secret()? },
         TokenMode::Classic => TokenSource::Classic { secret: secret()? },
+        TokenMode::Component => TokenSource::Component {
+            platform: platform
+                .cloned()
+                .ok_or_else(|| ConfigError("token_mode component: no platform".into()))?,
+        },
         TokenMode::Central => {
             let url = config.wechat.token_url.as_deref().ok_or_else(|| {
                 ConfigError("token_mode central: no token_url (WXD_TOKEN_URL)".into())

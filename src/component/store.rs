@@ -26,7 +26,9 @@ pub struct StoredToken {
 /// The platform's keys in Redis.
 #[derive(Clone)]
 pub struct ComponentStore {
-    conn: ConnectionManager,
+    client: redis::Client,
+    /// Connected on first use, so the worker's accounts can be built without waiting on Redis.
+    conn: std::sync::Arc<tokio::sync::OnceCell<ConnectionManager>>,
     prefix: String,
 }
 
@@ -35,17 +37,37 @@ fn now_ms() -> i64 {
 }
 
 impl ComponentStore {
-    pub async fn connect(url: &str, component_appid: &str) -> redis::RedisResult<ComponentStore> {
-        let client = redis::Client::open(url)?;
-        let conn = tokio::time::timeout(Duration::from_secs(3), ConnectionManager::new(client))
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))
-            })??;
+    /// The store of platform `component_appid` at `url`; it connects on first use.
+    pub fn new(url: &str, component_appid: &str) -> redis::RedisResult<ComponentStore> {
         Ok(ComponentStore {
-            conn,
+            client: redis::Client::open(url)?,
+            conn: Default::default(),
             prefix: format!("wxdispatch:component:{component_appid}"),
         })
+    }
+
+    /// [`ComponentStore::new`], connected now.
+    pub async fn connect(url: &str, component_appid: &str) -> redis::RedisResult<ComponentStore> {
+        let store = ComponentStore::new(url, component_appid)?;
+        store.conn().await?;
+        Ok(store)
+    }
+
+    async fn conn(&self) -> redis::RedisResult<ConnectionManager> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                tokio::time::timeout(
+                    Duration::from_secs(3),
+                    ConnectionManager::new(self.client.clone()),
+                )
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))
+                })?
+            })
+            .await?;
+        Ok(conn.clone())
     }
 
     fn key(&self, rest: &str) -> String {
@@ -64,21 +86,21 @@ impl ComponentStore {
             .arg(ticket)
             .arg("EX")
             .arg(12 * 3600)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await
     }
 
     pub async fn ticket(&self) -> redis::RedisResult<Option<String>> {
         redis::cmd("GET")
             .arg(self.key("ticket"))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await
     }
 
     async fn get_token(&self, key: String) -> redis::RedisResult<Option<StoredToken>> {
         let raw: Option<String> = redis::cmd("GET")
             .arg(key)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await?;
         Ok(raw.and_then(|r| {
             let (expires, value) = r.split_once(':')?;
@@ -110,7 +132,7 @@ impl ComponentStore {
             .ignore()
             .del(self.key("token:lock"))
             .ignore()
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await
     }
 
@@ -122,7 +144,7 @@ impl ComponentStore {
             .arg("NX")
             .arg("PX")
             .arg(hold.as_millis() as u64)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await?;
         Ok(got.is_some())
     }
@@ -130,7 +152,7 @@ impl ComponentStore {
     pub async fn unlock(&self, what: &str) -> redis::RedisResult<()> {
         redis::cmd("DEL")
             .arg(self.key(&format!("{what}:lock")))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await
     }
 
@@ -147,7 +169,7 @@ impl ComponentStore {
             .arg(self.authorizer(appid))
             .arg("refresh_token")
             .arg("funcs")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await?;
         let Some(funcs) = funcs else {
             return Ok(None);
@@ -189,7 +211,7 @@ impl ComponentStore {
                 expires_in,
             );
         }
-        pipe.query_async(&mut self.conn.clone()).await
+        pipe.query_async(&mut self.conn().await?).await
     }
 
     fn token_into(pipe: &mut redis::Pipeline, key: String, value: &str, expires_in: u64) {
@@ -232,7 +254,28 @@ impl ComponentStore {
         );
         pipe.del(self.key(&format!("{}:lock", Self::authorizer_lock(appid))))
             .ignore();
-        pipe.query_async(&mut self.conn.clone()).await
+        pipe.query_async(&mut self.conn().await?).await
+    }
+
+    /// Drops the stored access token of `appid` if it is still `refused` (compare and delete,
+    /// so a token another replica has just stored is kept).
+    pub async fn drop_authorizer_token(
+        &self,
+        appid: &str,
+        refused: &str,
+    ) -> redis::RedisResult<()> {
+        const SCRIPT: &str = r"
+            local v = redis.call('GET', KEYS[1])
+            if v and string.sub(v, string.find(v, ':') + 1) == ARGV[1] then
+                redis.call('DEL', KEYS[1])
+            end
+            return 0";
+        redis::Script::new(SCRIPT)
+            .key(self.key(&format!("authorizer:{appid}:token")))
+            .arg(refused)
+            .invoke_async::<i64>(&mut self.conn().await?)
+            .await
+            .map(|_| ())
     }
 
     /// `unauthorized`: the authorizer and its tokens are forgotten.
@@ -243,7 +286,7 @@ impl ComponentStore {
             .ignore()
             .del(self.key(&format!("authorizer:{appid}:token")))
             .ignore()
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await
     }
 }

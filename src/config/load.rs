@@ -126,6 +126,27 @@ fn build(toml_text: Option<&str>, env: &dyn Env, secrets: Secrets) -> Result<Con
     let app_secrets = required && draft.config.wechat.token_mode.needs_app_secret();
     build_accounts(&mut draft, accounts(raw_accounts)?, env, app_secrets)?;
     check_across(&draft.config)?;
+    if required && draft.config.wechat.token_mode == TokenMode::Component {
+        let c = &draft.config.credentials;
+        for (set, name) in [
+            (
+                c.component_secret.is_some(),
+                "WXD_COMPONENT_SECRET (or _FILE)",
+            ),
+            (
+                c.component_token.is_some(),
+                "WXD_COMPONENT_TOKEN (or _FILE)",
+            ),
+            (
+                c.component_aes_key.is_some(),
+                "WXD_COMPONENT_AES_KEY (or _FILE)",
+            ),
+        ] {
+            if !set {
+                return Err(err(format!("token_mode: component needs {name}")));
+            }
+        }
+    }
     Ok(draft.config)
 }
 
@@ -383,6 +404,19 @@ fn check_across(c: &Config) -> Result<(), ConfigError> {
             "token_mode: central needs token_url (WXD_TOKEN_URL), the central token service's \
              URL (GET {url}?appid=A answers {\"access_token\", \"expires_in\"})",
         ));
+    }
+    if c.wechat.token_mode == TokenMode::Component {
+        if c.limits.redis_url.is_none() {
+            return Err(err(
+                "token_mode: component needs redis_url (WXD_REDIS_URL): the verify ticket and \
+                 every authorizer's refresh token live there, shared by the replicas",
+            ));
+        }
+        if c.wechat.component_appid.is_none() {
+            return Err(err(
+                "token_mode: component needs component_appid (WXD_COMPONENT_APPID)",
+            ));
+        }
     }
     if c.wechat.token_mode == TokenMode::Classic
         && c.limits.expected_replicas > 1

@@ -64,6 +64,9 @@ pub enum TokenMode {
     /// A central token service (`token_url`) owns every account's token; the worker needs no
     /// AppSecret.
     Central,
+    /// A third-party platform (`component_*`, Redis required): each account is an authorizer,
+    /// its token refreshed with the platform's refresh token.
+    Component,
 }
 
 impl TokenMode {
@@ -71,7 +74,7 @@ impl TokenMode {
     pub fn needs_app_secret(self) -> bool {
         match self {
             TokenMode::Stable | TokenMode::Classic => true,
-            TokenMode::Central => false,
+            TokenMode::Central | TokenMode::Component => false,
         }
     }
 }
@@ -186,6 +189,8 @@ pub struct WechatSettings {
     pub token_force_budget: u32,
     /// The central token service (`token_mode = central`): `GET {url}?appid=A`.
     pub token_url: Option<String>,
+    /// The third-party platform's appid (`token_mode = component`).
+    pub component_appid: Option<String>,
     /// The whole-request timeout of one API call.
     pub http_timeout: Duration,
 }

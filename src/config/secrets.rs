@@ -40,6 +40,10 @@ pub struct Credentials {
     pub callback_aes_key: Option<Secret>,
     /// The bearer token sent to the central token service.
     pub token_url_auth: Option<Secret>,
+    /// The third-party platform's AppSecret, push token and EncodingAESKey.
+    pub component_secret: Option<Secret>,
+    pub component_token: Option<Secret>,
+    pub component_aes_key: Option<Secret>,
 }
 
 impl Credentials {

@@ -69,6 +69,44 @@ fn central_tokens_need_a_url_and_no_secret() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Component mode needs Redis, the platform's appid and its three secrets, and no
+/// AppSecret per account; the check names what is missing.
+#[test]
+fn component_mode_needs_redis_and_the_platform_credentials() {
+    let base = [
+        ("WXD_APPID", "wxauthorizer"),
+        ("WXD_TOKEN_MODE", "component"),
+        ("WXD_COMPONENT_APPID", "wxplatform"),
+        ("WXD_REDIS_URL", "redis://127.0.0.1:6379/"),
+        ("WXD_COMPONENT_SECRET", "s"),
+        ("WXD_COMPONENT_TOKEN", "t"),
+        (
+            "WXD_COMPONENT_AES_KEY",
+            "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+        ),
+    ];
+    let without = |key: &str| {
+        env(&base
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != key)
+            .collect::<Vec<_>>())
+    };
+    let c = Config::from_sources(None, &env(&base)).expect("complete");
+    assert_eq!(c.wechat.token_mode, TokenMode::Component);
+    assert!(c.credentials.app_secret("wxauthorizer").is_none());
+    for (key, named) in [
+        ("WXD_REDIS_URL", "WXD_REDIS_URL"),
+        ("WXD_COMPONENT_APPID", "WXD_COMPONENT_APPID"),
+        ("WXD_COMPONENT_SECRET", "WXD_COMPONENT_SECRET"),
+        ("WXD_COMPONENT_TOKEN", "WXD_COMPONENT_TOKEN"),
+        ("WXD_COMPONENT_AES_KEY", "WXD_COMPONENT_AES_KEY"),
+    ] {
+        let e = Config::from_sources(None, &without(key)).unwrap_err();
+        assert!(e.to_string().contains(named), "{key}: {e}");
+    }
+}
+
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()

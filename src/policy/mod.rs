@@ -90,16 +90,20 @@ pub enum EndReason {
     PublisherNotAllowed,
     /// The job made the handler panic on its last allowed delivery (`failed`, dead-lettered).
     Poison,
+    /// Component mode: the job's appid has not authorized the platform, or no longer
+    /// (`rejected`, never sent).
+    NotAuthorized,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 6] = [
+    pub const ALL: [EndReason; 7] = [
         EndReason::NotAfterPassed,
         EndReason::UnknownDelivery,
         EndReason::MaybeSent,
         EndReason::TokenUnavailable,
         EndReason::PublisherNotAllowed,
         EndReason::Poison,
+        EndReason::NotAuthorized,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -110,6 +114,7 @@ impl EndReason {
             EndReason::TokenUnavailable => "token_unavailable",
             EndReason::PublisherNotAllowed => "publisher_not_allowed",
             EndReason::Poison => "poison",
+            EndReason::NotAuthorized => "not_authorized",
         }
     }
 }

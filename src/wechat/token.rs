@@ -21,6 +21,11 @@ pub enum TokenSource {
         url: reqwest::Url,
         auth: Option<Secret>,
     },
+    /// A third-party platform's authorizer: its token from `api_authorizer_token`, kept in
+    /// Redis with the rotated refresh token ([`crate::component`]).
+    Component {
+        platform: std::sync::Arc<crate::component::Component>,
+    },
 }
 
 /// What the cache asks its source for.
@@ -43,7 +48,17 @@ impl TokenSource {
             TokenSource::Stable { .. } => TokenMode::Stable,
             TokenSource::Classic { .. } => TokenMode::Classic,
             TokenSource::Central { .. } => TokenMode::Central,
+            TokenSource::Component { .. } => TokenMode::Component,
         }
+    }
+
+    /// Whether the source is told which token WeChat refused (`Ask::Refused`) and decides
+    /// itself what to do, rather than the cache forcing a refresh.
+    pub fn reports_refusals(&self) -> bool {
+        matches!(
+            self,
+            TokenSource::Central { .. } | TokenSource::Component { .. }
+        )
     }
 
     /// One call of the source for `appid`. A central service answers WeChat's shape
@@ -56,6 +71,7 @@ impl TokenSource {
     ) -> Result<ApiReply, SendError> {
         let http = client.http();
         let req = match self {
+            TokenSource::Component { platform } => return platform.token_reply(appid, ask).await,
             TokenSource::Stable { secret } => {
                 let body = serde_json::json!({
                     "grant_type": "client_credential",

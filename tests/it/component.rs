@@ -304,3 +304,76 @@ async fn an_unauthorized_push_forgets_the_authorizer() {
             .is_empty()
     );
 }
+
+/// The worker in component mode: a configured authorizer's jobs are sent with the token of
+/// its authorization (no AppSecret anywhere), a configured appid that never authorized the
+/// platform ends `rejected` with `not_authorized` and is never sent, and after `unauthorized`
+/// the authorizer's jobs end the same way (its token is refused, the refresh finds no
+/// authorization).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authorized() {
+    use wxdispatch::config::{Credentials, TokenMode};
+    let mut h = Harness::start(Opts {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let platform = unique("wxcomp").replace('.', "");
+    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    let c = replica(&h.mock, &platform).await;
+    authorized(&h.mock, &c, &platform, APPID, &[1]).await;
+    let other = unique("wxnever").replace('.', "");
+    h.config.wechat.token_mode = TokenMode::Component;
+    h.config.wechat.component_appid = Some(platform.clone());
+    h.config.limits.redis_url = Some(REDIS_URL.into());
+    let mut credentials = Credentials::default();
+    credentials.component_secret = Some(Secret::new(PLATFORM_SECRET));
+    credentials.component_token = Some(Secret::new(PUSH_TOKEN));
+    credentials.component_aes_key = Some(Secret::new(PUSH_KEY));
+    h.config.credentials = credentials;
+    let mut second = h.config.accounts[0].clone();
+    second.appid = other.clone();
+    h.config.accounts.push(second);
+    h.start_worker().await;
+
+    let for_appid = |prefix: &str, appid: &str, n: usize| {
+        jobs(prefix, n)
+            .into_iter()
+            .map(|mut j| {
+                j["appid"] = appid.into();
+                j
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut all = for_appid("auth-ok", APPID, 5);
+    all.extend(for_appid("auth-never", &other, 3));
+    h.publish_many(&all).await;
+    let out = h.outcomes(8, Duration::from_secs(20)).await;
+    assert_eq!(out.len(), 8, "{:?}", by_status(&out));
+    for o in &out {
+        if o["appid"] == APPID {
+            assert_eq!(o["status"], "sent", "{o}");
+        } else {
+            assert_eq!(o["status"], "rejected", "{o}");
+            assert_eq!(o["reason"], "not_authorized", "{o}");
+        }
+    }
+    assert_eq!(
+        h.mock.state.stats().messages,
+        5,
+        "only the authorizer's jobs were sent"
+    );
+
+    h.mock.state.component_unauthorize(APPID);
+    let (q, body) = push(&platform, &auth_xml(&platform, "unauthorized", APPID, ""));
+    receive(&c, &q, &body).await.unwrap();
+    h.publish_many(&for_appid("auth-gone", APPID, 3)).await;
+    let out = h.outcomes(3, Duration::from_secs(20)).await;
+    assert_eq!(out.len(), 3, "{:?}", by_status(&out));
+    for o in &out {
+        assert_eq!(o["status"], "rejected", "{o}");
+        assert_eq!(o["reason"], "not_authorized", "{o}");
+    }
+    assert_eq!(h.mock.state.stats().messages, 5);
+    h.cleanup().await;
+}

@@ -74,6 +74,9 @@ pub enum TokenError {
         reason: String,
         retry_in: Duration,
     },
+    /// Component mode: the appid has not authorized the platform (or no longer has).
+    #[error("{appid} has not authorized the platform")]
+    NotAuthorized { appid: String },
     /// The token source failed transiently; try again after `retry_in`.
     #[error("token endpoint unavailable: {detail}; retry in {retry_in:?}")]
     Unavailable { detail: String, retry_in: Duration },
@@ -213,7 +216,7 @@ impl TokenCache {
             self.skipped("fresh_classic_token");
             return;
         }
-        if self.mode() == TokenMode::Central && used.forced && fresh {
+        if self.source.reports_refusals() && used.forced && fresh {
             // The central service answered an `invalid=` call with this token moments ago,
             // a new one or the same after deciding not to refresh. Asking again would make it
             // refresh on every retry of a job whose code is not about the token (the forced
@@ -336,8 +339,8 @@ impl TokenCache {
             }
         }
         // A central service is told which token WeChat refused; it decides whether to refresh.
-        let refused = match (self.mode(), &st.last_rejected) {
-            (TokenMode::Central, Some(r)) => Some(r.value.clone()),
+        let refused = match &st.last_rejected {
+            Some(r) if self.source.reports_refusals() => Some(r.value.clone()),
             _ => None,
         };
         let ask = refused.as_deref().map_or(Ask::Current, Ask::Refused);

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Ask, RefreshState, TokenCache, TokenError};
+use crate::config::TokenMode;
 use crate::policy::errcode::{self, Action};
 use crate::wechat::{ApiReply, SendError};
 
@@ -43,6 +44,14 @@ impl TokenCache {
             return Ok(reply);
         }
         let code = reply.errcode;
+        if code == crate::component::NOT_AUTHORIZED && self.mode() == TokenMode::Component {
+            // Not a failure of the source: no backoff, so an authorization that arrives
+            // later takes effect with the next job.
+            self.count("not_authorized");
+            return Err(TokenError::NotAuthorized {
+                appid: self.appid.clone(),
+            });
+        }
         match errcode::token_endpoint_action(code) {
             Action::StopAccount | Action::PauseQuota => {
                 let quota = errcode::token_endpoint_action(code) == Action::PauseQuota;

@@ -91,6 +91,8 @@ impl MockState {
             .unwrap()
             .authorizers
             .remove(appid);
+        // The platform's tokens for it stop working.
+        self.tokens.lock().unwrap().retain(|_, t| t.appid != appid);
     }
 
     pub fn component_stats(&self) -> ComponentStats {
