@@ -39,6 +39,7 @@ impl RunningWorker {
 /// Starts the worker and its HTTP server.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningWorker> {
     let (ctx, callback) = assemble(config)?;
+    let callback = crate::component::http::with_route(&ctx.config, callback)?;
     // With WXD_CALLBACK_ADDR the callback gets a listener of its own and the main one serves
     // only /metrics and the probes, so an Ingress routed to the callback port can never
     // reach them.

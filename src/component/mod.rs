@@ -3,10 +3,11 @@
 //! under a lock ([`tokens`]) and its authorization pushes ([`push`]).
 //!
 //! With `token_mode = component` every configured account is an authorizer whose token comes
-//! from [`Component::token_reply`]. Not yet done: the `/wechat/component` route in the worker,
-//! dynamic accounts (jobs for any authorizer, no restart) and `kind: authorization` outcomes.
+//! from [`Component::token_reply`], and the pushes are served at `/wechat/component` ([`http`]).
+//! Not yet done: dynamic accounts (jobs for any authorizer, no restart) and `kind: authorization` outcomes.
 
 pub mod api;
+pub mod http;
 pub mod push;
 pub mod store;
 pub mod tokens;

@@ -364,9 +364,35 @@ async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authoriz
         "only the authorizer's jobs were sent"
     );
 
+    // The unauthorized push goes to the worker's own route, answered `success` once stored.
     h.mock.state.component_unauthorize(APPID);
     let (q, body) = push(&platform, &auth_xml(&platform, "unauthorized", APPID, ""));
-    receive(&c, &q, &body).await.unwrap();
+    let url = format!(
+        "http://{}/wechat/component?timestamp={}&nonce={}&msg_signature={}",
+        h.worker.as_ref().unwrap().http_addr,
+        q.timestamp,
+        q.nonce,
+        q.msg_signature
+    );
+    let http = reqwest::Client::new();
+    let forged = http
+        .post(url.replace("msg_signature=", "msg_signature=0"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(
+        c.record(APPID).await.is_ok(),
+        "a forged push changes nothing"
+    );
+    let answer = http.post(&url).body(body).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "success");
+    assert!(matches!(
+        c.record(APPID).await,
+        Err(ComponentError::NotAuthorized(_))
+    ));
     h.publish_many(&for_appid("auth-gone", APPID, 3)).await;
     let out = h.outcomes(3, Duration::from_secs(20)).await;
     assert_eq!(out.len(), 3, "{:?}", by_status(&out));
