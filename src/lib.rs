@@ -19,10 +19,13 @@
 //!   the retry state a job carries, the budget and backoff rules, and the function from what a
 //!   try came to to the job's next step.
 //! - [`wechat`]: the HTTP client, the token sources (the calls that fetch an access token:
-//!   `stable_token`, the classic endpoint) and the template catalogue's replies.
+//!   `stable_token`, the classic endpoint, a central token service) and the template catalogue's replies.
 //! - [`account`]: one home per account: its rate limiter and quota gates, its stop state, its
 //!   token cache (single flight, expiry, forced-refresh budget, backoff, stops; it fetches
 //!   through a token source) and catalogue cache, and the Redis coordination replicas share.
+//! - [`component`]: third-party platform mode: the platform's endpoints, its tokens and
+//!   authorizers in Redis (refresh-token rotation under a lock), its authorization pushes and
+//!   their route `/wechat/component`.
 //! - `dispatch`: carries a job's steps out: admit, token, catalogue check, send, then what the
 //!   policy decided (retry, defer, end).
 //! - [`amqp`]: connections, topology, the confirming publisher.
