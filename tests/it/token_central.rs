@@ -248,3 +248,105 @@ async fn a_central_service_that_keeps_a_refused_token_is_told_once_and_recovers(
     );
     h.cleanup().await;
 }
+
+/// The cache alone (no broker): a token WeChat refuses is reported to the service with
+/// `invalid=` exactly once however many sends saw it refused, the bearer token goes with every
+/// call, and a token the service kept after that report and WeChat refuses again within a
+/// minute is handed out again without another call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_reports_a_refused_token_once_and_trusts_the_answer_for_a_minute() {
+    use std::sync::Arc;
+    use wxdispatch::account::AccountStops;
+    use wxdispatch::account::token::{TokenCache, TokenError, TokenLimits, TokenSource};
+    use wxdispatch::metrics::Metrics;
+    use wxdispatch::tools::mock::{MockConfig, MockServer};
+    use wxdispatch::wechat::WechatClient;
+
+    let mock = MockServer::start(
+        "127.0.0.1:0",
+        MockConfig {
+            accounts: vec![(APPID.into(), SECRET.into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    mock.state.set_central(CentralBehaviour {
+        bearer: Some(BEARER.into()),
+        ..Default::default()
+    });
+    let metrics = Arc::new(Metrics::new());
+    let url = format!("{}/central/token?tenant=a", mock.base_url());
+    let tokens = Arc::new(TokenCache::new(
+        APPID.into(),
+        TokenSource::Central {
+            url: url.parse().unwrap(),
+            auth: Some(Secret::new(BEARER)),
+        },
+        WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
+        metrics.clone(),
+        TokenLimits {
+            stop_probe: Duration::from_secs(60),
+            force_budget: 10,
+            shared: None,
+            stops: Arc::new(AccountStops::new(APPID, &metrics)),
+        },
+    ));
+    let first = tokens.get().await.unwrap();
+    assert_eq!(mock.state.central_stats().unauthorized, 0);
+    mock.state.revoke_central_token(APPID).unwrap();
+    // Five sends saw the same token refused.
+    let (a, b, c, d, e) = tokio::join!(
+        tokens.invalidate(&first),
+        tokens.invalidate(&first),
+        tokens.invalidate(&first),
+        tokens.invalidate(&first),
+        tokens.invalidate(&first)
+    );
+    let _ = (a, b, c, d, e);
+    let (x, y) = tokio::join!(tokens.get(), tokens.get());
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.value, y.value);
+    assert_ne!(x.value, first.value, "the service refreshed");
+    let stats = mock.state.central_stats();
+    assert_eq!(stats.invalid_calls, 1, "{stats:?}");
+    assert_eq!(stats.calls, 2, "{stats:?}");
+
+    // The new token is refused too (a code that is not about the token): not reported again.
+    tokens.invalidate(&x).await;
+    let again = tokens.get().await.unwrap();
+    assert_eq!(again.value, x.value);
+    assert_eq!(mock.state.central_stats().calls, 2);
+    let m = metrics.render();
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "wxdispatch_token_force_skipped_total{{appid=\"{APPID}\",reason=\"fresh_central_token\"}}"
+            )
+        ),
+        1.0
+    );
+
+    // A wrong bearer token: the service answers 401, a failed fetch (backoff), not a stop.
+    let wrong = TokenCache::new(
+        APPID.into(),
+        TokenSource::Central {
+            url: url.parse().unwrap(),
+            auth: Some(Secret::new("wrong")),
+        },
+        WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
+        metrics.clone(),
+        TokenLimits {
+            stop_probe: Duration::from_secs(60),
+            force_budget: 10,
+            shared: None,
+            stops: Arc::new(AccountStops::new(APPID, &metrics)),
+        },
+    );
+    assert!(matches!(
+        wrong.get().await,
+        Err(TokenError::Unavailable { .. })
+    ));
+    assert_eq!(mock.state.central_stats().unauthorized, 1);
+}
