@@ -403,3 +403,71 @@ async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authoriz
     assert_eq!(h.mock.state.stats().messages, 5);
     h.cleanup().await;
 }
+
+/// The worker's `/wechat/component` route (served here without the rest of the worker, from
+/// a component-mode configuration) takes the simulator's timed ticket pushes: each is answered
+/// `success` after it is stored, and the platform's token is fetched with a pushed ticket,
+/// whether the ticket came before or after a replica started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_ticket_pushes_reach_the_route_and_a_restarted_replica_uses_them() {
+    use std::collections::BTreeMap;
+    use wxdispatch::config::Config;
+    use wxdispatch::tools::mock::component::TicketTarget;
+
+    let (mock, appid) = platform_mock().await;
+    let vars: BTreeMap<String, String> = [
+        ("WXD_APPID", "wxauthorizer01"),
+        ("WXD_TOKEN_MODE", "component"),
+        ("WXD_COMPONENT_APPID", appid.as_str()),
+        ("WXD_REDIS_URL", REDIS_URL),
+        ("WXD_COMPONENT_SECRET", PLATFORM_SECRET),
+        ("WXD_COMPONENT_TOKEN", PUSH_TOKEN),
+        ("WXD_COMPONENT_AES_KEY", PUSH_KEY),
+        ("WXD_API_BASE", &mock.base_url()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let config = Config::from_sources(None, &vars).unwrap();
+    let route = wxdispatch::component::http::with_route(&config, None)
+        .unwrap()
+        .expect("the route in component mode");
+    let stop = wxdispatch::shutdown::Shutdown::new();
+    let (addr, _) = wxdispatch::http::serve("127.0.0.1:0", route, stop.clone())
+        .await
+        .unwrap();
+    mock.state.push_tickets(
+        TicketTarget {
+            url: format!("http://{addr}/wechat/component"),
+            token: PUSH_TOKEN.into(),
+            aes_key: PUSH_KEY.into(),
+        },
+        Duration::from_millis(200),
+    );
+    eventually("a ticket stored", Duration::from_secs(5), || async {
+        mock.state.component_stats().tickets_acknowledged >= 1
+    })
+    .await;
+    let c = replica(&mock, &appid).await;
+    c.component_token()
+        .await
+        .expect("a token with the pushed ticket");
+    eventually("more tickets", Duration::from_secs(5), || async {
+        mock.state.component_stats().tickets_acknowledged >= 3
+    })
+    .await;
+    // A replica started now fetches with what is stored, after more pushes.
+    redis_cmd(&["DEL", &format!("wxdispatch:component:{appid}:token")]).await;
+    replica(&mock, &appid)
+        .await
+        .component_token()
+        .await
+        .expect("a stored ticket");
+    let stats = mock.state.component_stats();
+    assert_eq!(
+        stats.tickets_pushed, stats.tickets_acknowledged,
+        "{stats:?}"
+    );
+    assert_eq!(stats.component_token_calls, 2);
+    stop.trigger();
+}

@@ -1,5 +1,5 @@
 //! The simulator's third-party platform endpoints (`/cgi-bin/component/...`): the component
-//! token against the last ticket it issued (61006 otherwise), authorization codes exchanged
+//! token against a ticket it issued (61006 otherwise), authorization codes exchanged
 //! for authorizer tokens (usable on the send endpoints), refresh tokens rotated on every use
 //! (a spent one answers 61023), and the authorizer list. Set up with
 //! [`MockState::component_setup`]; tickets and authorizations are made on demand
@@ -29,6 +29,18 @@ pub struct ComponentStats {
     pub authorizer_list_calls: u64,
     /// Refresh calls with a spent or unknown refresh token (answered 61023).
     pub invalid_refresh_tokens: u64,
+    /// Verify-ticket pushes made, and answered `success`.
+    pub tickets_pushed: u64,
+    pub tickets_acknowledged: u64,
+}
+
+/// Where the simulator pushes verify tickets: the platform's `/wechat/component` URL, its
+/// token and its EncodingAESKey.
+#[derive(Debug, Clone)]
+pub struct TicketTarget {
+    pub url: String,
+    pub token: String,
+    pub aes_key: String,
 }
 
 #[derive(Default)]
@@ -40,7 +52,8 @@ pub struct ComponentState {
 struct Platform {
     appid: String,
     secret: String,
-    ticket: Option<String>,
+    /// Every ticket issued: like WeChat's (valid 12 h), an older one still works.
+    tickets: Vec<String>,
     tokens: Vec<String>,
     /// Authorization code → (authorizer appid, permission sets).
     codes: HashMap<String, (String, Vec<u32>)>,
@@ -69,7 +82,7 @@ impl MockState {
     pub fn component_ticket(&self) -> String {
         let mut p = self.component.inner.lock().unwrap();
         let t = p.next("TICKET");
-        p.ticket = Some(t.clone());
+        p.tickets.push(t.clone());
         t
     }
 
@@ -93,6 +106,67 @@ impl MockState {
             .remove(appid);
         // The platform's tokens for it stop working.
         self.tokens.lock().unwrap().retain(|_, t| t.appid != appid);
+    }
+
+    /// Pushes a new verify ticket to `target` now and then every `every` (WeChat: every ten
+    /// minutes), encrypted and signed as WeChat does, until the simulator stops. Counts the
+    /// pushes answered `success` in [`ComponentStats::tickets_acknowledged`].
+    pub fn push_tickets(self: &Arc<Self>, target: TicketTarget, every: std::time::Duration) {
+        let state = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let key = match crate::callback::crypto::AesKey::from_encoding_aes_key(&target.aes_key)
+            {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ticket push: bad EncodingAESKey");
+                    return;
+                }
+            };
+            loop {
+                let Some(s) = state.upgrade() else { return };
+                let ticket = s.component_ticket();
+                let appid = s.component.inner.lock().unwrap().appid.clone();
+                let xml = format!(
+                    "<xml><AppId>{appid}</AppId><CreateTime>{}</CreateTime><InfoType>component_verify_ticket</InfoType><ComponentVerifyTicket>{ticket}</ComponentVerifyTicket></xml>",
+                    chrono::Utc::now().timestamp()
+                );
+                let encrypted = crate::callback::crypto::encrypt_with_random(&key, &xml, &appid);
+                let (ts, nonce) = (chrono::Utc::now().timestamp().to_string(), "tn");
+                let sig = crate::callback::signature::msg_signature(
+                    &target.token,
+                    &ts,
+                    nonce,
+                    &encrypted,
+                );
+                let body = format!(
+                    "<xml><AppId><![CDATA[{appid}]]></AppId><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
+                );
+                let answer = http
+                    .post(&target.url)
+                    .query(&[
+                        ("timestamp", ts.as_str()),
+                        ("nonce", nonce),
+                        ("msg_signature", sig.as_str()),
+                    ])
+                    .body(body)
+                    .send()
+                    .await;
+                let ok = match answer {
+                    Ok(r) => r.text().await.is_ok_and(|t| t == "success"),
+                    Err(_) => false,
+                };
+                {
+                    let mut p = s.component.inner.lock().unwrap();
+                    p.stats.tickets_pushed += 1;
+                    if ok {
+                        p.stats.tickets_acknowledged += 1;
+                    }
+                }
+                drop(s);
+                tokio::time::sleep(every).await;
+            }
+        });
     }
 
     pub fn component_stats(&self) -> ComponentStats {
@@ -148,7 +222,8 @@ async fn component_token(State(s): State<Arc<MockState>>, b: Bytes) -> Response 
     if text(&v, "component_appsecret") != p.secret {
         return wx_err(40125, "invalid appsecret");
     }
-    if p.ticket.as_deref() != Some(text(&v, "component_verify_ticket")) {
+    let ticket = text(&v, "component_verify_ticket");
+    if !p.tickets.iter().any(|t| t == ticket) {
         return wx_err(61006, "component ticket is invalid");
     }
     let t = p.next("CTOKEN");
