@@ -1,6 +1,7 @@
 //! Where an access token comes from: the HTTP calls that fetch one. WeChat's two token
 //! endpoints need the account's AppSecret; a central token service (中控服务器) owns the
-//! account's token and needs none. When to call, how often, and what an answer means for the
+//! account's token and needs none; a third-party platform's authorizer token comes from the
+//! platform ([`crate::component`], Redis and `api_authorizer_token`). When to call, how often, and what an answer means for the
 //! account is the token cache's business ([`crate::account::token`]).
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
