@@ -328,6 +328,43 @@ async fn the_cache_reports_a_refused_token_once_and_trusts_the_answer_for_a_minu
         1.0
     );
 
+    // The service keeps a refused token: a send that began before the report and fails after
+    // it holds the same token; its refusal is not a new one and is not reported again.
+    let kept = TokenCache::new(
+        "wxkept0000000001".into(),
+        TokenSource::Central {
+            url: url.parse().unwrap(),
+            auth: Some(Secret::new(BEARER)),
+        },
+        WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
+        metrics.clone(),
+        TokenLimits {
+            stop_probe: Duration::from_secs(60),
+            force_budget: 10,
+            shared: None,
+            stops: Arc::new(AccountStops::new("wxkept0000000001", &metrics)),
+        },
+    );
+    mock.state.add_account("wxkept0000000001", "s");
+    let k = kept.get().await.unwrap();
+    mock.state.revoke_central_token("wxkept0000000001").unwrap();
+    mock.state.set_central(CentralBehaviour {
+        bearer: Some(BEARER.into()),
+        keep_refused: true,
+        ..Default::default()
+    });
+    let before = mock.state.central_stats().invalid_calls;
+    kept.invalidate(&k).await;
+    let handed_back = kept.get().await.unwrap();
+    assert_eq!(handed_back.value, k.value, "the service kept it");
+    kept.invalidate(&k).await; // the earlier send's refusal, arriving late
+    kept.get().await.unwrap();
+    assert_eq!(
+        mock.state.central_stats().invalid_calls,
+        before + 1,
+        "one report for one refused token"
+    );
+
     // A wrong bearer token: the service answers 401, a failed fetch (backoff), not a stop.
     let wrong = TokenCache::new(
         APPID.into(),

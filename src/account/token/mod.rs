@@ -216,12 +216,13 @@ impl TokenCache {
             self.skipped("fresh_classic_token");
             return;
         }
-        if self.source.reports_refusals() && used.forced && fresh {
-            // The central service answered an `invalid=` call with this token moments ago,
-            // a new one or the same after deciding not to refresh. Asking again would make it
-            // refresh on every retry of a job whose code is not about the token (the forced
-            // `stable_token` rule); the job backs off, and a minute on it may ask again.
-            tracing::info!(appid = %self.appid, "a token the central service has just vouched for was rejected; not asking it again yet");
+        if self.source.reports_refusals() && self.vouched_for(used) {
+            // The source answered a report with this token moments ago, a new one or the same
+            // after deciding not to refresh; this refusal (or a send's that began before the
+            // report) is not news. Reporting again would make it refresh on every retry of a
+            // job whose code is not about the token (the forced `stable_token` rule); the job
+            // backs off, and a minute on it may report again.
+            tracing::info!(appid = %self.appid, "a token the source has just vouched for was rejected; not reporting it again yet");
             self.skipped("fresh_central_token");
             return;
         }
@@ -243,6 +244,17 @@ impl TokenCache {
                 forced: used.forced,
             });
         }
+    }
+
+    /// Whether the current token has `used`'s value and was the source's answer to a report
+    /// (`invalid=`) within [`FRESH_FOR`]. The current token is what counts, not `used`: with a
+    /// source that keeps the refused token, a send that began before the report holds an
+    /// older copy of the same value.
+    fn vouched_for(&self, used: &Token) -> bool {
+        let cur = self.current.lock().expect("token lock");
+        cur.as_ref().is_some_and(|t| {
+            t.value == used.value && t.forced && t.confirmed_at.elapsed() < FRESH_FOR
+        })
     }
 
     fn skipped(&self, reason: &str) {
