@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::callback::signature;
 use proptest::prelude::*;

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::callback::xml::MAX_SUBSCRIPTION_ITEMS;
 use proptest::prelude::*;

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::callback::event::{parse, parse_bytes, parse_with_limit};
 
