@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn job(id: Option<&str>, appid: Option<&str>, touser: Option<&str>) -> JobIdentity {
