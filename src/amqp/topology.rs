@@ -145,8 +145,9 @@ fn classic_delay_queue(config: &Config, tier: u64) -> String {
     format!("{}.delay.{tier}s", config.amqp.jobs_queue)
 }
 
-/// The arguments of a tier's delay queue.
-fn delay_args(config: &Config, tier: u64) -> FieldTable {
+/// The arguments the jobs queue and the delay queues share: the jobs queue's type, and
+/// dead-lettering to the queue `target` through the default exchange.
+fn dead_lettering_to(config: &Config, target: &str) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
@@ -158,8 +159,14 @@ fn delay_args(config: &Config, tier: u64) -> FieldTable {
     );
     args.insert(
         "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(config.amqp.jobs_queue.as_str().into()),
+        AMQPValue::LongString(target.into()),
     );
+    args
+}
+
+/// The arguments of a tier's delay queue.
+fn delay_args(config: &Config, tier: u64) -> FieldTable {
+    let mut args = dead_lettering_to(config, &config.amqp.jobs_queue);
     if config.amqp.jobs_queue_type == QueueType::Quorum {
         args.insert(
             "x-dead-letter-strategy".into(),
@@ -268,19 +275,7 @@ fn queue_type(t: QueueType) -> AMQPValue {
 
 /// Declares everything. Idempotent, so every replica does it at every (re)connect.
 pub async fn declare(ch: &Channel, config: &Config) -> Result<(), TopologyError> {
-    let mut jobs_args = FieldTable::default();
-    jobs_args.insert(
-        "x-queue-type".into(),
-        queue_type(config.amqp.jobs_queue_type),
-    );
-    jobs_args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    jobs_args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(config.amqp.dead_queue.as_str().into()),
-    );
+    let mut jobs_args = dead_lettering_to(config, &config.amqp.dead_queue);
     if config.amqp.jobs_queue_type == QueueType::Quorum {
         jobs_args.insert(
             "x-delivery-limit".into(),

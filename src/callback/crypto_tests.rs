@@ -14,6 +14,11 @@ fn encrypt_raw(plain: &[u8]) -> String {
     STANDARD.encode(encrypt_blocks(&key(), plain))
 }
 
+/// What decrypting the raw plaintext `plain`, encrypted with the test key, fails with.
+fn decrypt_err(plain: &[u8]) -> CryptoError {
+    decrypt(&key(), &encrypt_raw(plain)).unwrap_err()
+}
+
 /// An unpadded plaintext: random prefix, the given length field, then
 /// `payload` (xml and appid run together).
 fn framed(declared_len: u32, payload: &[u8]) -> Vec<u8> {
@@ -185,20 +190,14 @@ fn empty_or_unaligned_ciphertext_is_bad_length() {
 fn pad_byte_zero_is_bad_padding() {
     let mut p = pad32(framed(3, b"<a/>wx"));
     *p.last_mut().unwrap() = 0;
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::BadPadding
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::BadPadding);
 }
 
 #[test]
 fn pad_byte_thirty_three_is_bad_padding() {
     // 16-byte PKCS#7 would never produce 33, nor would WeChat's 32.
     let p = vec![33u8; 64];
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::BadPadding
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::BadPadding);
     assert_eq!(CryptoError::BadPadding.reason(), "bad_padding");
 }
 
@@ -209,20 +208,14 @@ fn inconsistent_pad_bytes_are_bad_padding() {
     assert!(n >= 2);
     let len = p.len();
     p[len - n] ^= 0x01;
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::BadPadding
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::BadPadding);
 }
 
 #[test]
 fn pad_longer_than_ciphertext_is_bad_padding() {
     // One 16-byte block claiming 32 bytes of padding.
     let p = [32u8; 16];
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::BadPadding
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::BadPadding);
 }
 
 #[test]
@@ -239,30 +232,18 @@ fn full_block_of_32_padding_is_accepted() {
 #[test]
 fn body_shorter_than_header_is_too_short() {
     let p = pad32(vec![1u8; 10]);
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::TooShort
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::TooShort);
 }
 
 #[test]
 fn length_field_past_end_is_bad_length_field() {
     let p = pad32(framed(1000, b"<xml/>wx"));
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::BadLengthField
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::BadLengthField);
     let p = pad32(framed(u32::MAX, b"<xml/>wx"));
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::BadLengthField
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::BadLengthField);
     // Exactly one byte too many.
     let p = pad32(framed(9, b"<xml/>wx"));
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::BadLengthField
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::BadLengthField);
     assert_eq!(CryptoError::BadLengthField.reason(), "bad_length_field");
 }
 
@@ -277,15 +258,9 @@ fn length_field_covering_everything_leaves_empty_appid() {
 #[test]
 fn non_utf8_xml_or_appid_is_bad_utf8() {
     let p = pad32(framed(2, b"\xff\xfewx"));
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::BadUtf8
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::BadUtf8);
     let p = pad32(framed(2, b"<a\xc3"));
-    assert_eq!(
-        decrypt(&key(), &encrypt_raw(&p)).unwrap_err(),
-        CryptoError::BadUtf8
-    );
+    assert_eq!(decrypt_err(&p), CryptoError::BadUtf8);
 }
 
 #[test]

@@ -82,36 +82,35 @@ fn message_id_property_is_the_fallback_id() {
 
 #[test]
 fn each_kind_of_bad_input_has_its_reason() {
-    assert_eq!(reason(b"not json"), "bad_json");
-    assert_eq!(reason(&[0xff, 0xfe, b'{', b'}']), "bad_utf8");
-    assert_eq!(reason(b"[1,2]"), "not_object");
-    assert_eq!(reason(br#"{"template_id":"t"}"#), "missing_touser");
-    assert_eq!(reason(br#"{"touser":"o"}"#), "missing_template_id");
-    assert_eq!(reason(br#"{"touser":5,"template_id":"t"}"#), "bad_touser");
-    assert_eq!(
-        reason(br#"{"touser":"o","template_id":7}"#),
-        "bad_template_id"
-    );
-    assert_eq!(
-        reason(br#"{"id":12,"touser":"o","template_id":"t"}"#),
-        "bad_id"
-    );
-    assert_eq!(
-        reason(br#"{"touser":"o","template_id":"t","appid":"wxnope"}"#),
-        "unknown_account"
-    );
-    assert_eq!(
-        reason(br#"{"touser":"o","template_id":"t","data":"x"}"#),
-        "bad_field"
-    );
-    assert_eq!(
-        reason(br#"{"touser":"o","template_id":"t","data":{"a":1}}"#),
-        "bad_data"
-    );
-    assert_eq!(
-        reason(br#"{"touser":"o","template_id":"t","not_after":"tomorrow"}"#),
-        "bad_not_after"
-    );
+    let cases: &[(&[u8], &str)] = &[
+        (b"not json", "bad_json"),
+        (&[0xff, 0xfe, b'{', b'}'], "bad_utf8"),
+        (b"[1,2]", "not_object"),
+        (br#"{"template_id":"t"}"#, "missing_touser"),
+        (br#"{"touser":"o"}"#, "missing_template_id"),
+        (br#"{"touser":5,"template_id":"t"}"#, "bad_touser"),
+        (br#"{"touser":"o","template_id":7}"#, "bad_template_id"),
+        (br#"{"id":12,"touser":"o","template_id":"t"}"#, "bad_id"),
+        (
+            br#"{"touser":"o","template_id":"t","appid":"wxnope"}"#,
+            "unknown_account",
+        ),
+        (
+            br#"{"touser":"o","template_id":"t","data":"x"}"#,
+            "bad_field",
+        ),
+        (
+            br#"{"touser":"o","template_id":"t","data":{"a":1}}"#,
+            "bad_data",
+        ),
+        (
+            br#"{"touser":"o","template_id":"t","not_after":"tomorrow"}"#,
+            "bad_not_after",
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(reason(body), *want, "{}", String::from_utf8_lossy(body));
+    }
     let long = format!(
         r#"{{"id":"{}","touser":"o","template_id":"t"}}"#,
         "x".repeat(65)

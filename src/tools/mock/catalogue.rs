@@ -1,13 +1,25 @@
 //! The two template catalogues (`get_all_private_template`, `wxaapi/newtmpl/gettemplate`),
 //! each in its endpoint's own reply shape, and the sample catalogues of `--catalogue`.
 
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::Response;
+use axum::routing::get;
 
 use super::faults::fault_reply;
 use super::state::MockState;
 use super::token::{AccessQuery, check_token};
 use super::{Shared, wx, wx_err};
+
+/// The two catalogue endpoints.
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/cgi-bin/template/get_all_private_template",
+            get(private_templates),
+        )
+        .route("/wxaapi/newtmpl/gettemplate", get(subscription_templates))
+}
 
 /// The seed document's template, for `--catalogue`.
 pub fn sample_private_templates() -> Vec<(String, String)> {
@@ -31,17 +43,11 @@ pub fn sample_subscription_templates() -> Vec<(String, String)> {
     ]
 }
 
-pub(super) async fn private_templates(
-    State(s): State<Shared>,
-    Query(q): Query<AccessQuery>,
-) -> Response {
+async fn private_templates(State(s): State<Shared>, Query(q): Query<AccessQuery>) -> Response {
     catalogue(&s, q, false).await
 }
 
-pub(super) async fn subscription_templates(
-    State(s): State<Shared>,
-    Query(q): Query<AccessQuery>,
-) -> Response {
+async fn subscription_templates(State(s): State<Shared>, Query(q): Query<AccessQuery>) -> Response {
     catalogue(&s, q, true).await
 }
 

@@ -1,17 +1,30 @@
 //! WeChat's `clear_quota` and the simulator's own `/mock/*` endpoints, with which tests read
 //! its counts and change its behaviour while it runs.
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::faults::Behaviour;
 use super::token::{AccessQuery, check_token};
 use super::{Shared, push, wx_err};
 
-pub(super) async fn clear_quota(
+/// WeChat's `clear_quota`, and the simulator's own controls under `/mock/`.
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/cgi-bin/clear_quota", post(clear_quota))
+        .route("/mock/stats", get(stats))
+        .route("/mock/faults", post(set_faults).get(get_faults))
+        .route("/mock/expire_tokens", post(expire_tokens))
+        .route("/mock/clear_quota", post(mock_clear_quota))
+        .route("/mock/consent", post(consent))
+}
+
+async fn clear_quota(
     State(s): State<Shared>,
     Query(q): Query<AccessQuery>,
     body: Bytes,
@@ -31,23 +44,20 @@ pub(super) async fn clear_quota(
     wx_err(0, "ok")
 }
 
-pub(super) async fn stats(State(s): State<Shared>) -> Response {
+async fn stats(State(s): State<Shared>) -> Response {
     axum::Json(s.stats()).into_response()
 }
 
-pub(super) async fn get_faults(State(s): State<Shared>) -> Response {
+async fn get_faults(State(s): State<Shared>) -> Response {
     axum::Json(s.behaviour()).into_response()
 }
 
-pub(super) async fn set_faults(
-    State(s): State<Shared>,
-    axum::Json(b): axum::Json<Behaviour>,
-) -> Response {
+async fn set_faults(State(s): State<Shared>, axum::Json(b): axum::Json<Behaviour>) -> Response {
     s.set_behaviour(b);
     (StatusCode::NO_CONTENT, "").into_response()
 }
 
-pub(super) async fn expire_tokens(State(s): State<Shared>) -> Response {
+async fn expire_tokens(State(s): State<Shared>) -> Response {
     s.expire_tokens();
     (StatusCode::NO_CONTENT, "").into_response()
 }
@@ -55,10 +65,7 @@ pub(super) async fn expire_tokens(State(s): State<Shared>) -> Response {
 /// `POST /mock/consent {"appid", "touser", "event": "popup"|"change", "template_id",
 /// "accept"}`: pushes the consent event a user's answer in the popup (or a change in the
 /// settings) would make WeChat push. 409 when the simulator has no push target.
-pub(super) async fn consent(
-    State(s): State<Shared>,
-    axum::Json(c): axum::Json<ConsentRequest>,
-) -> Response {
+async fn consent(State(s): State<Shared>, axum::Json(c): axum::Json<ConsentRequest>) -> Response {
     let Some(target) = s.push.clone() else {
         return (StatusCode::CONFLICT, "no push target (--push-url)").into_response();
     };
@@ -67,14 +74,14 @@ pub(super) async fn consent(
 }
 
 #[derive(Deserialize)]
-pub(super) struct ConsentRequest {
+struct ConsentRequest {
     appid: String,
     touser: String,
     #[serde(flatten)]
     event: push::SubscriptionEvent,
 }
 
-pub(super) async fn mock_clear_quota(State(s): State<Shared>) -> Response {
+async fn mock_clear_quota(State(s): State<Shared>) -> Response {
     s.clear_quota();
     (StatusCode::NO_CONTENT, "").into_response()
 }

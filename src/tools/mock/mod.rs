@@ -29,7 +29,7 @@
 //! simulator remembers and counts), `token` (the two token endpoints and the access-token
 //! check), `send` (the three send endpoints), `catalogue` (the two template catalogues) and
 //! `control` (WeChat's `clear_quota` and the `/mock/*` endpoints tests drive it with). Each new
-//! endpoint is one handler in its own part and one line in `router`.
+//! endpoint is a handler and a route in its part's `routes`; a new part is one line in `router`.
 
 mod catalogue;
 mod command;
@@ -52,7 +52,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 
 use crate::shutdown::Shutdown;
 
@@ -115,34 +114,10 @@ impl Drop for MockServer {
 
 fn router(state: Shared) -> Router {
     Router::new()
-        .route("/cgi-bin/token", get(token::classic_token))
-        .route("/cgi-bin/stable_token", post(token::stable_token))
-        .route("/cgi-bin/message/template/send", post(send::template_send))
-        .route(
-            "/cgi-bin/message/subscribe/bizsend",
-            post(send::subscribe_send),
-        )
-        .route(
-            "/cgi-bin/message/subscribe/send",
-            post(send::miniprogram_subscribe_send),
-        )
-        .route("/cgi-bin/clear_quota", post(control::clear_quota))
-        .route(
-            "/cgi-bin/template/get_all_private_template",
-            get(catalogue::private_templates),
-        )
-        .route(
-            "/wxaapi/newtmpl/gettemplate",
-            get(catalogue::subscription_templates),
-        )
-        .route("/mock/stats", get(control::stats))
-        .route(
-            "/mock/faults",
-            post(control::set_faults).get(control::get_faults),
-        )
-        .route("/mock/expire_tokens", post(control::expire_tokens))
-        .route("/mock/clear_quota", post(control::mock_clear_quota))
-        .route("/mock/consent", post(control::consent))
+        .merge(token::routes())
+        .merge(send::routes())
+        .merge(catalogue::routes())
+        .merge(control::routes())
         .with_state(state)
 }
 

@@ -5,9 +5,11 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::response::Response;
+use axum::routing::{MethodRouter, post};
 use rand::Rng;
 use serde::Deserialize;
 
@@ -24,32 +26,33 @@ pub(super) struct SendBody {
     pub(super) client_msg_id: Option<String>,
 }
 
-pub(super) async fn template_send(
-    State(s): State<Shared>,
-    Query(q): Query<AccessQuery>,
-    body: Bytes,
-) -> Response {
-    send(s, q, body, MsgType::Template).await
-}
-
-/// `POST /cgi-bin/message/subscribe/bizsend`: like a template send, with the same faults, but
-/// without deduplication (the endpoint takes no `client_msg_id`).
-pub(super) async fn subscribe_send(
-    State(s): State<Shared>,
-    Query(q): Query<AccessQuery>,
-    body: Bytes,
-) -> Response {
-    send(s, q, body, MsgType::Subscribe).await
-}
-
-/// `POST /cgi-bin/message/subscribe/send`: no deduplication, no `msgid` in the reply, and a
+/// The three send endpoints. Template sends deduplicate `(touser, client_msg_id)`;
+/// subscription bizsend has the same faults but no deduplication (the endpoint takes no
+/// `client_msg_id`); mini-program subscribe has no deduplication, no `msgid` in the reply, and a
 /// daily quota counted apart from the account's other sends.
-pub(super) async fn miniprogram_subscribe_send(
-    State(s): State<Shared>,
-    Query(q): Query<AccessQuery>,
-    body: Bytes,
-) -> Response {
-    send(s, q, body, MsgType::MiniprogramSubscribe).await
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/cgi-bin/message/template/send",
+            endpoint(MsgType::Template),
+        )
+        .route(
+            "/cgi-bin/message/subscribe/bizsend",
+            endpoint(MsgType::Subscribe),
+        )
+        .route(
+            "/cgi-bin/message/subscribe/send",
+            endpoint(MsgType::MiniprogramSubscribe),
+        )
+}
+
+/// `POST`: one send of `msg_type`.
+fn endpoint(msg_type: MsgType) -> MethodRouter<Shared> {
+    post(
+        move |State(s): State<Shared>, Query(q): Query<AccessQuery>, body: Bytes| {
+            send(s, q, body, msg_type)
+        },
+    )
 }
 
 async fn send(s: Shared, q: AccessQuery, body: Bytes, msg_type: MsgType) -> Response {

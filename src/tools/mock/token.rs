@@ -3,50 +3,62 @@
 
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::response::Response;
+use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::faults::{FaultKind, TokenFault, fault_reply};
 use super::state::MockState;
 use super::{Shared, wx, wx_err};
 
+/// The two token endpoints.
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/cgi-bin/token", get(classic_token))
+        .route("/cgi-bin/stable_token", post(stable_token))
+}
+
 /// WeChat's daily limit of forced `stable_token` refreshes per appid. The simulator counts
 /// them over all its appids, and its "day" is its lifetime.
 pub const FORCED_REFRESHES_PER_DAY: u64 = 20;
 
+/// What both token endpoints are asked with.
 #[derive(Deserialize)]
-pub(super) struct TokenQuery {
+struct Credentials {
     grant_type: Option<String>,
     appid: Option<String>,
     secret: Option<String>,
 }
 
-/// Checks credentials like WeChat: unknown appid 40013, wrong secret 40001/40125.
-fn check_credentials(
-    s: &MockState,
-    appid: Option<&str>,
-    secret: Option<&str>,
-    wrong_secret: i64,
-) -> Result<String, (i64, &'static str)> {
-    let Some(appid) = appid.filter(|a| !a.is_empty()) else {
-        return Err((41002, "appid missing"));
-    };
-    let Some(secret) = secret.filter(|a| !a.is_empty()) else {
-        return Err((41004, "appsecret missing"));
-    };
-    let expected = s.accounts.read().unwrap().get(appid).cloned();
-    match expected {
-        None => {
-            s.error("40013".into());
-            Err((40013, "invalid appid"))
+impl Credentials {
+    /// Checks them like WeChat: the grant type 40002, unknown appid 40013, a wrong secret
+    /// `wrong_secret` (40001 on the classic endpoint, 40125 on the stable one). The appid, or
+    /// the reply to send.
+    fn check(&self, s: &MockState, wrong_secret: i64) -> Result<String, Response> {
+        if self.grant_type.as_deref() != Some("client_credential") {
+            return Err(wx_err(40002, "invalid grant_type"));
         }
-        Some(expected) if expected != secret => {
-            s.error(wrong_secret.to_string());
-            Err((wrong_secret, "invalid appsecret"))
+        let Some(appid) = self.appid.as_deref().filter(|a| !a.is_empty()) else {
+            return Err(wx_err(41002, "appid missing"));
+        };
+        let Some(secret) = self.secret.as_deref().filter(|a| !a.is_empty()) else {
+            return Err(wx_err(41004, "appsecret missing"));
+        };
+        let expected = s.accounts.read().unwrap().get(appid).cloned();
+        match expected {
+            None => {
+                s.error("40013".into());
+                Err(wx_err(40013, "invalid appid"))
+            }
+            Some(expected) if expected != secret => {
+                s.error(wrong_secret.to_string());
+                Err(wx_err(wrong_secret, "invalid appsecret"))
+            }
+            Some(_) => Ok(appid.to_string()),
         }
-        Some(_) => Ok(appid.to_string()),
     }
 }
 
@@ -68,20 +80,14 @@ async fn token_fault_reply(s: &MockState, fault: TokenFault) -> Response {
     }
 }
 
-pub(super) async fn classic_token(
-    State(s): State<Shared>,
-    Query(q): Query<TokenQuery>,
-) -> Response {
+async fn classic_token(State(s): State<Shared>, Query(q): Query<Credentials>) -> Response {
     s.stats.lock().unwrap().token_calls += 1;
     if let Some(r) = token_fault(&s).await {
         return r;
     }
-    if q.grant_type.as_deref() != Some("client_credential") {
-        return wx_err(40002, "invalid grant_type");
-    }
-    let appid = match check_credentials(&s, q.appid.as_deref(), q.secret.as_deref(), 40001) {
+    let appid = match q.check(&s, 40001) {
         Ok(a) => a,
-        Err((code, msg)) => return wx_err(code, msg),
+        Err(reply) => return reply,
     };
     let ttl = s.behaviour.read().unwrap().token_ttl_secs;
     let token = s.issue_token(&appid, ttl);
@@ -102,14 +108,13 @@ pub(super) async fn classic_token(
 
 #[derive(Deserialize)]
 struct StableQuery {
-    grant_type: Option<String>,
-    appid: Option<String>,
-    secret: Option<String>,
+    #[serde(flatten)]
+    credentials: Credentials,
     #[serde(default)]
     force_refresh: bool,
 }
 
-pub(super) async fn stable_token(State(s): State<Shared>, body: Bytes) -> Response {
+async fn stable_token(State(s): State<Shared>, body: Bytes) -> Response {
     s.stats.lock().unwrap().stable_token_calls += 1;
     if let Some(r) = token_fault(&s).await {
         return r;
@@ -117,12 +122,9 @@ pub(super) async fn stable_token(State(s): State<Shared>, body: Bytes) -> Respon
     let Ok(q) = serde_json::from_slice::<StableQuery>(&body) else {
         return wx_err(47001, "data format error");
     };
-    if q.grant_type.as_deref() != Some("client_credential") {
-        return wx_err(40002, "invalid grant_type");
-    }
-    let appid = match check_credentials(&s, q.appid.as_deref(), q.secret.as_deref(), 40125) {
+    let appid = match q.credentials.check(&s, 40125) {
         Ok(a) => a,
-        Err((code, msg)) => return wx_err(code, msg),
+        Err(reply) => return reply,
     };
     let forced_fault = s.behaviour.read().unwrap().forced_token_fault;
     if q.force_refresh
