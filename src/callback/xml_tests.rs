@@ -1,6 +1,11 @@
 use super::*;
 use crate::callback::event::{parse, parse_bytes, parse_with_limit};
 
+/// What reading `xml` as a callback body fails with.
+fn parse_err(xml: &str) -> XmlError {
+    parse(xml).unwrap_err()
+}
+
 #[test]
 fn predefined_entities_and_char_refs_are_resolved() {
     let xml = "<xml><MsgType>t</MsgType>\
@@ -12,11 +17,8 @@ fn predefined_entities_and_char_refs_are_resolved() {
 #[test]
 fn unknown_entity_reference_is_rejected() {
     let xml = "<xml><MsgType>&xxe;</MsgType></xml>";
-    assert_eq!(
-        parse(xml).unwrap_err(),
-        XmlError::UnknownEntity("xxe".into())
-    );
-    assert_eq!(parse(xml).unwrap_err().reason(), "unknown_entity");
+    assert_eq!(parse_err(xml), XmlError::UnknownEntity("xxe".into()));
+    assert_eq!(parse_err(xml).reason(), "unknown_entity");
 }
 
 #[test]
@@ -30,7 +32,7 @@ fn invalid_char_refs_are_malformed() {
         "&#xZ;",
     ] {
         let xml = format!("<xml><MsgType>{r}</MsgType></xml>");
-        assert_eq!(parse(&xml).unwrap_err().reason(), "malformed", "{r}");
+        assert_eq!(parse_err(&xml).reason(), "malformed", "{r}");
     }
 }
 
@@ -38,14 +40,11 @@ fn invalid_char_refs_are_malformed() {
 fn doctype_is_rejected_without_expansion() {
     let xxe = "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>\
                    <xml><MsgType>&xxe;</MsgType></xml>";
-    assert_eq!(parse(xxe).unwrap_err(), XmlError::Doctype);
+    assert_eq!(parse_err(xxe), XmlError::Doctype);
     let laughs = "<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;&lol;\">]>\
                       <xml><MsgType>&lol2;</MsgType></xml>";
-    assert_eq!(parse(laughs).unwrap_err(), XmlError::Doctype);
-    assert_eq!(
-        parse("<!DOCTYPE xml><xml/>").unwrap_err().reason(),
-        "doctype"
-    );
+    assert_eq!(parse_err(laughs), XmlError::Doctype);
+    assert_eq!(parse_err("<!DOCTYPE xml><xml/>").reason(), "doctype");
 }
 
 #[test]
@@ -61,7 +60,7 @@ fn oversized_body_is_rejected_before_parsing() {
         "a".repeat(DEFAULT_MAX_XML_BYTES)
     );
     assert_eq!(
-        parse(&big).unwrap_err(),
+        parse_err(&big),
         XmlError::TooLarge {
             len: big.len(),
             limit: DEFAULT_MAX_XML_BYTES
@@ -110,7 +109,7 @@ fn malformed_documents_are_rejected() {
         "<xml><MsgType>t</MsgType><?xml version='1.0'?></xml>",
         "<xml><!-- a -- b --><MsgType>t</MsgType></xml>",
     ] {
-        let err = parse(xml).unwrap_err();
+        let err = parse_err(xml);
         assert_eq!(err.reason(), "malformed", "{xml:?} gave {err:?}");
     }
 }
@@ -118,7 +117,7 @@ fn malformed_documents_are_rejected() {
 #[test]
 fn wrong_root_is_rejected() {
     assert_eq!(
-        parse("<html><MsgType>t</MsgType></html>").unwrap_err(),
+        parse_err("<html><MsgType>t</MsgType></html>"),
         XmlError::UnexpectedRoot("html".into())
     );
 }
@@ -126,8 +125,5 @@ fn wrong_root_is_rejected() {
 #[test]
 fn duplicate_field_is_rejected() {
     let xml = "<xml><MsgType>event</MsgType><MsgType>text</MsgType></xml>";
-    assert_eq!(
-        parse(xml).unwrap_err(),
-        XmlError::DuplicateField("MsgType".into())
-    );
+    assert_eq!(parse_err(xml), XmlError::DuplicateField("MsgType".into()));
 }

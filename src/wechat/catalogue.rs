@@ -202,6 +202,15 @@ mod tests {
         assert!(r.templates().is_none());
     }
 
+    /// A catalogue of one template, with these keys.
+    fn one_template(template_id: &str, keys: &[&str]) -> Catalogue {
+        Catalogue::new(&[Template {
+            template_id: template_id.into(),
+            title: String::new(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }])
+    }
+
     /// The template fields of a job body, as the parser writes them.
     fn checked(catalogue: &Catalogue, body: &[u8]) -> Result<(), Mismatch> {
         let env: std::collections::BTreeMap<String, String> =
@@ -218,11 +227,7 @@ mod tests {
 
     #[test]
     fn a_body_is_checked_for_its_template_and_every_key() {
-        let f = Catalogue::new(&[Template {
-            template_id: "T1".into(),
-            title: String::new(),
-            keys: vec!["User".into(), "Money".into()],
-        }]);
+        let f = one_template("T1", &["User", "Money"]);
         let ok = br#"{"data":{"Money":{"value":"1"},"User":{"value":"x"}},"template_id":"T1","touser":"o"}"#;
         assert_eq!(checked(&f, ok), Ok(()));
         let missing = br#"{"data":{"User":{"value":"Money"}},"template_id":"T1","touser":"o"}"#;
@@ -241,11 +246,7 @@ mod tests {
     /// checked by its shared head.
     #[test]
     fn escaped_keys_and_batches_are_checked_by_their_values() {
-        let f = Catalogue::new(&[Template {
-            template_id: "T\"1".into(),
-            title: String::new(),
-            keys: vec!["a\"b".into(), "é".into()],
-        }]);
+        let f = one_template("T\"1", &["a\"b", "é"]);
         let ok = br#"{"data":{"a\"b":{"value":"1"},"\u00e9":{"value":"x"}},"template_id":"T\"1","touser":["o1","o2"]}"#;
         assert_eq!(checked(&f, ok), Ok(()));
         let missing = br#"{"data":{"a\"b":{"value":"1"}},"template_id":"T\"1","touser":"o"}"#;

@@ -17,17 +17,13 @@ pub use crate::policy::SendError;
 
 /// WeChat's common reply shape: `{errcode, errmsg, ...}` plus endpoint-specific fields.
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
 pub struct ApiReply {
-    #[serde(default)]
     pub errcode: i64,
-    #[serde(default)]
     pub errmsg: String,
     /// Message id of a template send; it can exceed i32.
-    #[serde(default)]
     pub msgid: Option<i64>,
-    #[serde(default)]
     pub access_token: Option<String>,
-    #[serde(default)]
     pub expires_in: Option<u64>,
 }
 
