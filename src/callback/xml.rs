@@ -196,15 +196,7 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
     config.allow_dangling_amp = false;
     config.check_comments = true;
 
-    let mut fields: Vec<(String, String)> = Vec::new();
-    let mut items: Vec<ListItem> = Vec::new();
-    // The depth-2 element whose text is being collected.
-    let mut current: Option<(String, String)> = None;
-    // The grandchild of the root being read, and the child of it whose text is collected.
-    let mut item: Option<ListItem> = None;
-    let mut item_field: Option<(String, String)> = None;
-    let mut depth = 0usize;
-    let mut seen_root = false;
+    let mut doc = Collector::default();
     let mut first_event = true;
 
     loop {
@@ -214,74 +206,24 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
         let is_first = std::mem::replace(&mut first_event, false);
         match event {
             XmlEvent::DocType(_) => return Err(XmlError::Doctype),
-            XmlEvent::Start(start) => {
-                check_attributes(&start)?;
-                let qname = start.name();
-                let name: &str = qname.as_ref();
-                match depth {
-                    0 => open_root(&mut seen_root, name)?,
-                    1 => current = Some((name.to_owned(), String::new())),
-                    2 => item = Some(open_item(&current, name, items.len())?),
-                    3 => item_field = Some((name.to_owned(), String::new())),
-                    _ => {}
-                }
-                depth += 1;
-            }
+            XmlEvent::Start(start) => doc.open(&start)?,
+            // An empty element is read as its start and its end: `<MsgID/>` yields "".
             XmlEvent::Empty(start) => {
-                check_attributes(&start)?;
-                let qname = start.name();
-                let name: &str = qname.as_ref();
-                match depth {
-                    0 => open_root(&mut seen_root, name)?,
-                    1 => push_field(&mut fields, name.to_owned(), String::new())?,
-                    2 => items.push(open_item(&current, name, items.len())?),
-                    3 => {
-                        if let Some(it) = item.as_mut() {
-                            push_field(&mut it.fields, name.to_owned(), String::new())?;
-                        }
-                    }
-                    _ => {}
-                }
+                doc.open(&start)?;
+                doc.close()?;
             }
-            XmlEvent::End(_) => {
-                // quick-xml has already checked the name matches the open tag.
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| XmlError::Malformed("unmatched end tag".into()))?;
-                match depth {
-                    1 => {
-                        if let Some((name, value)) = current.take() {
-                            push_field(&mut fields, name, value)?;
-                        }
-                    }
-                    2 => items.extend(item.take()),
-                    3 => {
-                        if let (Some(it), Some((name, value))) = (item.as_mut(), item_field.take())
-                        {
-                            push_field(&mut it.fields, name, value)?;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            XmlEvent::Text(text) => {
-                add_text(depth, &mut current, &mut item_field, &text.xml10_content())?
-            }
+            XmlEvent::End(_) => doc.close()?,
+            XmlEvent::Text(text) => doc.text(&text.xml10_content())?,
             XmlEvent::CData(cdata) => {
-                if depth == 0 {
+                if doc.depth == 0 {
                     return Err(XmlError::Malformed("CDATA outside the root element".into()));
                 }
-                add_text(depth, &mut current, &mut item_field, &cdata.xml10_content())?;
+                doc.text(&cdata.xml10_content())?;
             }
             XmlEvent::GeneralRef(reference) => {
                 let ch = resolve_reference(&reference)?;
                 let mut buf = [0u8; 4];
-                add_text(
-                    depth,
-                    &mut current,
-                    &mut item_field,
-                    ch.encode_utf8(&mut buf),
-                )?;
+                doc.text(ch.encode_utf8(&mut buf))?;
             }
             XmlEvent::Decl(_) if !is_first => {
                 return Err(XmlError::Malformed(
@@ -293,15 +235,78 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
         }
     }
 
-    if !seen_root {
+    if !doc.seen_root {
         return Err(XmlError::Malformed("no root element".into()));
     }
-    if depth != 0 {
+    if doc.depth != 0 {
         return Err(XmlError::Malformed(
             "unclosed element at end of input".into(),
         ));
     }
-    Ok(Fields { fields, items })
+    Ok(Fields {
+        fields: doc.fields,
+        items: doc.items,
+    })
+}
+
+/// What [`parse_fields`] has read so far, and where in the document it is.
+#[derive(Default)]
+struct Collector {
+    fields: Vec<(String, String)>,
+    items: Vec<ListItem>,
+    /// The depth-2 element whose text is being collected.
+    current: Option<(String, String)>,
+    /// The grandchild of the root being read, and the child of it whose text is collected.
+    item: Option<ListItem>,
+    item_field: Option<(String, String)>,
+    depth: usize,
+    seen_root: bool,
+}
+
+impl Collector {
+    fn open(&mut self, start: &BytesStart<'_>) -> Result<(), XmlError> {
+        check_attributes(start)?;
+        let qname = start.name();
+        let name: &str = qname.as_ref();
+        match self.depth {
+            0 => open_root(&mut self.seen_root, name)?,
+            1 => self.current = Some((name.to_owned(), String::new())),
+            2 => self.item = Some(open_item(&self.current, name, self.items.len())?),
+            3 => self.item_field = Some((name.to_owned(), String::new())),
+            _ => {}
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), XmlError> {
+        // quick-xml has already checked the name matches the open tag.
+        self.depth = self
+            .depth
+            .checked_sub(1)
+            .ok_or_else(|| XmlError::Malformed("unmatched end tag".into()))?;
+        match self.depth {
+            1 => {
+                if let Some((name, value)) = self.current.take() {
+                    push_field(&mut self.fields, name, value)?;
+                }
+            }
+            2 => self.items.extend(self.item.take()),
+            3 => {
+                if let (Some(it), Some((name, value))) =
+                    (self.item.as_mut(), self.item_field.take())
+                {
+                    push_field(&mut it.fields, name, value)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, text: &str) -> Result<(), XmlError> {
+        add_text(self.depth, &mut self.current, &mut self.item_field, text)
+    }
 }
 
 /// Starts a grandchild of the root inside the top-level element `current`, refusing more
