@@ -355,9 +355,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
     println!();
     println!("  outcome (kind send)        count");
     println!("  ------------------------  ------");
-    for (k, v) in &sends {
-        println!("  {k:<24}  {v:>6}");
-    }
+    print_counts(&sends);
     println!("  ------------------------  ------");
     println!("  {:<24}  {:>6}", "total", sends.values().sum::<usize>());
     println!();
@@ -371,9 +369,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
     }
     println!();
     println!("  receipts (kind receipt)    count");
-    for (k, v) in &receipts {
-        println!("  {k:<24}  {v:>6}");
-    }
+    print_counts(&receipts);
     println!();
     println!("  consents (kind consent)   source    count");
     for ((st, src), v) in &consent_table {
@@ -475,4 +471,11 @@ pub async fn collect(
     }
     let _ = ch.close(200, "bye".into()).await;
     Ok(got)
+}
+
+/// The rows of a summary table of counts by status.
+fn print_counts(counts: &BTreeMap<String, usize>) {
+    for (k, v) in counts {
+        println!("  {k:<24}  {v:>6}");
+    }
 }
