@@ -2,7 +2,7 @@
 //!
 //! The decision for every WeChat error code comes from [`crate::wechat::errcode`]. A job ends
 //! in a [`Disposition`]: a final outcome, or a deferral through a delay queue (for waits too
-//! long to hold a consumer slot: backoff beyond a few seconds, a quota pause, a stopped
+//! long to hold the delivery for: backoff beyond a few seconds, a quota pause, a stopped
 //! account). The retry state travels with a deferred job in AMQP headers, so the retry budget
 //! and the deduplication window survive a restart.
 //!

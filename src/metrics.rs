@@ -44,7 +44,7 @@ pub struct Metrics {
     /// Forced refreshes that a token error could have asked for but the policy did not make.
     pub token_force_skipped_total: IntCounterVec,
     /// Sends made without the template-catalogue check because the catalogue could not be
-    /// fetched (issue 16.3).
+    /// fetched (the check is a help, never a reason to stop sending).
     pub catalogue_unchecked_total: IntCounterVec,
     pub inflight: IntGauge,
     pub quota_paused: IntGaugeVec,

@@ -81,8 +81,8 @@ pub enum Hold {
     Rate(Duration),
 }
 
-/// The step for a job the account cannot take now: a short quota wait is made in place (a
-/// consumer slot is cheaper than a round trip through a delay queue); anything else defers.
+/// The step for a job the account cannot take now: a short quota wait is made in place (holding
+/// a delivery for it is cheaper than a round trip through a delay queue); anything else defers.
 pub fn on_hold(rules: &Rules, hold: Hold) -> Step {
     match hold {
         Hold::SendsStopped(delay) => Step::Defer {

@@ -179,7 +179,7 @@ impl RetryPolicy {
     ///
     /// The budget counts only [`RetryState::transient_ms`], never the job's age: time spent
     /// paused on quota, behind a stopped account, on the rate limit or in the queue is not an
-    /// error and must not fail the job (issue 19). Only `not_after` ends a waiting job.
+    /// error and must not fail the job. Only `not_after` ends a waiting job.
     pub fn next(&self, state: &RetryState, now_ms: i64, reason: &str, wait: Duration) -> Next {
         let charged = Duration::from_millis(state.transient_ms);
         let spent = state.attempts >= self.max_attempts || charged + wait > self.budget;

@@ -1,6 +1,6 @@
 //! The template catalogue: each account's templates, fetched once and refreshed, so a job whose
 //! template the account does not have, or whose `data` lacks a key the template names, is
-//! rejected before any call to WeChat (issue 16.3).
+//! rejected before any call to WeChat, where it would fail anyway and count against the quota.
 //!
 //! Template messages come from `GET /cgi-bin/template/get_all_private_template`, subscription
 //! templates from `GET /wxaapi/newtmpl/gettemplate`. When a catalogue cannot be fetched (no

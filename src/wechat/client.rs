@@ -33,12 +33,13 @@ pub struct WechatClient {
     http: reqwest::Client,
     base: String,
     /// The send endpoints, one per [`MsgType`] in [`MsgType::ALL`] order, parsed once: parsing
-    /// the whole URL (host, IDNA) for every message was 4 % of the worker's CPU.
+    /// the whole URL (host, IDNA) for every message is a visible share of the worker's CPU
+    /// (docs/BENCHMARKS.md).
     send_urls: [reqwest::Url; 3],
     /// The send endpoints with an access token in their query, for the latest tokens (newest
     /// first): writing a token of about 140 characters into the query (`Url::set_query`
-    /// checks and copies every character) for every message cost more instructions than the
-    /// rest of the request building. A token lives for hours, so each is built once.
+    /// checks and copies every character) for every message cost more than the rest of the
+    /// request building. A token lives for hours, so each is built once.
     token_urls: Arc<Mutex<VecDeque<TokenUrls>>>,
 }
 
@@ -149,7 +150,7 @@ impl WechatClient {
         let reply: SendReply = self.execute(req).await?;
         // WeChat always answers a send with an errcode. A 200 without one (an HTML page from a
         // proxy, `{}`) is not WeChat's verdict: the message may or may not have gone out, so it
-        // must not count as sent (issue 14).
+        // must not count as sent.
         let errcode = reply
             .errcode
             .ok_or_else(|| SendError::BadReply("a 200 reply without errcode".into()))?;
