@@ -36,8 +36,10 @@
 //!   JSONL and CSV readers, the per-line check, the progress report.
 //!
 //! The tools, under [`tools`], which the product never imports:
-//! - [`tools::mock`]: the WeChat API simulator, behind `wxdispatch mock-wechat` and the tests,
-//!   with the pushes it writes (`tools::mock::xml`, `tools::mock::push`).
+//! - [`tools::mock`]: the WeChat API simulator, behind `wxdispatch mock-wechat` and the tests:
+//!   its faults, its state and counts, one part per group of endpoints (tokens, sends,
+//!   catalogues, the `/mock/*` controls), and the pushes it writes (`tools::mock::xml`,
+//!   `tools::mock::push`).
 //! - `tools::demo`: `wxdispatch demo`, the whole pipeline once, with a summary.
 //! - `tools::bench`: `wxdispatch bench`, the end-to-end benchmark (orchestration, `/proc`
 //!   readings, the report) and its libraries-only floor worker (docs/BENCHMARKS.md). Only
