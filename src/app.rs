@@ -93,7 +93,7 @@ fn assemble(config: Config) -> anyhow::Result<(Arc<Worker>, Option<axum::Router>
 }
 
 /// `wxdispatch run`.
-pub async fn run_worker(config_file: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) async fn run_worker(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
     require_account(&config)?;
@@ -131,7 +131,7 @@ fn require_account(config: &Config) -> anyhow::Result<()> {
 /// `run` builds before it connects, without connecting anywhere, then prints the effective
 /// settings with secrets redacted. An error names the key at fault and the process exits 1, so
 /// it works as a CI step or an initContainer.
-pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     require_account(&config)?;
     assemble(config.clone())?;
@@ -150,7 +150,10 @@ pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
 
 /// `wxdispatch templates [--appid A]`: each account's templates and the keys their content
 /// names, from WeChat's two catalogues: what a job's `template_id` and `data` must match.
-pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyhow::Result<()> {
+pub(crate) async fn templates(
+    config_file: Option<&Path>,
+    appid: Option<&str>,
+) -> anyhow::Result<()> {
     use crate::job::MsgType;
     let config = Config::load(config_file)?;
     let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()))?;

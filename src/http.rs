@@ -12,7 +12,7 @@ use crate::shutdown::Shutdown;
 use crate::worker::Worker;
 
 /// Builds the router. The callback routes are merged in when a callback token is configured.
-pub fn router(worker: Arc<Worker>, callback: Option<Router>) -> Router {
+pub(crate) fn router(worker: Arc<Worker>, callback: Option<Router>) -> Router {
     let base = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -30,7 +30,7 @@ pub struct JobId(String);
 impl JobId {
     /// Validates an id: 1 to 64 bytes of printable ASCII, because it travels as a header,
     /// a log field and WeChat's `client_msg_id`.
-    pub fn parse(s: &str) -> Result<JobId, InvalidJob> {
+    pub(crate) fn parse(s: &str) -> Result<JobId, InvalidJob> {
         if s.is_empty() || s.len() > MAX_ID_LEN || !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
             return Err(InvalidJob::new(
                 "bad_id",
@@ -42,7 +42,7 @@ impl JobId {
 
     /// An id derived from the body, for jobs that bring none: the same body always gets the
     /// same id, so a re-published job is still deduplicated by WeChat.
-    pub fn from_body(body: &[u8]) -> JobId {
+    pub(crate) fn from_body(body: &[u8]) -> JobId {
         JobId(format!("sha1-{}", hex::encode(Sha1::digest(body))))
     }
 
@@ -68,7 +68,7 @@ pub struct InvalidJob {
 }
 
 impl InvalidJob {
-    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: &'static str, detail: impl Into<String>) -> Self {
         InvalidJob {
             reason,
             detail: detail.into(),
@@ -111,7 +111,7 @@ impl MsgType {
     /// Whether WeChat deduplicates this endpoint's sends by `client_msg_id`. Only the template
     /// send does; a subscription send whose result is unknown can therefore never be retried
     /// safely (ERROR_POLICY.md, "maybe_sent").
-    pub const fn deduplicated(self) -> bool {
+    pub(crate) const fn deduplicated(self) -> bool {
         matches!(self, MsgType::Template)
     }
 
@@ -141,7 +141,7 @@ pub struct AccountId(usize);
 
 impl AccountId {
     /// The account's position in `Config::accounts`.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self.0
     }
 }
@@ -222,7 +222,7 @@ pub struct Batch {
 
 impl Batch {
     /// The template every recipient's job is for.
-    pub fn template(&self) -> TemplateFields<'_> {
+    pub(crate) fn template(&self) -> TemplateFields<'_> {
         TemplateFields {
             written: &self.head,
             spans: &self.template,

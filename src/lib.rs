@@ -28,7 +28,7 @@
 //! - [`callback`]: WeChat's push callback: signatures, AES safe mode, the XML reader and the
 //!   message model, the retry dedupe and the HTTP handlers that turn pushes into outcomes.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
-//! - [`metrics`], [`shutdown`], [`logging`]: operations; [`probe`], the readiness check the
+//! - [`metrics`], [`shutdown`], [`logging`]: operations; `probe`, the readiness check the
 //!   image and its Kubernetes probes run.
 //! - [`app`]: `run`, `check-config`, `templates`, and [`app::start`], the worker embedded in a
 //!   process (the demo and the tests use it).
@@ -50,6 +50,8 @@
 //! [`cli`] names the subcommands and dispatches each to its module; `main.rs` only parses and
 //! exits. The modules without a link are private to the crate.
 
+#![warn(unreachable_pub)]
+
 pub mod account;
 pub mod amqp;
 pub mod app;
@@ -63,7 +65,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;
-pub mod probe;
+mod probe;
 pub mod publish;
 pub mod shutdown;
 pub mod tools;

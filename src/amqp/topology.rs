@@ -62,7 +62,7 @@ pub enum TopologyError {
 
 impl TopologyError {
     /// Whether reconnecting cannot help (the worker should stop and say why).
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         !matches!(self, TopologyError::Amqp(_))
     }
 }
@@ -121,7 +121,7 @@ fn refused(queue: &str, e: lapin::Error) -> TopologyError {
 pub const DELAY_TIERS: &[u64] = &[1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600];
 
 /// The tier for a wanted delay.
-pub fn tier_for(delay: Duration) -> u64 {
+pub(crate) fn tier_for(delay: Duration) -> u64 {
     let secs = delay.as_secs_f64().ceil() as u64;
     DELAY_TIERS
         .iter()
@@ -197,7 +197,11 @@ pub fn queues(config: &Config) -> Vec<String> {
 }
 
 /// Sets the topology up the way `config.amqp.topology` says: declares it, or checks it exists.
-pub async fn ensure(conn: &Connection, ch: &Channel, config: &Config) -> Result<(), TopologyError> {
+pub(crate) async fn ensure(
+    conn: &Connection,
+    ch: &Channel,
+    config: &Config,
+) -> Result<(), TopologyError> {
     match config.amqp.topology {
         Topology::Declare => declare(ch, config).await,
         Topology::Passive => check(conn, config).await,
@@ -207,7 +211,7 @@ pub async fn ensure(conn: &Connection, ch: &Channel, config: &Config) -> Result<
 /// Checks, with passive declares only (no `configure` permission needed), that every queue and
 /// the exchange exist, and names every one that does not. A passive declare of a missing
 /// queue closes its channel, so each check gets its own.
-pub async fn check(conn: &Connection, config: &Config) -> Result<(), TopologyError> {
+pub(crate) async fn check(conn: &Connection, config: &Config) -> Result<(), TopologyError> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()

@@ -43,7 +43,7 @@ const AES_BLOCK: usize = 16;
 const HEADER_LEN: usize = 16 + 4;
 
 /// Length of an `EncodingAESKey` as shown in the WeChat admin console.
-pub const ENCODING_AES_KEY_LEN: usize = 43;
+pub(crate) const ENCODING_AES_KEY_LEN: usize = 43;
 
 /// Base64 engine for `EncodingAESKey`: standard alphabet, canonical `=`
 /// padding, but tolerant of non-zero trailing bits (see the module docs).

@@ -19,7 +19,7 @@ pub const DEDUP_FOR: Duration = Duration::from_secs(600);
 /// What tells one receipt push from another. WeChat repeats all five on a retry; MsgID alone
 /// is not enough, because it is reported to be 0 for messages sent with a `client_msg_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PushKey {
+pub(crate) struct PushKey {
     pub to_user: String,
     pub from_user: String,
     pub create_time: i64,
@@ -51,12 +51,12 @@ pub enum Answer {
 
 impl Answer {
     /// Whether WeChat may be told `success` (it will not push this receipt again).
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         matches!(self, Answer::Stored | Answer::Duplicate | Answer::Joined)
     }
 
     /// The `wxdispatch_callback_requests_total` label.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Answer::Stored => "ok",
             Answer::Duplicate => "duplicate",
@@ -93,13 +93,13 @@ enum Entry {
 }
 
 /// The receipts seen recently and the publishes in flight, by [`PushKey`].
-pub struct Dedupe {
+pub(crate) struct Dedupe {
     entries: Mutex<HashMap<PushKey, Entry>>,
     keep_for: Duration,
 }
 
 impl Dedupe {
-    pub fn new(keep_for: Duration) -> Arc<Dedupe> {
+    pub(crate) fn new(keep_for: Duration) -> Arc<Dedupe> {
         Arc::new(Dedupe {
             entries: Mutex::new(HashMap::new()),
             keep_for,
@@ -110,7 +110,7 @@ impl Dedupe {
     /// and answers within `answer_within`. `publish` runs in its own task, so a push that
     /// gives up (or a client that hangs up) never cancels a publish half way: its outcome is
     /// recorded for the retry either way.
-    pub async fn store<F>(
+    pub(crate) async fn store<F>(
         self: &Arc<Self>,
         key: PushKey,
         answer_within: Duration,

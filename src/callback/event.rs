@@ -54,14 +54,14 @@ pub enum SubscriptionKind {
 
 impl SubscriptionKind {
     /// Every kind, for matching an `Event` value.
-    pub const ALL: [SubscriptionKind; 3] = [
+    pub(crate) const ALL: [SubscriptionKind; 3] = [
         SubscriptionKind::Popup,
         SubscriptionKind::Change,
         SubscriptionKind::Sent,
     ];
 
     /// The `Event` value WeChat sends.
-    pub fn event_name(self) -> &'static str {
+    pub(crate) fn event_name(self) -> &'static str {
         match self {
             SubscriptionKind::Popup => "subscribe_msg_popup_event",
             SubscriptionKind::Change => "subscribe_msg_change_event",
@@ -70,7 +70,7 @@ impl SubscriptionKind {
     }
 
     /// The element that holds the event's `<List>` items.
-    pub fn container(self) -> &'static str {
+    pub(crate) fn container(self) -> &'static str {
         match self {
             SubscriptionKind::Popup => "SubscribeMsgPopupEvent",
             SubscriptionKind::Change => "SubscribeMsgChangeEvent",
@@ -80,7 +80,7 @@ impl SubscriptionKind {
 
     /// The contract's consent `source`: `popup` or `settings`; `None` for the sent event,
     /// which is a delivery result, not a consent.
-    pub fn source(self) -> Option<&'static str> {
+    pub(crate) fn source(self) -> Option<&'static str> {
         match self {
             SubscriptionKind::Popup => Some("popup"),
             SubscriptionKind::Change => Some("settings"),
@@ -128,12 +128,12 @@ pub struct SubscriptionItem {
 }
 
 /// WeChat's error code for "the user refuses this account's messages".
-pub const USER_REFUSED: i64 = 43101;
+pub(crate) const USER_REFUSED: i64 = 43101;
 
 impl SubscriptionItem {
     /// The consent of a pop-up or change item: `accept`, `reject`, or the raw value, kept
     /// verbatim so a new value shows up instead of vanishing.
-    pub fn consent_status(&self) -> ConsentStatus {
+    pub(crate) fn consent_status(&self) -> ConsentStatus {
         ConsentStatus::from_wechat(self.status.as_deref().unwrap_or(""))
     }
 
@@ -141,7 +141,7 @@ impl SubscriptionItem {
     /// 43101 blocked); `ErrorStatus` otherwise (`success`, or a `user block` status). Every
     /// other failure is `undelivered`: the message did not reach the user, for a reason the
     /// raw code and status in the receipt tell.
-    pub fn receipt_status(&self) -> ReceiptStatus {
+    pub(crate) fn receipt_status(&self) -> ReceiptStatus {
         let status = self.error_status.as_deref().unwrap_or("").trim();
         match self.error_code {
             Some(0) => ReceiptStatus::Delivered,
@@ -180,7 +180,7 @@ pub struct Event {
 
 impl Event {
     /// True for template message delivery receipts.
-    pub fn is_template_send_job_finish(&self) -> bool {
+    pub(crate) fn is_template_send_job_finish(&self) -> bool {
         self.event == TEMPLATE_SEND_JOB_FINISH
     }
 

@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_XML_BYTES: usize = 64 * 1024;
 
 /// Most `<List>` items one subscription event may carry. A pop-up offers at most a handful of
 /// templates; the cap keeps a hostile body from fanning out into thousands of publishes.
-pub const MAX_SUBSCRIPTION_ITEMS: usize = 64;
+pub(crate) const MAX_SUBSCRIPTION_ITEMS: usize = 64;
 
 /// Why a callback body was rejected.
 ///
@@ -116,7 +116,7 @@ pub struct ListItem {
 
 impl ListItem {
     /// The text of the child element `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         lookup(&self.fields, name)
     }
 
@@ -148,7 +148,7 @@ fn parse_number(value: Option<&str>, name: &'static str) -> Result<Option<i64>, 
 
 impl Fields {
     /// The text of the child element `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         lookup(&self.fields, name)
     }
 

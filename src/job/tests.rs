@@ -3,7 +3,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The sample body from the source document, verbatim (WeChat's send JSON, no id).
-pub const SEED_SAMPLE: &str = r##"{
+pub(crate) const SEED_SAMPLE: &str = r##"{
 "touser":"OPENID",
 "template_id":"ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY",
 "url":"http://weixin.qq.com/download",

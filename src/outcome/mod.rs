@@ -170,16 +170,16 @@ impl Outcome {
         o
     }
 
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         self.kind
     }
 
-    pub fn status(&self) -> &Status {
+    pub(crate) fn status(&self) -> &Status {
         &self.status
     }
 
     /// The status of a send outcome; `None` for the other kinds.
-    pub fn send_status(&self) -> Option<SendStatus> {
+    pub(crate) fn send_status(&self) -> Option<SendStatus> {
         match self.status {
             Status::Send(s) => Some(s),
             _ => None,

@@ -67,7 +67,7 @@ impl Action {
 
     /// The snake_case name, identical to the serde representation, so logs,
     /// metric labels and JSON agree without going through a serializer.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Action::Success => "success",
             Action::RefreshToken => "refresh_token",
@@ -222,7 +222,7 @@ pub static TABLE: &[ErrorInfo] = ENTRIES;
 /// The table row for `code`, or `None` if WeChat returned a code this table
 /// does not know. Callers that only need the action or the reason should use
 /// [`action`] or [`reason`], which handle unknown codes consistently.
-pub fn lookup(code: i64) -> Option<&'static ErrorInfo> {
+pub(crate) fn lookup(code: i64) -> Option<&'static ErrorInfo> {
     TABLE
         .binary_search_by_key(&code, |e| e.code)
         .ok()
@@ -234,7 +234,7 @@ pub fn lookup(code: i64) -> Option<&'static ErrorInfo> {
 /// Unknown codes map to [`Action::Retry`]: new codes are more often transient
 /// than permanent, and the retry budget bounds the cost. A code that keeps
 /// showing up unknown should be added to [`TABLE`].
-pub fn action(code: i64) -> Action {
+pub(crate) fn action(code: i64) -> Action {
     lookup(code).map_or(Action::Retry, |e| e.action)
 }
 
@@ -253,7 +253,7 @@ pub fn reason(code: i64) -> Cow<'static, str> {
 /// Credential and whitelist problems stop the account, 45009 (the daily token-call limit,
 /// which resets at midnight Beijing time) pauses it like any other quota, and everything else,
 /// including -1, 45011 (a forced refresh too soon) and unknown codes, is retried with backoff.
-pub fn token_endpoint_action(code: i64) -> Action {
+pub(crate) fn token_endpoint_action(code: i64) -> Action {
     lookup(code).map_or(Action::Retry, |e| e.token_action)
 }
 

@@ -100,7 +100,7 @@ word_enum! {
 }
 
 /// WeChat deduplicates `(openid, client_msg_id)` for 10 minutes; keep a safety margin.
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(9 * 60 + 30);
+pub(crate) const DEDUP_WINDOW: Duration = Duration::from_secs(9 * 60 + 30);
 
 /// Retry bookkeeping that travels with a job through the delay queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ pub struct RetryState {
 }
 
 impl RetryState {
-    pub fn fresh() -> RetryState {
+    pub(crate) fn fresh() -> RetryState {
         RetryState {
             attempts: 0,
             first_seen_ms: Utc::now().timestamp_millis(),
@@ -138,7 +138,7 @@ impl RetryState {
     /// Whether a try made `wait` after `now_ms` could fall outside WeChat's deduplication
     /// window of an earlier attempt that may have been delivered. Such a try could produce a
     /// second message, so it must not be made.
-    pub fn past_dedup_window(&self, now_ms: i64, wait: Duration) -> bool {
+    pub(crate) fn past_dedup_window(&self, now_ms: i64, wait: Duration) -> bool {
         self.maybe_sent_ms.is_some_and(|first| {
             let since = Duration::from_millis((now_ms - first).max(0) as u64);
             since + wait >= DEDUP_WINDOW
@@ -148,7 +148,7 @@ impl RetryState {
 
 /// What happens after a try that failed in a way worth repeating.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Try again after the wait.
     Retry,
     /// Stop: the job ends `failed` with this reason.
@@ -180,7 +180,13 @@ impl RetryPolicy {
     /// The budget counts only [`RetryState::transient_ms`], never the job's age: time spent
     /// paused on quota, behind a stopped account, on the rate limit or in the queue is not an
     /// error and must not fail the job. Only `not_after` ends a waiting job.
-    pub fn next(&self, state: &RetryState, now_ms: i64, reason: &str, wait: Duration) -> Next {
+    pub(crate) fn next(
+        &self,
+        state: &RetryState,
+        now_ms: i64,
+        reason: &str,
+        wait: Duration,
+    ) -> Next {
         let charged = Duration::from_millis(state.transient_ms);
         let spent = state.attempts >= self.max_attempts || charged + wait > self.budget;
         if state.past_dedup_window(now_ms, wait) || (spent && state.maybe_sent_ms.is_some()) {
@@ -196,7 +202,7 @@ impl RetryPolicy {
     /// doubling, capped at `max_delay`) with jitter: a uniform pick between a tenth of that cap
     /// and the cap. Full jitter spreads a burst of failures; the floor keeps a retry from
     /// firing back-to-back with the failure it answers.
-    pub fn delay(&self, n: u32) -> Duration {
+    pub(crate) fn delay(&self, n: u32) -> Duration {
         let cap = ExponentialBuilder::default()
             .with_min_delay(self.base)
             .with_max_delay(self.max_delay)

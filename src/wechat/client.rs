@@ -54,7 +54,7 @@ struct TokenUrls {
 const TOKEN_URLS: usize = 32;
 
 /// The path of each message type's send endpoint.
-pub const fn send_path(t: MsgType) -> &'static str {
+pub(crate) const fn send_path(t: MsgType) -> &'static str {
     match t {
         MsgType::Template => "/cgi-bin/message/template/send",
         MsgType::Subscribe => "/cgi-bin/message/subscribe/bizsend",
@@ -72,7 +72,11 @@ impl WechatClient {
     /// request per connection at a time, so the worker needs as many as it has sends in flight:
     /// with fewer, every send past the cap closes its connection after the reply and the next
     /// one opens (and, over TLS, handshakes) a new one, which at 1,000 in flight is most of them.
-    pub fn with_connections(base: &str, timeout: Duration, connections: usize) -> WechatClient {
+    pub(crate) fn with_connections(
+        base: &str,
+        timeout: Duration,
+        connections: usize,
+    ) -> WechatClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
@@ -163,7 +167,7 @@ impl WechatClient {
     }
 
     /// Fetches one of the account's template catalogues (`GET`, the token in the query).
-    pub async fn fetch_catalogue(
+    pub(crate) async fn fetch_catalogue(
         &self,
         token: &Secret,
         source: crate::wechat::catalogue::Source,

@@ -36,7 +36,7 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
     fn set_ready(&self, metrics: &Metrics, v: bool) {
@@ -57,7 +57,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Worker>, ConfigError> {
+    pub(crate) fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Worker>, ConfigError> {
         let dispatcher = Arc::new(Dispatcher::new(&config, metrics.clone())?);
         Ok(Arc::new(Worker {
             config,
@@ -83,7 +83,7 @@ enum SessionEnd {
 
 /// Runs the worker, one session after another, until `shutdown` is triggered and in-flight
 /// jobs are drained.
-pub async fn supervise(worker: Arc<Worker>, shutdown: Shutdown) -> anyhow::Result<()> {
+pub(crate) async fn supervise(worker: Arc<Worker>, shutdown: Shutdown) -> anyhow::Result<()> {
     for acct in worker.dispatcher.accounts() {
         tokio::spawn(acct.tokens.clone().keep_fresh(shutdown.clone()));
     }

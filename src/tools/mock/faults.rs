@@ -40,7 +40,7 @@ impl FaultKind {
 
 impl FaultKind {
     /// Parses `-1`, `45009`, `http502`, `timeout`, `html200` or `json200`.
-    pub fn parse(s: &str) -> Result<FaultKind, String> {
+    pub(crate) fn parse(s: &str) -> Result<FaultKind, String> {
         if s == "timeout" {
             Ok(FaultKind::Timeout)
         } else if s == "html200" {
@@ -80,7 +80,7 @@ pub struct Fault {
 
 impl Fault {
     /// Parses `KIND:RATE`, e.g. `-1:0.05`.
-    pub fn parse(s: &str) -> Result<Fault, String> {
+    pub(crate) fn parse(s: &str) -> Result<Fault, String> {
         let (kind, rate) = s
             .rsplit_once(':')
             .ok_or_else(|| format!("bad fault {s:?}: use KIND:RATE, e.g. -1:0.05"))?;

@@ -76,7 +76,7 @@ pub struct MockServer {
 
 impl MockServer {
     /// Where the simulator pushes receipts and events, if anywhere.
-    pub fn push_target(&self) -> Option<push::PushTarget> {
+    pub(crate) fn push_target(&self) -> Option<push::PushTarget> {
         self.state.push.clone()
     }
 

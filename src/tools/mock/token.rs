@@ -37,25 +37,25 @@ impl Credentials {
     /// Checks them like WeChat: the grant type 40002, unknown appid 40013, a wrong secret
     /// `wrong_secret` (40001 on the classic endpoint, 40125 on the stable one). The appid, or
     /// the reply to send.
-    fn check(&self, s: &MockState, wrong_secret: i64) -> Result<String, Response> {
+    fn check(&self, s: &MockState, wrong_secret: i64) -> Result<String, Box<Response>> {
         if self.grant_type.as_deref() != Some("client_credential") {
-            return Err(wx_err(40002, "invalid grant_type"));
+            return Err(Box::new(wx_err(40002, "invalid grant_type")));
         }
         let Some(appid) = self.appid.as_deref().filter(|a| !a.is_empty()) else {
-            return Err(wx_err(41002, "appid missing"));
+            return Err(Box::new(wx_err(41002, "appid missing")));
         };
         let Some(secret) = self.secret.as_deref().filter(|a| !a.is_empty()) else {
-            return Err(wx_err(41004, "appsecret missing"));
+            return Err(Box::new(wx_err(41004, "appsecret missing")));
         };
         let expected = s.accounts.read().unwrap().get(appid).cloned();
         match expected {
             None => {
                 s.error("40013".into());
-                Err(wx_err(40013, "invalid appid"))
+                Err(Box::new(wx_err(40013, "invalid appid")))
             }
             Some(expected) if expected != secret => {
                 s.error(wrong_secret.to_string());
-                Err(wx_err(wrong_secret, "invalid appsecret"))
+                Err(Box::new(wx_err(wrong_secret, "invalid appsecret")))
             }
             Some(_) => Ok(appid.to_string()),
         }
@@ -87,7 +87,7 @@ async fn classic_token(State(s): State<Shared>, Query(q): Query<Credentials>) ->
     }
     let appid = match q.check(&s, 40001) {
         Ok(a) => a,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     let ttl = s.behaviour.read().unwrap().token_ttl_secs;
     let token = s.issue_token(&appid, ttl);
@@ -124,7 +124,7 @@ async fn stable_token(State(s): State<Shared>, body: Bytes) -> Response {
     };
     let appid = match q.credentials.check(&s, 40125) {
         Ok(a) => a,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     let forced_fault = s.behaviour.read().unwrap().forced_token_fault;
     if q.force_refresh
