@@ -29,7 +29,7 @@ pub struct AccountMetrics {
 impl AccountMetrics {
     /// The `jobs_total` counter of a job of this type sent without a reason (`ALL` is in
     /// declaration order).
-    pub fn sent(&self, msg_type: MsgType) -> &IntCounter {
+    pub(crate) fn sent(&self, msg_type: MsgType) -> &IntCounter {
         &self.sent[msg_type as usize]
     }
 }
@@ -38,7 +38,7 @@ impl AccountMetrics {
 /// outcome schema's words: the errcode table's, the policy's end reasons, the parser's and the
 /// transport's, plus `errcode_<n>` and `http_<status>`, whose numbers WeChat and HTTP bound. A
 /// word outside that shape (none is known) becomes `other`, so the label stays bounded.
-pub fn reason_label(reason: Option<&str>) -> &str {
+pub(crate) fn reason_label(reason: Option<&str>) -> &str {
     match reason {
         None => "none",
         Some(r)
@@ -67,7 +67,7 @@ pub struct Metrics {
     /// Forced refreshes that a token error could have asked for but the policy did not make.
     pub token_force_skipped_total: IntCounterVec,
     /// Sends made without the template-catalogue check because the catalogue could not be
-    /// fetched (issue 16.3).
+    /// fetched (the check is a help, never a reason to stop sending).
     pub catalogue_unchecked_total: IntCounterVec,
     pub inflight: IntGauge,
     pub quota_paused: IntGaugeVec,
@@ -406,7 +406,7 @@ impl Metrics {
     /// start, not only after the first event.
     /// Creates an account's series (so dashboards and alerts see zeros, not nothing) and
     /// returns its hot-path handles.
-    pub fn init_account(&self, appid: &str) -> AccountMetrics {
+    pub(crate) fn init_account(&self, appid: &str) -> AccountMetrics {
         self.token_refreshes_total.with_label_values(&[appid, "ok"]);
         self.retries_total.with_label_values(&[appid, "busy"]);
         self.token_force_skipped_total

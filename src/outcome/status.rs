@@ -92,7 +92,7 @@ impl ReceiptStatus {
 
     /// The status word recorded in receipts: `delivered`, `blocked`,
     /// `undelivered`, or the raw WeChat status.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             ReceiptStatus::Other(raw) => raw,
             known => known.label(),
@@ -137,7 +137,7 @@ impl ConsentStatus {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             ConsentStatus::Other(raw) => raw,
             known => known.label(),
@@ -163,7 +163,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         match self {
             Status::Send(_) => Kind::Send,
             Status::Receipt(_) => Kind::Receipt,
@@ -172,7 +172,7 @@ impl Status {
     }
 
     /// The `status` word of the outcome's JSON and routing key.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Status::Send(s) => s.as_str(),
             Status::Receipt(s) => s.as_str(),

@@ -168,7 +168,7 @@ pub fn job_bodies(n: usize) -> Vec<Vec<u8>> {
 }
 
 /// Runs the demo and prints the summary.
-pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let base = Config::load(config_file)?;
     crate::logging::init_with_default(LogFormat::Text, "warn");
     let run_id = format!("{:x}", chrono::Utc::now().timestamp_millis() & 0xffffff);
@@ -355,9 +355,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
     println!();
     println!("  outcome (kind send)        count");
     println!("  ------------------------  ------");
-    for (k, v) in &sends {
-        println!("  {k:<24}  {v:>6}");
-    }
+    print_counts(&sends);
     println!("  ------------------------  ------");
     println!("  {:<24}  {:>6}", "total", sends.values().sum::<usize>());
     println!();
@@ -371,9 +369,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
     }
     println!();
     println!("  receipts (kind receipt)    count");
-    for (k, v) in &receipts {
-        println!("  {k:<24}  {v:>6}");
-    }
+    print_counts(&receipts);
     println!();
     println!("  consents (kind consent)   source    count");
     for ((st, src), v) in &consent_table {
@@ -409,7 +405,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
 }
 
 /// Outcomes read from a queue, with the time each arrived.
-pub struct Collected {
+pub(crate) struct Collected {
     pub items: Vec<(serde_json::Value, Instant)>,
     pub sends: usize,
     pub receipts: usize,
@@ -417,7 +413,7 @@ pub struct Collected {
 }
 
 /// How many outcomes of each kind to wait for.
-pub struct Expect {
+pub(crate) struct Expect {
     pub sends: usize,
     pub receipts: usize,
     pub consents: usize,
@@ -425,7 +421,7 @@ pub struct Expect {
 
 /// Consumes `queue` until the expected send outcomes, receipts and consents arrived, or
 /// timeout.
-pub async fn collect(
+pub(crate) async fn collect(
     conn: &lapin::Connection,
     queue: &str,
     want: Expect,
@@ -475,4 +471,11 @@ pub async fn collect(
     }
     let _ = ch.close(200, "bye".into()).await;
     Ok(got)
+}
+
+/// The rows of a summary table of counts by status.
+fn print_counts(counts: &BTreeMap<String, usize>) {
+    for (k, v) in counts {
+        println!("  {k:<24}  {v:>6}");
+    }
 }
