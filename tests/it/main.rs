@@ -20,6 +20,7 @@ mod observability;
 mod old_server;
 mod pipeline;
 mod publish;
+mod push_events;
 mod receipts;
 mod serial_marks;
 mod subscribe;

@@ -49,6 +49,9 @@ pub struct Seen {
 
 pub struct OldServer {
     pub mode: Mutex<Mode>,
+    /// The reverse set-up: this server stays on the account's URL and hands wxdispatch's
+    /// pushes (receipts, subscription events) to this callback URL as they came.
+    pub in_front_of: Mutex<Option<String>>,
     pub seen: Mutex<Vec<Seen>>,
     pub url: String,
     key: AesKey,
@@ -61,6 +64,7 @@ impl OldServer {
         let addr = listener.local_addr().unwrap();
         let server = Arc::new(OldServer {
             mode: Mutex::new(mode),
+            in_front_of: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
             url: format!("http://{addr}/wx"),
             key: AesKey::from_encoding_aes_key(AES_KEY).unwrap(),
@@ -110,6 +114,14 @@ async fn handle(
     let Some(xml) = opened else {
         return (StatusCode::FORBIDDEN, "bad signature").into_response();
     };
+    let front = s.in_front_of.lock().unwrap().clone();
+    // The one `if` of the reverse set-up (README): wxdispatch's pushes go to it untouched.
+    if let Some(wxdispatch) = front.filter(|_| {
+        xml.contains("<Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event>")
+            || xml.contains("<Event><![CDATA[subscribe_msg_")
+    }) {
+        return relay(&wxdispatch, seen.query.as_deref(), &headers, body).await;
+    }
     match mode {
         Mode::Fail => return (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
         Mode::Sleep(d) => tokio::time::sleep(d).await,
@@ -135,6 +147,24 @@ async fn handle(
     seen.reply = Some(reply.clone());
     s.seen.lock().unwrap()[index] = seen;
     ([(header::CONTENT_TYPE, REPLY_TYPE)], reply).into_response()
+}
+
+/// Passes a push to wxdispatch as it came (query string, content type, body) and its answer
+/// back as it is.
+async fn relay(url: &str, query: Option<&str>, headers: &HeaderMap, body: Bytes) -> Response {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}?{}", query.unwrap_or("")))
+        .body(body);
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        req = req.header(header::CONTENT_TYPE, ct.clone());
+    }
+    match req.send().await {
+        Ok(r) => {
+            let status = r.status();
+            (status, r.bytes().await.unwrap_or_default()).into_response()
+        }
+        Err(_) => (StatusCode::BAD_GATEWAY, "").into_response(),
+    }
 }
 
 /// The push's XML if its signature holds (and, in safe mode, it decrypts for this account).
