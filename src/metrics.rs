@@ -400,6 +400,10 @@ impl Metrics {
         for target in ["delay", "dead"] {
             m.copies_waiting.with_label_values(&[target]);
         }
+        for result in crate::callback::forward::ForwardResult::ALL {
+            m.callback_forward_total
+                .with_label_values(&[result.label()]);
+        }
         m
     }
 
