@@ -41,13 +41,22 @@ pub fn read(xml: &str, limit: usize, with_content: bool) -> Result<Other, XmlErr
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>()
     });
+    // The outcome's status (and routing key) is the event or message type: never empty.
+    let msg_type = fields.require("MsgType")?.trim();
+    let event = fields.get("Event").map(str::trim);
+    if msg_type.is_empty() {
+        return Err(XmlError::MissingField("MsgType"));
+    }
+    if msg_type == "event" && event.is_none_or(str::is_empty) {
+        return Err(XmlError::MissingField("Event"));
+    }
     Ok(Other {
         to_user: fields.require("ToUserName")?.to_owned(),
         event: PushedEvent {
             appid: None,
             openid: fields.require("FromUserName")?.to_owned(),
-            msg_type: fields.require("MsgType")?.to_owned(),
-            event: fields.get("Event").map(str::to_owned),
+            msg_type: msg_type.to_owned(),
+            event: event.map(str::to_owned),
             event_key: fields.get("EventKey").map(str::to_owned),
             msg_id,
             event_time: fields
@@ -91,6 +100,26 @@ mod tests {
         assert_eq!(o.event.event_key.as_deref(), Some("EVENTKEY"));
         assert_eq!(o.event.msg_id, None);
         assert_eq!(o.event.content, Some(BTreeMap::new()));
+    }
+
+    /// The status would be empty: `event.` is no routing key.
+    #[test]
+    fn a_push_without_a_type_or_event_is_refused() {
+        let xml = |t: &str, e: &str| {
+            format!(
+                "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>{t}</MsgType>{e}</xml>"
+            )
+        };
+        assert_eq!(
+            read(&xml(" ", ""), 4096, false).unwrap_err(),
+            XmlError::MissingField("MsgType")
+        );
+        for e in ["", "<Event></Event>"] {
+            assert_eq!(
+                read(&xml("event", e), 4096, false).unwrap_err(),
+                XmlError::MissingField("Event")
+            );
+        }
     }
 
     #[test]
