@@ -4,6 +4,7 @@
 //! WeChat a `success` within 5 s; receipts stay wxdispatch's; the reverse set-up (the existing
 //! server in front) still turns receipts into outcomes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -19,6 +20,14 @@ fn forward_count(metrics: &str, result: &str) -> f64 {
     )
 }
 
+/// An existing server that answers after `latency`, and a worker (safe mode configured)
+/// forwarding to it.
+async fn in_front_of_a_server(latency: Duration) -> (Arc<OldServer>, Harness) {
+    let old = OldServer::start(Mode::Reply { latency }).await;
+    let h = start(true, &[("WXD_CALLBACK_FORWARD_URL", &old.url)]).await;
+    (old, h)
+}
+
 fn receipt(user: &str, msgid: i64) -> String {
     format!(
         "<xml><ToUserName><![CDATA[gh_old]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{msgid}</MsgID><Status><![CDATA[success]]></Status></xml>",
@@ -31,11 +40,7 @@ fn receipt(user: &str, msgid: i64) -> String {
 /// signature check passes, and WeChat gets its answer byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_and_a_click_reach_the_existing_server_signed_and_its_reply_comes_back_unchanged() {
-    let old = OldServer::start(Mode::Reply {
-        latency: Duration::ZERO,
-    })
-    .await;
-    let h = start(true, &[("WXD_CALLBACK_FORWARD_URL", &old.url)]).await;
+    let (old, h) = in_front_of_a_server(Duration::ZERO).await;
     let http = reqwest::Client::new();
     for safe in [false, true] {
         let pushes = [
@@ -78,19 +83,9 @@ async fn a_text_and_a_click_reach_the_existing_server_signed_and_its_reply_comes
 /// across WeChat's three tries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_is_published_not_forwarded_and_forwarded_once_after_its_confirm_when_owned() {
-    let old = OldServer::start(Mode::Reply {
-        latency: Duration::ZERO,
-    })
-    .await;
-    let h = start(true, &[("WXD_CALLBACK_FORWARD_URL", &old.url)]).await;
+    let (old, h) = in_front_of_a_server(Duration::ZERO).await;
     let http = reqwest::Client::new();
-    let answer = Push::new(&receipt("oReceipt1", 7001), false)
-        .send(&http, &callback_url(&h))
-        .await;
-    assert_eq!(
-        (answer.status, &answer.body[..]),
-        (StatusCode::OK, &b"success"[..])
-    );
+    success_within_5s(&http, &h, &receipt("oReceipt1", 7001)).await;
     let got = h.outcomes(1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(
@@ -150,23 +145,10 @@ async fn a_slow_failing_or_absent_server_costs_wechat_a_success_within_5s() {
     };
     let http = reqwest::Client::new();
     let h = start(false, &[("WXD_CALLBACK_FORWARD_URL", &old.url)]).await;
-    let answer = Push::new(&text("oSlow", "anyone there?", 81), false)
-        .send(&http, &callback_url(&h))
-        .await;
-    assert_eq!(
-        (answer.status, &answer.body[..]),
-        (StatusCode::OK, &b"success"[..])
-    );
-    assert!(answer.took < Duration::from_secs(5), "{:?}", answer.took);
+    success_within_5s(&http, &h, &text("oSlow", "anyone there?", 81)).await;
 
     *old.mode.lock().unwrap() = Mode::Fail;
-    let answer = Push::new(&event("oFail", "CLICK", Some("K"), ""), false)
-        .send(&http, &callback_url(&h))
-        .await;
-    assert_eq!(
-        (answer.status, &answer.body[..]),
-        (StatusCode::OK, &b"success"[..])
-    );
+    success_within_5s(&http, &h, &event("oFail", "CLICK", Some("K"), "")).await;
     let m = h.metrics().await;
     assert_eq!(forward_count(&m, "timeout"), 1.0, "{m}");
     assert_eq!(forward_count(&m, "error_status"), 1.0, "{m}");
@@ -174,14 +156,7 @@ async fn a_slow_failing_or_absent_server_costs_wechat_a_success_within_5s() {
     h.cleanup().await;
 
     let h = start(false, &[("WXD_CALLBACK_FORWARD_URL", &down)]).await;
-    let answer = Push::new(&text("oDown", "hello?", 82), false)
-        .send(&http, &callback_url(&h))
-        .await;
-    assert_eq!(
-        (answer.status, &answer.body[..]),
-        (StatusCode::OK, &b"success"[..])
-    );
-    assert!(answer.took < Duration::from_secs(5), "{:?}", answer.took);
+    success_within_5s(&http, &h, &text("oDown", "hello?", 82)).await;
     let answer = Push::new(&receipt("oAfterDown", 8201), false)
         .send(&http, &callback_url(&h))
         .await;
@@ -195,15 +170,21 @@ async fn a_slow_failing_or_absent_server_costs_wechat_a_success_within_5s() {
     h.cleanup().await;
 }
 
+/// Pushes `xml` in plaintext as WeChat does and checks that WeChat gets `success` within 5 s.
+async fn success_within_5s(http: &reqwest::Client, h: &Harness, xml: &str) {
+    let answer = Push::new(xml, false).send(http, &callback_url(h)).await;
+    assert_eq!(
+        (answer.status, &answer.body[..]),
+        (StatusCode::OK, &b"success"[..])
+    );
+    assert!(answer.took < Duration::from_secs(5), "{:?}", answer.took);
+}
+
 /// 100 pushes at once, with the existing server taking 200 ms for each: every one gets its
 /// own reply (the server names the request's nonce in it), none another's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_forwards_each_get_their_own_reply() {
-    let old = OldServer::start(Mode::Reply {
-        latency: Duration::from_millis(200),
-    })
-    .await;
-    let h = start(true, &[("WXD_CALLBACK_FORWARD_URL", &old.url)]).await;
+    let (old, h) = in_front_of_a_server(Duration::from_millis(200)).await;
     let http = reqwest::Client::new();
     let url = callback_url(&h);
     let sends = (0..100).map(|i| {
@@ -239,11 +220,7 @@ async fn a_hundred_concurrent_forwards_each_get_their_own_reply() {
 /// anything leaves the worker: the existing server sees none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_or_hostile_push_is_refused_and_not_forwarded() {
-    let old = OldServer::start(Mode::Reply {
-        latency: Duration::ZERO,
-    })
-    .await;
-    let h = start(true, &[("WXD_CALLBACK_FORWARD_URL", &old.url)]).await;
+    let (old, h) = in_front_of_a_server(Duration::ZERO).await;
     let http = reqwest::Client::new();
     let mut forged = Push::new(&text("oForged", "trust me", 1), false);
     forged.query[0].1 = "0".repeat(40);

@@ -6,39 +6,11 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::Value;
 
 use crate::helpers::*;
 use crate::old_server::{Mode, OldServer, Push, REPLY_TYPE, event, text};
 use crate::receipts::{callback_url, start};
-
-/// An exclusive queue bound to the outcome exchange with `key`.
-async fn bind(h: &Harness, key: &str) -> String {
-    let ch = h.publisher.channel();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().as_str().into(),
-        h.config.amqp.outcomes_exchange.as_str().into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    q.name().to_string()
-}
 
 /// Each kind of push WeChat sends an account, with the openid that tells it apart and the
 /// status its outcome must have.
@@ -94,7 +66,7 @@ fn pushes() -> Vec<(&'static str, String, &'static str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_published_once_across_wechats_three_tries() {
     let h = start(true, &[("WXD_CALLBACK_PUBLISH_EVENTS", "true")]).await;
-    let clicks = bind(&h, "event.click").await;
+    let clicks = h.bind_outcomes("event.click").await;
     let http = reqwest::Client::new();
     let all = pushes();
     for (i, (_, xml, _)) in all.iter().enumerate() {
