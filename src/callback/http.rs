@@ -464,39 +464,6 @@ async fn store_subscription(
 mod tests {
     use super::*;
 
-    /// Forwarding or publishing events without a callback token would do nothing at all.
-    #[test]
-    fn forwarding_without_a_callback_token_is_refused_at_start() {
-        let env = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
-        let metrics = || Arc::new(Metrics::new());
-        for key in ["WXD_CALLBACK_FORWARD_URL", "WXD_CALLBACK_PUBLISH_EVENTS"] {
-            let value = if key.ends_with("URL") {
-                "http://old.example/wx"
-            } else {
-                "true"
-            };
-            let c = Config::from_sources(None, &env(&[(key, value)])).unwrap();
-            let e = Endpoint::from_config(&c, metrics()).err().expect("refused");
-            assert!(e.to_string().contains("WXD_CALLBACK_TOKEN"), "{e}");
-        }
-        let c = Config::from_sources(None, &env(&[])).unwrap();
-        assert!(Endpoint::from_config(&c, metrics()).unwrap().is_none());
-        let c = Config::from_sources(
-            None,
-            &env(&[
-                ("WXD_CALLBACK_TOKEN", "t"),
-                ("WXD_CALLBACK_FORWARD_URL", "http://old.example/wx"),
-            ]),
-        )
-        .unwrap();
-        assert!(Endpoint::from_config(&c, metrics()).unwrap().is_some());
-    }
-
     #[test]
     fn receipts_are_attributed_by_original_id_else_to_the_only_account() {
         let two = vec![
