@@ -26,7 +26,8 @@
 //! - [`amqp`]: connections, topology, the confirming publisher.
 //! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
 //! - [`callback`]: WeChat's push callback: signatures, AES safe mode, the XML reader and the
-//!   message model, the retry dedupe and the HTTP handlers that turn pushes into outcomes.
+//!   message model, the retry dedupe and the HTTP handlers that turn pushes into outcomes, and
+//!   the forwarding of the pushes the worker does not own to the account's existing server.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
 //! - [`metrics`], [`shutdown`], [`logging`]: operations; `probe`, the readiness check the
 //!   image and its Kubernetes probes run.

@@ -88,6 +88,10 @@ pub struct Metrics {
     /// jobs one ack settles (see amqp::acks).
     pub amqp_acks_total: IntCounterVec,
     pub callback_requests_total: IntCounterVec,
+    /// Pushes forwarded to `callback_forward_url`, by `result` (callback::forward).
+    pub callback_forward_total: IntCounterVec,
+    /// How long a forward took, whatever came of it.
+    pub callback_forward_duration_seconds: Histogram,
     pub build_info: IntGaugeVec,
     pub account_stopped: IntGaugeVec,
     pub ready: IntGauge,
@@ -327,6 +331,26 @@ impl Metrics {
                 "WeChat callback requests by result",
                 &["result"],
             ),
+            callback_forward_total: counter(
+                r,
+                "wxdispatch_callback_forward_total",
+                "Pushes forwarded to callback_forward_url, by result (ok, refused: 4xx passed on; error_status, timeout, unreachable, bad_reply: WeChat got success)",
+                &["result"],
+            ),
+            callback_forward_duration_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "wxdispatch_callback_forward_duration_seconds",
+                        "Time from forwarding a push to having the existing server's whole answer (or giving up)",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0,
+                    ]),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
             build_info: gauge(
                 r,
                 "wxdispatch_build_info",
@@ -398,6 +422,10 @@ impl Metrics {
         }
         for target in ["delay", "dead"] {
             m.copies_waiting.with_label_values(&[target]);
+        }
+        for result in crate::callback::forward::ForwardResult::ALL {
+            m.callback_forward_total
+                .with_label_values(&[result.label()]);
         }
         m
     }

@@ -16,14 +16,18 @@
 //! functions over bytes. The I/O is apart:
 //!
 //! * [`http`]: the axum handlers, turning pushes into outcomes;
+//! * [`forward`]: the pushes the worker does not own, handed to the account's existing server;
+//! * [`push`]: those pushes read for publishing as `kind: event` outcomes;
 //! * [`dedupe`]: WeChat's retries of one push, told apart from new pushes;
 //! * `publisher`: the callback's own lazily opened, confirming publisher.
 
 pub mod crypto;
 pub mod dedupe;
 pub mod event;
+pub mod forward;
 pub mod http;
 mod publisher;
+pub mod push;
 pub mod signature;
 pub mod xml;
 
@@ -87,6 +91,8 @@ pub struct Opened {
     pub appid: String,
     /// The parsed inner message.
     pub inbound: Inbound,
+    /// The inner message's XML, for reading more of it than [`Inbound`] keeps.
+    pub xml: String,
 }
 
 /// Authenticates and parses a plaintext-mode POST.
@@ -144,6 +150,7 @@ pub fn open_safe_mode<S: AsRef<str>>(
     Ok(Opened {
         appid: decrypted.appid,
         inbound,
+        xml: decrypted.xml,
     })
 }
 

@@ -6,7 +6,7 @@
 //! ([`Outcome::message_id`]) is the same on every copy, so they can drop repeats by it.
 //!
 //! Every outcome is built here, by one constructor per kind: [`Outcome::for_job`] (`send`),
-//! [`Outcome::receipt`] and [`Outcome::consent`]. The kind and status are private and typed
+//! [`Outcome::receipt`], [`Outcome::consent`] and [`Outcome::event`]. The kind and status are private and typed
 //! ([`Status`]), so a receipt can never carry a send's status, and metrics read the status
 //! without matching a string back to an enum.
 
@@ -15,8 +15,10 @@ use serde::Serialize;
 
 use crate::job::MsgType;
 
+mod event;
 mod status;
 
+pub use event::{EventFields, EventStatus, PushedEvent};
 pub use status::{ConsentStatus, Kind, ReceiptStatus, SendStatus, Status};
 
 /// One outcome message, as the contract defines it.
@@ -47,6 +49,9 @@ pub struct Outcome {
     /// send outcomes keep their shape. Boxed: it is rare, and every outcome carries the field.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<Box<SubscriptionFields>>,
+    /// What an event is (kind `event` only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Box<EventFields>>,
 }
 
 /// The fields a subscription event adds to its outcome.
@@ -131,6 +136,7 @@ impl Outcome {
             reason: None,
             finished_at: Utc::now(),
             subscription: None,
+            event: None,
         }
     }
 
@@ -250,6 +256,7 @@ impl Outcome {
                 ]
                 .join(":")
             }
+            Kind::Event => self.event_message_id(),
         }
     }
 

@@ -11,6 +11,8 @@ pub enum Kind {
     Receipt,
     /// A user's accept/reject of a subscription template, from WeChat's callback.
     Consent,
+    /// Another push (a follow, a menu click, a user's message), when events are published.
+    Event,
 }
 
 impl Kind {
@@ -19,6 +21,7 @@ impl Kind {
             Kind::Send => "send",
             Kind::Receipt => "receipt",
             Kind::Consent => "consent",
+            Kind::Event => "event",
         }
     }
 }
@@ -160,6 +163,7 @@ pub enum Status {
     Send(SendStatus),
     Receipt(ReceiptStatus),
     Consent(ConsentStatus),
+    Event(super::EventStatus),
 }
 
 impl Status {
@@ -168,6 +172,7 @@ impl Status {
             Status::Send(_) => Kind::Send,
             Status::Receipt(_) => Kind::Receipt,
             Status::Consent(_) => Kind::Consent,
+            Status::Event(_) => Kind::Event,
         }
     }
 
@@ -177,6 +182,7 @@ impl Status {
             Status::Send(s) => s.as_str(),
             Status::Receipt(s) => s.as_str(),
             Status::Consent(s) => s.as_str(),
+            Status::Event(s) => s.as_str(),
         }
     }
 }

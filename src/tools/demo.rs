@@ -21,6 +21,8 @@ use crate::tools::mock::push::{self, PushTarget, SubscriptionEvent};
 use crate::tools::mock::{Behaviour, Fault, MockConfig, MockServer};
 use crate::tools::sample;
 
+mod forward;
+
 /// `wxdispatch demo`'s options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -206,6 +208,9 @@ pub(crate) async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::
     amqp::topology::delete(publisher.channel(), &config).await;
     amqp::topology::declare(publisher.channel(), &config).await?;
 
+    // The account's existing server, behind the callback: a user's message is forwarded to it.
+    let existing = forward::ExistingServer::start(CALLBACK_TOKEN, AES_KEY).await?;
+    config.callback.forward_url = Some(existing.url.clone());
     // The simulator pushes receipts to the worker's callback; the worker's address is only known
     // once it listens, so start the worker first with the simulator's future address.
     let mock_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -298,6 +303,9 @@ pub(crate) async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::
         }
     }
 
+    let callback_url = format!("http://{}{}", worker.http_addr, config.callback.path);
+    let aes = args.safe_mode.then_some(AES_KEY);
+    let forwarded = forward::push_text(&callback_url, CALLBACK_TOKEN, aes, APPID).await;
     let outcomes = collect(
         &conn,
         &config.amqp.outcomes_queue,
@@ -377,6 +385,12 @@ pub(crate) async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::
     }
     println!();
     println!("  dead-letter queue          {dead:>6}");
+    match &forwarded {
+        Ok((status, reply)) => println!(
+            "  forwarded to the account's own server: a user's \"hello\" got HTTP {status}, {reply:?}"
+        ),
+        Err(e) => println!("  forwarding a user's message failed: {e}"),
+    }
     println!(
         "  simulator: {} messages, {} duplicate requests suppressed, {} send requests",
         stats.messages, stats.duplicates_suppressed, stats.send_requests
