@@ -43,7 +43,7 @@ pub struct Account {
 
 impl Account {
     /// The gate that holds the daily count and the quota pause of message type `t`.
-    pub fn quota_gate(&self, t: MsgType) -> &AccountGate {
+    pub(crate) fn quota_gate(&self, t: MsgType) -> &AccountGate {
         match t {
             MsgType::MiniprogramSubscribe => &self.mp_gate,
             MsgType::Template | MsgType::Subscribe => &self.gate,
@@ -52,13 +52,13 @@ impl Account {
 }
 
 /// The configured accounts, in the order of `Config::accounts`, which [`AccountId`] indexes.
-pub struct Accounts(Vec<Arc<Account>>);
+pub(crate) struct Accounts(Vec<Arc<Account>>);
 
 impl Accounts {
     /// Builds every account's gates, token cache and stop state. Fails when an account needs
     /// an AppSecret (stable and classic tokens) and has none, i.e. the configuration was
     /// loaded without its credentials.
-    pub fn build(
+    pub(crate) fn build(
         config: &Config,
         client: &WechatClient,
         metrics: &Arc<Metrics>,
@@ -120,16 +120,16 @@ impl Accounts {
 
     /// The account a job was parsed for. The parser's [`AccountId`] is the account's place in
     /// the configuration these accounts were built from, so it is always there.
-    pub fn get(&self, id: AccountId) -> &Account {
+    pub(crate) fn get(&self, id: AccountId) -> &Account {
         &self.0[id.index()]
     }
 
     /// A configured account by appid (a handful: a scan is cheaper than hashing).
-    pub fn find(&self, appid: &str) -> Option<&Account> {
+    pub(crate) fn find(&self, appid: &str) -> Option<&Account> {
         self.0.iter().find(|a| a.appid == appid).map(|a| &**a)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
         self.0.iter()
     }
 }
