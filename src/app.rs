@@ -68,8 +68,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         None => None,
     };
     let worker_loop = worker::supervise(ctx.clone(), shutdown.clone());
+    let dispatcher = ctx.dispatcher.clone();
     let handle = tokio::spawn(async move {
         let result = worker_loop.await;
+        dispatcher.close().await;
         http_stop.trigger();
         result
     });
