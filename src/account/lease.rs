@@ -9,10 +9,12 @@
 //! that every slot of the schedule is still used at most once and N replicas together hold
 //! the rate exactly as with one call per send.
 //!
-//! How many slots: what this replica sent in the last [`HORIZON`] at its recent rate
-//! ([`Sizer`]), at least the sends waiting right now, at most the burst tolerance (the most
-//! the schedule ever lets one replica run ahead of it), at least one. A quiet account's first
-//! send therefore leases one slot and goes at once, as before.
+//! How many slots ([`Sizer`]): the sends waiting right now, or what this replica's recent rate
+//! will take while the lease's slots are still usable, whichever is more; at most the burst,
+//! at least one. Only the sends waiting now may take the schedule's burst credit (slots in the
+//! past): the rest of the lease lies ahead, at the account's full rate, where this replica's
+//! own (smaller) rate would otherwise find its slots already too old. A quiet account's first
+//! send therefore leases one slot that is due now, and goes at once, as before.
 //!
 //! A slot is used at its time or later, but never later than the tolerance (plus 2 ms for
 //! the reply's way back) after it ([`Lease::take`] skips older ones): every send then lies
@@ -26,9 +28,6 @@
 //! replicas, down to one send per addition.
 
 use std::time::{Duration, Instant};
-
-/// A lease covers about this much of the replica's recent sending.
-pub const HORIZON: Duration = Duration::from_millis(100);
 
 /// The recent send rate is measured over windows of this length.
 const WINDOW: Duration = Duration::from_millis(250);
@@ -183,10 +182,11 @@ impl Sizer {
         self.rate
     }
 
-    /// How many slots to lease now: [`HORIZON`] at the recent rate, at least the sends
-    /// `waiting` for one, at most `burst`, at least one.
-    pub fn size(&mut self, now: Instant, waiting: u32, burst: u32) -> u32 {
-        let recent = (self.rate(now) * HORIZON.as_secs_f64()).ceil();
+    /// How many slots to lease now: the sends `waiting` for one, or what the recent rate takes
+    /// in `usable` (how long a slot stays usable, so none is left to go stale), whichever is
+    /// more; at most `burst`, at least one.
+    pub fn size(&mut self, now: Instant, waiting: u32, burst: u32, usable: Duration) -> u32 {
+        let recent = (self.rate(now) * usable.as_secs_f64()).floor();
         let recent = if recent >= f64::from(u32::MAX) {
             u32::MAX
         } else {

@@ -88,25 +88,51 @@ fn every_slot_is_handed_out_once_and_never_before_its_time() {
 #[test]
 fn the_lease_size_follows_the_recent_rate_within_one_slot_and_the_burst() {
     let t0 = Instant::now();
+    let usable = Duration::from_millis(50);
     let mut s = Sizer::new(t0);
     // A quiet account: one slot, so its first send goes at once.
-    assert_eq!(s.size(t0, 1, 50), 1);
+    assert_eq!(s.size(t0, 1, 50, usable), 1);
     // Sends waiting now are served by one lease, up to the burst.
-    assert_eq!(s.size(t0, 20, 50), 20);
-    assert_eq!(s.size(t0, 200, 50), 50);
-    // 1,000 sends over 250 ms: 4,000/s, so 100 ms of it is 400 slots, capped by the burst.
+    assert_eq!(s.size(t0, 20, 50, usable), 20);
+    assert_eq!(s.size(t0, 200, 50, usable), 50);
+    // 1,000 sends over 250 ms: 4,000/s, so 50 ms of it is 200 slots, capped by the burst.
     for i in 0..1000u64 {
         s.note(t0 + Duration::from_micros(i * 250));
     }
     let t1 = t0 + Duration::from_millis(250);
-    assert_eq!(s.size(t1, 1, 10_000), 400);
-    assert_eq!(s.size(t1, 1, 50), 50);
+    assert_eq!(s.size(t1, 1, 10_000, usable), 200);
+    assert_eq!(s.size(t1, 300, 10_000, usable), 300);
+    assert_eq!(s.size(t1, 1, 50, usable), 50);
     // A burst of 0 or 1 (rates under 40/s) means one slot per lease.
-    assert_eq!(s.size(t1, 64, 0), 1);
-    assert_eq!(s.size(t1, 64, 1), 1);
+    assert_eq!(s.size(t1, 64, 0, usable), 1);
+    assert_eq!(s.size(t1, 64, 1, usable), 1);
     // Quiet again: the next full window has no sends and the size falls back to one.
     let t2 = t1 + Duration::from_secs(5);
-    assert_eq!(s.size(t2, 1, 10_000), 1);
+    assert_eq!(s.size(t2, 1, 10_000, usable), 1);
+}
+
+#[test]
+fn a_lease_sized_from_the_recent_rate_is_spent_before_its_slots_go_stale() {
+    // One of three replicas sharing 300/s: slots 3.3 ms apart, this replica's sends arrive
+    // 10 ms apart. The lease starts now (only waiting sends take burst credit).
+    let t0 = Instant::now();
+    let usable = Duration::from_micros(46_662) + Duration::from_millis(2);
+    let mut s = Sizer::new(t0);
+    for i in 0..25u64 {
+        s.note(t0 + Duration::from_millis(i * 10));
+    }
+    let t1 = t0 + Duration::from_millis(250);
+    let k = s.size(t1, 1, 15, usable);
+    assert!(k > 1, "{k}");
+    let mut l = Lease::new(t1, 0, 3_333, k, usable, 0);
+    for j in 0..k {
+        let arrives = t1 + Duration::from_millis(u64::from(j) * 10);
+        assert!(
+            l.take(arrives).is_some(),
+            "send {j} of {k} found its slot stale"
+        );
+    }
+    assert_eq!(l.give_back(), None, "every slot used");
 }
 
 #[test]

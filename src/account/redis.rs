@@ -21,11 +21,12 @@ use super::lease::GiveBack;
 /// counted to the day's count, in one call.
 ///
 /// KEYS[1]: the account's schedule key, KEYS[2]: its count key for the day. ARGV[1]: emission
-/// interval in µs (1e6 / rate), ARGV[2]: burst tolerance in µs (interval × (burst − 1)),
-/// ARGV[3]: slots to lease (k), ARGV[4]: sends to add to the count (0: just read it). The
-/// stored value is the schedule's end (the "theoretical arrival time"); the lease starts there
-/// or up to the tolerance in the past, whichever is later, so a short burst goes out at once
-/// and the long-run rate is exactly one per interval. Returns `{first slot − now (µs, ≤ 0 when
+/// interval in µs (1e6 / rate), ARGV[2]: how far in the past the lease may start, in µs (at
+/// most the burst tolerance, interval × (burst − 1)), ARGV[3]: slots to lease (k), ARGV[4]:
+/// sends to add to the count (0: just read it). The stored value is the schedule's end (the
+/// "theoretical arrival time"); the lease starts there or up to ARGV[2] in the past, whichever
+/// is later, so a short burst goes out at once and the long-run rate is exactly one per
+/// interval. Returns `{first slot − now (µs, ≤ 0 when
 /// in the past), the schedule's new end (µs), today's count}`.
 const LEASE: &str = r#"
 local t = redis.call('TIME')
@@ -167,14 +168,14 @@ impl SharedLimiter {
         Ok(Duration::from_micros(l.first_offset_us.max(0) as u64))
     }
 
-    /// Leases `slots` slots of `id`'s schedule and adds `add` sends to its count for Beijing
-    /// day `day` (see [`LEASE`]).
+    /// Leases `slots` slots of `id`'s schedule, starting at most `credit_us` in the past, and
+    /// adds `add` sends to its count for Beijing day `day` (see [`LEASE`]).
     pub async fn lease(
         &self,
         id: &str,
         day: &str,
         interval_us: u64,
-        tolerance_us: u64,
+        credit_us: u64,
         slots: u32,
         add: u64,
     ) -> redis::RedisResult<Leased> {
@@ -182,7 +183,7 @@ impl SharedLimiter {
         let mut call = self.lease.key(rate_key(id));
         call.key(count_key(id, day))
             .arg(interval_us)
-            .arg(tolerance_us)
+            .arg(credit_us)
             .arg(slots)
             .arg(add);
         let (first_offset_us, end_us, sent_today) =

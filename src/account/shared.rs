@@ -23,7 +23,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// Sends counted here reach Redis within about this long, whatever else happens.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// A lease no send has taken from for this long gives its unused slots back.
-const IDLE: Duration = lease::HORIZON;
+const IDLE: Duration = Duration::from_millis(100);
 
 /// A slot may be used this much later than the tolerance allows: the reply's way back and the
 /// wake-up. Without it a lease starting a whole tolerance in the past would arrive with its
@@ -204,10 +204,16 @@ impl Shared {
         let Some(redis) = self.link.get().await else {
             return false;
         };
-        let slots = {
+        let (slots, credit_us) = {
             let mut b = self.book.lock().expect("lease lock");
             let waiting = b.waiting;
-            b.sizer.size(Instant::now(), waiting, self.burst)
+            let slots = b
+                .sizer
+                .size(Instant::now(), waiting, self.burst, self.late_ok);
+            // Burst credit (slots in the past) only for the sends waiting now, which take
+            // them at once; the rest of the lease lies ahead.
+            let credit = u64::from(waiting.clamp(1, slots)) * self.interval_us;
+            (slots, credit.min(self.tolerance_us))
         };
         let (add, day) = self.count.lock().expect("count lock").start_flush();
         let got = redis
@@ -215,7 +221,7 @@ impl Shared {
                 &self.id,
                 &day.to_string(),
                 self.interval_us,
-                self.tolerance_us,
+                credit_us,
                 slots,
                 add,
             )

@@ -20,6 +20,7 @@ mod pipeline;
 mod publish;
 mod receipts;
 mod serial_marks;
+mod shared_limits;
 mod subscribe;
 mod token_faults;
 mod tokens;
