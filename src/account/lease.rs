@@ -123,6 +123,12 @@ impl Lease {
         Some(self.slot(i))
     }
 
+    /// When the next slot to hand out is due, if any is left.
+    pub fn next_slot(&self, now: Instant) -> Option<Instant> {
+        let i = self.used.max(self.first_usable(now));
+        (i < self.granted).then(|| self.slot(i))
+    }
+
     /// Slots still to hand out at `now`.
     pub fn remaining(&self, now: Instant) -> u32 {
         self.granted

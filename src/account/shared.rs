@@ -352,7 +352,11 @@ impl Shared {
             let mut b = self.book.lock().expect("lease lock");
             let idle = now.saturating_duration_since(b.last_take) >= IDLE;
             match b.lease.as_mut() {
-                Some(l) if idle && l.remaining(now) > 0 => l.give_back(),
+                // Slots far ahead are kept: a send will come for them, and once another
+                // replica has leased after them they could not go back anyway.
+                Some(l) if idle && l.next_slot(now).is_some_and(|at| at <= now + IDLE) => {
+                    l.give_back()
+                }
                 _ => None,
             }
         };
