@@ -26,6 +26,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # Built before the lock is taken, so the lock is held only while tests run.
 cargo nextest run --locked --all-targets --no-run
+# Queues that killed test runs left behind, removed while no test runs (the exclusive lock).
+flock -x "$LOCK" bash scripts/clean-test-queues.sh
 flock -s "$LOCK" cargo nextest run --locked --all-targets --no-fail-fast "$@"
 # The serial pass takes the exclusive lock itself, so waiting for other runs to finish does not
 # count against the tests' time limits; each test finds the inherited lock and keeps it.

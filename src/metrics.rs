@@ -4,6 +4,7 @@
 //! their numbers. Labels stay bounded: `appid`, `errcode`, `status` and `reason` words, never an
 //! openid or a job id.
 
+use crate::job::MsgType;
 use crate::outcome::SendStatus;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -16,8 +17,9 @@ use prometheus::{
 /// keep their lookups.
 #[derive(Clone)]
 pub struct AccountMetrics {
-    /// `wxdispatch_jobs_total`, one counter per [`SendStatus`] in `SendStatus::ALL` order.
-    jobs: [IntCounter; SendStatus::ALL.len()],
+    /// `wxdispatch_jobs_total{status="sent",reason="none"}`, one per [`MsgType`] in
+    /// `MsgType::ALL` order: the outcome of almost every job.
+    sent: [IntCounter; MsgType::ALL.len()],
     /// `wxdispatch_send_duration_seconds`.
     pub send_duration: Histogram,
     /// `wxdispatch_api_requests_total{errcode="0"}`: the answer of almost every send.
@@ -25,9 +27,30 @@ pub struct AccountMetrics {
 }
 
 impl AccountMetrics {
-    /// The `jobs_total` counter of a send status (`ALL` is in declaration order).
-    pub fn job(&self, status: SendStatus) -> &IntCounter {
-        &self.jobs[status as usize]
+    /// The `jobs_total` counter of a job of this type sent without a reason (`ALL` is in
+    /// declaration order).
+    pub fn sent(&self, msg_type: MsgType) -> &IntCounter {
+        &self.sent[msg_type as usize]
+    }
+}
+
+/// The `reason` label of `wxdispatch_jobs_total` for an outcome's reason. The reasons are the
+/// outcome schema's words: the errcode table's, the policy's end reasons, the parser's and the
+/// transport's, plus `errcode_<n>` and `http_<status>`, whose numbers WeChat and HTTP bound. A
+/// word outside that shape (none is known) becomes `other`, so the label stays bounded.
+pub fn reason_label(reason: Option<&str>) -> &str {
+    match reason {
+        None => "none",
+        Some(r)
+            if !r.is_empty()
+                && r.len() <= 40
+                && r.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                }) =>
+        {
+            r
+        }
+        Some(_) => "other",
     }
 }
 
@@ -178,8 +201,8 @@ impl Metrics {
             jobs_total: counter(
                 r,
                 "wxdispatch_jobs_total",
-                "Final job outcomes by status",
-                &["appid", "status"],
+                "Final job outcomes by status, message type and reason",
+                &["appid", "type", "status", "reason"],
             ),
             api_requests_total: counter(
                 r,
@@ -400,7 +423,14 @@ impl Metrics {
         self.dead_letters_total.with_label_values(&["invalid"]);
         self.catalogue_unchecked_total.with_label_values(&[appid]);
         AccountMetrics {
-            jobs: SendStatus::ALL.map(|s| self.jobs_total.with_label_values(&[appid, s.as_str()])),
+            sent: MsgType::ALL.map(|t| {
+                self.jobs_total.with_label_values(&[
+                    appid,
+                    t.as_str(),
+                    SendStatus::Sent.as_str(),
+                    "none",
+                ])
+            }),
             send_duration: self.send_duration_seconds.with_label_values(&[appid]),
             api_ok: self.api_requests_total.with_label_values(&[appid, "0"]),
         }
@@ -413,5 +443,26 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("metrics are UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason_label;
+
+    #[test]
+    fn a_reason_label_is_the_reason_word_or_a_bounded_stand_in() {
+        assert_eq!(reason_label(None), "none");
+        for word in [
+            "invalid_openid",
+            "errcode_-1",
+            "http_502",
+            "not_after_passed",
+        ] {
+            assert_eq!(reason_label(Some(word)), word);
+        }
+        for odd in ["", "Bad Reason", "a.b", &"x".repeat(41)] {
+            assert_eq!(reason_label(Some(odd)), "other", "{odd:?}");
+        }
     }
 }

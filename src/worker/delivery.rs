@@ -304,21 +304,34 @@ async fn publish_final(
     o: &Outcome,
 ) -> Result<(), PublishError> {
     publish_outcome_waiting(ctx, io, o).await?;
+    count_final(ctx, o);
+    io.acks.ack(delivery.delivery_tag);
+    Ok(())
+}
+
+/// Counts a final outcome in `wxdispatch_jobs_total`. A job sent without a reason (almost
+/// every job) takes its account's resolved counter; the rest look their labels up.
+fn count_final(ctx: &Worker, o: &Outcome) {
     // Only configured appids become label values: an invalid job may name anything.
     let account = o
         .appid
         .as_deref()
         .and_then(|a| Some((a, ctx.dispatcher.account_metrics(a)?)));
-    match (account, o.send_status()) {
-        (Some((_, handles)), Some(status)) => handles.job(status).inc(),
-        _ => ctx
-            .metrics
-            .jobs_total
-            .with_label_values(&[account.map_or("unknown", |(a, _)| a), o.status().as_str()])
-            .inc(),
+    if let (Some((_, handles)), Some(SendStatus::Sent), None, Some(t)) =
+        (account, o.send_status(), o.reason.as_deref(), o.msg_type)
+    {
+        handles.sent(t).inc();
+        return;
     }
-    io.acks.ack(delivery.delivery_tag);
-    Ok(())
+    ctx.metrics
+        .jobs_total
+        .with_label_values(&[
+            account.map_or("unknown", |(a, _)| a),
+            o.msg_type.map_or("unknown", |t| t.as_str()),
+            o.status().as_str(),
+            crate::metrics::reason_label(o.reason.as_deref()),
+        ])
+        .inc();
 }
 
 /// Seconds since the job was published, from its AMQP `timestamp` property (whole seconds,

@@ -238,6 +238,43 @@ async fn metric_labels_stay_bounded() {
     h.cleanup().await;
 }
 
+/// `wxdispatch_jobs_total` tells on-call what kind of job ended how and why: the message type
+/// and the outcome's reason are labels (`none` when sent), so a rise in `rejected` can be read
+/// as, say, `invalid_openid` on template messages without opening the outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_total_counts_each_outcome_by_type_status_and_reason() {
+    let h = loaded_worker("labelled", 3).await;
+    let text = h.metrics().await;
+    let jobs = |labels: &str| metric(&text, &format!("wxdispatch_jobs_total{{{labels}}}"));
+    // The prometheus crate writes labels sorted by name.
+    assert_eq!(
+        jobs(&format!(
+            "appid=\"{APPID}\",reason=\"none\",status=\"sent\",type=\"template\""
+        )),
+        4.0,
+        "three jobs and the flaky one, sent\n{text}"
+    );
+    assert_eq!(
+        jobs(&format!(
+            "appid=\"{APPID}\",reason=\"invalid_openid\",status=\"rejected\",type=\"template\""
+        )),
+        1.0,
+        "the 40003 job\n{text}"
+    );
+    let invalid: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("wxdispatch_jobs_total{") && l.contains("status=\"invalid\""))
+        .collect();
+    assert_eq!(invalid.len(), 1, "one invalid series: {invalid:?}");
+    assert!(
+        invalid[0].contains("type=\"unknown\"")
+            && !invalid[0].contains("reason=\"none\"")
+            && invalid[0].ends_with(" 1"),
+        "the unparsable job is counted with its reason: {invalid:?}"
+    );
+    h.cleanup().await;
+}
+
 /// `/healthz` is 200; `/readyz` is 200 while consuming and 503 as soon as shutdown begins,
 /// while an in-flight send is still draining (the server keeps answering during the drain).
 /// Order, not time: the 503 is seen before the simulator has answered the send (3 s).
