@@ -17,7 +17,7 @@ use crate::worker::{self, Worker};
 
 /// A worker running inside this process.
 pub struct RunningWorker {
-    pub ctx: Arc<Worker>,
+    pub worker: Arc<Worker>,
     /// Where `/metrics`, the probes and (unless `callback_addr` is set) the callback are
     /// served.
     pub http_addr: std::net::SocketAddr,
@@ -38,26 +38,26 @@ impl RunningWorker {
 
 /// Starts the worker and its HTTP server.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningWorker> {
-    let (ctx, callback) = assemble(config)?;
+    let (worker, callback) = assemble(config)?;
     // With WXD_CALLBACK_ADDR the callback gets a listener of its own and the main one serves
     // only /metrics and the probes, so an Ingress routed to the callback port can never
     // reach them.
-    let (callback, separate) = match &ctx.config.callback.addr {
+    let (callback, separate) = match &worker.config.callback.addr {
         Some(addr) => (None, callback.map(|cb| (addr.clone(), cb))),
         None => (callback, None),
     };
-    if ctx.config.callback.addr.is_some() && separate.is_none() {
+    if worker.config.callback.addr.is_some() && separate.is_none() {
         tracing::warn!(
             "WXD_CALLBACK_ADDR is set but WXD_CALLBACK_TOKEN is not: no callback served"
         );
     }
-    let app = crate::http::router(ctx.clone(), callback);
+    let app = crate::http::router(worker.clone(), callback);
     // The HTTP server outlives the drain: /readyz answers 503 (rather than refusing
     // connections) and receipts are still stored while in-flight sends finish.
     let http_stop = Shutdown::new();
-    let (http_addr, _) = crate::http::serve(&ctx.config.http_addr, app, http_stop.clone())
+    let (http_addr, _) = crate::http::serve(&worker.config.http_addr, app, http_stop.clone())
         .await
-        .with_context(|| format!("cannot listen on {}", ctx.config.http_addr))?;
+        .with_context(|| format!("cannot listen on {}", worker.config.http_addr))?;
     let callback_addr = match separate {
         Some((addr, cb)) => Some(
             crate::http::serve(&addr, cb, http_stop.clone())
@@ -67,8 +67,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         ),
         None => None,
     };
-    let worker_loop = worker::supervise(ctx.clone(), shutdown.clone());
-    let dispatcher = ctx.dispatcher.clone();
+    let worker_loop = worker::supervise(worker.clone(), shutdown.clone());
+    let dispatcher = worker.dispatcher.clone();
     let handle = tokio::spawn(async move {
         let result = worker_loop.await;
         dispatcher.close().await;
@@ -76,7 +76,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         result
     });
     Ok(RunningWorker {
-        ctx,
+        worker,
         http_addr,
         callback_addr,
         shutdown,
@@ -90,12 +90,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 fn assemble(config: Config) -> anyhow::Result<(Arc<Worker>, Option<axum::Router>)> {
     let metrics = Arc::new(Metrics::new());
     let endpoint = Endpoint::from_config(&config, metrics.clone())?;
-    let ctx = Worker::new(config, metrics)?;
-    Ok((ctx, endpoint.map(Endpoint::router)))
+    let worker = Worker::new(config, metrics)?;
+    Ok((worker, endpoint.map(Endpoint::router)))
 }
 
 /// `wxdispatch run`.
-pub async fn run_worker(config_file: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) async fn run_worker(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     crate::logging::init(config.log_format);
     require_account(&config)?;
@@ -133,7 +133,7 @@ fn require_account(config: &Config) -> anyhow::Result<()> {
 /// `run` builds before it connects, without connecting anywhere, then prints the effective
 /// settings with secrets redacted. An error names the key at fault and the process exits 1, so
 /// it works as a CI step or an initContainer.
-pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     require_account(&config)?;
     assemble(config.clone())?;
@@ -152,7 +152,10 @@ pub fn check_config(config_file: Option<&Path>) -> anyhow::Result<()> {
 
 /// `wxdispatch templates [--appid A]`: each account's templates and the keys their content
 /// names, from WeChat's two catalogues: what a job's `template_id` and `data` must match.
-pub async fn templates(config_file: Option<&Path>, appid: Option<&str>) -> anyhow::Result<()> {
+pub(crate) async fn templates(
+    config_file: Option<&Path>,
+    appid: Option<&str>,
+) -> anyhow::Result<()> {
     use crate::job::MsgType;
     let config = Config::load(config_file)?;
     let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()))?;

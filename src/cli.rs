@@ -95,7 +95,7 @@ pub fn parse() -> Cli {
 }
 
 /// Writes the completion script for `shell` to `out`.
-pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+pub(crate) fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut command(), "wxdispatch", out);
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The decision for every WeChat error code comes from [`crate::wechat::errcode`]. A job ends
 //! in a [`Disposition`]: a final outcome, or a deferral through a delay queue (for waits too
-//! long to hold a consumer slot: backoff beyond a few seconds, a quota pause, a stopped
+//! long to hold the delivery for: backoff beyond a few seconds, a quota pause, a stopped
 //! account). The retry state travels with a deferred job in AMQP headers, so the retry budget
 //! and the deduplication window survive a restart.
 //!
@@ -25,14 +25,14 @@ use crate::outcome::{JobIdentity, Outcome, SendStatus};
 use crate::policy::{
     self, AccountChange, Due, End, EndStatus, Hold, JobFacts, Rules, Step, Tried, errcode,
 };
-pub use crate::policy::{DeferReason, EndReason, RetryState};
+pub(crate) use crate::policy::{DeferReason, EndReason, RetryState};
 use crate::wechat::catalogue::{self, Mismatch, Source};
 use crate::wechat::token::Token;
 use crate::wechat::{ApiReply, TokenError, WechatClient};
 
 /// How a job ends its turn on a worker.
 #[derive(Debug)]
-pub enum Disposition {
+pub(crate) enum Disposition {
     /// Publish this outcome, then ack.
     Final(Outcome),
     /// Park the job in a delay queue for `delay`, then ack; it comes back with `state`.
@@ -56,7 +56,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Builds every account. Fails when an account has no AppSecret, i.e. the configuration
     /// was loaded without its credentials.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Dispatcher, ConfigError> {
+    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Dispatcher, ConfigError> {
         // One connection per send in flight, and a few for the token and catalogue calls.
         let client = WechatClient::with_connections(
             &config.wechat.api_base,
@@ -80,18 +80,18 @@ impl Dispatcher {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.accounts.close()).await;
     }
 
-    pub fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
+    pub(crate) fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
         self.accounts.iter()
     }
 
     /// A configured account's per-job metric handles.
-    pub fn account_metrics(&self, appid: &str) -> Option<&AccountMetrics> {
+    pub(crate) fn account_metrics(&self, appid: &str) -> Option<&AccountMetrics> {
         self.accounts.find(appid).map(|a| &a.metrics)
     }
 
     /// Carries a job's steps out until it has a final outcome or must be deferred: each step
     /// is the decision core's ([`crate::policy::decide`]), this only does what it says.
-    pub async fn send_job(
+    pub(crate) async fn send_job(
         &self,
         job: &Job,
         mut state: RetryState,
@@ -301,7 +301,7 @@ impl Dispatcher {
     /// Checks a batch against the catalogue before it is expanded, so a batch whose template
     /// cannot work fails once, as a whole, instead of once per recipient. `Ok` when it may go
     /// on (also when no token or catalogue is available: the recipients' sends will tell).
-    pub async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
+    pub(crate) async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
         let acct = self.accounts.get(batch.account);
         let Ok(token) = acct.tokens.get().await else {
             return Ok(());
@@ -319,7 +319,7 @@ impl Dispatcher {
     }
 
     /// The catalogue of one type for `wxdispatch templates`: fetched now, never cached.
-    pub async fn templates(
+    pub(crate) async fn templates(
         &self,
         appid: &str,
         t: MsgType,

@@ -12,20 +12,20 @@ use crate::shutdown::Shutdown;
 use crate::worker::Worker;
 
 /// Builds the router. The callback routes are merged in when a callback token is configured.
-pub fn router(ctx: Arc<Worker>, callback: Option<Router>) -> Router {
+pub(crate) fn router(worker: Arc<Worker>, callback: Option<Router>) -> Router {
     let base = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(ctx);
+        .with_state(worker);
     match callback {
         Some(cb) => base.merge(cb),
         None => base,
     }
 }
 
-async fn metrics(State(ctx): State<Arc<Worker>>) -> impl IntoResponse {
-    for acct in ctx.dispatcher.accounts() {
+async fn metrics(State(worker): State<Arc<Worker>>) -> impl IntoResponse {
+    for acct in worker.dispatcher.accounts() {
         acct.tokens.update_gauges();
     }
     (
@@ -33,12 +33,12 @@ async fn metrics(State(ctx): State<Arc<Worker>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        ctx.metrics.render(),
+        worker.metrics.render(),
     )
 }
 
-async fn readyz(State(ctx): State<Arc<Worker>>) -> impl IntoResponse {
-    if ctx.health.is_ready() {
+async fn readyz(State(worker): State<Arc<Worker>>) -> impl IntoResponse {
+    if worker.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -26,9 +26,10 @@
 //! - [`amqp`]: connections, topology, the confirming publisher.
 //! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
 //! - [`callback`]: WeChat's push callback: signatures, AES safe mode, the XML reader and the
-//!   message model, the retry dedupe and the HTTP handlers that turn pushes into outcomes.
+//!   message model, the retry dedupe and the HTTP handlers that turn pushes into outcomes, and
+//!   the forwarding of the pushes the worker does not own to the account's existing server.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
-//! - [`metrics`], [`shutdown`], [`logging`]: operations; [`probe`], the readiness check the
+//! - [`metrics`], [`shutdown`], [`logging`]: operations; `probe`, the readiness check the
 //!   image and its Kubernetes probes run.
 //! - [`app`]: `run`, `check-config`, `templates`, and [`app::start`], the worker embedded in a
 //!   process (the demo and the tests use it).
@@ -36,8 +37,10 @@
 //!   JSONL and CSV readers, the per-line check, the progress report.
 //!
 //! The tools, under [`tools`], which the product never imports:
-//! - [`tools::mock`]: the WeChat API simulator, behind `wxdispatch mock-wechat` and the tests,
-//!   with the pushes it writes (`tools::mock::xml`, `tools::mock::push`).
+//! - [`tools::mock`]: the WeChat API simulator, behind `wxdispatch mock-wechat` and the tests:
+//!   its faults, its state and counts, one part per group of endpoints (tokens, sends,
+//!   catalogues, the `/mock/*` controls), and the pushes it writes (`tools::mock::xml`,
+//!   `tools::mock::push`).
 //! - `tools::demo`: `wxdispatch demo`, the whole pipeline once, with a summary.
 //! - `tools::bench`: `wxdispatch bench`, the end-to-end benchmark (orchestration, `/proc`
 //!   readings, the report) and its libraries-only floor worker (docs/BENCHMARKS.md). Only
@@ -47,6 +50,8 @@
 //!
 //! [`cli`] names the subcommands and dispatches each to its module; `main.rs` only parses and
 //! exits. The modules without a link are private to the crate.
+
+#![warn(unreachable_pub)]
 
 pub mod account;
 pub mod amqp;
@@ -61,7 +66,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;
-pub mod probe;
+mod probe;
 pub mod publish;
 pub mod shutdown;
 pub mod tools;

@@ -14,7 +14,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// Like [`init`], with another default level (the demo keeps its table readable with `warn`).
-pub fn init_with_default(format: LogFormat, level: &str) {
+pub(crate) fn init_with_default(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},lapin=warn,hyper=warn,reqwest=warn")));
     let builder = tracing_subscriber::fmt()

@@ -29,7 +29,7 @@ pub struct AccountMetrics {
 impl AccountMetrics {
     /// The `jobs_total` counter of a job of this type sent without a reason (`ALL` is in
     /// declaration order).
-    pub fn sent(&self, msg_type: MsgType) -> &IntCounter {
+    pub(crate) fn sent(&self, msg_type: MsgType) -> &IntCounter {
         &self.sent[msg_type as usize]
     }
 }
@@ -38,7 +38,7 @@ impl AccountMetrics {
 /// outcome schema's words: the errcode table's, the policy's end reasons, the parser's and the
 /// transport's, plus `errcode_<n>` and `http_<status>`, whose numbers WeChat and HTTP bound. A
 /// word outside that shape (none is known) becomes `other`, so the label stays bounded.
-pub fn reason_label(reason: Option<&str>) -> &str {
+pub(crate) fn reason_label(reason: Option<&str>) -> &str {
     match reason {
         None => "none",
         Some(r)
@@ -67,7 +67,7 @@ pub struct Metrics {
     /// Forced refreshes that a token error could have asked for but the policy did not make.
     pub token_force_skipped_total: IntCounterVec,
     /// Sends made without the template-catalogue check because the catalogue could not be
-    /// fetched (issue 16.3).
+    /// fetched (the check is a help, never a reason to stop sending).
     pub catalogue_unchecked_total: IntCounterVec,
     pub inflight: IntGauge,
     pub quota_paused: IntGaugeVec,
@@ -88,6 +88,10 @@ pub struct Metrics {
     /// jobs one ack settles (see amqp::acks).
     pub amqp_acks_total: IntCounterVec,
     pub callback_requests_total: IntCounterVec,
+    /// Pushes forwarded to `callback_forward_url`, by `result` (callback::forward).
+    pub callback_forward_total: IntCounterVec,
+    /// How long a forward took, whatever came of it.
+    pub callback_forward_duration_seconds: Histogram,
     pub build_info: IntGaugeVec,
     pub account_stopped: IntGaugeVec,
     pub ready: IntGauge,
@@ -327,6 +331,26 @@ impl Metrics {
                 "WeChat callback requests by result",
                 &["result"],
             ),
+            callback_forward_total: counter(
+                r,
+                "wxdispatch_callback_forward_total",
+                "Pushes forwarded to callback_forward_url, by result (ok, refused: 4xx passed on; error_status, timeout, unreachable, bad_reply: WeChat got success)",
+                &["result"],
+            ),
+            callback_forward_duration_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "wxdispatch_callback_forward_duration_seconds",
+                        "Time from forwarding a push to having the existing server's whole answer (or giving up)",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0,
+                    ]),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
             build_info: gauge(
                 r,
                 "wxdispatch_build_info",
@@ -399,6 +423,10 @@ impl Metrics {
         for target in ["delay", "dead"] {
             m.copies_waiting.with_label_values(&[target]);
         }
+        for result in crate::callback::forward::ForwardResult::ALL {
+            m.callback_forward_total
+                .with_label_values(&[result.label()]);
+        }
         m
     }
 
@@ -406,7 +434,7 @@ impl Metrics {
     /// start, not only after the first event.
     /// Creates an account's series (so dashboards and alerts see zeros, not nothing) and
     /// returns its hot-path handles.
-    pub fn init_account(&self, appid: &str) -> AccountMetrics {
+    pub(crate) fn init_account(&self, appid: &str) -> AccountMetrics {
         self.token_refreshes_total.with_label_values(&[appid, "ok"]);
         self.retries_total.with_label_values(&[appid, "busy"]);
         self.token_force_skipped_total

@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 /// Exit code 0 when `GET path` answers 200, else 1 with one line on stderr saying why.
-pub fn run(args: &Args) -> i32 {
+pub(crate) fn run(args: &Args) -> i32 {
     match status(args) {
         Ok(200) => 0,
         Ok(code) => {

@@ -32,19 +32,19 @@ impl Shutdown {
         self.tx.send_replace(true);
     }
 
-    pub fn is_triggered(&self) -> bool {
+    pub(crate) fn is_triggered(&self) -> bool {
         *self.tx.borrow()
     }
 
     /// Resolves once shutdown has been triggered.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         let mut rx = self.tx.subscribe();
         // An error means the sender is gone, which only happens when nothing can trigger us.
         let _ = rx.wait_for(|v| *v).await;
     }
 
     /// Triggers on SIGTERM or Ctrl-C.
-    pub fn on_signals(&self) {
+    pub(crate) fn on_signals(&self) {
         let this = self.clone();
         tokio::spawn(async move {
             let ctrl_c = tokio::signal::ctrl_c();

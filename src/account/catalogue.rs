@@ -30,7 +30,7 @@ impl CatalogueCache {
     /// Checks a job's template against the account's catalogue of its type, fetching the
     /// catalogue when it is due. `Ok` also when no catalogue could be fetched (counted in
     /// `wxdispatch_catalogue_unchecked_total`).
-    pub async fn check(
+    pub(crate) async fn check(
         &self,
         client: &WechatClient,
         metrics: &Metrics,
@@ -77,7 +77,7 @@ impl CatalogueCache {
     }
 
     /// Forgets the catalogue of type `t`: the next check fetches it again.
-    pub fn forget(&self, t: MsgType) {
+    pub(crate) fn forget(&self, t: MsgType) {
         *self.of(t).write().expect("catalogue lock") = State::Empty;
     }
 

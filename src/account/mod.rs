@@ -43,7 +43,7 @@ pub struct Account {
 
 impl Account {
     /// The gate that holds the daily count and the quota pause of message type `t`.
-    pub fn quota_gate(&self, t: MsgType) -> &AccountGate {
+    pub(crate) fn quota_gate(&self, t: MsgType) -> &AccountGate {
         match t {
             MsgType::MiniprogramSubscribe => &self.mp_gate,
             MsgType::Template | MsgType::Subscribe => &self.gate,
@@ -52,12 +52,12 @@ impl Account {
 }
 
 /// The configured accounts, in the order of `Config::accounts`, which [`AccountId`] indexes.
-pub struct Accounts(Vec<Arc<Account>>);
+pub(crate) struct Accounts(Vec<Arc<Account>>);
 
 impl Accounts {
     /// Builds every account's gates, token source and stop state. Fails when an account has
     /// no AppSecret, i.e. the configuration was loaded without its credentials.
-    pub fn build(
+    pub(crate) fn build(
         config: &Config,
         client: &WechatClient,
         metrics: &Arc<Metrics>,
@@ -116,25 +116,25 @@ impl Accounts {
 
     /// The account a job was parsed for. The parser's [`AccountId`] is the account's place in
     /// the configuration these accounts were built from, so it is always there.
-    pub fn get(&self, id: AccountId) -> &Account {
+    pub(crate) fn get(&self, id: AccountId) -> &Account {
         &self.0[id.index()]
     }
 
     /// A configured account by appid (a handful: a scan is cheaper than hashing).
-    pub fn find(&self, appid: &str) -> Option<&Account> {
+    pub(crate) fn find(&self, appid: &str) -> Option<&Account> {
         self.0.iter().find(|a| a.appid == appid).map(|a| &**a)
     }
 
     /// Hands back what the gates leased of the shared schedules and adds their uncounted
     /// sends to the shared counts (with Redis): the last thing a stopping worker does.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         for a in &self.0 {
             a.gate.close().await;
             a.mp_gate.close().await;
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
         self.0.iter()
     }
 }

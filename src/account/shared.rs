@@ -21,7 +21,7 @@ use super::redis::{RedisLink, schedule_us};
 /// How often the keeper looks at the gate.
 const TICK: Duration = Duration::from_millis(100);
 /// Sends counted here reach Redis within about this long, whatever else happens.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// A lease no send has taken from for this long gives its unused slots back.
 const IDLE: Duration = Duration::from_millis(100);
 

@@ -30,7 +30,7 @@ impl AccountStops {
     /// How long a send must wait because the send side is stopped, or `None` to send. Once
     /// the hold has passed, exactly one caller gets `None` (the probe) and the hold is renewed
     /// for everybody else; a successful probe clears it.
-    pub fn send_hold(&self, probe_every: Duration) -> Option<Duration> {
+    pub(crate) fn send_hold(&self, probe_every: Duration) -> Option<Duration> {
         let mut stop = self.send.lock().expect("stop lock");
         let (code, until) = (*stop)?;
         let now = Instant::now();
@@ -42,7 +42,7 @@ impl AccountStops {
     }
 
     /// Stops sends for `hold`. Returns whether the send side was running until now.
-    pub fn stop_sends(&self, code: i64, hold: Duration) -> bool {
+    pub(crate) fn stop_sends(&self, code: i64, hold: Duration) -> bool {
         let was_running = {
             let mut stop = self.send.lock().expect("stop lock");
             let was_running = stop.is_none();
@@ -54,7 +54,7 @@ impl AccountStops {
     }
 
     /// A send succeeded: clears the send side's stop. Returns whether there was one.
-    pub fn resume_sends(&self) -> bool {
+    pub(crate) fn resume_sends(&self) -> bool {
         let had = self.send.lock().expect("stop lock").take().is_some();
         if had {
             self.update();
@@ -63,7 +63,7 @@ impl AccountStops {
     }
 
     /// The token side stopped (`true`) or resumed (`false`).
-    pub fn set_token_stopped(&self, stopped: bool) {
+    pub(crate) fn set_token_stopped(&self, stopped: bool) {
         self.token
             .store(stopped, std::sync::atomic::Ordering::Relaxed);
         self.update();

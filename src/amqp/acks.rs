@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 
 /// How long a finished job may wait for the jobs before it to finish before it is acked on its
 /// own. Short next to any send, long next to the spread of a batch of concurrent sends.
-pub const STRAGGLER_WAIT: Duration = Duration::from_millis(50);
+pub(crate) const STRAGGLER_WAIT: Duration = Duration::from_millis(50);
 
 /// The ack side of a consuming channel: which deliveries run, which wait for their ack.
 pub struct Acks {
@@ -49,7 +49,7 @@ struct Shared {
 impl Acks {
     /// Starts the background flusher for `channel` (the channel the deliveries came on: a
     /// delivery tag means nothing on any other).
-    pub fn start(channel: Channel, metrics: Arc<Metrics>) -> Acks {
+    pub(crate) fn start(channel: Channel, metrics: Arc<Metrics>) -> Acks {
         let shared = Arc::new(Shared {
             channel,
             state: Mutex::new(Window::default()),
@@ -65,26 +65,26 @@ impl Acks {
     }
 
     /// Records a delivery as running. Call it before the job can finish, in delivery order.
-    pub fn received(&self, tag: DeliveryTag) {
+    pub(crate) fn received(&self, tag: DeliveryTag) {
         self.shared.lock().received(tag);
     }
 
     /// The job's results are confirmed: ack it (soon, possibly together with others).
-    pub fn ack(&self, tag: DeliveryTag) {
+    pub(crate) fn ack(&self, tag: DeliveryTag) {
         self.shared.lock().finished(tag, Instant::now());
         self.shared.wake.notify_one();
     }
 
     /// The job was settled some other way (a nack already sent and awaited): it no longer
     /// holds back the ack of the jobs after it.
-    pub fn settled(&self, tag: DeliveryTag) {
+    pub(crate) fn settled(&self, tag: DeliveryTag) {
         self.shared.lock().settled(tag);
         self.shared.wake.notify_one();
     }
 
     /// Stops the flusher and sends every ack still owed, including those behind a job that
     /// never finished (it is left unacked and the broker redelivers it).
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let flusher = self.flusher.lock().expect("not poisoned").take();
         if let Some(mut f) = flusher {
             // Let a round that is writing acks finish (aborting it could drop acks it had

@@ -6,28 +6,28 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use crate::policy::RetryState;
 
 /// Tries made so far, so the retry budget survives a trip through the delay queue.
-pub const ATTEMPTS: &str = "x-wxd-attempts";
+pub(crate) const ATTEMPTS: &str = "x-wxd-attempts";
 /// When a worker first saw the job (Unix ms).
-pub const FIRST_SEEN: &str = "x-wxd-first-seen";
+pub(crate) const FIRST_SEEN: &str = "x-wxd-first-seen";
 /// When an attempt that may have reached WeChat was first made (Unix ms).
-pub const MAYBE_SENT: &str = "x-wxd-maybe-sent";
+pub(crate) const MAYBE_SENT: &str = "x-wxd-maybe-sent";
 /// Time already charged to transient errors (ms), so the retry budget counts errors only,
 /// across trips through the delay queue, and never the time a job waited on its account.
-pub const TRANSIENT_MS: &str = "x-wxd-transient-ms";
+pub(crate) const TRANSIENT_MS: &str = "x-wxd-transient-ms";
 /// The earliest time (Unix ms) a deferred job may run. Delay tiers round down, so a job can
 /// come back early; it is then parked again for the rest, without using an attempt.
-pub const NOT_BEFORE: &str = "x-wxd-not-before";
+pub(crate) const NOT_BEFORE: &str = "x-wxd-not-before";
 /// Why a job was deferred or dead-lettered (a machine word).
-pub const REASON: &str = "x-wxd-reason";
+pub(crate) const REASON: &str = "x-wxd-reason";
 /// A human explanation of a dead-lettered job.
-pub const ERROR: &str = "x-wxd-error";
+pub(crate) const ERROR: &str = "x-wxd-error";
 /// The batch a per-recipient job came from.
-pub const BATCH: &str = "x-wxd-batch";
+pub(crate) const BATCH: &str = "x-wxd-batch";
 /// The queue a dead-lettered job was consumed from.
-pub const SOURCE_QUEUE: &str = "x-wxd-source-queue";
+pub(crate) const SOURCE_QUEUE: &str = "x-wxd-source-queue";
 /// Deliveries that ended in a panic, counted by the worker itself on a classic jobs queue,
 /// which (unlike a quorum queue) keeps no delivery count.
-pub const DELIVERIES: &str = "x-wxd-deliveries";
+pub(crate) const DELIVERIES: &str = "x-wxd-deliveries";
 /// The delivery count a quorum queue keeps (RabbitMQ's own header).
 const BROKER_DELIVERY_COUNT: &str = "x-delivery-count";
 
@@ -82,7 +82,7 @@ pub fn with_retry_state(props: &BasicProperties, st: &RetryState, reason: &str) 
 /// How many times this job was delivered before this delivery: the quorum queue's own count
 /// when there is one, else the worker's [`DELIVERIES`] plus one if the broker says it is
 /// redelivering (after a lost connection, which the worker could not count).
-pub fn deliveries_before(props: &BasicProperties, redelivered: bool) -> u64 {
+pub(crate) fn deliveries_before(props: &BasicProperties, redelivered: bool) -> u64 {
     match get_i64(props, BROKER_DELIVERY_COUNT) {
         Some(n) => n.max(0) as u64,
         None => get_i64(props, DELIVERIES).unwrap_or(0).max(0) as u64 + u64::from(redelivered),
@@ -90,7 +90,7 @@ pub fn deliveries_before(props: &BasicProperties, redelivered: bool) -> u64 {
 }
 
 /// A copy of `props` that says the job was delivered `n` times already.
-pub fn with_deliveries(props: &BasicProperties, n: u64) -> BasicProperties {
+pub(crate) fn with_deliveries(props: &BasicProperties, n: u64) -> BasicProperties {
     let mut table = props.headers().clone().unwrap_or_default();
     table.insert(
         DELIVERIES.into(),
@@ -100,7 +100,7 @@ pub fn with_deliveries(props: &BasicProperties, n: u64) -> BasicProperties {
 }
 
 /// When a deferred job may run again (Unix ms), if it was deferred.
-pub fn not_before_ms(props: &BasicProperties) -> Option<i64> {
+pub(crate) fn not_before_ms(props: &BasicProperties) -> Option<i64> {
     get_i64(props, NOT_BEFORE)
 }
 
@@ -110,19 +110,19 @@ pub fn wait_left(props: &BasicProperties, now_ms: i64) -> Option<std::time::Dura
 }
 
 /// A copy of `props` that says the job may not run before `at_ms`.
-pub fn with_not_before(props: BasicProperties, at_ms: i64) -> BasicProperties {
+pub(crate) fn with_not_before(props: BasicProperties, at_ms: i64) -> BasicProperties {
     let mut table = props.headers().clone().unwrap_or_default();
     table.insert(NOT_BEFORE.into(), AMQPValue::LongLongInt(at_ms));
     props.with_headers(table)
 }
 
 /// A header string value.
-pub fn string(s: &str) -> AMQPValue {
+pub(crate) fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
 
 /// Inserts a string header.
-pub fn insert(table: &mut FieldTable, key: &str, value: &str) {
+pub(crate) fn insert(table: &mut FieldTable, key: &str, value: &str) {
     table.insert(ShortString::from(key), string(value));
 }
 

@@ -22,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The user the worker connects as (the first broker URL's; a cluster's nodes share their
 /// users): the `user_id` the broker lets it stamp on what it publishes.
-pub fn connection_user(urls: &str) -> String {
+pub(crate) fn connection_user(urls: &str) -> String {
     broker_urls(urls)
         .first()
         .and_then(|u| u.parse::<lapin::uri::AMQPUri>().ok())

@@ -81,7 +81,7 @@ impl Publisher {
     }
 
     /// The user this publisher's connection authenticates as.
-    pub fn own_user(&self) -> &str {
+    pub(crate) fn own_user(&self) -> &str {
         self.own_user.as_str()
     }
 
@@ -149,7 +149,7 @@ impl Publisher {
     }
 
     /// Publishes an outcome to the outcome exchange with routing key `<kind>.<status>`.
-    pub async fn outcome(&self, outcome: &Outcome) -> Result<(), PublishError> {
+    pub(crate) async fn outcome(&self, outcome: &Outcome) -> Result<(), PublishError> {
         self.publish_to(
             self.exchange.as_str().into(),
             outcome.routing_key().into(),
@@ -161,7 +161,7 @@ impl Publisher {
 
     /// Copies a job that can never be sent to the dead-letter queue, with the reason in
     /// headers. The original properties are kept, so the job can be fixed and replayed.
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         body: &[u8],
         props: &BasicProperties,
@@ -199,7 +199,11 @@ impl Publisher {
 
     /// Puts a job back at the end of the jobs queue as it was, with its own `props` (which
     /// carry the worker's delivery count on a classic queue).
-    pub async fn requeue(&self, body: &[u8], props: BasicProperties) -> Result<(), PublishError> {
+    pub(crate) async fn requeue(
+        &self,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
         self.publish("", &self.jobs_queue, body, props.with_delivery_mode(2))
             .await
     }

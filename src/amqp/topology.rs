@@ -62,7 +62,7 @@ pub enum TopologyError {
 
 impl TopologyError {
     /// Whether reconnecting cannot help (the worker should stop and say why).
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         !matches!(self, TopologyError::Amqp(_))
     }
 }
@@ -121,7 +121,7 @@ fn refused(queue: &str, e: lapin::Error) -> TopologyError {
 pub const DELAY_TIERS: &[u64] = &[1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600];
 
 /// The tier for a wanted delay.
-pub fn tier_for(delay: Duration) -> u64 {
+pub(crate) fn tier_for(delay: Duration) -> u64 {
     let secs = delay.as_secs_f64().ceil() as u64;
     DELAY_TIERS
         .iter()
@@ -145,8 +145,9 @@ fn classic_delay_queue(config: &Config, tier: u64) -> String {
     format!("{}.delay.{tier}s", config.amqp.jobs_queue)
 }
 
-/// The arguments of a tier's delay queue.
-fn delay_args(config: &Config, tier: u64) -> FieldTable {
+/// The arguments the jobs queue and the delay queues share: the jobs queue's type, and
+/// dead-lettering to the queue `target` through the default exchange.
+fn dead_lettering_to(config: &Config, target: &str) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
@@ -158,8 +159,14 @@ fn delay_args(config: &Config, tier: u64) -> FieldTable {
     );
     args.insert(
         "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(config.amqp.jobs_queue.as_str().into()),
+        AMQPValue::LongString(target.into()),
     );
+    args
+}
+
+/// The arguments of a tier's delay queue.
+fn delay_args(config: &Config, tier: u64) -> FieldTable {
+    let mut args = dead_lettering_to(config, &config.amqp.jobs_queue);
     if config.amqp.jobs_queue_type == QueueType::Quorum {
         args.insert(
             "x-dead-letter-strategy".into(),
@@ -190,7 +197,11 @@ pub fn queues(config: &Config) -> Vec<String> {
 }
 
 /// Sets the topology up the way `config.amqp.topology` says: declares it, or checks it exists.
-pub async fn ensure(conn: &Connection, ch: &Channel, config: &Config) -> Result<(), TopologyError> {
+pub(crate) async fn ensure(
+    conn: &Connection,
+    ch: &Channel,
+    config: &Config,
+) -> Result<(), TopologyError> {
     match config.amqp.topology {
         Topology::Declare => declare(ch, config).await,
         Topology::Passive => check(conn, config).await,
@@ -200,7 +211,7 @@ pub async fn ensure(conn: &Connection, ch: &Channel, config: &Config) -> Result<
 /// Checks, with passive declares only (no `configure` permission needed), that every queue and
 /// the exchange exist, and names every one that does not. A passive declare of a missing
 /// queue closes its channel, so each check gets its own.
-pub async fn check(conn: &Connection, config: &Config) -> Result<(), TopologyError> {
+pub(crate) async fn check(conn: &Connection, config: &Config) -> Result<(), TopologyError> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
@@ -268,19 +279,7 @@ fn queue_type(t: QueueType) -> AMQPValue {
 
 /// Declares everything. Idempotent, so every replica does it at every (re)connect.
 pub async fn declare(ch: &Channel, config: &Config) -> Result<(), TopologyError> {
-    let mut jobs_args = FieldTable::default();
-    jobs_args.insert(
-        "x-queue-type".into(),
-        queue_type(config.amqp.jobs_queue_type),
-    );
-    jobs_args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    jobs_args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(config.amqp.dead_queue.as_str().into()),
-    );
+    let mut jobs_args = dead_lettering_to(config, &config.amqp.dead_queue);
     if config.amqp.jobs_queue_type == QueueType::Quorum {
         jobs_args.insert(
             "x-delivery-limit".into(),

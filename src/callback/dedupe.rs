@@ -19,7 +19,7 @@ pub const DEDUP_FOR: Duration = Duration::from_secs(600);
 /// What tells one receipt push from another. WeChat repeats all five on a retry; MsgID alone
 /// is not enough, because it is reported to be 0 for messages sent with a `client_msg_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PushKey {
+pub(crate) struct PushKey {
     pub to_user: String,
     pub from_user: String,
     pub create_time: i64,
@@ -51,12 +51,12 @@ pub enum Answer {
 
 impl Answer {
     /// Whether WeChat may be told `success` (it will not push this receipt again).
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         matches!(self, Answer::Stored | Answer::Duplicate | Answer::Joined)
     }
 
     /// The `wxdispatch_callback_requests_total` label.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Answer::Stored => "ok",
             Answer::Duplicate => "duplicate",
@@ -93,13 +93,13 @@ enum Entry {
 }
 
 /// The receipts seen recently and the publishes in flight, by [`PushKey`].
-pub struct Dedupe {
+pub(crate) struct Dedupe {
     entries: Mutex<HashMap<PushKey, Entry>>,
     keep_for: Duration,
 }
 
 impl Dedupe {
-    pub fn new(keep_for: Duration) -> Arc<Dedupe> {
+    pub(crate) fn new(keep_for: Duration) -> Arc<Dedupe> {
         Arc::new(Dedupe {
             entries: Mutex::new(HashMap::new()),
             keep_for,
@@ -110,7 +110,7 @@ impl Dedupe {
     /// and answers within `answer_within`. `publish` runs in its own task, so a push that
     /// gives up (or a client that hangs up) never cancels a publish half way: its outcome is
     /// recorded for the retry either way.
-    pub async fn store<F>(
+    pub(crate) async fn store<F>(
         self: &Arc<Self>,
         key: PushKey,
         answer_within: Duration,
@@ -190,6 +190,18 @@ mod tests {
         }
     }
 
+    /// Stores `k` with [`publish`]: counted in `runs`, and confirmed at once or when
+    /// `release` says.
+    async fn store_counted(
+        d: &Arc<Dedupe>,
+        k: PushKey,
+        answer_within: Duration,
+        runs: &Arc<AtomicUsize>,
+        release: Option<tokio::sync::oneshot::Receiver<bool>>,
+    ) -> Answer {
+        d.store(k, answer_within, publish(runs, release)).await
+    }
+
     /// A publish that counts its runs and, with `release`, ends only when the test says
     /// (`true`: confirmed, `false`: refused); without it, it is confirmed at once.
     fn publish(
@@ -216,20 +228,14 @@ mod tests {
         let d = Dedupe::new(DEDUP_FOR);
         let runs = Arc::new(AtomicUsize::new(0));
         let (release, rx) = tokio::sync::oneshot::channel();
-        let first = d
-            .store(
-                key("o1", 5),
-                Duration::from_millis(50),
-                publish(&runs, Some(rx)),
-            )
-            .await;
+        let first =
+            store_counted(&d, key("o1", 5), Duration::from_millis(50), &runs, Some(rx)).await;
         assert_eq!(first, Answer::Pending, "no confirm yet: 503, not success");
         let retry = {
             let d = d.clone();
             let runs = runs.clone();
             tokio::spawn(async move {
-                d.store(key("o1", 5), Duration::from_secs(30), publish(&runs, None))
-                    .await
+                store_counted(&d, key("o1", 5), Duration::from_secs(30), &runs, None).await
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -237,9 +243,7 @@ mod tests {
         release.send(true).unwrap();
         assert_eq!(retry.await.unwrap(), Answer::Joined);
         assert_eq!(runs.load(Ordering::SeqCst), 1, "published once");
-        let later = d
-            .store(key("o1", 5), Duration::from_secs(1), publish(&runs, None))
-            .await;
+        let later = store_counted(&d, key("o1", 5), Duration::from_secs(1), &runs, None).await;
         assert_eq!(later, Answer::Duplicate);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
@@ -252,10 +256,12 @@ mod tests {
         let (_never, rx) = tokio::sync::oneshot::channel::<bool>();
         let answer = tokio::time::timeout(
             Duration::from_secs(10),
-            d.store(
+            store_counted(
+                &d,
                 key("o2", 6),
                 Duration::from_millis(100),
-                publish(&runs, Some(rx)),
+                &runs,
+                Some(rx),
             ),
         )
         .await
@@ -270,17 +276,9 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let (nack, rx) = tokio::sync::oneshot::channel();
         nack.send(false).unwrap();
-        let first = d
-            .store(
-                key("o3", 7),
-                Duration::from_secs(5),
-                publish(&runs, Some(rx)),
-            )
-            .await;
+        let first = store_counted(&d, key("o3", 7), Duration::from_secs(5), &runs, Some(rx)).await;
         assert_eq!(first, Answer::Failed);
-        let retry = d
-            .store(key("o3", 7), Duration::from_secs(5), publish(&runs, None))
-            .await;
+        let retry = store_counted(&d, key("o3", 7), Duration::from_secs(5), &runs, None).await;
         assert_eq!(retry, Answer::Stored);
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
@@ -291,14 +289,12 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let k = key("o4", 8);
         assert_eq!(
-            d.store(k.clone(), Duration::from_secs(5), publish(&runs, None))
-                .await,
+            store_counted(&d, k.clone(), Duration::from_secs(5), &runs, None).await,
             Answer::Stored
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(
-            d.store(k, Duration::from_secs(5), publish(&runs, None))
-                .await,
+            store_counted(&d, k, Duration::from_secs(5), &runs, None).await,
             Answer::Stored,
             "past the window a push is a new receipt"
         );
@@ -342,14 +338,10 @@ mod tests {
             },
         ];
         for k in variants {
-            let a = d
-                .store(k.clone(), Duration::from_secs(5), publish(&runs, None))
-                .await;
+            let a = store_counted(&d, k.clone(), Duration::from_secs(5), &runs, None).await;
             assert_eq!(a, Answer::Stored, "{k:?} is a receipt of its own");
         }
-        let again = d
-            .store(base, Duration::from_secs(5), publish(&runs, None))
-            .await;
+        let again = store_counted(&d, base, Duration::from_secs(5), &runs, None).await;
         assert_eq!(again, Answer::Duplicate, "all fields equal: WeChat's retry");
         assert_eq!(runs.load(Ordering::SeqCst), 8);
     }

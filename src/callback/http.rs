@@ -18,7 +18,14 @@
 //! answered `success` only when every one of them is stored ([`combine`]); a retry publishes
 //! only those that are not.
 //!
-//! Bad input never publishes: a wrong signature or a stale timestamp is 401; malformed XML, a
+//! Every other push (a follow, a menu click, a user's message) is published as a `kind: event`
+//! outcome with `callback_publish_events` (stored like a receipt, answered 503 until it is), and
+//! forwarded to the account's existing server with `callback_forward_url`, whose answer WeChat
+//! gets ([`super::forward`]); without either it is answered `success`. With
+//! `callback_forward_owned`, receipts and subscription events are forwarded too, once, after
+//! their outcomes are confirmed; WeChat's answer for them never waits for that server.
+//!
+//! Bad input never publishes, nor is it forwarded: a wrong signature or a stale timestamp is 401; malformed XML, a
 //! DOCTYPE, bad base64 or padding, a wrong appid, a missing field or an oversized body is 400.
 //! Each is counted in `wxdispatch_callback_requests_total{result}`.
 
@@ -28,19 +35,23 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
 use super::dedupe::{Answer, DEDUP_FOR, Dedupe, PushKey, combine};
+
+mod others;
 use super::event::TEMPLATE_SEND_JOB_FINISH;
+use super::forward::{Forwarder, RawPush};
 use super::publisher::LazyPublisher;
 use crate::callback::{self, AesKey, Inbound, SubscriptionEvent};
 use crate::config::{Config, Secret};
 use crate::metrics::Metrics;
 use crate::outcome::{Consent, Outcome, Receipt, ReceiptStatus};
+use others::{other_push, push_identity};
 
 /// Largest callback body accepted. WeChat's pushes are well under 2 KiB.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -72,6 +83,14 @@ pub struct Endpoint {
     path: String,
     publisher: LazyPublisher,
     seen: Arc<Dedupe>,
+    /// The account's existing server, when pushes are forwarded.
+    forwarder: Option<Arc<Forwarder>>,
+    /// Also forward owned pushes, once each (by [`Endpoint::forwarded`]), after their confirm.
+    forward_owned: bool,
+    forwarded: Arc<Dedupe>,
+    /// Publish the other pushes as `kind: event` outcomes, with their content or without.
+    publish_events: bool,
+    publish_content: bool,
 }
 
 impl Endpoint {
@@ -81,6 +100,13 @@ impl Endpoint {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Option<Arc<Endpoint>>> {
         let Some(token) = config.credentials.callback_token.clone() else {
+            // Without a token there is no callback, and these would silently do nothing.
+            let cb = &config.callback;
+            anyhow::ensure!(
+                cb.forward_url.is_none() && !cb.publish_events,
+                "callback_forward_url and callback_publish_events need the callback: set \
+                 WXD_CALLBACK_TOKEN (the account's server-config token)"
+            );
             return Ok(None);
         };
         let aes_key = match &config.credentials.callback_aes_key {
@@ -88,6 +114,14 @@ impl Endpoint {
                 AesKey::from_encoding_aes_key(k.expose())
                     .map_err(|e| anyhow::anyhow!("WXD_CALLBACK_AES_KEY: {e}"))?,
             ),
+            None => None,
+        };
+        let forwarder = match &config.callback.forward_url {
+            Some(url) => Some(Arc::new(Forwarder::new(
+                url,
+                config.callback.forward_timeout,
+                metrics.clone(),
+            )?)),
             None => None,
         };
         // The series exists from the start, so dashboards and alerts see a zero, not nothing.
@@ -106,6 +140,11 @@ impl Endpoint {
             path: config.callback.path.clone(),
             publisher: LazyPublisher::new(config.clone()),
             seen: Dedupe::new(DEDUP_FOR),
+            forwarder,
+            forward_owned: config.callback.forward_owned,
+            forwarded: Dedupe::new(DEDUP_FOR),
+            publish_events: config.callback.publish_events,
+            publish_content: config.callback.publish_content,
         })))
     }
 
@@ -175,6 +214,9 @@ async fn verify_url(State(r): State<Arc<Endpoint>>, Query(q): Query<CallbackQuer
 
 async fn receive(
     State(r): State<Arc<Endpoint>>,
+    method: Method,
+    RawQuery(raw_query): RawQuery,
+    headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
     body: Body,
 ) -> Response {
@@ -200,7 +242,7 @@ async fn receive(
             msg_signature: q.msg_signature.as_deref().unwrap_or(""),
         };
         callback::open_safe_mode(r.token.expose(), key, &r.appids, &query, &body, MAX_BODY)
-            .map(|o| (Some(o.appid), o.inbound))
+            .map(|o| (Some(o.appid), o.inbound, Some(o.xml)))
     } else {
         callback::open_plain(
             r.token.expose(),
@@ -210,9 +252,9 @@ async fn receive(
             &body,
             MAX_BODY,
         )
-        .map(|i| (None, i))
+        .map(|i| (None, i, None))
     };
-    let (appid, inbound) = match opened {
+    let (appid, inbound, inner_xml) = match opened {
         Ok(x) => x,
         Err(e) => {
             let reason = e.reason();
@@ -225,12 +267,32 @@ async fn receive(
             };
         }
     };
+    // Only now, authenticated and read, may the push leave the worker.
+    let raw = RawPush {
+        method,
+        query: raw_query,
+        content_type: headers.get(header::CONTENT_TYPE).cloned(),
+        body,
+    };
     let event = match inbound {
         Inbound::Event(e) if e.is_template_send_job_finish() => e,
-        Inbound::Subscription(ev) => return store_subscription(&r, appid, ev).await,
+        Inbound::Subscription(ev) => {
+            let push = push_identity(
+                &ev.to_user,
+                &ev.from_user,
+                ev.create_time,
+                ev.kind.event_name(),
+            );
+            let answer = store_subscription(&r, appid, ev).await;
+            r.forward_owned(&answer, push, raw).await;
+            return respond(&r, answer);
+        }
         Inbound::Event(_) | Inbound::Message { .. } => {
-            r.count("ignored");
-            return "success".into_response();
+            let xml = match inner_xml {
+                Some(xml) => xml,
+                None => String::from_utf8_lossy(&raw.body).into_owned(),
+            };
+            return other_push(&r, appid, &xml, raw).await;
         }
         Inbound::Encrypted { .. } => {
             r.count("not_decrypted");
@@ -269,7 +331,8 @@ async fn receive(
         template_id: None,
     });
     let publish = publish_counted(&r, o, counted);
-    let answer = r.seen.store(key, ANSWER_WITHIN, publish).await;
+    let answer = r.seen.store(key.clone(), ANSWER_WITHIN, publish).await;
+    r.forward_owned(&answer, key, raw).await;
     respond(&r, answer)
 }
 
@@ -279,6 +342,8 @@ enum Counted {
     Receipt(&'static str),
     /// `wxdispatch_consents_total{status,source}`.
     Consent(&'static str, &'static str),
+    /// Nothing beyond the answer's `wxdispatch_callback_requests_total`.
+    Event,
 }
 
 /// The publish of one outcome, to run in the dedupe's own task. It is counted when the broker
@@ -303,6 +368,7 @@ fn publish_counted(
                         .consents_total
                         .with_label_values(&[status, source])
                         .inc(),
+                    Counted::Event => {}
                 }
                 tracing::debug!(kind = ?o.kind(), msgid = ?o.msgid, status = %o.status(), "callback outcome stored");
                 Ok(())
@@ -330,13 +396,13 @@ fn respond(r: &Endpoint, answer: Answer) -> Response {
     }
 }
 
-/// Stores one outcome per template of a subscription event, all at once, and answers
+/// Stores one outcome per template of a subscription event, all at once; the answer is
 /// `success` only when every one is stored.
 async fn store_subscription(
     r: &Arc<Endpoint>,
     appid: Option<String>,
     ev: SubscriptionEvent,
-) -> Response {
+) -> Answer {
     let appid = appid.or_else(|| attribute(&r.accounts, &ev.to_user));
     if appid.is_none() {
         tracing::warn!(to_user = %ev.to_user, "subscription event for an original id no account declares (set original_id in [[accounts]])");
@@ -391,7 +457,7 @@ async fn store_subscription(
             .store(key, ANSWER_WITHIN, publish_counted(r, o, counted))
     });
     let answers = futures_util::future::join_all(stores).await;
-    respond(r, combine(&answers))
+    combine(&answers)
 }
 
 #[cfg(test)]

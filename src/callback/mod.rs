@@ -16,14 +16,18 @@
 //! functions over bytes. The I/O is apart:
 //!
 //! * [`http`]: the axum handlers, turning pushes into outcomes;
+//! * [`forward`]: the pushes the worker does not own, handed to the account's existing server;
+//! * [`push`]: those pushes read for publishing as `kind: event` outcomes;
 //! * [`dedupe`]: WeChat's retries of one push, told apart from new pushes;
 //! * `publisher`: the callback's own lazily opened, confirming publisher.
 
 pub mod crypto;
 pub mod dedupe;
 pub mod event;
+pub mod forward;
 pub mod http;
 mod publisher;
+pub mod push;
 pub mod signature;
 pub mod xml;
 
@@ -87,6 +91,8 @@ pub struct Opened {
     pub appid: String,
     /// The parsed inner message.
     pub inbound: Inbound,
+    /// The inner message's XML, for reading more of it than [`Inbound`] keeps.
+    pub xml: String,
 }
 
 /// Authenticates and parses a plaintext-mode POST.
@@ -144,6 +150,7 @@ pub fn open_safe_mode<S: AsRef<str>>(
     Ok(Opened {
         appid: decrypted.appid,
         inbound,
+        xml: decrypted.xml,
     })
 }
 
@@ -192,6 +199,19 @@ mod tests {
         }
     }
 
+    /// Opens `sealed` as the handler would, with `token`, the test key and only `APPID`
+    /// configured.
+    fn open_sealed(token: &str, sealed: &Sealed, limit: usize) -> Result<Opened, CallbackError> {
+        open_safe_mode(
+            token,
+            &key(),
+            &[APPID],
+            &query(sealed),
+            sealed.body.as_bytes(),
+            limit,
+        )
+    }
+
     fn seal(appid: &str, inner: &str) -> Sealed {
         let encrypt = crypto::encrypt_with_random(&key(), inner, appid);
         Sealed {
@@ -203,15 +223,7 @@ mod tests {
     #[test]
     fn sealed_safe_mode_request_opens_to_the_original_event() {
         let sealed = seal(APPID, &receipt_xml());
-        let opened = open_safe_mode(
-            TOKEN,
-            &key(),
-            &[APPID],
-            &query(&sealed),
-            sealed.body.as_bytes(),
-            DEFAULT_MAX_XML_BYTES,
-        )
-        .unwrap();
+        let opened = open_sealed(TOKEN, &sealed, DEFAULT_MAX_XML_BYTES).unwrap();
         assert_eq!(opened.appid, APPID);
         match opened.inbound {
             Inbound::Event(e) => {
@@ -239,30 +251,14 @@ mod tests {
     #[test]
     fn safe_mode_with_wrong_token_is_refused() {
         let sealed = seal(APPID, &receipt_xml());
-        let err = open_safe_mode(
-            "other-token",
-            &key(),
-            &[APPID],
-            &query(&sealed),
-            sealed.body.as_bytes(),
-            DEFAULT_MAX_XML_BYTES,
-        )
-        .unwrap_err();
+        let err = open_sealed("other-token", &sealed, DEFAULT_MAX_XML_BYTES).unwrap_err();
         assert_eq!(err, CallbackError::BadSignature);
     }
 
     #[test]
     fn safe_mode_for_an_unconfigured_appid_is_refused() {
         let sealed = seal("wx_someone_else", &receipt_xml());
-        let err = open_safe_mode(
-            TOKEN,
-            &key(),
-            &[APPID],
-            &query(&sealed),
-            sealed.body.as_bytes(),
-            DEFAULT_MAX_XML_BYTES,
-        )
-        .unwrap_err();
+        let err = open_sealed(TOKEN, &sealed, DEFAULT_MAX_XML_BYTES).unwrap_err();
         assert_eq!(
             err,
             CallbackError::Crypto(CryptoError::UnknownAppId("wx_someone_else".into()))
@@ -292,30 +288,14 @@ mod tests {
     #[test]
     fn safe_mode_inner_xml_with_doctype_is_refused() {
         let sealed = seal(APPID, "<!DOCTYPE x [<!ENTITY a \"b\">]><xml/>");
-        let err = open_safe_mode(
-            TOKEN,
-            &key(),
-            &[APPID],
-            &query(&sealed),
-            sealed.body.as_bytes(),
-            DEFAULT_MAX_XML_BYTES,
-        )
-        .unwrap_err();
+        let err = open_sealed(TOKEN, &sealed, DEFAULT_MAX_XML_BYTES).unwrap_err();
         assert_eq!(err, CallbackError::Xml(XmlError::Doctype));
     }
 
     #[test]
     fn safe_mode_nested_envelope_is_refused() {
         let sealed = seal(APPID, &encrypted_envelope("gh", "QUJD"));
-        let err = open_safe_mode(
-            TOKEN,
-            &key(),
-            &[APPID],
-            &query(&sealed),
-            sealed.body.as_bytes(),
-            DEFAULT_MAX_XML_BYTES,
-        )
-        .unwrap_err();
+        let err = open_sealed(TOKEN, &sealed, DEFAULT_MAX_XML_BYTES).unwrap_err();
         assert_eq!(err.reason(), "nested_encryption");
     }
 
@@ -352,15 +332,7 @@ mod tests {
         assert_eq!(err.reason(), "too_large");
 
         let sealed = seal(APPID, &body);
-        let err = open_safe_mode(
-            TOKEN,
-            &key(),
-            &[APPID],
-            &query(&sealed),
-            sealed.body.as_bytes(),
-            16,
-        )
-        .unwrap_err();
+        let err = open_sealed(TOKEN, &sealed, 16).unwrap_err();
         assert_eq!(err.reason(), "too_large");
     }
 }

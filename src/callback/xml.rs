@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_XML_BYTES: usize = 64 * 1024;
 
 /// Most `<List>` items one subscription event may carry. A pop-up offers at most a handful of
 /// templates; the cap keeps a hostile body from fanning out into thousands of publishes.
-pub const MAX_SUBSCRIPTION_ITEMS: usize = 64;
+pub(crate) const MAX_SUBSCRIPTION_ITEMS: usize = 64;
 
 /// Why a callback body was rejected.
 ///
@@ -116,7 +116,7 @@ pub struct ListItem {
 
 impl ListItem {
     /// The text of the child element `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         lookup(&self.fields, name)
     }
 
@@ -148,7 +148,7 @@ fn parse_number(value: Option<&str>, name: &'static str) -> Result<Option<i64>, 
 
 impl Fields {
     /// The text of the child element `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         lookup(&self.fields, name)
     }
 
@@ -196,15 +196,7 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
     config.allow_dangling_amp = false;
     config.check_comments = true;
 
-    let mut fields: Vec<(String, String)> = Vec::new();
-    let mut items: Vec<ListItem> = Vec::new();
-    // The depth-2 element whose text is being collected.
-    let mut current: Option<(String, String)> = None;
-    // The grandchild of the root being read, and the child of it whose text is collected.
-    let mut item: Option<ListItem> = None;
-    let mut item_field: Option<(String, String)> = None;
-    let mut depth = 0usize;
-    let mut seen_root = false;
+    let mut doc = Collector::default();
     let mut first_event = true;
 
     loop {
@@ -214,74 +206,24 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
         let is_first = std::mem::replace(&mut first_event, false);
         match event {
             XmlEvent::DocType(_) => return Err(XmlError::Doctype),
-            XmlEvent::Start(start) => {
-                check_attributes(&start)?;
-                let qname = start.name();
-                let name: &str = qname.as_ref();
-                match depth {
-                    0 => open_root(&mut seen_root, name)?,
-                    1 => current = Some((name.to_owned(), String::new())),
-                    2 => item = Some(open_item(&current, name, items.len())?),
-                    3 => item_field = Some((name.to_owned(), String::new())),
-                    _ => {}
-                }
-                depth += 1;
-            }
+            XmlEvent::Start(start) => doc.open(&start)?,
+            // An empty element is read as its start and its end: `<MsgID/>` yields "".
             XmlEvent::Empty(start) => {
-                check_attributes(&start)?;
-                let qname = start.name();
-                let name: &str = qname.as_ref();
-                match depth {
-                    0 => open_root(&mut seen_root, name)?,
-                    1 => push_field(&mut fields, name.to_owned(), String::new())?,
-                    2 => items.push(open_item(&current, name, items.len())?),
-                    3 => {
-                        if let Some(it) = item.as_mut() {
-                            push_field(&mut it.fields, name.to_owned(), String::new())?;
-                        }
-                    }
-                    _ => {}
-                }
+                doc.open(&start)?;
+                doc.close()?;
             }
-            XmlEvent::End(_) => {
-                // quick-xml has already checked the name matches the open tag.
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| XmlError::Malformed("unmatched end tag".into()))?;
-                match depth {
-                    1 => {
-                        if let Some((name, value)) = current.take() {
-                            push_field(&mut fields, name, value)?;
-                        }
-                    }
-                    2 => items.extend(item.take()),
-                    3 => {
-                        if let (Some(it), Some((name, value))) = (item.as_mut(), item_field.take())
-                        {
-                            push_field(&mut it.fields, name, value)?;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            XmlEvent::Text(text) => {
-                add_text(depth, &mut current, &mut item_field, &text.xml10_content())?
-            }
+            XmlEvent::End(_) => doc.close()?,
+            XmlEvent::Text(text) => doc.text(&text.xml10_content())?,
             XmlEvent::CData(cdata) => {
-                if depth == 0 {
+                if doc.depth == 0 {
                     return Err(XmlError::Malformed("CDATA outside the root element".into()));
                 }
-                add_text(depth, &mut current, &mut item_field, &cdata.xml10_content())?;
+                doc.text(&cdata.xml10_content())?;
             }
             XmlEvent::GeneralRef(reference) => {
                 let ch = resolve_reference(&reference)?;
                 let mut buf = [0u8; 4];
-                add_text(
-                    depth,
-                    &mut current,
-                    &mut item_field,
-                    ch.encode_utf8(&mut buf),
-                )?;
+                doc.text(ch.encode_utf8(&mut buf))?;
             }
             XmlEvent::Decl(_) if !is_first => {
                 return Err(XmlError::Malformed(
@@ -293,15 +235,78 @@ pub fn parse_fields(xml: &str, limit: usize) -> Result<Fields, XmlError> {
         }
     }
 
-    if !seen_root {
+    if !doc.seen_root {
         return Err(XmlError::Malformed("no root element".into()));
     }
-    if depth != 0 {
+    if doc.depth != 0 {
         return Err(XmlError::Malformed(
             "unclosed element at end of input".into(),
         ));
     }
-    Ok(Fields { fields, items })
+    Ok(Fields {
+        fields: doc.fields,
+        items: doc.items,
+    })
+}
+
+/// What [`parse_fields`] has read so far, and where in the document it is.
+#[derive(Default)]
+struct Collector {
+    fields: Vec<(String, String)>,
+    items: Vec<ListItem>,
+    /// The depth-2 element whose text is being collected.
+    current: Option<(String, String)>,
+    /// The grandchild of the root being read, and the child of it whose text is collected.
+    item: Option<ListItem>,
+    item_field: Option<(String, String)>,
+    depth: usize,
+    seen_root: bool,
+}
+
+impl Collector {
+    fn open(&mut self, start: &BytesStart<'_>) -> Result<(), XmlError> {
+        check_attributes(start)?;
+        let qname = start.name();
+        let name: &str = qname.as_ref();
+        match self.depth {
+            0 => open_root(&mut self.seen_root, name)?,
+            1 => self.current = Some((name.to_owned(), String::new())),
+            2 => self.item = Some(open_item(&self.current, name, self.items.len())?),
+            3 => self.item_field = Some((name.to_owned(), String::new())),
+            _ => {}
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), XmlError> {
+        // quick-xml has already checked the name matches the open tag.
+        self.depth = self
+            .depth
+            .checked_sub(1)
+            .ok_or_else(|| XmlError::Malformed("unmatched end tag".into()))?;
+        match self.depth {
+            1 => {
+                if let Some((name, value)) = self.current.take() {
+                    push_field(&mut self.fields, name, value)?;
+                }
+            }
+            2 => self.items.extend(self.item.take()),
+            3 => {
+                if let (Some(it), Some((name, value))) =
+                    (self.item.as_mut(), self.item_field.take())
+                {
+                    push_field(&mut it.fields, name, value)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, text: &str) -> Result<(), XmlError> {
+        add_text(self.depth, &mut self.current, &mut self.item_field, text)
+    }
 }
 
 /// Starts a grandchild of the root inside the top-level element `current`, refusing more
@@ -422,138 +427,5 @@ fn truncate(s: &str) -> Cow<'_, str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::callback::event::{parse, parse_bytes, parse_with_limit};
-
-    #[test]
-    fn predefined_entities_and_char_refs_are_resolved() {
-        let xml = "<xml><MsgType>t</MsgType>\
-                   <V>&lt;&gt;&amp;&apos;&quot;&#65;&#x4E2D;&#x1F600;</V></xml>";
-        let fields = parse_fields(xml, DEFAULT_MAX_XML_BYTES).unwrap();
-        assert_eq!(fields.get("V"), Some("<>&'\"A中😀"));
-    }
-
-    #[test]
-    fn unknown_entity_reference_is_rejected() {
-        let xml = "<xml><MsgType>&xxe;</MsgType></xml>";
-        assert_eq!(
-            parse(xml).unwrap_err(),
-            XmlError::UnknownEntity("xxe".into())
-        );
-        assert_eq!(parse(xml).unwrap_err().reason(), "unknown_entity");
-    }
-
-    #[test]
-    fn invalid_char_refs_are_malformed() {
-        for r in [
-            "&#0;",
-            "&#xD800;",
-            "&#x110000;",
-            "&#99999999999999999999;",
-            "&#;",
-            "&#xZ;",
-        ] {
-            let xml = format!("<xml><MsgType>{r}</MsgType></xml>");
-            assert_eq!(parse(&xml).unwrap_err().reason(), "malformed", "{r}");
-        }
-    }
-
-    #[test]
-    fn doctype_is_rejected_without_expansion() {
-        let xxe = "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>\
-                   <xml><MsgType>&xxe;</MsgType></xml>";
-        assert_eq!(parse(xxe).unwrap_err(), XmlError::Doctype);
-        let laughs = "<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;&lol;\">]>\
-                      <xml><MsgType>&lol2;</MsgType></xml>";
-        assert_eq!(parse(laughs).unwrap_err(), XmlError::Doctype);
-        assert_eq!(
-            parse("<!DOCTYPE xml><xml/>").unwrap_err().reason(),
-            "doctype"
-        );
-    }
-
-    #[test]
-    fn entity_declaration_outside_doctype_is_rejected() {
-        let xml = "<!ENTITY x \"y\"><xml><MsgType>&x;</MsgType></xml>";
-        assert!(parse(xml).is_err());
-    }
-
-    #[test]
-    fn oversized_body_is_rejected_before_parsing() {
-        let big = format!(
-            "<xml><MsgType>{}</MsgType></xml>",
-            "a".repeat(DEFAULT_MAX_XML_BYTES)
-        );
-        assert_eq!(
-            parse(&big).unwrap_err(),
-            XmlError::TooLarge {
-                len: big.len(),
-                limit: DEFAULT_MAX_XML_BYTES
-            }
-        );
-        // A caller-given limit applies to both str and byte entry points,
-        // and the size check runs before the UTF-8 check.
-        assert_eq!(
-            parse_with_limit("<xml/>", 5).unwrap_err().reason(),
-            "too_large"
-        );
-        assert_eq!(
-            parse_bytes(b"\xff\xff\xff", 2).unwrap_err().reason(),
-            "too_large"
-        );
-    }
-
-    #[test]
-    fn non_utf8_body_is_rejected() {
-        assert_eq!(
-            parse_bytes(b"<xml><MsgType>\xff</MsgType></xml>", DEFAULT_MAX_XML_BYTES).unwrap_err(),
-            XmlError::NotUtf8
-        );
-    }
-
-    #[test]
-    fn malformed_documents_are_rejected() {
-        for xml in [
-            "",
-            "   ",
-            "not xml",
-            "<xml>",
-            "<xml><MsgType>text</MsgType>",
-            "<xml><MsgType>text</msgtype></xml>",
-            "<xml></xml></xml>",
-            "</xml>",
-            "<xml><MsgType>a<b</MsgType></xml>",
-            "<xml><MsgType>a & b</MsgType></xml>",
-            "<xml><MsgType><![CDATA[text</MsgType></xml>",
-            "<xml/><xml/>",
-            "<xml/>trailing",
-            "<![CDATA[x]]><xml/>",
-            "<xml><MsgType attr=\"x>text</MsgType></xml>",
-            "<xml a='1' a='2'><MsgType>t</MsgType></xml>",
-            "<xml><MsgType a=1>t</MsgType></xml>",
-            "<xml><MsgType>t</MsgType><?xml version='1.0'?></xml>",
-            "<xml><!-- a -- b --><MsgType>t</MsgType></xml>",
-        ] {
-            let err = parse(xml).unwrap_err();
-            assert_eq!(err.reason(), "malformed", "{xml:?} gave {err:?}");
-        }
-    }
-
-    #[test]
-    fn wrong_root_is_rejected() {
-        assert_eq!(
-            parse("<html><MsgType>t</MsgType></html>").unwrap_err(),
-            XmlError::UnexpectedRoot("html".into())
-        );
-    }
-
-    #[test]
-    fn duplicate_field_is_rejected() {
-        let xml = "<xml><MsgType>event</MsgType><MsgType>text</MsgType></xml>";
-        assert_eq!(
-            parse(xml).unwrap_err(),
-            XmlError::DuplicateField("MsgType".into())
-        );
-    }
-}
+#[path = "xml_tests.rs"]
+mod tests;

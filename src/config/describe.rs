@@ -12,7 +12,7 @@ impl Config {
     /// table, then the secrets and the accounts: what `check-config` prints. Passwords in URLs
     /// and every secret are redacted, so the output can go to a CI log or an initContainer's
     /// log.
-    pub fn settings(&self) -> Vec<(String, String)> {
+    pub(crate) fn settings(&self) -> Vec<(String, String)> {
         let line = |s: &Setting| {
             (
                 s.env(),

@@ -57,13 +57,13 @@ const AMQP_URLS: &str = "amqp_urls";
 impl Config {
     /// Loads from an optional TOML file (else `WXD_CONFIG`) and the process environment, with
     /// every account's AppSecret and the callback secrets.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Config::load_with(file, Secrets::Required)
     }
 
     /// Loads the settings and accounts only: no secret is read or required, and
     /// [`Config::credentials`] is empty. For tools that never call WeChat (`publish`).
-    pub fn load_without_credentials(file: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn load_without_credentials(file: Option<&Path>) -> Result<Config, ConfigError> {
         Config::load_with(file, Secrets::Skipped)
     }
 

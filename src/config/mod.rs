@@ -116,7 +116,7 @@ pub struct Account {
 
 impl Account {
     /// Whether a job published by `user_id` may be sent as this account.
-    pub fn admits(&self, user_id: Option<&str>) -> bool {
+    pub(crate) fn admits(&self, user_id: Option<&str>) -> bool {
         match &self.publishers {
             None => true,
             Some(list) => user_id.is_some_and(|u| list.iter().any(|p| p == u)),
@@ -226,7 +226,7 @@ fn err(msg: impl Into<String>) -> ConfigError {
 
 impl Config {
     /// The account a job names, or the only account when the job names none.
-    pub fn account(&self, appid: Option<&str>) -> Option<&Account> {
+    pub(crate) fn account(&self, appid: Option<&str>) -> Option<&Account> {
         match appid {
             Some(id) => self.accounts.iter().find(|a| a.appid == id),
             None if self.accounts.len() == 1 => self.accounts.first(),

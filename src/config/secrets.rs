@@ -42,12 +42,12 @@ pub struct Credentials {
 
 impl Credentials {
     /// The AppSecret of `appid`, if it was loaded.
-    pub fn app_secret(&self, appid: &str) -> Option<&Secret> {
+    pub(crate) fn app_secret(&self, appid: &str) -> Option<&Secret> {
         self.app_secrets.get(appid)
     }
 
     /// Sets the AppSecret of `appid` (the loader, the demo and tests).
-    pub fn set_app_secret(&mut self, appid: impl Into<String>, secret: Secret) {
+    pub(crate) fn set_app_secret(&mut self, appid: impl Into<String>, secret: Secret) {
         self.app_secrets.insert(appid.into(), secret);
     }
 }

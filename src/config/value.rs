@@ -71,18 +71,48 @@ fn whole(v: Value, min: i64, max: i64) -> Result<i64, String> {
     }
 }
 
-/// An optional string.
-pub(super) struct OptText;
-impl Codec for OptText {
-    type Out = Option<String>;
+/// A string setting whose rule checks (and may normalise) the text; shown as it is.
+pub(super) trait TextRule {
+    /// What a value that is not a string should have been.
+    const EXPECTED: &'static str;
+    fn check(s: String) -> Result<String, String>;
+}
+
+impl<R: TextRule> Codec for R {
+    type Out = String;
     const KIND: Kind = Kind::Text;
-    fn decode(v: Value) -> Result<Option<String>, String> {
-        text(v, "a string").map(Some)
+    fn decode(v: Value) -> Result<String, String> {
+        R::check(text(v, R::EXPECTED)?)
     }
-    fn show(v: &Option<String>) -> Option<String> {
-        v.clone()
+    fn show(v: &String) -> Option<String> {
+        Some(v.clone())
     }
 }
+
+/// A setting of codec `C` that may be left unset.
+pub(super) struct Opt<C>(PhantomData<C>);
+impl<C: Codec> Codec for Opt<C> {
+    type Out = Option<C::Out>;
+    const KIND: Kind = C::KIND;
+    fn decode(v: Value) -> Result<Option<C::Out>, String> {
+        C::decode(v).map(Some)
+    }
+    fn show(v: &Option<C::Out>) -> Option<String> {
+        v.as_ref().and_then(C::show)
+    }
+}
+
+/// Any string.
+pub(super) struct Text;
+impl TextRule for Text {
+    const EXPECTED: &'static str = "a string";
+    fn check(s: String) -> Result<String, String> {
+        Ok(s)
+    }
+}
+
+/// An optional string.
+pub(super) type OptText = Opt<Text>;
 
 /// An optional list of RabbitMQ user names: a TOML array, or a comma-separated string (the
 /// environment's form).
@@ -126,18 +156,13 @@ pub(super) fn check_publishers(names: &[String]) -> Result<(), String> {
 
 /// A queue or exchange name: RabbitMQ takes 1 to 255 bytes; 200 leaves room for suffixes.
 pub(super) struct QueueName;
-impl Codec for QueueName {
-    type Out = String;
-    const KIND: Kind = Kind::Text;
-    fn decode(v: Value) -> Result<String, String> {
-        let s = text(v, "a queue name")?;
+impl TextRule for QueueName {
+    const EXPECTED: &'static str = "a queue name";
+    fn check(s: String) -> Result<String, String> {
         if s.is_empty() || s.len() > 200 {
             return Err(format!("must be 1 to 200 characters, got {}", s.len()));
         }
         Ok(s)
-    }
-    fn show(v: &String) -> Option<String> {
-        Some(v.clone())
     }
 }
 
@@ -170,17 +195,7 @@ impl<T: TryFrom<i64> + Display, const MIN: i64> Codec for AtLeast<T, MIN> {
 }
 
 /// An optional whole number (0 or more).
-pub(super) struct OptWhole<T>(PhantomData<T>);
-impl<T: TryFrom<i64> + Display> Codec for OptWhole<T> {
-    type Out = Option<T>;
-    const KIND: Kind = Kind::Integer;
-    fn decode(v: Value) -> Result<Option<T>, String> {
-        Whole::<T, 0, ANY>::decode(v).map(Some)
-    }
-    fn show(v: &Option<T>) -> Option<String> {
-        v.as_ref().map(T::to_string)
-    }
-}
+pub(super) type OptWhole<T> = Opt<Whole<T, 0, ANY>>;
 
 /// Seconds, raised to `MIN` (a probe interval of 0 would probe in a tight loop).
 pub(super) struct Secs<const MIN: i64>;
@@ -294,15 +309,10 @@ impl Codec for RedisUrl {
 
 /// An http(s) base URL, without its trailing `/`.
 pub(super) struct HttpBase;
-impl Codec for HttpBase {
-    type Out = String;
-    const KIND: Kind = Kind::Text;
-    fn decode(v: Value) -> Result<String, String> {
-        let s = text(v, "an http(s) URL")?;
+impl TextRule for HttpBase {
+    const EXPECTED: &'static str = "an http(s) URL";
+    fn check(s: String) -> Result<String, String> {
         http_url(s.trim_end_matches('/'))
-    }
-    fn show(v: &String) -> Option<String> {
-        Some(v.clone())
     }
 }
 
@@ -328,42 +338,25 @@ fn http_url(s: &str) -> Result<String, String> {
 
 /// A listen address, `host:port` with an IP host.
 pub(super) struct Addr;
-impl Codec for Addr {
-    type Out = String;
-    const KIND: Kind = Kind::Text;
-    fn decode(v: Value) -> Result<String, String> {
-        let s = text(v, "host:port")?;
+impl TextRule for Addr {
+    const EXPECTED: &'static str = "host:port";
+    fn check(s: String) -> Result<String, String> {
         if s.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("not host:port: {s:?}"));
         }
         Ok(s)
     }
-    fn show(v: &String) -> Option<String> {
-        Some(v.clone())
-    }
 }
 
 /// An optional listen address.
-pub(super) struct OptAddr;
-impl Codec for OptAddr {
-    type Out = Option<String>;
-    const KIND: Kind = Kind::Text;
-    fn decode(v: Value) -> Result<Option<String>, String> {
-        Addr::decode(v).map(Some)
-    }
-    fn show(v: &Option<String>) -> Option<String> {
-        v.clone()
-    }
-}
+pub(super) type OptAddr = Opt<Addr>;
 
 /// An HTTP route path: it must start with `/`, and may not hold what the router reads as a
 /// capture or a wildcard (`{`, `}`, `*`, `:`), a query or fragment, or white space.
 pub(super) struct RoutePath;
-impl Codec for RoutePath {
-    type Out = String;
-    const KIND: Kind = Kind::Text;
-    fn decode(v: Value) -> Result<String, String> {
-        let s = text(v, "a path")?;
+impl TextRule for RoutePath {
+    const EXPECTED: &'static str = "a path";
+    fn check(s: String) -> Result<String, String> {
         let bad = |c: char| c.is_whitespace() || c.is_control() || "{}*:?#".contains(c);
         if !s.starts_with('/') || s.contains(bad) {
             return Err(format!(
@@ -372,9 +365,6 @@ impl Codec for RoutePath {
             ));
         }
         Ok(s)
-    }
-    fn show(v: &String) -> Option<String> {
-        Some(v.clone())
     }
 }
 

@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 
 /// A JSON value whose strings point into the job body (unless they hold escapes).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Json<'a> {
+pub(super) enum Json<'a> {
     Null,
     Bool(bool),
     Number(Number),
@@ -30,28 +30,28 @@ pub enum Json<'a> {
 }
 
 impl<'a> Json<'a> {
-    pub fn as_str(&self) -> Option<&str> {
+    pub(super) fn as_str(&self) -> Option<&str> {
         match self {
             Json::Str(s) => Some(s),
             _ => None,
         }
     }
 
-    pub fn is_string(&self) -> bool {
+    pub(super) fn is_string(&self) -> bool {
         matches!(self, Json::Str(_))
     }
 
-    pub fn is_object(&self) -> bool {
+    pub(super) fn is_object(&self) -> bool {
         matches!(self, Json::Object(_))
     }
 
-    pub fn is_null(&self) -> bool {
+    pub(super) fn is_null(&self) -> bool {
         matches!(self, Json::Null)
     }
 }
 
 /// A job body: an object read into its members, or any other JSON value (not a job).
-pub enum Body<'a> {
+pub(super) enum Body<'a> {
     Object(Box<Fields<'a>>),
     NotObject,
 }
@@ -59,7 +59,7 @@ pub enum Body<'a> {
 /// The members of a job object, each as written. `None` is an absent member, `Some(Null)` an
 /// explicit `null`: some checks tell them apart.
 #[derive(Debug, Default)]
-pub struct Fields<'a> {
+pub(super) struct Fields<'a> {
     pub id: Option<Json<'a>>,
     pub appid: Option<Json<'a>>,
     /// The `type` member.
@@ -82,7 +82,7 @@ pub struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// The members that go to WeChat as they came (not `id`, `appid`, `type`, `not_after`,
     /// `touser` and `client_msg_id`, which the parser rewrites), with their names.
-    pub fn passed(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
+    pub(super) fn passed(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
         [
             ("data", &self.data),
             ("lang", &self.lang),
@@ -101,7 +101,7 @@ impl<'a> Fields<'a> {
     /// The passed members plus `set` (members the parser writes itself, none of them passed),
     /// as one compact JSON object with its keys in order, and where in it the template id and
     /// the data keys were written.
-    pub fn write(&self, set: &[(&str, &str)], capacity: usize) -> (Vec<u8>, TemplateSpans) {
+    pub(super) fn write(&self, set: &[(&str, &str)], capacity: usize) -> (Vec<u8>, TemplateSpans) {
         let mut members: Vec<(&str, Member)> = Vec::with_capacity(16 + self.others.len());
         members.extend(self.passed().map(|(k, v)| (k, Member::Json(v))));
         members.extend(set.iter().map(|&(k, v)| (k, Member::Str(v))));
@@ -168,7 +168,7 @@ impl Span {
     }
 
     /// The string in `written`, unescaped (which copies only when it holds escapes).
-    pub fn text(self, written: &[u8]) -> Cow<'_, str> {
+    pub(crate) fn text(self, written: &[u8]) -> Cow<'_, str> {
         let (start, end) = (self.start as usize, self.end as usize);
         let text = &written[start..end];
         if text.contains(&b'\\') {

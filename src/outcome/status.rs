@@ -11,6 +11,8 @@ pub enum Kind {
     Receipt,
     /// A user's accept/reject of a subscription template, from WeChat's callback.
     Consent,
+    /// Another push (a follow, a menu click, a user's message), when events are published.
+    Event,
 }
 
 impl Kind {
@@ -19,6 +21,7 @@ impl Kind {
             Kind::Send => "send",
             Kind::Receipt => "receipt",
             Kind::Consent => "consent",
+            Kind::Event => "event",
         }
     }
 }
@@ -92,7 +95,7 @@ impl ReceiptStatus {
 
     /// The status word recorded in receipts: `delivered`, `blocked`,
     /// `undelivered`, or the raw WeChat status.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             ReceiptStatus::Other(raw) => raw,
             known => known.label(),
@@ -137,7 +140,7 @@ impl ConsentStatus {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             ConsentStatus::Other(raw) => raw,
             known => known.label(),
@@ -160,23 +163,26 @@ pub enum Status {
     Send(SendStatus),
     Receipt(ReceiptStatus),
     Consent(ConsentStatus),
+    Event(super::EventStatus),
 }
 
 impl Status {
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         match self {
             Status::Send(_) => Kind::Send,
             Status::Receipt(_) => Kind::Receipt,
             Status::Consent(_) => Kind::Consent,
+            Status::Event(_) => Kind::Event,
         }
     }
 
     /// The `status` word of the outcome's JSON and routing key.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Status::Send(s) => s.as_str(),
             Status::Receipt(s) => s.as_str(),
             Status::Consent(s) => s.as_str(),
+            Status::Event(s) => s.as_str(),
         }
     }
 }

@@ -62,7 +62,7 @@ pub fn due(job: &JobFacts, state: &RetryState, now_ms: i64) -> Due {
 }
 
 /// How long a job must still wait for `not_before_ms`, or `None` when it is (nearly) time.
-pub fn time_left(not_before_ms: Option<i64>, now_ms: i64) -> Option<Duration> {
+pub(crate) fn time_left(not_before_ms: Option<i64>, now_ms: i64) -> Option<Duration> {
     let at = not_before_ms?;
     (at - now_ms > ON_TIME_MS).then(|| Duration::from_millis((at - now_ms) as u64))
 }
@@ -81,8 +81,8 @@ pub enum Hold {
     Rate(Duration),
 }
 
-/// The step for a job the account cannot take now: a short quota wait is made in place (a
-/// consumer slot is cheaper than a round trip through a delay queue); anything else defers.
+/// The step for a job the account cannot take now: a short quota wait is made in place (holding
+/// a delivery for it is cheaper than a round trip through a delay queue); anything else defers.
 pub fn on_hold(rules: &Rules, hold: Hold) -> Step {
     match hold {
         Hold::SendsStopped(delay) => Step::Defer {
@@ -223,7 +223,7 @@ impl End {
 
     /// Refused before any request, with a reason word and a sentence for `errmsg` (a template
     /// the account's catalogue does not have, a per-job admission rule).
-    pub fn refused(reason: &'static str, note: String) -> End {
+    pub(crate) fn refused(reason: &'static str, note: String) -> End {
         End {
             note: Some(note),
             ..End::new(EndStatus::Rejected, reason)
@@ -232,7 +232,7 @@ impl End {
 
     /// Whether this is the ending that tells the upstream to check with the recipient before
     /// resending: the message may have been delivered.
-    pub fn is_unknown_delivery(&self) -> bool {
+    pub(crate) fn is_unknown_delivery(&self) -> bool {
         self.reason.as_deref() == Some(EndReason::UnknownDelivery.as_str())
     }
 }
@@ -400,7 +400,7 @@ fn again(
 
 /// Time left until the start of the next wall-clock minute, and a little more so the retry
 /// lands inside it.
-pub fn until_next_minute(now_ms: i64) -> Duration {
+pub(crate) fn until_next_minute(now_ms: i64) -> Duration {
     Duration::from_millis(60_000 - now_ms.rem_euclid(60_000) as u64 + 50)
 }
 

@@ -39,16 +39,14 @@ fn fresh() -> RetryState {
     }
 }
 
+/// What the rules decide for a template job after a try that took `took`.
+fn decide_template(state: &mut RetryState, tried: Tried<'_>, took: Duration) -> Decision {
+    decide(&rules(), &TEMPLATE, state, tried, took, NOW)
+}
+
 fn reply(code: i64, state: &mut RetryState) -> Decision {
     let took = Duration::from_millis(40);
-    decide(
-        &rules(),
-        &TEMPLATE,
-        state,
-        Tried::Replied { errcode: code },
-        took,
-        NOW,
-    )
+    decide_template(state, Tried::Replied { errcode: code }, took)
 }
 
 fn send_error(job: &JobFacts, e: SendError, state: &mut RetryState) -> Step {
@@ -323,14 +321,7 @@ fn a_spent_budget_ends_failed_or_unknown_delivery() {
 fn token_failures_defer_a_stopped_account_and_retry_an_unavailable_endpoint() {
     let mut st = fresh();
     let retry_in = Duration::from_secs(90);
-    let d = decide(
-        &rules(),
-        &TEMPLATE,
-        &mut st,
-        Tried::TokenStopped { retry_in },
-        Duration::ZERO,
-        NOW,
-    );
+    let d = decide_template(&mut st, Tried::TokenStopped { retry_in }, Duration::ZERO);
     assert_eq!(
         d,
         Step::Defer {
@@ -341,13 +332,10 @@ fn token_failures_defer_a_stopped_account_and_retry_an_unavailable_endpoint() {
     );
     assert_eq!(st.attempts, 0);
     let retry_in = Duration::from_secs(2);
-    let d = decide(
-        &rules(),
-        &TEMPLATE,
+    let d = decide_template(
         &mut st,
         Tried::TokenUnavailable { retry_in },
         Duration::ZERO,
-        NOW,
     );
     assert_eq!(
         d.step,

@@ -26,102 +26,81 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use rand::Rng;
 
-/// Why a job is parked in a delay queue (or waits in place). The word travels in the
-/// `x-wxd-reason` header and labels `wxdispatch_deferred_total`; docs/ERROR_POLICY.md lists
-/// every one (a unit test checks it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeferReason {
-    /// Backing off after a transient error, longer than `inline_retry_max_ms`.
-    Backoff,
-    /// More of the account's sends wait for its rate than fit in `inline_retry_max_ms`.
-    Rate,
-    /// 45011: the per-minute limit, until the next minute.
-    RateMinute,
-    /// 45009 or the configured daily quota: the account is paused.
-    Quota,
-    /// A configuration error stopped the account (send side or token side).
-    AccountStopped,
-}
-
-impl DeferReason {
-    pub const ALL: [DeferReason; 5] = [
-        DeferReason::Backoff,
-        DeferReason::Rate,
-        DeferReason::RateMinute,
-        DeferReason::Quota,
-        DeferReason::AccountStopped,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DeferReason::Backoff => "backoff",
-            DeferReason::Rate => "rate",
-            DeferReason::RateMinute => "rate_minute",
-            DeferReason::Quota => "quota",
-            DeferReason::AccountStopped => "account_stopped",
+/// An enum whose variants each stand for one word: the variants, `ALL`, `as_str` and
+/// `Display` come from one list, so no variant can be left out of `ALL` or lack its word.
+macro_rules! word_enum {
+    ($(#[$meta:meta])* pub enum $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident => $word:literal,)+
+    }) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
         }
-    }
-}
 
-impl std::fmt::Display for DeferReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+        impl $name {
+            pub const ALL: [$name; [$($word),+].len()] = [$($name::$variant),+];
 
-/// The reasons a job ends with that are neither a WeChat errcode (those are the errcode table's
-/// `reason` words) nor a transport label (`timeout`, `http_502`, ...): the policy's own. They
-/// travel in outcomes as [`EndReason::as_str`]; docs/ERROR_POLICY.md lists each one (unit
-/// test).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EndReason {
-    /// Its `not_after` passed before it could be sent (`expired`).
-    NotAfterPassed,
-    /// An earlier attempt may have been delivered and a retry could no longer be deduplicated
-    /// by WeChat (`failed`): the upstream must check before resending.
-    UnknownDelivery,
-    /// A subscription send may have been delivered; its endpoint takes no `client_msg_id`, so
-    /// it is never retried (`failed`).
-    MaybeSent,
-    /// No access token could be fetched within the retry budget (`failed`).
-    TokenUnavailable,
-    /// The job's AMQP `user_id` is missing or not on its account's `publishers` list
-    /// (`rejected`, never sent).
-    PublisherNotAllowed,
-    /// The job made the handler panic on its last allowed delivery (`failed`, dead-lettered).
-    Poison,
-}
-
-impl EndReason {
-    pub const ALL: [EndReason; 6] = [
-        EndReason::NotAfterPassed,
-        EndReason::UnknownDelivery,
-        EndReason::MaybeSent,
-        EndReason::TokenUnavailable,
-        EndReason::PublisherNotAllowed,
-        EndReason::Poison,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EndReason::NotAfterPassed => "not_after_passed",
-            EndReason::UnknownDelivery => "unknown_delivery",
-            EndReason::MaybeSent => "maybe_sent",
-            EndReason::TokenUnavailable => "token_unavailable",
-            EndReason::PublisherNotAllowed => "publisher_not_allowed",
-            EndReason::Poison => "poison",
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
         }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+word_enum! {
+    /// Why a job is parked in a delay queue (or waits in place). The word travels in the
+    /// `x-wxd-reason` header and labels `wxdispatch_deferred_total`; docs/ERROR_POLICY.md lists
+    /// every one (a unit test checks it).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum DeferReason {
+        /// Backing off after a transient error, longer than `inline_retry_max_ms`.
+        Backoff => "backoff",
+        /// More of the account's sends wait for its rate than fit in `inline_retry_max_ms`.
+        Rate => "rate",
+        /// 45011: the per-minute limit, until the next minute.
+        RateMinute => "rate_minute",
+        /// 45009 or the configured daily quota: the account is paused.
+        Quota => "quota",
+        /// A configuration error stopped the account (send side or token side).
+        AccountStopped => "account_stopped",
     }
 }
 
-impl std::fmt::Display for EndReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+word_enum! {
+    /// The reasons a job ends with that are neither a WeChat errcode (those are the errcode table's
+    /// `reason` words) nor a transport label (`timeout`, `http_502`, ...): the policy's own. They
+    /// travel in outcomes as [`EndReason::as_str`]; docs/ERROR_POLICY.md lists each one (unit
+    /// test).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum EndReason {
+        /// Its `not_after` passed before it could be sent (`expired`).
+        NotAfterPassed => "not_after_passed",
+        /// An earlier attempt may have been delivered and a retry could no longer be deduplicated
+        /// by WeChat (`failed`): the upstream must check before resending.
+        UnknownDelivery => "unknown_delivery",
+        /// A subscription send may have been delivered; its endpoint takes no `client_msg_id`, so
+        /// it is never retried (`failed`).
+        MaybeSent => "maybe_sent",
+        /// No access token could be fetched within the retry budget (`failed`).
+        TokenUnavailable => "token_unavailable",
+        /// The job's AMQP `user_id` is missing or not on its account's `publishers` list
+        /// (`rejected`, never sent).
+        PublisherNotAllowed => "publisher_not_allowed",
+        /// The job made the handler panic on its last allowed delivery (`failed`, dead-lettered).
+        Poison => "poison",
     }
 }
 
 /// WeChat deduplicates `(openid, client_msg_id)` for 10 minutes; keep a safety margin.
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(9 * 60 + 30);
+pub(crate) const DEDUP_WINDOW: Duration = Duration::from_secs(9 * 60 + 30);
 
 /// Retry bookkeeping that travels with a job through the delay queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +119,7 @@ pub struct RetryState {
 }
 
 impl RetryState {
-    pub fn fresh() -> RetryState {
+    pub(crate) fn fresh() -> RetryState {
         RetryState {
             attempts: 0,
             first_seen_ms: Utc::now().timestamp_millis(),
@@ -159,7 +138,7 @@ impl RetryState {
     /// Whether a try made `wait` after `now_ms` could fall outside WeChat's deduplication
     /// window of an earlier attempt that may have been delivered. Such a try could produce a
     /// second message, so it must not be made.
-    pub fn past_dedup_window(&self, now_ms: i64, wait: Duration) -> bool {
+    pub(crate) fn past_dedup_window(&self, now_ms: i64, wait: Duration) -> bool {
         self.maybe_sent_ms.is_some_and(|first| {
             let since = Duration::from_millis((now_ms - first).max(0) as u64);
             since + wait >= DEDUP_WINDOW
@@ -169,7 +148,7 @@ impl RetryState {
 
 /// What happens after a try that failed in a way worth repeating.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Try again after the wait.
     Retry,
     /// Stop: the job ends `failed` with this reason.
@@ -200,8 +179,14 @@ impl RetryPolicy {
     ///
     /// The budget counts only [`RetryState::transient_ms`], never the job's age: time spent
     /// paused on quota, behind a stopped account, on the rate limit or in the queue is not an
-    /// error and must not fail the job (issue 19). Only `not_after` ends a waiting job.
-    pub fn next(&self, state: &RetryState, now_ms: i64, reason: &str, wait: Duration) -> Next {
+    /// error and must not fail the job. Only `not_after` ends a waiting job.
+    pub(crate) fn next(
+        &self,
+        state: &RetryState,
+        now_ms: i64,
+        reason: &str,
+        wait: Duration,
+    ) -> Next {
         let charged = Duration::from_millis(state.transient_ms);
         let spent = state.attempts >= self.max_attempts || charged + wait > self.budget;
         if state.past_dedup_window(now_ms, wait) || (spent && state.maybe_sent_ms.is_some()) {
@@ -217,7 +202,7 @@ impl RetryPolicy {
     /// doubling, capped at `max_delay`) with jitter: a uniform pick between a tenth of that cap
     /// and the cap. Full jitter spreads a burst of failures; the floor keeps a retry from
     /// firing back-to-back with the failure it answers.
-    pub fn delay(&self, n: u32) -> Duration {
+    pub(crate) fn delay(&self, n: u32) -> Duration {
         let cap = ExponentialBuilder::default()
             .with_min_delay(self.base)
             .with_max_delay(self.max_delay)
@@ -297,6 +282,10 @@ mod tests {
 
     const MIN: i64 = 60_000;
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     fn state(
         attempts: u32,
         first_seen_ago_ms: i64,
@@ -334,14 +323,8 @@ mod tests {
     fn a_maybe_sent_message_retries_only_while_the_retry_lands_inside_the_window() {
         let p = policy();
         let (st, now) = state(2, 9 * MIN, Some(9 * MIN));
-        assert_eq!(
-            p.next(&st, now, "timeout", Duration::from_secs(10)),
-            Next::Retry
-        );
-        assert_eq!(
-            p.next(&st, now, "timeout", Duration::from_secs(40)),
-            Next::UnknownDelivery
-        );
+        assert_eq!(p.next(&st, now, "timeout", secs(10)), Next::Retry);
+        assert_eq!(p.next(&st, now, "timeout", secs(40)), Next::UnknownDelivery);
     }
 
     /// The window only matters for messages that may have been sent: an error reply proves
@@ -351,10 +334,7 @@ mod tests {
         let p = policy();
         let (st, now) = state(2, 20 * MIN, None);
         assert!(!st.past_dedup_window(now, Duration::from_secs(60)));
-        assert_eq!(
-            p.next(&st, now, "system_busy", Duration::from_secs(60)),
-            Next::Retry
-        );
+        assert_eq!(p.next(&st, now, "system_busy", secs(60)), Next::Retry);
     }
 
     /// Running out of attempts or time ends `failed` with the last reason, or with
@@ -375,12 +355,9 @@ mod tests {
         // The time budget: a retry that would land after it is not worth waiting for.
         let (mut st, now) = state(1, 59 * MIN, None);
         st.transient_ms = 59 * MIN as u64;
+        assert_eq!(p.next(&st, now, "http_502", secs(30)), Next::Retry);
         assert_eq!(
-            p.next(&st, now, "http_502", Duration::from_secs(30)),
-            Next::Retry
-        );
-        assert_eq!(
-            p.next(&st, now, "http_502", Duration::from_secs(61)),
+            p.next(&st, now, "http_502", secs(61)),
             Next::GiveUp("http_502".into())
         );
     }
@@ -396,14 +373,14 @@ mod tests {
         };
         let (st, now) = state(1, 24 * 60 * MIN, None);
         assert_eq!(
-            p.next(&st, now, "system_busy", Duration::from_secs(1)),
+            p.next(&st, now, "system_busy", secs(1)),
             Next::Retry,
             "a day of waiting is not an error"
         );
         let (mut st, now) = state(1, 1_000, None);
         st.transient_ms = 2_500;
         assert_eq!(
-            p.next(&st, now, "system_busy", Duration::from_secs(1)),
+            p.next(&st, now, "system_busy", secs(1)),
             Next::GiveUp("system_busy".into()),
             "2.5 s of errors plus a 1 s backoff exceed a 3 s budget"
         );

@@ -28,7 +28,7 @@ pub enum SendError {
 
 impl SendError {
     /// Whether the message could have reached WeChat despite the error.
-    pub fn maybe_sent(&self) -> bool {
+    pub(crate) fn maybe_sent(&self) -> bool {
         match self {
             SendError::Connect(_) => false,
             SendError::Status { status, .. } => super::errcode::http_rule(*status).maybe_sent,
@@ -37,7 +37,7 @@ impl SendError {
     }
 
     /// A short, bounded label for metrics and outcomes.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             SendError::Connect(_) => "connect".into(),
             SendError::Timeout => "timeout".into(),

@@ -138,7 +138,7 @@ impl Summary {
 }
 
 /// `wxdispatch publish`: returns the process exit code.
-pub async fn command(config_file: Option<&Path>, args: Args) -> anyhow::Result<i32> {
+pub(crate) async fn command(config_file: Option<&Path>, args: Args) -> anyhow::Result<i32> {
     let config = load_config(config_file)?;
     let lines = match (&args.csv, &args.template_id) {
         (Some(path), Some(template_id)) => {

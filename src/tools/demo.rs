@@ -21,6 +21,8 @@ use crate::tools::mock::push::{self, PushTarget, SubscriptionEvent};
 use crate::tools::mock::{Behaviour, Fault, MockConfig, MockServer};
 use crate::tools::sample;
 
+mod forward;
+
 /// `wxdispatch demo`'s options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -168,7 +170,7 @@ pub fn job_bodies(n: usize) -> Vec<Vec<u8>> {
 }
 
 /// Runs the demo and prints the summary.
-pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let base = Config::load(config_file)?;
     crate::logging::init_with_default(LogFormat::Text, "warn");
     let run_id = format!("{:x}", chrono::Utc::now().timestamp_millis() & 0xffffff);
@@ -206,6 +208,9 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
     amqp::topology::delete(publisher.channel(), &config).await;
     amqp::topology::declare(publisher.channel(), &config).await?;
 
+    // The account's existing server, behind the callback: a user's message is forwarded to it.
+    let existing = forward::ExistingServer::start(CALLBACK_TOKEN, AES_KEY).await?;
+    config.callback.forward_url = Some(existing.url.clone());
     // The simulator pushes receipts to the worker's callback; the worker's address is only known
     // once it listens, so start the worker first with the simulator's future address.
     let mock_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -298,6 +303,9 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
         }
     }
 
+    let callback_url = format!("http://{}{}", worker.http_addr, config.callback.path);
+    let aes = args.safe_mode.then_some(AES_KEY);
+    let forwarded = forward::push_text(&callback_url, CALLBACK_TOKEN, aes, APPID).await;
     let outcomes = collect(
         &conn,
         &config.amqp.outcomes_queue,
@@ -355,9 +363,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
     println!();
     println!("  outcome (kind send)        count");
     println!("  ------------------------  ------");
-    for (k, v) in &sends {
-        println!("  {k:<24}  {v:>6}");
-    }
+    print_counts(&sends);
     println!("  ------------------------  ------");
     println!("  {:<24}  {:>6}", "total", sends.values().sum::<usize>());
     println!();
@@ -371,9 +377,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
     }
     println!();
     println!("  receipts (kind receipt)    count");
-    for (k, v) in &receipts {
-        println!("  {k:<24}  {v:>6}");
-    }
+    print_counts(&receipts);
     println!();
     println!("  consents (kind consent)   source    count");
     for ((st, src), v) in &consent_table {
@@ -381,6 +385,12 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
     }
     println!();
     println!("  dead-letter queue          {dead:>6}");
+    match &forwarded {
+        Ok((status, reply)) => println!(
+            "  forwarded to the account's own server: a user's \"hello\" got HTTP {status}, {reply:?}"
+        ),
+        Err(e) => println!("  forwarding a user's message failed: {e}"),
+    }
     println!(
         "  simulator: {} messages, {} duplicate requests suppressed, {} send requests",
         stats.messages, stats.duplicates_suppressed, stats.send_requests
@@ -409,7 +419,7 @@ pub async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::Result<
 }
 
 /// Outcomes read from a queue, with the time each arrived.
-pub struct Collected {
+pub(crate) struct Collected {
     pub items: Vec<(serde_json::Value, Instant)>,
     pub sends: usize,
     pub receipts: usize,
@@ -417,7 +427,7 @@ pub struct Collected {
 }
 
 /// How many outcomes of each kind to wait for.
-pub struct Expect {
+pub(crate) struct Expect {
     pub sends: usize,
     pub receipts: usize,
     pub consents: usize,
@@ -425,7 +435,7 @@ pub struct Expect {
 
 /// Consumes `queue` until the expected send outcomes, receipts and consents arrived, or
 /// timeout.
-pub async fn collect(
+pub(crate) async fn collect(
     conn: &lapin::Connection,
     queue: &str,
     want: Expect,
@@ -475,4 +485,11 @@ pub async fn collect(
     }
     let _ = ch.close(200, "bye".into()).await;
     Ok(got)
+}
+
+/// The rows of a summary table of counts by status.
+fn print_counts(counts: &BTreeMap<String, usize>) {
+    for (k, v) in counts {
+        println!("  {k:<24}  {v:>6}");
+    }
 }

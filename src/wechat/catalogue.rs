@@ -1,6 +1,6 @@
 //! The template catalogue: each account's templates, fetched once and refreshed, so a job whose
 //! template the account does not have, or whose `data` lacks a key the template names, is
-//! rejected before any call to WeChat (issue 16.3).
+//! rejected before any call to WeChat, where it would fail anyway and count against the quota.
 //!
 //! Template messages come from `GET /cgi-bin/template/get_all_private_template`, subscription
 //! templates from `GET /wxaapi/newtmpl/gettemplate`. When a catalogue cannot be fetched (no
@@ -19,7 +19,7 @@ use crate::job::{MsgType, TemplateFields};
 
 /// One template and the keys its content names (`{{key.DATA}}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
+pub(crate) struct Template {
     pub template_id: String,
     pub title: String,
     pub keys: Vec<String>,
@@ -27,7 +27,7 @@ pub struct Template {
 
 /// Which of WeChat's two catalogues a message type's templates live in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
+pub(crate) enum Source {
     /// `get_all_private_template`: template messages.
     Private,
     /// `wxaapi/newtmpl/gettemplate`: subscription templates (both subscription types).
@@ -35,14 +35,14 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn of(t: MsgType) -> Source {
+    pub(crate) fn of(t: MsgType) -> Source {
         match t {
             MsgType::Template => Source::Private,
             MsgType::Subscribe | MsgType::MiniprogramSubscribe => Source::Subscription,
         }
     }
 
-    pub fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Source::Private => "/cgi-bin/template/get_all_private_template",
             Source::Subscription => "/wxaapi/newtmpl/gettemplate",
@@ -51,7 +51,7 @@ impl Source {
 }
 
 /// The keys `{{key.DATA}}` a template's content names, in order, without repeats.
-pub fn keys_of(content: &str) -> Vec<String> {
+pub(crate) fn keys_of(content: &str) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
     let mut rest = content;
     while let Some(start) = rest.find("{{") {
@@ -73,7 +73,7 @@ pub fn keys_of(content: &str) -> Vec<String> {
 /// `{template_list: [{template_id, title, content, ...}]}`; `gettemplate` answers
 /// `{errcode, errmsg, data: [{priTmplId, title, content, ...}]}`.
 #[derive(Debug, Deserialize)]
-pub struct CatalogueReply {
+pub(crate) struct CatalogueReply {
     #[serde(default)]
     pub errcode: i64,
     #[serde(default)]
@@ -96,7 +96,7 @@ struct Entry {
 
 impl CatalogueReply {
     /// The templates, or `None` when the reply holds no list (an error reply).
-    pub fn templates(self) -> Option<Vec<Template>> {
+    pub(crate) fn templates(self) -> Option<Vec<Template>> {
         let list = self.template_list.or(self.data)?;
         Some(
             list.into_iter()
@@ -112,21 +112,21 @@ impl CatalogueReply {
 
 /// Why a job cannot be sent with the account's templates.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mismatch {
+pub(crate) enum Mismatch {
     UnknownTemplate(String),
     MissingKey(String),
 }
 
 impl Mismatch {
     /// The outcome's reason word.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Mismatch::UnknownTemplate(_) => "unknown_template",
             Mismatch::MissingKey(_) => "missing_data_key",
         }
     }
 
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             Mismatch::UnknownTemplate(id) => {
                 format!("the account has no template {id} (checked against its catalogue)")
@@ -141,12 +141,12 @@ impl Mismatch {
 /// One account's catalogue of one source: each template id and the data keys its content
 /// names.
 #[derive(Debug, Default)]
-pub struct Catalogue {
+pub(crate) struct Catalogue {
     templates: HashMap<String, Vec<String>>,
 }
 
 impl Catalogue {
-    pub fn new(templates: &[Template]) -> Catalogue {
+    pub(crate) fn new(templates: &[Template]) -> Catalogue {
         Catalogue {
             templates: templates
                 .iter()
@@ -157,7 +157,7 @@ impl Catalogue {
 
     /// Checks a job's template against the catalogue: the account must have it, and the job's
     /// `data` must hold every key its content names.
-    pub fn check(&self, job: TemplateFields<'_>) -> Result<(), Mismatch> {
+    pub(crate) fn check(&self, job: TemplateFields<'_>) -> Result<(), Mismatch> {
         let id = job.id();
         let Some(keys) = self.templates.get(id.as_ref()) else {
             return Err(Mismatch::UnknownTemplate(id.into_owned()));
@@ -202,6 +202,15 @@ mod tests {
         assert!(r.templates().is_none());
     }
 
+    /// A catalogue of one template, with these keys.
+    fn one_template(template_id: &str, keys: &[&str]) -> Catalogue {
+        Catalogue::new(&[Template {
+            template_id: template_id.into(),
+            title: String::new(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }])
+    }
+
     /// The template fields of a job body, as the parser writes them.
     fn checked(catalogue: &Catalogue, body: &[u8]) -> Result<(), Mismatch> {
         let env: std::collections::BTreeMap<String, String> =
@@ -218,11 +227,7 @@ mod tests {
 
     #[test]
     fn a_body_is_checked_for_its_template_and_every_key() {
-        let f = Catalogue::new(&[Template {
-            template_id: "T1".into(),
-            title: String::new(),
-            keys: vec!["User".into(), "Money".into()],
-        }]);
+        let f = one_template("T1", &["User", "Money"]);
         let ok = br#"{"data":{"Money":{"value":"1"},"User":{"value":"x"}},"template_id":"T1","touser":"o"}"#;
         assert_eq!(checked(&f, ok), Ok(()));
         let missing = br#"{"data":{"User":{"value":"Money"}},"template_id":"T1","touser":"o"}"#;
@@ -241,11 +246,7 @@ mod tests {
     /// checked by its shared head.
     #[test]
     fn escaped_keys_and_batches_are_checked_by_their_values() {
-        let f = Catalogue::new(&[Template {
-            template_id: "T\"1".into(),
-            title: String::new(),
-            keys: vec!["a\"b".into(), "é".into()],
-        }]);
+        let f = one_template("T\"1", &["a\"b", "é"]);
         let ok = br#"{"data":{"a\"b":{"value":"1"},"\u00e9":{"value":"x"}},"template_id":"T\"1","touser":["o1","o2"]}"#;
         assert_eq!(checked(&f, ok), Ok(()));
         let missing = br#"{"data":{"a\"b":{"value":"1"}},"template_id":"T\"1","touser":"o"}"#;

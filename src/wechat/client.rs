@@ -17,17 +17,13 @@ pub use crate::policy::SendError;
 
 /// WeChat's common reply shape: `{errcode, errmsg, ...}` plus endpoint-specific fields.
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
 pub struct ApiReply {
-    #[serde(default)]
     pub errcode: i64,
-    #[serde(default)]
     pub errmsg: String,
     /// Message id of a template send; it can exceed i32.
-    #[serde(default)]
     pub msgid: Option<i64>,
-    #[serde(default)]
     pub access_token: Option<String>,
-    #[serde(default)]
     pub expires_in: Option<u64>,
 }
 
@@ -37,12 +33,13 @@ pub struct WechatClient {
     http: reqwest::Client,
     base: String,
     /// The send endpoints, one per [`MsgType`] in [`MsgType::ALL`] order, parsed once: parsing
-    /// the whole URL (host, IDNA) for every message was 4 % of the worker's CPU.
+    /// the whole URL (host, IDNA) for every message is a visible share of the worker's CPU
+    /// (docs/BENCHMARKS.md).
     send_urls: [reqwest::Url; 3],
     /// The send endpoints with an access token in their query, for the latest tokens (newest
     /// first): writing a token of about 140 characters into the query (`Url::set_query`
-    /// checks and copies every character) for every message cost more instructions than the
-    /// rest of the request building. A token lives for hours, so each is built once.
+    /// checks and copies every character) for every message cost more than the rest of the
+    /// request building. A token lives for hours, so each is built once.
     token_urls: Arc<Mutex<VecDeque<TokenUrls>>>,
 }
 
@@ -57,7 +54,7 @@ struct TokenUrls {
 const TOKEN_URLS: usize = 32;
 
 /// The path of each message type's send endpoint.
-pub const fn send_path(t: MsgType) -> &'static str {
+pub(crate) const fn send_path(t: MsgType) -> &'static str {
     match t {
         MsgType::Template => "/cgi-bin/message/template/send",
         MsgType::Subscribe => "/cgi-bin/message/subscribe/bizsend",
@@ -75,7 +72,11 @@ impl WechatClient {
     /// request per connection at a time, so the worker needs as many as it has sends in flight:
     /// with fewer, every send past the cap closes its connection after the reply and the next
     /// one opens (and, over TLS, handshakes) a new one, which at 1,000 in flight is most of them.
-    pub fn with_connections(base: &str, timeout: Duration, connections: usize) -> WechatClient {
+    pub(crate) fn with_connections(
+        base: &str,
+        timeout: Duration,
+        connections: usize,
+    ) -> WechatClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
@@ -153,7 +154,7 @@ impl WechatClient {
         let reply: SendReply = self.execute(req).await?;
         // WeChat always answers a send with an errcode. A 200 without one (an HTML page from a
         // proxy, `{}`) is not WeChat's verdict: the message may or may not have gone out, so it
-        // must not count as sent (issue 14).
+        // must not count as sent.
         let errcode = reply
             .errcode
             .ok_or_else(|| SendError::BadReply("a 200 reply without errcode".into()))?;
@@ -166,7 +167,7 @@ impl WechatClient {
     }
 
     /// Fetches one of the account's template catalogues (`GET`, the token in the query).
-    pub async fn fetch_catalogue(
+    pub(crate) async fn fetch_catalogue(
         &self,
         token: &Secret,
         source: crate::wechat::catalogue::Source,

@@ -22,13 +22,13 @@ use crate::outcome::{JobIdentity, Outcome, SendStatus};
 
 /// Handles one delivery; never panics out and never acks without a confirmed publish.
 pub(super) async fn handle(
-    ctx: Arc<Worker>,
-    io: Arc<SessionChannels>,
+    worker: Arc<Worker>,
+    channels: Arc<SessionChannels>,
     delivery: Delivery,
     send_permit: Option<OwnedSemaphorePermit>,
 ) {
-    ctx.metrics.inflight.inc();
-    let result = AssertUnwindSafe(process(&ctx, &io, &delivery, send_permit))
+    worker.metrics.inflight.inc();
+    let result = AssertUnwindSafe(process(&worker, &channels, &delivery, send_permit))
         .catch_unwind()
         .await;
     let failed = match result {
@@ -45,16 +45,16 @@ pub(super) async fn handle(
                 .unwrap_or_else(|| "unknown panic".into());
             let deliveries =
                 headers::deliveries_before(&delivery.properties, delivery.redelivered) + 1;
-            if deliveries >= u64::from(ctx.config.amqp.delivery_limit) {
+            if deliveries >= u64::from(worker.config.amqp.delivery_limit) {
                 // The last delivery the queue allows: end it here with a reason, rather than
                 // letting the broker dead-letter it silently.
                 tracing::error!(panic = %msg, deliveries, "job handler panicked again; dead-lettering the job as poison");
-                !bury_poison(&ctx, &io, &delivery, &msg).await
-            } else if ctx.config.amqp.jobs_queue_type == QueueType::Classic {
+                !bury_poison(&worker, &channels, &delivery, &msg).await
+            } else if worker.config.amqp.jobs_queue_type == QueueType::Classic {
                 // A classic queue counts no deliveries and has no limit: a nack would bring
                 // the job back uncounted for ever. Put a counted copy back instead.
                 tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is put back with its delivery count");
-                !requeue_counted(&io, &delivery, deliveries).await
+                !requeue_counted(&channels, &delivery, deliveries).await
             } else {
                 tracing::error!(panic = %msg, deliveries, "job handler panicked; the job is requeued");
                 true
@@ -72,18 +72,18 @@ pub(super) async fn handle(
             })
             .await;
         // Awaited first, so no later multiple ack can reach the broker before this nack.
-        io.acks.settled(delivery.delivery_tag);
+        channels.acks.settled(delivery.delivery_tag);
     }
-    ctx.metrics.inflight.dec();
+    worker.metrics.inflight.dec();
 }
 
 /// Publishes a copy of a panicked job, with its delivery count, to the end of the jobs queue,
 /// and acks the delivery once the copy is confirmed; true if so.
-async fn requeue_counted(io: &SessionChannels, delivery: &Delivery, deliveries: u64) -> bool {
+async fn requeue_counted(channels: &SessionChannels, delivery: &Delivery, deliveries: u64) -> bool {
     let props = headers::with_deliveries(&delivery.properties, deliveries);
-    match io.publisher.requeue(&delivery.data, props).await {
+    match channels.publisher.requeue(&delivery.data, props).await {
         Ok(()) => {
-            io.acks.ack(delivery.delivery_tag);
+            channels.acks.ack(delivery.delivery_tag);
             true
         }
         Err(e) => {
@@ -95,23 +95,30 @@ async fn requeue_counted(io: &SessionChannels, delivery: &Delivery, deliveries: 
 
 /// Dead-letters a poison job and publishes its `failed` outcome; true if both were confirmed
 /// and the job acked.
-async fn bury_poison(ctx: &Worker, io: &SessionChannels, delivery: &Delivery, panic: &str) -> bool {
+async fn bury_poison(
+    worker: &Worker,
+    channels: &SessionChannels,
+    delivery: &Delivery,
+    panic: &str,
+) -> bool {
     let props = &delivery.properties;
     let message_id = props.message_id().as_ref().map(|m| m.as_str());
-    let (id, appid, touser) = match job::parse(&delivery.data, message_id, &ctx.config) {
+    let (id, appid, touser) = match job::parse(&delivery.data, message_id, &worker.config) {
         Ok(Parsed::Single(j)) => (Some(j.id.to_string()), Some(j.appid), Some(j.touser)),
         Ok(Parsed::Batch(b)) => (Some(b.id.to_string()), Some(b.appid), None),
         Err((_, k)) => (k.id, k.appid, k.touser),
     };
     let detail = format!("the worker panicked on every delivery: {panic}");
-    let dead = publish_waiting(ctx, io, JobCopy::Dead, || {
-        io.publisher
+    let dead = publish_waiting(worker, channels, JobCopy::Dead, || {
+        channels
+            .publisher
             .dead_letter(&delivery.data, props, "poison", &detail)
     });
     if dead.await.is_err() {
         return false;
     }
-    ctx.metrics
+    worker
+        .metrics
         .dead_letters_total
         .with_label_values(&["poison"])
         .inc();
@@ -124,7 +131,7 @@ async fn bury_poison(ctx: &Worker, io: &SessionChannels, delivery: &Delivery, pa
     let mut o = Outcome::for_job(SendStatus::Failed, job);
     o.reason = Some(EndReason::Poison.as_str().into());
     o.errmsg = Some(detail);
-    publish_final(ctx, io, delivery, &o).await.is_ok()
+    publish_final(worker, channels, delivery, &o).await.is_ok()
 }
 
 /// `send_permit` is the job's share of `concurrency`. It is released as soon as the send is
@@ -132,21 +139,21 @@ async fn bury_poison(ctx: &Worker, io: &SessionChannels, delivery: &Delivery, pa
 /// send permit, and the prefetch still bounds how many jobs are held at once. Holding it until the
 /// ack made every send cycle that much longer than WeChat's own latency.
 async fn process(
-    ctx: &Worker,
-    io: &SessionChannels,
+    worker: &Worker,
+    channels: &SessionChannels,
     delivery: &Delivery,
     send_permit: Option<OwnedSemaphorePermit>,
 ) -> Result<(), PublishError> {
-    let publisher = &io.publisher;
-    let ack = || io.acks.ack(delivery.delivery_tag);
+    let publisher = &channels.publisher;
+    let ack = || channels.acks.ack(delivery.delivery_tag);
     let props = &delivery.properties;
-    observe_queue_wait(ctx, props);
+    observe_queue_wait(worker, props);
     #[cfg(feature = "fault-injection")]
     if headers::get_str(props, "x-wxd-test-panic").is_some() {
         panic!("injected panic (fault-injection build, x-wxd-test-panic header)");
     }
     let message_id = props.message_id().as_ref().map(|m| m.as_str());
-    let parsed = job::parse(&delivery.data, message_id, &ctx.config);
+    let parsed = job::parse(&delivery.data, message_id, &worker.config);
     match parsed {
         Err((invalid, known)) => {
             tracing::warn!(
@@ -157,11 +164,12 @@ async fn process(
                 "invalid job; dead-lettering it"
             );
             let data = &delivery.data;
-            publish_waiting(ctx, io, JobCopy::Dead, || {
+            publish_waiting(worker, channels, JobCopy::Dead, || {
                 publisher.dead_letter(data, props, invalid.reason, &invalid.detail)
             })
             .await?;
-            ctx.metrics
+            worker
+                .metrics
                 .dead_letters_total
                 .with_label_values(&[invalid.reason])
                 .inc();
@@ -174,23 +182,23 @@ async fn process(
             let mut o = Outcome::for_job(SendStatus::Invalid, job);
             o.reason = Some(invalid.reason.to_string());
             o.errmsg = Some(invalid.detail);
-            publish_final(ctx, io, delivery, &o).await
+            publish_final(worker, channels, delivery, &o).await
         }
         Ok(Parsed::Batch(batch)) => {
             let span = tracing::info_span!("batch", job_id = %batch.id, appid = %batch.appid);
             async {
                 let id = batch.id.to_string();
                 let job = || JobIdentity { id: Some(id.clone()), appid: Some(batch.appid.clone()), touser: None, msg_type: Some(batch.msg_type) };
-                if let Some(o) = refuse_publisher(ctx, io, batch.account, job(), props) {
-                    return publish_final(ctx, io, delivery, &o).await;
+                if let Some(o) = refuse_publisher(worker, channels, batch.account, job(), props) {
+                    return publish_final(worker, channels, delivery, &o).await;
                 }
-                if let Err(m) = ctx.dispatcher.check_batch(&batch).await {
+                if let Err(m) = worker.dispatcher.check_batch(&batch).await {
                     // One outcome for the whole batch: its template cannot work for anyone.
                     tracing::info!(reason = m.reason(), detail = %m.detail(), recipients = batch.recipients.len(), "batch rejected before expansion");
                     let mut o = Outcome::for_job(SendStatus::Rejected, job());
                     o.reason = Some(m.reason().into());
                     o.errmsg = Some(m.detail());
-                    return publish_final(ctx, io, delivery, &o).await;
+                    return publish_final(worker, channels, delivery, &o).await;
                 }
                 // Expand-then-ack: every recipient's job is confirmed before the batch is acked.
                 // A crash in between re-expands the batch; WeChat deduplicates each recipient.
@@ -219,19 +227,19 @@ async fn process(
                     touser: Some(job.touser.clone()),
                     msg_type: Some(job.msg_type),
                 };
-                if let Some(o) = refuse_publisher(ctx, io, job.account, identity, props) {
+                if let Some(o) = refuse_publisher(worker, channels, job.account, identity, props) {
                     drop(send_permit);
-                    return publish_final(ctx, io, delivery, &o).await;
+                    return publish_final(worker, channels, delivery, &o).await;
                 }
                 let state = headers::retry_state(props);
                 let not_before = headers::not_before_ms(props);
-                let disposition = ctx.dispatcher.send_job(&job, state, not_before).await;
+                let disposition = worker.dispatcher.send_job(&job, state, not_before).await;
                 drop(send_permit);
                 match disposition {
                     Disposition::Early { left } => {
                         // Back early from a delay tier: park it again, unchanged, for the rest.
                         let data = &delivery.data;
-                        publish_waiting(ctx, io, JobCopy::Delay, || {
+                        publish_waiting(worker, channels, JobCopy::Delay, || {
                             publisher.defer(data, props.clone(), left)
                         })
                         .await?;
@@ -241,19 +249,19 @@ async fn process(
                     Disposition::Final(o) => {
                         tracing::info!(status = %o.status(), errcode = o.errcode, attempts = o.attempts, reason = o.reason.as_deref(), "job finished");
                         let latency = chrono::Utc::now().timestamp_millis() - state.first_seen_ms;
-                        ctx.metrics
+                        worker.metrics
                             .outcome_latency_seconds
                             .observe(latency.max(0) as f64 / 1000.0);
                         if let Some(age) = publish_age_secs(props) {
-                            ctx.metrics.publish_latency_seconds.observe(age);
+                            worker.metrics.publish_latency_seconds.observe(age);
                         }
-                        publish_final(ctx, io, delivery, &o).await
+                        publish_final(worker, channels, delivery, &o).await
                     }
                     Disposition::Defer { delay, reason, state } => {
                         tracing::debug!(reason = reason.as_str(), delay_ms = delay.as_millis() as u64, "job deferred");
                         let props = headers::with_retry_state(props, &state, reason.as_str());
                         let data = &delivery.data;
-                        publish_waiting(ctx, io, JobCopy::Delay, || publisher.defer(data, props.clone(), delay)).await?;
+                        publish_waiting(worker, channels, JobCopy::Delay, || publisher.defer(data, props.clone(), delay)).await?;
                         ack();
                         Ok(())
                     }
@@ -271,20 +279,21 @@ async fn process(
 /// worker published itself (a batch's recipients, jobs back from a delay queue) carry its own
 /// user and go on: they were checked when they first arrived.
 fn refuse_publisher(
-    ctx: &Worker,
-    io: &SessionChannels,
+    worker: &Worker,
+    channels: &SessionChannels,
     account: AccountId,
     job: JobIdentity,
     props: &lapin::BasicProperties,
 ) -> Option<Outcome> {
-    let acct = &ctx.config.accounts[account.index()];
+    let acct = &worker.config.accounts[account.index()];
     let user = props.user_id().as_ref().map(|u| u.as_str());
-    if acct.admits(user) || user == Some(io.publisher.own_user()) {
+    if acct.admits(user) || user == Some(channels.publisher.own_user()) {
         return None;
     }
     let user = user.unwrap_or("(none)");
     tracing::warn!(user_id = user, appid = %acct.appid, "job refused: its publisher may not send as this account");
-    ctx.metrics
+    worker
+        .metrics
         .publisher_refused_total
         .with_label_values(&[&acct.appid])
         .inc();
@@ -298,32 +307,33 @@ fn refuse_publisher(
 }
 
 async fn publish_final(
-    ctx: &Worker,
-    io: &SessionChannels,
+    worker: &Worker,
+    channels: &SessionChannels,
     delivery: &Delivery,
     o: &Outcome,
 ) -> Result<(), PublishError> {
-    publish_outcome_waiting(ctx, io, o).await?;
-    count_final(ctx, o);
-    io.acks.ack(delivery.delivery_tag);
+    publish_outcome_waiting(worker, channels, o).await?;
+    count_final(worker, o);
+    channels.acks.ack(delivery.delivery_tag);
     Ok(())
 }
 
 /// Counts a final outcome in `wxdispatch_jobs_total`. A job sent without a reason (almost
 /// every job) takes its account's resolved counter; the rest look their labels up.
-fn count_final(ctx: &Worker, o: &Outcome) {
+fn count_final(worker: &Worker, o: &Outcome) {
     // Only configured appids become label values: an invalid job may name anything.
     let account = o
         .appid
         .as_deref()
-        .and_then(|a| Some((a, ctx.dispatcher.account_metrics(a)?)));
+        .and_then(|a| Some((a, worker.dispatcher.account_metrics(a)?)));
     if let (Some((_, handles)), Some(SendStatus::Sent), None, Some(t)) =
         (account, o.send_status(), o.reason.as_deref(), o.msg_type)
     {
         handles.sent(t).inc();
         return;
     }
-    ctx.metrics
+    worker
+        .metrics
         .jobs_total
         .with_label_values(&[
             account.map_or("unknown", |(a, _)| a),
@@ -345,13 +355,13 @@ fn publish_age_secs(props: &lapin::BasicProperties) -> Option<f64> {
 /// Records how long a job waited in the jobs queue, on its first delivery only: a job back
 /// from a delay queue carries the first-seen header, and its age measures the deferral, not
 /// the backlog.
-fn observe_queue_wait(ctx: &Worker, props: &lapin::BasicProperties) {
+fn observe_queue_wait(worker: &Worker, props: &lapin::BasicProperties) {
     let first = props
         .headers()
         .as_ref()
         .is_none_or(|t| !t.inner().contains_key(headers::FIRST_SEEN));
     if first && let Some(age) = publish_age_secs(props) {
-        ctx.metrics.queue_wait_seconds.observe(age);
+        worker.metrics.queue_wait_seconds.observe(age);
     }
 }
 
@@ -362,22 +372,26 @@ fn observe_queue_wait(ctx: &Worker, props: &lapin::BasicProperties) {
 /// meanwhile, counted in `wxdispatch_outcomes_waiting`; it is given up (and redelivered) only
 /// with its session, or when the drain timeout ends.
 async fn publish_outcome_waiting(
-    ctx: &Worker,
-    io: &SessionChannels,
+    worker: &Worker,
+    channels: &SessionChannels,
     o: &Outcome,
 ) -> Result<(), PublishError> {
     let refused = |reason: &str| {
-        ctx.metrics
+        worker
+            .metrics
             .outcomes_refused_total
             .with_label_values(&[reason])
             .inc()
     };
     let waiting = Waiting {
-        gauge: &ctx.metrics.outcomes_waiting,
+        gauge: &worker.metrics.outcomes_waiting,
         what: "an outcome",
-        to: &ctx.config.amqp.outcomes_exchange,
+        to: &worker.config.amqp.outcomes_exchange,
     };
-    retry_refused(&io.publisher, refused, waiting, || io.publisher.outcome(o)).await
+    retry_refused(&channels.publisher, refused, waiting, || {
+        channels.publisher.outcome(o)
+    })
+    .await
 }
 
 /// A copy of a job the worker publishes before it acks the job.
@@ -396,8 +410,8 @@ enum JobCopy {
 /// until the broker dead-lettered the job with no outcome. Counted in
 /// `wxdispatch_copies_waiting{target}` while it waits.
 async fn publish_waiting<F, Fut>(
-    ctx: &Worker,
-    io: &SessionChannels,
+    worker: &Worker,
+    channels: &SessionChannels,
     copy: JobCopy,
     publish: F,
 ) -> Result<(), PublishError>
@@ -407,21 +421,22 @@ where
 {
     let (target, to) = match copy {
         JobCopy::Delay => ("delay", "a delay tier"),
-        JobCopy::Dead => ("dead", ctx.config.amqp.dead_queue.as_str()),
+        JobCopy::Dead => ("dead", worker.config.amqp.dead_queue.as_str()),
     };
     let refused = |reason: &str| {
-        ctx.metrics
+        worker
+            .metrics
             .copies_refused_total
             .with_label_values(&[target, reason])
             .inc()
     };
-    let gauge = ctx.metrics.copies_waiting.with_label_values(&[target]);
+    let gauge = worker.metrics.copies_waiting.with_label_values(&[target]);
     let waiting = Waiting {
         gauge: &gauge,
         what: "a job's copy",
         to,
     };
-    retry_refused(&io.publisher, refused, waiting, publish).await
+    retry_refused(&channels.publisher, refused, waiting, publish).await
 }
 
 /// What waits while a publish is refused, for its gauge and its log line.

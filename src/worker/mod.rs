@@ -36,7 +36,7 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
     fn set_ready(&self, metrics: &Metrics, v: bool) {
@@ -57,7 +57,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Worker>, ConfigError> {
+    pub(crate) fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Worker>, ConfigError> {
         let dispatcher = Arc::new(Dispatcher::new(&config, metrics.clone())?);
         Ok(Arc::new(Worker {
             config,
@@ -83,8 +83,8 @@ enum SessionEnd {
 
 /// Runs the worker, one session after another, until `shutdown` is triggered and in-flight
 /// jobs are drained.
-pub async fn supervise(ctx: Arc<Worker>, shutdown: Shutdown) -> anyhow::Result<()> {
-    for acct in ctx.dispatcher.accounts() {
+pub(crate) async fn supervise(worker: Arc<Worker>, shutdown: Shutdown) -> anyhow::Result<()> {
+    for acct in worker.dispatcher.accounts() {
         tokio::spawn(acct.tokens.clone().keep_fresh(shutdown.clone()));
     }
     let mut backoff = Duration::from_millis(250);
@@ -94,11 +94,11 @@ pub async fn supervise(ctx: Arc<Worker>, shutdown: Shutdown) -> anyhow::Result<(
             return Ok(());
         }
         if !first {
-            ctx.metrics.amqp_reconnects_total.inc();
+            worker.metrics.amqp_reconnects_total.inc();
         }
         first = false;
         let started = Instant::now();
-        match session(&ctx, &shutdown).await {
+        match session(&worker, &shutdown).await {
             Ok(SessionEnd::Shutdown) => return Ok(()),
             Ok(SessionEnd::Lost(why)) => {
                 tracing::warn!(reason = %why, "AMQP session lost; reconnecting");
@@ -110,14 +110,14 @@ pub async fn supervise(ctx: Arc<Worker>, shutdown: Shutdown) -> anyhow::Result<(
                     && t.is_permanent()
                 {
                     tracing::error!(error = %t, "cannot use the queues as configured; stopping");
-                    ctx.health.set_ready(&ctx.metrics, false);
+                    worker.health.set_ready(&worker.metrics, false);
                     return Err(e);
                 }
                 tracing::warn!(error = %e, "AMQP session failed; reconnecting");
             }
         }
-        ctx.health.set_ready(&ctx.metrics, false);
-        ctx.metrics.amqp_connected.set(0);
+        worker.health.set_ready(&worker.metrics, false);
+        worker.metrics.amqp_connected.set(0);
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(250);
         }
@@ -132,10 +132,10 @@ pub async fn supervise(ctx: Arc<Worker>, shutdown: Shutdown) -> anyhow::Result<(
 
 /// One AMQP session: open the connections and the consumer, consume until shutdown or a lost
 /// connection, then drain the jobs in flight and close.
-async fn session(ctx: &Arc<Worker>, shutdown: &Shutdown) -> anyhow::Result<SessionEnd> {
-    let mut session = Session::open(ctx).await?;
-    let (end, tasks) = session.consume(ctx, shutdown).await;
-    session.close(ctx, &end, tasks).await;
+async fn session(worker: &Arc<Worker>, shutdown: &Shutdown) -> anyhow::Result<SessionEnd> {
+    let mut session = Session::open(worker).await?;
+    let (end, tasks) = session.consume(worker, shutdown).await;
+    session.close(worker, &end, tasks).await;
     Ok(end)
 }
 
@@ -146,15 +146,15 @@ struct Session {
     pub_conn: lapin::Connection,
     con_conn: lapin::Connection,
     ch: lapin::Channel,
-    io: Arc<SessionChannels>,
+    channels: Arc<SessionChannels>,
     consumer: lapin::Consumer,
 }
 
 impl Session {
     /// Connects, checks or declares the topology, and starts consuming.
-    async fn open(ctx: &Arc<Worker>) -> anyhow::Result<Session> {
-        let cfg = &ctx.config;
-        let host = &ctx.instance;
+    async fn open(worker: &Arc<Worker>) -> anyhow::Result<Session> {
+        let cfg = &worker.config;
+        let host = &worker.instance;
         let pub_conn = amqp::connect(&cfg.amqp.url, &format!("wxdispatch-publish-{host}")).await?;
         let con_conn = amqp::connect(&cfg.amqp.url, &format!("wxdispatch-consume-{host}")).await?;
         let publisher = Publisher::new(&pub_conn, cfg).await?;
@@ -162,9 +162,9 @@ impl Session {
         let ch = con_conn.create_channel().await?;
         ch.basic_qos(cfg.amqp.prefetch, BasicQosOptions::default())
             .await?;
-        let io = Arc::new(SessionChannels {
+        let channels = Arc::new(SessionChannels {
             publisher,
-            acks: Acks::start(ch.clone(), ctx.metrics.clone()),
+            acks: Acks::start(ch.clone(), worker.metrics.clone()),
         });
         let consumer = ch
             .basic_consume(
@@ -174,14 +174,14 @@ impl Session {
                 FieldTable::default(),
             )
             .await?;
-        ctx.metrics.amqp_connected.set(1);
-        ctx.health.set_ready(&ctx.metrics, true);
+        worker.metrics.amqp_connected.set(1);
+        worker.health.set_ready(&worker.metrics, true);
         tracing::info!(queue = %cfg.amqp.jobs_queue, prefetch = cfg.amqp.prefetch, concurrency = cfg.limits.concurrency, "consuming");
         Ok(Session {
             pub_conn,
             con_conn,
             ch,
-            io,
+            channels,
             consumer,
         })
     }
@@ -191,12 +191,12 @@ impl Session {
     /// tasks still running.
     async fn consume(
         &mut self,
-        ctx: &Arc<Worker>,
+        worker: &Arc<Worker>,
         shutdown: &Shutdown,
     ) -> (SessionEnd, JoinSet<()>) {
         let mut pub_events = self.pub_conn.events_listener();
         let mut con_events = self.con_conn.events_listener();
-        let send_permits = Arc::new(Semaphore::new(ctx.config.limits.concurrency));
+        let send_permits = Arc::new(Semaphore::new(worker.config.limits.concurrency));
         let mut tasks = JoinSet::new();
         // While the broker blocks our publisher (memory or disk alarm), take no new work: every
         // job needs a publish before it can be acked.
@@ -210,7 +210,7 @@ impl Session {
             if !self.pub_conn.status().connected() || !self.con_conn.status().connected() {
                 break SessionEnd::Lost("connection closed".into());
             }
-            ctx.health.set_ready(&ctx.metrics, !blocked);
+            worker.health.set_ready(&worker.metrics, !blocked);
             tokio::select! {
                 _ = shutdown.wait() => break SessionEnd::Shutdown,
                 p = send_permits.clone().acquire_owned(), if permit.is_none() && !blocked => {
@@ -218,14 +218,14 @@ impl Session {
                 }
                 d = self.consumer.next(), if permit.is_some() && !blocked => match d {
                     Some(Ok(delivery)) => {
-                        self.io.acks.received(delivery.delivery_tag);
-                        let ctx = ctx.clone();
-                        let io = self.io.clone();
+                        self.channels.acks.received(delivery.delivery_tag);
+                        let worker = worker.clone();
+                        let channels = self.channels.clone();
                         let send_permit = permit.take();
                         // Boxed: the job's future is large, and tokio moves a task's future
-                        // into and out of its cell by value (memcpy was 8 % of the CPU).
+                        // into and out of its cell by value (docs/BENCHMARKS.md).
                         tasks.spawn(Box::pin(async move {
-                            delivery::handle(ctx, io, delivery, send_permit).await;
+                            delivery::handle(worker, channels, delivery, send_permit).await;
                         }));
                     }
                     Some(Err(e)) => break SessionEnd::Lost(format!("consumer error: {e}")),
@@ -256,8 +256,8 @@ impl Session {
     /// Stops deliveries, lets the jobs in flight finish (up to the drain timeout on shutdown,
     /// 5 s after a lost connection), settles the acks still owed and closes everything, each
     /// step bounded.
-    async fn close(self, ctx: &Worker, end: &SessionEnd, mut tasks: JoinSet<()>) {
-        ctx.health.set_ready(&ctx.metrics, false);
+    async fn close(self, worker: &Worker, end: &SessionEnd, mut tasks: JoinSet<()>) {
+        worker.health.set_ready(&worker.metrics, false);
         // Stop new deliveries; what was prefetched but not started is requeued when the
         // channel closes.
         let _ = self
@@ -265,7 +265,7 @@ impl Session {
             .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
             .await;
         let drain = match end {
-            SessionEnd::Shutdown => ctx.config.drain_timeout,
+            SessionEnd::Shutdown => worker.config.drain_timeout,
             SessionEnd::Lost(_) => Duration::from_secs(5),
         };
         while tasks.try_join_next().is_some() {}
@@ -291,16 +291,16 @@ impl Session {
         // Closing what the broker already closed can wait forever: bound every step.
         let bounded = Duration::from_secs(2);
         // The acks still owed go out before the channel closes (unacked jobs would come back).
-        let _ = tokio::time::timeout(bounded * 2, self.io.acks.close()).await;
+        let _ = tokio::time::timeout(bounded * 2, self.channels.acks.close()).await;
         let _ = tokio::time::timeout(bounded, self.ch.close(200, "bye".into())).await;
         let _ = tokio::time::timeout(bounded, self.con_conn.close(200, "bye".into())).await;
         let _ = tokio::time::timeout(
             bounded,
-            self.io.publisher.channel().close(200, "bye".into()),
+            self.channels.publisher.channel().close(200, "bye".into()),
         )
         .await;
         let _ = tokio::time::timeout(bounded, self.pub_conn.close(200, "bye".into())).await;
-        ctx.metrics.amqp_connected.set(0);
+        worker.metrics.amqp_connected.set(0);
     }
 }
 

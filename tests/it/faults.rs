@@ -242,7 +242,7 @@ async fn broker_closing_the_connections_mid_load_loses_nothing() {
     let n = 2000;
     h.publish_many(&jobs("close", n)).await;
     let mut out = h.outcomes(300, Duration::from_secs(30)).await;
-    let instance = h.worker.as_ref().unwrap().ctx.instance.clone();
+    let instance = h.worker.as_ref().unwrap().worker.instance.clone();
     let closed = close_connections(&format!("wxdispatch-consume-{instance}"));
     assert_eq!(closed, 1, "the consumer connection was closed");
     out.extend(h.outcomes(300, Duration::from_secs(30)).await);

@@ -321,6 +321,30 @@ impl Harness {
         q
     }
 
+    /// An exclusive queue (deleted with the harness's connection) bound to the outcome
+    /// exchange with `key`, to see what a routing key reaches.
+    pub async fn bind_outcomes(&self, key: &str) -> String {
+        let ch = self.publisher.channel();
+        let options = lapin::options::QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        let q = ch
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_bind(
+            q.name().as_str().into(),
+            self.config.amqp.outcomes_exchange.as_str().into(),
+            key.into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        q.name().to_string()
+    }
+
     pub fn metrics_url(&self) -> String {
         format!("http://{}/metrics", self.worker.as_ref().unwrap().http_addr)
     }

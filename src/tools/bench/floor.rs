@@ -161,7 +161,7 @@ impl HyperSender {
 const USER_AGENT_VALUE: &str = concat!("wxdispatch/", env!("CARGO_PKG_VERSION"));
 
 /// Runs the floor worker until SIGTERM, configured like `wxdispatch run` (`WXD_*`).
-pub async fn run_floor(Args { floor }: Args) -> anyhow::Result<()> {
+pub(crate) async fn run_floor(Args { floor }: Args) -> anyhow::Result<()> {
     let config = Config::load(None)?;
     crate::logging::init_with_default(crate::config::LogFormat::Text, "warn");
     let account = config

@@ -34,14 +34,14 @@ use crate::tools::mock::{Behaviour, MockConfig, MockServer};
 use crate::tools::sample;
 
 mod child;
-pub mod floor;
+pub(crate) mod floor;
 mod procfs;
 mod redis_stats;
 mod report;
 mod stalls;
 
 use child::{spawn_worker, stop_worker, wait_consuming};
-pub use floor::Floor;
+pub(crate) use floor::Floor;
 use procfs::{machine_cpu, proc_cpu, proc_status_kib, self_cpu};
 use report::{Report, percentile};
 
@@ -102,7 +102,7 @@ pub struct Args {
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run_bench(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run_bench(config_file: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let base = Config::load(config_file)?;
     crate::logging::init_with_default(LogFormat::Text, "warn");
     anyhow::ensure!(args.jobs > 0, "--jobs must be at least 1");

@@ -20,7 +20,7 @@ pub(super) struct Reading {
 
 /// The difference of two readings, per job.
 #[derive(Debug, Clone, Serialize)]
-pub struct RedisCost {
+pub(super) struct RedisCost {
     pub commands: u64,
     pub script_calls: u64,
     pub commands_per_job: f64,

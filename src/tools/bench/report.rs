@@ -6,7 +6,7 @@ use super::Floor;
 
 /// What one run measured. `--json` prints it as one line.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub jobs: usize,
     pub concurrency: usize,
     pub prefetch: u16,

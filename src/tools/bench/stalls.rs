@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 /// A job is late when its publish-to-outcome latency is above this.
-pub const LATE_MS: f64 = 100.0;
+pub(crate) const LATE_MS: f64 = 100.0;
 
 /// Late jobs closer together than this (in publish order) belong to one stall.
 const MERGE_GAP: usize = 50;
@@ -20,7 +20,7 @@ const MOST: usize = 10;
 
 /// One run of late jobs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Stall {
+pub(crate) struct Stall {
     /// When its first late job was published, in seconds since the bench started publishing.
     pub at_s: f64,
     /// The same moment as a UTC time, to match against broker logs and system traces.
@@ -36,7 +36,7 @@ pub struct Stall {
 /// The stalls of a run. `sent_ns[i]`, `outcome_ms[i]` and `confirm_ms[i]` describe job `i`, in
 /// publish order; `None` is a job without an outcome or a confirm. `start` is the wall-clock
 /// time of `sent_ns == 0`.
-pub fn find(
+pub(crate) fn find(
     sent_ns: &[u64],
     outcome_ms: &[Option<f64>],
     confirm_ms: &[Option<f64>],

@@ -176,7 +176,7 @@ async fn post_once(
 /// WeChat's "subscription notification" event docs, as quoted by public SDKs' tests).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
-pub enum SubscriptionEvent {
+pub(crate) enum SubscriptionEvent {
     /// The user answered the subscription popup (`subscribe_msg_popup_event`).
     Popup { template_id: String, accept: bool },
     /// The user changed the subscription in the settings (`subscribe_msg_change_event`).
@@ -192,7 +192,7 @@ pub enum SubscriptionEvent {
 
 impl SubscriptionEvent {
     /// The event's whole XML body, from the account `gh_<appid>` to user `touser`.
-    pub fn to_xml(&self, appid: &str, touser: &str, create_time: i64) -> String {
+    pub(crate) fn to_xml(&self, appid: &str, touser: &str, create_time: i64) -> String {
         let status = |accept: bool| if accept { "accept" } else { "reject" };
         let (event, inner) = match self {
             SubscriptionEvent::Popup {
@@ -235,7 +235,7 @@ impl SubscriptionEvent {
 
 /// Pushes one subscription event in the background (signed, sealed in safe mode, retried like
 /// a receipt), counted in `events_pushed` / `events_acknowledged`.
-pub fn spawn_subscription_event(
+pub(crate) fn spawn_subscription_event(
     state: Arc<MockState>,
     target: PushTarget,
     appid: String,
@@ -253,7 +253,7 @@ pub fn spawn_subscription_event(
 }
 
 /// The `ErrorStatus` of a sent event for `touser`, by the same openid convention as receipts.
-pub fn sent_status(touser: &str) -> (i64, &'static str) {
+pub(crate) fn sent_status(touser: &str) -> (i64, &'static str) {
     match status_for(touser) {
         "success" => (0, "success"),
         other => (1, other),

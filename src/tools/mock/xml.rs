@@ -14,10 +14,7 @@ pub trait WechatXml {
 impl WechatXml for SubscriptionEvent {
     /// Only the fields an item has are written.
     fn to_xml(&self) -> String {
-        let mut out = String::from("<xml>");
-        push_cdata_field(&mut out, "ToUserName", &self.to_user);
-        push_cdata_field(&mut out, "FromUserName", &self.from_user);
-        out.push_str(&format!("<CreateTime>{}</CreateTime>", self.create_time));
+        let mut out = header(&self.to_user, &self.from_user, self.create_time);
         push_cdata_field(&mut out, "MsgType", "event");
         push_cdata_field(&mut out, "Event", self.kind.event_name());
         let container = self.kind.container();
@@ -49,10 +46,7 @@ impl WechatXml for SubscriptionEvent {
 
 impl WechatXml for Event {
     fn to_xml(&self) -> String {
-        let mut out = String::from("<xml>");
-        push_cdata_field(&mut out, "ToUserName", &self.to_user);
-        push_cdata_field(&mut out, "FromUserName", &self.from_user);
-        out.push_str(&format!("<CreateTime>{}</CreateTime>", self.create_time));
+        let mut out = header(&self.to_user, &self.from_user, self.create_time);
         push_cdata_field(&mut out, "MsgType", &self.msg_type);
         push_cdata_field(&mut out, "Event", &self.event);
         if let Some(id) = self.msg_id {
@@ -64,6 +58,15 @@ impl WechatXml for Event {
         out.push_str("</xml>");
         out
     }
+}
+
+/// An open `<xml>` and the addressing every push starts with.
+fn header(to_user: &str, from_user: &str, create_time: i64) -> String {
+    let mut out = String::from("<xml>");
+    push_cdata_field(&mut out, "ToUserName", to_user);
+    push_cdata_field(&mut out, "FromUserName", from_user);
+    out.push_str(&format!("<CreateTime>{create_time}</CreateTime>"));
+    out
 }
 
 /// Builds the safe-mode envelope WeChat POSTs: `ToUserName` plus `Encrypt`; pair it with
@@ -95,7 +98,7 @@ fn push_cdata_field(out: &mut String, name: &str, value: &str) {
 
 /// A safe-mode request body and the `msg_signature` that goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
+pub(crate) struct Sealed {
     /// The envelope XML to POST.
     pub body: String,
     /// The `msg_signature` query parameter to send alongside it.
@@ -106,7 +109,7 @@ pub struct Sealed {
 ///
 /// `inner_xml` is encrypted for `appid` with a fresh random prefix, wrapped
 /// in an envelope addressed to `to_user`, and signed with `token`.
-pub fn seal_safe_mode(
+pub(crate) fn seal_safe_mode(
     token: &str,
     key: &AesKey,
     appid: &str,
