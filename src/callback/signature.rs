@@ -46,12 +46,7 @@ pub fn url_signature(token: &str, timestamp: &str, nonce: &str) -> String {
 }
 
 /// Verifies the `signature` query parameter of a URL check or plaintext POST.
-pub(crate) fn verify_url_signature(
-    signature: &str,
-    token: &str,
-    timestamp: &str,
-    nonce: &str,
-) -> bool {
+pub fn verify_url_signature(signature: &str, token: &str, timestamp: &str, nonce: &str) -> bool {
     verify(signature, &[token, timestamp, nonce])
 }
 
@@ -65,7 +60,7 @@ pub fn msg_signature(token: &str, timestamp: &str, nonce: &str, encrypt: &str) -
 }
 
 /// Verifies the `msg_signature` query parameter of a safe-mode POST.
-pub(crate) fn verify_msg_signature(
+pub fn verify_msg_signature(
     msg_signature: &str,
     token: &str,
     timestamp: &str,

@@ -148,7 +148,7 @@ fn parse_number(value: Option<&str>, name: &'static str) -> Result<Option<i64>, 
 
 impl Fields {
     /// The text of the child element `name`, if present.
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&str> {
         lookup(&self.fields, name)
     }
 

@@ -14,7 +14,7 @@ use crate::callback::{self, AesKey, Inbound, signature};
 use crate::tools::mock::xml::seal_safe_mode;
 
 /// The existing server's address and what it needs to check pushes.
-pub struct ExistingServer {
+pub(super) struct ExistingServer {
     pub url: String,
 }
 
@@ -26,7 +26,7 @@ struct Keys {
 type Params = std::collections::HashMap<String, String>;
 
 impl ExistingServer {
-    pub async fn start(token: &str, aes_key: &str) -> anyhow::Result<ExistingServer> {
+    pub(super) async fn start(token: &str, aes_key: &str) -> anyhow::Result<ExistingServer> {
         let keys = Arc::new(Keys {
             token: token.to_string(),
             key: AesKey::from_encoding_aes_key(aes_key).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -93,7 +93,7 @@ async fn reply(
 
 /// Pushes one user text to the worker's callback as WeChat would, and returns the status and
 /// the reply WeChat would show the user (decrypted in safe mode).
-pub async fn push_text(
+pub(super) async fn push_text(
     callback_url: &str,
     token: &str,
     aes_key: Option<&str>,

@@ -98,7 +98,7 @@ fn push_cdata_field(out: &mut String, name: &str, value: &str) {
 
 /// A safe-mode request body and the `msg_signature` that goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Sealed {
+pub struct Sealed {
     /// The envelope XML to POST.
     pub body: String,
     /// The `msg_signature` query parameter to send alongside it.
@@ -109,7 +109,7 @@ pub(crate) struct Sealed {
 ///
 /// `inner_xml` is encrypted for `appid` with a fresh random prefix, wrapped
 /// in an envelope addressed to `to_user`, and signed with `token`.
-pub(crate) fn seal_safe_mode(
+pub fn seal_safe_mode(
     token: &str,
     key: &AesKey,
     appid: &str,
