@@ -283,7 +283,8 @@ impl AccountGate {
         if self.record_sent(was_probe)
             && let Some(shared) = &self.shared
         {
-            shared.flush().await;
+            // Boxed: a Redis call now and then, kept out of every job's future.
+            Box::pin(shared.flush()).await;
         }
     }
 

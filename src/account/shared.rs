@@ -175,7 +175,9 @@ impl Shared {
                     if let Some(at) = Self::take(&mut self.book.lock().expect("lease lock")) {
                         break at;
                     }
-                    if !self.refill().await {
+                    // Boxed: one Redis call per lease, and its future would otherwise be part
+                    // of every job's future, copied per job.
+                    if !Box::pin(self.refill()).await {
                         return false;
                     }
                     if let Some(at) = Self::take(&mut self.book.lock().expect("lease lock")) {

@@ -147,10 +147,8 @@ impl TokenCache {
     /// (`force_quota`, `force_error`). A 45009 means WeChat says the day's forced refreshes
     /// are spent: the budget is marked spent too.
     async fn call_forced(&self, st: &mut RefreshState) -> Option<ApiReply> {
-        let result = self
-            .source
-            .fetch(&self.client, &self.appid, Ask::Forced)
-            .await;
+        // Boxed for the same reason as a normal fetch: rare, and a large future.
+        let result = Box::pin(self.source.fetch(&self.client, &self.appid, Ask::Forced)).await;
         let detail = match result {
             Ok(r) if r.errcode == 45009 => {
                 self.count("force_quota");

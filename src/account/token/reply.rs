@@ -17,7 +17,9 @@ impl TokenCache {
         st: &mut RefreshState,
         ask: Ask<'_>,
     ) -> Result<ApiReply, TokenError> {
-        let result = self.source.fetch(&self.client, &self.appid, ask).await;
+        // Boxed: a token fetch is rare, and its future (an HTTP call, or the platform's
+        // Redis and API calls) would otherwise be part of every job's future, copied per job.
+        let result = Box::pin(self.source.fetch(&self.client, &self.appid, ask)).await;
         self.interpret(st, result)
     }
 
