@@ -3,8 +3,9 @@
 //! under a lock ([`tokens`]) and its authorization pushes ([`push`]).
 //!
 //! With `token_mode = component` every configured account is an authorizer whose token comes
-//! from [`Component::token_reply`], and the pushes are served at `/wechat/component` ([`http`]).
-//! Not yet done: dynamic accounts (jobs for any authorizer, no restart) and `kind: authorization` outcomes.
+//! from [`Component::token_reply`], and the pushes are served at `/wechat/component` ([`http`]),
+//! each authorization push published as a `kind: authorization` outcome before it is answered.
+//! Not yet done: dynamic accounts (jobs for any authorizer, no restart).
 
 pub mod api;
 pub mod http;
@@ -12,7 +13,7 @@ pub mod push;
 pub mod store;
 pub mod tokens;
 
-pub use push::{AuthEvent, PushError, PushQuery};
+pub use push::{AuthEvent, Push, PushError, PushQuery};
 pub use tokens::{Component, ComponentError};
 
 use crate::config::{Config, ConfigError};

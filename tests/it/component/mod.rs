@@ -1,4 +1,4 @@
-//! Issue 28.2 (first pieces): a third-party platform's tokens, against the simulator's
+//! Issue 28.2: a third-party platform's tokens, against the simulator's
 //! component endpoints and the shared Redis. Authorization pushes arrive encrypted with the
 //! platform's token and key; the verify ticket, each authorizer's refresh token and permission
 //! sets are kept in Redis; an authorizer's token is refreshed by one replica at a time, and
@@ -104,6 +104,21 @@ async fn expire_authorizer_token(platform: &str, authorizer: &str) {
         &format!("wxdispatch:component:{platform}:authorizer:{authorizer}:token"),
     ])
     .await;
+}
+
+/// The worker's `/wechat/component` route alone, served from a component-mode `config`: its
+/// URL, and what stops it.
+async fn serve_route(
+    config: &wxdispatch::config::Config,
+) -> (String, wxdispatch::shutdown::Shutdown) {
+    let route = wxdispatch::component::http::with_route(config, None)
+        .unwrap()
+        .expect("the route in component mode");
+    let stop = wxdispatch::shutdown::Shutdown::new();
+    let (addr, _) = wxdispatch::http::serve("127.0.0.1:0", route, stop.clone())
+        .await
+        .unwrap();
+    (format!("http://{addr}/wechat/component"), stop)
 }
 
 /// The ticket pushed, then the authorization of `authorizer` with `funcs` pushed.
@@ -309,7 +324,7 @@ async fn an_unauthorized_push_forgets_the_authorizer() {
 /// its authorization (no AppSecret anywhere), a configured appid that never authorized the
 /// platform ends `rejected` with `not_authorized` and is never sent, and after `unauthorized`
 /// the authorizer's jobs end the same way (its token is refused, the refresh finds no
-/// authorization).
+/// authorization); the push itself is one `kind: authorization` outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authorized() {
     use wxdispatch::config::{Credentials, TokenMode};
@@ -394,9 +409,13 @@ async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authoriz
         Err(ComponentError::NotAuthorized(_))
     ));
     h.publish_many(&for_appid("auth-gone", APPID, 3)).await;
-    let out = h.outcomes(3, Duration::from_secs(20)).await;
-    assert_eq!(out.len(), 3, "{:?}", by_status(&out));
-    for o in &out {
+    let out = h.outcomes(4, Duration::from_secs(20)).await;
+    assert_eq!(out.len(), 4, "{:?}", by_status(&out));
+    let (auth, sends): (Vec<_>, Vec<_>) = out.iter().partition(|o| o["kind"] == "authorization");
+    assert_eq!(auth.len(), 1, "the push's outcome: {auth:?}");
+    assert_eq!(auth[0]["status"], "unauthorized");
+    assert_eq!(auth[0]["appid"], APPID);
+    for o in &sends {
         assert_eq!(o["status"], "rejected", "{o}");
         assert_eq!(o["reason"], "not_authorized", "{o}");
     }
@@ -429,16 +448,10 @@ async fn timed_ticket_pushes_reach_the_route_and_a_restarted_replica_uses_them()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let config = Config::from_sources(None, &vars).unwrap();
-    let route = wxdispatch::component::http::with_route(&config, None)
-        .unwrap()
-        .expect("the route in component mode");
-    let stop = wxdispatch::shutdown::Shutdown::new();
-    let (addr, _) = wxdispatch::http::serve("127.0.0.1:0", route, stop.clone())
-        .await
-        .unwrap();
+    let (url, stop) = serve_route(&config).await;
     mock.state.push_tickets(
         TicketTarget {
-            url: format!("http://{addr}/wechat/component"),
+            url,
             token: PUSH_TOKEN.into(),
             aes_key: PUSH_KEY.into(),
         },
@@ -471,3 +484,5 @@ async fn timed_ticket_pushes_reach_the_route_and_a_restarted_replica_uses_them()
     assert_eq!(stats.component_token_calls, 2);
     stop.trigger();
 }
+
+mod outcomes;
