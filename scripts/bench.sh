@@ -13,6 +13,10 @@
 #                               30,000-job backlog: the build before (OLD_BIN), this build, and
 #                               the floors amqp, amqp-http (reqwest) and amqp-hyper; then p99 at
 #                               1,000 jobs/s three times, and 1,000 in flight at 200 ms latency
+#   scripts/bench.sh round3     issue 30's comparison: the local mode and the shared (Redis)
+#                               mode of this build in alternation over a 60,000-job backlog,
+#                               five pairs, with the Redis commands and CPU per job
+#                               (REDIS_URL, default redis://127.0.0.1:6379/0)
 #   scripts/bench.sh            all three
 #
 # Results are appended as JSON lines (one per run, with the load average before it) to
@@ -105,6 +109,16 @@ round2() {
         --latency-ms 200
 }
 
+round3() {
+    local rev redis=${REDIS_URL:-redis://127.0.0.1:6379/0}
+    rev=$(git rev-parse --short HEAD)
+    local drain=(--jobs 60000 --concurrency 128 --prefetch 256 --backlog)
+    for _ in 1 2 3 4 5; do
+        LABEL=$rev-local bench round3.jsonl "${drain[@]}"
+        LABEL=$rev-shared bench round3.jsonl "${drain[@]}" --redis-url "$redis"
+    done
+}
+
 plot() {
     python3 "$OUT/plot.py" "$OUT/sweep.jsonl" "$OUT/scaling.png"
 }
@@ -115,9 +129,10 @@ sweep) build && sweep ;;
 plot) plot ;;
 floor) build && floor ;;
 round2) build && round2 ;;
+round3) build && round3 ;;
 all) build && headline && sweep && plot ;;
 *)
-    echo "usage: $0 [headline|sweep|plot|floor|round2|all]" >&2
+    echo "usage: $0 [headline|sweep|plot|floor|round2|round3|all]" >&2
     exit 2
     ;;
 esac

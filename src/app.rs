@@ -69,8 +69,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         None => None,
     };
     let worker_loop = worker::supervise(worker.clone(), shutdown.clone());
+    let dispatcher = worker.dispatcher.clone();
     let handle = tokio::spawn(async move {
         let result = worker_loop.await;
+        dispatcher.close().await;
         http_stop.trigger();
         result
     });

@@ -74,6 +74,12 @@ impl Dispatcher {
         })
     }
 
+    /// Settles the accounts' shared limits (see [`Accounts::close`]) once the sends are over,
+    /// for at most two seconds (Redis may be gone).
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.accounts.close()).await;
+    }
+
     pub(crate) fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
         self.accounts.iter()
     }

@@ -10,8 +10,9 @@
 //!
 //! Nothing here ever calls `clear_quota`: that is an operator's decision.
 //!
-//! With `WXD_REDIS_URL`, the rate and the daily count are shared by all replicas
-//! ([`super::redis`]); without it, they are per process.
+//! With `WXD_REDIS_URL`, the rate and the daily count are shared by all replicas: the gate
+//! leases slots of the account's schedule in Redis and adds its count there in batches
+//! ([`super::shared`]); without it, they are per process.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use chrono::{FixedOffset, NaiveDate, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::redis::RedisLink;
+use super::shared::Shared;
 use crate::metrics::Metrics;
 use crate::policy::DeferReason;
 
@@ -76,11 +78,12 @@ struct GateState {
 pub struct AccountGate {
     appid: String,
     rate_per_sec: u32,
-    /// Paces this process at the account's full rate.
+    /// Paces this process at the account's full rate (without Redis).
     limiter: DefaultDirectRateLimiter,
     /// Paces this process while Redis is configured but unreachable: rate / expected replicas.
     fallback: DefaultDirectRateLimiter,
-    shared: Option<Arc<RedisLink>>,
+    /// The shared schedule and count, with `WXD_REDIS_URL`.
+    shared: Option<Arc<Shared>>,
     daily_quota: Option<u64>,
     probe_every: Duration,
     state: Mutex<GateState>,
@@ -125,6 +128,16 @@ impl AccountGate {
         expected_replicas: u32,
     ) -> AccountGate {
         let fallback_rate = (rate_per_sec / expected_replicas.max(1)).max(1);
+        let shared = shared.map(|link| {
+            let burst = burst_for(rate_per_sec);
+            Arc::new(Shared::new(
+                link,
+                appid,
+                rate_per_sec,
+                burst,
+                expected_replicas,
+            ))
+        });
         AccountGate {
             appid: appid.to_string(),
             rate_per_sec,
@@ -177,7 +190,7 @@ impl AccountGate {
             st.slow_until = None;
         }
         if let Some(q) = self.daily_quota
-            && st.sent_today + st.reserved >= q
+            && self.today(&st) + st.reserved >= q
         {
             // Our own counter says today's quota is used up: wait for the Beijing midnight.
             return Admission::Later {
@@ -251,29 +264,14 @@ impl AccountGate {
         let start = Instant::now();
         match &self.shared {
             None => self.limiter.until_ready().await,
-            Some(slot) => match slot.get().await {
-                Some(limiter) => {
-                    let burst = burst_for(self.rate_per_sec);
-                    match limiter.reserve(&self.appid, self.rate_per_sec, burst).await {
-                        Ok(wait) => {
-                            self.metrics.redis_fallback.set(0);
-                            tokio::time::sleep(wait).await;
-                            self.limiter.until_ready().await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(appid = %self.appid, error = %e,
-                                "shared rate limiter failed; falling back to the local rate");
-                            slot.failed().await;
-                            self.metrics.redis_fallback.set(1);
-                            self.fallback.until_ready().await;
-                        }
-                    }
-                }
-                None => {
+            Some(shared) => {
+                if shared.pace().await {
+                    self.metrics.redis_fallback.set(0);
+                } else {
                     self.metrics.redis_fallback.set(1);
                     self.fallback.until_ready().await;
                 }
-            },
+            }
         }
         let waited = start.elapsed();
         self.wait_seconds.observe(waited.as_secs_f64());
@@ -282,30 +280,42 @@ impl AccountGate {
 
     /// Records a successful send; a successful probe resumes a paused account.
     pub async fn on_sent(&self, was_probe: bool) {
-        let shared_count = match &self.shared {
-            Some(slot) => match slot.get().await {
-                Some(l) => l
-                    .count_sent(&self.appid, &beijing_today().to_string())
-                    .await
-                    .ok(),
-                None => None,
-            },
-            None => None,
-        };
-        self.record_sent(was_probe, shared_count);
+        if self.record_sent(was_probe)
+            && let Some(shared) = &self.shared
+        {
+            shared.flush().await;
+        }
     }
 
-    fn record_sent(&self, was_probe: bool, shared_count: Option<u64>) {
+    /// Gives back what the gate leased of the shared schedule and adds its uncounted sends to
+    /// the shared count: when the worker stops.
+    pub async fn close(&self) {
+        if let Some(shared) = &self.shared {
+            shared.close().await;
+        }
+    }
+
+    /// Today's count: this process's sends, or with Redis every replica's as last seen plus
+    /// this process's not yet added there.
+    fn today(&self, st: &GateState) -> u64 {
+        match &self.shared {
+            Some(shared) => st.sent_today.max(shared.sent_today()),
+            None => st.sent_today,
+        }
+    }
+
+    /// Counts a successful send; says whether the shared count must be added to now.
+    fn record_sent(&self, was_probe: bool) -> bool {
         let mut st = self.state.lock().expect("gate lock");
         self.roll_day(&mut st);
         st.sent_today += 1;
         st.reserved = st.reserved.saturating_sub(1);
-        if let Some(n) = shared_count {
-            // The shared count includes every replica's sends.
-            st.sent_today = st.sent_today.max(n);
-        }
+        let flush = self
+            .shared
+            .as_ref()
+            .is_some_and(|shared| shared.count_one(self.daily_quota, st.reserved, st.sent_today));
         self.sent_gauge
-            .set(i64::try_from(st.sent_today).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.today(&st)).unwrap_or(i64::MAX));
         if was_probe {
             st.probe_in_flight = false;
         }
@@ -314,6 +324,7 @@ impl AccountGate {
             self.paused_gauge.set(0);
             tracing::info!(appid = %self.appid, "daily quota available again; account resumed");
         }
+        flush
     }
 
     /// WeChat said 45009: today's quota is spent. Pause the account.
@@ -399,125 +410,5 @@ pub fn burst_for(rate_per_sec: u32) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn gate(quota: Option<u64>, probe: Duration) -> AccountGate {
-        AccountGate::new("wxa", 1000, quota, probe, Arc::new(Metrics::new()))
-    }
-
-    #[test]
-    fn a_paused_account_lets_exactly_one_probe_through_per_interval() {
-        let g = gate(None, Duration::from_secs(600));
-        assert_eq!(g.admit(), Admission::Go);
-        g.pause_quota();
-        // Paused just now: the next probe is one interval away.
-        assert!(matches!(
-            g.admit(),
-            Admission::Later {
-                reason: DeferReason::Quota,
-                ..
-            }
-        ));
-        // Pretend the interval passed.
-        g.state.lock().unwrap().last_probe = Some(Instant::now() - Duration::from_secs(601));
-        assert_eq!(g.admit(), Admission::Probe);
-        assert!(
-            matches!(g.admit(), Admission::Later { .. }),
-            "one probe at a time"
-        );
-        g.record_sent(true, None);
-        assert_eq!(g.admit(), Admission::Go, "a successful probe resumes");
-    }
-
-    #[test]
-    fn the_local_daily_quota_pauses_before_it_is_exceeded() {
-        let g = gate(Some(2), Duration::from_secs(600));
-        assert_eq!(g.admit(), Admission::Go);
-        assert_eq!(g.admit(), Admission::Go);
-        // Two sends in flight already use up the quota of 2.
-        assert!(matches!(
-            g.admit(),
-            Admission::Later {
-                reason: DeferReason::Quota,
-                ..
-            }
-        ));
-        // One fails: its place comes back.
-        drop(g.reservation(false));
-        assert_eq!(g.admit(), Admission::Go);
-        g.record_sent(false, None);
-        g.record_sent(false, Some(2));
-        assert!(matches!(
-            g.admit(),
-            Admission::Later {
-                reason: DeferReason::Quota,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn minute_limit_waits_for_the_next_minute() {
-        let g = gate(None, Duration::from_secs(600));
-        let d = crate::policy::decision::until_next_minute(Utc::now().timestamp_millis());
-        assert!(d <= Duration::from_millis(60_050));
-        g.slow_down(d);
-        assert!(matches!(
-            g.admit(),
-            Admission::Later {
-                reason: DeferReason::RateMinute,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn beijing_midnight_is_within_a_day() {
-        let d = until_beijing_midnight();
-        assert!(d > Duration::ZERO && d <= Duration::from_secs(86_400));
-    }
-
-    #[tokio::test]
-    async fn a_long_queue_of_waiters_is_told_to_defer() {
-        let g = Arc::new(AccountGate::new(
-            "wxa",
-            2,
-            None,
-            Duration::from_secs(1),
-            Arc::new(Metrics::new()),
-        ));
-        // Ten sends wait at 2/s: the tenth would wait about four seconds.
-        let mut waiting = Vec::new();
-        for _ in 0..10 {
-            let g = g.clone();
-            waiting.push(tokio::spawn(async move {
-                g.pace_within(Duration::from_secs(60)).await
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let r = g.pace_within(Duration::from_secs(1)).await;
-        assert!(r.is_err(), "{r:?}");
-        for w in waiting {
-            w.abort();
-        }
-    }
-
-    #[tokio::test]
-    async fn pacing_holds_the_rate() {
-        let g = AccountGate::new(
-            "wxa",
-            100,
-            None,
-            Duration::from_secs(1),
-            Arc::new(Metrics::new()),
-        );
-        let start = Instant::now();
-        for _ in 0..55 {
-            g.pace().await;
-        }
-        // 5 of burst, then 50 at 100/s: about half a second.
-        let e = start.elapsed();
-        assert!(e >= Duration::from_millis(450), "{e:?}");
-    }
-}
+#[path = "limiter_tests.rs"]
+mod tests;

@@ -5,8 +5,10 @@
 //! count, the token) goes through Redis in one module, [`redis`].
 
 pub mod catalogue;
+pub mod lease;
 pub mod limiter;
 pub mod redis;
+mod shared;
 pub mod stops;
 pub mod token;
 
@@ -127,6 +129,15 @@ impl Accounts {
     /// A configured account by appid (a handful: a scan is cheaper than hashing).
     pub(crate) fn find(&self, appid: &str) -> Option<&Account> {
         self.0.iter().find(|a| a.appid == appid).map(|a| &**a)
+    }
+
+    /// Hands back what the gates leased of the shared schedules and adds their uncounted
+    /// sends to the shared counts (with Redis): the last thing a stopping worker does.
+    pub(crate) async fn close(&self) {
+        for a in &self.0 {
+            a.gate.close().await;
+            a.mp_gate.close().await;
+        }
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {

@@ -1,10 +1,12 @@
 //! The Redis-backed, cross-replica part of the limiter.
 //!
 //! Several replicas serve one account, and autoscaling must never raise that account's rate.
-//! With `WXD_REDIS_URL` set, every send reserves a slot in a per-account GCRA schedule kept in
-//! Redis by one atomic Lua script (using Redis' own clock, so replicas' clocks don't matter),
-//! and successful sends are counted per Beijing day in Redis. N replicas then together hold
-//! the configured rate, while governor still paces each process locally.
+//! With `WXD_REDIS_URL` set, each account's sends follow one GCRA schedule kept in Redis by
+//! atomic Lua scripts (on Redis' own clock, so replicas' clocks don't matter): a replica leases
+//! a batch of consecutive slots in one call and spends them locally ([`super::lease`],
+//! [`super::shared`]), and the day's successful sends are added to a per-Beijing-day count in
+//! the same call or in one `INCRBY` now and then. N replicas then together hold the configured
+//! rate.
 //!
 //! If Redis is unreachable, callers fall back to a local rate of `rate / expected_replicas`
 //! (see [`super::AccountGate`]); they never stall or fail jobs because of Redis.
@@ -13,25 +15,72 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-/// Reserves the next send slot. Returns the microseconds to wait before sending (0 = now).
+use super::lease::GiveBack;
+
+/// Leases the next `k` slots of an account's schedule, and adds this replica's sends not yet
+/// counted to the day's count, in one call.
 ///
-/// KEYS[1]: the account's schedule key. ARGV[1]: emission interval in µs (1e6 / rate).
-/// ARGV[2]: burst tolerance in µs (interval × burst). The stored value is the next free slot
-/// (the "theoretical arrival time"); a slot may lie up to the burst tolerance in the past, so
-/// a short burst goes out at once and the long-run rate is exactly one per interval.
-const RESERVE: &str = r#"
+/// KEYS[1]: the account's schedule key, KEYS[2]: its count key for the day. ARGV[1]: emission
+/// interval in µs (1e6 / rate), ARGV[2]: how far in the past the lease may start, in µs (at
+/// most the burst tolerance, interval × (burst − 1)), ARGV[3]: slots to lease (k), ARGV[4]:
+/// sends to add to the count (0: just read it). The stored value is the schedule's end (the
+/// "theoretical arrival time"); the lease starts there or up to ARGV[2] in the past, whichever
+/// is later, so a short burst goes out at once and the long-run rate is exactly one per
+/// interval. Returns `{first slot − now (µs, ≤ 0 when
+/// in the past), the schedule's new end (µs), today's count}`.
+const LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local slot = math.max(tat, now - tolerance)
-local next_tat = slot + interval
+local next_tat = slot + tonumber(ARGV[3]) * interval
 redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.floor((next_tat - now) / 1000) + 60000)
-local wait = slot - now
-if wait < 0 then wait = 0 end
-return wait
+local add = tonumber(ARGV[4])
+local total
+if add > 0 then
+  total = redis.call('INCRBY', KEYS[2], add)
+  if total == add then redis.call('EXPIRE', KEYS[2], 172800) end
+else
+  total = tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+return {slot - now, next_tat, total}
 "#;
+
+/// Gives a lease's unused slots back and adds sends to the day's count, in one call.
+///
+/// KEYS[1]: the schedule key, KEYS[2]: the count key. ARGV[1]: the schedule's end the lease
+/// left (µs), ARGV[2]: how far to move it back (µs, 0: nothing to give back), ARGV[3]: sends
+/// to add to the count (0: none). The slots go back only while the schedule still ends where
+/// the lease left it: once another replica has reserved after them they stay used, so no slot
+/// is ever handed out twice. Returns `{1 if given back else 0, today's count or -1}`.
+const SETTLE: &str = r#"
+local given = 0
+local back = tonumber(ARGV[2])
+if back > 0 and tonumber(redis.call('GET', KEYS[1]) or '-1') == tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(ARGV[1]) - back), 'KEEPTTL')
+  given = 1
+end
+local add = tonumber(ARGV[3])
+local total = -1
+if add > 0 then
+  total = redis.call('INCRBY', KEYS[2], add)
+  if total == add then redis.call('EXPIRE', KEYS[2], 172800) end
+end
+return {given, total}
+"#;
+
+/// What [`SharedLimiter::lease`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leased {
+    /// The first slot's time relative to Redis' "now" (negative: in the past).
+    pub first_offset_us: i64,
+    /// The schedule's end after this lease (µs on Redis' clock).
+    pub end_us: u64,
+    /// The day's count after the addition.
+    pub sent_today: u64,
+}
 
 /// Takes one forced `stable_token` refresh from the account's daily budget, shared by every
 /// replica. WeChat allows 20 forced refreshes a day with 30 s between them, and each one
@@ -77,7 +126,8 @@ pub struct SharedToken {
 #[derive(Clone)]
 pub struct SharedLimiter {
     conn: ConnectionManager,
-    script: redis::Script,
+    lease: redis::Script,
+    settle: redis::Script,
 }
 
 /// How long a Redis call may take before the caller falls back to local limits.
@@ -99,24 +149,69 @@ impl SharedLimiter {
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out")))??;
         Ok(SharedLimiter {
             conn,
-            script: redis::Script::new(RESERVE),
+            lease: redis::Script::new(LEASE),
+            settle: redis::Script::new(SETTLE),
         })
     }
 
-    /// Reserves a slot for `appid` at `rate_per_sec` with `burst`; returns how long to wait.
+    /// Reserves one slot for `appid` at `rate_per_sec` with `burst`; returns how long to wait.
     pub async fn reserve(
         &self,
         appid: &str,
         rate_per_sec: u32,
         burst: u32,
     ) -> redis::RedisResult<Duration> {
-        let interval_us = 1_000_000u64 / u64::from(rate_per_sec.max(1));
-        let tolerance_us = interval_us * u64::from(burst.saturating_sub(1));
+        let (interval_us, tolerance_us) = schedule_us(rate_per_sec, burst);
+        let l = self
+            .lease(appid, "", interval_us, tolerance_us, 1, 0)
+            .await?;
+        Ok(Duration::from_micros(l.first_offset_us.max(0) as u64))
+    }
+
+    /// Leases `slots` slots of `id`'s schedule, starting at most `credit_us` in the past, and
+    /// adds `add` sends to its count for Beijing day `day` (see [`LEASE`]).
+    pub async fn lease(
+        &self,
+        id: &str,
+        day: &str,
+        interval_us: u64,
+        credit_us: u64,
+        slots: u32,
+        add: u64,
+    ) -> redis::RedisResult<Leased> {
         let mut conn = self.conn.clone();
-        let mut call = self.script.key(format!("wxdispatch:rate:{appid}"));
-        call.arg(interval_us).arg(tolerance_us);
-        let wait_us = timed(call.invoke_async::<u64>(&mut conn)).await?;
-        Ok(Duration::from_micros(wait_us))
+        let mut call = self.lease.key(rate_key(id));
+        call.key(count_key(id, day))
+            .arg(interval_us)
+            .arg(credit_us)
+            .arg(slots)
+            .arg(add);
+        let (first_offset_us, end_us, sent_today) =
+            timed(call.invoke_async::<(i64, i64, i64)>(&mut conn)).await?;
+        Ok(Leased {
+            first_offset_us,
+            end_us: end_us.max(0) as u64,
+            sent_today: sent_today.max(0) as u64,
+        })
+    }
+
+    /// Gives back `back` (if any) and adds `add` sends to `id`'s count for `day` (see
+    /// [`SETTLE`]). Returns whether the slots went back and the day's count, if added to.
+    pub async fn settle(
+        &self,
+        id: &str,
+        day: &str,
+        back: Option<GiveBack>,
+        add: u64,
+    ) -> redis::RedisResult<(bool, Option<u64>)> {
+        let mut conn = self.conn.clone();
+        let mut call = self.settle.key(rate_key(id));
+        call.key(count_key(id, day))
+            .arg(back.map_or(0, |b| b.end_us))
+            .arg(back.map_or(0, |b| b.span_us()))
+            .arg(add);
+        let (given, total) = timed(call.invoke_async::<(i64, i64)>(&mut conn)).await?;
+        Ok((given == 1, u64::try_from(total).ok()))
     }
 
     /// Takes a forced token refresh from `appid`'s budget for Beijing day `day`.
@@ -196,22 +291,23 @@ impl SharedLimiter {
         cmd.arg(format!("wxdispatch:token:lock:{appid}"));
         timed(cmd.query_async::<()>(&mut conn)).await
     }
+}
 
-    /// Counts one successful send for `appid` on Beijing day `day`; returns today's total.
-    pub async fn count_sent(&self, appid: &str, day: &str) -> redis::RedisResult<u64> {
-        let key = format!("wxdispatch:sent:{appid}:{day}");
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .incr(&key, 1u64)
-            .expire(&key, 2 * 86_400)
-            .ignore();
-        let fut = pipe.query_async::<(u64,)>(&mut conn);
-        let (n,) = tokio::time::timeout(CALL_TIMEOUT, fut)
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timed out")))??;
-        Ok(n)
-    }
+/// The schedule's emission interval and burst tolerance in µs, for `rate_per_sec` with `burst`.
+pub fn schedule_us(rate_per_sec: u32, burst: u32) -> (u64, u64) {
+    let interval_us = 1_000_000u64 / u64::from(rate_per_sec.max(1));
+    (
+        interval_us,
+        interval_us * u64::from(burst.saturating_sub(1)),
+    )
+}
+
+fn rate_key(id: &str) -> String {
+    format!("wxdispatch:rate:{id}")
+}
+
+fn count_key(id: &str, day: &str) -> String {
+    format!("wxdispatch:sent:{id}:{day}")
 }
 
 /// A Redis call bounded by [`CALL_TIMEOUT`], so a slow Redis costs a fallback, not a stall.

@@ -35,19 +35,27 @@ fn success_receipt_parses_to_delivered_with_msg_id() {
 }
 
 #[test]
-fn user_block_receipt_parses_to_blocked() {
-    let e = expect_event(&receipt("failed:user block", "200163840"));
-    assert_eq!(e.msg_id, Some(200163840));
-    assert_eq!(e.receipt_status(), Some(ReceiptStatus::Blocked));
-    assert_eq!(e.receipt_status().unwrap().as_str(), "blocked");
-}
-
-#[test]
-fn system_failed_receipt_parses_to_undelivered() {
-    let e = expect_event(&receipt("failed: system failed", "200163836"));
-    assert_eq!(e.msg_id, Some(200163836));
-    assert_eq!(e.receipt_status(), Some(ReceiptStatus::Undelivered));
-    assert_eq!(e.receipt_status().unwrap().to_string(), "undelivered");
+fn failed_receipts_parse_to_blocked_and_undelivered() {
+    for (status, msgid, want, word) in [
+        (
+            "failed:user block",
+            "200163840",
+            ReceiptStatus::Blocked,
+            "blocked",
+        ),
+        (
+            "failed: system failed",
+            "200163836",
+            ReceiptStatus::Undelivered,
+            "undelivered",
+        ),
+    ] {
+        let e = expect_event(&receipt(status, msgid));
+        assert_eq!(e.msg_id, Some(msgid.parse().unwrap()));
+        assert_eq!(e.receipt_status(), Some(want));
+        assert_eq!(e.receipt_status().unwrap().as_str(), word);
+        assert_eq!(e.receipt_status().unwrap().to_string(), word);
+    }
 }
 
 #[test]

@@ -320,7 +320,7 @@ async fn receive(
         event: TEMPLATE_SEND_JOB_FINISH.into(),
         template_id: String::new(),
     };
-    let counted = Counted::Receipt(status.label());
+    let counter = ConfirmedCounter::Receipt(status.label());
     let o = Outcome::receipt(Receipt {
         appid,
         touser: event.from_user.clone(),
@@ -330,14 +330,14 @@ async fn receive(
         errmsg: Some(raw_status),
         template_id: None,
     });
-    let publish = publish_counted(&r, o, counted);
+    let publish = publish_counted(&r, o, counter);
     let answer = r.seen.store(key.clone(), ANSWER_WITHIN, publish).await;
     r.forward_owned(&answer, key, raw).await;
     respond(&r, answer)
 }
 
 /// The counter an outcome bumps once the broker confirmed it.
-enum Counted {
+enum ConfirmedCounter {
     /// `wxdispatch_receipts_total{status}`.
     Receipt(&'static str),
     /// `wxdispatch_consents_total{status,source}`.
@@ -351,24 +351,24 @@ enum Counted {
 fn publish_counted(
     r: &Arc<Endpoint>,
     o: Outcome,
-    counted: Counted,
+    counter: ConfirmedCounter,
 ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
     let publisher = r.clone();
     async move {
         match publisher.publisher.publish(&o).await {
             Ok(()) => {
-                match &counted {
-                    Counted::Receipt(status) => publisher
+                match &counter {
+                    ConfirmedCounter::Receipt(status) => publisher
                         .metrics
                         .receipts_total
                         .with_label_values(&[status])
                         .inc(),
-                    Counted::Consent(status, source) => publisher
+                    ConfirmedCounter::Consent(status, source) => publisher
                         .metrics
                         .consents_total
                         .with_label_values(&[status, source])
                         .inc(),
-                    Counted::Event => {}
+                    ConfirmedCounter::Event => {}
                 }
                 tracing::debug!(kind = ?o.kind(), msgid = ?o.msgid, status = %o.status(), "callback outcome stored");
                 Ok(())
@@ -410,10 +410,10 @@ async fn store_subscription(
     let stores = ev.items.iter().map(|item| {
         let touser = ev.from_user.clone();
         let template_id = item.template_id.clone();
-        let (o, raw, counted) = match ev.kind.source() {
+        let (o, raw, counter) = match ev.kind.source() {
             Some(source) => {
                 let status = item.consent_status();
-                let counted = Counted::Consent(status.label(), source);
+                let counter = ConfirmedCounter::Consent(status.label(), source);
                 let o = Outcome::consent(Consent {
                     appid: appid.clone(),
                     touser,
@@ -422,11 +422,11 @@ async fn store_subscription(
                     source: source.to_string(),
                     event_time: ev.create_time,
                 });
-                (o, item.status.clone().unwrap_or_default(), counted)
+                (o, item.status.clone().unwrap_or_default(), counter)
             }
             None => {
                 let status = item.receipt_status();
-                let counted = Counted::Receipt(status.label());
+                let counter = ConfirmedCounter::Receipt(status.label());
                 let o = Outcome::receipt(Receipt {
                     appid: appid.clone(),
                     touser,
@@ -441,7 +441,7 @@ async fn store_subscription(
                     item.error_code.map_or_else(String::new, |c| c.to_string()),
                     item.error_status.as_deref().unwrap_or("")
                 );
-                (o, raw, counted)
+                (o, raw, counter)
             }
         };
         let key = PushKey {
@@ -454,7 +454,7 @@ async fn store_subscription(
             template_id: item.template_id.clone(),
         };
         r.seen
-            .store(key, ANSWER_WITHIN, publish_counted(r, o, counted))
+            .store(key, ANSWER_WITHIN, publish_counted(r, o, counter))
     });
     let answers = futures_util::future::join_all(stores).await;
     combine(&answers)

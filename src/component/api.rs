@@ -6,6 +6,12 @@ use serde::de::DeserializeOwned;
 use crate::config::Secret;
 use crate::wechat::{SendError, WechatClient};
 
+/// The platform endpoints, which the simulator serves under the same paths.
+pub const COMPONENT_TOKEN: &str = "/cgi-bin/component/api_component_token";
+pub const QUERY_AUTH: &str = "/cgi-bin/component/api_query_auth";
+pub const AUTHORIZER_TOKEN: &str = "/cgi-bin/component/api_authorizer_token";
+pub const AUTHORIZER_LIST: &str = "/cgi-bin/component/api_get_authorizer_list";
+
 /// An answer of a component endpoint: its fields, or WeChat's error.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Answer<T> {
@@ -103,8 +109,7 @@ impl ComponentApi {
             "component_appsecret": self.secret.expose(),
             "component_verify_ticket": ticket,
         });
-        self.post("/cgi-bin/component/api_component_token", None, body)
-            .await
+        self.post(COMPONENT_TOKEN, None, body).await
     }
 
     /// `api_query_auth`: an authorization code exchanged for the authorizer's tokens.
@@ -117,12 +122,7 @@ impl ComponentApi {
             "component_appid": self.appid,
             "authorization_code": code,
         });
-        self.post(
-            "/cgi-bin/component/api_query_auth",
-            Some(component_token),
-            body,
-        )
-        .await
+        self.post(QUERY_AUTH, Some(component_token), body).await
     }
 
     /// `api_authorizer_token`: a new authorizer token, and a rotated refresh token.
@@ -137,12 +137,8 @@ impl ComponentApi {
             "authorizer_appid": authorizer,
             "authorizer_refresh_token": refresh_token,
         });
-        self.post(
-            "/cgi-bin/component/api_authorizer_token",
-            Some(component_token),
-            body,
-        )
-        .await
+        self.post(AUTHORIZER_TOKEN, Some(component_token), body)
+            .await
     }
 
     /// `api_get_authorizer_list`, one page.
@@ -156,11 +152,7 @@ impl ComponentApi {
             "offset": offset,
             "count": 500,
         });
-        self.post(
-            "/cgi-bin/component/api_get_authorizer_list",
-            Some(component_token),
-            body,
-        )
-        .await
+        self.post(AUTHORIZER_LIST, Some(component_token), body)
+            .await
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::api::ComponentApi;
+use super::api::{Answer, ComponentApi};
 use super::store::{AuthorizerRecord, ComponentStore, StoredToken};
 use crate::wechat::SendError;
 
@@ -19,6 +19,19 @@ const AHEAD: Duration = Duration::from_secs(300);
 
 /// WeChat: the authorizer refresh token is invalid (lost, or rotated by someone else).
 pub const INVALID_REFRESH_TOKEN: i64 = 61023;
+
+impl<T> Answer<T> {
+    /// The answer's body when WeChat said `errcode` 0, else its code and message as an error.
+    fn into_body(self) -> Result<T, ComponentError> {
+        match self.body {
+            Some(body) if self.errcode == 0 => Ok(body),
+            _ => Err(ComponentError::Wechat {
+                code: self.errcode,
+                msg: self.errmsg,
+            }),
+        }
+    }
+}
 
 /// Why a token of the platform could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -75,15 +88,7 @@ impl Component {
     async fn fetch_component_token(&self) -> Result<String, ComponentError> {
         let ticket = self.store.ticket().await?.ok_or(ComponentError::NoTicket)?;
         let answer = self.api.component_token(&ticket).await?;
-        let token = match answer.body {
-            Some(t) if answer.errcode == 0 => t,
-            _ => {
-                return Err(ComponentError::Wechat {
-                    code: answer.errcode,
-                    msg: answer.errmsg,
-                });
-            }
-        };
+        let token = answer.into_body()?;
         self.store
             .store_component_token(&token.component_access_token, token.expires_in)
             .await?;
@@ -95,15 +100,7 @@ impl Component {
     pub async fn authorize(&self, code: &str) -> Result<(String, Vec<u32>), ComponentError> {
         let ctoken = self.component_token().await?;
         let answer = self.api.query_auth(&ctoken, code).await?;
-        let info = match answer.body {
-            Some(q) if answer.errcode == 0 => q.authorization_info,
-            _ => {
-                return Err(ComponentError::Wechat {
-                    code: answer.errcode,
-                    msg: answer.errmsg,
-                });
-            }
-        };
+        let info = answer.into_body()?.authorization_info;
         let funcs: Vec<u32> = info
             .func_info
             .iter()
@@ -223,15 +220,7 @@ impl Component {
         let mut offset = 0;
         loop {
             let answer = self.api.authorizer_list(ctoken, offset).await?;
-            let page = match answer.body {
-                Some(p) if answer.errcode == 0 => p,
-                _ => {
-                    return Err(ComponentError::Wechat {
-                        code: answer.errcode,
-                        msg: answer.errmsg,
-                    });
-                }
-            };
+            let page = answer.into_body()?;
             if let Some(found) = page.list.iter().find(|a| a.authorizer_appid == appid) {
                 let funcs = self
                     .store

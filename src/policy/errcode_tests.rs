@@ -196,15 +196,21 @@ fn markdown_table_shape() {
     }
 }
 
+/// Fails with `how` (how to regenerate) and the table when ERROR_POLICY.md lacks `table`.
+fn assert_policy_doc_has(table: &str, how: &str) {
+    assert!(
+        POLICY_DOC.contains(table),
+        "ERROR_POLICY.md is out of date with {how}\nExpected table:\n{table}"
+    );
+}
+
 #[test]
 fn policy_doc_contains_generated_table() {
-    let table = policy_markdown_table();
-    assert!(
-        POLICY_DOC.contains(&table),
-        "ERROR_POLICY.md is out of date with errcode::TABLE.\n\
-             Regenerate with: cargo test print_policy_markdown_table -- --ignored --nocapture\n\
-             and replace the table between the `errcode-table` markers in the doc.\n\
-             Expected table:\n{table}"
+    assert_policy_doc_has(
+        &policy_markdown_table(),
+        "errcode::TABLE.\n\
+         Regenerate with: cargo test print_policy_markdown_table -- --ignored --nocapture\n\
+         and replace the table between the `errcode-table` markers in the doc.",
     );
 }
 
@@ -232,11 +238,7 @@ fn http_statuses_are_classified_by_the_table() {
 
 #[test]
 fn policy_doc_contains_the_http_table() {
-    let table = http_markdown_table();
-    assert!(
-        POLICY_DOC.contains(&table),
-        "ERROR_POLICY.md is out of date with errcode::HTTP_RULES. Expected:\n{table}"
-    );
+    assert_policy_doc_has(&http_markdown_table(), "errcode::HTTP_RULES.");
 }
 
 /// Prints the table for pasting into ERROR_POLICY.md.

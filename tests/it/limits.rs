@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::helpers::*;
 
 /// Full seconds of a per-second series: the first and last (partial) seconds are dropped.
-fn full_seconds(series: &BTreeMap<i64, u64>) -> Vec<u64> {
+pub(crate) fn full_seconds(series: &BTreeMap<i64, u64>) -> Vec<u64> {
     let v: Vec<u64> = series.values().copied().collect();
     if v.len() <= 2 {
         return Vec::new();
@@ -16,7 +16,7 @@ fn full_seconds(series: &BTreeMap<i64, u64>) -> Vec<u64> {
     v[1..v.len() - 1].to_vec()
 }
 
-fn assert_rate(series: &BTreeMap<i64, u64>, rate: f64, sustained_tolerance: f64) {
+pub(crate) fn assert_rate(series: &BTreeMap<i64, u64>, rate: f64, sustained_tolerance: f64) {
     let full = full_seconds(series);
     assert!(full.len() >= 3, "too few full seconds: {series:?}");
     let max = *full.iter().max().unwrap() as f64;
@@ -312,10 +312,10 @@ async fn serial_three_processes_share_one_rate_through_redis() {
     h.cleanup().await;
 }
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub(crate) const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 /// Deletes every key the shared limiter made for `appid`.
-async fn forget_in_redis(appid: &str) {
+pub(crate) async fn forget_in_redis(appid: &str) {
     let client = redis::Client::open(REDIS_URL).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -333,7 +333,7 @@ async fn forget_in_redis(appid: &str) {
 }
 
 /// A fresh appid, so a test owns its keys in the shared Redis.
-fn redis_appid() -> String {
+pub(crate) fn redis_appid() -> String {
     format!("wxr{:013x}", rand::random::<u64>() & 0xfffffffffffff)
 }
 

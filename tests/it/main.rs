@@ -24,6 +24,7 @@ mod publish;
 mod push_events;
 mod receipts;
 mod serial_marks;
+mod shared_limits;
 mod subscribe;
 mod token_central;
 mod token_faults;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 
-use super::{ANSWER_WITHIN, Counted, Endpoint, MAX_BODY, attribute, publish_counted, respond};
+use super::{
+    ANSWER_WITHIN, ConfirmedCounter, Endpoint, MAX_BODY, attribute, publish_counted, respond,
+};
 use crate::callback::dedupe::{Answer, PushKey};
 use crate::callback::forward::RawPush;
 use crate::outcome::{Outcome, PushedEvent};
@@ -111,6 +113,10 @@ async fn store_event(
         ..push_identity(&other.to_user, &ev.openid, ev.event_time, &word)
     };
     Ok(r.seen
-        .store(key, ANSWER_WITHIN, publish_counted(r, o, Counted::Event))
+        .store(
+            key,
+            ANSWER_WITHIN,
+            publish_counted(r, o, ConfirmedCounter::Event),
+        )
         .await)
 }

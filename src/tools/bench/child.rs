@@ -54,6 +54,9 @@ pub(super) fn spawn_worker(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true);
+    if let Some(url) = &args.redis_url {
+        cmd.env("WXD_REDIS_URL", url);
+    }
     if let Some(n) = args.worker_threads {
         cmd.env("TOKIO_WORKER_THREADS", n.to_string());
     }

@@ -36,6 +36,7 @@ use crate::tools::sample;
 mod child;
 pub(crate) mod floor;
 mod procfs;
+mod redis_stats;
 mod report;
 mod stalls;
 
@@ -91,6 +92,10 @@ pub struct Args {
     /// simulator. What the real worker costs above this floor is wxdispatch's own logic.
     #[arg(long, value_enum, value_name = "PART")]
     pub floor: Option<Floor>,
+    /// Share the account's rate and count through this Redis (WXD_REDIS_URL), and report the
+    /// commands and CPU the run cost it.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
     /// Print one JSON object on stdout instead of the readable report.
     #[arg(long)]
     pub json: bool,
@@ -205,6 +210,12 @@ async fn measure(
 
     let mut worker = None;
     let mut cpu_base = Duration::ZERO;
+    let mut redis_before = None;
+    if let Some(url) = &args.redis_url
+        && !args.backlog
+    {
+        redis_before = Some(redis_stats::read(url).await?);
+    }
     if !args.backlog {
         let (child, pid) = spawn_worker(config, args, &mock.base_url())?;
         worker = Some((child, pid));
@@ -226,6 +237,9 @@ async fn measure(
         // Only the drain is measured: the machine's and this process's CPU start here too.
         machine_before = machine_cpu();
         self_before = self_cpu();
+        if let Some(url) = &args.redis_url {
+            redis_before = Some(redis_stats::read(url).await?);
+        }
         let start = t0.elapsed();
         let (child, pid) = spawn_worker(config, args, &mock.base_url())?;
         worker = Some((child, pid));
@@ -241,6 +255,15 @@ async fn measure(
     let machine_after = machine_cpu();
     let self_after = self_cpu();
     let lifetime_cpu = stop_worker(&mut child, pid).await;
+    // After the worker stopped: what it settled with Redis on the way out counts too.
+    let redis = match (&args.redis_url, redis_before) {
+        (Some(url), Some(before)) => Some(redis_stats::cost(
+            before,
+            redis_stats::read(url).await?,
+            collected.unique,
+        )),
+        _ => None,
+    };
     mock.stop();
     let _ = collect_conn.close(200, "bye".into()).await;
 
@@ -316,6 +339,7 @@ async fn measure(
         loadavg_before,
         measured_at,
         floor: args.floor,
+        redis,
     })
 }
 

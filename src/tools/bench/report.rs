@@ -66,6 +66,8 @@ pub(crate) struct Report {
     pub measured_at: String,
     /// Set when the child was the floor worker (`--floor`), not `wxdispatch run`.
     pub floor: Option<Floor>,
+    /// With `--redis-url`: what the run cost the shared Redis.
+    pub redis: Option<super::redis_stats::RedisCost>,
 }
 
 /// The value at quantile `q` of sorted values (nearest rank), 0 when empty.
@@ -104,6 +106,12 @@ pub(super) fn print(r: &Report) {
         );
     }
     println!("  load average before        {}", r.loadavg_before);
+    if let Some(c) = &r.redis {
+        println!(
+            "  shared Redis               {:.4} commands/job ({} in all, {} script calls), {:.1} µs of its CPU/job",
+            c.commands_per_job, c.commands, c.script_calls, c.cpu_us_per_job
+        );
+    }
     println!(
         "  outcomes                   {} of {} ({} sent, {} duplicates)",
         r.outcomes, r.jobs, r.sent, r.duplicates

@@ -18,6 +18,7 @@ use axum::routing::post;
 use serde::{Deserialize, Serialize};
 
 use super::MockState;
+use crate::component::api;
 
 /// What the platform's endpoints were asked.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -176,19 +177,10 @@ impl MockState {
 
 pub(super) fn routes() -> Router<Arc<MockState>> {
     Router::new()
-        .route(
-            "/cgi-bin/component/api_component_token",
-            post(component_token),
-        )
-        .route("/cgi-bin/component/api_query_auth", post(query_auth))
-        .route(
-            "/cgi-bin/component/api_authorizer_token",
-            post(authorizer_token),
-        )
-        .route(
-            "/cgi-bin/component/api_get_authorizer_list",
-            post(authorizer_list),
-        )
+        .route(api::COMPONENT_TOKEN, post(component_token))
+        .route(api::QUERY_AUTH, post(query_auth))
+        .route(api::AUTHORIZER_TOKEN, post(authorizer_token))
+        .route(api::AUTHORIZER_LIST, post(authorizer_list))
 }
 
 fn wx(value: serde_json::Value) -> Response {
