@@ -2,10 +2,10 @@
 //! ([`api`]), what it keeps in Redis ([`store`]), its tokens with the refresh-token rotation
 //! under a lock ([`tokens`]) and its authorization pushes ([`push`]).
 //!
-//! With `token_mode = component` every configured account is an authorizer whose token comes
+//! With `token_mode = component` every account is an authorizer (configured or, built on its
+//! first job, not: [`crate::account`]) whose token comes
 //! from [`Component::token_reply`], and the pushes are served at `/wechat/component` ([`http`]),
 //! each authorization push published as a `kind: authorization` outcome before it is answered.
-//! Not yet done: dynamic accounts (jobs for any authorizer, no restart).
 
 pub mod api;
 pub mod http;

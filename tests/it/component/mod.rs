@@ -121,6 +121,17 @@ async fn serve_route(
     (format!("http://{addr}/wechat/component"), stop)
 }
 
+/// `n` jobs for `appid`.
+fn jobs_for(prefix: &str, appid: &str, n: usize) -> Vec<serde_json::Value> {
+    jobs(prefix, n)
+        .into_iter()
+        .map(|mut j| {
+            j["appid"] = appid.into();
+            j
+        })
+        .collect()
+}
+
 /// The ticket pushed, then the authorization of `authorizer` with `funcs` pushed.
 async fn authorized(
     mock: &MockServer,
@@ -327,7 +338,6 @@ async fn an_unauthorized_push_forgets_the_authorizer() {
 /// authorization); the push itself is one `kind: authorization` outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authorized() {
-    use wxdispatch::config::{Credentials, TokenMode};
     let mut h = Harness::start(Opts {
         no_worker: true,
         ..Default::default()
@@ -338,30 +348,15 @@ async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authoriz
     let c = replica(&h.mock, &platform).await;
     authorized(&h.mock, &c, &platform, APPID, &[1]).await;
     let other = unique("wxnever").replace('.', "");
-    h.config.wechat.token_mode = TokenMode::Component;
-    h.config.wechat.component_appid = Some(platform.clone());
-    h.config.limits.redis_url = Some(REDIS_URL.into());
-    let mut credentials = Credentials::default();
-    credentials.component_secret = Some(Secret::new(PLATFORM_SECRET));
-    credentials.component_token = Some(Secret::new(PUSH_TOKEN));
-    credentials.component_aes_key = Some(Secret::new(PUSH_KEY));
-    h.config.credentials = credentials;
+    let exchange = h.config.amqp.outcomes_exchange.clone();
+    h.config = outcomes::platform_config(&h, &platform, &exchange);
     let mut second = h.config.accounts[0].clone();
     second.appid = other.clone();
     h.config.accounts.push(second);
     h.start_worker().await;
 
-    let for_appid = |prefix: &str, appid: &str, n: usize| {
-        jobs(prefix, n)
-            .into_iter()
-            .map(|mut j| {
-                j["appid"] = appid.into();
-                j
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut all = for_appid("auth-ok", APPID, 5);
-    all.extend(for_appid("auth-never", &other, 3));
+    let mut all = jobs_for("auth-ok", APPID, 5);
+    all.extend(jobs_for("auth-never", &other, 3));
     h.publish_many(&all).await;
     let out = h.outcomes(8, Duration::from_secs(20)).await;
     assert_eq!(out.len(), 8, "{:?}", by_status(&out));
@@ -408,7 +403,7 @@ async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authoriz
         c.record(APPID).await,
         Err(ComponentError::NotAuthorized(_))
     ));
-    h.publish_many(&for_appid("auth-gone", APPID, 3)).await;
+    h.publish_many(&jobs_for("auth-gone", APPID, 3)).await;
     let out = h.outcomes(4, Duration::from_secs(20)).await;
     assert_eq!(out.len(), 4, "{:?}", by_status(&out));
     let (auth, sends): (Vec<_>, Vec<_>) = out.iter().partition(|o| o["kind"] == "authorization");
@@ -485,4 +480,5 @@ async fn timed_ticket_pushes_reach_the_route_and_a_restarted_replica_uses_them()
     stop.trigger();
 }
 
+mod dynamic;
 mod outcomes;

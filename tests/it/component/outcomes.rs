@@ -11,7 +11,11 @@ use wxdispatch::config::{Credentials, Secret, TokenMode};
 use super::*;
 
 /// A component-mode copy of the harness's configuration whose outcomes go to `exchange`.
-fn platform_config(h: &Harness, platform: &str, exchange: &str) -> wxdispatch::config::Config {
+pub(super) fn platform_config(
+    h: &Harness,
+    platform: &str,
+    exchange: &str,
+) -> wxdispatch::config::Config {
     let mut config = h.config.clone();
     config.wechat.token_mode = TokenMode::Component;
     config.wechat.component_appid = Some(platform.to_string());
@@ -26,7 +30,7 @@ fn platform_config(h: &Harness, platform: &str, exchange: &str) -> wxdispatch::c
 }
 
 /// Posts a push to the route: its status and body.
-async fn post(url: &str, (q, body): &(PushQuery, String)) -> (u16, String) {
+pub(super) async fn post(url: &str, (q, body): &(PushQuery, String)) -> (u16, String) {
     let answer = reqwest::Client::new()
         .post(format!(
             "{url}?timestamp={}&nonce={}&msg_signature={}",
