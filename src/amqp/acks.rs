@@ -296,12 +296,23 @@ mod tests {
         );
     }
 
+    /// A window over `tags` in which `done` have finished at `t0`.
+    fn window_with_finished(
+        tags: std::ops::RangeInclusive<u64>,
+        done: &[u64],
+        t0: Instant,
+    ) -> Window {
+        let mut w = window(tags);
+        for &tag in done {
+            w.finished(tag, t0);
+        }
+        w
+    }
+
     #[test]
     fn a_nacked_job_unblocks_the_ones_after_it_but_is_never_the_ack_tag() {
         let t0 = Instant::now();
-        let mut w = window(1..=3);
-        w.finished(2, t0);
-        w.finished(3, t0);
+        let mut w = window_with_finished(1..=3, &[2, 3], t0);
         w.settled(1);
         assert_eq!(w.plan(Some(t0), WAIT).multiple, Some(3));
         let mut w = window(1..=3);
@@ -318,9 +329,7 @@ mod tests {
     #[test]
     fn closing_acks_every_owed_job_and_leaves_unfinished_ones_alone() {
         let t0 = Instant::now();
-        let mut w = window(1..=4);
-        w.finished(2, t0);
-        w.finished(4, t0);
+        let mut w = window_with_finished(1..=4, &[2, 4], t0);
         let plan = w.plan(None, WAIT);
         assert_eq!(plan.multiple, None);
         assert_eq!(plan.singles, vec![2, 4]);

@@ -12,11 +12,21 @@ fn receipt(status: &str, msg_id: &str) -> String {
     )
 }
 
+/// What `xml` parses to, picked by `pick`; any other parse fails the test, naming `what`.
+fn expect_inbound<T>(xml: &str, what: &str, pick: impl FnOnce(&Inbound) -> Option<T>) -> T {
+    let parsed = parse(xml);
+    parsed
+        .as_ref()
+        .ok()
+        .and_then(pick)
+        .unwrap_or_else(|| panic!("expected {what}, got {parsed:?}"))
+}
+
 fn expect_event(xml: &str) -> Event {
-    match parse(xml) {
-        Ok(Inbound::Event(e)) => e,
-        other => panic!("expected an event, got {other:?}"),
-    }
+    expect_inbound(xml, "an event", |i| match i {
+        Inbound::Event(e) => Some(e.clone()),
+        _ => None,
+    })
 }
 
 #[test]
@@ -197,10 +207,10 @@ fn fixture(name: &str) -> String {
 }
 
 fn expect_subscription(xml: &str) -> SubscriptionEvent {
-    match parse(xml) {
-        Ok(Inbound::Subscription(e)) => e,
-        other => panic!("expected a subscription event, got {other:?}"),
-    }
+    expect_inbound(xml, "a subscription event", |i| match i {
+        Inbound::Subscription(e) => Some(e.clone()),
+        _ => None,
+    })
 }
 
 #[test]

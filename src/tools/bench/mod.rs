@@ -16,22 +16,19 @@
 //! Every run uses its own queue names (`wxdispatch.bench.<run>.*`) and deletes them afterwards.
 //! The method and the measured figures are in `docs/BENCHMARKS.md`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use lapin::Connection;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
 
 use crate::amqp::{self, Publisher};
 use crate::config::{Config, LogFormat, QueueType};
 use crate::tools::mock::{Behaviour, MockConfig, MockServer};
-use crate::tools::sample;
 
 mod child;
 pub(crate) mod floor;
@@ -39,11 +36,13 @@ mod procfs;
 mod redis_stats;
 mod report;
 mod stalls;
+mod traffic;
 
 use child::{spawn_worker, stop_worker, wait_consuming};
 pub(crate) use floor::Floor;
 use procfs::{machine_cpu, proc_cpu, proc_status_kib, self_cpu};
 use report::{Report, percentile};
+use traffic::{collect, delete_topology, publish_all};
 
 const APPID: &str = "wxbench0000000000";
 const SECRET: &str = "bench-secret-not-real";
@@ -343,160 +342,9 @@ async fn measure(
     })
 }
 
-/// The body of job `i`: the realistic template send the demo uses too, with an id the collector can map
-/// back to `i`.
-fn job_body(run: &str, i: usize) -> Vec<u8> {
-    sample::job(&format!("{run}-{i}"), &format!("obench{run}x{i}"))
-}
-
-/// Publishes every job with confirms, `publish_window` awaiting their confirm at once, paced
-/// at `--rate` if given. Records when each publish was issued and when it was confirmed.
-/// Returns the unconfirmed count.
-async fn publish_all(
-    publisher: &Publisher,
-    config: &Config,
-    run: &str,
-    args: &Args,
-    (sent_at, confirmed_at): (&[AtomicU64], &[AtomicU64]),
-    t0: Instant,
-) -> usize {
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2);
-    let start = tokio::time::Instant::now();
-    let rate = args.rate.map(|r| f64::from(r.get()));
-    futures_util::stream::iter(0..args.jobs)
-        .then(|i| async move {
-            if let Some(r) = rate {
-                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / r)).await;
-            }
-            i
-        })
-        .map(|i| {
-            let body = job_body(run, i);
-            let props = props.clone();
-            async move {
-                sent_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                let confirmed = publisher
-                    .publish("", &config.amqp.jobs_queue, &body, props)
-                    .await;
-                if confirmed.is_ok() {
-                    confirmed_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                }
-                confirmed
-            }
-        })
-        .buffer_unordered(args.publish_window.max(1))
-        .fold(
-            0,
-            |failed, r| async move { failed + usize::from(r.is_err()) },
-        )
-        .await
-}
-
-/// What the collector saw. Times are nanoseconds since the bench's `t0`.
-struct Collected {
-    /// When job `i`'s outcome arrived (0: not yet).
-    arrived_ns: Vec<u64>,
-    unique: usize,
-    duplicates: usize,
-    /// Outcome counts by routing key (`send.sent`, ...).
-    statuses: BTreeMap<String, usize>,
-    first_ns: Option<u64>,
-    last_ns: Option<u64>,
-}
-
-/// Consumes outcomes until every job has one or `timeout` passes. Jobs are matched by the
-/// outcome's `correlation_id` (the job id, `<run>-<i>`), so no outcome body is parsed here.
-async fn collect(
-    ch: Channel,
-    mut consumer: lapin::Consumer,
-    prefix: String,
-    n: usize,
-    t0: Instant,
-    timeout: Duration,
-) -> anyhow::Result<Collected> {
-    let mut got = Collected {
-        arrived_ns: vec![0; n],
-        unique: 0,
-        duplicates: 0,
-        statuses: BTreeMap::new(),
-        first_ns: None,
-        last_ns: None,
-    };
-    let deadline = tokio::time::Instant::now() + timeout;
-    while got.unique < n {
-        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
-        let d = match next {
-            Ok(Some(Ok(d))) => d,
-            Ok(Some(Err(e))) => return Err(e).context("outcome consumer failed"),
-            Ok(None) | Err(_) => break,
-        };
-        let now = (t0.elapsed().as_nanos() as u64).max(1);
-        let index = d
-            .properties
-            .correlation_id()
-            .as_ref()
-            .and_then(|c| {
-                c.as_str()
-                    .strip_prefix(prefix.as_str())?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .filter(|i| *i < n);
-        let Some(i) = index else { continue };
-        if got.arrived_ns[i] != 0 {
-            got.duplicates += 1;
-            continue;
-        }
-        got.arrived_ns[i] = now;
-        got.unique += 1;
-        got.first_ns.get_or_insert(now);
-        got.last_ns = Some(now);
-        *got.statuses
-            .entry(d.routing_key.as_str().to_string())
-            .or_default() += 1;
-    }
-    let _ = ch.close(200, "bye".into()).await;
-    Ok(got)
-}
-
-/// Deletes this run's queues and exchange. A delete can cost the channel or even the
-/// connection (RabbitMQ 3.10 once closed it with INTERNAL_ERROR while deleting a quorum queue,
-/// leaving the rest behind), so if the channel did not survive, it starts over once on a fresh
-/// connection (deleting is idempotent) and otherwise says what is left.
-async fn delete_topology(conn: &Connection, config: &Config) {
-    let mut fresh = None;
-    for attempt in 0..2 {
-        let c = if attempt == 0 && conn.status().connected() {
-            conn
-        } else {
-            match amqp::connect(&config.amqp.url, "wxdispatch-bench-cleanup").await {
-                Ok(c) => fresh.insert(c),
-                Err(_) => break,
-            }
-        };
-        let Ok(ch) = c.create_channel().await else {
-            continue;
-        };
-        amqp::topology::delete(&ch, config).await;
-        if ch.status().connected() {
-            let _ = ch.close(200, "bye".into()).await;
-            if let Some(c) = fresh {
-                let _ = c.close(200, "bye".into()).await;
-            }
-            return;
-        }
-    }
-    tracing::warn!(
-        queues = %format!("{}*", config.amqp.jobs_queue.trim_end_matches("jobs")),
-        "could not delete this run's queues and exchange; delete them by hand"
-    );
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::traffic::job_body;
 
     /// Job bodies are valid jobs whose id the collector can map back to the job's index.
     #[test]

@@ -65,22 +65,49 @@ pub fn spawn_receipt(
     touser: String,
     msgid: i64,
 ) {
-    tokio::spawn(async move {
-        target.wait_delay().await;
-        let now = chrono::Utc::now().timestamp();
-        let event = callback::Event {
-            to_user: format!("gh_{appid}"),
+    let to_user = format!("gh_{appid}");
+    spawn_push(state, target, appid, Some(msgid), move |now| {
+        callback::Event {
+            to_user,
             from_user: touser.clone(),
             create_time: now,
             msg_type: "event".into(),
             event: callback::event::TEMPLATE_SEND_JOB_FINISH.into(),
             msg_id: Some(msgid),
             status: Some(status_for(&touser).into()),
-        };
-        let xml = event.to_xml();
-        state.stats.lock().unwrap().receipts_pushed += 1;
-        if deliver(&state, &target, &appid, &event.to_user, &xml, Some(msgid)).await {
-            state.stats.lock().unwrap().receipts_acknowledged += 1;
+        }
+        .to_xml()
+    });
+}
+
+/// Waits the target's delay, writes the push (`xml_at` the time it is made) and delivers it in
+/// the background, counted as a receipt when it carries a `msgid`, else as an event.
+fn spawn_push(
+    state: Arc<MockState>,
+    target: PushTarget,
+    appid: String,
+    msgid: Option<i64>,
+    xml_at: impl FnOnce(i64) -> String + Send + 'static,
+) {
+    tokio::spawn(async move {
+        target.wait_delay().await;
+        let xml = xml_at(chrono::Utc::now().timestamp());
+        let receipt = msgid.is_some();
+        {
+            let mut stats = state.stats.lock().unwrap();
+            *if receipt {
+                &mut stats.receipts_pushed
+            } else {
+                &mut stats.events_pushed
+            } += 1;
+        }
+        if deliver(&state, &target, &appid, &format!("gh_{appid}"), &xml, msgid).await {
+            let mut stats = state.stats.lock().unwrap();
+            *if receipt {
+                &mut stats.receipts_acknowledged
+            } else {
+                &mut stats.events_acknowledged
+            } += 1;
         }
     });
 }
@@ -242,13 +269,9 @@ pub(crate) fn spawn_subscription_event(
     touser: String,
     event: SubscriptionEvent,
 ) {
-    tokio::spawn(async move {
-        target.wait_delay().await;
-        let xml = event.to_xml(&appid, &touser, chrono::Utc::now().timestamp());
-        state.stats.lock().unwrap().events_pushed += 1;
-        if deliver(&state, &target, &appid, &format!("gh_{appid}"), &xml, None).await {
-            state.stats.lock().unwrap().events_acknowledged += 1;
-        }
+    let for_appid = appid.clone();
+    spawn_push(state, target, appid, None, move |now| {
+        event.to_xml(&for_appid, &touser, now)
     });
 }
 
