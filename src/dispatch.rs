@@ -21,7 +21,7 @@ use crate::account::token::{Token, TokenError};
 use crate::account::{Account, Accounts, Admission, Reservation};
 use crate::config::{Config, ConfigError};
 use crate::job::{Job, MsgType};
-use crate::metrics::{AccountMetrics, Metrics};
+use crate::metrics::Metrics;
 use crate::outcome::{JobIdentity, Outcome, SendStatus};
 use crate::policy::{
     self, AccountChange, Due, End, EndStatus, Hold, JobFacts, Rules, Step, Tried, errcode,
@@ -80,13 +80,14 @@ impl Dispatcher {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.accounts.close()).await;
     }
 
-    pub(crate) fn accounts(&self) -> impl Iterator<Item = &Arc<Account>> {
-        self.accounts.iter()
+    /// Every account in use (configured, and authorizers built so far).
+    pub(crate) fn accounts(&self) -> Vec<Arc<Account>> {
+        self.accounts.all()
     }
 
-    /// A configured account's per-job metric handles.
-    pub(crate) fn account_metrics(&self, appid: &str) -> Option<&AccountMetrics> {
-        self.accounts.find(appid).map(|a| &a.metrics)
+    /// An account in use by appid, for its per-job metric handles.
+    pub(crate) fn account(&self, appid: &str) -> Option<Arc<Account>> {
+        self.accounts.find(appid)
     }
 
     /// Carries a job's steps out until it has a final outcome or must be deferred: each step
@@ -97,7 +98,7 @@ impl Dispatcher {
         mut state: RetryState,
         not_before_ms: Option<i64>,
     ) -> Disposition {
-        let acct = self.accounts.get(job.account);
+        let acct = &*self.accounts.get(job.account, &job.appid);
         let facts = JobFacts {
             deduplicated: job.msg_type.deduplicated(),
             not_before_ms,
@@ -308,7 +309,7 @@ impl Dispatcher {
     /// cannot work fails once, as a whole, instead of once per recipient. `Ok` when it may go
     /// on (also when no token or catalogue is available: the recipients' sends will tell).
     pub(crate) async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
-        let acct = self.accounts.get(batch.account);
+        let acct = self.accounts.get(batch.account, &batch.appid);
         let Ok(token) = acct.tokens.get().await else {
             return Ok(());
         };

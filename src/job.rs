@@ -133,15 +133,23 @@ impl fmt::Display for MsgType {
     }
 }
 
-/// A configured account, as the parser found it: its place in the configuration's account
-/// list. The worker builds its accounts from the same list, in the same order, so the
-/// dispatcher reaches a job's account without looking its appid up again.
+/// The account a job is sent from, as the parser found it: a configured account's place in
+/// the configuration's account list (the worker builds its accounts from the same list, in
+/// the same order, so the dispatcher reaches it without looking its appid up again), or, in
+/// component mode, an authorizer without an `[[accounts]]` entry, found by the job's appid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AccountId(usize);
+pub struct AccountId(Option<usize>);
 
 impl AccountId {
-    /// The account's position in `Config::accounts`.
-    pub(crate) fn index(self) -> usize {
+    /// An authorizer of the platform that is not configured (component mode).
+    pub(crate) const AUTHORIZER: AccountId = AccountId(None);
+
+    pub(crate) fn configured(index: usize) -> AccountId {
+        AccountId(Some(index))
+    }
+
+    /// The account's position in `Config::accounts`; `None` for an unconfigured authorizer.
+    pub(crate) fn index(self) -> Option<usize> {
         self.0
     }
 }

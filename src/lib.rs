@@ -24,8 +24,8 @@
 //!   token cache (single flight, expiry, forced-refresh budget, backoff, stops; it fetches
 //!   through a token source) and catalogue cache, and the Redis coordination replicas share.
 //! - [`component`]: third-party platform mode: the platform's endpoints, its tokens and
-//!   authorizers in Redis (refresh-token rotation under a lock), its authorization pushes and
-//!   their route `/wechat/component`.
+//!   authorizers in Redis (refresh-token rotation under a lock), its authorization pushes,
+//!   their route `/wechat/component` and their `kind: authorization` outcomes.
 //! - `dispatch`: carries a job's steps out: admit, token, catalogue check, send, then what the
 //!   policy decided (retry, defer, end).
 //! - [`amqp`]: connections, topology, the confirming publisher.

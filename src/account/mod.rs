@@ -53,8 +53,70 @@ impl Account {
     }
 }
 
-/// The configured accounts, in the order of `Config::accounts`, which [`AccountId`] indexes.
-pub(crate) struct Accounts(Vec<Arc<Account>>);
+/// The configured accounts, in the order of `Config::accounts`, which [`AccountId`] indexes,
+/// and in component mode the authorizers without an `[[accounts]]` entry, built on a job's
+/// first use (no restart when a merchant authorizes the platform) with the platform-wide
+/// rate and quota.
+pub(crate) struct Accounts {
+    configured: Vec<Arc<Account>>,
+    authorizers: std::sync::Mutex<std::collections::HashMap<String, Arc<Account>>>,
+    builder: Builder,
+}
+
+/// What building an account takes.
+struct Builder {
+    config: Config,
+    client: WechatClient,
+    metrics: Arc<Metrics>,
+    redis: Option<Arc<RedisLink>>,
+    platform: Option<Arc<crate::component::Component>>,
+}
+
+impl Builder {
+    fn account(
+        &self,
+        appid: &str,
+        rate_per_sec: u32,
+        daily_quota: Option<u64>,
+    ) -> Result<Arc<Account>, ConfigError> {
+        let (config, metrics) = (&self.config, &self.metrics);
+        let mp_id = format!("{appid}:{}", MsgType::MiniprogramSubscribe);
+        let gate = |id: &str| {
+            AccountGate::with_shared(
+                id,
+                rate_per_sec,
+                daily_quota,
+                config.limits.quota_probe,
+                metrics.clone(),
+                self.redis.clone(),
+                config.limits.expected_replicas,
+            )
+        };
+        let stops = Arc::new(AccountStops::new(appid, metrics));
+        let source = token_source(config, appid, self.platform.as_ref())?;
+        let tokens = TokenCache::new(
+            appid.to_string(),
+            source,
+            self.client.clone(),
+            metrics.clone(),
+            TokenLimits {
+                stop_probe: config.limits.account_stop_probe,
+                force_budget: config.wechat.token_force_budget,
+                shared: self.redis.clone(),
+                stops: stops.clone(),
+            },
+        );
+        Ok(Arc::new(Account {
+            appid: appid.to_string(),
+            mp_gate: gate(&mp_id),
+            gate: gate(appid),
+            tokens: Arc::new(tokens),
+            catalogues: CatalogueCache::default(),
+            stops,
+            metrics: metrics.init_account(appid),
+        }))
+    }
+}
 
 impl Accounts {
     /// Builds every account's gates, token cache and stop state. Fails when an account needs
@@ -65,83 +127,96 @@ impl Accounts {
         client: &WechatClient,
         metrics: &Arc<Metrics>,
     ) -> Result<Accounts, ConfigError> {
-        let redis = config
-            .limits
-            .redis_url
-            .as_deref()
-            .map(|url| Arc::new(RedisLink::new(url)));
         let platform = match config.wechat.token_mode {
             TokenMode::Component => Some(Arc::new(crate::component::Component::from_config(
                 config, client,
             )?)),
             _ => None,
         };
-        let accounts = config
+        let builder = Builder {
+            config: config.clone(),
+            client: client.clone(),
+            metrics: metrics.clone(),
+            redis: config
+                .limits
+                .redis_url
+                .as_deref()
+                .map(|url| Arc::new(RedisLink::new(url))),
+            platform,
+        };
+        let configured = config
             .accounts
             .iter()
-            .map(|a| {
-                let mp_id = format!("{}:{}", a.appid, MsgType::MiniprogramSubscribe);
-                let gate = |id: &str| {
-                    AccountGate::with_shared(
-                        id,
-                        a.rate_per_sec,
-                        a.daily_quota,
-                        config.limits.quota_probe,
-                        metrics.clone(),
-                        redis.clone(),
-                        config.limits.expected_replicas,
-                    )
-                };
-                let stops = Arc::new(AccountStops::new(&a.appid, metrics));
-                let source = token_source(config, &a.appid, platform.as_ref())?;
-                let tokens = TokenCache::new(
-                    a.appid.clone(),
-                    source,
-                    client.clone(),
-                    metrics.clone(),
-                    TokenLimits {
-                        stop_probe: config.limits.account_stop_probe,
-                        force_budget: config.wechat.token_force_budget,
-                        shared: redis.clone(),
-                        stops: stops.clone(),
-                    },
-                );
-                Ok(Arc::new(Account {
-                    appid: a.appid.clone(),
-                    mp_gate: gate(&mp_id),
-                    gate: gate(&a.appid),
-                    tokens: Arc::new(tokens),
-                    catalogues: CatalogueCache::default(),
-                    stops,
-                    metrics: metrics.init_account(&a.appid),
-                }))
-            })
+            .map(|a| builder.account(&a.appid, a.rate_per_sec, a.daily_quota))
             .collect::<Result<_, ConfigError>>()?;
-        Ok(Accounts(accounts))
+        Ok(Accounts {
+            configured,
+            authorizers: Default::default(),
+            builder,
+        })
     }
 
-    /// The account a job was parsed for. The parser's [`AccountId`] is the account's place in
-    /// the configuration these accounts were built from, so it is always there.
-    pub(crate) fn get(&self, id: AccountId) -> &Account {
-        &self.0[id.index()]
+    /// The account a job was parsed for. A configured one is at the parser's [`AccountId`]
+    /// (the account's place in the configuration these accounts were built from); an
+    /// authorizer without an entry is built on first use, with the platform-wide defaults.
+    pub(crate) fn get(&self, id: AccountId, appid: &str) -> Arc<Account> {
+        if let Some(at) = id.index() {
+            return self.configured[at].clone();
+        }
+        let mut authorizers = self.authorizers.lock().expect("accounts lock");
+        if let Some(a) = authorizers.get(appid) {
+            return a.clone();
+        }
+        let wechat = &self.builder.config.wechat;
+        let built = self
+            .builder
+            .account(
+                appid,
+                wechat.component_rate_per_sec,
+                wechat.component_daily_quota,
+            )
+            // The parser only names authorizers in component mode, where the platform is
+            // built with the configured accounts; so building one more cannot fail.
+            .expect("an authorizer's account builds like the configured ones");
+        authorizers.insert(appid.to_string(), built.clone());
+        built
     }
 
-    /// A configured account by appid (a handful: a scan is cheaper than hashing).
-    pub(crate) fn find(&self, appid: &str) -> Option<&Account> {
-        self.0.iter().find(|a| a.appid == appid).map(|a| &**a)
+    /// An account by appid: a configured one or an authorizer already in use.
+    pub(crate) fn find(&self, appid: &str) -> Option<Arc<Account>> {
+        self.configured
+            .iter()
+            .find(|a| a.appid == appid)
+            .cloned()
+            .or_else(|| {
+                self.authorizers
+                    .lock()
+                    .expect("accounts lock")
+                    .get(appid)
+                    .cloned()
+            })
     }
 
     /// Hands back what the gates leased of the shared schedules and adds their uncounted
     /// sends to the shared counts (with Redis): the last thing a stopping worker does.
     pub(crate) async fn close(&self) {
-        for a in &self.0 {
+        for a in self.all() {
             a.gate.close().await;
             a.mp_gate.close().await;
         }
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
-        self.0.iter()
+    /// Every account in use: the configured ones, then the authorizers built so far.
+    pub(crate) fn all(&self) -> Vec<Arc<Account>> {
+        let mut all = self.configured.clone();
+        all.extend(
+            self.authorizers
+                .lock()
+                .expect("accounts lock")
+                .values()
+                .cloned(),
+        );
+        all
     }
 }
 

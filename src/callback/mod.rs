@@ -26,7 +26,7 @@ pub mod dedupe;
 pub mod event;
 pub mod forward;
 pub mod http;
-mod publisher;
+pub(crate) mod publisher;
 pub mod push;
 pub mod signature;
 pub mod xml;

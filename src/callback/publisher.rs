@@ -17,13 +17,13 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(3);
 /// WeChat's next retry gets `success` instead of a second publish.
 const PUBLISH_WITHIN: Duration = Duration::from_secs(30);
 
-pub(super) struct LazyPublisher {
+pub(crate) struct LazyPublisher {
     config: Config,
     open: tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>,
 }
 
 impl LazyPublisher {
-    pub(super) fn new(config: Config) -> LazyPublisher {
+    pub(crate) fn new(config: Config) -> LazyPublisher {
         LazyPublisher {
             config,
             open: tokio::sync::Mutex::new(None),
@@ -32,7 +32,7 @@ impl LazyPublisher {
 
     /// Publishes with confirms over a lazily (re)opened connection, all within
     /// [`PUBLISH_WITHIN`].
-    pub(super) async fn publish(&self, outcome: &Outcome) -> anyhow::Result<()> {
+    pub(crate) async fn publish(&self, outcome: &Outcome) -> anyhow::Result<()> {
         tokio::time::timeout(PUBLISH_WITHIN, async {
             // The lock only guards (re)connecting; confirms are awaited outside it, so
             // receipts are published concurrently.

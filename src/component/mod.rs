@@ -2,9 +2,10 @@
 //! ([`api`]), what it keeps in Redis ([`store`]), its tokens with the refresh-token rotation
 //! under a lock ([`tokens`]) and its authorization pushes ([`push`]).
 //!
-//! With `token_mode = component` every configured account is an authorizer whose token comes
-//! from [`Component::token_reply`], and the pushes are served at `/wechat/component` ([`http`]).
-//! Not yet done: dynamic accounts (jobs for any authorizer, no restart) and `kind: authorization` outcomes.
+//! With `token_mode = component` every account is an authorizer (configured or, built on its
+//! first job, not: [`crate::account`]) whose token comes
+//! from [`Component::token_reply`], and the pushes are served at `/wechat/component` ([`http`]),
+//! each authorization push published as a `kind: authorization` outcome before it is answered.
 
 pub mod api;
 pub mod http;
@@ -12,7 +13,7 @@ pub mod push;
 pub mod store;
 pub mod tokens;
 
-pub use push::{AuthEvent, PushError, PushQuery};
+pub use push::{AuthEvent, Push, PushError, PushQuery};
 pub use tokens::{Component, ComponentError};
 
 use crate::config::{Config, ConfigError};

@@ -6,6 +6,7 @@ use super::tokens::{Component, ComponentError};
 use crate::callback::crypto::{self, AesKey};
 use crate::callback::{signature, xml};
 use crate::config::Secret;
+use crate::outcome::{Authorization, AuthorizationStatus};
 
 /// The signature parameters of a push's query string.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -30,6 +31,23 @@ pub enum AuthEvent {
     Unauthorized { appid: String },
 }
 
+/// A push opened (authenticated, decrypted and read), not yet handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push {
+    /// A new `component_verify_ticket`.
+    Ticket(String),
+    /// `authorized`, `updateauthorized` or `unauthorized`.
+    Authorization {
+        status: AuthorizationStatus,
+        /// `AuthorizerAppid`.
+        authorizer: String,
+        /// `AuthorizationCode` (not on `unauthorized`).
+        code: Option<String>,
+        /// `CreateTime` (Unix seconds): with the above, what WeChat's retries repeat.
+        create_time: i64,
+    },
+}
+
 /// Why a push was not handled.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -44,6 +62,38 @@ pub enum PushError {
 /// Pushes are small; a larger body is refused before it is parsed.
 const MAX_XML: usize = 64 * 1024;
 
+/// WeChat's "authorization code expired or already used".
+const SPENT_CODE: i64 = 61010;
+
+impl AuthEvent {
+    /// The outcome's content for an authorization (`None` for a ticket).
+    pub fn authorization(&self, component_appid: &str, event_time: i64) -> Option<Authorization> {
+        let (appid, status, funcs) = match self {
+            AuthEvent::Ticket => return None,
+            AuthEvent::Authorized {
+                appid,
+                funcs,
+                update,
+            } => {
+                let status = if *update {
+                    AuthorizationStatus::UpdateAuthorized
+                } else {
+                    AuthorizationStatus::Authorized
+                };
+                (appid, status, Some(funcs.clone()))
+            }
+            AuthEvent::Unauthorized { appid } => (appid, AuthorizationStatus::Unauthorized, None),
+        };
+        Some(Authorization {
+            appid: appid.clone(),
+            component_appid: component_appid.to_string(),
+            status,
+            funcs,
+            event_time,
+        })
+    }
+}
+
 impl Component {
     /// Verifies, decrypts and handles one push.
     pub async fn receive(
@@ -53,6 +103,18 @@ impl Component {
         q: &PushQuery,
         body: &str,
     ) -> Result<AuthEvent, PushError> {
+        let push = self.open(token, key, q, body)?;
+        Ok(self.handle(&push).await?)
+    }
+
+    /// Verifies, decrypts and reads one push; nothing is stored.
+    pub fn open(
+        &self,
+        token: &Secret,
+        key: &AesKey,
+        q: &PushQuery,
+        body: &str,
+    ) -> Result<Push, PushError> {
         let outer = xml::parse_fields(body, MAX_XML).map_err(|e| PushError::Refused(e.reason()))?;
         let encrypted = outer
             .get("Encrypt")
@@ -75,36 +137,80 @@ impl Component {
         let field = |name: &'static str| {
             inner
                 .get(name)
+                .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .ok_or(PushError::Refused(name))
         };
-        match field("InfoType")? {
-            "component_verify_ticket" => {
-                let ticket = field("ComponentVerifyTicket")?;
-                self.store
-                    .set_ticket(ticket)
-                    .await
-                    .map_err(ComponentError::from)?;
+        let info_type = field("InfoType")?;
+        if info_type == "component_verify_ticket" {
+            return Ok(Push::Ticket(field("ComponentVerifyTicket")?.to_string()));
+        }
+        let status = AuthorizationStatus::from_info_type(info_type)
+            .ok_or(PushError::Refused("unknown InfoType"))?;
+        let code = match status {
+            AuthorizationStatus::Unauthorized => None,
+            _ => Some(field("AuthorizationCode")?.to_string()),
+        };
+        Ok(Push::Authorization {
+            status,
+            authorizer: field("AuthorizerAppid")?.to_string(),
+            code,
+            create_time: field("CreateTime")?
+                .parse()
+                .map_err(|_| PushError::Refused("CreateTime"))?,
+        })
+    }
+
+    /// Handles an opened push in Redis (and, for an authorization code, with WeChat).
+    ///
+    /// A code WeChat calls spent (61010) for an authorizer Redis has was exchanged by an
+    /// earlier try of this push (whose outcome was not confirmed, so WeChat pushed it again,
+    /// perhaps to another replica): handled, with the stored permission sets.
+    pub async fn handle(&self, push: &Push) -> Result<AuthEvent, ComponentError> {
+        match push {
+            Push::Ticket(ticket) => {
+                self.store.set_ticket(ticket).await?;
                 Ok(AuthEvent::Ticket)
             }
-            kind @ ("authorized" | "updateauthorized") => {
-                let code = field("AuthorizationCode")?;
-                let (appid, funcs) = self.authorize(code).await?;
+            Push::Authorization {
+                status: AuthorizationStatus::Unauthorized,
+                authorizer,
+                ..
+            } => {
+                self.store.remove_authorizer(authorizer).await?;
+                Ok(AuthEvent::Unauthorized {
+                    appid: authorizer.clone(),
+                })
+            }
+            Push::Authorization {
+                status,
+                authorizer,
+                code,
+                ..
+            } => {
+                let update = *status == AuthorizationStatus::UpdateAuthorized;
+                let (appid, funcs) = match self.authorize(code.as_deref().unwrap_or("")).await {
+                    Ok(done) => done,
+                    Err(ComponentError::Wechat { code, msg }) if code == SPENT_CODE => {
+                        match self.store.authorizer_record(authorizer).await? {
+                            Some(record) => {
+                                tracing::info!(
+                                    authorizer,
+                                    "authorization code already exchanged by an earlier try of this push"
+                                );
+                                (authorizer.clone(), record.funcs)
+                            }
+                            None => return Err(ComponentError::Wechat { code, msg }),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                };
                 Ok(AuthEvent::Authorized {
                     appid,
                     funcs,
-                    update: kind == "updateauthorized",
+                    update,
                 })
             }
-            "unauthorized" => {
-                let appid = field("AuthorizerAppid")?.to_string();
-                self.store
-                    .remove_authorizer(&appid)
-                    .await
-                    .map_err(ComponentError::from)?;
-                Ok(AuthEvent::Unauthorized { appid })
-            }
-            _ => Err(PushError::Refused("unknown InfoType")),
         }
     }
 }

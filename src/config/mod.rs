@@ -191,6 +191,10 @@ pub struct WechatSettings {
     pub token_url: Option<String>,
     /// The third-party platform's appid (`token_mode = component`).
     pub component_appid: Option<String>,
+    /// The pace of an authorizer that has no `[[accounts]]` entry (`token_mode = component`).
+    pub component_rate_per_sec: u32,
+    /// The daily quota of such an authorizer.
+    pub component_daily_quota: Option<u64>,
     /// The whole-request timeout of one API call.
     pub http_timeout: Duration,
 }

@@ -8,7 +8,7 @@ use super::json::{Fields, Json};
 use super::{
     AccountId, Batch, InvalidJob, Job, JobId, MAX_BATCH, MAX_ID_LEN, MsgType, Parsed, PartialJob,
 };
-use crate::config::{Account, Config};
+use crate::config::{Config, TokenMode};
 
 impl Fields<'_> {
     /// Validates the members in a fixed order (the first problem found is the job's reason)
@@ -22,7 +22,6 @@ impl Fields<'_> {
         let msg_type = self.msg_type()?;
         let id = self.id(body, message_id)?;
         let (account, appid) = self.account(config)?;
-        let appid = appid.appid.clone();
         let not_after = self.not_after()?;
         match &self.template_id {
             Some(Json::Str(s)) if !s.is_empty() => {}
@@ -164,8 +163,8 @@ impl Fields<'_> {
             return known;
         };
         known.id = Some(id.0);
-        if let Ok((_, account)) = self.account(config) {
-            known.appid = Some(account.appid.clone());
+        if let Ok((_, appid)) = self.account(config) {
+            known.appid = Some(appid);
         }
         known
     }
@@ -197,29 +196,33 @@ impl Fields<'_> {
         }
     }
 
-    fn account<'c>(&self, config: &'c Config) -> Result<(AccountId, &'c Account), InvalidJob> {
+    /// The job's account and appid. In component mode an appid no `[[accounts]]` entry names
+    /// is taken as an authorizer of the platform (whether it is one is the token's answer:
+    /// `not_authorized`); it must look like an appid, since it becomes Redis keys and labels.
+    fn account(&self, config: &Config) -> Result<(AccountId, String), InvalidJob> {
         let appid = match &self.appid {
             Some(Json::Str(s)) => Some(s.as_ref()),
             Some(Json::Null) | None => None,
             Some(_) => return Err(InvalidJob::new("bad_appid", "appid must be a string")),
         };
-        let index = |found: &Account| {
+        if let Some(found) = config.account(appid) {
             let at = config.accounts.iter().position(|a| std::ptr::eq(a, found));
-            AccountId(at.expect("Config::account returns one of Config::accounts"))
-        };
-        config
-            .account(appid)
-            .map(|a| (index(a), a))
-            .ok_or_else(|| match appid {
-                Some(a) => InvalidJob::new(
-                    "unknown_account",
-                    format!("appid {} is not configured", truncate(a, 64)),
-                ),
-                None => InvalidJob::new(
-                    "unknown_account",
-                    "appid is required when several accounts are configured",
-                ),
-            })
+            let at = at.expect("Config::account returns one of Config::accounts");
+            return Ok((AccountId::configured(at), found.appid.clone()));
+        }
+        match appid {
+            Some(a) if config.wechat.token_mode == TokenMode::Component && looks_like_appid(a) => {
+                Ok((AccountId::AUTHORIZER, a.to_string()))
+            }
+            Some(a) => Err(InvalidJob::new(
+                "unknown_account",
+                format!("appid {} is not configured", truncate(a, 64)),
+            )),
+            None => Err(InvalidJob::new(
+                "unknown_account",
+                "appid is required when several accounts are configured",
+            )),
+        }
     }
 
     fn not_after(&self) -> Result<Option<DateTime<Utc>>, InvalidJob> {
@@ -428,4 +431,10 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+/// WeChat's appids are `wx` and 16 hex digits; anything of letters and digits up to 32 is
+/// accepted, so a new format is not refused, while nothing else reaches Redis keys or labels.
+fn looks_like_appid(a: &str) -> bool {
+    (1..=32).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_alphanumeric())
 }

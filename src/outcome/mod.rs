@@ -6,7 +6,8 @@
 //! ([`Outcome::message_id`]) is the same on every copy, so they can drop repeats by it.
 //!
 //! Every outcome is built here, by one constructor per kind: [`Outcome::for_job`] (`send`),
-//! [`Outcome::receipt`], [`Outcome::consent`] and [`Outcome::event`]. The kind and status are private and typed
+//! [`Outcome::receipt`], [`Outcome::consent`], [`Outcome::event`] and
+//! [`Outcome::authorization`]. The kind and status are private and typed
 //! ([`Status`]), so a receipt can never carry a send's status, and metrics read the status
 //! without matching a string back to an enum.
 
@@ -15,9 +16,11 @@ use serde::Serialize;
 
 use crate::job::MsgType;
 
+mod authorization;
 mod event;
 mod status;
 
+pub use authorization::{Authorization, AuthorizationFields, AuthorizationStatus};
 pub use event::{EventFields, EventStatus, PushedEvent};
 pub use status::{ConsentStatus, Kind, ReceiptStatus, SendStatus, Status};
 
@@ -52,6 +55,9 @@ pub struct Outcome {
     /// What an event is (kind `event` only).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub event: Option<Box<EventFields>>,
+    /// What an authorization is about (kind `authorization` only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Box<AuthorizationFields>>,
 }
 
 /// The fields a subscription event adds to its outcome.
@@ -137,6 +143,7 @@ impl Outcome {
             finished_at: Utc::now(),
             subscription: None,
             event: None,
+            authorization: None,
         }
     }
 
@@ -214,7 +221,8 @@ impl Outcome {
     ///
     /// `send:<appid>:<id>:<touser>` for sends, `receipt:<appid>:<msgid>:<touser>:<status>` for
     /// receipts, `consent:<appid>:<touser>:<template_id>:<event_time>:<source>:<status>` for
-    /// consents (the event time, because one user may accept, reject and accept again);
+    /// consents (the event time, because one user may accept, reject and accept again),
+    /// `authorization:<component_appid>:<appid>:<event_time>:<status>` for authorizations;
     /// a missing part is `-`.
     pub fn message_id(&self) -> String {
         // Joined from borrowed parts: one allocation, once per published outcome.
@@ -257,6 +265,7 @@ impl Outcome {
                 .join(":")
             }
             Kind::Event => self.event_message_id(),
+            Kind::Authorization => self.authorization_message_id(),
         }
     }
 

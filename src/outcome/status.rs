@@ -13,6 +13,8 @@ pub enum Kind {
     Consent,
     /// Another push (a follow, a menu click, a user's message), when events are published.
     Event,
+    /// A merchant's authorization of a third-party platform (component mode).
+    Authorization,
 }
 
 impl Kind {
@@ -22,6 +24,7 @@ impl Kind {
             Kind::Receipt => "receipt",
             Kind::Consent => "consent",
             Kind::Event => "event",
+            Kind::Authorization => "authorization",
         }
     }
 }
@@ -164,6 +167,7 @@ pub enum Status {
     Receipt(ReceiptStatus),
     Consent(ConsentStatus),
     Event(super::EventStatus),
+    Authorization(super::AuthorizationStatus),
 }
 
 impl Status {
@@ -173,6 +177,7 @@ impl Status {
             Status::Receipt(_) => Kind::Receipt,
             Status::Consent(_) => Kind::Consent,
             Status::Event(_) => Kind::Event,
+            Status::Authorization(_) => Kind::Authorization,
         }
     }
 
@@ -183,6 +188,7 @@ impl Status {
             Status::Receipt(s) => s.as_str(),
             Status::Consent(s) => s.as_str(),
             Status::Event(s) => s.as_str(),
+            Status::Authorization(s) => s.as_str(),
         }
     }
 }

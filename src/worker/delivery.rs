@@ -285,7 +285,8 @@ fn refuse_publisher(
     job: JobIdentity,
     props: &lapin::BasicProperties,
 ) -> Option<Outcome> {
-    let acct = &worker.config.accounts[account.index()];
+    // An authorizer without an `[[accounts]]` entry lists no publishers: every one may send.
+    let acct = &worker.config.accounts[account.index()?];
     let user = props.user_id().as_ref().map(|u| u.as_str());
     if acct.admits(user) || user == Some(channels.publisher.own_user()) {
         return None;
@@ -321,15 +322,16 @@ async fn publish_final(
 /// Counts a final outcome in `wxdispatch_jobs_total`. A job sent without a reason (almost
 /// every job) takes its account's resolved counter; the rest look their labels up.
 fn count_final(worker: &Worker, o: &Outcome) {
-    // Only configured appids become label values: an invalid job may name anything.
+    // Only the appids of accounts in use (configured, or authorizers with jobs) become label
+    // values: an invalid job may name anything.
     let account = o
         .appid
         .as_deref()
-        .and_then(|a| Some((a, worker.dispatcher.account_metrics(a)?)));
-    if let (Some((_, handles)), Some(SendStatus::Sent), None, Some(t)) =
-        (account, o.send_status(), o.reason.as_deref(), o.msg_type)
+        .and_then(|a| Some((a, worker.dispatcher.account(a)?)));
+    if let (Some((_, acct)), Some(SendStatus::Sent), None, Some(t)) =
+        (&account, o.send_status(), o.reason.as_deref(), o.msg_type)
     {
-        handles.sent(t).inc();
+        acct.metrics.sent(t).inc();
         return;
     }
     worker

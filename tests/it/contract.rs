@@ -444,7 +444,9 @@ fn invalid_job_reasons() -> BTreeSet<String> {
 /// the schema lists it.
 #[test]
 fn the_outcome_schema_lists_exactly_the_codes_words() {
-    use wxdispatch::outcome::{ConsentStatus, Kind, ReceiptStatus, SendStatus};
+    use wxdispatch::outcome::{
+        AuthorizationStatus, ConsentStatus, Kind, ReceiptStatus, SendStatus,
+    };
     let schema = read_json("docs/schema/outcome.schema.json");
 
     assert_eq!(
@@ -468,10 +470,19 @@ fn the_outcome_schema_lists_exactly_the_codes_words() {
         )
         .label())
     );
-    // The kinds the worker publishes, and the two the interface contract names for later
-    // (placeholders in the schema).
-    let mut kinds = set([Kind::Send, Kind::Receipt, Kind::Consent].map(Kind::as_str));
-    kinds.extend(set(["event", "authorization"]));
+    assert_eq!(
+        enum_at(&schema, "/$defs/authorization/properties/status/enum"),
+        set(AuthorizationStatus::ALL.map(AuthorizationStatus::as_str))
+    );
+    // The kinds the worker publishes.
+    let kinds = set([
+        Kind::Send,
+        Kind::Receipt,
+        Kind::Consent,
+        Kind::Event,
+        Kind::Authorization,
+    ]
+    .map(Kind::as_str));
     assert_eq!(enum_at(&schema, "/properties/kind/enum"), kinds);
     assert_eq!(
         enum_at(&schema, "/$defs/send/properties/type/enum"),

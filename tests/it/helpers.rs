@@ -324,6 +324,13 @@ impl Harness {
     /// An exclusive queue (deleted with the harness's connection) bound to the outcome
     /// exchange with `key`, to see what a routing key reaches.
     pub async fn bind_outcomes(&self, key: &str) -> String {
+        self.bind_queue(&self.config.amqp.outcomes_exchange, key)
+            .await
+    }
+
+    /// An exclusive queue (deleted with the harness's connection) bound to `exchange` with
+    /// `key`.
+    pub async fn bind_queue(&self, exchange: &str, key: &str) -> String {
         let ch = self.publisher.channel();
         let options = lapin::options::QueueDeclareOptions {
             exclusive: true,
@@ -335,7 +342,7 @@ impl Harness {
             .unwrap();
         ch.queue_bind(
             q.name().as_str().into(),
-            self.config.amqp.outcomes_exchange.as_str().into(),
+            exchange.into(),
             key.into(),
             Default::default(),
             FieldTable::default(),

@@ -1,4 +1,4 @@
-//! Issue 28.2 (first pieces): a third-party platform's tokens, against the simulator's
+//! Issue 28.2: a third-party platform's tokens, against the simulator's
 //! component endpoints and the shared Redis. Authorization pushes arrive encrypted with the
 //! platform's token and key; the verify ticket, each authorizer's refresh token and permission
 //! sets are kept in Redis; an authorizer's token is refreshed by one replica at a time, and
@@ -104,6 +104,32 @@ async fn expire_authorizer_token(platform: &str, authorizer: &str) {
         &format!("wxdispatch:component:{platform}:authorizer:{authorizer}:token"),
     ])
     .await;
+}
+
+/// The worker's `/wechat/component` route alone, served from a component-mode `config`: its
+/// URL, and what stops it.
+async fn serve_route(
+    config: &wxdispatch::config::Config,
+) -> (String, wxdispatch::shutdown::Shutdown) {
+    let route = wxdispatch::component::http::with_route(config, None)
+        .unwrap()
+        .expect("the route in component mode");
+    let stop = wxdispatch::shutdown::Shutdown::new();
+    let (addr, _) = wxdispatch::http::serve("127.0.0.1:0", route, stop.clone())
+        .await
+        .unwrap();
+    (format!("http://{addr}/wechat/component"), stop)
+}
+
+/// `n` jobs for `appid`.
+fn jobs_for(prefix: &str, appid: &str, n: usize) -> Vec<serde_json::Value> {
+    jobs(prefix, n)
+        .into_iter()
+        .map(|mut j| {
+            j["appid"] = appid.into();
+            j
+        })
+        .collect()
 }
 
 /// The ticket pushed, then the authorization of `authorizer` with `funcs` pushed.
@@ -309,10 +335,9 @@ async fn an_unauthorized_push_forgets_the_authorizer() {
 /// its authorization (no AppSecret anywhere), a configured appid that never authorized the
 /// platform ends `rejected` with `not_authorized` and is never sent, and after `unauthorized`
 /// the authorizer's jobs end the same way (its token is refused, the refresh finds no
-/// authorization).
+/// authorization); the push itself is one `kind: authorization` outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authorized() {
-    use wxdispatch::config::{Credentials, TokenMode};
     let mut h = Harness::start(Opts {
         no_worker: true,
         ..Default::default()
@@ -323,30 +348,15 @@ async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authoriz
     let c = replica(&h.mock, &platform).await;
     authorized(&h.mock, &c, &platform, APPID, &[1]).await;
     let other = unique("wxnever").replace('.', "");
-    h.config.wechat.token_mode = TokenMode::Component;
-    h.config.wechat.component_appid = Some(platform.clone());
-    h.config.limits.redis_url = Some(REDIS_URL.into());
-    let mut credentials = Credentials::default();
-    credentials.component_secret = Some(Secret::new(PLATFORM_SECRET));
-    credentials.component_token = Some(Secret::new(PUSH_TOKEN));
-    credentials.component_aes_key = Some(Secret::new(PUSH_KEY));
-    h.config.credentials = credentials;
+    let exchange = h.config.amqp.outcomes_exchange.clone();
+    h.config = outcomes::platform_config(&h, &platform, &exchange);
     let mut second = h.config.accounts[0].clone();
     second.appid = other.clone();
     h.config.accounts.push(second);
     h.start_worker().await;
 
-    let for_appid = |prefix: &str, appid: &str, n: usize| {
-        jobs(prefix, n)
-            .into_iter()
-            .map(|mut j| {
-                j["appid"] = appid.into();
-                j
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut all = for_appid("auth-ok", APPID, 5);
-    all.extend(for_appid("auth-never", &other, 3));
+    let mut all = jobs_for("auth-ok", APPID, 5);
+    all.extend(jobs_for("auth-never", &other, 3));
     h.publish_many(&all).await;
     let out = h.outcomes(8, Duration::from_secs(20)).await;
     assert_eq!(out.len(), 8, "{:?}", by_status(&out));
@@ -393,10 +403,14 @@ async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authoriz
         c.record(APPID).await,
         Err(ComponentError::NotAuthorized(_))
     ));
-    h.publish_many(&for_appid("auth-gone", APPID, 3)).await;
-    let out = h.outcomes(3, Duration::from_secs(20)).await;
-    assert_eq!(out.len(), 3, "{:?}", by_status(&out));
-    for o in &out {
+    h.publish_many(&jobs_for("auth-gone", APPID, 3)).await;
+    let out = h.outcomes(4, Duration::from_secs(20)).await;
+    assert_eq!(out.len(), 4, "{:?}", by_status(&out));
+    let (auth, sends): (Vec<_>, Vec<_>) = out.iter().partition(|o| o["kind"] == "authorization");
+    assert_eq!(auth.len(), 1, "the push's outcome: {auth:?}");
+    assert_eq!(auth[0]["status"], "unauthorized");
+    assert_eq!(auth[0]["appid"], APPID);
+    for o in &sends {
         assert_eq!(o["status"], "rejected", "{o}");
         assert_eq!(o["reason"], "not_authorized", "{o}");
     }
@@ -429,16 +443,10 @@ async fn timed_ticket_pushes_reach_the_route_and_a_restarted_replica_uses_them()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let config = Config::from_sources(None, &vars).unwrap();
-    let route = wxdispatch::component::http::with_route(&config, None)
-        .unwrap()
-        .expect("the route in component mode");
-    let stop = wxdispatch::shutdown::Shutdown::new();
-    let (addr, _) = wxdispatch::http::serve("127.0.0.1:0", route, stop.clone())
-        .await
-        .unwrap();
+    let (url, stop) = serve_route(&config).await;
     mock.state.push_tickets(
         TicketTarget {
-            url: format!("http://{addr}/wechat/component"),
+            url,
             token: PUSH_TOKEN.into(),
             aes_key: PUSH_KEY.into(),
         },
@@ -471,3 +479,6 @@ async fn timed_ticket_pushes_reach_the_route_and_a_restarted_replica_uses_them()
     assert_eq!(stats.component_token_calls, 2);
     stop.trigger();
 }
+
+mod dynamic;
+mod outcomes;

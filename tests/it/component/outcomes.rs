@@ -1,0 +1,143 @@
+//! `kind: authorization` outcomes: each authorization push at `POST /wechat/component` is one
+//! outcome, confirmed by the broker before WeChat is answered `success`, across WeChat's
+//! retries of the push.
+
+use std::time::Duration;
+
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::FieldTable;
+use wxdispatch::config::{Credentials, Secret, TokenMode};
+
+use super::*;
+
+/// A component-mode copy of the harness's configuration whose outcomes go to `exchange`.
+pub(super) fn platform_config(
+    h: &Harness,
+    platform: &str,
+    exchange: &str,
+) -> wxdispatch::config::Config {
+    let mut config = h.config.clone();
+    config.wechat.token_mode = TokenMode::Component;
+    config.wechat.component_appid = Some(platform.to_string());
+    config.limits.redis_url = Some(REDIS_URL.into());
+    let mut credentials = Credentials::default();
+    credentials.component_secret = Some(Secret::new(PLATFORM_SECRET));
+    credentials.component_token = Some(Secret::new(PUSH_TOKEN));
+    credentials.component_aes_key = Some(Secret::new(PUSH_KEY));
+    config.credentials = credentials;
+    config.amqp.outcomes_exchange = exchange.to_string();
+    config
+}
+
+/// Posts a push to the route: its status and body.
+pub(super) async fn post(url: &str, (q, body): &(PushQuery, String)) -> (u16, String) {
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "{url}?timestamp={}&nonce={}&msg_signature={}",
+            q.timestamp, q.nonce, q.msg_signature
+        ))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.text().await.unwrap())
+}
+
+/// The route alone (no worker) publishes to an exchange with no queue bound at first, so its
+/// publishes come back unroutable: the `authorized` push is answered 503 (twice: the retries
+/// find the code spent by the first try and take the stored authorization), and `success`
+/// only once a queue is bound and the outcome confirmed. Then the push and an `unauthorized`
+/// one, each retried, give exactly one outcome each, with a stable `message_id`.
+///
+/// Fails on the code before `kind: authorization` outcomes: the push was answered `success`
+/// at once and no outcome was published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_authorization_push_is_one_outcome_confirmed_before_success() {
+    let h = Harness::start(Opts {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let platform = unique("wxcomp").replace('.', "");
+    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    let exchange = unique("wxd.test.authorizations");
+    let ch = h.conn.create_channel().await.unwrap();
+    // Auto-deleted with the test queue's binding.
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let config = platform_config(&h, &platform, &exchange);
+    let (url, stop) = serve_route(&config).await;
+
+    let ticket = push(
+        &platform,
+        &ticket_xml(&platform, &h.mock.state.component_ticket()),
+    );
+    assert_eq!(post(&url, &ticket).await, (200, "success".into()));
+    let authorizer = unique("wxauth").replace('.', "");
+    let code = h.mock.state.component_authorize(&authorizer, &[1, 7]);
+    let authorized = push(
+        &platform,
+        &auth_xml(&platform, "authorized", &authorizer, &code),
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            post(&url, &authorized).await.0,
+            503,
+            "no queue bound: the outcome is not stored, so no success"
+        );
+    }
+    let c = replica(&h.mock, &platform).await;
+    assert_eq!(c.record(&authorizer).await.unwrap().funcs, vec![1, 7]);
+
+    let queue = h.bind_queue(&exchange, "authorization.#").await;
+    for _ in 0..2 {
+        assert_eq!(post(&url, &authorized).await, (200, "success".into()));
+    }
+    h.mock.state.component_unauthorize(&authorizer);
+    let unauthorized = push(
+        &platform,
+        &auth_xml(&platform, "unauthorized", &authorizer, ""),
+    );
+    for _ in 0..2 {
+        assert_eq!(post(&url, &unauthorized).await, (200, "success".into()));
+    }
+    assert!(matches!(
+        c.record(&authorizer).await,
+        Err(ComponentError::NotAuthorized(_))
+    ));
+
+    let out = h.read(&queue, 3, Duration::from_secs(3)).await;
+    assert_eq!(out.len(), 2, "one outcome per push: {out:?}");
+    for (o, _) in &out {
+        crate::contract::check_outcome(o);
+        assert_eq!(o["kind"], "authorization", "{o}");
+        assert_eq!(o["appid"], authorizer.as_str(), "{o}");
+        assert_eq!(o["component_appid"], platform.as_str(), "{o}");
+        assert_eq!(o["event_time"], 1733300000, "{o}");
+    }
+    let (first, props) = &out[0];
+    assert_eq!(first["status"], "authorized");
+    assert_eq!(first["funcs"], serde_json::json!([1, 7]));
+    assert_eq!(
+        props.message_id().as_ref().map(|m| m.as_str()),
+        Some(format!("authorization:{platform}:{authorizer}:1733300000:authorized").as_str())
+    );
+    assert_eq!(out[1].0["status"], "unauthorized");
+    assert_eq!(out[1].0["funcs"], serde_json::Value::Null);
+    assert_eq!(
+        h.mock.state.component_stats().query_auth_calls,
+        3,
+        "the code was exchanged once, and found spent by both retries"
+    );
+    stop.trigger();
+    h.cleanup().await;
+}
