@@ -10,8 +10,9 @@ fn every_serial_test_is_ignored_and_takes_the_broker_lock() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
     let mut found = 0;
     let mut wrong = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap().flatten() {
-        let path = e.path();
+    let mut files = Vec::new();
+    crate::doc_citations::rust_files(&dir, &mut files);
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
