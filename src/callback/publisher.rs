@@ -19,7 +19,8 @@ const PUBLISH_WITHIN: Duration = Duration::from_secs(30);
 
 pub(crate) struct LazyPublisher {
     config: Config,
-    open: tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>,
+    /// The connection, and the confirm-mode channel on it unless the last publish failed.
+    open: tokio::sync::Mutex<Option<(lapin::Connection, Option<Arc<Publisher>>)>>,
 }
 
 impl LazyPublisher {
@@ -34,28 +35,53 @@ impl LazyPublisher {
     /// [`PUBLISH_WITHIN`].
     pub(crate) async fn publish(&self, outcome: &Outcome) -> anyhow::Result<()> {
         tokio::time::timeout(PUBLISH_WITHIN, async {
-            // The lock only guards (re)connecting; confirms are awaited outside it, so
-            // receipts are published concurrently.
-            let publisher = {
-                let mut open = self.open.lock().await;
-                if open.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
-                    let conn = tokio::time::timeout(
-                        CONNECT_WITHIN,
-                        amqp::connect(&self.config.amqp.url, "wxdispatch-receipts"),
-                    )
-                    .await
-                    .map_err(|_| {
-                        anyhow::anyhow!("no AMQP connection within {CONNECT_WITHIN:?}")
-                    })??;
-                    let publisher = Arc::new(Publisher::new(&conn, &self.config).await?);
-                    *open = Some((conn, publisher));
+            let publisher = self.publisher().await?;
+            if let Err(e) = publisher.outcome(outcome).await {
+                // The broker may have closed the channel (say, a publish to a missing
+                // exchange) while the connection stays up, and lapin may not say so yet: the
+                // next publish opens a new channel instead of failing on this one for ever.
+                if let Some((_, current)) = self.open.lock().await.as_mut()
+                    && current.as_ref().is_some_and(|p| Arc::ptr_eq(p, &publisher))
+                    && let Some(old) = current.take()
+                {
+                    // A channel still open (a nack, not a close) is closed, not left behind.
+                    let channel = old.channel().clone();
+                    if channel.status().connected() {
+                        tokio::spawn(async move {
+                            let _ = channel.close(200, "reopening".into()).await;
+                        });
+                    }
                 }
-                open.as_ref().expect("just set").1.clone()
-            };
-            publisher.outcome(outcome).await?;
+                return Err(e.into());
+            }
             anyhow::Ok(())
         })
         .await
         .map_err(|_| anyhow::anyhow!("no confirm within {PUBLISH_WITHIN:?}"))?
+    }
+
+    /// The channel to publish on, (re)opening the connection or the channel as needed. The
+    /// lock only guards (re)opening; confirms are awaited outside it, so receipts are
+    /// published concurrently.
+    async fn publisher(&self) -> anyhow::Result<Arc<Publisher>> {
+        let mut open = self.open.lock().await;
+        if open.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
+            let conn = tokio::time::timeout(
+                CONNECT_WITHIN,
+                amqp::connect(&self.config.amqp.url, "wxdispatch-receipts"),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("no AMQP connection within {CONNECT_WITHIN:?}"))??;
+            *open = Some((conn, None));
+        }
+        let (conn, publisher) = open.as_mut().expect("just opened");
+        match publisher {
+            Some(p) if p.channel().status().connected() => Ok(p.clone()),
+            _ => {
+                let p = Arc::new(Publisher::new(conn, &self.config).await?);
+                *publisher = Some(p.clone());
+                Ok(p)
+            }
+        }
     }
 }

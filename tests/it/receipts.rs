@@ -540,6 +540,42 @@ async fn broker_unavailable_answers_503_so_wechat_retries() {
     h.cleanup().await;
 }
 
+/// A channel the broker closes (a publish to a deleted outcomes exchange: 404) while the
+/// connection stays up costs one 503, not every receipt after it: once the exchange is back,
+/// WeChat's retry is stored and answered `success`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_broker_closed_is_reopened_for_the_next_receipt() {
+    let h = start(false, &[]).await;
+    // The callback's connection opens on first use: store one receipt first.
+    let (code, text) = post_plain(&h, &receipt(4041, "o-before", "success")).await;
+    assert_eq!((code, text.as_str()), (StatusCode::OK, "success"));
+    let ch = h.publisher.channel();
+    ch.exchange_delete(
+        h.config.amqp.outcomes_exchange.as_str().into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let xml = receipt(4042, "o-after", "success");
+    let (code, text) = post_plain(&h, &xml).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    wxdispatch::amqp::topology::declare(ch, &h.config)
+        .await
+        .unwrap();
+    let (code, text) = post_plain(&h, &xml).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (StatusCode::OK, "success"),
+        "WeChat's retry after the exchange is back"
+    );
+    let out = h
+        .read(&h.config.amqp.outcomes_queue, 2, Duration::from_secs(10))
+        .await;
+    let users: Vec<_> = out.iter().map(|(o, _)| o["touser"].clone()).collect();
+    assert_eq!(users, ["o-before", "o-after"]);
+    h.cleanup().await;
+}
+
 /// Other events and user messages are answered `success`, counted as ignored, and publish
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
