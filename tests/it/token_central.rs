@@ -4,12 +4,18 @@
 //! a service that fails, is slow or keeps a refused token gets the same backoff and stop rules
 //! as WeChat's own token endpoints: nothing is lost and the account recovers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::helpers::*;
+use wxdispatch::account::AccountStops;
+use wxdispatch::account::token::{TokenCache, TokenLimits, TokenSource};
 use wxdispatch::config::{Credentials, Secret, TokenMode};
+use wxdispatch::metrics::Metrics;
+use wxdispatch::tools::mock::MockServer;
 use wxdispatch::tools::mock::central::CentralBehaviour;
 use wxdispatch::tools::mock::{Behaviour, TokenFault};
+use wxdispatch::wechat::WechatClient;
 
 const BEARER: &str = "central-bearer-7f3a";
 
@@ -255,12 +261,8 @@ async fn a_central_service_that_keeps_a_refused_token_is_told_once_and_recovers(
 /// minute is handed out again without another call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_reports_a_refused_token_once_and_trusts_the_answer_for_a_minute() {
-    use std::sync::Arc;
-    use wxdispatch::account::AccountStops;
-    use wxdispatch::account::token::{TokenCache, TokenError, TokenLimits, TokenSource};
-    use wxdispatch::metrics::Metrics;
-    use wxdispatch::tools::mock::{MockConfig, MockServer};
-    use wxdispatch::wechat::WechatClient;
+    use wxdispatch::account::token::TokenError;
+    use wxdispatch::tools::mock::MockConfig;
 
     let mock = MockServer::start(
         "127.0.0.1:0",
@@ -277,21 +279,7 @@ async fn the_cache_reports_a_refused_token_once_and_trusts_the_answer_for_a_minu
     });
     let metrics = Arc::new(Metrics::new());
     let url = format!("{}/central/token?tenant=a", mock.base_url());
-    let tokens = Arc::new(TokenCache::new(
-        APPID.into(),
-        TokenSource::Central {
-            url: url.parse().unwrap(),
-            auth: Some(Secret::new(BEARER)),
-        },
-        WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
-        metrics.clone(),
-        TokenLimits {
-            stop_probe: Duration::from_secs(60),
-            force_budget: 10,
-            shared: None,
-            stops: Arc::new(AccountStops::new(APPID, &metrics)),
-        },
-    ));
+    let tokens = Arc::new(central_cache(APPID, &url, &mock, &metrics));
     let first = tokens.get().await.unwrap();
     assert_eq!(mock.state.central_stats().unauthorized, 0);
     mock.state.revoke_central_token(APPID).unwrap();
@@ -330,21 +318,7 @@ async fn the_cache_reports_a_refused_token_once_and_trusts_the_answer_for_a_minu
 
     // The service keeps a refused token: a send that began before the report and fails after
     // it holds the same token; its refusal is not a new one and is not reported again.
-    let kept = TokenCache::new(
-        "wxkept0000000001".into(),
-        TokenSource::Central {
-            url: url.parse().unwrap(),
-            auth: Some(Secret::new(BEARER)),
-        },
-        WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
-        metrics.clone(),
-        TokenLimits {
-            stop_probe: Duration::from_secs(60),
-            force_budget: 10,
-            shared: None,
-            stops: Arc::new(AccountStops::new("wxkept0000000001", &metrics)),
-        },
-    );
+    let kept = central_cache("wxkept0000000001", &url, &mock, &metrics);
     mock.state.add_account("wxkept0000000001", "s");
     let k = kept.get().await.unwrap();
     mock.state.revoke_central_token("wxkept0000000001").unwrap();
@@ -386,4 +360,24 @@ async fn the_cache_reports_a_refused_token_once_and_trusts_the_answer_for_a_minu
         Err(TokenError::Unavailable { .. })
     ));
     assert_eq!(mock.state.central_stats().unauthorized, 1);
+}
+
+/// A token cache of `appid` reading the central service at `url` (with the bearer), alone:
+/// no Redis, the default budget and stop probe.
+fn central_cache(appid: &str, url: &str, mock: &MockServer, metrics: &Arc<Metrics>) -> TokenCache {
+    TokenCache::new(
+        appid.into(),
+        TokenSource::Central {
+            url: url.parse().unwrap(),
+            auth: Some(Secret::new(BEARER)),
+        },
+        WechatClient::new(&mock.base_url(), Duration::from_secs(2)),
+        metrics.clone(),
+        TokenLimits {
+            stop_probe: Duration::from_secs(60),
+            force_budget: 10,
+            shared: None,
+            stops: Arc::new(AccountStops::new(appid, metrics)),
+        },
+    )
 }
