@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::Query;
 use wxdispatch::callback::http::Endpoint;
-use wxdispatch::callback::{self, AesKey, Inbound, signature};
+use wxdispatch::callback::{self, Inbound};
 use wxdispatch::config::Config;
+use wxdispatch::crypto::{self, AesKey, signature};
 use wxdispatch::metrics::Metrics;
 use wxdispatch::tools::mock::xml::seal_safe_mode;
 
@@ -48,7 +49,7 @@ async fn existing(Query(q): Query<Params>, body: String) -> (axum::http::StatusC
             get("nonce"),
             &encrypt,
         );
-        match callback::decrypt(&key, &encrypt) {
+        match crypto::decrypt(&key, &encrypt) {
             Ok(d) if ok => d.xml,
             _ => return (axum::http::StatusCode::FORBIDDEN, String::new()),
         }

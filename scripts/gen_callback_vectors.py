@@ -9,7 +9,7 @@ Usage (from the crate root):
 
     python3 scripts/gen_callback_vectors.py
 
-Writes src/callback/testdata/aes_vectors.json. The output is deterministic:
+Writes src/crypto/testdata/aes_vectors.json. The output is deterministic:
 every "random" input is fixed here.
 """
 
@@ -134,7 +134,7 @@ def main() -> None:
         ),
     ]
     assert vectors[2]["pad_len"] == 32, vectors[2]["pad_len"]
-    out = pathlib.Path(__file__).resolve().parent.parent / "src/callback/testdata/aes_vectors.json"
+    out = pathlib.Path(__file__).resolve().parent.parent / "src/crypto/testdata/aes_vectors.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"vectors": vectors}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {len(vectors)} vectors to {out}")

@@ -18,11 +18,11 @@
 //! - [`policy`]: the decision core, with no I/O: the error-code table, the send-error kinds,
 //!   the retry state a job carries, the budget and backoff rules, and the function from what a
 //!   try came to to the job's next step.
-//! - [`wechat`]: the HTTP client, the token sources (the calls that fetch an access token:
-//!   `stable_token`, the classic endpoint, a central token service) and the template catalogue's replies.
+//! - [`wechat`]: the HTTP client, the calls that fetch an access token (`stable_token`, the
+//!   classic endpoint, a central token service) and the template catalogue's replies.
 //! - [`account`]: one home per account: its rate limiter and quota gates, its stop state, its
 //!   token cache (single flight, expiry, forced-refresh budget, backoff, stops; it fetches
-//!   through a token source) and catalogue cache, and the Redis coordination replicas share.
+//!   through a token source: WeChat's calls, a central service or the platform) and catalogue cache, and the Redis coordination replicas share.
 //! - [`component`]: third-party platform mode: the platform's endpoints, its tokens and
 //!   authorizers in Redis (refresh-token rotation under a lock), its authorization pushes,
 //!   their route `/wechat/component` and their `kind: authorization` outcomes.
@@ -30,8 +30,9 @@
 //!   policy decided (retry, defer, end).
 //! - [`amqp`]: connections, topology, the confirming publisher.
 //! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
-//! - [`callback`]: WeChat's push callback: signatures, AES safe mode, the XML reader and the
-//!   message model, the retry dedupe and the HTTP handlers that turn pushes into outcomes, and
+//! - [`crypto`]: WeChat's message security, shared by the callback and the platform's pushes:
+//!   the SHA-1 signatures and AES safe mode.
+//! - [`callback`]: WeChat's push callback: the XML reader and the message model, the retry dedupe and the HTTP handlers that turn pushes into outcomes, and
 //!   the forwarding of the pushes the worker does not own to the account's existing server.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
 //! - [`metrics`], [`shutdown`], [`logging`]: operations; `probe`, the readiness check the
@@ -65,6 +66,7 @@ pub mod callback;
 pub mod cli;
 pub mod component;
 pub mod config;
+pub mod crypto;
 pub(crate) mod dispatch;
 pub mod http;
 pub mod job;

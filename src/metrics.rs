@@ -88,7 +88,7 @@ pub struct Metrics {
     /// jobs one ack settles (see amqp::acks).
     pub amqp_acks_total: IntCounterVec,
     pub callback_requests_total: IntCounterVec,
-    /// Pushes forwarded to `callback_forward_url`, by `result` (callback::forward).
+    /// Pushes forwarded to `callback_forward_url`, by `result` (its series are the forwarder's).
     pub callback_forward_total: IntCounterVec,
     /// How long a forward took, whatever came of it.
     pub callback_forward_duration_seconds: Histogram,
@@ -422,10 +422,6 @@ impl Metrics {
         }
         for target in ["delay", "dead"] {
             m.copies_waiting.with_label_values(&[target]);
-        }
-        for result in crate::callback::forward::ForwardResult::ALL {
-            m.callback_forward_total
-                .with_label_values(&[result.label()]);
         }
         m
     }

@@ -1,4 +1,4 @@
-//! Fuzzes safe-mode AES (`wxdispatch::callback::crypto`) with arbitrary ciphertext, plaintext and round trips.
+//! Fuzzes safe-mode AES (`wxdispatch::crypto`) with arbitrary ciphertext, plaintext and round trips.
 //! The invariants are in `wxdispatch_fuzz::aes_decrypt`.
 #![no_main]
 

@@ -16,17 +16,17 @@ use base64::engine::general_purpose::STANDARD;
 use cbc::cipher::block_padding::NoPadding;
 use cbc::cipher::{BlockEncryptMut, KeyIvInit};
 use serde_json::Value;
-use wxdispatch::callback::crypto::{self, AesKey, CryptoError, Decrypted};
 use wxdispatch::callback::event::{self, Inbound};
 use wxdispatch::callback::xml;
 use wxdispatch::config::Config;
+use wxdispatch::crypto::{self, AesKey, CryptoError, Decrypted};
 use wxdispatch::job::{self, Job, MAX_BATCH, MAX_ID_LEN, Parsed};
 use wxdispatch::tools::mock::xml::{WechatXml, encrypted_envelope};
 
 /// The one account the job target's configurations serve.
 pub const APPID: &str = "wx0123456789abcdef";
 
-/// The `EncodingAESKey` of the AES vectors in `src/callback/testdata/aes_vectors.json`, so the
+/// The `EncodingAESKey` of the AES vectors in `src/crypto/testdata/aes_vectors.json`, so the
 /// vectors' ciphertexts in the corpus decrypt.
 pub const ENCODING_AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
@@ -240,7 +240,7 @@ fn aes_key() -> &'static AesKey {
     KEY.get_or_init(|| AesKey::from_encoding_aes_key(ENCODING_AES_KEY).expect("a valid key"))
 }
 
-/// `wxdispatch::callback::crypto` on arbitrary bytes, read three ways.
+/// `wxdispatch::crypto` on arbitrary bytes, read three ways.
 ///
 /// 1. As the text of an `<Encrypt>` element: `decrypt` never panics, and what it returns
 ///    encrypts back to something that decrypts the same.

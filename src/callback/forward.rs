@@ -123,6 +123,12 @@ impl Forwarder {
             .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(concat!("wxdispatch/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        // Every result from the start, so a rate over them has data before the first failure.
+        for result in ForwardResult::ALL {
+            metrics
+                .callback_forward_total
+                .with_label_values(&[result.label()]);
+        }
         Ok(Forwarder {
             url: url.to_string(),
             timeout,

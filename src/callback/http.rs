@@ -47,8 +47,9 @@ mod others;
 use super::event::TEMPLATE_SEND_JOB_FINISH;
 use super::forward::{Forwarder, RawPush};
 use super::publisher::LazyPublisher;
-use crate::callback::{self, AesKey, Inbound, SubscriptionEvent};
+use crate::callback::{self, Inbound, SubscriptionEvent};
 use crate::config::{Config, Secret};
+use crate::crypto::AesKey;
 use crate::metrics::Metrics;
 use crate::outcome::{Consent, Outcome, Receipt, ReceiptStatus};
 use others::{other_push, push_identity};
@@ -190,7 +191,7 @@ fn reply(status: StatusCode, body: &'static str) -> Response {
 }
 
 async fn verify_url(State(r): State<Arc<Endpoint>>, Query(q): Query<CallbackQuery>) -> Response {
-    let ok = callback::signature::verify_url_signature(
+    let ok = crate::crypto::signature::verify_url_signature(
         &q.signature,
         r.token.expose(),
         &q.timestamp,

@@ -5,9 +5,8 @@
 //! events. Before any of that can be trusted, the request has to be authenticated, possibly
 //! decrypted, and parsed; each step lives in its own submodule:
 //!
-//! * [`signature`]: the SHA-1 signatures on the URL check, plaintext POSTs
-//!   and safe-mode POSTs, compared in constant time.
-//! * [`crypto`]: AES-256-CBC "safe mode", including WeChat's 32-byte padding.
+//! * [`crate::crypto`] (shared with the platform's pushes): the SHA-1 signatures and
+//!   AES-256-CBC "safe mode".
 //! * [`xml`]: a deliberately strict reader for the pushed XML.
 //! * [`event`]: the message model, and what a body turns out to be.
 //!
@@ -21,20 +20,18 @@
 //! * [`dedupe`]: WeChat's retries of one push, told apart from new pushes;
 //! * `publisher`: the callback's own lazily opened, confirming publisher.
 
-pub mod crypto;
 pub mod dedupe;
 pub mod event;
 pub mod forward;
 pub mod http;
 pub(crate) mod publisher;
 pub mod push;
-pub mod signature;
 pub mod xml;
 
-pub use crypto::{AesKey, CryptoError, Decrypted, decrypt, encrypt};
 pub use event::{Event, Inbound, SubscriptionEvent, SubscriptionItem, SubscriptionKind, parse};
-pub use signature::{sign, verify};
 pub use xml::XmlError;
+
+use crate::crypto::{self, AesKey, CryptoError, signature};
 
 /// Why a callback request was refused by [`open_plain`] or [`open_safe_mode`].
 ///

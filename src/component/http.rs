@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::{Component, Push, PushError, PushQuery};
-use crate::callback::crypto::AesKey;
 use crate::callback::dedupe::{DEDUP_FOR, Dedupe, PushKey};
 use crate::callback::http::ANSWER_WITHIN;
 use crate::callback::publisher::LazyPublisher;
 use crate::config::{Config, ConfigError, Secret, TokenMode};
+use crate::crypto::AesKey;
 use crate::outcome::Outcome;
 use crate::wechat::WechatClient;
 

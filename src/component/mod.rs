@@ -1,10 +1,9 @@
-//! Third-party platform ("component") mode, issue 28 part 2: the platform's own endpoints
-//! ([`api`]), what it keeps in Redis ([`store`]), its tokens with the refresh-token rotation
-//! under a lock ([`tokens`]) and its authorization pushes ([`push`]).
+//! Third-party platform ("component") mode: the platform's own endpoints ([`api`]), what it
+//! keeps in Redis ([`store`]), its tokens with the refresh-token rotation under a lock
+//! ([`tokens`]) and its authorization pushes ([`push`]).
 //!
 //! With `token_mode = component` every account is an authorizer (configured or, built on its
-//! first job, not: [`crate::account`]) whose token comes
-//! from [`Component::token_reply`], and the pushes are served at `/wechat/component` ([`http`]),
+//! first job, not) whose token comes from [`Component::token_reply`], and the pushes are served at `/wechat/component` ([`http`]),
 //! each authorization push published as a `kind: authorization` outcome before it is answered.
 
 pub mod api;

@@ -3,9 +3,10 @@
 //! handled (in Redis) before it is answered `success`, so WeChat pushes again what was not.
 
 use super::tokens::{Component, ComponentError};
-use crate::callback::crypto::{self, AesKey};
-use crate::callback::{signature, xml};
+use crate::callback::xml;
 use crate::config::Secret;
+use crate::crypto::signature;
+use crate::crypto::{self, AesKey};
 use crate::outcome::{Authorization, AuthorizationStatus};
 
 /// The signature parameters of a push's query string.

@@ -391,7 +391,7 @@ impl Codec for AesKey {
     const KIND: Kind = Kind::Text;
     fn decode(v: Value) -> Result<Option<Secret>, String> {
         let key = SecretText::decode(v)?.expect("a string decodes to a secret");
-        if crate::callback::crypto::AesKey::from_encoding_aes_key(key.expose()).is_err() {
+        if crate::crypto::AesKey::from_encoding_aes_key(key.expose()).is_err() {
             return Err(format!(
                 "expected an EncodingAESKey: 43 characters of base64 (A-Z, a-z, 0-9, + and /), \
                  as the WeChat console shows it; got {} characters{}",

@@ -234,7 +234,7 @@ pub(crate) async fn run_demo(config_file: Option<&Path>, args: Args) -> anyhow::
                 token: CALLBACK_TOKEN.into(),
                 aes_key: args
                     .safe_mode
-                    .then(|| crate::callback::AesKey::from_encoding_aes_key(AES_KEY))
+                    .then(|| crate::crypto::AesKey::from_encoding_aes_key(AES_KEY))
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("{e}"))?,
                 delay_ms: 0,

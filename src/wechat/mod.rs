@@ -1,10 +1,10 @@
 //! Everything that talks to WeChat's API: the HTTP client, the calls that fetch an access
-//! token (its sources) and the template catalogue. The error-code table they follow is the policy's ([`crate::policy::errcode`]).
+//! token and the template catalogue. The error-code table they follow is the policy's ([`crate::policy::errcode`]).
 
 pub(crate) mod catalogue;
 pub(crate) mod client;
-pub(crate) mod token;
+pub mod token;
 
 pub use crate::policy::errcode::{self, Action};
 pub use client::{ApiReply, SendError, WechatClient};
-pub use token::{Ask, TokenSource};
+pub use token::Ask;

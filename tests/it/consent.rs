@@ -7,7 +7,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use wxdispatch::callback::{AesKey, SubscriptionEvent, SubscriptionItem, SubscriptionKind};
+use wxdispatch::callback::{SubscriptionEvent, SubscriptionItem, SubscriptionKind};
+use wxdispatch::crypto::AesKey;
 use wxdispatch::tools::mock::push::{PushAnswer, PushTarget, push_subscription_event};
 use wxdispatch::tools::mock::xml::WechatXml;
 

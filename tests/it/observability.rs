@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use wxdispatch::callback::signature;
+use wxdispatch::crypto::signature;
 use wxdispatch::tools::mock::Behaviour;
 
 use crate::helpers::*;

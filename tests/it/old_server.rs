@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use wxdispatch::callback::{self, AesKey, Inbound, signature};
+use wxdispatch::callback::{self, Inbound};
+use wxdispatch::crypto::{self, AesKey, signature};
 use wxdispatch::tools::mock::xml::seal_safe_mode;
 
 use crate::helpers::APPID;
@@ -193,7 +194,7 @@ fn open(
     ) {
         return None;
     }
-    let d = callback::decrypt(key, &encrypt).ok()?;
+    let d = crypto::decrypt(key, &encrypt).ok()?;
     (d.appid == APPID).then_some(d.xml)
 }
 

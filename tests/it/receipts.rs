@@ -11,7 +11,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use wxdispatch::callback::http::MAX_BODY;
-use wxdispatch::callback::{self, AesKey, Event, signature};
+use wxdispatch::callback::{self, Event};
+use wxdispatch::crypto::{self, AesKey, signature};
 use wxdispatch::tools::mock::push::PushTarget;
 use wxdispatch::tools::mock::xml::{WechatXml, encrypted_envelope};
 use wxdispatch::tools::mock::{MockConfig, MockServer};
@@ -119,7 +120,7 @@ async fn post_encrypted(h: &Harness, encrypt: &str) -> (StatusCode, String) {
 /// A safe-mode POST of `xml` sealed for `appid`, as WeChat sends it.
 pub(crate) async fn post_sealed(h: &Harness, appid: &str, xml: &str) -> (StatusCode, String) {
     let key = AesKey::from_encoding_aes_key(AES_KEY).unwrap();
-    post_encrypted(h, &callback::crypto::encrypt_with_random(&key, xml, appid)).await
+    post_encrypted(h, &crypto::encrypt_with_random(&key, xml, appid)).await
 }
 
 /// AES-256-CBC with WeChat's key and IV over an already block-aligned plaintext, so that the
@@ -464,7 +465,7 @@ async fn every_bad_input_is_refused_counted_and_never_published() {
         (
             "wrong appid",
             "unknown_appid",
-            callback::crypto::encrypt_with_random(
+            crypto::encrypt_with_random(
                 &AesKey::from_encoding_aes_key(AES_KEY).unwrap(),
                 &good,
                 "wxsomebodyelse01",

@@ -486,10 +486,11 @@ async fn a_40037_refreshes_the_catalogue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulator_pushes_sent_and_consent_events() {
     use std::sync::{Arc, Mutex};
+    use wxdispatch::account::token::TokenSource;
     use wxdispatch::config::Secret;
     use wxdispatch::job::MsgType;
     use wxdispatch::tools::mock::{MockConfig, MockServer, push::PushTarget};
-    use wxdispatch::wechat::{Ask, TokenSource, WechatClient};
+    use wxdispatch::wechat::{Ask, WechatClient};
 
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let keep = seen.clone();

@@ -29,6 +29,7 @@
 mod force;
 mod reply;
 mod shared;
+mod source;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,9 +38,10 @@ use crate::account::redis::RedisLink;
 use crate::config::{Secret, TokenMode};
 use crate::metrics::Metrics;
 use crate::policy::errcode;
+pub use crate::wechat::Ask;
 use crate::wechat::WechatClient;
-pub use crate::wechat::token::{Ask, TokenSource};
 use force::{ForceRefresh, LocalForces};
+pub use source::TokenSource;
 
 /// How long after the source handed out (or confirmed) a token it counts as fresh.
 const FRESH_FOR: Duration = Duration::from_secs(60);

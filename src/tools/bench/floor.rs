@@ -32,13 +32,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::account::token::TokenSource;
 use crate::amqp::{self, Acks, Publisher};
 use crate::config::{Config, Secret};
 use crate::job::MsgType;
 use crate::metrics::Metrics;
 use crate::outcome::{JobIdentity, Outcome, SendStatus};
+use crate::wechat::Ask;
 use crate::wechat::client::{ApiReply, WechatClient, send_path};
-use crate::wechat::{Ask, TokenSource};
 
 /// What the floor worker does per job besides consuming, publishing and acking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

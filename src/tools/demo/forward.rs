@@ -10,7 +10,8 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 
-use crate::callback::{self, AesKey, Inbound, signature};
+use crate::callback::{self, Inbound};
+use crate::crypto::{self, AesKey, signature};
 use crate::tools::mock::xml::seal_safe_mode;
 
 /// The existing server's address and what it needs to check pushes.
@@ -64,7 +65,7 @@ async fn reply(
                     &encrypt,
                 ) =>
             {
-                callback::decrypt(&k.key, &encrypt)
+                crypto::decrypt(&k.key, &encrypt)
                     .ok()
                     .map(|d| (d.xml, d.appid))
             }
@@ -135,7 +136,7 @@ pub(super) async fn push_text(
     let status = r.status().as_u16();
     let text = r.text().await?;
     let shown = match (&key, callback::parse(&text)) {
-        (Some(key), Ok(Inbound::Encrypted { encrypt, .. })) => callback::decrypt(key, &encrypt)
+        (Some(key), Ok(Inbound::Encrypted { encrypt, .. })) => crypto::decrypt(key, &encrypt)
             .map(|d| d.xml)
             .unwrap_or(text),
         _ => text,

@@ -76,7 +76,7 @@ pub async fn serve_simulator(config_file: Option<&Path>, args: Args) -> anyhow::
                 .credentials
                 .callback_aes_key
                 .as_ref()
-                .map(|k| crate::callback::AesKey::from_encoding_aes_key(k.expose()))
+                .map(|k| crate::crypto::AesKey::from_encoding_aes_key(k.expose()))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("WXD_CALLBACK_AES_KEY: {e}"))?;
             Some(PushTarget {

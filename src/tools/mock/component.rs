@@ -116,8 +116,7 @@ impl MockState {
         let state = Arc::downgrade(self);
         tokio::spawn(async move {
             let http = reqwest::Client::new();
-            let key = match crate::callback::crypto::AesKey::from_encoding_aes_key(&target.aes_key)
-            {
+            let key = match crate::crypto::AesKey::from_encoding_aes_key(&target.aes_key) {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::warn!(error = %e, "ticket push: bad EncodingAESKey");
@@ -132,14 +131,10 @@ impl MockState {
                     "<xml><AppId>{appid}</AppId><CreateTime>{}</CreateTime><InfoType>component_verify_ticket</InfoType><ComponentVerifyTicket>{ticket}</ComponentVerifyTicket></xml>",
                     chrono::Utc::now().timestamp()
                 );
-                let encrypted = crate::callback::crypto::encrypt_with_random(&key, &xml, &appid);
+                let encrypted = crate::crypto::encrypt_with_random(&key, &xml, &appid);
                 let (ts, nonce) = (chrono::Utc::now().timestamp().to_string(), "tn");
-                let sig = crate::callback::signature::msg_signature(
-                    &target.token,
-                    &ts,
-                    nonce,
-                    &encrypted,
-                );
+                let sig =
+                    crate::crypto::signature::msg_signature(&target.token, &ts, nonce, &encrypted);
                 let body = format!(
                     "<xml><AppId><![CDATA[{appid}]]></AppId><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
                 );

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::MockState;
 use super::xml::{WechatXml, seal_safe_mode};
-use crate::callback::{self, AesKey};
+use crate::callback;
+use crate::crypto::AesKey;
 
 /// Where and how to push receipts.
 #[derive(Clone, Debug)]
@@ -154,7 +155,7 @@ fn signed_request(
 ) -> (String, Vec<(&'static str, String)>) {
     let timestamp = now.to_string();
     let nonce = format!("{}", rand::random::<u32>());
-    let sig = callback::signature::url_signature(&target.token, &timestamp, &nonce);
+    let sig = crate::crypto::signature::url_signature(&target.token, &timestamp, &nonce);
     let mut query = vec![
         ("signature", sig),
         ("timestamp", timestamp.clone()),

@@ -3,7 +3,7 @@
 //! ([`crate::callback`]); the simulator and the tests write them.
 
 use crate::callback::event::{Event, SubscriptionEvent};
-use crate::callback::{AesKey, crypto, signature};
+use crate::crypto::{self, AesKey, signature};
 
 /// A push serialized the way WeChat sends it: text goes in CDATA sections, split where needed
 /// so that `]]>` survives.

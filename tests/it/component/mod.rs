@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use wxdispatch::callback::crypto::{self, AesKey};
-use wxdispatch::callback::signature;
 use wxdispatch::component::api::ComponentApi;
 use wxdispatch::component::store::ComponentStore;
 use wxdispatch::component::{AuthEvent, Component, ComponentError, PushError, PushQuery};
 use wxdispatch::config::Secret;
+use wxdispatch::crypto::signature;
+use wxdispatch::crypto::{self, AesKey};
 use wxdispatch::job::MsgType;
 use wxdispatch::tools::mock::{MockConfig, MockServer};
 use wxdispatch::wechat::WechatClient;

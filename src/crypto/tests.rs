@@ -1,5 +1,5 @@
 use super::*;
-use crate::callback::signature;
+use crate::crypto::signature;
 use proptest::prelude::*;
 
 const SAMPLE_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";

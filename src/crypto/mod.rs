@@ -1,4 +1,5 @@
-//! AES "safe mode" for WeChat callbacks.
+//! WeChat's message security, for the account's callback and the platform's pushes alike: the
+//! SHA-1 signatures ([`signature`]) and AES "safe mode" (here).
 //!
 //! In safe mode WeChat encrypts the callback XML with AES-256-CBC and sends
 //! the base64 ciphertext inside an `<Encrypt>` element. The plaintext layout
@@ -20,8 +21,10 @@
 //!   decoders in WeChat's own SDKs ignore them and so do we.
 //!
 //! Decryption does not authenticate anything. Always check `msg_signature`
-//! (see [`super::signature`]) before calling [`decrypt`], so that padding and
+//! (see [`signature`]) before calling [`decrypt`], so that padding and
 //! length errors are only ever reported for payloads WeChat really sent.
+
+pub mod signature;
 
 use std::fmt;
 
@@ -157,7 +160,7 @@ impl fmt::Debug for AesKey {
 /// (see [`Decrypted::check_appid`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decrypted {
-    /// The inner callback XML, ready for [`super::event::parse`].
+    /// The inner callback XML, ready for the callback's event parser.
     pub xml: String,
     /// The appid WeChat appended after the XML.
     pub appid: String,
@@ -270,5 +273,4 @@ fn strip_padding(plain: &[u8]) -> Result<&[u8], CryptoError> {
 }
 
 #[cfg(test)]
-#[path = "crypto_tests.rs"]
 mod tests;
