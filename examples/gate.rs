@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wxdispatch::account::AccountGate;
-use wxdispatch::account::redis::RedisLink;
+use wxdispatch::account::RedisLink;
 use wxdispatch::metrics::Metrics;
 
 const TASKS: usize = 128;

@@ -34,7 +34,7 @@ const WINDOW: Duration = Duration::from_millis(250);
 
 /// Slots this replica holds of the account's schedule, spent locally.
 #[derive(Debug, Clone)]
-pub struct Lease {
+pub(super) struct Lease {
     /// The first slot's time on this process's clock.
     first: Instant,
     /// Between two slots, in µs (as Redis computes them).
@@ -70,7 +70,7 @@ impl Lease {
     /// `first_offset_us` from Redis' "now" (negative: in the past, the schedule's tolerance).
     /// Placing Redis' "now" at the reply's arrival puts every slot a little later than it is,
     /// never earlier.
-    pub fn new(
+    pub(super) fn new(
         received: Instant,
         first_offset_us: i64,
         interval_us: u64,
@@ -113,7 +113,7 @@ impl Lease {
 
     /// Hands out the next slot: when this send may go (at or before `now`: at once). Slots
     /// more than `late_ok` in the past are skipped. `None` when the lease is spent.
-    pub fn take(&mut self, now: Instant) -> Option<Instant> {
+    pub(super) fn take(&mut self, now: Instant) -> Option<Instant> {
         let i = self.used.max(self.first_usable(now));
         if i >= self.granted {
             self.used = self.granted;
@@ -124,13 +124,14 @@ impl Lease {
     }
 
     /// When the next slot to hand out is due, if any is left.
-    pub fn next_slot(&self, now: Instant) -> Option<Instant> {
+    pub(super) fn next_slot(&self, now: Instant) -> Option<Instant> {
         let i = self.used.max(self.first_usable(now));
         (i < self.granted).then(|| self.slot(i))
     }
 
-    /// Slots still to hand out at `now`.
-    pub fn remaining(&self, now: Instant) -> u32 {
+    /// Slots still to hand out at `now` (what the tests read of a lease).
+    #[cfg(test)]
+    pub(super) fn remaining(&self, now: Instant) -> u32 {
         self.granted
             .saturating_sub(self.used.max(self.first_usable(now)))
     }
@@ -138,7 +139,7 @@ impl Lease {
     /// Ends the lease: the slots never handed out go back (if the schedule still ends where
     /// this lease left it). Expired slots go back too: the schedule's own tolerance caps what
     /// a slot in the past is worth, as if they had never been taken.
-    pub fn give_back(&mut self) -> Option<GiveBack> {
+    pub(super) fn give_back(&mut self) -> Option<GiveBack> {
         let slots = self.granted - self.used;
         self.used = self.granted;
         (slots > 0).then_some(GiveBack {
@@ -151,7 +152,7 @@ impl Lease {
 
 /// The replica's recent send rate for one account, from the slots it took.
 #[derive(Debug, Clone)]
-pub struct Sizer {
+pub(super) struct Sizer {
     window_start: Instant,
     in_window: u32,
     /// Sends per second in the last full window.
@@ -159,7 +160,7 @@ pub struct Sizer {
 }
 
 impl Sizer {
-    pub fn new(now: Instant) -> Sizer {
+    pub(super) fn new(now: Instant) -> Sizer {
         Sizer {
             window_start: now,
             in_window: 0,
@@ -177,13 +178,13 @@ impl Sizer {
     }
 
     /// One slot taken at `now`.
-    pub fn note(&mut self, now: Instant) {
+    pub(super) fn note(&mut self, now: Instant) {
         self.roll(now);
         self.in_window = self.in_window.saturating_add(1);
     }
 
     /// Sends per second, as of the last full window.
-    pub fn rate(&mut self, now: Instant) -> f64 {
+    pub(super) fn rate(&mut self, now: Instant) -> f64 {
         self.roll(now);
         self.rate
     }
@@ -191,7 +192,7 @@ impl Sizer {
     /// How many slots to lease now: the sends `waiting` for one, or what the recent rate takes
     /// in `usable` (how long a slot stays usable, so none is left to go stale), whichever is
     /// more; at most `burst`, at least one.
-    pub fn size(&mut self, now: Instant, waiting: u32, burst: u32, usable: Duration) -> u32 {
+    pub(super) fn size(&mut self, now: Instant, waiting: u32, burst: u32, usable: Duration) -> u32 {
         let recent = (self.rate(now) * usable.as_secs_f64()).floor();
         let recent = if recent >= f64::from(u32::MAX) {
             u32::MAX
@@ -206,7 +207,7 @@ impl Sizer {
 /// `left`: what this replica believes is left of the daily quota (`None`: no quota). Each of
 /// up to `replicas` replicas keeps at most its share of what is left unflushed, so together
 /// they cannot pass the quota unseen; without a quota, the timer alone flushes.
-pub fn flush_due(unflushed: u64, left: Option<u64>, replicas: u64) -> bool {
+pub(super) fn flush_due(unflushed: u64, left: Option<u64>, replicas: u64) -> bool {
     match left {
         None => false,
         Some(left) => unflushed > 0 && unflushed >= (left / replicas.max(1)).max(1),

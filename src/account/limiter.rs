@@ -36,7 +36,7 @@ pub(crate) fn beijing_today() -> NaiveDate {
 }
 
 /// Time left until the next midnight in Beijing.
-pub fn until_beijing_midnight() -> Duration {
+pub(super) fn until_beijing_midnight() -> Duration {
     let now = Utc::now().with_timezone(&beijing());
     let next = (now.date_naive() + chrono::Days::new(1))
         .and_hms_opt(0, 0, 0)
@@ -399,14 +399,14 @@ impl Drop for Reservation<'_> {
 
 /// The governor quota for a rate: a burst of about 5 % of a second's sends (at least 1), so the
 /// busiest wall-clock second stays well under 1.1 times the rate.
-pub fn quota_for(rate_per_sec: u32) -> Quota {
+pub(super) fn quota_for(rate_per_sec: u32) -> Quota {
     let rate = NonZeroU32::new(rate_per_sec.max(1)).expect("non-zero");
     let burst = NonZeroU32::new(burst_for(rate_per_sec)).expect("non-zero");
     Quota::per_second(rate).allow_burst(burst)
 }
 
 /// The burst allowed on top of the steady rate: about 5 % of a second's sends, at least 1.
-pub fn burst_for(rate_per_sec: u32) -> u32 {
+pub(super) fn burst_for(rate_per_sec: u32) -> u32 {
     (rate_per_sec / 20).max(1)
 }
 

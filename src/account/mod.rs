@@ -4,17 +4,18 @@
 //! from the configuration. What several replicas share about an account (the rate, the day's
 //! count, the token) goes through Redis in one module, [`redis`].
 
-pub mod catalogue;
-pub mod lease;
-pub mod limiter;
-pub mod redis;
+mod catalogue;
+mod lease;
+mod limiter;
+mod redis;
 mod shared;
-pub mod stops;
+mod stops;
 pub mod token;
 
 use std::sync::Arc;
 
 pub use limiter::{AccountGate, Admission, Reservation};
+pub use redis::{RedisLink, SharedLimiter};
 pub use stops::AccountStops;
 
 use crate::config::{Config, ConfigError, TokenMode};
@@ -22,7 +23,6 @@ use crate::job::{AccountId, MsgType};
 use crate::metrics::{AccountMetrics, Metrics};
 use crate::wechat::WechatClient;
 use catalogue::CatalogueCache;
-use redis::RedisLink;
 use token::{TokenCache, TokenLimits, TokenSource};
 
 /// Everything one account needs to send.

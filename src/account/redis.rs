@@ -131,7 +131,7 @@ pub struct SharedLimiter {
 }
 
 /// How long a Redis call may take before the caller falls back to local limits.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl SharedLimiter {
     /// Connects (with a bounded wait). The connection manager reconnects by itself later.
@@ -294,7 +294,7 @@ impl SharedLimiter {
 }
 
 /// The schedule's emission interval and burst tolerance in µs, for `rate_per_sec` with `burst`.
-pub fn schedule_us(rate_per_sec: u32, burst: u32) -> (u64, u64) {
+pub(super) fn schedule_us(rate_per_sec: u32, burst: u32) -> (u64, u64) {
     let interval_us = 1_000_000u64 / u64::from(rate_per_sec.max(1));
     (
         interval_us,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// How long a stored push is remembered to answer WeChat's retries without publishing again.
 /// WeChat's three tries are over within a minute; ten leaves room for clock trouble.
-pub const DEDUP_FOR: Duration = Duration::from_secs(600);
+pub(crate) const DEDUP_FOR: Duration = Duration::from_secs(600);
 
 /// What tells one receipt push from another. WeChat repeats all five on a retry; MsgID alone
 /// is not enough, because it is reported to be 0 for messages sent with a `client_msg_id`.
@@ -35,7 +35,7 @@ pub(crate) struct PushKey {
 
 /// How a push is answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// This push's receipt was published and confirmed: `success`.
     Stored,
     /// A retry of a push whose receipt was confirmed earlier: `success`, nothing published.
@@ -70,7 +70,7 @@ impl Answer {
 /// The answer to a push that stores several outcomes (a subscription event with several
 /// templates): `success` only if every one is stored, so WeChat keeps retrying while any is
 /// missing. A failed publish outranks a pending one (the retry must publish again).
-pub fn combine(answers: &[Answer]) -> Answer {
+pub(crate) fn combine(answers: &[Answer]) -> Answer {
     let rank = |a: &Answer| match a {
         Answer::Failed => 0,
         Answer::Pending => 1,
@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 8);
     }
 
-    /// Issue 16.2: a push listing several templates is answered `success` only when every
+    /// A push listing several templates is answered `success` only when every
     /// one of its outcomes is stored; one missing confirm makes it 503 so WeChat retries.
     #[test]
     fn a_multi_template_push_is_success_only_when_every_outcome_is_stored() {

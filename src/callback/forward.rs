@@ -25,11 +25,11 @@ use crate::metrics::Metrics;
 
 /// The largest reply passed back to WeChat. Passive replies (a news message of eight
 /// articles at most) are a few KiB; anything far larger is not one.
-pub const MAX_REPLY: usize = 64 * 1024;
+pub(super) const MAX_REPLY: usize = 64 * 1024;
 
 /// A push as WeChat sent it, kept byte for byte so it can be forwarded.
 #[derive(Debug, Clone)]
-pub struct RawPush {
+pub(super) struct RawPush {
     pub method: Method,
     /// The query string as received, not re-encoded: the signatures are over its values.
     pub query: Option<String>,
@@ -39,7 +39,7 @@ pub struct RawPush {
 
 /// The existing server's answer, passed to WeChat unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub(super) struct Reply {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
     pub body: Bytes,
@@ -62,7 +62,7 @@ impl IntoResponse for Reply {
 
 /// How a forward went: the `result` label of `wxdispatch_callback_forward_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardResult {
+pub(super) enum ForwardResult {
     /// The server answered below 400; its answer went to WeChat.
     Ok,
     /// The server answered 4xx (often: it does not accept the signature, a token mismatch);
@@ -79,7 +79,7 @@ pub enum ForwardResult {
 }
 
 impl ForwardResult {
-    pub const ALL: [ForwardResult; 6] = [
+    pub(super) const ALL: [ForwardResult; 6] = [
         ForwardResult::Ok,
         ForwardResult::Refused,
         ForwardResult::ErrorStatus,
@@ -88,7 +88,7 @@ impl ForwardResult {
         ForwardResult::BadReply,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             ForwardResult::Ok => "ok",
             ForwardResult::Refused => "refused",
@@ -101,7 +101,7 @@ impl ForwardResult {
 }
 
 /// The forwarder: the target, its time limit and one pooled HTTP client for every forward.
-pub struct Forwarder {
+pub(super) struct Forwarder {
     url: String,
     timeout: Duration,
     http: reqwest::Client,
@@ -109,7 +109,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(url: &str, timeout: Duration, metrics: Arc<Metrics>) -> anyhow::Result<Forwarder> {
+    pub(super) fn new(
+        url: &str,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Forwarder> {
         reqwest::Url::parse(url)
             .map_err(|e| anyhow::anyhow!("callback_forward_url {url:?}: {e}"))?;
         let http = reqwest::Client::builder()
@@ -148,7 +152,7 @@ impl Forwarder {
 
     /// Forwards `push` and reads the whole answer within the timeout; counted, timed and
     /// logged (without bodies).
-    pub async fn forward(&self, push: &RawPush) -> Result<Reply, ForwardResult> {
+    pub(super) async fn forward(&self, push: &RawPush) -> Result<Reply, ForwardResult> {
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.timeout, self.exchange(push))
             .await
@@ -181,7 +185,7 @@ impl Forwarder {
     }
 
     /// The answer for WeChat: the server's own, or `success` when there is none to pass on.
-    pub async fn answer(&self, push: &RawPush) -> Response {
+    pub(super) async fn answer(&self, push: &RawPush) -> Response {
         match self.forward(push).await {
             Ok(reply) => reply.into_response(),
             Err(_) => "success".into_response(),

@@ -20,12 +20,12 @@
 //! * [`dedupe`]: WeChat's retries of one push, told apart from new pushes;
 //! * `publisher`: the callback's own lazily opened, confirming publisher.
 
-pub mod dedupe;
+pub(crate) mod dedupe;
 pub mod event;
-pub mod forward;
+mod forward;
 pub mod http;
 pub(crate) mod publisher;
-pub mod push;
+mod push;
 pub mod xml;
 
 pub use event::{Event, Inbound, SubscriptionEvent, SubscriptionItem, SubscriptionKind, parse};

@@ -21,14 +21,14 @@ const HEADER: [&str; 8] = [
 /// A push read for publishing: the account's original id it was addressed to (to attribute a
 /// plaintext push to an account) and the event, without an appid yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Other {
+pub(super) struct Other {
     pub to_user: String,
     pub event: PushedEvent,
 }
 
 /// Reads a push's XML (already checked by [`super::event::parse`]); the content, the push's
 /// non-header fields, only `with_content`.
-pub fn read(xml: &str, limit: usize, with_content: bool) -> Result<Other, XmlError> {
+pub(super) fn read(xml: &str, limit: usize, with_content: bool) -> Result<Other, XmlError> {
     let fields = parse_fields(xml, limit)?;
     let msg_id = match fields.number("MsgId")? {
         Some(id) => Some(id),

@@ -52,7 +52,7 @@ const REQUIRED: &[(i64, &str)] = &[
     (45011, "API调用太频繁"),
     (47003, "参数错误/模板参数不准确"),
     (48001, "api功能未授权"),
-    // Codes the subscription sends return (issue 16).
+    // Codes the subscription sends return.
     (
         41030,
         "page路径不正确，需要保证在现网版本小程序中存在，与app.json保持一致",
@@ -214,7 +214,7 @@ fn policy_doc_contains_generated_table() {
     );
 }
 
-/// Issue 14: 408, 425 and 429 are refusals in front of WeChat, retried and never counted
+/// 408, 425 and 429 are refusals in front of WeChat, retried and never counted
 /// as maybe-sent; other 3xx/4xx reject; 5xx may have been sent.
 #[test]
 fn http_statuses_are_classified_by_the_table() {

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-pub mod decision;
+pub(crate) mod decision;
 pub mod errcode;
 mod send_error;
 
@@ -365,7 +365,7 @@ mod tests {
         );
     }
 
-    /// Issue 19: the budget is charged with error time only. A job that waited a whole day on
+    /// The budget is charged with error time only. A job that waited a whole day on
     /// quota (or a stopped account) and then meets its first transient error still has its
     /// full budget; one that spent the budget on errors has not, however young it is.
     #[test]

@@ -361,7 +361,7 @@ pub(crate) fn redis_appid() -> String {
 /// calls take milliseconds, so each wait is well within a second of its slot.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_gcra_schedule_spaces_every_replicas_sends_in_redis() {
-    use wxdispatch::account::redis::SharedLimiter;
+    use wxdispatch::account::SharedLimiter;
     let appid = redis_appid();
     let a = SharedLimiter::connect(REDIS_URL)
         .await
@@ -392,7 +392,7 @@ async fn the_shared_gcra_schedule_spaces_every_replicas_sends_in_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_count_in_redis_adds_up_every_replicas_sends() {
     use std::sync::Arc;
-    use wxdispatch::account::redis::RedisLink;
+    use wxdispatch::account::RedisLink;
     use wxdispatch::account::{AccountGate, Admission};
     let appid = redis_appid();
     let replica = || {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wxdispatch::account::AccountStops;
-use wxdispatch::account::redis::RedisLink;
+use wxdispatch::account::RedisLink;
 use wxdispatch::account::token::{TokenCache, TokenLimits, TokenSource};
 use wxdispatch::config::{Secret, TokenMode};
 use wxdispatch::metrics::Metrics;
