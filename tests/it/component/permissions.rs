@@ -183,3 +183,43 @@ async fn an_authorizers_templates_are_listed_and_checked_like_a_configured_accou
     assert_eq!(h.mock.state.stats().send_requests, 1);
     h.cleanup().await;
 }
+
+/// Each type's sets are a setting: WeChat's ids by default, a comma-separated list from the
+/// environment (any one will do), empty for no check, and anything else refused by name.
+#[test]
+fn the_permission_sets_of_each_type_are_settings_with_wechats_ids_by_default() {
+    use std::collections::BTreeMap;
+    use wxdispatch::config::Config;
+
+    let load = |extra: &[(&str, &str)]| {
+        let mut vars: BTreeMap<String, String> = [("WXD_APPID", "wxauthorizer01")]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        vars.insert("WXD_SECRET".into(), "s".into());
+        Config::from_sources(None, &vars).map(|c| c.wechat.component_permissions)
+    };
+    let defaults = load(&[]).unwrap();
+    assert_eq!(
+        (
+            defaults.template,
+            defaults.subscribe,
+            defaults.miniprogram_subscribe
+        ),
+        (vec![7], vec![89], vec![18])
+    );
+    let set = load(&[
+        ("WXD_COMPONENT_PERMISSIONS_MINIPROGRAM_SUBSCRIBE", "18, 89"),
+        ("WXD_COMPONENT_PERMISSIONS_SUBSCRIBE", ""),
+    ])
+    .unwrap();
+    assert_eq!(set.miniprogram_subscribe, vec![18, 89]);
+    assert!(set.subscribe.is_empty(), "no check");
+    let err = load(&[("WXD_COMPONENT_PERMISSIONS_TEMPLATE", "seven")]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("WXD_COMPONENT_PERMISSIONS_TEMPLATE"),
+        "{err}"
+    );
+}
