@@ -22,7 +22,8 @@ fn subscribe_job(id: &str, appid: &str, touser: &str) -> serde_json::Value {
 
 /// A merchant that granted the platform only the template set (7) gets its subscription
 /// notifications `rejected`, `permission_not_granted`, before any send (the simulator sees
-/// none), while its template messages are sent; once an `updateauthorized` push (to this
+/// none, nor a catalogue fetch for them, a batch's recipients included), while its template
+/// messages are sent; once an `updateauthorized` push (to this
 /// worker's route) grants the subscription set (89), its next subscription job is sent.
 ///
 /// Fails on the code before the permission check: the subscription jobs were sent.
@@ -58,9 +59,12 @@ async fn a_type_whose_permission_set_was_not_granted_is_rejected_until_it_is() {
     let mut all = jobs_for("perm-tpl", &merchant, 2);
     all.push(subscribe_job("perm-sub-1", &merchant, "perm-u1"));
     all.push(subscribe_job("perm-sub-2", &merchant, "perm-u2"));
+    let mut batch = subscribe_job("perm-sub-batch", &merchant, "-");
+    batch["touser"] = json!(["perm-b1", "perm-b2"]);
+    all.push(batch);
     h.publish_many(&all).await;
-    let out = h.outcomes(5, Duration::from_secs(20)).await;
-    assert_eq!(out.len(), 5, "{:?}", by_status(&out));
+    let out = h.outcomes(7, Duration::from_secs(20)).await;
+    assert_eq!(out.len(), 7, "{:?}", by_status(&out));
     for o in out.iter().filter(|o| o["kind"] == "send") {
         if o["type"] == "subscribe" {
             assert_eq!(o["status"], "rejected", "{o}");
@@ -81,6 +85,11 @@ async fn a_type_whose_permission_set_was_not_granted_is_rejected_until_it_is() {
         "no subscription send reached WeChat"
     );
     assert_eq!(sent(&h, "template"), 2);
+    assert_eq!(
+        h.mock.state.stats().catalogue_calls,
+        1,
+        "the template catalogue only: no subscription job got as far as its catalogue check"
+    );
 
     let code = h.mock.state.component_authorize(&merchant, &[7, 89]);
     let updated = push(
