@@ -10,12 +10,18 @@ use std::time::Instant;
 
 use crate::component::Component;
 use crate::job::MsgType;
-use crate::policy::permission::{GrantsStep, PermissionSets, after_reread, grants_step};
+use crate::policy::permission::{Cached, GrantsStep, PermissionSets, after_reread, grants_step};
 
 /// What was read, and when.
-struct Read {
-    granted: Arc<[u32]>,
-    at: Instant,
+enum Read {
+    Granted {
+        sets: Arc<[u32]>,
+        at: Instant,
+    },
+    /// Redis did not answer.
+    Failed {
+        at: Instant,
+    },
 }
 
 /// One authorizer's grants, as last read from the platform's Redis.
@@ -23,8 +29,8 @@ pub struct Grants {
     platform: Arc<Component>,
     appid: String,
     needs: Arc<PermissionSets>,
-    /// `None`: never read, or no authorization at the last read (not cached: the token
-    /// fetch rejects those jobs, and an authorization may arrive at any moment).
+    /// `None`: never read, or no authorization at the last read (not kept: the token fetch
+    /// rejects those jobs, and an authorization may arrive at any moment).
     cached: Mutex<Option<Read>>,
     /// Held by the one task that reads, so a burst of jobs costs one round trip.
     reading: tokio::sync::Mutex<()>,
@@ -64,29 +70,36 @@ impl Grants {
 
     fn step(&self, needed: &[u32]) -> GrantsStep {
         let cached = self.cached.lock().expect("grants lock");
-        grants_step(
-            needed,
-            cached.as_ref().map(|r| (&r.granted[..], r.at.elapsed())),
-        )
+        let cached = match &*cached {
+            None => Cached::Nothing,
+            Some(Read::Granted { sets, at }) => Cached::Read {
+                granted: sets,
+                age: at.elapsed(),
+            },
+            Some(Read::Failed { at }) => Cached::Unreadable { age: at.elapsed() },
+        };
+        grants_step(needed, cached)
     }
 
     /// The grants now in Redis (`None`: no authorization, or Redis did not answer).
     async fn read(&self) -> Option<Arc<[u32]>> {
-        match self.platform.store.authorizer_record(&self.appid).await {
+        let (granted, kept) = match self.platform.store.authorizer_record(&self.appid).await {
             Ok(record) => {
                 let granted: Option<Arc<[u32]>> = record.map(|r| r.funcs.into());
-                *self.cached.lock().expect("grants lock") = granted.clone().map(|g| Read {
-                    granted: g,
+                let kept = granted.clone().map(|sets| Read::Granted {
+                    sets,
                     at: Instant::now(),
                 });
-                granted
+                (granted, kept)
             }
             Err(e) => {
                 // The check is a help: without Redis the send goes on and WeChat decides.
                 tracing::warn!(authorizer = %self.appid, error = %e, "permission sets unreadable; sending unchecked");
-                None
+                (None, Some(Read::Failed { at: Instant::now() }))
             }
-        }
+        };
+        *self.cached.lock().expect("grants lock") = kept;
+        granted
     }
 }
 

@@ -21,6 +21,21 @@ pub const GRANTS_TTL: Duration = Duration::from_secs(60);
 /// How fresh grants must be to refuse a job with them: older ones are read again first.
 pub const REFUSE_ON: Duration = Duration::from_secs(1);
 
+/// After a read that failed (Redis not answering), jobs go on unchecked this long before the
+/// next try, so that they do not queue behind one read timeout after another.
+pub const UNREADABLE_FOR: Duration = Duration::from_secs(5);
+
+/// What an account holds of its authorizer's grants, and how old it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached<'a> {
+    /// Never read, or no authorization at the last read.
+    Nothing,
+    /// The sets read this long ago.
+    Read { granted: &'a [u32], age: Duration },
+    /// The last read failed this long ago.
+    Unreadable { age: Duration },
+}
+
 /// The permission sets each message type needs (any one of a type's sets will do).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PermissionSets {
@@ -75,14 +90,16 @@ pub enum GrantsStep {
     Reread,
 }
 
-/// The step for a job whose type needs `needed`, given the cached grants and their age
-/// (`None`: nothing cached, e.g. no authorization was found at the last read).
-pub fn grants_step(needed: &[u32], cached: Option<(&[u32], Duration)>) -> GrantsStep {
+/// The step for a job whose type needs `needed`, given what is cached.
+pub fn grants_step(needed: &[u32], cached: Cached<'_>) -> GrantsStep {
     if needed.is_empty() {
         return GrantsStep::Go;
     }
-    let Some((granted, age)) = cached else {
-        return GrantsStep::Reread;
+    let (granted, age) = match cached {
+        Cached::Nothing => return GrantsStep::Reread,
+        Cached::Unreadable { age } if age < UNREADABLE_FOR => return GrantsStep::Go,
+        Cached::Unreadable { .. } => return GrantsStep::Reread,
+        Cached::Read { granted, age } => (granted, age),
     };
     match permission(needed, granted) {
         Permission::Allowed if age < GRANTS_TTL => GrantsStep::Go,
@@ -121,26 +138,34 @@ mod tests {
 
     #[test]
     fn cached_grants_allow_for_a_minute_and_refuse_only_when_just_read() {
-        let granted: &[u32] = &[7];
+        let read = |age| Cached::Read { granted: &[7], age };
+        assert_eq!(grants_step(&[7], read(59 * SECOND)), GrantsStep::Go);
+        assert_eq!(grants_step(&[7], read(GRANTS_TTL)), GrantsStep::Reread);
         assert_eq!(
-            grants_step(&[7], Some((granted, 59 * SECOND))),
-            GrantsStep::Go
-        );
-        assert_eq!(
-            grants_step(&[7], Some((granted, GRANTS_TTL))),
-            GrantsStep::Reread
-        );
-        assert_eq!(
-            grants_step(&[89], Some((granted, Duration::from_millis(999)))),
+            grants_step(&[89], read(Duration::from_millis(999))),
             GrantsStep::Refuse { needed: vec![89] }
         );
         assert_eq!(
-            grants_step(&[89], Some((granted, SECOND))),
+            grants_step(&[89], read(SECOND)),
             GrantsStep::Reread,
             "a set may have been granted since: read again before refusing"
         );
-        assert_eq!(grants_step(&[89], None), GrantsStep::Reread);
-        assert_eq!(grants_step(&[], None), GrantsStep::Go, "no check, no read");
+        assert_eq!(grants_step(&[89], Cached::Nothing), GrantsStep::Reread);
+        assert_eq!(
+            grants_step(&[], Cached::Nothing),
+            GrantsStep::Go,
+            "no check, no read"
+        );
+    }
+
+    #[test]
+    fn after_a_failed_read_jobs_go_unchecked_for_a_few_seconds_then_it_is_tried_again() {
+        let failed = |age| Cached::Unreadable { age };
+        assert_eq!(grants_step(&[89], failed(4 * SECOND)), GrantsStep::Go);
+        assert_eq!(
+            grants_step(&[89], failed(UNREADABLE_FOR)),
+            GrantsStep::Reread
+        );
     }
 
     #[test]
