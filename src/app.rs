@@ -10,9 +10,11 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::callback::http::Endpoint;
-use crate::config::Config;
+use crate::config::{Config, TokenMode};
+use crate::job::MsgType;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+pub use crate::wechat::catalogue::Template;
 use crate::worker::{self, Worker};
 
 /// A worker running inside this process.
@@ -157,43 +159,68 @@ pub(crate) async fn templates(
     config_file: Option<&Path>,
     appid: Option<&str>,
 ) -> anyhow::Result<()> {
-    use crate::job::MsgType;
     let config = Config::load(config_file)?;
-    let dispatcher = crate::dispatch::Dispatcher::new(&config, Arc::new(Metrics::new()))?;
-    let appids = config
-        .account(appid)
-        .map(|a| vec![a.appid.clone()])
-        .or_else(|| {
-            appid
-                .is_none()
-                .then(|| config.accounts.iter().map(|a| a.appid.clone()).collect())
-        })
-        .with_context(|| format!("appid {} is not configured", appid.unwrap_or("-")))?;
     let mut failed = 0;
-    for appid in &appids {
-        for (msg_type, what) in [
-            (MsgType::Template, "template messages (type template)"),
-            (
-                MsgType::Subscribe,
-                "subscription templates (type subscribe / miniprogram_subscribe)",
-            ),
-        ] {
-            println!("{appid}: {what}");
-            match dispatcher.templates(appid, msg_type).await {
-                Ok(list) if list.is_empty() => println!("  (none)"),
-                Ok(list) => {
-                    for tpl in list {
-                        println!("  {}  {}", tpl.template_id, tpl.title);
-                        println!("    data keys: {}", tpl.keys.join(", "));
-                    }
+    for listed in catalogues(&config, appid).await? {
+        let what = match listed.msg_type {
+            MsgType::Template => "template messages (type template)",
+            _ => "subscription templates (type subscribe / miniprogram_subscribe)",
+        };
+        println!("{}: {what}", listed.appid);
+        match listed.templates {
+            Ok(list) if list.is_empty() => println!("  (none)"),
+            Ok(list) => {
+                for tpl in list {
+                    println!("  {}  {}", tpl.template_id, tpl.title);
+                    println!("    data keys: {}", tpl.keys.join(", "));
                 }
-                Err(e) => {
-                    failed += 1;
-                    println!("  cannot fetch: {e:#}");
-                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("  cannot fetch: {e:#}");
             }
         }
     }
     anyhow::ensure!(failed == 0, "{failed} catalogue(s) could not be fetched");
     Ok(())
+}
+
+/// One catalogue of one account, fetched for `wxdispatch templates`.
+pub struct AccountCatalogue {
+    pub appid: String,
+    /// `Template` for template messages, `Subscribe` for the subscription templates (both
+    /// subscription types use them).
+    pub msg_type: MsgType,
+    pub templates: anyhow::Result<Vec<Template>>,
+}
+
+/// The two catalogues of account `appid`, or of every configured account: fetched now with
+/// the account's token, whatever the token mode. In component mode `appid` may name any
+/// authorizer of the platform, configured or not.
+pub async fn catalogues(
+    config: &Config,
+    appid: Option<&str>,
+) -> anyhow::Result<Vec<AccountCatalogue>> {
+    let dispatcher = crate::dispatch::Dispatcher::new(config, Arc::new(Metrics::new()))?;
+    let appids: Vec<String> = match (appid, config.account(appid)) {
+        (_, Some(a)) => vec![a.appid.clone()],
+        (Some(a), None) if config.wechat.token_mode == TokenMode::Component => vec![a.to_string()],
+        (Some(a), None) => anyhow::bail!("appid {a} is not configured"),
+        (None, None) => config.accounts.iter().map(|a| a.appid.clone()).collect(),
+    };
+    anyhow::ensure!(
+        !appids.is_empty(),
+        "no account configured; name an authorizer with --appid"
+    );
+    let mut out = Vec::new();
+    for appid in appids {
+        for msg_type in [MsgType::Template, MsgType::Subscribe] {
+            out.push(AccountCatalogue {
+                templates: dispatcher.templates(&appid, msg_type).await,
+                appid: appid.clone(),
+                msg_type,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -150,6 +150,9 @@ impl Dispatcher {
         facts: &JobFacts,
         state: &mut RetryState,
     ) -> (Step, Option<ApiReply>) {
+        if let Some(end) = self.permission(job, acct).await {
+            return (Step::End(end), None);
+        }
         let reservation = match self.admit(job, acct).await {
             Ok(r) => r,
             Err(hold) => return (policy::on_hold(&self.rules, hold), None),
@@ -160,6 +163,9 @@ impl Dispatcher {
             Err(e) => {
                 let tried = match e {
                     TokenError::NotAuthorized { appid } => {
+                        if let Some(grants) = &acct.grants {
+                            grants.forget();
+                        }
                         tracing::info!(job_id = %job.id, %appid, "rejected before sending: the appid has not authorized the platform");
                         let note = format!("{appid} has not authorized the third-party platform");
                         let end = End::refused(EndReason::NotAuthorized.as_str(), note);
@@ -241,6 +247,24 @@ impl Dispatcher {
         }
     }
 
+    /// Component mode: the end of a job whose type needs a permission set the authorizer did
+    /// not grant, decided before the account's pace, its token or WeChat are asked anything.
+    async fn permission(&self, job: &Job, acct: &Account) -> Option<End> {
+        let needed = acct.grants.as_ref()?.check(job.msg_type).await.err()?;
+        let sets = needed
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" or ");
+        tracing::info!(job_id = %job.id, appid = %job.appid, msg_type = %job.msg_type, needed = %sets,
+            "rejected before sending: the authorizer has not granted the permission set the type needs");
+        let note = format!(
+            "{} has not granted the platform permission set {sets}, which type {} needs",
+            job.appid, job.msg_type
+        );
+        Some(End::refused(EndReason::PermissionNotGranted.as_str(), note))
+    }
+
     /// The account's side of a try: not stopped, within its daily quota (or this is the
     /// quota's probe), and paced. The place taken in the day's count (on the quota gate of the
     /// job's type) is released unless the send succeeds.
@@ -310,6 +334,12 @@ impl Dispatcher {
     /// on (also when no token or catalogue is available: the recipients' sends will tell).
     pub(crate) async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
         let acct = self.accounts.get(batch.account, &batch.appid);
+        if let Some(grants) = &acct.grants
+            && grants.check(batch.msg_type).await.is_err()
+        {
+            // Each recipient ends `permission_not_granted` from the cached grants; no token.
+            return Ok(());
+        }
         let Ok(token) = acct.tokens.get().await else {
             return Ok(());
         };
@@ -331,10 +361,9 @@ impl Dispatcher {
         appid: &str,
         t: MsgType,
     ) -> anyhow::Result<Vec<catalogue::Template>> {
-        let acct = self
-            .accounts
-            .find(appid)
-            .ok_or_else(|| anyhow::anyhow!("appid {appid} is not configured"))?;
+        let acct = self.accounts.named(appid).ok_or_else(|| {
+            anyhow::anyhow!("appid {appid} is not configured (nor, in component mode, an appid)")
+        })?;
         let token = acct
             .tokens
             .get()

@@ -16,6 +16,7 @@ mod json;
 mod validate;
 use json::{Body, Fields};
 pub use json::{Span, TemplateSpans};
+pub(crate) use validate::looks_like_appid;
 pub use validate::value_limit;
 
 /// WeChat deduplicates on `(openid, client_msg_id)`, and `client_msg_id` is at most 64 bytes.
@@ -113,6 +114,16 @@ impl MsgType {
     /// safely (ERROR_POLICY.md, "maybe_sent").
     pub(crate) const fn deduplicated(self) -> bool {
         matches!(self, MsgType::Template)
+    }
+
+    /// The permission sets of `sets` an authorizer must grant (any one) for this type's
+    /// endpoint (component mode).
+    pub(crate) fn needed_sets(self, sets: &crate::policy::permission::PermissionSets) -> &[u32] {
+        match self {
+            MsgType::Template => &sets.template,
+            MsgType::Subscribe => &sets.subscribe,
+            MsgType::MiniprogramSubscribe => &sets.miniprogram_subscribe,
+        }
     }
 
     /// The fields a subscription type takes besides `touser`, `template_id` and `data`; WeChat

@@ -16,18 +16,19 @@
 //! - [`job`] and [`outcome`]: the message schemas of the contract; a parsed job carries its
 //!   account, its template id and its data keys.
 //! - [`policy`]: the decision core, with no I/O: the error-code table, the send-error kinds,
-//!   the retry state a job carries, the budget and backoff rules, and the function from what a
-//!   try came to to the job's next step.
+//!   the retry state a job carries, the budget and backoff rules, the function from what a
+//!   try came to to the job's next step, and whether an authorizer's granted permission sets
+//!   (component mode) allow a job's type.
 //! - [`wechat`]: the HTTP client, the calls that fetch an access token (`stable_token`, the
 //!   classic endpoint, a central token service) and the template catalogue's replies.
 //! - [`account`]: one home per account: its rate limiter and quota gates, its stop state, its
 //!   token cache (single flight, expiry, forced-refresh budget, backoff, stops; it fetches
-//!   through a token source: WeChat's calls, a central service or the platform) and catalogue cache, and the Redis coordination replicas share.
+//!   through a token source: WeChat's calls, a central service or the platform) and catalogue cache, in component mode the authorizer's granted permission sets (cached), and the Redis coordination replicas share.
 //! - [`component`]: third-party platform mode: the platform's endpoints, its tokens and
 //!   authorizers in Redis (refresh-token rotation under a lock), its authorization pushes,
 //!   their route `/wechat/component` and their `kind: authorization` outcomes.
-//! - `dispatch`: carries a job's steps out: admit, token, catalogue check, send, then what the
-//!   policy decided (retry, defer, end).
+//! - `dispatch`: carries a job's steps out: permission sets (component mode), admit, token,
+//!   catalogue check, send, then what the policy decided (retry, defer, end).
 //! - [`amqp`]: connections, topology, the confirming publisher.
 //! - `worker`: the consume → dispatch → publish → ack loop and its supervisor.
 //! - [`crypto`]: WeChat's message security, shared by the callback and the platform's pushes:
@@ -37,7 +38,8 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the callback route.
 //! - [`metrics`], [`shutdown`], [`logging`]: operations; `probe`, the readiness check the
 //!   image and its Kubernetes probes run.
-//! - [`app`]: `run`, `check-config`, `templates`, and [`app::start`], the worker embedded in a
+//! - [`app`]: `run`, `check-config`, `templates` (its library function [`app::catalogues`]),
+//!   and [`app::start`], the worker embedded in a
 //!   process (the demo and the tests use it).
 //! - [`publish`]: `wxdispatch publish`, validating and enqueueing a campaign: the run, the
 //!   JSONL and CSV readers, the per-line check, the progress report.

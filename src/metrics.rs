@@ -482,6 +482,7 @@ mod tests {
             "errcode_-1",
             "http_502",
             "not_after_passed",
+            "permission_not_granted",
         ] {
             assert_eq!(reason_label(Some(word)), word);
         }

@@ -1,10 +1,12 @@
 //! One home per account: everything the worker keeps about an account it sends for. Its pace
 //! and daily quota ([`limiter`]), whether it is stopped ([`stops`]), its access token (the
-//! token cache, [`token`], which fetches through a source in [`crate::wechat`]) and its template catalogues ([`catalogue`]), built once
-//! from the configuration. What several replicas share about an account (the rate, the day's
+//! token cache, [`token`], which fetches through a token source) and its template catalogues ([`catalogue`]), built once
+//! from the configuration, and in component mode the authorizer's permission sets
+//! ([`grants`]). What several replicas share about an account (the rate, the day's
 //! count, the token) goes through Redis in one module, [`redis`].
 
 mod catalogue;
+mod grants;
 mod lease;
 mod limiter;
 mod redis;
@@ -37,6 +39,8 @@ pub struct Account {
     pub tokens: Arc<TokenCache>,
     /// The account's template catalogues, read by every send.
     pub catalogues: CatalogueCache,
+    /// Component mode: the permission sets the authorizer granted the platform.
+    pub grants: Option<grants::Grants>,
     /// Whether the account is stopped by a configuration error (send or token side).
     pub stops: Arc<AccountStops>,
     /// The account's per-job metric handles.
@@ -70,6 +74,8 @@ struct Builder {
     metrics: Arc<Metrics>,
     redis: Option<Arc<RedisLink>>,
     platform: Option<Arc<crate::component::Component>>,
+    /// The permission sets each message type needs from an authorizer.
+    permissions: Arc<crate::policy::permission::PermissionSets>,
 }
 
 impl Builder {
@@ -112,6 +118,10 @@ impl Builder {
             gate: gate(appid),
             tokens: Arc::new(tokens),
             catalogues: CatalogueCache::default(),
+            grants: self
+                .platform
+                .as_ref()
+                .map(|p| grants::Grants::new(p.clone(), appid, self.permissions.clone())),
             stops,
             metrics: metrics.init_account(appid),
         }))
@@ -143,6 +153,7 @@ impl Accounts {
                 .as_deref()
                 .map(|url| Arc::new(RedisLink::new(url))),
             platform,
+            permissions: Arc::new(config.wechat.component_permissions.clone()),
         };
         let configured = config
             .accounts
@@ -180,6 +191,15 @@ impl Accounts {
             .expect("an authorizer's account builds like the configured ones");
         authorizers.insert(appid.to_string(), built.clone());
         built
+    }
+
+    /// The account of `appid` for a command that names it: a configured one or, in component
+    /// mode, an authorizer (built now if no job used it yet). `None` for any other appid.
+    pub(crate) fn named(&self, appid: &str) -> Option<Arc<Account>> {
+        self.find(appid).or_else(|| {
+            (self.builder.platform.is_some() && crate::job::looks_like_appid(appid))
+                .then(|| self.get(AccountId::AUTHORIZER, appid))
+        })
     }
 
     /// An account by appid: a configured one or an authorizer already in use.

@@ -195,6 +195,8 @@ pub struct WechatSettings {
     pub component_rate_per_sec: u32,
     /// The daily quota of such an authorizer.
     pub component_daily_quota: Option<u64>,
+    /// The permission sets each message type needs from an authorizer (component mode).
+    pub component_permissions: crate::policy::permission::PermissionSets,
     /// The whole-request timeout of one API call.
     pub http_timeout: Duration,
 }

@@ -12,7 +12,7 @@ use toml::Value;
 use super::value::{
     ANY, Addr, AesKey, AmqpUrls, AtLeast, Choice, Codec, Flag, HttpBase, Kind, Millis, OptAddr,
     OptHttpUrl, OptNames, OptText, OptWhole, QueueName, RedisUrl, RoutePath, SecretText, Secs,
-    Whole,
+    SetIds, Whole,
 };
 use super::{
     AmqpSettings, CallbackSettings, Config, Credentials, LimitSettings, LogFormat, QueueType,
@@ -228,6 +228,12 @@ pub(super) static SETTINGS: &[Setting] = &[
         field: wechat.component_rate_per_sec, "sends per second of an authorizer without an [[accounts]] entry (component mode)"),
     setting!("component_daily_quota", Wechat, File, OptWhole<u64>, Unset("none"),
         field: wechat.component_daily_quota, "daily quota of an authorizer without an [[accounts]] entry (component mode)"),
+    setting!("component_permissions_template", Wechat, File, SetIds, Str("7"),
+        field: wechat.component_permissions.template, "permission sets (any one) an authorizer must grant for type template; empty: no check (docs/TOKENS.md)"),
+    setting!("component_permissions_subscribe", Wechat, File, SetIds, Str("89"),
+        field: wechat.component_permissions.subscribe, "permission sets (any one) an authorizer must grant for type subscribe; empty: no check"),
+    setting!("component_permissions_miniprogram_subscribe", Wechat, File, SetIds, Str("18"),
+        field: wechat.component_permissions.miniprogram_subscribe, "permission sets (any one) an authorizer must grant for type miniprogram_subscribe; empty: no check"),
     setting!("component_secret", Wechat, Secret, SecretText, Unset("(unset)"),
         field: credentials.component_secret, "the third-party platform's AppSecret"),
     setting!("component_token", Wechat, Secret, SecretText, Unset("(unset)"),

@@ -154,6 +154,28 @@ pub(super) fn check_publishers(names: &[String]) -> Result<(), String> {
     }
 }
 
+/// Permission set ids (`funcscope_category.id`), any one of which will do: a TOML array, a
+/// number, or a comma-separated string (the environment's form); empty: no check.
+pub(super) struct SetIds;
+impl Codec for SetIds {
+    type Out = Vec<u32>;
+    const KIND: Kind = Kind::Text;
+    fn decode(v: Value) -> Result<Vec<u32>, String> {
+        let one = |v: Value| match v {
+            Value::Integer(i) => u32::try_from(i).map_err(|_| format!("{i} is not a set id")),
+            other => Err(format!("expected permission set ids, got {other}")),
+        };
+        match v {
+            Value::String(s) => crate::policy::permission::parse_sets(&s),
+            Value::Array(items) => items.into_iter().map(one).collect(),
+            other => one(other).map(|id| vec![id]),
+        }
+    }
+    fn show(v: &Vec<u32>) -> Option<String> {
+        Some(v.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+    }
+}
+
 /// A queue or exchange name: RabbitMQ takes 1 to 255 bytes; 200 leaves room for suffixes.
 pub(super) struct QueueName;
 impl TextRule for QueueName {

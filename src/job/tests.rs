@@ -254,3 +254,16 @@ fn subscription_values_are_checked_against_their_kind() {
         "WeChat refuses empty values"
     );
 }
+
+#[test]
+fn each_type_needs_the_permission_sets_configured_for_it() {
+    use crate::policy::permission::PermissionSets;
+    let sets = PermissionSets {
+        template: vec![7],
+        subscribe: vec![89],
+        miniprogram_subscribe: vec![18, 89],
+    };
+    assert_eq!(MsgType::Template.needed_sets(&sets), [7]);
+    assert_eq!(MsgType::Subscribe.needed_sets(&sets), [89]);
+    assert_eq!(MsgType::MiniprogramSubscribe.needed_sets(&sets), [18, 89]);
+}

@@ -435,6 +435,6 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
 
 /// WeChat's appids are `wx` and 16 hex digits; anything of letters and digits up to 32 is
 /// accepted, so a new format is not refused, while nothing else reaches Redis keys or labels.
-fn looks_like_appid(a: &str) -> bool {
+pub(crate) fn looks_like_appid(a: &str) -> bool {
     (1..=32).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_alphanumeric())
 }

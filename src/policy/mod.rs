@@ -2,7 +2,8 @@
 //! error-code table ([`errcode`]), the ways a send fails without an answer ([`SendError`]),
 //! the retry state a job carries (through delay queues, in headers), the budget and backoff
 //! rules, the reasons a job is deferred or ends, and the decision core ([`decision`]) that turns
-//! what a try came to into the job's next step, with no I/O.
+//! what a try came to into the job's next step, with no I/O; and, for a third-party platform,
+//! whether an authorizer granted the permission set a job's type needs ([`permission`]).
 //!
 //! The one rule that must never break: a message that *may* have reached WeChat (timeout, 5xx,
 //! unreadable reply) is only retried with the same `client_msg_id` and only inside WeChat's
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 pub(crate) mod decision;
 pub mod errcode;
+pub mod permission;
 mod send_error;
 
 pub use decision::{
@@ -99,6 +101,9 @@ word_enum! {
         /// Component mode: the job's appid has not authorized the platform, or no longer
         /// (`rejected`, never sent).
         NotAuthorized => "not_authorized",
+        /// Component mode: the authorizer did not grant the platform any permission set the
+        /// job's type needs (`rejected`, never sent).
+        PermissionNotGranted => "permission_not_granted",
     }
 }
 

@@ -19,7 +19,7 @@ use crate::job::{MsgType, TemplateFields};
 
 /// One template and the keys its content names (`{{key.DATA}}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Template {
+pub struct Template {
     pub template_id: String,
     pub title: String,
     pub keys: Vec<String>,

@@ -58,8 +58,12 @@ async fn catalogue(s: &MockState, q: AccessQuery, subscription: bool) -> Respons
     if let Some(kind) = behaviour.outage {
         return fault_reply(s, kind, behaviour.stall_ms).await;
     }
-    if let Err((code, msg)) = check_token(s, q.access_token.as_deref()) {
-        return wx_err(code, msg);
+    match check_token(s, q.access_token.as_deref()) {
+        Ok(appid) => {
+            let mut stats = s.stats.lock().unwrap();
+            *stats.catalogue_calls_by_appid.entry(appid).or_default() += 1;
+        }
+        Err((code, msg)) => return wx_err(code, msg),
     }
     let list = if subscription {
         behaviour.subscription_templates

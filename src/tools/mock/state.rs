@@ -49,6 +49,8 @@ pub struct Stats {
     pub clear_quota_calls: u64,
     /// Calls of the two catalogue endpoints.
     pub catalogue_calls: u64,
+    /// Those calls with a valid token, by the token's appid (an authorizer's too).
+    pub catalogue_calls_by_appid: BTreeMap<String, u64>,
     /// Errors answered, by errcode or `httpNNN`/`timeout`.
     pub errors: BTreeMap<String, u64>,
     /// Accepted messages per Unix second, per appid.

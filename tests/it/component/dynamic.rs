@@ -37,7 +37,8 @@ async fn a_merchant_authorizing_while_the_worker_runs_is_sent_for_without_a_rest
     );
     assert_eq!(post(&url, &ticket).await, (200, "success".into()));
     let merchant = unique("wxnew").replace('.', "");
-    let code = h.mock.state.component_authorize(&merchant, &[1]);
+    // 7 (群发与通知) is the set template messages need.
+    let code = h.mock.state.component_authorize(&merchant, &[1, 7]);
     let authorized = push(
         &platform,
         &auth_xml(&platform, "authorized", &merchant, &code),

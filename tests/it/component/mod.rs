@@ -346,7 +346,8 @@ async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authoriz
     let platform = unique("wxcomp").replace('.', "");
     h.mock.state.component_setup(&platform, PLATFORM_SECRET);
     let c = replica(&h.mock, &platform).await;
-    authorized(&h.mock, &c, &platform, APPID, &[1]).await;
+    // 7 (群发与通知) is the set template messages need.
+    authorized(&h.mock, &c, &platform, APPID, &[1, 7]).await;
     let other = unique("wxnever").replace('.', "");
     let exchange = h.config.amqp.outcomes_exchange.clone();
     h.config = outcomes::platform_config(&h, &platform, &exchange);
@@ -482,3 +483,4 @@ async fn timed_ticket_pushes_reach_the_route_and_a_restarted_replica_uses_them()
 
 mod dynamic;
 mod outcomes;
+mod permissions;
