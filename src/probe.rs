@@ -48,11 +48,13 @@ fn status(args: &Args) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
+    // One write: `write!` on a socket sends each formatted piece on its own, and a server that
+    // answers after the first piece and closes would fail the rest with a broken pipe.
+    let request = format!(
         "GET {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
         args.path
-    )?;
+    );
+    stream.write_all(request.as_bytes())?;
     // The status line is all we need: "HTTP/1.1 200 OK".
     let mut head = [0u8; 64];
     let mut len = 0;
@@ -98,8 +100,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            // The whole request head, as a real server reads it, before answering.
+            let mut head = Vec::new();
             let mut buf = [0u8; 512];
-            let _ = s.read(&mut buf);
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = s.write_all(answer.as_bytes());
         });
         format!("0.0.0.0:{}", addr.port())

@@ -100,6 +100,16 @@ impl ForwardResult {
     }
 }
 
+/// Creates every `result` series at zero, so a rate over them has data before the first
+/// failure.
+pub(super) fn create_series(metrics: &Metrics) {
+    for result in ForwardResult::ALL {
+        metrics
+            .callback_forward_total
+            .with_label_values(&[result.label()]);
+    }
+}
+
 /// The forwarder: the target, its time limit and one pooled HTTP client for every forward.
 pub(super) struct Forwarder {
     url: String,
@@ -127,12 +137,7 @@ impl Forwarder {
             .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(concat!("wxdispatch/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        // Every result from the start, so a rate over them has data before the first failure.
-        for result in ForwardResult::ALL {
-            metrics
-                .callback_forward_total
-                .with_label_values(&[result.label()]);
-        }
+        create_series(&metrics);
         Ok(Forwarder {
             url: url.to_string(),
             timeout,

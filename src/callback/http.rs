@@ -100,6 +100,8 @@ impl Endpoint {
         config: &Config,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Option<Arc<Endpoint>>> {
+        // Every worker exports the forward series, so dashboards read zeros, not "no data".
+        super::forward::create_series(&metrics);
         let Some(token) = config.credentials.callback_token.clone() else {
             // Without a token there is no callback, and these would silently do nothing.
             let cb = &config.callback;
