@@ -341,3 +341,27 @@ impl ComponentStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::StoredToken;
+
+    #[test]
+    fn a_stored_token_keeps_its_issue_time_and_an_older_one_reads_as_two_hours() {
+        let t = StoredToken {
+            value: "ACCESS_token-1".into(),
+            issued_ms: 1_000,
+            expires_ms: 9_000,
+        };
+        assert_eq!(StoredToken::decode(&t.encode()), Some(t));
+        assert_eq!(
+            StoredToken::decode("7201000:OLD_token"),
+            Some(StoredToken {
+                value: "OLD_token".into(),
+                issued_ms: 1_000,
+                expires_ms: 7_201_000,
+            })
+        );
+        assert_eq!(StoredToken::decode("garbage"), None);
+    }
+}

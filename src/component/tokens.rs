@@ -16,8 +16,10 @@ use super::freshness::Freshness;
 use super::store::{AuthorizerRecord, ComponentStore, StoredToken};
 use crate::wechat::SendError;
 
-/// How long a fetch lock is held at most (more than the HTTP timeout of the call it guards).
-const LOCK_HOLD: Duration = Duration::from_secs(10);
+/// How long a fetch lock is held at most, should its holder die: more than the calls it
+/// guards (the component token's and the authorizer's, each up to the 5 s HTTP timeout), so a
+/// slow refresh is never joined by a second one with the same refresh token.
+const LOCK_HOLD: Duration = Duration::from_secs(30);
 /// How long a replica waits for another one's fetch before giving up for now.
 const WAIT_FOR_OTHER: Duration = Duration::from_secs(5);
 
