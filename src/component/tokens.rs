@@ -104,10 +104,17 @@ impl Component {
         }
     }
 
-    /// `api_component_token` with the last ticket pushed; if WeChat refuses it (61006), with
+    /// Under the lock: `api_component_token` with the last ticket pushed; if WeChat refuses it (61006), with
     /// the last one it took, which stays valid for 12 hours. The ticket that worked is kept as
     /// the good one.
     async fn fetch_component_token(&self) -> Result<String, ComponentError> {
+        // Another replica may have stored a token between our read and our lock.
+        if let Some(t) = self.store.component_token().await?
+            && t.freshness() == Freshness::Fresh
+        {
+            self.store.unlock("token").await?;
+            return Ok(t.value);
+        }
         let ticket = self.store.ticket().await?.ok_or(ComponentError::NoTicket)?;
         let (token, ticket) = match self.component_token_with(&ticket).await {
             Err(ComponentError::Wechat { code, msg }) if code == INVALID_TICKET => {

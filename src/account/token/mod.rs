@@ -17,8 +17,8 @@
 //!
 //! A token is refreshed ahead of its expiry: configured accounts by a timer each
 //! ([`TokenCache::keep_fresh`]); a platform's authorizers, which may be thousands and mostly
-//! idle, on use instead ([`TokenCache::get_for_send`]): a send that finds the token past its refresh point starts
-//! one background refresh and goes on with the still-valid token.
+//! idle, on use instead ([`TokenCache::get_for_send`]): a send that finds the token past its
+//! refresh point starts one background refresh and goes on with the still-valid token.
 //!
 //! When no force is allowed the same token is handed out again and the job goes down its
 //! ordinary backoff path: a storm of token errors never stops a healthy account.
