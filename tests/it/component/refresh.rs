@@ -27,7 +27,8 @@ const REFRESH_AFTER: Duration = Duration::from_secs(LIFE_SECS * 4 / 5);
 /// refresh token was always the one used, and every job was sent once.
 ///
 /// Fails on the code before the refresh ahead: a token with less than five minutes left was
-/// never handed out from Redis, so a 10 s token was refreshed on every fetch.
+/// never handed out from Redis, so each 10 s token was refreshed at its first use, some 80 ms
+/// after it was issued (two refreshes in one lifetime).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_sharing_redis_refresh_each_authorizer_once_per_token_lifetime() {
     let mut h = Harness::start(Opts {
