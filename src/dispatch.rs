@@ -158,7 +158,7 @@ impl Dispatcher {
             Err(hold) => return (policy::on_hold(&self.rules, hold), None),
         };
         let fetching = Instant::now();
-        let token = match acct.tokens.get().await {
+        let token = match acct.tokens.get_for_send().await {
             Ok(t) => t,
             Err(e) => {
                 let tried = match e {

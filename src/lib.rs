@@ -22,10 +22,13 @@
 //! - [`wechat`]: the HTTP client, the calls that fetch an access token (`stable_token`, the
 //!   classic endpoint, a central token service) and the template catalogue's replies.
 //! - [`account`]: one home per account: its rate limiter and quota gates, its stop state, its
-//!   token cache (single flight, expiry, forced-refresh budget, backoff, stops; it fetches
-//!   through a token source: WeChat's calls, a central service or the platform) and catalogue cache, in component mode the authorizer's granted permission sets (cached), and the Redis coordination replicas share.
+//!   token cache (single flight, expiry, refresh ahead of it, forced-refresh budget, backoff,
+//!   stops; it fetches through a token source: WeChat's calls, a central service or the
+//!   platform) and catalogue cache, in component mode the authorizer's granted permission sets
+//!   (cached), and the Redis coordination replicas share.
 //! - [`component`]: third-party platform mode: the platform's endpoints, its tokens and
-//!   authorizers in Redis (refresh-token rotation under a lock), its authorization pushes,
+//!   authorizers in Redis (refresh-token rotation under a lock, refreshed ahead of expiry by
+//!   one replica while the others use the still-valid token), its authorization pushes,
 //!   their route `/wechat/component` and their `kind: authorization` outcomes.
 //! - `dispatch`: carries a job's steps out: permission sets (component mode), admit, token,
 //!   catalogue check, send, then what the policy decided (retry, defer, end).

@@ -1,12 +1,14 @@
 //! Third-party platform ("component") mode: the platform's own endpoints ([`api`]), what it
 //! keeps in Redis ([`store`]), its tokens with the refresh-token rotation under a lock
-//! ([`tokens`]) and its authorization pushes ([`push`]).
+//! ([`tokens`]), refreshed ahead of their expiry ([`freshness`]) and its authorization pushes
+//! ([`push`]).
 //!
 //! With `token_mode = component` every account is an authorizer (configured or, built on its
 //! first job, not) whose token comes from [`Component::token_reply`], and the pushes are served at `/wechat/component` ([`http`]),
 //! each authorization push published as a `kind: authorization` outcome before it is answered.
 
 pub mod api;
+pub mod freshness;
 pub mod http;
 pub mod push;
 pub mod store;
@@ -16,7 +18,7 @@ pub use push::{AuthEvent, Push, PushError, PushQuery};
 pub use tokens::{Component, ComponentError};
 
 use crate::config::{Config, ConfigError};
-use crate::wechat::{ApiReply, Ask, SendError, WechatClient};
+use crate::wechat::{ApiReply, Ask, SendError, SharedLife, WechatClient};
 
 /// WeChat's "this account has not authorized the platform": what an authorizer's token
 /// source answers for an appid without an authorization, which the token cache turns into
@@ -67,10 +69,15 @@ impl Component {
         }
         match self.authorizer_token(appid).await {
             Ok(t) => {
-                let left = t.expires_ms - chrono::Utc::now().timestamp_millis();
+                let now = chrono::Utc::now().timestamp_millis();
+                let left = t.expires_ms - now;
                 Ok(ApiReply {
-                    access_token: Some(t.value),
                     expires_in: Some((left.max(1000) / 1000) as u64),
+                    shared_life: Some(SharedLife {
+                        expires_in_ms: left.max(1) as u64,
+                        refresh_in_ms: (t.refresh_at_ms() - now).max(0) as u64,
+                    }),
+                    access_token: Some(t.value),
                     ..ApiReply::default()
                 })
             }

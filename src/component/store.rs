@@ -16,11 +16,60 @@ pub struct AuthorizerRecord {
     pub funcs: Vec<u32>,
 }
 
-/// A token stored with its expiry (Unix ms).
+/// A token stored with when it was issued and when it expires (Unix ms): every replica reads
+/// the same times, so they agree when it is refreshed ahead ([`super::freshness`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredToken {
     pub value: String,
+    pub issued_ms: i64,
     pub expires_ms: i64,
+}
+
+impl StoredToken {
+    /// A token issued now that lives `expires_in` seconds.
+    pub fn issued_now(value: String, expires_in: u64) -> StoredToken {
+        let issued_ms = now_ms();
+        StoredToken {
+            value,
+            issued_ms,
+            expires_ms: issued_ms + (expires_in.max(1) * 1000) as i64,
+        }
+    }
+
+    /// Where it is in its life now.
+    pub fn freshness(&self) -> super::freshness::Freshness {
+        super::freshness::freshness(self.issued_ms, self.expires_ms, now_ms())
+    }
+
+    /// The Unix ms from which it is refreshed ahead of its expiry.
+    pub fn refresh_at_ms(&self) -> i64 {
+        super::freshness::refresh_at_ms(self.issued_ms, self.expires_ms)
+    }
+
+    /// As stored: `issued:expires:value`.
+    fn encode(&self) -> String {
+        format!("{}:{}:{}", self.issued_ms, self.expires_ms, self.value)
+    }
+
+    /// What [`StoredToken::encode`] wrote; also `expires:value`, written before the issue time
+    /// was kept, read as a token of WeChat's usual two hours.
+    fn decode(raw: &str) -> Option<StoredToken> {
+        let mut parts = raw.splitn(3, ':');
+        let first: i64 = parts.next()?.parse().ok()?;
+        let second = parts.next()?;
+        match (second.parse::<i64>(), parts.next()) {
+            (Ok(expires_ms), Some(value)) => Some(StoredToken {
+                value: value.to_string(),
+                issued_ms: first,
+                expires_ms,
+            }),
+            _ => Some(StoredToken {
+                value: raw.split_once(':')?.1.to_string(),
+                issued_ms: first - 7200 * 1000,
+                expires_ms: first,
+            }),
+        }
+    }
 }
 
 /// The platform's keys in Redis.
@@ -97,38 +146,42 @@ impl ComponentStore {
             .await
     }
 
+    /// The last ticket WeChat took for a component token: the one to fall back on when a newer
+    /// one is refused (61006).
+    pub async fn good_ticket(&self) -> redis::RedisResult<Option<String>> {
+        redis::cmd("GET")
+            .arg(self.key("ticket:good"))
+            .query_async(&mut self.conn().await?)
+            .await
+    }
+
     async fn get_token(&self, key: String) -> redis::RedisResult<Option<StoredToken>> {
         let raw: Option<String> = redis::cmd("GET")
             .arg(key)
             .query_async(&mut self.conn().await?)
             .await?;
-        Ok(raw.and_then(|r| {
-            let (expires, value) = r.split_once(':')?;
-            Some(StoredToken {
-                expires_ms: expires.parse().ok()?,
-                value: value.to_string(),
-            })
-        }))
+        Ok(raw.as_deref().and_then(StoredToken::decode))
     }
 
     pub async fn component_token(&self) -> redis::RedisResult<Option<StoredToken>> {
         self.get_token(self.key("token")).await
     }
 
-    /// Stores the component token and releases its fetch lock, in one transaction.
+    /// Stores the component token, the ticket it was had with as the last good one, and
+    /// releases its fetch lock, in one transaction.
     pub async fn store_component_token(
         &self,
-        value: &str,
-        expires_in: u64,
+        token: &StoredToken,
+        ticket: &str,
     ) -> redis::RedisResult<()> {
-        let ttl = expires_in.max(1) * 1000;
-        redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(self.key("token"))
-            .arg(format!("{}:{value}", now_ms() + ttl as i64))
-            .arg("PX")
-            .arg(ttl)
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        Self::token_into(&mut pipe, self.key("token"), token);
+        pipe.cmd("SET")
+            .arg(self.key("ticket:good"))
+            .arg(ticket)
+            .arg("EX")
+            .arg(12 * 3600)
             .ignore()
             .del(self.key("token:lock"))
             .ignore()
@@ -186,7 +239,7 @@ impl ComponentStore {
         &self,
         appid: &str,
         record: &AuthorizerRecord,
-        token: Option<(&str, u64)>,
+        token: Option<&StoredToken>,
     ) -> redis::RedisResult<()> {
         let funcs = record
             .funcs
@@ -203,22 +256,22 @@ impl ComponentStore {
             .arg("funcs")
             .arg(funcs)
             .ignore();
-        if let Some((value, expires_in)) = token {
+        if let Some(token) = token {
             Self::token_into(
                 &mut pipe,
                 self.key(&format!("authorizer:{appid}:token")),
-                value,
-                expires_in,
+                token,
             );
         }
         pipe.query_async(&mut self.conn().await?).await
     }
 
-    fn token_into(pipe: &mut redis::Pipeline, key: String, value: &str, expires_in: u64) {
-        let ttl = expires_in.max(1) * 1000;
+    /// Sets `key` to `token`, expiring with it.
+    fn token_into(pipe: &mut redis::Pipeline, key: String, token: &StoredToken) {
+        let ttl = (token.expires_ms - now_ms()).max(1);
         pipe.cmd("SET")
             .arg(key)
-            .arg(format!("{}:{value}", now_ms() + ttl as i64))
+            .arg(token.encode())
             .arg("PX")
             .arg(ttl)
             .ignore();
@@ -236,8 +289,7 @@ impl ComponentStore {
         &self,
         appid: &str,
         refresh_token: &str,
-        access_token: &str,
-        expires_in: u64,
+        access_token: &StoredToken,
     ) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -250,7 +302,6 @@ impl ComponentStore {
             &mut pipe,
             self.key(&format!("authorizer:{appid}:token")),
             access_token,
-            expires_in,
         );
         pipe.del(self.key(&format!("{}:lock", Self::authorizer_lock(appid))))
             .ignore();
@@ -266,7 +317,7 @@ impl ComponentStore {
     ) -> redis::RedisResult<()> {
         const SCRIPT: &str = r"
             local v = redis.call('GET', KEYS[1])
-            if v and string.sub(v, string.find(v, ':') + 1) == ARGV[1] then
+            if v and string.match(v, '[^:]*$') == ARGV[1] then
                 redis.call('DEL', KEYS[1])
             end
             return 0";
@@ -288,5 +339,29 @@ impl ComponentStore {
             .ignore()
             .query_async(&mut self.conn().await?)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoredToken;
+
+    #[test]
+    fn a_stored_token_keeps_its_issue_time_and_an_older_one_reads_as_two_hours() {
+        let t = StoredToken {
+            value: "ACCESS_token-1".into(),
+            issued_ms: 1_000,
+            expires_ms: 9_000,
+        };
+        assert_eq!(StoredToken::decode(&t.encode()), Some(t));
+        assert_eq!(
+            StoredToken::decode("7201000:OLD_token"),
+            Some(StoredToken {
+                value: "OLD_token".into(),
+                issued_ms: 1_000,
+                expires_ms: 7_201_000,
+            })
+        );
+        assert_eq!(StoredToken::decode("garbage"), None);
     }
 }

@@ -25,6 +25,19 @@ pub struct ApiReply {
     pub msgid: Option<i64>,
     pub access_token: Option<String>,
     pub expires_in: Option<u64>,
+    /// Not WeChat's: what a source that shares one token between replicas (a platform's
+    /// authorizer token in Redis) knows of its life, to the millisecond.
+    #[serde(skip)]
+    pub shared_life: Option<SharedLife>,
+}
+
+/// A shared token's life as its source keeps it, so every replica's cache sees the same
+/// expiry and asks for the new token at the same point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedLife {
+    pub expires_in_ms: u64,
+    /// Until the token is refreshed ahead of its expiry.
+    pub refresh_in_ms: u64,
 }
 
 /// The HTTP client. One per process: it holds the keep-alive connection pool.

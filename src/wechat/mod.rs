@@ -6,5 +6,5 @@ pub(crate) mod client;
 pub mod token;
 
 pub use crate::policy::errcode::{self, Action};
-pub use client::{ApiReply, SendError, WechatClient};
+pub use client::{ApiReply, SendError, SharedLife, WechatClient};
 pub use token::Ask;

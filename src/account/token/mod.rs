@@ -15,6 +15,11 @@
 //! - forced `stable_token` refreshes are rationed ([`force`]);
 //! - classic tokens are shared by the replicas through Redis ([`shared`]).
 //!
+//! A token is refreshed ahead of its expiry: configured accounts by a timer each
+//! ([`TokenCache::keep_fresh`]); a platform's authorizers, which may be thousands and mostly
+//! idle, on use instead ([`TokenCache::get_for_send`]): a send that finds the token past its
+//! refresh point starts one background refresh and goes on with the still-valid token.
+//!
 //! When no force is allowed the same token is handed out again and the job goes down its
 //! ordinary backoff path: a storm of token errors never stops a healthy account.
 //!
@@ -26,6 +31,7 @@
 //! refusals costs one call); a token it gave in that answer and WeChat refuses again within a
 //! minute is not reported again, as a forced token is not forced again.
 
+mod ahead;
 mod force;
 mod reply;
 mod shared;
@@ -57,6 +63,8 @@ pub struct Token {
     /// Whether it came from a forced refresh (`stable_token`), or from a central service's
     /// answer to an `invalid=` call.
     pub forced: bool,
+    /// From here on it is refreshed ahead of its expiry, while still handed out.
+    pub refresh_at: Instant,
 }
 
 impl Token {
@@ -136,6 +144,9 @@ pub struct TokenCache {
     stops: Arc<crate::account::AccountStops>,
     current: Mutex<Option<Arc<Token>>>,
     refresh: tokio::sync::Mutex<RefreshState>,
+    /// No refresh ahead on use is started before this instant (one at a time, and spaced
+    /// while another replica holds the platform's lock).
+    ahead_next: Mutex<Option<Instant>>,
 }
 
 impl TokenCache {
@@ -170,6 +181,7 @@ impl TokenCache {
             stops,
             current: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            ahead_next: Mutex::new(None),
         }
     }
 
@@ -272,13 +284,10 @@ impl TokenCache {
             let wait = {
                 let cur = self.current.lock().expect("token lock").clone();
                 match cur {
-                    Some(t) => {
-                        let life = t.expires_at - t.fetched_at;
-                        // Refresh a little before `get` would stop handing it out.
-                        let at = t.expires_at - Self::margin(life) * 2;
-                        at.saturating_duration_since(Instant::now())
-                            .max(Duration::from_secs(1))
-                    }
+                    Some(t) => t
+                        .refresh_at
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_secs(1)),
                     None => Duration::from_secs(1),
                 }
             };
@@ -291,7 +300,7 @@ impl TokenCache {
             let due = {
                 let cur = self.current.lock().expect("token lock");
                 match cur.as_ref() {
-                    Some(t) => now + Self::margin(t.expires_at - t.fetched_at) * 2 >= t.expires_at,
+                    Some(t) => now >= t.refresh_at,
                     None => false, // fetched lazily by the first send
                 }
             };
@@ -385,20 +394,33 @@ impl TokenCache {
             return Err(self.transient(st, "reply without access_token".into()));
         };
         let now = Instant::now();
-        let expires_at = now + Duration::from_secs(expires_in.max(1));
-        Ok(self.install(st, value, now, expires_at, forced))
+        // A source shared by the replicas says when its token expires and is refreshed, the
+        // same for all of them.
+        let (expires_at, refresh_at) = match reply.shared_life {
+            Some(life) => {
+                let expires_at = now + Duration::from_millis(life.expires_in_ms.max(1));
+                let refresh_at = (now + Duration::from_millis(life.refresh_in_ms)).min(expires_at);
+                (expires_at, Some(refresh_at))
+            }
+            None => (now + Duration::from_secs(expires_in.max(1)), None),
+        };
+        Ok(self.install(st, value, (now, expires_at, refresh_at), forced))
     }
 
     /// Makes a token obtained from the source (or from the other replicas) the current one,
-    /// and clears the failure and stop state.
+    /// and clears the failure and stop state. `times`: when it was fetched, when it expires,
+    /// and when the source wants it refreshed (by default a little before `get` would stop
+    /// handing it out).
     fn install(
         &self,
         st: &mut RefreshState,
         value: String,
-        fetched_at: Instant,
-        expires_at: Instant,
+        times: (Instant, Instant, Option<Instant>),
         forced: bool,
     ) -> Arc<Token> {
+        let (fetched_at, expires_at, refresh_at) = times;
+        let refresh_at =
+            refresh_at.unwrap_or_else(|| expires_at - Self::margin(expires_at - fetched_at) * 2);
         st.last_rejected = None;
         st.failures = 0;
         st.next_try = None;
@@ -412,6 +434,7 @@ impl TokenCache {
             expires_at,
             confirmed_at: fetched_at,
             forced,
+            refresh_at,
         });
         *self.current.lock().expect("token lock") = Some(token.clone());
         self.update_gauges();

@@ -44,7 +44,7 @@ impl TokenCache {
                     let now = Instant::now();
                     let age = Duration::from_millis((now_ms - t.fetched_ms).max(0) as u64);
                     let fetched_at = now.checked_sub(age).unwrap_or(now);
-                    return Ok(self.install(st, t.value, fetched_at, now + left, false));
+                    return Ok(self.install(st, t.value, (fetched_at, now + left, None), false));
                 }
             }
             if limiter.lock_token_fetch(&self.appid, LOCK_HOLD).await? {
@@ -70,7 +70,7 @@ impl TokenCache {
                 limiter.store_token(&self.appid, &shared).await?;
                 let now = Instant::now();
                 let expires_at = now + Duration::from_secs(expires_in.max(1));
-                return Ok(self.install(st, value, now, expires_at, false));
+                return Ok(self.install(st, value, (now, expires_at, None), false));
             }
             if started.elapsed() > WAIT_FOR_OTHER {
                 return Err(SharedFetch::Endpoint(TokenError::Unavailable {

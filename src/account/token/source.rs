@@ -46,6 +46,12 @@ impl TokenSource {
         )
     }
 
+    /// Whether a token past its refresh point is refreshed on use, in the background: a
+    /// platform's authorizers, built on their first job and too many for a timer each.
+    pub fn refreshes_ahead_on_use(&self) -> bool {
+        matches!(self, TokenSource::Component { .. })
+    }
+
     /// One call of the source for `appid`.
     pub async fn fetch(
         &self,

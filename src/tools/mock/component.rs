@@ -60,6 +60,9 @@ struct Platform {
     codes: HashMap<String, (String, Vec<u32>)>,
     /// Authorizer appid → (current refresh token, permission sets).
     authorizers: HashMap<String, (String, Vec<u32>)>,
+    /// When each authorizer's `api_authorizer_token` calls came, in order (kept out of
+    /// [`ComponentStats`], which is serialized).
+    refresh_times: HashMap<String, Vec<std::time::Instant>>,
     seq: u64,
     stats: ComponentStats,
 }
@@ -163,6 +166,13 @@ impl MockState {
                 tokio::time::sleep(every).await;
             }
         });
+    }
+
+    /// When `appid`'s `api_authorizer_token` calls came, in order: a test can see that no two
+    /// fall in one token lifetime.
+    pub fn component_refresh_times(&self, appid: &str) -> Vec<std::time::Instant> {
+        let p = self.component.inner.lock().unwrap();
+        p.refresh_times.get(appid).cloned().unwrap_or_default()
     }
 
     pub fn component_stats(&self) -> ComponentStats {
@@ -278,6 +288,10 @@ async fn authorizer_token(
             .authorizer_token_calls
             .entry(appid.clone())
             .or_default() += 1;
+        p.refresh_times
+            .entry(appid.clone())
+            .or_default()
+            .push(std::time::Instant::now());
         if let Some(r) = check(&p, &q) {
             return r;
         }
