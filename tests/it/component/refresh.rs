@@ -47,7 +47,7 @@ async fn three_replicas_sharing_redis_refresh_each_authorizer_once_per_token_lif
     let mut issued = Vec::new();
     for _ in 0..3 {
         let a = unique("wxauth").replace('.', "");
-        authorized(&h.mock, &c, &platform, &a, &[1]).await;
+        authorized(&h.mock, &c, &platform, &a, &[1, 7]).await;
         // The first token came with the authorization.
         issued.push(Instant::now());
         authorizers.push(a);

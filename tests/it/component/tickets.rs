@@ -28,7 +28,7 @@ async fn a_ticket_stored_before_the_worker_starts_gets_its_first_job_a_component
     h.mock.state.component_setup(&platform, PLATFORM_SECRET);
     let other_replica = replica(&h.mock, &platform).await;
     let merchant = unique("wxauth").replace('.', "");
-    authorized(&h.mock, &other_replica, &platform, &merchant, &[1]).await;
+    authorized(&h.mock, &other_replica, &platform, &merchant, &[1, 7]).await;
     // Only the ticket and the merchant's refresh token are left for the worker to work from.
     forget(
         &platform,
@@ -67,7 +67,7 @@ async fn jobs_wait_for_a_ticket_pushed_after_the_worker_started() {
     h.mock.state.component_setup(&platform, PLATFORM_SECRET);
     let c = replica(&h.mock, &platform).await;
     let merchant = unique("wxauth").replace('.', "");
-    authorized(&h.mock, &c, &platform, &merchant, &[1]).await;
+    authorized(&h.mock, &c, &platform, &merchant, &[1, 7]).await;
     forget(
         &platform,
         &[
