@@ -14,12 +14,12 @@ pub mod token;
 
 use std::sync::Arc;
 
-pub use limiter::{AccountGate, Admission, Reservation};
+pub use limiter::{AccountGate, Admission, GateId, Reservation};
 pub use stops::AccountStops;
 
 use crate::config::{Config, ConfigError, TokenMode};
 use crate::job::{AccountId, MsgType};
-use crate::metrics::{AccountMetrics, Metrics};
+use crate::metrics::{AccountMetrics, Metrics, SeriesLabel, SeriesPlaces};
 use crate::wechat::WechatClient;
 use catalogue::CatalogueCache;
 use redis::RedisLink;
@@ -70,18 +70,21 @@ struct Builder {
     metrics: Arc<Metrics>,
     redis: Option<Arc<RedisLink>>,
     platform: Option<Arc<crate::component::Component>>,
+    /// The authorizers' places among the series with an `appid` of their own.
+    places: SeriesPlaces,
 }
 
 impl Builder {
     fn account(
         &self,
         appid: &str,
+        label: SeriesLabel,
         rate_per_sec: u32,
         daily_quota: Option<u64>,
     ) -> Result<Arc<Account>, ConfigError> {
         let (config, metrics) = (&self.config, &self.metrics);
-        let mp_id = format!("{appid}:{}", MsgType::MiniprogramSubscribe);
-        let gate = |id: &str| {
+        let mp = MsgType::MiniprogramSubscribe.as_str();
+        let gate = |id: GateId| {
             AccountGate::with_shared(
                 id,
                 rate_per_sec,
@@ -92,10 +95,11 @@ impl Builder {
                 config.limits.expected_replicas,
             )
         };
-        let stops = Arc::new(AccountStops::new(appid, metrics));
+        let stops = Arc::new(AccountStops::labelled(&label, metrics));
         let source = token_source(config, appid, self.platform.as_ref())?;
-        let tokens = TokenCache::new(
+        let tokens = TokenCache::labelled(
             appid.to_string(),
+            label.clone(),
             source,
             self.client.clone(),
             metrics.clone(),
@@ -108,12 +112,18 @@ impl Builder {
         );
         Ok(Arc::new(Account {
             appid: appid.to_string(),
-            mp_gate: gate(&mp_id),
-            gate: gate(appid),
+            mp_gate: gate(GateId {
+                id: format!("{appid}:{mp}"),
+                label: label.with_suffix(mp),
+            }),
+            gate: gate(GateId {
+                id: appid.to_string(),
+                label: label.clone(),
+            }),
             tokens: Arc::new(tokens),
             catalogues: CatalogueCache::default(),
             stops,
-            metrics: metrics.init_account(appid),
+            metrics: metrics.init_account(&label),
         }))
     }
 }
@@ -143,11 +153,15 @@ impl Accounts {
                 .as_deref()
                 .map(|url| Arc::new(RedisLink::new(url))),
             platform,
+            places: SeriesPlaces::new(config.metrics_top_accounts as usize),
         };
         let configured = config
             .accounts
             .iter()
-            .map(|a| builder.account(&a.appid, a.rate_per_sec, a.daily_quota))
+            .map(|a| {
+                let label = SeriesLabel::own(&a.appid);
+                builder.account(&a.appid, label, a.rate_per_sec, a.daily_quota)
+            })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Accounts {
             configured,
@@ -168,10 +182,12 @@ impl Accounts {
             return a.clone();
         }
         let wechat = &self.builder.config.wechat;
+        let label = self.builder.places.authorizer(appid);
         let built = self
             .builder
             .account(
                 appid,
+                label,
                 wechat.component_rate_per_sec,
                 wechat.component_daily_quota,
             )

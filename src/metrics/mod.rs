@@ -2,7 +2,12 @@
 //!
 //! Each worker owns its own [`Registry`], so several workers in one test process never mix
 //! their numbers. Labels stay bounded: `appid`, `errcode`, `status` and `reason` words, never an
-//! openid or a job id.
+//! openid or a job id; and `appid` takes at most `metrics_top_accounts` authorizers' appids
+//! besides the configured accounts', the others' series being folded into `_other` ([`fold`]).
+
+pub mod fold;
+
+pub use fold::{AccountGauge, OTHER, SeriesLabel, SeriesPlaces};
 
 use crate::job::MsgType;
 use crate::outcome::SendStatus;
@@ -17,6 +22,8 @@ use prometheus::{
 /// keep their lookups.
 #[derive(Clone)]
 pub struct AccountMetrics {
+    /// The `appid` label of every series of this account.
+    pub label: SeriesLabel,
     /// `wxdispatch_jobs_total{status="sent",reason="none"}`, one per [`MsgType`] in
     /// `MsgType::ALL` order: the outcome of almost every job.
     sent: [IntCounter; MsgType::ALL.len()],
@@ -24,6 +31,8 @@ pub struct AccountMetrics {
     pub send_duration: Histogram,
     /// `wxdispatch_api_requests_total{errcode="0"}`: the answer of almost every send.
     pub api_ok: IntCounter,
+    /// `wxdispatch_catalogue_unchecked_total`.
+    pub catalogue_unchecked: IntCounter,
 }
 
 impl AccountMetrics {
@@ -426,11 +435,11 @@ impl Metrics {
         m
     }
 
-    /// Creates the per-account series at zero so that dashboards and alerts see them from the
-    /// start, not only after the first event.
     /// Creates an account's series (so dashboards and alerts see zeros, not nothing) and
-    /// returns its hot-path handles.
-    pub(crate) fn init_account(&self, appid: &str) -> AccountMetrics {
+    /// returns its hot-path handles. `label` is the account's `appid` label: its appid, or
+    /// `_other` for a folded authorizer.
+    pub(crate) fn init_account(&self, label: &SeriesLabel) -> AccountMetrics {
+        let appid = label.as_str();
         self.token_refreshes_total.with_label_values(&[appid, "ok"]);
         self.retries_total.with_label_values(&[appid, "busy"]);
         self.token_force_skipped_total
@@ -447,6 +456,7 @@ impl Metrics {
         self.dead_letters_total.with_label_values(&["invalid"]);
         self.catalogue_unchecked_total.with_label_values(&[appid]);
         AccountMetrics {
+            label: label.clone(),
             sent: MsgType::ALL.map(|t| {
                 self.jobs_total.with_label_values(&[
                     appid,
@@ -457,6 +467,7 @@ impl Metrics {
             }),
             send_duration: self.send_duration_seconds.with_label_values(&[appid]),
             api_ok: self.api_requests_total.with_label_values(&[appid, "0"]),
+            catalogue_unchecked: self.catalogue_unchecked_total.with_label_values(&[appid]),
         }
     }
 
