@@ -97,6 +97,28 @@ impl MockState {
         code
     }
 
+    /// Merchants that authorized the platform earlier, with `funcs`, in one step (the bench's
+    /// thousands of authorizers): returns each one's current refresh token, for the platform's
+    /// store. Their sends are accepted.
+    pub fn component_preauthorize(&self, appids: &[String], funcs: &[u32]) -> Vec<String> {
+        {
+            let mut accounts = self.accounts.write().unwrap();
+            for a in appids {
+                accounts.insert(a.clone(), "(authorizer: no secret)".into());
+            }
+        }
+        let mut p = self.component.inner.lock().unwrap();
+        appids
+            .iter()
+            .map(|a| {
+                let refresh = p.next("REFRESH");
+                p.authorizers
+                    .insert(a.clone(), (refresh.clone(), funcs.to_vec()));
+                refresh
+            })
+            .collect()
+    }
+
     /// The merchant revokes the authorization.
     pub fn component_unauthorize(&self, appid: &str) {
         self.component
