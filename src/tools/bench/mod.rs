@@ -101,6 +101,11 @@ pub struct Args {
     /// them before the worker starts; their tokens are fetched on first use.
     #[arg(long, value_name = "N")]
     pub authorizers: Option<std::num::NonZeroUsize>,
+    /// With --authorizers: store a valid access token for each in Redis beforehand, as a
+    /// platform that has been running has, so the run measures the steady state rather than
+    /// every authorizer's first token fetch.
+    #[arg(long, requires = "authorizers")]
+    pub tokens_stored: bool,
     /// Print one JSON object on stdout instead of the readable report.
     #[arg(long)]
     pub json: bool,
@@ -188,7 +193,9 @@ async fn measure(
         .clone()
         .unwrap_or_else(|| "redis://127.0.0.1:6379/".into());
     let platform = match args.authorizers {
-        Some(n) => Some(platform::prepare(&mock, &platform_redis, run, n.get()).await?),
+        Some(n) => {
+            Some(platform::prepare(&mock, &platform_redis, run, n.get(), args.tokens_stored).await?)
+        }
         None => None,
     };
     let result = measure_with(conn, publisher, config, run, args, &mock, platform.as_ref()).await;
@@ -337,6 +344,7 @@ async fn measure_with(
         let (component, authorizer) = startup_calls.unwrap_or_default();
         platform::Calls {
             authorizers: 0,
+            tokens_stored: args.tokens_stored,
             startup_component_token_calls: component,
             startup_authorizer_token_calls: authorizer,
             authorizer_token_calls: platform::token_calls(mock).1,

@@ -3,7 +3,8 @@
 //! simulator is told the authorizers and their refresh tokens in one step, and the platform's
 //! store in Redis gets the verify ticket and each authorizer's record, as the `authorized`
 //! pushes would have left them. No access token is stored, so each authorizer's token is
-//! fetched on its first job, as after a cold start.
+//! fetched on its first job, as after a cold start; with `--tokens-stored` each has a valid
+//! one in Redis, as a platform that has been running has (the worker only reads it).
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -33,6 +34,8 @@ pub(super) fn catalogue() -> Vec<(String, String)> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Calls {
     pub authorizers: usize,
+    /// Whether each authorizer's token was in Redis before the run (`--tokens-stored`).
+    pub tokens_stored: bool,
     /// Between the worker's start and the first job's publish (with `--backlog`: not read).
     pub startup_component_token_calls: u64,
     pub startup_authorizer_token_calls: u64,
@@ -60,6 +63,7 @@ pub(super) async fn prepare(
     redis_url: &str,
     run: &str,
     n: usize,
+    tokens_stored: bool,
 ) -> anyhow::Result<Platform> {
     let appid = format!("wxbenchp{run}");
     let authorizers: Vec<String> = (0..n).map(|i| format!("wxbencha{run}x{i:05}")).collect();
@@ -77,7 +81,9 @@ pub(super) async fn prepare(
                     refresh_token: Some(r),
                     funcs: vec![1],
                 };
-                store.store_authorizer(a, &record, None).await
+                let token = tokens_stored.then(|| mock.state.component_authorizer_token(a, 7200));
+                let token = token.as_deref().map(|t| (t, 7200));
+                store.store_authorizer(a, &record, token).await
             }
         })
         .buffer_unordered(64)

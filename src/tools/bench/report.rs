@@ -140,8 +140,13 @@ pub(super) fn print(r: &Report) {
     );
     if let Some(a) = &r.authorizers {
         println!(
-            "  authorizers                {}; token calls before the first job: {} component, {} authorizer; in the run: {} authorizer",
+            "  authorizers                {}{}; token calls before the first job: {} component, {} authorizer; in the run: {} authorizer",
             a.authorizers,
+            if a.tokens_stored {
+                " (tokens stored)"
+            } else {
+                ""
+            },
             a.startup_component_token_calls,
             a.startup_authorizer_token_calls,
             a.authorizer_token_calls

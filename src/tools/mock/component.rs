@@ -101,6 +101,16 @@ impl MockState {
     /// thousands of authorizers): returns each one's current refresh token, for the platform's
     /// store. Their sends are accepted.
     pub fn component_preauthorize(&self, appids: &[String], funcs: &[u32]) -> Vec<String> {
+        self.preauthorize(appids, funcs)
+    }
+
+    /// An access token for authorizer `appid`, valid `ttl_secs`, as `api_authorizer_token`
+    /// would have issued it (for a platform that has been running).
+    pub fn component_authorizer_token(&self, appid: &str, ttl_secs: u64) -> String {
+        self.issue_token(appid, ttl_secs)
+    }
+
+    fn preauthorize(&self, appids: &[String], funcs: &[u32]) -> Vec<String> {
         {
             let mut accounts = self.accounts.write().unwrap();
             for a in appids {
