@@ -117,6 +117,15 @@ async fn only_the_top_authorizers_have_their_own_series_and_the_rest_add_up_in_o
         sum(&body, "wxdispatch_send_duration_seconds_count", &[&other]),
         folded
     );
+    for gauge in [
+        "wxdispatch_token_age_seconds",
+        "wxdispatch_token_expires_in_seconds",
+    ] {
+        assert!(
+            !body.contains(&format!("{gauge}{{{other}}}")),
+            "a token's gauge has no _other series"
+        );
+    }
     for m in own {
         let label = format!("appid=\"{m}\"");
         assert_eq!(
