@@ -5,6 +5,7 @@
 //! count, the token) goes through Redis in one module, [`redis`].
 
 pub mod catalogue;
+mod gate_later;
 pub mod lease;
 pub mod limiter;
 pub mod redis;
@@ -14,6 +15,8 @@ pub mod token;
 
 use std::sync::Arc;
 
+pub use gate_later::GateLater;
+use gate_later::GateRecipe;
 pub use limiter::{AccountGate, Admission, GateId, Reservation};
 pub use stops::AccountStops;
 
@@ -33,7 +36,8 @@ pub struct Account {
     /// them apart from the account's other sends, so a spent mini-program quota must not hold
     /// back template messages (nor the other way round). Pacing stays with `gate`: the rate is
     /// the account's, whatever the type. Its metric label is `<appid>:miniprogram_subscribe`.
-    pub mp_gate: AccountGate,
+    /// An authorizer's is built on its first mini-program message.
+    pub mp_gate: GateLater,
     pub tokens: Arc<TokenCache>,
     /// The account's template catalogues, read by every send.
     pub catalogues: CatalogueCache,
@@ -47,7 +51,7 @@ impl Account {
     /// The gate that holds the daily count and the quota pause of message type `t`.
     pub(crate) fn quota_gate(&self, t: MsgType) -> &AccountGate {
         match t {
-            MsgType::MiniprogramSubscribe => &self.mp_gate,
+            MsgType::MiniprogramSubscribe => self.mp_gate.get(),
             MsgType::Template | MsgType::Subscribe => &self.gate,
         }
     }
@@ -75,25 +79,25 @@ struct Builder {
 }
 
 impl Builder {
+    /// Builds an account; `built_now`: a configured one, whose mini-program gate (and its
+    /// series) exist from the start.
     fn account(
         &self,
         appid: &str,
         label: SeriesLabel,
-        rate_per_sec: u32,
-        daily_quota: Option<u64>,
+        (rate_per_sec, daily_quota): (u32, Option<u64>),
+        built_now: bool,
     ) -> Result<Arc<Account>, ConfigError> {
         let (config, metrics) = (&self.config, &self.metrics);
         let mp = MsgType::MiniprogramSubscribe.as_str();
-        let gate = |id: GateId| {
-            AccountGate::with_shared(
-                id,
-                rate_per_sec,
-                daily_quota,
-                config.limits.quota_probe,
-                metrics.clone(),
-                self.redis.clone(),
-                config.limits.expected_replicas,
-            )
+        let gate = |id: GateId| GateRecipe {
+            id,
+            rate_per_sec,
+            daily_quota,
+            probe_every: config.limits.quota_probe,
+            metrics: metrics.clone(),
+            shared: self.redis.clone(),
+            expected_replicas: config.limits.expected_replicas,
         };
         let stops = Arc::new(AccountStops::labelled(&label, metrics));
         let source = token_source(config, appid, self.platform.as_ref())?;
@@ -112,14 +116,23 @@ impl Builder {
         );
         Ok(Arc::new(Account {
             appid: appid.to_string(),
-            mp_gate: gate(GateId {
-                id: format!("{appid}:{mp}"),
-                label: label.with_suffix(mp),
-            }),
+            mp_gate: {
+                let recipe = gate(GateId {
+                    id: format!("{appid}:{mp}"),
+                    label: label.with_suffix(mp),
+                });
+                // A configured account's series exist from the start, as they always have.
+                if built_now {
+                    GateLater::now(recipe)
+                } else {
+                    GateLater::later(recipe)
+                }
+            },
             gate: gate(GateId {
                 id: appid.to_string(),
                 label: label.clone(),
-            }),
+            })
+            .build(),
             tokens: Arc::new(tokens),
             catalogues: CatalogueCache::default(),
             stops,
@@ -160,7 +173,7 @@ impl Accounts {
             .iter()
             .map(|a| {
                 let label = SeriesLabel::own(&a.appid);
-                builder.account(&a.appid, label, a.rate_per_sec, a.daily_quota)
+                builder.account(&a.appid, label, (a.rate_per_sec, a.daily_quota), true)
             })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Accounts {
@@ -188,8 +201,8 @@ impl Accounts {
             .account(
                 appid,
                 label,
-                wechat.component_rate_per_sec,
-                wechat.component_daily_quota,
+                (wechat.component_rate_per_sec, wechat.component_daily_quota),
+                false,
             )
             // The parser only names authorizers in component mode, where the platform is
             // built with the configured accounts; so building one more cannot fail.
@@ -218,7 +231,9 @@ impl Accounts {
     pub(crate) async fn close(&self) {
         for a in self.all() {
             a.gate.close().await;
-            a.mp_gate.close().await;
+            if let Some(g) = a.mp_gate.built() {
+                g.close().await;
+            }
         }
     }
 
