@@ -34,9 +34,10 @@ impl GateRecipe {
     }
 }
 
-/// A gate, built now or on its first use.
+/// A gate, built now or on its first use. Boxed, so one not built takes a pointer's room in
+/// its account, not a gate's.
 pub struct GateLater {
-    gate: OnceLock<AccountGate>,
+    gate: OnceLock<Box<AccountGate>>,
     recipe: Option<GateRecipe>,
 }
 
@@ -44,7 +45,7 @@ impl GateLater {
     /// Built now (its series exist from the start).
     pub(crate) fn now(recipe: GateRecipe) -> GateLater {
         GateLater {
-            gate: OnceLock::from(recipe.build()),
+            gate: OnceLock::from(Box::new(recipe.build())),
             recipe: None,
         }
     }
@@ -59,15 +60,17 @@ impl GateLater {
 
     pub fn get(&self) -> &AccountGate {
         self.gate.get_or_init(|| {
-            self.recipe
-                .as_ref()
-                .expect("a gate not built has its recipe")
-                .build()
+            Box::new(
+                self.recipe
+                    .as_ref()
+                    .expect("a gate not built has its recipe")
+                    .build(),
+            )
         })
     }
 
     /// The gate if it was built.
     pub fn built(&self) -> Option<&AccountGate> {
-        self.gate.get()
+        self.gate.get().map(|g| &**g)
     }
 }
