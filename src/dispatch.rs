@@ -112,13 +112,15 @@ impl Dispatcher {
             }
             let (step, reply) = self.try_once(job, acct, &facts, &mut state).await;
             let appid = job.appid.as_str();
+            // The account's `appid` label: its appid, or `_other` for a folded authorizer.
+            let label = acct.metrics.label.as_str();
             match step {
                 Step::End(end) => return Disposition::Final(self.ended(job, &state, end, reply)),
-                Step::Defer { delay, reason } => return self.defer(appid, delay, reason, state),
+                Step::Defer { delay, reason } => return self.defer(label, delay, reason, state),
                 Step::Wait { delay, reason } => {
                     // Still a deferral (counted as one), never a retry: the budget is for
                     // errors, and this is the account's state.
-                    self.count_deferred(appid, reason);
+                    self.count_deferred(label, reason);
                     tokio::time::sleep(delay).await;
                 }
                 Step::Retry {
@@ -128,11 +130,11 @@ impl Dispatcher {
                 } => {
                     self.metrics
                         .retries_total
-                        .with_label_values(&[appid, &reason])
+                        .with_label_values(&[label, &reason])
                         .inc();
                     tracing::debug!(job_id = %job.id, appid, %reason, wait_ms = wait.as_millis() as u64, "retrying");
                     if !in_place {
-                        return self.defer(appid, wait, DeferReason::Backoff, state);
+                        return self.defer(label, wait, DeferReason::Backoff, state);
                     }
                     tokio::time::sleep(wait).await;
                 }
@@ -185,7 +187,7 @@ impl Dispatcher {
             .catalogues
             .check(
                 &self.client,
-                &self.metrics,
+                &acct.metrics,
                 &job.appid,
                 &token.value,
                 job.msg_type,
@@ -210,7 +212,7 @@ impl Dispatcher {
                 if code == 0 {
                     acct.metrics.api_ok.inc();
                 } else {
-                    self.count_api(appid, &code.to_string());
+                    self.count_api(acct, &code.to_string());
                 }
                 let tried = Tried::Replied { errcode: code };
                 let d = policy::decide(&self.rules, facts, state, tried, took, now_ms());
@@ -227,7 +229,7 @@ impl Dispatcher {
                 (d.step, Some(reply))
             }
             Err(e) => {
-                self.count_api(appid, &e.label());
+                self.count_api(acct, &e.label());
                 let tried = Tried::SendFailed(&e);
                 let d = policy::decide(&self.rules, facts, state, tried, took, now_ms());
                 match &d.step {
@@ -346,7 +348,7 @@ impl Dispatcher {
         acct.catalogues
             .check(
                 &self.client,
-                &self.metrics,
+                &acct.metrics,
                 &batch.appid,
                 &token.value,
                 batch.msg_type,
@@ -381,12 +383,12 @@ impl Dispatcher {
 
     fn defer(
         &self,
-        appid: &str,
+        label: &str,
         delay: Duration,
         reason: DeferReason,
         state: RetryState,
     ) -> Disposition {
-        self.count_deferred(appid, reason);
+        self.count_deferred(label, reason);
         Disposition::Defer {
             delay,
             reason,
@@ -394,17 +396,18 @@ impl Dispatcher {
         }
     }
 
-    fn count_deferred(&self, appid: &str, reason: DeferReason) {
+    /// `label`: the account's `appid` label ([`crate::metrics::SeriesLabel`]).
+    fn count_deferred(&self, label: &str, reason: DeferReason) {
         self.metrics
             .deferred_total
-            .with_label_values(&[appid, reason.as_str()])
+            .with_label_values(&[label, reason.as_str()])
             .inc();
     }
 
-    fn count_api(&self, appid: &str, code: &str) {
+    fn count_api(&self, acct: &Account, code: &str) {
         self.metrics
             .api_requests_total
-            .with_label_values(&[appid, code])
+            .with_label_values(&[acct.metrics.label.as_str(), code])
             .inc();
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Secret;
 use crate::job::{MsgType, TemplateFields};
-use crate::metrics::Metrics;
+use crate::metrics::AccountMetrics;
 use crate::wechat::WechatClient;
 use crate::wechat::catalogue::{Catalogue, Mismatch, Source};
 
@@ -33,7 +33,7 @@ impl CatalogueCache {
     pub(crate) async fn check(
         &self,
         client: &WechatClient,
-        metrics: &Metrics,
+        metrics: &AccountMetrics,
         appid: &str,
         token: &Secret,
         t: MsgType,
@@ -67,10 +67,7 @@ impl CatalogueCache {
         match ready {
             Some(catalogue) => catalogue.check(template),
             None => {
-                metrics
-                    .catalogue_unchecked_total
-                    .with_label_values(&[appid])
-                    .inc();
+                metrics.catalogue_unchecked.inc();
                 Ok(())
             }
         }

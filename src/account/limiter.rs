@@ -23,7 +23,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::redis::RedisLink;
 use super::shared::Shared;
-use crate::metrics::Metrics;
+use crate::metrics::{AccountGauge, Metrics, SeriesLabel};
 use crate::policy::DeferReason;
 
 /// Beijing time (Asia/Shanghai has no daylight saving), in which WeChat's daily quota resets.
@@ -74,6 +74,30 @@ struct GateState {
     reserved: u64,
 }
 
+/// What names a gate: its id (the appid, or `<appid>:miniprogram_subscribe`), which keys its
+/// shared state, and the `appid` label of its series (the id, or `_other` when folded).
+#[derive(Debug, Clone)]
+pub struct GateId {
+    pub id: String,
+    pub label: SeriesLabel,
+}
+
+impl From<&str> for GateId {
+    /// A gate with series of its own.
+    fn from(id: &str) -> GateId {
+        GateId {
+            id: id.to_string(),
+            label: SeriesLabel::own(id),
+        }
+    }
+}
+
+impl From<&String> for GateId {
+    fn from(id: &String) -> GateId {
+        GateId::from(id.as_str())
+    }
+}
+
 /// One account's limiter and gate.
 pub struct AccountGate {
     appid: String,
@@ -93,9 +117,9 @@ pub struct AccountGate {
     /// `wxdispatch_limiter_wait_seconds` of this account, observed by every send.
     wait_seconds: prometheus::Histogram,
     /// `wxdispatch_quota_paused` of this gate: the gate alone writes it.
-    paused_gauge: prometheus::IntGauge,
+    paused_gauge: AccountGauge,
     /// `wxdispatch_sent_today` of this gate: today's count against the daily quota.
-    sent_gauge: prometheus::IntGauge,
+    sent_gauge: AccountGauge,
 }
 
 impl AccountGate {
@@ -119,7 +143,7 @@ impl AccountGate {
 
     /// A gate whose rate and daily count are shared through Redis when `shared` is set.
     pub fn with_shared(
-        appid: &str,
+        id: impl Into<GateId>,
         rate_per_sec: u32,
         daily_quota: Option<u64>,
         probe_every: Duration,
@@ -127,6 +151,8 @@ impl AccountGate {
         shared: Option<Arc<RedisLink>>,
         expected_replicas: u32,
     ) -> AccountGate {
+        let GateId { id: appid, label } = id.into();
+        let appid = appid.as_str();
         let fallback_rate = (rate_per_sec / expected_replicas.max(1)).max(1);
         let shared = shared.map(|link| {
             let burst = burst_for(rate_per_sec);
@@ -155,20 +181,20 @@ impl AccountGate {
                 sent_today: 0,
                 reserved: 0,
             }),
-            wait_seconds: metrics.limiter_wait_seconds.with_label_values(&[appid]),
+            wait_seconds: metrics
+                .limiter_wait_seconds
+                .with_label_values(&[label.as_str()]),
             paused_gauge: {
-                let g = metrics.quota_paused.with_label_values(&[appid]);
+                let g = AccountGauge::new(&metrics.quota_paused, &label);
                 g.set(0);
                 g
             },
             sent_gauge: {
                 if let Some(q) = daily_quota {
-                    metrics
-                        .daily_quota
-                        .with_label_values(&[appid])
+                    AccountGauge::new(&metrics.daily_quota, &label)
                         .set(i64::try_from(q).unwrap_or(i64::MAX));
                 }
-                metrics.sent_today.with_label_values(&[appid])
+                AccountGauge::new(&metrics.sent_today, &label)
             },
             metrics,
             waiting: std::sync::atomic::AtomicU32::new(0),

@@ -6,6 +6,7 @@
 //! count, the token) goes through Redis in one module, [`redis`].
 
 mod catalogue;
+mod gate_later;
 mod grants;
 mod lease;
 mod limiter;
@@ -16,13 +17,15 @@ pub mod token;
 
 use std::sync::Arc;
 
-pub use limiter::{AccountGate, Admission, Reservation};
+pub use gate_later::GateLater;
+use gate_later::GateRecipe;
+pub use limiter::{AccountGate, Admission, GateId, Reservation};
 pub use redis::{RedisLink, SharedLimiter};
 pub use stops::AccountStops;
 
 use crate::config::{Config, ConfigError, TokenMode};
 use crate::job::{AccountId, MsgType};
-use crate::metrics::{AccountMetrics, Metrics};
+use crate::metrics::{AccountMetrics, Metrics, SeriesLabel, SeriesPlaces};
 use crate::wechat::WechatClient;
 use catalogue::CatalogueCache;
 use token::{TokenCache, TokenLimits, TokenSource};
@@ -35,7 +38,8 @@ pub struct Account {
     /// them apart from the account's other sends, so a spent mini-program quota must not hold
     /// back template messages (nor the other way round). Pacing stays with `gate`: the rate is
     /// the account's, whatever the type. Its metric label is `<appid>:miniprogram_subscribe`.
-    pub mp_gate: AccountGate,
+    /// An authorizer's is built on its first mini-program message.
+    pub mp_gate: GateLater,
     pub tokens: Arc<TokenCache>,
     /// The account's template catalogues, read by every send.
     pub catalogues: CatalogueCache,
@@ -51,7 +55,7 @@ impl Account {
     /// The gate that holds the daily count and the quota pause of message type `t`.
     pub(crate) fn quota_gate(&self, t: MsgType) -> &AccountGate {
         match t {
-            MsgType::MiniprogramSubscribe => &self.mp_gate,
+            MsgType::MiniprogramSubscribe => self.mp_gate.get(),
             MsgType::Template | MsgType::Subscribe => &self.gate,
         }
     }
@@ -76,32 +80,36 @@ struct Builder {
     platform: Option<Arc<crate::component::Component>>,
     /// The permission sets each message type needs from an authorizer.
     permissions: Arc<crate::policy::permission::PermissionSets>,
+    /// The authorizers' places among the series with an `appid` of their own.
+    places: SeriesPlaces,
 }
 
 impl Builder {
+    /// Builds an account; `built_now`: a configured one, whose mini-program gate (and its
+    /// series) exist from the start.
     fn account(
         &self,
         appid: &str,
-        rate_per_sec: u32,
-        daily_quota: Option<u64>,
+        label: SeriesLabel,
+        (rate_per_sec, daily_quota): (u32, Option<u64>),
+        built_now: bool,
     ) -> Result<Arc<Account>, ConfigError> {
         let (config, metrics) = (&self.config, &self.metrics);
-        let mp_id = format!("{appid}:{}", MsgType::MiniprogramSubscribe);
-        let gate = |id: &str| {
-            AccountGate::with_shared(
-                id,
-                rate_per_sec,
-                daily_quota,
-                config.limits.quota_probe,
-                metrics.clone(),
-                self.redis.clone(),
-                config.limits.expected_replicas,
-            )
+        let mp = MsgType::MiniprogramSubscribe.as_str();
+        let gate = |id: GateId| GateRecipe {
+            id,
+            rate_per_sec,
+            daily_quota,
+            probe_every: config.limits.quota_probe,
+            metrics: metrics.clone(),
+            shared: self.redis.clone(),
+            expected_replicas: config.limits.expected_replicas,
         };
-        let stops = Arc::new(AccountStops::new(appid, metrics));
+        let stops = Arc::new(AccountStops::labelled(&label, metrics));
         let source = token_source(config, appid, self.platform.as_ref())?;
-        let tokens = TokenCache::new(
+        let tokens = TokenCache::labelled(
             appid.to_string(),
+            label.clone(),
             source,
             self.client.clone(),
             metrics.clone(),
@@ -114,8 +122,23 @@ impl Builder {
         );
         Ok(Arc::new(Account {
             appid: appid.to_string(),
-            mp_gate: gate(&mp_id),
-            gate: gate(appid),
+            mp_gate: {
+                let recipe = gate(GateId {
+                    id: format!("{appid}:{mp}"),
+                    label: label.with_suffix(mp),
+                });
+                // A configured account's series exist from the start, as they always have.
+                if built_now {
+                    GateLater::now(recipe)
+                } else {
+                    GateLater::later(recipe)
+                }
+            },
+            gate: gate(GateId {
+                id: appid.to_string(),
+                label: label.clone(),
+            })
+            .build(),
             tokens: Arc::new(tokens),
             catalogues: CatalogueCache::default(),
             grants: self
@@ -123,7 +146,7 @@ impl Builder {
                 .as_ref()
                 .map(|p| grants::Grants::new(p.clone(), appid, self.permissions.clone())),
             stops,
-            metrics: metrics.init_account(appid),
+            metrics: metrics.init_account(&label),
         }))
     }
 }
@@ -154,11 +177,15 @@ impl Accounts {
                 .map(|url| Arc::new(RedisLink::new(url))),
             platform,
             permissions: Arc::new(config.wechat.component_permissions.clone()),
+            places: SeriesPlaces::new(config.metrics_top_accounts as usize),
         };
         let configured = config
             .accounts
             .iter()
-            .map(|a| builder.account(&a.appid, a.rate_per_sec, a.daily_quota))
+            .map(|a| {
+                let label = SeriesLabel::own(&a.appid);
+                builder.account(&a.appid, label, (a.rate_per_sec, a.daily_quota), true)
+            })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Accounts {
             configured,
@@ -179,12 +206,14 @@ impl Accounts {
             return a.clone();
         }
         let wechat = &self.builder.config.wechat;
+        let label = self.builder.places.authorizer(appid);
         let built = self
             .builder
             .account(
                 appid,
-                wechat.component_rate_per_sec,
-                wechat.component_daily_quota,
+                label,
+                (wechat.component_rate_per_sec, wechat.component_daily_quota),
+                false,
             )
             // The parser only names authorizers in component mode, where the platform is
             // built with the configured accounts; so building one more cannot fail.
@@ -222,7 +251,9 @@ impl Accounts {
     pub(crate) async fn close(&self) {
         for a in self.all() {
             a.gate.close().await;
-            a.mp_gate.close().await;
+            if let Some(g) = a.mp_gate.built() {
+                g.close().await;
+            }
         }
     }
 

@@ -9,7 +9,8 @@
 //! or a lease has stood idle for [`IDLE`]. Near a daily quota, [`super::lease::flush_due`]
 //! adds the count at once, down to every send.
 
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
@@ -47,7 +48,10 @@ pub(super) struct Shared {
     count: Mutex<Count>,
     /// One lease call at a time; the sends that wait meanwhile take from the new lease.
     refill: tokio::sync::Mutex<()>,
-    keeper: Once,
+    /// Whether a keeper task is running: it runs while the gate holds slots or uncounted
+    /// sends, and ends when there is nothing left to keep, so an account without traffic
+    /// (thousands of a platform's authorizers) costs no task and no wake-ups.
+    keeper: AtomicBool,
 }
 
 struct Book {
@@ -152,14 +156,13 @@ impl Shared {
                 last_flush: now,
             }),
             refill: tokio::sync::Mutex::new(()),
-            keeper: Once::new(),
+            keeper: AtomicBool::new(false),
         }
     }
 
     /// Waits for this send's slot of the shared schedule. `false` when Redis cannot be
     /// reached: the caller paces on the local fallback instead.
     pub(super) async fn pace(self: &Arc<Self>) -> bool {
-        self.start_keeper();
         let at = {
             let slot = {
                 let mut b = self.book.lock().expect("lease lock");
@@ -186,6 +189,8 @@ impl Shared {
                 },
             }
         };
+        // After the lease changed, so a keeper that is just ending sees it (see start_keeper).
+        self.start_keeper();
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
         }
@@ -272,13 +277,22 @@ impl Shared {
 
     /// Counts one successful send; says whether the count must be added to Redis now
     /// ([`lease::flush_due`]), given the daily `quota` and the sends in flight (`reserved`).
-    pub(super) fn count_one(&self, quota: Option<u64>, reserved: u64, local: u64) -> bool {
-        let mut c = self.count.lock().expect("count lock");
-        c.roll(beijing_today());
-        c.unflushed += 1;
-        let today = c.total().max(local);
-        let left = quota.map(|q| q.saturating_sub(today + reserved));
-        lease::flush_due(c.unflushed, left, self.replicas)
+    pub(super) fn count_one(
+        self: &Arc<Self>,
+        quota: Option<u64>,
+        reserved: u64,
+        local: u64,
+    ) -> bool {
+        let due = {
+            let mut c = self.count.lock().expect("count lock");
+            c.roll(beijing_today());
+            c.unflushed += 1;
+            let today = c.total().max(local);
+            let left = quota.map(|q| q.saturating_sub(today + reserved));
+            lease::flush_due(c.unflushed, left, self.replicas)
+        };
+        self.start_keeper();
+        due
     }
 
     /// Adds the uncounted sends to Redis now.
@@ -326,21 +340,42 @@ impl Shared {
         }
     }
 
-    /// Starts the task that flushes the count and gives back idle leases, once per gate; it
-    /// ends when the gate is dropped.
+    /// Starts the task that flushes the count and gives back idle leases, unless one runs. It
+    /// ends when the gate is dropped or has nothing left to keep. Called after each change
+    /// that gives it something to keep: a keeper that is ending clears the flag and then looks
+    /// again, so either it sees the change or the change's caller sees the flag cleared and
+    /// starts a new one.
     fn start_keeper(self: &Arc<Self>) {
-        self.keeper.call_once(|| {
-            let me: Weak<Shared> = Arc::downgrade(self);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(TICK);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let Some(me) = me.upgrade() else { break };
-                    me.keep().await;
+        if self.keeper.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me: Weak<Shared> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { break };
+                me.keep().await;
+                if me.nothing_to_keep() {
+                    me.keeper.store(false, Ordering::SeqCst);
+                    if me.nothing_to_keep() || me.keeper.swap(true, Ordering::SeqCst) {
+                        break;
+                    }
                 }
-            });
+            }
         });
+    }
+
+    /// No slot the keeper could give back, no send to count, no count being added.
+    fn nothing_to_keep(&self) -> bool {
+        let now = Instant::now();
+        let no_slots = {
+            let b = self.book.lock().expect("lease lock");
+            b.waiting == 0 && b.lease.as_ref().is_none_or(|l| l.next_slot(now).is_none())
+        };
+        let c = self.count.lock().expect("count lock");
+        no_slots && c.unflushed == 0 && c.flushing == 0
     }
 
     /// One keeper tick.

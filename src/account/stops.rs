@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::metrics::Metrics;
+use crate::metrics::{AccountGauge, Metrics, SeriesLabel};
 
 /// Whether an account is stopped by a configuration error, on either side: a send refused for
 /// the account's setup (40164 IP whitelist, 48001 API unauthorized, ...) or the token endpoint
@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 /// while either side is stopped, so a token recovery cannot clear the gauge while sends are
 /// still stopped (and the other way round).
 pub struct AccountStops {
-    gauge: prometheus::IntGauge,
+    gauge: AccountGauge,
     /// The send side: the errcode and when one probe send may go out.
     send: Mutex<Option<(i64, Instant)>>,
     /// The token side (its circuit breaker lives in the token cache).
@@ -20,8 +20,14 @@ pub struct AccountStops {
 
 impl AccountStops {
     pub fn new(appid: &str, metrics: &Metrics) -> AccountStops {
+        Self::labelled(&SeriesLabel::own(appid), metrics)
+    }
+
+    /// [`AccountStops::new`] for an account whose series carry `label`: folded, it adds to
+    /// `_other`, which so counts the folded accounts stopped.
+    pub fn labelled(label: &SeriesLabel, metrics: &Metrics) -> AccountStops {
         AccountStops {
-            gauge: metrics.account_stopped.with_label_values(&[appid]),
+            gauge: AccountGauge::new(&metrics.account_stopped, label),
             send: Mutex::new(None),
             token: std::sync::atomic::AtomicBool::new(false),
         }

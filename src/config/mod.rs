@@ -157,6 +157,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a stopping worker waits for its in-flight sends.
     pub drain_timeout: Duration,
+    /// How many authorizers (component mode) have `appid` series of their own; the series
+    /// of the others are folded into `appid="_other"`. Configured accounts always have theirs.
+    pub metrics_top_accounts: u32,
     /// Secrets, loaded apart from the settings: empty for a configuration loaded with
     /// [`Config::without_credentials`].
     pub credentials: Credentials,

@@ -321,6 +321,8 @@ pub(super) static SETTINGS: &[Setting] = &[
         field: log_format, "json or text"),
     setting!("drain_timeout_secs", Process, File, Secs<0>, Num(30),
         field: drain_timeout, "how long SIGTERM waits for in-flight sends"),
+    setting!("metrics_top_accounts", Process, File, Whole<u32, 0, ANY>, Num(50),
+        field: metrics_top_accounts, "authorizers with appid series of their own (the first seen); the others' are folded into appid=\"_other\""),
 ];
 
 /// The key named `key`.
@@ -367,6 +369,7 @@ impl Draft {
                 http_addr: String::new(),
                 log_format: LogFormat::default(),
                 drain_timeout: Duration::ZERO,
+                metrics_top_accounts: 0,
                 credentials: Credentials::default(),
             },
             single: SingleAccount::default(),

@@ -322,13 +322,13 @@ async fn publish_final(
 /// Counts a final outcome in `wxdispatch_jobs_total`. A job sent without a reason (almost
 /// every job) takes its account's resolved counter; the rest look their labels up.
 fn count_final(worker: &Worker, o: &Outcome) {
-    // Only the appids of accounts in use (configured, or authorizers with jobs) become label
-    // values: an invalid job may name anything.
+    // Only the labels of accounts in use (configured, or authorizers with jobs) become label
+    // values: an invalid job may name anything. A folded authorizer's is `_other`.
     let account = o
         .appid
         .as_deref()
-        .and_then(|a| Some((a, worker.dispatcher.account(a)?)));
-    if let (Some((_, acct)), Some(SendStatus::Sent), None, Some(t)) =
+        .and_then(|a| worker.dispatcher.account(a));
+    if let (Some(acct), Some(SendStatus::Sent), None, Some(t)) =
         (&account, o.send_status(), o.reason.as_deref(), o.msg_type)
     {
         acct.metrics.sent(t).inc();
@@ -338,7 +338,9 @@ fn count_final(worker: &Worker, o: &Outcome) {
         .metrics
         .jobs_total
         .with_label_values(&[
-            account.map_or("unknown", |(a, _)| a),
+            account
+                .as_ref()
+                .map_or("unknown", |a| a.metrics.label.as_str()),
             o.msg_type.map_or("unknown", |t| t.as_str()),
             o.status().as_str(),
             crate::metrics::reason_label(o.reason.as_deref()),

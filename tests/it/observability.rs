@@ -546,13 +546,13 @@ fn coverage_problems(
     problems
 }
 
-/// Every metric the worker registers (each `"wxdispatch_…"` name in src/metrics.rs, where all
+/// Every metric the worker registers (each `"wxdispatch_…"` name in src/metrics/mod.rs, where all
 /// of them are registered) is queried by a dashboard panel or listed with its reason in
 /// deploy/metrics-internal.txt, so a new metric cannot go unseen by on-call. The check fails
 /// when a panel's query is removed (shown on a copy of the dashboard).
 #[test]
 fn every_exported_metric_is_on_the_dashboard_or_internal() {
-    let source = repo_file("src/metrics.rs");
+    let source = repo_file("src/metrics/mod.rs");
     let registered: BTreeSet<String> = source
         .split('"')
         .skip(1)
@@ -562,7 +562,7 @@ fn every_exported_metric_is_on_the_dashboard_or_internal() {
         .collect();
     assert!(
         registered.len() >= 30 && registered.contains("wxdispatch_jobs_total"),
-        "src/metrics.rs registers its metrics by name: {registered:?}"
+        "src/metrics/mod.rs registers its metrics by name: {registered:?}"
     );
     let internal: BTreeSet<String> = repo_file("deploy/metrics-internal.txt")
         .lines()

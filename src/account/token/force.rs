@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Ask, RefreshState, TokenCache};
+use super::{Ask, RefreshState, TokenCache, own_series};
 use crate::account::redis::{ForceGrant, RedisLink};
 use crate::wechat::ApiReply;
 
@@ -115,11 +115,11 @@ impl TokenCache {
             Some(g) => g,
             None => st.forces.take(self.force.budget, now),
         };
-        if let ForceGrant::Granted(n) = grant {
+        if let (ForceGrant::Granted(n), Some(own)) = (&grant, own_series(&self.label)) {
             self.metrics
                 .token_force_budget_remaining
-                .with_label_values(&[&self.appid])
-                .set(i64::from(self.force.budget.saturating_sub(n)));
+                .with_label_values(&[own])
+                .set(i64::from(self.force.budget.saturating_sub(*n)));
         }
         grant
     }
@@ -154,10 +154,12 @@ impl TokenCache {
                 self.count("force_quota");
                 self.skipped("budget_spent");
                 st.forces.exhaust(self.force.budget);
-                self.metrics
-                    .token_force_budget_remaining
-                    .with_label_values(&[&self.appid])
-                    .set(0);
+                if let Some(own) = own_series(&self.label) {
+                    self.metrics
+                        .token_force_budget_remaining
+                        .with_label_values(&[own])
+                        .set(0);
+                }
                 return None;
             }
             Ok(r) if r.errcode == 0 && r.access_token.is_some() && r.expires_in.is_some() => {

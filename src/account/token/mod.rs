@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use crate::account::redis::RedisLink;
 use crate::config::{Secret, TokenMode};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SeriesLabel};
 use crate::policy::errcode;
 pub use crate::wechat::Ask;
 use crate::wechat::WechatClient;
@@ -132,6 +132,8 @@ pub struct TokenLimits {
 /// One account's token cache.
 pub struct TokenCache {
     appid: String,
+    /// The `appid` label of this account's series (`_other` when folded).
+    label: SeriesLabel,
     source: TokenSource,
     client: WechatClient,
     metrics: Arc<Metrics>,
@@ -149,9 +151,28 @@ pub struct TokenCache {
     ahead_next: Mutex<Option<Instant>>,
 }
 
+/// The label of an account's token-state gauges (age, expiry, forced refreshes left): only an
+/// account with series of its own has them, as their sum over folded accounts means nothing.
+fn own_series(label: &SeriesLabel) -> Option<&str> {
+    (!label.is_folded()).then(|| label.as_str())
+}
+
 impl TokenCache {
     pub fn new(
         appid: String,
+        source: TokenSource,
+        client: WechatClient,
+        metrics: Arc<Metrics>,
+        limits: TokenLimits,
+    ) -> TokenCache {
+        let label = SeriesLabel::own(&appid);
+        Self::labelled(appid, label, source, client, metrics, limits)
+    }
+
+    /// [`TokenCache::new`] for an account whose series carry `label`.
+    pub fn labelled(
+        appid: String,
+        label: SeriesLabel,
         source: TokenSource,
         client: WechatClient,
         metrics: Arc<Metrics>,
@@ -163,12 +184,15 @@ impl TokenCache {
             shared,
             stops,
         } = limits;
-        metrics
-            .token_force_budget_remaining
-            .with_label_values(&[&appid])
-            .set(i64::from(force_budget));
+        if let Some(own) = own_series(&label) {
+            metrics
+                .token_force_budget_remaining
+                .with_label_values(&[own])
+                .set(i64::from(force_budget));
+        }
         TokenCache {
             appid,
+            label,
             source,
             client,
             metrics,
@@ -274,7 +298,7 @@ impl TokenCache {
     fn skipped(&self, reason: &str) {
         self.metrics
             .token_force_skipped_total
-            .with_label_values(&[&self.appid, reason])
+            .with_label_values(&[self.label.as_str(), reason])
             .inc();
     }
 
@@ -315,8 +339,11 @@ impl TokenCache {
     /// Sets the token age and expiry gauges.
     pub fn update_gauges(&self) {
         let now = Instant::now();
+        let Some(own) = own_series(&self.label) else {
+            return;
+        };
         if let Some(t) = self.current.lock().expect("token lock").as_ref() {
-            let a = [self.appid.as_str()];
+            let a = [own];
             self.metrics
                 .token_age_seconds
                 .with_label_values(&a)

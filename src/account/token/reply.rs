@@ -115,7 +115,7 @@ impl TokenCache {
     pub(super) fn count(&self, result: &str) {
         self.metrics
             .token_refreshes_total
-            .with_label_values(&[&self.appid, result])
+            .with_label_values(&[self.label.as_str(), result])
             .inc();
     }
 }

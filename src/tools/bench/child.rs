@@ -8,6 +8,7 @@ use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 
+use super::platform::Platform;
 use super::{APPID, Args, SECRET, procfs};
 use crate::config::{Config, QueueType};
 
@@ -17,6 +18,8 @@ pub(super) fn spawn_worker(
     config: &Config,
     args: &Args,
     api_base: &str,
+    http_addr: &str,
+    platform: Option<(&Platform, &str)>,
 ) -> anyhow::Result<(tokio::process::Child, u32)> {
     let exe = std::env::current_exe().context("cannot find this executable to start a worker")?;
     let mut cmd = tokio::process::Command::new(exe);
@@ -40,12 +43,9 @@ pub(super) fn spawn_worker(
         .env("WXD_OUTCOMES_QUEUE", &config.amqp.outcomes_queue)
         .env("WXD_DEAD_QUEUE", &config.amqp.dead_queue)
         .env("WXD_API_BASE", api_base)
-        .env("WXD_APPID", APPID)
-        .env("WXD_SECRET", SECRET)
-        .env("WXD_RATE_PER_SEC", args.account_rate.to_string())
         .env("WXD_CONCURRENCY", args.concurrency.to_string())
         .env("WXD_PREFETCH", args.prefetch.to_string())
-        .env("WXD_HTTP_ADDR", "127.0.0.1:0")
+        .env("WXD_HTTP_ADDR", http_addr)
         .env("WXD_DRAIN_TIMEOUT_SECS", "10")
         .env("WXD_LOG_FORMAT", "text")
         .env("RUST_LOG", "warn")
@@ -54,8 +54,19 @@ pub(super) fn spawn_worker(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true);
-    if let Some(url) = &args.redis_url {
-        cmd.env("WXD_REDIS_URL", url);
+    match platform {
+        // The authorizers have no `[[accounts]]` entry: the platform-wide rate applies.
+        Some((platform, redis_url)) => {
+            super::platform::env(&mut cmd, platform, redis_url, args.account_rate)
+        }
+        None => {
+            cmd.env("WXD_APPID", APPID)
+                .env("WXD_SECRET", SECRET)
+                .env("WXD_RATE_PER_SEC", args.account_rate.to_string());
+            if let Some(url) = &args.redis_url {
+                cmd.env("WXD_REDIS_URL", url);
+            }
+        }
     }
     if let Some(n) = args.worker_threads {
         cmd.env("TOKIO_WORKER_THREADS", n.to_string());

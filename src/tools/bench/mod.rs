@@ -32,6 +32,7 @@ use crate::tools::mock::{Behaviour, MockConfig, MockServer};
 
 mod child;
 pub(crate) mod floor;
+mod platform;
 mod procfs;
 mod redis_stats;
 mod report;
@@ -95,6 +96,16 @@ pub struct Args {
     /// commands and CPU the run cost it.
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
+    /// Send as a third-party platform for N authorizers (component mode), the jobs spread
+    /// evenly over them: the simulator and Redis (--redis-url, default the local one) know
+    /// them before the worker starts; their tokens are fetched on first use.
+    #[arg(long, value_name = "N")]
+    pub authorizers: Option<std::num::NonZeroUsize>,
+    /// With --authorizers: store a valid access token for each in Redis beforehand, as a
+    /// platform that has been running has, so the run measures the steady state rather than
+    /// every authorizer's first token fetch.
+    #[arg(long, requires = "authorizers")]
+    pub tokens_stored: bool,
     /// Print one JSON object on stdout instead of the readable report.
     #[arg(long)]
     pub json: bool,
@@ -161,15 +172,15 @@ async fn measure(
     run: &str,
     args: &Args,
 ) -> anyhow::Result<Report> {
-    let n = args.jobs;
-    let measured_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let loadavg_before = procfs::loadavg();
     let mock = MockServer::start(
         "127.0.0.1:0",
         MockConfig {
             accounts: vec![(APPID.into(), SECRET.into())],
             behaviour: Behaviour {
                 latency_ms: args.latency_ms,
+                // Each authorizer's catalogue is fetched on its first job, as in production;
+                // one account's single fetch makes no difference, so only then.
+                private_templates: args.authorizers.map(|_| platform::catalogue()),
                 ..Behaviour::default()
             },
             push: None,
@@ -177,6 +188,49 @@ async fn measure(
     )
     .await
     .context("cannot start the simulator")?;
+    let platform_redis = args
+        .redis_url
+        .clone()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/".into());
+    let platform = match args.authorizers {
+        Some(n) => {
+            Some(platform::prepare(&mock, &platform_redis, run, n.get(), args.tokens_stored).await?)
+        }
+        None => None,
+    };
+    let result = measure_with(conn, publisher, config, run, args, &mock, platform.as_ref()).await;
+    if platform.is_some()
+        && let Err(e) = platform::cleanup(&platform_redis, run).await
+    {
+        tracing::warn!(error = %e, run, "could not delete this run's Redis keys (wxdispatch:*<run>*)");
+    }
+    mock.stop();
+    let mut report = result?;
+    if let (Some(r), Some(p)) = (report.authorizers.as_mut(), platform.as_ref()) {
+        r.authorizers = p.authorizers.len();
+    }
+    Ok(report)
+}
+
+/// The run itself, once the simulator (and the platform) are ready.
+async fn measure_with(
+    conn: &Connection,
+    publisher: &Publisher,
+    config: &Config,
+    run: &str,
+    args: &Args,
+    mock: &MockServer,
+    platform: Option<&platform::Platform>,
+) -> anyhow::Result<Report> {
+    let n = args.jobs;
+    let measured_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let loadavg_before = procfs::loadavg();
+    let http_addr = free_addr()?;
+    let redis_url = args
+        .redis_url
+        .clone()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/".into());
+    let worker_platform = platform.map(|p| (p, redis_url.as_str()));
 
     let timeout = Duration::from_secs(args.timeout_secs.unwrap_or_else(|| match args.rate {
         Some(r) => 60 + (n as u64).div_ceil(u64::from(r.get())),
@@ -210,23 +264,39 @@ async fn measure(
     let mut worker = None;
     let mut cpu_base = Duration::ZERO;
     let mut redis_before = None;
+    let mut startup_calls = None;
     if let Some(url) = &args.redis_url
         && !args.backlog
     {
         redis_before = Some(redis_stats::read(url).await?);
     }
     if !args.backlog {
-        let (child, pid) = spawn_worker(config, args, &mock.base_url())?;
+        let (child, pid) =
+            spawn_worker(config, args, &mock.base_url(), &http_addr, worker_platform)?;
         worker = Some((child, pid));
         let (child, pid) = worker.as_mut().expect("just set");
         wait_consuming(&probe, &config.amqp.jobs_queue, child).await?;
+        if platform.is_some() {
+            // Anything the start-up does per authorizer would show in the counts by now.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            startup_calls = Some(platform::token_calls(mock));
+        }
         cpu_base = proc_cpu(*pid).unwrap_or_default();
     }
 
     let mut machine_before = machine_cpu();
     let mut self_before = self_cpu();
     let publish_start = t0.elapsed();
-    let failures = publish_all(publisher, config, run, args, (&sent_at, &confirmed_at), t0).await;
+    let failures = publish_all(
+        publisher,
+        config,
+        run,
+        args,
+        (&sent_at, &confirmed_at),
+        t0,
+        platform,
+    )
+    .await;
     let publish_secs = (t0.elapsed() - publish_start).as_secs_f64();
     if !args.json {
         eprintln!("published {n} jobs in {publish_secs:.2} s (each confirmed)");
@@ -240,7 +310,8 @@ async fn measure(
             redis_before = Some(redis_stats::read(url).await?);
         }
         let start = t0.elapsed();
-        let (child, pid) = spawn_worker(config, args, &mock.base_url())?;
+        let (child, pid) =
+            spawn_worker(config, args, &mock.base_url(), &http_addr, worker_platform)?;
         worker = Some((child, pid));
         start
     } else {
@@ -253,6 +324,11 @@ async fn measure(
     let peak_rss_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
     let machine_after = machine_cpu();
     let self_after = self_cpu();
+    // After the window: the scrape's own cost is not measured. The floor worker has none.
+    let (metrics_bytes, metrics_appids) = match args.floor {
+        None => platform::scrape(&http_addr).await.unwrap_or_default(),
+        Some(_) => (0, 0),
+    };
     let lifetime_cpu = stop_worker(&mut child, pid).await;
     // After the worker stopped: what it settled with Redis on the way out counts too.
     let redis = match (&args.redis_url, redis_before) {
@@ -263,8 +339,17 @@ async fn measure(
         )),
         _ => None,
     };
-    mock.stop();
     let _ = collect_conn.close(200, "bye".into()).await;
+    let authorizers = platform.map(|_| {
+        let (component, authorizer) = startup_calls.unwrap_or_default();
+        platform::Calls {
+            authorizers: 0,
+            tokens_stored: args.tokens_stored,
+            startup_component_token_calls: component,
+            startup_authorizer_token_calls: authorizer,
+            authorizer_token_calls: platform::token_calls(mock).1,
+        }
+    });
 
     let mut latencies: Vec<u64> = collected
         .arrived_ns
@@ -339,7 +424,16 @@ async fn measure(
         measured_at,
         floor: args.floor,
         redis,
+        authorizers,
+        metrics_bytes,
+        metrics_appids,
     })
+}
+
+/// A free local address for the worker's `/metrics`, so the bench can read it.
+fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
 }
 
 #[cfg(test)]
@@ -349,7 +443,7 @@ mod tests {
     /// Job bodies are valid jobs whose id the collector can map back to the job's index.
     #[test]
     fn job_bodies_parse_and_carry_their_index() {
-        let v: serde_json::Value = serde_json::from_slice(&job_body("abc", 17)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&job_body("abc", 17, None)).unwrap();
         assert_eq!(v["id"], "abc-17");
         assert_eq!(v["data"]["User"]["color"], "#173177");
     }

@@ -68,6 +68,12 @@ pub(crate) struct Report {
     pub floor: Option<Floor>,
     /// With `--redis-url`: what the run cost the shared Redis.
     pub redis: Option<super::redis_stats::RedisCost>,
+    /// With `--authorizers`: how many, and the simulator's token calls.
+    pub authorizers: Option<super::platform::Calls>,
+    /// The worker's `/metrics` body when every outcome had arrived, in bytes (0: not read).
+    pub metrics_bytes: usize,
+    /// The distinct `appid` label values in it.
+    pub metrics_appids: usize,
 }
 
 /// The value at quantile `q` of sorted values (nearest rank), 0 when empty.
@@ -128,6 +134,24 @@ pub(super) fn print(r: &Report) {
         "  worker peak RSS            {:.1} MiB",
         r.worker_peak_rss_mib
     );
+    println!(
+        "  /metrics                   {} bytes, {} appid label values",
+        r.metrics_bytes, r.metrics_appids
+    );
+    if let Some(a) = &r.authorizers {
+        println!(
+            "  authorizers                {}{}; token calls before the first job: {} component, {} authorizer; in the run: {} authorizer",
+            a.authorizers,
+            if a.tokens_stored {
+                " (tokens stored)"
+            } else {
+                ""
+            },
+            a.startup_component_token_calls,
+            a.startup_authorizer_token_calls,
+            a.authorizer_token_calls
+        );
+    }
     println!(
         "  publish → outcome latency  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms

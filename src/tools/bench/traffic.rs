@@ -10,14 +10,19 @@ use futures_util::StreamExt;
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::Args;
+use super::platform::Platform;
 use crate::amqp::{self, Publisher};
 use crate::config::Config;
 use crate::tools::sample;
 
 /// The body of job `i`: the realistic template send the demo uses too, with an id the collector can map
-/// back to `i`.
-pub(super) fn job_body(run: &str, i: usize) -> Vec<u8> {
-    sample::job(&format!("{run}-{i}"), &format!("obench{run}x{i}"))
+/// back to `i`, and the authorizer it is for with `--authorizers`.
+pub(super) fn job_body(run: &str, i: usize, platform: Option<&Platform>) -> Vec<u8> {
+    let body = sample::job(&format!("{run}-{i}"), &format!("obench{run}x{i}"));
+    let Some(p) = platform else { return body };
+    let mut job: serde_json::Value = serde_json::from_slice(&body).expect("the sample job");
+    job["appid"] = p.appid_of(i).into();
+    serde_json::to_vec(&job).expect("JSON")
 }
 
 /// Publishes every job with confirms, `publish_window` awaiting their confirm at once, paced
@@ -30,6 +35,7 @@ pub(super) async fn publish_all(
     args: &Args,
     (sent_at, confirmed_at): (&[AtomicU64], &[AtomicU64]),
     t0: Instant,
+    platform: Option<&Platform>,
 ) -> usize {
     let props = BasicProperties::default()
         .with_content_type("application/json".into())
@@ -44,7 +50,7 @@ pub(super) async fn publish_all(
             i
         })
         .map(|i| {
-            let body = job_body(run, i);
+            let body = job_body(run, i, platform);
             let props = props.clone();
             async move {
                 sent_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -100,6 +100,38 @@ impl MockState {
         code
     }
 
+    /// Merchants that authorized the platform earlier, with `funcs`, in one step (the bench's
+    /// thousands of authorizers): returns each one's current refresh token, for the platform's
+    /// store. Their sends are accepted.
+    pub fn component_preauthorize(&self, appids: &[String], funcs: &[u32]) -> Vec<String> {
+        self.preauthorize(appids, funcs)
+    }
+
+    /// An access token for authorizer `appid`, valid `ttl_secs`, as `api_authorizer_token`
+    /// would have issued it (for a platform that has been running).
+    pub fn component_authorizer_token(&self, appid: &str, ttl_secs: u64) -> String {
+        self.issue_token(appid, ttl_secs)
+    }
+
+    fn preauthorize(&self, appids: &[String], funcs: &[u32]) -> Vec<String> {
+        {
+            let mut accounts = self.accounts.write().unwrap();
+            for a in appids {
+                accounts.insert(a.clone(), "(authorizer: no secret)".into());
+            }
+        }
+        let mut p = self.component.inner.lock().unwrap();
+        appids
+            .iter()
+            .map(|a| {
+                let refresh = p.next("REFRESH");
+                p.authorizers
+                    .insert(a.clone(), (refresh.clone(), funcs.to_vec()));
+                refresh
+            })
+            .collect()
+    }
+
     /// The merchant revokes the authorization.
     pub fn component_unauthorize(&self, appid: &str) {
         self.component

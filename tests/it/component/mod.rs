@@ -482,6 +482,7 @@ async fn timed_ticket_pushes_reach_the_route_and_a_restarted_replica_uses_them()
 }
 
 mod dynamic;
+mod metrics;
 mod outcomes;
 mod permissions;
 mod refresh;

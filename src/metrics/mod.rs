@@ -2,37 +2,20 @@
 //!
 //! Each worker owns its own [`Registry`], so several workers in one test process never mix
 //! their numbers. Labels stay bounded: `appid`, `errcode`, `status` and `reason` words, never an
-//! openid or a job id.
+//! openid or a job id; and `appid` takes at most `metrics_top_accounts` authorizers' appids
+//! besides the configured accounts', the others' series being folded into `_other` ([`fold`]).
 
-use crate::job::MsgType;
-use crate::outcome::SendStatus;
+mod account;
+pub mod fold;
+
+pub use account::AccountMetrics;
+
+pub use fold::{AccountGauge, OTHER, SeriesLabel, SeriesPlaces};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-/// One account's handles for the series every job touches, resolved once at start-up: a
-/// `with_label_values` call hashes its labels and takes the vector's lock each time, and at
-/// thousands of jobs per second that is measurable. Rarer series (retries, deferrals, errors)
-/// keep their lookups.
-#[derive(Clone)]
-pub struct AccountMetrics {
-    /// `wxdispatch_jobs_total{status="sent",reason="none"}`, one per [`MsgType`] in
-    /// `MsgType::ALL` order: the outcome of almost every job.
-    sent: [IntCounter; MsgType::ALL.len()],
-    /// `wxdispatch_send_duration_seconds`.
-    pub send_duration: Histogram,
-    /// `wxdispatch_api_requests_total{errcode="0"}`: the answer of almost every send.
-    pub api_ok: IntCounter,
-}
-
-impl AccountMetrics {
-    /// The `jobs_total` counter of a job of this type sent without a reason (`ALL` is in
-    /// declaration order).
-    pub(crate) fn sent(&self, msg_type: MsgType) -> &IntCounter {
-        &self.sent[msg_type as usize]
-    }
-}
 
 /// The `reason` label of `wxdispatch_jobs_total` for an outcome's reason. The reasons are the
 /// outcome schema's words: the errcode table's, the policy's end reasons, the parser's and the
@@ -424,40 +407,6 @@ impl Metrics {
             m.copies_waiting.with_label_values(&[target]);
         }
         m
-    }
-
-    /// Creates the per-account series at zero so that dashboards and alerts see them from the
-    /// start, not only after the first event.
-    /// Creates an account's series (so dashboards and alerts see zeros, not nothing) and
-    /// returns its hot-path handles.
-    pub(crate) fn init_account(&self, appid: &str) -> AccountMetrics {
-        self.token_refreshes_total.with_label_values(&[appid, "ok"]);
-        self.retries_total.with_label_values(&[appid, "busy"]);
-        self.token_force_skipped_total
-            .with_label_values(&[appid, "budget_spent"]);
-        self.deferred_total.with_label_values(&[appid, "quota"]);
-        self.send_duration_seconds.with_label_values(&[appid]);
-        self.limiter_wait_seconds.with_label_values(&[appid]);
-        self.api_requests_total.with_label_values(&[appid, "0"]);
-        self.token_expires_in_seconds.with_label_values(&[appid]);
-        self.token_age_seconds.with_label_values(&[appid]);
-        for s in ["delivered", "blocked", "undelivered"] {
-            self.receipts_total.with_label_values(&[s]);
-        }
-        self.dead_letters_total.with_label_values(&["invalid"]);
-        self.catalogue_unchecked_total.with_label_values(&[appid]);
-        AccountMetrics {
-            sent: MsgType::ALL.map(|t| {
-                self.jobs_total.with_label_values(&[
-                    appid,
-                    t.as_str(),
-                    SendStatus::Sent.as_str(),
-                    "none",
-                ])
-            }),
-            send_duration: self.send_duration_seconds.with_label_values(&[appid]),
-            api_ok: self.api_requests_total.with_label_values(&[appid, "0"]),
-        }
     }
 
     /// The Prometheus text exposition of every metric.

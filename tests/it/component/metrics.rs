@@ -1,0 +1,139 @@
+//! Metrics at a platform's scale: the configured accounts and at most
+//! `metrics_top_accounts` authorizers have `appid` series of their own; the others are
+//! counted together in `appid="_other"`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::outcomes::{platform_config, post};
+use super::*;
+
+/// The sum of the samples of `metric` whose labels include every one of `labels`.
+fn sum(body: &str, metric: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every `appid` label value in the exposition.
+fn appids(body: &str) -> BTreeSet<String> {
+    body.lines()
+        .filter(|l| l.starts_with("wxdispatch_"))
+        .filter_map(|l| {
+            let at = l.find("appid=\"")? + 7;
+            let end = l[at..].find('"')?;
+            Some(l[at..at + end].to_string())
+        })
+        .collect()
+}
+
+/// With `metrics_top_accounts = 2` and five authorizers sending 1 to 5 jobs, `/metrics`
+/// names two of them (the first seen) and folds the other three into `_other`, whose counts
+/// are the sum of theirs: sent jobs, send requests, and the send-duration observations; no
+/// series of any kind names a folded appid. The configured account keeps its own series.
+///
+/// Fails on the code before the fold: all five appids had series of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_top_authorizers_have_their_own_series_and_the_rest_add_up_in_other() {
+    let mut h = Harness::start(Opts {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let platform = unique("wxcomp").replace('.', "");
+    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    let exchange = h.config.amqp.outcomes_exchange.clone();
+    h.config = platform_config(&h, &platform, &exchange);
+    h.config.metrics_top_accounts = 2;
+    h.start_worker().await;
+    let url = format!(
+        "http://{}/wechat/component",
+        h.worker.as_ref().unwrap().http_addr
+    );
+    let ticket = push(
+        &platform,
+        &ticket_xml(&platform, &h.mock.state.component_ticket()),
+    );
+    assert_eq!(post(&url, &ticket).await, (200, "success".into()));
+    let merchants: Vec<String> = (0..5)
+        .map(|i| unique(&format!("wxtop{i}")).replace('.', ""))
+        .collect();
+    let mut all = Vec::new();
+    for (i, m) in merchants.iter().enumerate() {
+        let code = h.mock.state.component_authorize(m, &[1]);
+        let authorized = push(&platform, &auth_xml(&platform, "authorized", m, &code));
+        assert_eq!(post(&url, &authorized).await, (200, "success".into()));
+        all.extend(jobs_for(&format!("top{i}"), m, i + 1));
+    }
+    h.publish_many(&all).await;
+    // 15 sends, and the authorization outcomes (which the harness tells apart by kind, user
+    // and status only, so the five count as one).
+    let out = h.outcomes(16, Duration::from_secs(30)).await;
+    let sends: Vec<_> = out.iter().filter(|o| o["kind"] == "send").collect();
+    assert_eq!(sends.len(), 15, "{:?}", by_status(&out));
+    assert!(
+        sends.iter().all(|o| o["status"] == "sent"),
+        "{:?}",
+        by_status(&out)
+    );
+
+    let body = h.metrics().await;
+    let named = appids(&body);
+    let own: Vec<&String> = merchants.iter().filter(|m| named.contains(*m)).collect();
+    assert_eq!(
+        own.len(),
+        2,
+        "two authorizers have their own series: {named:?}"
+    );
+    assert!(named.contains(OTHER_LABEL), "{named:?}");
+    assert!(
+        named.contains(APPID),
+        "the configured account keeps its series"
+    );
+    for m in merchants.iter().filter(|m| !own.contains(m)) {
+        assert!(
+            !body.contains(m.as_str()),
+            "{m} is folded, yet named in /metrics"
+        );
+    }
+    let jobs_of = |m: &String| (merchants.iter().position(|x| x == m).unwrap() + 1) as f64;
+    let folded = 15.0 - own.iter().map(|m| jobs_of(m)).sum::<f64>();
+    let other = format!("appid=\"{OTHER_LABEL}\"");
+    assert_eq!(
+        sum(&body, "wxdispatch_jobs_total", &[&other, "status=\"sent\""]),
+        folded
+    );
+    assert_eq!(
+        sum(
+            &body,
+            "wxdispatch_api_requests_total",
+            &[&other, "errcode=\"0\""]
+        ),
+        folded
+    );
+    assert_eq!(
+        sum(&body, "wxdispatch_send_duration_seconds_count", &[&other]),
+        folded
+    );
+    for gauge in [
+        "wxdispatch_token_age_seconds",
+        "wxdispatch_token_expires_in_seconds",
+    ] {
+        assert!(
+            !body.contains(&format!("{gauge}{{{other}}}")),
+            "a token's gauge has no _other series"
+        );
+    }
+    for m in own {
+        let label = format!("appid=\"{m}\"");
+        assert_eq!(
+            sum(&body, "wxdispatch_jobs_total", &[&label, "status=\"sent\""]),
+            jobs_of(m)
+        );
+    }
+    h.cleanup().await;
+}
+
+const OTHER_LABEL: &str = wxdispatch::metrics::OTHER;
