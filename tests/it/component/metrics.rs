@@ -62,7 +62,7 @@ async fn only_the_top_authorizers_have_their_own_series_and_the_rest_add_up_in_o
         .collect();
     let mut all = Vec::new();
     for (i, m) in merchants.iter().enumerate() {
-        let code = h.mock.state.component_authorize(m, &[1]);
+        let code = h.mock.state.component_authorize(m, &[1, 7]);
         let authorized = push(&platform, &auth_xml(&platform, "authorized", m, &code));
         assert_eq!(post(&url, &authorized).await, (200, "success".into()));
         all.extend(jobs_for(&format!("top{i}"), m, i + 1));
