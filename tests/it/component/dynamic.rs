@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::outcomes::{platform_config, post};
+use super::outcomes::{platform_harness, post, push_ticket, route_url};
 use super::*;
 
 /// A worker in component mode, one account configured: a merchant that authorizes the
@@ -16,26 +16,10 @@ use super::*;
 /// `unknown_account`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_authorizing_while_the_worker_runs_is_sent_for_without_a_restart() {
-    let mut h = Harness::start(Opts {
-        no_worker: true,
-        ..Default::default()
-    })
-    .await;
-    let platform = unique("wxcomp").replace('.', "");
-    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
-    let exchange = h.config.amqp.outcomes_exchange.clone();
-    h.config = platform_config(&h, &platform, &exchange);
-    h.start_worker().await;
-    let url = format!(
-        "http://{}/wechat/component",
-        h.worker.as_ref().unwrap().http_addr
-    );
+    let (h, platform) = platform_harness(|_| {}).await;
+    let url = route_url(&h);
 
-    let ticket = push(
-        &platform,
-        &ticket_xml(&platform, &h.mock.state.component_ticket()),
-    );
-    assert_eq!(post(&url, &ticket).await, (200, "success".into()));
+    push_ticket(&h, &platform, &url).await;
     let merchant = unique("wxnew").replace('.', "");
     // 7 (群发与通知) is the set template messages need.
     let code = h.mock.state.component_authorize(&merchant, &[1, 7]);

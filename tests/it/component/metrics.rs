@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::outcomes::{platform_config, post};
+use super::outcomes::{platform_harness, post, push_ticket, route_url};
 use super::*;
 
 /// The sum of the samples of `metric` whose labels include every one of `labels`.
@@ -37,26 +37,9 @@ fn appids(body: &str) -> BTreeSet<String> {
 /// Fails on the code before the fold: all five appids had series of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_top_authorizers_have_their_own_series_and_the_rest_add_up_in_other() {
-    let mut h = Harness::start(Opts {
-        no_worker: true,
-        ..Default::default()
-    })
-    .await;
-    let platform = unique("wxcomp").replace('.', "");
-    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
-    let exchange = h.config.amqp.outcomes_exchange.clone();
-    h.config = platform_config(&h, &platform, &exchange);
-    h.config.metrics_top_accounts = 2;
-    h.start_worker().await;
-    let url = format!(
-        "http://{}/wechat/component",
-        h.worker.as_ref().unwrap().http_addr
-    );
-    let ticket = push(
-        &platform,
-        &ticket_xml(&platform, &h.mock.state.component_ticket()),
-    );
-    assert_eq!(post(&url, &ticket).await, (200, "success".into()));
+    let (h, platform) = platform_harness(|c| c.metrics_top_accounts = 2).await;
+    let url = route_url(&h);
+    push_ticket(&h, &platform, &url).await;
     let merchants: Vec<String> = (0..5)
         .map(|i| unique(&format!("wxtop{i}")).replace('.', ""))
         .collect();

@@ -29,6 +29,43 @@ pub(super) fn platform_config(
     config
 }
 
+/// A harness whose worker is a platform's, with its own component appid (so tests share no
+/// Redis keys): the simulator set up as that platform, `tune` applied to the configuration
+/// before the worker starts. Returns the harness and the platform's appid.
+pub(super) async fn platform_harness(
+    tune: impl FnOnce(&mut wxdispatch::config::Config),
+) -> (Harness, String) {
+    let mut h = Harness::start(Opts {
+        no_worker: true,
+        ..Default::default()
+    })
+    .await;
+    let platform = unique("wxcomp").replace('.', "");
+    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    let exchange = h.config.amqp.outcomes_exchange.clone();
+    h.config = platform_config(&h, &platform, &exchange);
+    tune(&mut h.config);
+    h.start_worker().await;
+    (h, platform)
+}
+
+/// The running worker's `/wechat/component` route.
+pub(super) fn route_url(h: &Harness) -> String {
+    format!(
+        "http://{}/wechat/component",
+        h.worker.as_ref().unwrap().http_addr
+    )
+}
+
+/// Pushes the simulator's current verify ticket to `url`, which answers `success`.
+pub(super) async fn push_ticket(h: &Harness, platform: &str, url: &str) {
+    let ticket = push(
+        platform,
+        &ticket_xml(platform, &h.mock.state.component_ticket()),
+    );
+    assert_eq!(post(url, &ticket).await, (200, "success".into()));
+}
+
 /// Posts a push to the route: its status and body.
 pub(super) async fn post(url: &str, (q, body): &(PushQuery, String)) -> (u16, String) {
     let answer = reqwest::Client::new()
@@ -77,11 +114,7 @@ async fn each_authorization_push_is_one_outcome_confirmed_before_success() {
     let config = platform_config(&h, &platform, &exchange);
     let (url, stop) = serve_route(&config).await;
 
-    let ticket = push(
-        &platform,
-        &ticket_xml(&platform, &h.mock.state.component_ticket()),
-    );
-    assert_eq!(post(&url, &ticket).await, (200, "success".into()));
+    push_ticket(&h, &platform, &url).await;
     let authorizer = unique("wxauth").replace('.', "");
     let code = h.mock.state.component_authorize(&authorizer, &[1, 7]);
     let authorized = push(

@@ -8,7 +8,7 @@ use serde_json::json;
 use wxdispatch::job::MsgType;
 use wxdispatch::tools::mock::Behaviour;
 
-use super::outcomes::{platform_config, post};
+use super::outcomes::{platform_config, platform_harness, post, push_ticket, route_url};
 use super::*;
 
 /// An OA subscription notification (`bizsend`) for `touser`.
@@ -29,25 +29,9 @@ fn subscribe_job(id: &str, appid: &str, touser: &str) -> serde_json::Value {
 /// Fails on the code before the permission check: the subscription jobs were sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_type_whose_permission_set_was_not_granted_is_rejected_until_it_is() {
-    let mut h = Harness::start(Opts {
-        no_worker: true,
-        ..Default::default()
-    })
-    .await;
-    let platform = unique("wxcomp").replace('.', "");
-    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
-    let exchange = h.config.amqp.outcomes_exchange.clone();
-    h.config = platform_config(&h, &platform, &exchange);
-    h.start_worker().await;
-    let url = format!(
-        "http://{}/wechat/component",
-        h.worker.as_ref().unwrap().http_addr
-    );
-    let ticket = push(
-        &platform,
-        &ticket_xml(&platform, &h.mock.state.component_ticket()),
-    );
-    assert_eq!(post(&url, &ticket).await, (200, "success".into()));
+    let (h, platform) = platform_harness(|_| {}).await;
+    let url = route_url(&h);
+    push_ticket(&h, &platform, &url).await;
     let merchant = unique("wxperm").replace('.', "");
     let code = h.mock.state.component_authorize(&merchant, &[7]);
     let authorized = push(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::outcomes::{platform_config, post};
+use super::outcomes::{platform_config, push_ticket, route_url};
 use super::*;
 
 /// Deletes platform `platform`'s keys `rest` (`token`, `ticket`, ...), as their expiry would.
@@ -97,15 +97,8 @@ async fn jobs_wait_for_a_ticket_pushed_after_the_worker_started() {
     );
     assert_eq!(h.mock.state.component_stats().component_token_calls, 1);
 
-    let url = format!(
-        "http://{}/wechat/component",
-        h.worker.as_ref().unwrap().http_addr
-    );
-    let ticket = push(
-        &platform,
-        &ticket_xml(&platform, &h.mock.state.component_ticket()),
-    );
-    assert_eq!(post(&url, &ticket).await, (200, "success".into()));
+    let url = route_url(&h);
+    push_ticket(&h, &platform, &url).await;
     let out = h.outcomes(3, Duration::from_secs(30)).await;
     assert_eq!(out.len(), 3, "{:?}", by_status(&out));
     assert!(out.iter().all(|o| o["status"] == "sent"), "{out:?}");
