@@ -20,6 +20,12 @@ pub use publisher::{PublishError, Publisher};
 /// node that is down refuses at once, but one cut off by the network would hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The largest frame the worker offers the broker, unless the URL sets `frame_max`. lapin keeps
+/// 32 frames of read and of write buffer per connection, so the broker's own maximum (128 KiB
+/// and up) would cost 8 MiB or more per connection for messages of a few KiB; a larger body
+/// still goes, in several frames.
+const FRAME_MAX: u32 = 32 * 1024;
+
 /// The user the worker connects as (the first broker URL's; a cluster's nodes share their
 /// users): the `user_id` the broker lets it stamp on what it publishes.
 pub(crate) fn connection_user(urls: &str) -> String {
@@ -48,7 +54,16 @@ async fn connect_first(urls: &[&str], name: &str) -> lapin::Result<Connection> {
     let mut last = None;
     for &url in urls {
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
+        let mut uri: lapin::uri::AMQPUri = match url.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                tracing::warn!(broker = %crate::config::redact_url(url), error = %e, "broker URL does not parse; trying the next");
+                last = Some(std::io::Error::new(std::io::ErrorKind::InvalidInput, e).into());
+                continue;
+            }
+        };
+        uri.query.frame_max.get_or_insert(FRAME_MAX);
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await {
             Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) => {
                 tracing::warn!(broker = %crate::config::redact_url(url), error = %e, "broker node unreachable; trying the next");
@@ -100,6 +115,23 @@ mod tests {
         let err = connect(&format!("{DEAD},{DEAD}"), "wxdispatch-test-dead").await;
         assert!(err.is_err());
         assert!(connect("", "wxdispatch-test-none").await.is_err());
+    }
+
+    /// The worker offers the broker frames of at most [`FRAME_MAX`] (lapin's buffers are 32
+    /// frames), unless the URL says otherwise; a URL that does not parse is skipped like a dead
+    /// node.
+    #[tokio::test]
+    async fn frames_are_small_unless_the_url_says_otherwise() {
+        let conn = connect_first(&["not a url", LIVE], "wxdispatch-test-frames")
+            .await
+            .unwrap();
+        assert_eq!(conn.configuration().frame_max(), FRAME_MAX);
+        let _ = conn.close(200, "done".into()).await;
+        let conn = connect(&format!("{LIVE}?frame_max=65536"), "wxdispatch-test-frames")
+            .await
+            .unwrap();
+        assert_eq!(conn.configuration().frame_max(), 65536);
+        let _ = conn.close(200, "done".into()).await;
     }
 
     /// Failover over `dead,dead,live` reaches the live node every time: in that fixed order
