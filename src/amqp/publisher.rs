@@ -27,6 +27,10 @@ pub enum PublishError {
     /// confirm itself; this covers one that does not).
     #[error("no confirm after {0:?}, and the channel is closed")]
     Timeout(Duration),
+    /// The answer says the channel is not in confirm mode: the broker closed it while the
+    /// publish was under way, and nothing says the message was stored.
+    #[error("the publish was not confirmed (the channel lost confirm mode)")]
+    NotConfirmed,
 }
 
 /// Publishes outcomes, dead letters, deferred and expanded jobs with confirms.
@@ -144,7 +148,8 @@ impl Publisher {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::Returned),
             Confirmation::Nack(_) => Err(PublishError::Nacked),
-            Confirmation::NotRequested => Ok(()),
+            // Every channel here is in confirm mode; an unconfirmed publish is not a stored one.
+            Confirmation::NotRequested => Err(PublishError::NotConfirmed),
         }
     }
 
