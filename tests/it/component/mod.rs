@@ -338,13 +338,7 @@ async fn an_unauthorized_push_forgets_the_authorizer() {
 /// authorization); the push itself is one `kind: authorization` outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_sends_for_authorizers_and_rejects_the_others_as_not_authorized() {
-    let mut h = Harness::start(Opts {
-        no_worker: true,
-        ..Default::default()
-    })
-    .await;
-    let platform = unique("wxcomp").replace('.', "");
-    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    let (mut h, platform) = outcomes::platform_without_worker(Opts::default()).await;
     let c = replica(&h.mock, &platform).await;
     // 7 (群发与通知) is the set template messages need.
     authorized(&h.mock, &c, &platform, APPID, &[1, 7]).await;

@@ -29,19 +29,26 @@ pub(super) fn platform_config(
     config
 }
 
+/// A harness with no worker yet (`opts` otherwise) and the simulator set up as a platform with
+/// its own component appid (so tests share no Redis keys): the harness and that appid.
+pub(super) async fn platform_without_worker(opts: Opts<'_>) -> (Harness, String) {
+    let h = Harness::start(Opts {
+        no_worker: true,
+        ..opts
+    })
+    .await;
+    let platform = unique("wxcomp").replace('.', "");
+    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    (h, platform)
+}
+
 /// A harness whose worker is a platform's, with its own component appid (so tests share no
 /// Redis keys): the simulator set up as that platform, `tune` applied to the configuration
 /// before the worker starts. Returns the harness and the platform's appid.
 pub(super) async fn platform_harness(
     tune: impl FnOnce(&mut wxdispatch::config::Config),
 ) -> (Harness, String) {
-    let mut h = Harness::start(Opts {
-        no_worker: true,
-        ..Default::default()
-    })
-    .await;
-    let platform = unique("wxcomp").replace('.', "");
-    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    let (mut h, platform) = platform_without_worker(Opts::default()).await;
     let exchange = h.config.amqp.outcomes_exchange.clone();
     h.config = platform_config(&h, &platform, &exchange);
     tune(&mut h.config);
@@ -90,13 +97,7 @@ pub(super) async fn post(url: &str, (q, body): &(PushQuery, String)) -> (u16, St
 /// at once and no outcome was published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_authorization_push_is_one_outcome_confirmed_before_success() {
-    let h = Harness::start(Opts {
-        no_worker: true,
-        ..Default::default()
-    })
-    .await;
-    let platform = unique("wxcomp").replace('.', "");
-    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    let (h, platform) = platform_without_worker(Opts::default()).await;
     let exchange = unique("wxd.test.authorizations");
     let ch = h.conn.create_channel().await.unwrap();
     // Auto-deleted with the test queue's binding.

@@ -8,7 +8,9 @@ use serde_json::json;
 use wxdispatch::job::MsgType;
 use wxdispatch::tools::mock::Behaviour;
 
-use super::outcomes::{platform_config, platform_harness, post, push_ticket, route_url};
+use super::outcomes::{
+    platform_config, platform_harness, platform_without_worker, post, push_ticket, route_url,
+};
 use super::*;
 
 /// An OA subscription notification (`bizsend`) for `touser`.
@@ -122,14 +124,11 @@ fn with_catalogue() -> Behaviour {
 /// never sent, a matching job is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorizers_templates_are_listed_and_checked_like_a_configured_accounts() {
-    let mut h = Harness::start(Opts {
+    let (mut h, platform) = platform_without_worker(Opts {
         behaviour: with_catalogue(),
-        no_worker: true,
         ..Default::default()
     })
     .await;
-    let platform = unique("wxcomp").replace('.', "");
-    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
     let c = replica(&h.mock, &platform).await;
     let merchant = unique("wxcat").replace('.', "");
     authorized(&h.mock, &c, &platform, &merchant, &[7, 89]).await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::outcomes::{platform_config, push_ticket, route_url};
+use super::outcomes::{platform_config, platform_without_worker, push_ticket, route_url};
 use super::*;
 
 /// Deletes platform `platform`'s keys `rest` (`token`, `ticket`, ...), as their expiry would.
@@ -19,13 +19,7 @@ async fn forget(platform: &str, rest: &[&str]) {
 /// token with the stored refresh token, and is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_stored_before_the_worker_starts_gets_its_first_job_a_component_token() {
-    let mut h = Harness::start(Opts {
-        no_worker: true,
-        ..Default::default()
-    })
-    .await;
-    let platform = unique("wxcomp").replace('.', "");
-    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    let (mut h, platform) = platform_without_worker(Opts::default()).await;
     let other_replica = replica(&h.mock, &platform).await;
     let merchant = unique("wxauth").replace('.', "");
     authorized(&h.mock, &other_replica, &platform, &merchant, &[1, 7]).await;
@@ -58,13 +52,7 @@ async fn a_ticket_stored_before_the_worker_starts_gets_its_first_job_a_component
 /// ticket pushed to the worker's own `/wechat/component` then lets them all be sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_wait_for_a_ticket_pushed_after_the_worker_started() {
-    let mut h = Harness::start(Opts {
-        no_worker: true,
-        ..Default::default()
-    })
-    .await;
-    let platform = unique("wxcomp").replace('.', "");
-    h.mock.state.component_setup(&platform, PLATFORM_SECRET);
+    let (mut h, platform) = platform_without_worker(Opts::default()).await;
     let c = replica(&h.mock, &platform).await;
     let merchant = unique("wxauth").replace('.', "");
     authorized(&h.mock, &c, &platform, &merchant, &[1, 7]).await;
