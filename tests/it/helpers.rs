@@ -321,6 +321,36 @@ impl Harness {
         q
     }
 
+    /// Waits until the worker consumes the jobs queue, so its start-up (which declares the
+    /// topology) is over: a test that then changes the topology is not undone by it.
+    pub async fn until_consuming(&self) {
+        let ch = self.conn.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let q = ch
+                .queue_declare(
+                    self.config.amqp.jobs_queue.as_str().into(),
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+                .expect("the jobs queue");
+            if q.consumer_count() > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker consumes within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = ch.close(200, "done".into()).await;
+    }
+
     /// An exclusive queue (deleted with the harness's connection) bound to the outcome
     /// exchange with `key`, to see what a routing key reaches.
     pub async fn bind_outcomes(&self, key: &str) -> String {

@@ -550,6 +550,9 @@ async fn a_channel_the_broker_closed_is_reopened_for_the_next_receipt() {
     // The callback's connection opens on first use: store one receipt first.
     let (code, text) = post_plain(&h, &receipt(4041, "o-before", "success")).await;
     assert_eq!((code, text.as_str()), (StatusCode::OK, "success"));
+    // The worker declares the topology as it starts: deleted before that, the exchange would
+    // be back before the next receipt.
+    h.until_consuming().await;
     let ch = h.publisher.channel();
     ch.exchange_delete(
         h.config.amqp.outcomes_exchange.as_str().into(),
