@@ -79,7 +79,14 @@ pub struct ComponentStore {
     /// Connected on first use, so the worker's accounts can be built without waiting on Redis.
     conn: std::sync::Arc<tokio::sync::OnceCell<ConnectionManager>>,
     prefix: String,
+    /// What this store's locks hold: a lock is released only by the store that took it, so a
+    /// holder that ran past the lock's expiry cannot release another replica's lock.
+    owner: String,
 }
+
+/// Deletes KEYS[1] if it holds ARGV[1] (the lock's owner).
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -92,6 +99,7 @@ impl ComponentStore {
             client: redis::Client::open(url)?,
             conn: Default::default(),
             prefix: format!("wxdispatch:component:{component_appid}"),
+            owner: format!("{:016x}", rand::random::<u64>()),
         })
     }
 
@@ -182,18 +190,16 @@ impl ComponentStore {
             .arg(ticket)
             .arg("EX")
             .arg(12 * 3600)
-            .ignore()
-            .del(self.key("token:lock"))
-            .ignore()
-            .query_async(&mut self.conn().await?)
-            .await
+            .ignore();
+        self.release_into(&mut pipe, "token");
+        pipe.query_async(&mut self.conn().await?).await
     }
 
     /// A fetch lock that expires by itself after `hold`, should its holder die.
     pub async fn lock(&self, what: &str, hold: Duration) -> redis::RedisResult<bool> {
         let got: Option<String> = redis::cmd("SET")
             .arg(self.key(&format!("{what}:lock")))
-            .arg("1")
+            .arg(&self.owner)
             .arg("NX")
             .arg("PX")
             .arg(hold.as_millis() as u64)
@@ -202,11 +208,22 @@ impl ComponentStore {
         Ok(got.is_some())
     }
 
+    /// Releases a lock this store holds; one it no longer holds (expired, maybe taken by
+    /// another replica since) is left alone.
     pub async fn unlock(&self, what: &str) -> redis::RedisResult<()> {
-        redis::cmd("DEL")
+        let mut pipe = redis::pipe();
+        self.release_into(&mut pipe, what);
+        pipe.query_async(&mut self.conn().await?).await
+    }
+
+    /// Adds the release of lock `what` to a transaction.
+    fn release_into(&self, pipe: &mut redis::Pipeline, what: &str) {
+        pipe.cmd("EVAL")
+            .arg(RELEASE)
+            .arg(1)
             .arg(self.key(&format!("{what}:lock")))
-            .query_async(&mut self.conn().await?)
-            .await
+            .arg(&self.owner)
+            .ignore();
     }
 
     /// The lock name of authorizer `appid`'s refresh.
@@ -303,8 +320,7 @@ impl ComponentStore {
             self.key(&format!("authorizer:{appid}:token")),
             access_token,
         );
-        pipe.del(self.key(&format!("{}:lock", Self::authorizer_lock(appid))))
-            .ignore();
+        self.release_into(&mut pipe, &Self::authorizer_lock(appid));
         pipe.query_async(&mut self.conn().await?).await
     }
 

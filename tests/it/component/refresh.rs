@@ -139,3 +139,44 @@ async fn three_replicas_sharing_redis_refresh_each_authorizer_once_per_token_lif
     );
     h.cleanup().await;
 }
+
+/// A refresh lock is released only by the replica holding it: one whose refresh ran past the
+/// lock's expiry, while another replica took the lock, neither releases it by itself nor by
+/// storing its rotation. (Before, the lock held `1` and either deleted it: the third replica
+/// below then took the lock while the second still refreshed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_past_its_lock_expiry_leaves_the_next_holders_lock_alone() {
+    use wxdispatch::component::store::StoredToken;
+    let platform = unique("wxcomp").replace('.', "");
+    let store = || async {
+        ComponentStore::connect(REDIS_URL, &platform)
+            .await
+            .expect("Redis on 127.0.0.1:6379")
+    };
+    let (late, next, third) = (store().await, store().await, store().await);
+    let appid = unique("wxauth").replace('.', "");
+    let lock = ComponentStore::authorizer_lock(&appid);
+    let hold = Duration::from_secs(30);
+    assert!(late.lock(&lock, Duration::from_millis(100)).await.unwrap());
+    assert!(!next.lock(&lock, hold).await.unwrap(), "held");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(next.lock(&lock, hold).await.unwrap(), "expired, so taken");
+    // The late holder finishes: it stores what it got and releases, in one transaction.
+    let token = StoredToken::issued_now("late-token".into(), 7200);
+    late.store_rotation(&appid, "late-refresh", &token)
+        .await
+        .unwrap();
+    late.unlock(&lock).await.unwrap();
+    let third_took = third.lock(&lock, hold).await.unwrap();
+    next.unlock(&lock).await.unwrap();
+    let free_after = third.lock(&lock, hold).await.unwrap();
+    third.unlock(&lock).await.unwrap();
+    redis_cmd(&[
+        "DEL",
+        &format!("wxdispatch:component:{platform}:authorizer:{appid}"),
+        &format!("wxdispatch:component:{platform}:authorizer:{appid}:token"),
+    ])
+    .await;
+    assert!(!third_took, "the late holder released the next one's lock");
+    assert!(free_after, "the holder's own release frees it");
+}
