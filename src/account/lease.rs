@@ -22,6 +22,9 @@
 //! sends, the bound of one call per send (whose sends also go a reply's trip after their
 //! slot).
 //!
+//! A quiet account takes no lease at all ([`Quiet`]): its sends go at once, up to the
+//! account's rate divided by the bound on replicas, and are added to the schedule later.
+//!
 //! The day's count is kept locally and added to Redis in one `INCRBY` now and then. What has
 //! not been added yet is bounded by [`flush_due`]: far from the quota, one addition per
 //! interval; near it, the count still left before the quota split among a bound on the
@@ -200,6 +203,41 @@ impl Sizer {
             recent as u32
         };
         recent.max(waiting).clamp(1, burst.max(1))
+    }
+}
+
+/// Sends a replica makes for a quiet account without leasing a slot: at most one per
+/// `every` (the account's interval times the bound on replicas, so that all replicas together
+/// stay within the account's rate), and only while this replica's recent rate for the account
+/// is no higher than that. A platform's authorizer that gets a job every few seconds would
+/// otherwise make one Redis call per send. Such sends still use slots of the schedule: they
+/// are added to it after the fact, with the count ([`super::shared`]).
+#[derive(Debug, Clone)]
+pub(super) struct Quiet {
+    every: Duration,
+    /// Sends per second this lane allows (`1 / every`).
+    allowance: f64,
+    next: Option<Instant>,
+}
+
+impl Quiet {
+    pub(super) fn new(interval_us: u64, replicas: u64) -> Quiet {
+        let every = Duration::from_micros(interval_us.max(1).saturating_mul(replicas.max(1)));
+        Quiet {
+            every,
+            allowance: 1.0 / every.as_secs_f64(),
+            next: None,
+        }
+    }
+
+    /// Whether one send may go at `now` without a lease, given this replica's `recent_rate`
+    /// for the account (sends per second); takes the lane's turn if so.
+    pub(super) fn take(&mut self, now: Instant, recent_rate: f64) -> bool {
+        if recent_rate > self.allowance || self.next.is_some_and(|at| now < at) {
+            return false;
+        }
+        self.next = Some(now + self.every);
+        true
     }
 }
 

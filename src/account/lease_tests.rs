@@ -151,3 +151,19 @@ fn the_count_is_flushed_before_the_replicas_together_could_pass_the_quota() {
     let share = (1..).find(|u| flush_due(*u, Some(left), 32)).unwrap() - 1;
     assert!(32 * share <= left, "{share}");
 }
+
+#[test]
+fn a_quiet_account_sends_without_a_lease_up_to_its_share_of_the_rate() {
+    let t0 = Instant::now();
+    // 50/s (20 ms between slots) and up to 32 replicas: one unleased send per 640 ms each.
+    let mut q = Quiet::new(20 * MS, 32);
+    assert!(q.take(t0, 0.0), "the first send goes at once");
+    assert!(!q.take(t0 + Duration::from_millis(639), 0.0), "too soon");
+    assert!(q.take(t0 + Duration::from_millis(640), 0.0));
+    // 32 replicas, each at its most, send 32 per 640 ms: the account's 50/s.
+    let allowance = 1.0 / 0.640;
+    assert!((32.0f64 * allowance - 50.0).abs() < 1e-9);
+    // A replica that sends faster than its share leases instead, whatever the lane's turn.
+    assert!(!q.take(t0 + Duration::from_secs(10), 2.0));
+    assert!(q.take(t0 + Duration::from_secs(10), 1.5));
+}

@@ -23,7 +23,7 @@ use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::redis::RedisLink;
-use super::shared::Shared;
+use super::shared::{Paced, Shared};
 use crate::metrics::{AccountGauge, Metrics, SeriesLabel};
 use crate::policy::DeferReason;
 
@@ -291,14 +291,15 @@ impl AccountGate {
         let start = Instant::now();
         match &self.shared {
             None => self.limiter.until_ready().await,
-            Some(shared) => {
-                if shared.pace().await {
-                    self.metrics.redis_fallback.set(0);
-                } else {
+            Some(shared) => match shared.pace().await {
+                Paced::Leased => self.metrics.redis_fallback.set(0),
+                // Said nothing of Redis: leave the gauge as the last call found it.
+                Paced::Unleased => {}
+                Paced::Unreachable => {
                     self.metrics.redis_fallback.set(1);
                     self.fallback.until_ready().await;
                 }
-            }
+            },
         }
         let waited = start.elapsed();
         self.wait_seconds.observe(waited.as_secs_f64());

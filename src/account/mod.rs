@@ -5,7 +5,9 @@
 //! ([`grants`]). What several replicas share about an account (the rate, the day's
 //! count, the token) goes through Redis in one module, [`redis`].
 
+mod batch;
 mod catalogue;
+mod count;
 mod gate_later;
 mod grants;
 mod lease;

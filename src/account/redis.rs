@@ -13,8 +13,11 @@
 
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use redis::aio::ConnectionManager;
 
+use super::batch::Batch;
+use super::count::Flush;
 use super::lease::GiveBack;
 
 /// Leases the next `k` slots of an account's schedule, and adds this replica's sends not yet
@@ -23,7 +26,8 @@ use super::lease::GiveBack;
 /// KEYS[1]: the account's schedule key, KEYS[2]: its count key for the day. ARGV[1]: emission
 /// interval in µs (1e6 / rate), ARGV[2]: how far in the past the lease may start, in µs (at
 /// most the burst tolerance, interval × (burst − 1)), ARGV[3]: slots to lease (k), ARGV[4]:
-/// sends to add to the count (0: just read it). The stored value is the schedule's end (the
+/// sends to add to the count (0: just read it), ARGV[5]: slots used by sends made without a
+/// lease, placed from now on before the lease (see [`SETTLE`]). The stored value is the schedule's end (the
 /// "theoretical arrival time"); the lease starts there or up to ARGV[2] in the past, whichever
 /// is later, so a short burst goes out at once and the long-run rate is exactly one per
 /// interval. Returns `{first slot − now (µs, ≤ 0 when
@@ -34,6 +38,8 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local record = tonumber(ARGV[5])
+if record > 0 then tat = math.max(tat, now) + record * interval end
 local slot = math.max(tat, now - tolerance)
 local next_tat = slot + tonumber(ARGV[3]) * interval
 redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.floor((next_tat - now) / 1000) + 60000)
@@ -48,34 +54,78 @@ end
 return {slot - now, next_tat, total}
 "#;
 
-/// Gives a lease's unused slots back and adds sends to the day's count, in one call.
+/// Settles several gates in one call: for each, gives a lease's unused slots back, adds the
+/// slots its unleased sends used to the schedule, and adds sends to the day's count.
 ///
-/// KEYS[1]: the schedule key, KEYS[2]: the count key. ARGV[1]: the schedule's end the lease
-/// left (µs), ARGV[2]: how far to move it back (µs, 0: nothing to give back), ARGV[3]: sends
-/// to add to the count (0: none). The slots go back only while the schedule still ends where
-/// the lease left it: once another replica has reserved after them they stay used, so no slot
-/// is ever handed out twice. Returns `{1 if given back else 0, today's count or -1}`.
+/// Per gate, two KEYS (the schedule key, the count key) and five ARGV: the schedule's end the
+/// lease left (µs), how far to move it back (µs, 0: nothing to give back), sends to add to
+/// the count (0: none), slots used without a lease (0: none), the interval between slots
+/// (µs). The slots go back only while the schedule still ends where the lease left it: once
+/// another replica has reserved after them they stay used, so no slot is ever handed out
+/// twice. Unleased sends are placed from now on (they went up to a few hundred ms ago), so
+/// the schedule never ends earlier than what was really sent. Returns, per gate, `1 if
+/// given back else 0` and `today's count or -1`, one after the other.
 const SETTLE: &str = r#"
-local given = 0
-local back = tonumber(ARGV[2])
-if back > 0 and tonumber(redis.call('GET', KEYS[1]) or '-1') == tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(ARGV[1]) - back), 'KEEPTTL')
-  given = 1
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 0, #KEYS / 2 - 1 do
+  local rate, count = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local a = 5 * i
+  local given = 0
+  local back = tonumber(ARGV[a + 2])
+  if back > 0 and tonumber(redis.call('GET', rate) or '-1') == tonumber(ARGV[a + 1]) then
+    redis.call('SET', rate, string.format('%.0f', tonumber(ARGV[a + 1]) - back), 'KEEPTTL')
+    given = 1
+  end
+  local record = tonumber(ARGV[a + 4])
+  if record > 0 then
+    local tat = math.max(tonumber(redis.call('GET', rate) or '0'), now) + record * tonumber(ARGV[a + 5])
+    redis.call('SET', rate, string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 60000)
+  end
+  local add = tonumber(ARGV[a + 3])
+  local total = -1
+  if add > 0 then
+    total = redis.call('INCRBY', count, add)
+    if total == add then redis.call('EXPIRE', count, 172800) end
+  end
+  out[2 * i + 1] = given
+  out[2 * i + 2] = total
 end
-local add = tonumber(ARGV[3])
-local total = -1
-if add > 0 then
-  total = redis.call('INCRBY', KEYS[2], add)
-  if total == add then redis.call('EXPIRE', KEYS[2], 172800) end
-end
-return {given, total}
+return out
 "#;
+
+/// One gate's part of a [`SharedLimiter::settle`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The gate's id (see [`super::limiter::GateId`]).
+    pub id: String,
+    /// The Beijing day whose count `add` goes to.
+    pub day: NaiveDate,
+    /// Leased slots to give back.
+    pub back: Option<GiveBack>,
+    /// Sends to add to the day's count.
+    pub add: u64,
+    /// Slots used by sends made without a lease, to add to the schedule.
+    pub record: u64,
+    /// The gate's interval between slots, in µs.
+    pub interval_us: u64,
+}
+
+/// What a [`Settlement`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// The slots went back.
+    pub given: bool,
+    /// The day's count after the addition, if anything was added.
+    pub sent_today: Option<u64>,
+}
 
 /// What [`SharedLimiter::lease`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Leased {
+pub(super) struct Leased {
     /// The first slot's time relative to Redis' "now" (negative: in the past).
-    pub first_offset_us: i64,
+    pub(super) first_offset_us: i64,
     /// The schedule's end after this lease (µs on Redis' clock).
     pub end_us: u64,
     /// The day's count after the addition.
@@ -162,30 +212,35 @@ impl SharedLimiter {
         burst: u32,
     ) -> redis::RedisResult<Duration> {
         let (interval_us, tolerance_us) = schedule_us(rate_per_sec, burst);
+        let nothing = Flush {
+            add: 0,
+            day: NaiveDate::default(),
+            record: 0,
+        };
         let l = self
-            .lease(appid, "", interval_us, tolerance_us, 1, 0)
+            .lease(appid, interval_us, tolerance_us, 1, nothing)
             .await?;
         Ok(Duration::from_micros(l.first_offset_us.max(0) as u64))
     }
 
     /// Leases `slots` slots of `id`'s schedule, starting at most `credit_us` in the past, and
-    /// adds `add` sends to its count for Beijing day `day` (see [`LEASE`]).
-    pub async fn lease(
+    /// adds `flush` to its count and schedule (see [`LEASE`]).
+    pub(super) async fn lease(
         &self,
         id: &str,
-        day: &str,
         interval_us: u64,
         credit_us: u64,
         slots: u32,
-        add: u64,
+        flush: Flush,
     ) -> redis::RedisResult<Leased> {
         let mut conn = self.conn.clone();
         let mut call = self.lease.key(rate_key(id));
-        call.key(count_key(id, day))
+        call.key(count_key(id, &flush.day.to_string()))
             .arg(interval_us)
             .arg(credit_us)
             .arg(slots)
-            .arg(add);
+            .arg(flush.add)
+            .arg(flush.record);
         let (first_offset_us, end_us, sent_today) =
             timed(call.invoke_async::<(i64, i64, i64)>(&mut conn)).await?;
         Ok(Leased {
@@ -195,23 +250,34 @@ impl SharedLimiter {
         })
     }
 
-    /// Gives back `back` (if any) and adds `add` sends to `id`'s count for `day` (see
-    /// [`SETTLE`]). Returns whether the slots went back and the day's count, if added to.
-    pub async fn settle(
-        &self,
-        id: &str,
-        day: &str,
-        back: Option<GiveBack>,
-        add: u64,
-    ) -> redis::RedisResult<(bool, Option<u64>)> {
+    /// Settles every gate of `all` in one call (see [`SETTLE`]); the answers in the same
+    /// order.
+    pub async fn settle(&self, all: &[Settlement]) -> redis::RedisResult<Vec<Settled>> {
         let mut conn = self.conn.clone();
-        let mut call = self.settle.key(rate_key(id));
-        call.key(count_key(id, day))
-            .arg(back.map_or(0, |b| b.end_us))
-            .arg(back.map_or(0, |b| b.span_us()))
-            .arg(add);
-        let (given, total) = timed(call.invoke_async::<(i64, i64)>(&mut conn)).await?;
-        Ok((given == 1, u64::try_from(total).ok()))
+        let mut call = self.settle.prepare_invoke();
+        for s in all {
+            call.key(rate_key(&s.id))
+                .key(count_key(&s.id, &s.day.to_string()))
+                .arg(s.back.map_or(0, |b| b.end_us))
+                .arg(s.back.map_or(0, |b| b.span_us()))
+                .arg(s.add)
+                .arg(s.record)
+                .arg(s.interval_us);
+        }
+        let raw = timed(call.invoke_async::<Vec<i64>>(&mut conn)).await?;
+        if raw.len() != 2 * all.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::TypeError,
+                "settle: one answer per gate expected",
+            )));
+        }
+        Ok(raw
+            .chunks(2)
+            .map(|r| Settled {
+                given: r[0] == 1,
+                sent_today: u64::try_from(r[1]).ok(),
+            })
+            .collect())
     }
 
     /// Takes a forced token refresh from `appid`'s budget for Beijing day `day`.
@@ -324,6 +390,8 @@ async fn timed<T>(
 pub struct RedisLink {
     url: String,
     inner: tokio::sync::Mutex<SlotState>,
+    /// The gates whose counts go in the next call.
+    batch: Batch,
 }
 
 struct SlotState {
@@ -342,7 +410,12 @@ impl RedisLink {
                 limiter: None,
                 next_try: std::time::Instant::now(),
             }),
+            batch: Batch::default(),
         }
+    }
+
+    pub(super) fn batch(&self) -> &Batch {
+        &self.batch
     }
 
     /// The limiter, or `None` while Redis is considered unreachable.

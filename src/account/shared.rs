@@ -4,25 +4,26 @@
 //! [`super::lease`], the scripts in [`super::redis`]; what it costs and how far the count can
 //! overshoot is in docs/OPERATIONS.md ("Scaling with Redis").
 //!
-//! Redis calls: one per lease (the lease also carries the count's addition), plus, from a
-//! keeper task ticking every [`TICK`], one when sends are left uncounted for [`FLUSH_EVERY`]
-//! or a lease has stood idle for [`IDLE`]. Near a daily quota, [`super::lease::flush_due`]
-//! adds the count at once, down to every send.
+//! A quiet account leases nothing: its sends go at once within [`Quiet`]'s share of the rate,
+//! and their slots are added to the schedule with the count.
+//!
+//! Redis calls: one per lease (the lease also carries the count's addition); the count of
+//! every gate goes in one call per [`FLUSH_EVERY`](super::batch::FLUSH_EVERY) ([`super::batch`]); a keeper task ticking
+//! every [`TICK`] gives back a lease that has stood idle for [`IDLE`]. Near a daily quota,
+//! [`super::lease::flush_due`] adds the count at once, down to every send.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDate;
-
-use super::lease::{self, GiveBack, Lease, Sizer};
+use super::batch::Batch;
+use super::count::{Count, Flush};
+use super::lease::{self, GiveBack, Lease, Quiet, Sizer};
 use super::limiter::beijing_today;
-use super::redis::{RedisLink, schedule_us};
+use super::redis::{RedisLink, Settlement, schedule_us};
 
 /// How often the keeper looks at the gate.
 const TICK: Duration = Duration::from_millis(100);
-/// Sends counted here reach Redis within about this long, whatever else happens.
-pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// A lease no send has taken from for this long gives its unused slots back.
 const IDLE: Duration = Duration::from_millis(100);
 
@@ -31,8 +32,8 @@ const IDLE: Duration = Duration::from_millis(100);
 /// first slot already too old.
 const REPLY_SLACK: Duration = Duration::from_millis(2);
 
-/// The smallest number of replicas the count's batching is made safe for (see
-/// [`lease::flush_due`]); `expected_replicas` raises it.
+/// The smallest number of replicas the count's batching and the quiet lane are made safe for
+/// (see [`lease::flush_due`] and [`Quiet`]); `expected_replicas` raises it.
 const REPLICAS_AT_LEAST: u64 = 32;
 
 pub(super) struct Shared {
@@ -48,70 +49,32 @@ pub(super) struct Shared {
     count: Mutex<Count>,
     /// One lease call at a time; the sends that wait meanwhile take from the new lease.
     refill: tokio::sync::Mutex<()>,
-    /// Whether a keeper task is running: it runs while the gate holds slots or uncounted
-    /// sends, and ends when there is nothing left to keep, so an account without traffic
-    /// (thousands of a platform's authorizers) costs no task and no wake-ups.
+    /// Whether a keeper task is running: it runs while the gate holds leased slots, and ends
+    /// when there is nothing left to give back, so an account without traffic (thousands of
+    /// a platform's authorizers) costs no task and no wake-ups.
     keeper: AtomicBool,
+    /// Whether the gate waits in its link's next [`Batch`].
+    queued: AtomicBool,
+}
+
+/// How a send was paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Paced {
+    /// On a slot leased from the shared schedule.
+    Leased,
+    /// At once, within the quiet account's share of the rate ([`Quiet`]).
+    Unleased,
+    /// Not at all: Redis cannot be reached, the caller paces on its local fallback.
+    Unreachable,
 }
 
 struct Book {
     lease: Option<Lease>,
     sizer: Sizer,
+    quiet: Quiet,
     /// Sends waiting for a slot right now.
     waiting: u32,
     last_take: Instant,
-}
-
-/// The day's count as this replica knows it.
-struct Count {
-    day: NaiveDate,
-    /// Sent and counted here, not yet added in Redis.
-    unflushed: u64,
-    /// Being added right now.
-    flushing: u64,
-    /// The day's count in Redis as last seen (every replica's added sends).
-    seen: u64,
-    last_flush: Instant,
-}
-
-impl Count {
-    fn roll(&mut self, today: NaiveDate) {
-        if self.day != today {
-            *self = Count {
-                day: today,
-                unflushed: 0,
-                flushing: 0,
-                seen: 0,
-                last_flush: Instant::now(),
-            };
-        }
-    }
-
-    fn total(&self) -> u64 {
-        self.seen + self.flushing + self.unflushed
-    }
-
-    /// Moves what is to be added into `flushing`: `(how many, for which day)`.
-    fn start_flush(&mut self) -> (u64, NaiveDate) {
-        let add = std::mem::take(&mut self.unflushed);
-        self.flushing += add;
-        self.last_flush = Instant::now();
-        (add, self.day)
-    }
-
-    /// The addition of `add` for `day` is over: `total` is Redis' count after it, or `None`
-    /// when the call failed (then the sends are added again later: if the failed call did
-    /// reach Redis they are counted twice, which pauses early rather than late).
-    fn finish_flush(&mut self, day: NaiveDate, add: u64, total: Option<u64>) {
-        if day != self.day {
-            return;
-        }
-        self.flushing = self.flushing.saturating_sub(add);
-        match total {
-            Some(n) => self.seen = self.seen.max(n),
-            None => self.unflushed += add,
-        }
-    }
 }
 
 /// Counts a send waiting for a slot for as long as it waits, even if its future is dropped.
@@ -134,6 +97,7 @@ impl Shared {
     ) -> Shared {
         let (interval_us, tolerance_us) = schedule_us(rate_per_sec, burst);
         let now = Instant::now();
+        let replicas = REPLICAS_AT_LEAST.max(u64::from(expected_replicas));
         Shared {
             link,
             id: id.to_string(),
@@ -141,36 +105,40 @@ impl Shared {
             tolerance_us,
             burst,
             late_ok: Duration::from_micros(tolerance_us.max(interval_us)) + REPLY_SLACK,
-            replicas: REPLICAS_AT_LEAST.max(u64::from(expected_replicas)),
+            replicas,
             book: Mutex::new(Book {
                 lease: None,
                 sizer: Sizer::new(now),
+                quiet: Quiet::new(interval_us, replicas),
                 waiting: 0,
                 last_take: now,
             }),
-            count: Mutex::new(Count {
-                day: beijing_today(),
-                unflushed: 0,
-                flushing: 0,
-                seen: 0,
-                last_flush: now,
-            }),
+            count: Mutex::new(Count::new(beijing_today())),
             refill: tokio::sync::Mutex::new(()),
             keeper: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
         }
     }
 
-    /// Waits for this send's slot of the shared schedule. `false` when Redis cannot be
-    /// reached: the caller paces on the local fallback instead.
-    pub(super) async fn pace(self: &Arc<Self>) -> bool {
+    /// Waits for this send's slot of the shared schedule, or lets it go unleased when the
+    /// account is quiet.
+    pub(super) async fn pace(self: &Arc<Self>) -> Paced {
         let at = {
-            let slot = {
+            let (slot, unleased) = {
                 let mut b = self.book.lock().expect("lease lock");
                 b.waiting += 1;
-                Self::take(&mut b)
+                match Self::take(&mut b) {
+                    Some(at) => (Some(at), false),
+                    None => (None, Self::take_unleased(&mut b)),
+                }
             };
             // Demand, for the lease's size: the sends that have no slot yet.
             let _waiting = Waiting(&self.book);
+            if unleased {
+                self.count.lock().expect("count lock").unrecorded += 1;
+                self.queue_count();
+                return Paced::Unleased;
+            }
             match slot {
                 Some(at) => at,
                 None => loop {
@@ -181,7 +149,11 @@ impl Shared {
                     // Boxed: one Redis call per lease, and its future would otherwise be part
                     // of every job's future, copied per job.
                     if !Box::pin(self.refill()).await {
-                        return false;
+                        // Counted in the recent rate, so that a busy account paced on the
+                        // fallback does not also take the quiet lane.
+                        let mut b = self.book.lock().expect("lease lock");
+                        b.sizer.note(Instant::now());
+                        return Paced::Unreachable;
                     }
                     if let Some(at) = Self::take(&mut self.book.lock().expect("lease lock")) {
                         break at;
@@ -194,6 +166,17 @@ impl Shared {
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
         }
+        Paced::Leased
+    }
+
+    /// Whether this send may go without a lease ([`Quiet`]).
+    fn take_unleased(b: &mut Book) -> bool {
+        let now = Instant::now();
+        let recent = b.sizer.rate(now);
+        if !b.quiet.take(now, recent) {
+            return false;
+        }
+        b.sizer.note(now);
         true
     }
 
@@ -222,24 +205,18 @@ impl Shared {
             let credit = u64::from(waiting.clamp(1, slots)) * self.interval_us;
             (slots, credit.min(self.tolerance_us))
         };
-        let (add, day) = self.count.lock().expect("count lock").start_flush();
+        let flush = self.count.lock().expect("count lock").start_flush();
         let got = redis
-            .lease(
-                &self.id,
-                &day.to_string(),
-                self.interval_us,
-                credit_us,
-                slots,
-                add,
-            )
+            .lease(&self.id, self.interval_us, credit_us, slots, flush)
             .await;
         let received = Instant::now();
         match got {
             Ok(l) => {
-                self.count
-                    .lock()
-                    .expect("count lock")
-                    .finish_flush(day, add, Some(l.sent_today));
+                self.count.lock().expect("count lock").finish_flush(
+                    flush,
+                    true,
+                    Some(l.sent_today),
+                );
                 self.book.lock().expect("lease lock").lease = Some(Lease::new(
                     received,
                     l.first_offset_us,
@@ -254,7 +231,7 @@ impl Shared {
                 self.count
                     .lock()
                     .expect("count lock")
-                    .finish_flush(day, add, None);
+                    .finish_flush(flush, false, None);
                 self.redis_failed(&e).await;
                 false
             }
@@ -291,14 +268,61 @@ impl Shared {
             let left = quota.map(|q| q.saturating_sub(today + reserved));
             lease::flush_due(c.unflushed, left, self.replicas)
         };
-        self.start_keeper();
+        if !due {
+            self.queue_count();
+        }
         due
     }
 
     /// Adds the uncounted sends to Redis now.
     pub(super) async fn flush(self: &Arc<Self>) {
-        self.start_keeper();
         self.settle(None).await;
+        if self.count.lock().expect("count lock").pending() {
+            self.queue_count();
+        }
+    }
+
+    /// Puts the gate in its link's next batch, unless it is in it.
+    fn queue_count(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::SeqCst) {
+            Batch::queue(&self.link, self.clone());
+        }
+    }
+
+    /// Takes what the next batch adds for this gate, if anything.
+    pub(super) fn start_batch(&self) -> Option<(Flush, Settlement)> {
+        // Before taking, so a send counted after this is queued for the next batch.
+        self.queued.store(false, Ordering::SeqCst);
+        let mut c = self.count.lock().expect("count lock");
+        c.roll(beijing_today());
+        if !c.pending() {
+            return None;
+        }
+        let flush = c.start_flush();
+        Some((flush, self.settlement(flush, None)))
+    }
+
+    /// The batch's call is over (`reached`: it succeeded). What it failed to add goes in the
+    /// next batch.
+    pub(super) fn finish_batch(self: &Arc<Self>, flush: Flush, total: Option<u64>, reached: bool) {
+        self.count
+            .lock()
+            .expect("count lock")
+            .finish_flush(flush, reached, total);
+        if !reached {
+            self.queue_count();
+        }
+    }
+
+    fn settlement(&self, flush: Flush, back: Option<GiveBack>) -> Settlement {
+        Settlement {
+            id: self.id.clone(),
+            day: flush.day,
+            back,
+            add: flush.add,
+            record: flush.record,
+            interval_us: self.interval_us,
+        }
     }
 
     /// Gives back what the lease holds and adds every uncounted send: at shutdown.
@@ -314,11 +338,11 @@ impl Shared {
         self.settle(back).await;
     }
 
-    /// One call that gives `back` back and adds the uncounted sends, if there is anything
-    /// to do.
+    /// One call that gives `back` back and adds the uncounted sends and unleased slots, if
+    /// there is anything to do.
     async fn settle(&self, back: Option<GiveBack>) {
-        let (add, day) = self.count.lock().expect("count lock").start_flush();
-        if add == 0 && back.is_none() {
+        let flush = self.count.lock().expect("count lock").start_flush();
+        if flush.add == 0 && flush.record == 0 && back.is_none() {
             return;
         }
         let Some(redis) = self.link.get().await else {
@@ -326,22 +350,26 @@ impl Shared {
             self.count
                 .lock()
                 .expect("count lock")
-                .finish_flush(day, add, None);
+                .finish_flush(flush, false, None);
             return;
         };
-        let done = redis.settle(&self.id, &day.to_string(), back, add).await;
-        let total = done.as_ref().ok().and_then(|(_, total)| *total);
+        let done = redis.settle(&[self.settlement(flush, back)]).await;
+        let total = done
+            .as_ref()
+            .ok()
+            .and_then(|d| d.first())
+            .and_then(|d| d.sent_today);
         self.count
             .lock()
             .expect("count lock")
-            .finish_flush(day, add, total);
+            .finish_flush(flush, done.is_ok(), total);
         if let Err(e) = done {
             self.redis_failed(&e).await;
         }
     }
 
-    /// Starts the task that flushes the count and gives back idle leases, unless one runs. It
-    /// ends when the gate is dropped or has nothing left to keep. Called after each change
+    /// Starts the task that gives back idle leases, unless one runs. It ends when the gate is
+    /// dropped or has nothing left to keep. Called after each change
     /// that gives it something to keep: a keeper that is ending clears the flag and then looks
     /// again, so either it sees the change or the change's caller sees the flag cleared and
     /// starts a new one.
@@ -367,20 +395,16 @@ impl Shared {
         });
     }
 
-    /// No slot the keeper could give back, no send to count, no count being added.
+    /// No slot the keeper could give back and no send waiting for one.
     fn nothing_to_keep(&self) -> bool {
         let now = Instant::now();
-        let no_slots = {
-            let b = self.book.lock().expect("lease lock");
-            b.waiting == 0 && b.lease.as_ref().is_none_or(|l| l.next_slot(now).is_none())
-        };
-        let c = self.count.lock().expect("count lock");
-        no_slots && c.unflushed == 0 && c.flushing == 0
+        let b = self.book.lock().expect("lease lock");
+        b.waiting == 0 && b.lease.as_ref().is_none_or(|l| l.next_slot(now).is_none())
     }
 
-    /// One keeper tick.
+    /// One keeper tick: an idle lease's slots go back.
     async fn keep(&self) {
-        // A lease call under way flushes the count and replaces the lease anyway.
+        // A lease call under way replaces the lease anyway.
         let Ok(_refill) = self.refill.try_lock() else {
             return;
         };
@@ -397,11 +421,7 @@ impl Shared {
                 _ => None,
             }
         };
-        let due = {
-            let c = self.count.lock().expect("count lock");
-            c.unflushed > 0 && now.saturating_duration_since(c.last_flush) >= FLUSH_EVERY
-        };
-        if due || back.is_some() {
+        if back.is_some() {
             self.settle(back).await;
         }
     }

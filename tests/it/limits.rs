@@ -455,7 +455,19 @@ async fn serial_an_unreachable_redis_falls_back_to_a_local_share_of_the_rate() {
         1.0
     );
     let stats = h.mock.state.stats();
-    assert_rate(&stats.per_second[APPID], 100.0, 0.05);
+    // The first job goes at once, as a quiet account's send that needs no lease, while the
+    // others wait for the connection to Redis to fail: the rate is measured from the second
+    // send on.
+    let mut series = stats.per_second[APPID].clone();
+    if let Some(mut first) = series.first_entry()
+        && *first.get() > 0
+    {
+        *first.get_mut() -= 1;
+        if *first.get() == 0 {
+            first.remove();
+        }
+    }
+    assert_rate(&series, 100.0, 0.05);
     h.cleanup().await;
 }
 

@@ -12,6 +12,15 @@ use crate::limits::{REDIS_URL, assert_rate, forget_in_redis, redis_appid};
 /// Every command the Redis server has run (those inside scripts too), the `INFO` that reads
 /// them excepted.
 async fn redis_commands() -> u64 {
+    redis_calls(|name| name != "info").await
+}
+
+/// The script calls the Redis server has run.
+async fn redis_script_calls() -> u64 {
+    redis_calls(|name| name == "evalsha" || name == "eval").await
+}
+
+async fn redis_calls(which: impl Fn(&str) -> bool) -> u64 {
     let client = redis::Client::open(REDIS_URL).unwrap();
     let mut c = client
         .get_multiplexed_async_connection()
@@ -25,7 +34,7 @@ async fn redis_commands() -> u64 {
     stats
         .lines()
         .filter_map(|l| l.strip_prefix("cmdstat_")?.split_once(':'))
-        .filter(|(name, _)| *name != "info")
+        .filter(|(name, _)| which(name))
         .filter_map(|(_, rest)| {
             rest.split(',')
                 .find_map(|f| f.strip_prefix("calls="))?
@@ -163,4 +172,76 @@ async fn serial_a_replica_killed_mid_run_loses_nothing_and_the_rest_hold_the_rat
     let stats = h.mock.state.stats();
     assert_rate(&stats.per_second[&appid], 300.0, 0.03);
     h.cleanup().await;
+}
+
+/// A platform's quiet authorizers: 1,000 accounts of one replica send one message each. Each
+/// goes at once without leasing a slot, and their counts and slots reach Redis together, in a
+/// handful of calls (one per 250 ms tick while any is pending), not two calls per send. Every
+/// send is then in its account's day count, and its slot in the account's schedule, so the
+/// other replicas' leases come after it.
+/// Serial: `INFO commandstats` counts every client of the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "serial: run by scripts/test.sh under the broker lock"]
+async fn serial_quiet_accounts_send_unleased_and_are_counted_together() {
+    use std::sync::Arc;
+    use wxdispatch::account::{AccountGate, Admission, RedisLink};
+    let _serial = serial_broker();
+    let link = Arc::new(RedisLink::new(REDIS_URL));
+    let metrics = Arc::new(wxdispatch::metrics::Metrics::new());
+    let appids: Vec<String> = (0..1000).map(|_| redis_appid()).collect();
+    let gates: Vec<AccountGate> = appids
+        .iter()
+        .map(|a| {
+            AccountGate::with_shared(
+                a,
+                50,
+                None,
+                Duration::from_secs(600),
+                metrics.clone(),
+                Some(link.clone()),
+                1,
+            )
+        })
+        .collect();
+    let before = redis_script_calls().await;
+    let started = std::time::Instant::now();
+    for g in &gates {
+        assert_eq!(g.admit(), Admission::Go);
+        g.pace().await;
+        g.reservation(false).commit();
+        g.on_sent(false).await;
+    }
+    let paced_in = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let calls = redis_script_calls().await - before;
+    let mut counted = 0;
+    let mut scheduled = 0;
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for a in &appids {
+        counted += redis_count(a).await;
+        let end: Option<u64> = redis::cmd("GET")
+            .arg(format!("wxdispatch:rate:{a}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        scheduled += u64::from(end.is_some());
+        forget_in_redis(a).await;
+    }
+    println!("{calls} script calls for 1,000 quiet sends, paced in {paced_in:?}");
+    assert_eq!(counted, 1000, "every send in its account's day count");
+    assert_eq!(
+        scheduled, 1000,
+        "every send's slot in its account's schedule"
+    );
+    // One call per 250 ms tick (the pacing takes a few of them), not a lease and a count
+    // call per send (2,000).
+    assert!(
+        calls <= 20,
+        "{calls} script calls for 1,000 quiet sends, paced in {paced_in:?}"
+    );
+    assert!(
+        paced_in < Duration::from_secs(2),
+        "quiet sends wait for no lease: {paced_in:?}"
+    );
 }
