@@ -98,12 +98,16 @@ impl Dispatcher {
         mut state: RetryState,
         not_before_ms: Option<i64>,
     ) -> Disposition {
-        let acct = &*self.accounts.get(job.account, &job.appid);
         let facts = JobFacts {
             deduplicated: job.msg_type.deduplicated(),
             not_before_ms,
             not_after_ms: job.not_after.map(|t| t.timestamp_millis()),
         };
+        let Some(acct) = self.accounts.for_job(job.account, &job.appid).await else {
+            let end = not_authorized(job);
+            return Disposition::Final(self.ended(job, &state, end, None));
+        };
+        let acct = &*acct;
         loop {
             match policy::due(&facts, &state, now_ms()) {
                 Due::Now => {}
@@ -164,14 +168,12 @@ impl Dispatcher {
             Ok(t) => t,
             Err(e) => {
                 let tried = match e {
-                    TokenError::NotAuthorized { appid } => {
+                    TokenError::NotAuthorized { .. } => {
                         if let Some(grants) = &acct.grants {
                             grants.forget();
                         }
-                        tracing::info!(job_id = %job.id, %appid, "rejected before sending: the appid has not authorized the platform");
-                        let note = format!("{appid} has not authorized the third-party platform");
-                        let end = End::refused(EndReason::NotAuthorized.as_str(), note);
-                        return (Step::End(end), None);
+                        self.accounts.forget(&job.appid);
+                        return (Step::End(not_authorized(job)), None);
                     }
                     TokenError::Stopped { retry_in, .. } => Tried::TokenStopped { retry_in },
                     TokenError::Unavailable { retry_in, .. } => {
@@ -335,7 +337,10 @@ impl Dispatcher {
     /// cannot work fails once, as a whole, instead of once per recipient. `Ok` when it may go
     /// on (also when no token or catalogue is available: the recipients' sends will tell).
     pub(crate) async fn check_batch(&self, batch: &crate::job::Batch) -> Result<(), Mismatch> {
-        let acct = self.accounts.get(batch.account, &batch.appid);
+        let Some(acct) = self.accounts.for_job(batch.account, &batch.appid).await else {
+            // Each recipient ends `not_authorized` the same way.
+            return Ok(());
+        };
         if let Some(grants) = &acct.grants
             && grants.check(batch.msg_type).await.is_err()
         {
@@ -455,4 +460,12 @@ impl Dispatcher {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
+}
+
+/// The end of a job for an appid that has not authorized the platform.
+fn not_authorized(job: &Job) -> End {
+    let appid = &job.appid;
+    tracing::info!(job_id = %job.id, %appid, "rejected before sending: the appid has not authorized the platform");
+    let note = format!("{appid} has not authorized the third-party platform");
+    End::refused(EndReason::NotAuthorized.as_str(), note)
 }

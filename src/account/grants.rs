@@ -63,6 +63,14 @@ impl Grants {
         decided(after_reread(needed, granted.as_deref())).unwrap_or(Ok(()))
     }
 
+    /// Takes sets read by the caller (when the account was built) as just read.
+    pub(crate) fn seed(&self, sets: Vec<u32>) {
+        *self.cached.lock().expect("grants lock") = Some(Read::Granted {
+            sets: sets.into(),
+            at: Instant::now(),
+        });
+    }
+
     /// Forgets what was read: the next job reads again (the authorization changed).
     pub(crate) fn forget(&self) {
         *self.cached.lock().expect("grants lock") = None;

@@ -224,6 +224,40 @@ impl Accounts {
         built
     }
 
+    /// The account a job is for, or `None` when it names an authorizer the platform has no
+    /// record of (never authorized, or unauthorized): such a job ends `not_authorized`, and
+    /// neither memory nor a place among the metric series is spent on its appid. When the
+    /// record cannot be read the account is built anyway, and the token fetch decides.
+    pub(crate) async fn for_job(&self, id: AccountId, appid: &str) -> Option<Arc<Account>> {
+        if id.index().is_some() {
+            return Some(self.get(id, appid));
+        }
+        if let Some(a) = self.authorizers.lock().expect("accounts lock").get(appid) {
+            return Some(a.clone());
+        }
+        let platform = self.builder.platform.as_ref()?;
+        let funcs = match platform.store.authorizer_record(appid).await {
+            Ok(None) => return None,
+            Ok(Some(record)) => Some(record.funcs),
+            Err(_) => None,
+        };
+        let account = self.get(id, appid);
+        if let (Some(funcs), Some(grants)) = (funcs, &account.grants) {
+            grants.seed(funcs);
+        }
+        Some(account)
+    }
+
+    /// Drops an authorizer's account once the platform says it is not authorized (the
+    /// merchant unauthorized it): it is built again if the merchant authorizes again.
+    /// Configured accounts stay.
+    pub(crate) fn forget(&self, appid: &str) {
+        self.authorizers
+            .lock()
+            .expect("accounts lock")
+            .remove(appid);
+    }
+
     /// The account of `appid` for a command that names it: a configured one or, in component
     /// mode, an authorizer (built now if no job used it yet). `None` for any other appid.
     pub(crate) fn named(&self, appid: &str) -> Option<Arc<Account>> {

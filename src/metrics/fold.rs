@@ -12,8 +12,9 @@
 //! see a merchant on its own gives it an `[[accounts]]` entry: configured accounts always keep
 //! their series.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus::{IntGauge, IntGaugeVec};
 
@@ -63,33 +64,35 @@ impl SeriesLabel {
     }
 }
 
-/// Hands out the authorizers' places: the first `top` authorizers get their own series.
+/// Hands out the authorizers' places: the first `top` authorizers get their own series, and
+/// keep them when their account is built again (after an `unauthorized` and a new
+/// authorization), so a place is never taken twice by one appid.
 #[derive(Debug)]
 pub struct SeriesPlaces {
     top: usize,
-    given: AtomicUsize,
+    holders: Mutex<HashSet<Arc<str>>>,
 }
 
 impl SeriesPlaces {
     pub fn new(top: usize) -> SeriesPlaces {
         SeriesPlaces {
             top,
-            given: AtomicUsize::new(0),
+            holders: Mutex::default(),
         }
     }
 
-    /// The label of an authorizer built now: its own while places are left, else `_other`.
-    /// Each call takes a place, so call it once per authorizer.
+    /// The label of an authorizer built now: its own if it holds a place or one is left, else
+    /// `_other`.
     pub fn authorizer(&self, appid: &str) -> SeriesLabel {
-        let took = self
-            .given
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.top).then_some(n + 1)
-            });
-        match took {
-            Ok(_) => SeriesLabel::own(appid),
-            Err(_) => SeriesLabel::folded(),
+        let mut holders = self.holders.lock().expect("places lock");
+        if holders.contains(appid) {
+            return SeriesLabel::own(appid);
         }
+        if holders.len() < self.top {
+            holders.insert(appid.into());
+            return SeriesLabel::own(appid);
+        }
+        SeriesLabel::folded()
     }
 }
 
@@ -146,6 +149,17 @@ mod tests {
             assert_eq!(l.as_str(), OTHER);
             assert!(l.is_folded());
         }
+    }
+
+    #[test]
+    fn an_authorizer_built_again_keeps_its_place() {
+        let places = SeriesPlaces::new(1);
+        assert!(!places.authorizer("wxa").is_folded());
+        assert!(!places.authorizer("wxa").is_folded(), "the same place");
+        assert!(
+            places.authorizer("wxb").is_folded(),
+            "the one place is taken"
+        );
     }
 
     #[test]

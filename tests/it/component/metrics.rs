@@ -119,4 +119,60 @@ async fn only_the_top_authorizers_have_their_own_series_and_the_rest_add_up_in_o
     h.cleanup().await;
 }
 
+/// Jobs for appids that never authorized the platform end `not_authorized` without taking a
+/// place among the series: with one place, and such jobs first, the merchant that did
+/// authorize still gets it, and no series names the others.
+///
+/// Fails on the code before: the first never-authorized appid's account was built and took
+/// the one place, and the merchant's series were folded into `_other`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appids_that_never_authorized_take_no_place_among_the_series() {
+    let (h, platform) = platform_harness(|c| c.metrics_top_accounts = 1).await;
+    let url = route_url(&h);
+    push_ticket(&h, &platform, &url).await;
+    let strangers: Vec<String> = (0..3)
+        .map(|i| unique(&format!("wxnone{i}")).replace('.', ""))
+        .collect();
+    let mut first = Vec::new();
+    for (i, s) in strangers.iter().enumerate() {
+        first.extend(jobs_for(&format!("none{i}"), s, 1));
+    }
+    h.publish_many(&first).await;
+    let out = h.outcomes(3, Duration::from_secs(30)).await;
+    assert!(
+        out.iter().all(|o| o["reason"] == "not_authorized"),
+        "{:?}",
+        by_status(&out)
+    );
+    let merchant = unique("wxmerch").replace('.', "");
+    let code = h.mock.state.component_authorize(&merchant, &[1, 7]);
+    let authorized = push(
+        &platform,
+        &auth_xml(&platform, "authorized", &merchant, &code),
+    );
+    assert_eq!(post(&url, &authorized).await, (200, "success".into()));
+    h.publish_many(&jobs_for("merch", &merchant, 2)).await;
+    let out = h.outcomes(3, Duration::from_secs(30)).await;
+    let sent = out
+        .iter()
+        .filter(|o| o["kind"] == "send" && o["status"] == "sent")
+        .count();
+    assert_eq!(sent, 2, "{:?}", by_status(&out));
+    let body = h.metrics().await;
+    let named = appids(&body);
+    assert!(
+        named.contains(&merchant),
+        "the authorized merchant has its own series: {named:?}"
+    );
+    for s in &strangers {
+        assert!(!body.contains(s.as_str()), "{s} is named in /metrics");
+    }
+    let label = format!("appid=\"{merchant}\"");
+    assert_eq!(
+        sum(&body, "wxdispatch_jobs_total", &[&label, "status=\"sent\""]),
+        2.0
+    );
+    h.cleanup().await;
+}
+
 const OTHER_LABEL: &str = wxdispatch::metrics::OTHER;
