@@ -293,8 +293,11 @@ impl AccountGate {
             None => self.limiter.until_ready().await,
             Some(shared) => match shared.pace().await {
                 Paced::Leased => self.metrics.redis_fallback.set(0),
-                // Said nothing of Redis: leave the gauge as the last call found it.
-                Paced::Unleased => {}
+                // Made no call: the gauge says what the last call (a batch's) found.
+                Paced::Unleased => self
+                    .metrics
+                    .redis_fallback
+                    .set(i64::from(!shared.reachable())),
                 Paced::Unreachable => {
                     self.metrics.redis_fallback.set(1);
                     self.fallback.until_ready().await;

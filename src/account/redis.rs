@@ -390,6 +390,8 @@ async fn timed<T>(
 pub struct RedisLink {
     url: String,
     inner: tokio::sync::Mutex<SlotState>,
+    /// Whether the last call or connection attempt reached Redis (true until one fails).
+    reachable: std::sync::atomic::AtomicBool,
     /// The gates whose counts go in the next call.
     batch: Batch,
 }
@@ -411,7 +413,19 @@ impl RedisLink {
                 next_try: std::time::Instant::now(),
             }),
             batch: Batch::default(),
+            reachable: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Whether Redis answered the last call or connection attempt, for a send that made no
+    /// call itself.
+    pub(super) fn reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_reachable(&self, up: bool) {
+        self.reachable
+            .store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(super) fn batch(&self) -> &Batch {
@@ -430,11 +444,13 @@ impl RedisLink {
         match SharedLimiter::connect(&self.url).await {
             Ok(l) => {
                 tracing::info!("connected to the shared Redis limiter");
+                self.set_reachable(true);
                 st.limiter = Some(l.clone());
                 Some(l)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Redis limiter unreachable; using the local fallback rate");
+                self.set_reachable(false);
                 st.next_try = std::time::Instant::now() + RETRY_EVERY;
                 None
             }
@@ -444,6 +460,7 @@ impl RedisLink {
     /// Drops the connection after a failed call, so the next calls use the fallback for a
     /// while instead of each waiting for a timeout.
     pub async fn failed(&self) {
+        self.set_reachable(false);
         let mut st = self.inner.lock().await;
         st.limiter = None;
         st.next_try = std::time::Instant::now() + RETRY_EVERY;

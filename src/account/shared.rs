@@ -169,6 +169,11 @@ impl Shared {
         Paced::Leased
     }
 
+    /// Whether Redis answered the last call made for any gate.
+    pub(super) fn reachable(&self) -> bool {
+        self.link.reachable()
+    }
+
     /// Whether this send may go without a lease ([`Quiet`]).
     fn take_unleased(b: &mut Book) -> bool {
         let now = Instant::now();
