@@ -56,10 +56,12 @@ pub struct WechatClient {
     token_urls: Arc<Mutex<VecDeque<TokenUrls>>>,
 }
 
-/// The send endpoints with one access token in their query.
+/// The send endpoints with one access token in their query, each built on its first use: a
+/// platform's authorizer mostly sends one type, and with thousands of authorizers most sends
+/// miss the cache, where building all three was three times the work.
 struct TokenUrls {
     token: Secret,
-    urls: [reqwest::Url; 3],
+    urls: [Option<reqwest::Url>; 3],
 }
 
 /// How many tokens' endpoints are kept: more than the accounts a worker usually serves, each
@@ -126,14 +128,17 @@ impl WechatClient {
             .token_urls
             .lock()
             .expect("the URL cache lock is never poisoned");
-        if let Some(known) = cache.iter().find(|k| k.token == *token) {
-            return known.urls[t as usize].clone();
-        }
-        let urls = self.send_urls.clone().map(|mut url| {
+        let build = || {
+            let mut url = self.send_urls[t as usize].clone();
             url.set_query(Some(&format!("access_token={}", token.expose())));
             url
-        });
-        let url = urls[t as usize].clone();
+        };
+        if let Some(known) = cache.iter_mut().find(|k| k.token == *token) {
+            return known.urls[t as usize].get_or_insert_with(build).clone();
+        }
+        let url = build();
+        let mut urls = [None, None, None];
+        urls[t as usize] = Some(url.clone());
         cache.truncate(TOKEN_URLS - 1);
         cache.push_front(TokenUrls {
             token: token.clone(),
