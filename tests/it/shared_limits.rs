@@ -183,9 +183,9 @@ async fn serial_a_replica_killed_mid_run_loses_nothing_and_the_rest_hold_the_rat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "serial: run by scripts/test.sh under the broker lock"]
 async fn serial_quiet_accounts_send_unleased_and_are_counted_together() {
+    let _serial = serial_broker();
     use std::sync::Arc;
     use wxdispatch::account::{AccountGate, Admission, RedisLink};
-    let _serial = serial_broker();
     let link = Arc::new(RedisLink::new(REDIS_URL));
     let metrics = Arc::new(wxdispatch::metrics::Metrics::new());
     let appids: Vec<String> = (0..1000).map(|_| redis_appid()).collect();
