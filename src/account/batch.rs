@@ -1,5 +1,6 @@
-//! The shared gates' counts, added to Redis together: every [`FLUSH_EVERY`], one call carries
-//! the sends and unleased slots of every gate that has any ([`super::redis::SETTLE`]).
+//! The shared gates' counts, added to Redis together: every [`FLUSH_EVERY`], one pipeline
+//! carries the sends and unleased slots of every gate that has any
+//! ([`super::redis::SharedLimiter::tally`]).
 //!
 //! A platform's thousands of quiet authorizers each send a job every few seconds. Adding each
 //! one's count on its own took one Redis call per send, and a task per gate to time it; one
@@ -10,14 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::redis::{RedisLink, Settlement};
+use super::redis::{RedisLink, Tally};
 use super::shared::Shared;
 
 /// Sends counted by a replica reach Redis within about this long, whatever else happens.
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
-/// At most this many gates per call, so that one script never holds Redis for long (about
-/// 2 µs per gate).
+/// At most this many gates per call, so that one pipeline's replies stay small.
 const PER_CALL: usize = 500;
 
 /// The gates waiting for the next batch. Held strongly: a gate whose account is dropped
@@ -67,7 +67,7 @@ async fn run(link: Weak<RedisLink>) {
 /// One call for `gates`. A gate whose count could not be added queues itself again.
 async fn flush(link: &Arc<RedisLink>, gates: &[Arc<Shared>]) {
     let mut taken = Vec::with_capacity(gates.len());
-    let mut calls: Vec<Settlement> = Vec::with_capacity(gates.len());
+    let mut calls: Vec<Tally> = Vec::with_capacity(gates.len());
     for g in gates {
         if let Some((flush, call)) = g.start_batch() {
             taken.push((g, flush));
@@ -78,7 +78,7 @@ async fn flush(link: &Arc<RedisLink>, gates: &[Arc<Shared>]) {
         return;
     }
     let answers = match link.get().await {
-        Some(redis) => match redis.settle(&calls).await {
+        Some(redis) => match redis.tally(&calls).await {
             Ok(a) => Some(a),
             Err(e) => {
                 tracing::warn!(error = %e, gates = calls.len(),
@@ -90,7 +90,7 @@ async fn flush(link: &Arc<RedisLink>, gates: &[Arc<Shared>]) {
         None => None,
     };
     for (i, (g, flush)) in taken.into_iter().enumerate() {
-        let total = answers.as_ref().and_then(|a| a[i].sent_today);
+        let total = answers.as_ref().and_then(|a| a[i]);
         g.finish_batch(flush, total, answers.is_some());
     }
 }

@@ -20,7 +20,7 @@ use super::batch::Batch;
 use super::count::{Count, Flush};
 use super::lease::{self, GiveBack, Lease, Quiet, Sizer};
 use super::limiter::beijing_today;
-use super::redis::{RedisLink, Settlement, schedule_us};
+use super::redis::{RedisLink, Settlement, Tally, schedule_us};
 
 /// How often the keeper looks at the gate.
 const TICK: Duration = Duration::from_millis(100);
@@ -295,7 +295,7 @@ impl Shared {
     }
 
     /// Takes what the next batch adds for this gate, if anything.
-    pub(super) fn start_batch(&self) -> Option<(Flush, Settlement)> {
+    pub(super) fn start_batch(&self) -> Option<(Flush, Tally)> {
         // Before taking, so a send counted after this is queued for the next batch.
         self.queued.store(false, Ordering::SeqCst);
         let mut c = self.count.lock().expect("count lock");
@@ -303,8 +303,19 @@ impl Shared {
         if !c.pending() {
             return None;
         }
+        // Redis' count not seen yet today: its key may be new.
+        let new_day = c.seen == 0;
         let flush = c.start_flush();
-        Some((flush, self.settlement(flush, None)))
+        Some((
+            flush,
+            Tally {
+                id: self.id.clone(),
+                day: flush.day,
+                add: flush.add,
+                new_day,
+                unleased: flush.record,
+            },
+        ))
     }
 
     /// The batch's call is over (`reached`: it succeeded). What it failed to add goes in the

@@ -176,9 +176,9 @@ async fn serial_a_replica_killed_mid_run_loses_nothing_and_the_rest_hold_the_rat
 
 /// A platform's quiet authorizers: 1,000 accounts of one replica send one message each. Each
 /// goes at once without leasing a slot, and their counts and slots reach Redis together, in a
-/// handful of calls (one per 250 ms tick while any is pending), not two calls per send. Every
-/// send is then in its account's day count, and its slot in the account's schedule, so the
-/// other replicas' leases come after it.
+/// handful of pipelines (one per 250 ms tick while any is pending), not two script calls per
+/// send. Every send is then in its account's day count, and its slot waits in Redis for the
+/// account's next lease, which places it first.
 /// Serial: `INFO commandstats` counts every client of the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "serial: run by scripts/test.sh under the broker lock"]
@@ -220,12 +220,12 @@ async fn serial_quiet_accounts_send_unleased_and_are_counted_together() {
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     for a in &appids {
         counted += redis_count(a).await;
-        let end: Option<u64> = redis::cmd("GET")
-            .arg(format!("wxdispatch:rate:{a}"))
+        let unleased: Option<u64> = redis::cmd("GET")
+            .arg(format!("wxdispatch:unleased:{a}"))
             .query_async(&mut c)
             .await
             .unwrap();
-        scheduled += u64::from(end.is_some());
+        scheduled += unleased.unwrap_or(0);
         forget_in_redis(a).await;
     }
     println!("{calls} script calls for 1,000 quiet sends, paced in {paced_in:?}");
@@ -234,8 +234,8 @@ async fn serial_quiet_accounts_send_unleased_and_are_counted_together() {
         scheduled, 1000,
         "every send's slot in its account's schedule"
     );
-    // One call per 250 ms tick (the pacing takes a few of them), not a lease and a count
-    // call per send (2,000).
+    // No script at all (a pipeline of plain commands per 250 ms tick), not a lease and a
+    // count call per send (2,000).
     assert!(
         calls <= 20,
         "{calls} script calls for 1,000 quiet sends, paced in {paced_in:?}"
@@ -243,5 +243,41 @@ async fn serial_quiet_accounts_send_unleased_and_are_counted_together() {
     assert!(
         paced_in < Duration::from_secs(2),
         "quiet sends wait for no lease: {paced_in:?}"
+    );
+}
+
+/// A send made without a lease still takes its slot of the account's schedule: at 1/s, after
+/// one replica's quiet send, another replica's lease (a reservation of one slot with no burst)
+/// waits about a second, as if the first send had leased its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_after_a_quiet_send_on_another_replica_waits_for_its_slot() {
+    use std::sync::Arc;
+    use wxdispatch::account::{AccountGate, Admission, RedisLink, SharedLimiter};
+    let appid = redis_appid();
+    let quiet = AccountGate::with_shared(
+        &appid,
+        1,
+        None,
+        Duration::from_secs(600),
+        Arc::new(wxdispatch::metrics::Metrics::new()),
+        Some(Arc::new(RedisLink::new(REDIS_URL))),
+        1,
+    );
+    assert_eq!(quiet.admit(), Admission::Go);
+    let paced = quiet.pace().await;
+    quiet.reservation(false).commit();
+    quiet.on_sent(false).await;
+    // The slot reaches Redis with the next batch (every 250 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let other = SharedLimiter::connect(REDIS_URL).await.unwrap();
+    let wait = other.reserve(&appid, 1, 1).await.unwrap();
+    forget_in_redis(&appid).await;
+    assert!(
+        paced < Duration::from_millis(50),
+        "the quiet send went at once: {paced:?}"
+    );
+    assert!(
+        wait > Duration::from_millis(500) && wait <= Duration::from_secs(1),
+        "the lease waits for the quiet send's slot: {wait:?}"
     );
 }
