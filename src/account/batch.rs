@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::redis::{RedisLink, Tally};
+use super::link::RedisLink;
+use super::redis::Tally;
 use super::shared::Shared;
 
 /// Sends counted by a replica reach Redis within about this long, whatever else happens.

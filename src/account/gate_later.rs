@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::limiter::{AccountGate, GateId};
-use super::redis::RedisLink;
+use super::link::RedisLink;
 use crate::metrics::Metrics;
 
 /// What [`AccountGate::with_shared`] takes.

@@ -22,7 +22,7 @@ use chrono::{FixedOffset, NaiveDate, Utc};
 use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use super::redis::RedisLink;
+use super::link::RedisLink;
 use super::shared::{Paced, Shared};
 use crate::metrics::{AccountGauge, Metrics, SeriesLabel};
 use crate::policy::DeferReason;

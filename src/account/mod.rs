@@ -3,7 +3,7 @@
 //! token cache, [`token`], which fetches through a token source) and its template catalogues ([`catalogue`]), built once
 //! from the configuration, and in component mode the authorizer's permission sets
 //! ([`grants`]). What several replicas share about an account (the rate, the day's
-//! count, the token) goes through Redis in one module, [`redis`].
+//! count, the token) goes through Redis in one module, [`redis`], over one [`link`].
 
 mod batch;
 mod catalogue;
@@ -12,6 +12,7 @@ mod gate_later;
 mod grants;
 mod lease;
 mod limiter;
+mod link;
 mod redis;
 mod shared;
 mod stops;
@@ -22,7 +23,8 @@ use std::sync::Arc;
 pub use gate_later::GateLater;
 use gate_later::GateRecipe;
 pub use limiter::{AccountGate, Admission, GateId, Reservation};
-pub use redis::{RedisLink, SharedLimiter};
+pub use link::RedisLink;
+pub use redis::SharedLimiter;
 pub use stops::AccountStops;
 
 use crate::config::{Config, ConfigError, TokenMode};

@@ -20,7 +20,8 @@ use super::batch::Batch;
 use super::count::{Count, Flush};
 use super::lease::{self, GiveBack, Lease, Quiet, Sizer};
 use super::limiter::beijing_today;
-use super::redis::{RedisLink, Settlement, Tally, schedule_us};
+use super::link::RedisLink;
+use super::redis::{Settlement, Tally, schedule_us};
 
 /// How often the keeper looks at the gate.
 const TICK: Duration = Duration::from_millis(100);

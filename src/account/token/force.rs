@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Ask, RefreshState, TokenCache, own_series};
-use crate::account::redis::{ForceGrant, RedisLink};
+use crate::account::RedisLink;
+use crate::account::redis::ForceGrant;
 use crate::wechat::ApiReply;
 
 /// Minimum spacing between forced `stable_token` refreshes, as WeChat requires.

@@ -40,7 +40,7 @@ mod source;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::account::redis::RedisLink;
+use crate::account::RedisLink;
 use crate::config::{Secret, TokenMode};
 use crate::metrics::{Metrics, SeriesLabel};
 use crate::policy::errcode;
