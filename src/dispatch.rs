@@ -216,6 +216,13 @@ impl Dispatcher {
                 } else {
                     self.count_api(acct, &code.to_string());
                 }
+                if code == API_UNAUTHORIZED
+                    && let Some(end) = self.revoked(job, acct).await
+                {
+                    // The send reached WeChat and was answered: an attempt.
+                    state.attempts += 1;
+                    return (Step::End(end), Some(reply));
+                }
                 let tried = Tried::Replied { errcode: code };
                 let d = policy::decide(&self.rules, facts, state, tried, took, now_ms());
                 if let Some(change) = d.change {
@@ -249,6 +256,16 @@ impl Dispatcher {
                 (d.step, None)
             }
         }
+    }
+
+    /// Component mode, after WeChat answered 48001 (API not authorized): the authorizer's
+    /// permission sets are read again, and if they no longer include the one the job's type
+    /// needs (the merchant revoked it, and another replica got the push) the job ends
+    /// `permission_not_granted` and the account goes on sending its other types. Otherwise
+    /// (`None`) the refusal stops the account, as for any account.
+    async fn revoked(&self, job: &Job, acct: &Account) -> Option<End> {
+        acct.grants.as_ref()?.forget();
+        self.permission(job, acct).await
     }
 
     /// Component mode: the end of a job whose type needs a permission set the authorizer did
@@ -469,3 +486,6 @@ fn not_authorized(job: &Job) -> End {
     let note = format!("{appid} has not authorized the third-party platform");
     End::refused(EndReason::NotAuthorized.as_str(), note)
 }
+
+/// WeChat's "API not authorized for this account" (`api unauthorized`).
+const API_UNAUTHORIZED: i64 = 48001;

@@ -1,7 +1,8 @@
 //! The simulator's third-party platform endpoints (`/cgi-bin/component/...`): the component
 //! token against a ticket it issued (61006 otherwise), authorization codes exchanged
 //! for authorizer tokens (usable on the send endpoints), refresh tokens rotated on every use
-//! (a spent one answers 61023), and the authorizer list. Set up with
+//! (a spent one answers 61023), and the authorizer list; a send for an authorizer of a type
+//! whose permission set it did not grant answers 48001. Set up with
 //! [`MockState::component_setup`]; tickets and authorizations are made on demand
 //! ([`MockState::component_ticket`], [`MockState::component_authorize`]), and pushed
 //! encrypted by the test or tool that holds the platform's key.
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::MockState;
 use crate::component::api;
+use crate::job::MsgType;
 
 /// What the platform's endpoints were asked.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,7 +76,26 @@ impl Platform {
     }
 }
 
+/// The permission set a message type needs (wxdispatch's defaults: template messages 7,
+/// subscription notifications 89, mini-program subscribe messages 18).
+fn needed_set(t: MsgType) -> u32 {
+    match t {
+        MsgType::Template => 7,
+        MsgType::Subscribe => 89,
+        MsgType::MiniprogramSubscribe => 18,
+    }
+}
+
 impl MockState {
+    /// Whether WeChat refuses a send of type `t` for `appid` (48001): it is an authorizer of
+    /// the platform that did not grant the set the type needs.
+    pub(super) fn component_refuses(&self, appid: &str, t: MsgType) -> bool {
+        let p = self.component.inner.lock().unwrap();
+        p.authorizers
+            .get(appid)
+            .is_some_and(|(_, funcs)| !funcs.contains(&needed_set(t)))
+    }
+
     /// Makes the simulator a platform with these credentials.
     pub fn component_setup(&self, appid: &str, secret: &str) {
         let mut p = self.component.inner.lock().unwrap();

@@ -90,6 +90,10 @@ async fn send(s: Shared, q: AccessQuery, body: Bytes, msg_type: MsgType) -> Resp
             return wx_err(code, msg);
         }
     };
+    if s.component_refuses(&appid, msg_type) {
+        s.error("48001".into());
+        return wx_err(48001, "api unauthorized");
+    }
     let Some(req) = req else {
         s.error("47001".into());
         return wx_err(47001, "data format error");

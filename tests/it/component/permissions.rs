@@ -215,3 +215,66 @@ fn the_permission_sets_of_each_type_are_settings_with_wechats_ids_by_default() {
         "{err}"
     );
 }
+
+/// A merchant revokes a permission set and the `updateauthorized` push reaches another replica:
+/// this worker's cached grants still allow template messages, so it sends, and WeChat answers
+/// 48001. The worker reads the grants again: the job ends `rejected`,
+/// `permission_not_granted` (one attempt), and the account is not stopped: a subscription
+/// notification (still granted) published after it is sent at once, and the next template
+/// message ends before any send.
+///
+/// Fails on the code before: the 48001 stopped the account, so the subscription notification
+/// waited for the stop's probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_revoked_on_another_replica_ends_its_jobs_and_leaves_the_account_sending() {
+    let (h, platform) = platform_harness(|_| {}).await;
+    let url = route_url(&h);
+    push_ticket(&h, &platform, &url).await;
+    let merchant = unique("wxrevk").replace('.', "");
+    let code = h.mock.state.component_authorize(&merchant, &[7, 89]);
+    let authorized = push(
+        &platform,
+        &auth_xml(&platform, "authorized", &merchant, &code),
+    );
+    assert_eq!(post(&url, &authorized).await, (200, "success".into()));
+    h.publish_many(&jobs_for("rv-before", &merchant, 1)).await;
+    let out = h.outcomes(2, Duration::from_secs(20)).await;
+    let sent = |out: &[serde_json::Value], id: &str| {
+        out.iter()
+            .find(|o| o["id"] == id)
+            .unwrap_or_else(|| panic!("no outcome for {id}: {:?}", by_status(out)))
+            .clone()
+    };
+    assert_eq!(sent(&out, "rv-before-0")["status"], "sent");
+
+    // Another replica receives the push that takes set 7 away, and stores it in Redis.
+    let other = replica(&h.mock, &platform).await;
+    let code = h.mock.state.component_authorize(&merchant, &[89]);
+    let (q, body) = push(
+        &platform,
+        &auth_xml(&platform, "updateauthorized", &merchant, &code),
+    );
+    receive(&other, &q, &body).await.expect("stored");
+
+    h.publish_many(&jobs_for("rv-after", &merchant, 1)).await;
+    let first = h.outcomes(1, Duration::from_secs(10)).await;
+    let o = sent(&first, "rv-after-0");
+    assert_eq!(o["status"], "rejected", "{o}");
+    assert_eq!(o["reason"], "permission_not_granted", "{o}");
+    assert_eq!(o["attempts"], 1, "sent once, answered 48001: {o}");
+    assert!(o["errmsg"].as_str().unwrap().contains("set 7"), "{o}");
+    h.publish(&subscribe_job("rv-sub", &merchant, "rv-u1"))
+        .await;
+    h.publish_many(&jobs_for("rv-later", &merchant, 1)).await;
+    let out = h.outcomes(2, Duration::from_secs(5)).await;
+    assert_eq!(out.len(), 2, "{:?}", by_status(&out));
+    assert_eq!(
+        sent(&out, "rv-sub")["status"],
+        "sent",
+        "the account still sends"
+    );
+    let later = sent(&out, "rv-later-0");
+    assert_eq!(later["reason"], "permission_not_granted", "{later}");
+    assert_eq!(later["attempts"], 0, "never sent: {later}");
+    h.cleanup().await;
+}
