@@ -11,8 +11,8 @@ pub(super) struct Count {
     pub(super) flushing: u64,
     /// The day's count in Redis as last seen (every replica's added sends).
     pub(super) seen: u64,
-    /// Slots of the schedule used by sends made without a lease, not yet added to it.
-    pub(super) unrecorded: u64,
+    /// Slots of the schedule used by sends made without a lease, not yet added in Redis.
+    pub(super) unleased: u64,
 }
 
 /// What one flush takes to Redis.
@@ -21,8 +21,8 @@ pub(super) struct Flush {
     /// Sends to add to `day`'s count.
     pub(super) add: u64,
     pub(super) day: NaiveDate,
-    /// Unleased sends' slots to add to the schedule.
-    pub(super) record: u64,
+    /// Slots used by sends made without a lease, to add in Redis.
+    pub(super) unleased: u64,
 }
 
 impl Count {
@@ -32,7 +32,7 @@ impl Count {
             unflushed: 0,
             flushing: 0,
             seen: 0,
-            unrecorded: 0,
+            unleased: 0,
         }
     }
 
@@ -40,9 +40,9 @@ impl Count {
     /// day's, and stay.
     pub(super) fn roll(&mut self, today: NaiveDate) {
         if self.day != today {
-            let unrecorded = self.unrecorded;
+            let unleased = self.unleased;
             *self = Count::new(today);
-            self.unrecorded = unrecorded;
+            self.unleased = unleased;
         }
     }
 
@@ -52,7 +52,7 @@ impl Count {
 
     /// Whether a flush has anything to take.
     pub(super) fn pending(&self) -> bool {
-        self.unflushed > 0 || self.unrecorded > 0
+        self.unflushed > 0 || self.unleased > 0
     }
 
     /// Moves what is to be added into `flushing`.
@@ -62,7 +62,7 @@ impl Count {
         Flush {
             add,
             day: self.day,
-            record: std::mem::take(&mut self.unrecorded),
+            unleased: std::mem::take(&mut self.unleased),
         }
     }
 
@@ -72,7 +72,7 @@ impl Count {
     /// its slots are used twice, which slows the account for a moment rather than speeding it.
     pub(super) fn finish_flush(&mut self, f: Flush, reached: bool, total: Option<u64>) {
         if !reached {
-            self.unrecorded += f.record;
+            self.unleased += f.unleased;
         }
         if f.day != self.day {
             return;
@@ -98,21 +98,21 @@ mod tests {
     fn a_failed_flush_is_taken_again_and_a_reached_one_is_not() {
         let mut c = Count::new(day(5));
         c.unflushed = 3;
-        c.unrecorded = 2;
+        c.unleased = 2;
         let f = c.start_flush();
-        assert_eq!((f.add, f.record), (3, 2));
+        assert_eq!((f.add, f.unleased), (3, 2));
         assert_eq!(c.total(), 3, "sends being added still count");
         assert!(!c.pending());
         c.finish_flush(f, false, None);
-        assert_eq!((c.unflushed, c.unrecorded, c.flushing), (3, 2, 0));
+        assert_eq!((c.unflushed, c.unleased, c.flushing), (3, 2, 0));
         let f = c.start_flush();
         c.finish_flush(f, true, Some(10));
-        assert_eq!((c.unflushed, c.unrecorded, c.seen), (0, 0, 10));
+        assert_eq!((c.unflushed, c.unleased, c.seen), (0, 0, 10));
         // A reached call that added nothing (only slots) leaves the count as it was.
-        c.unrecorded = 1;
+        c.unleased = 1;
         let f = c.start_flush();
         c.finish_flush(f, true, None);
-        assert_eq!((c.seen, c.unrecorded, c.total()), (10, 0, 10));
+        assert_eq!((c.seen, c.unleased, c.total()), (10, 0, 10));
     }
 
     #[test]
@@ -120,16 +120,16 @@ mod tests {
         let mut c = Count::new(day(5));
         c.seen = 7;
         c.unflushed = 1;
-        c.unrecorded = 4;
+        c.unleased = 4;
         c.roll(day(6));
-        assert_eq!((c.total(), c.unrecorded), (0, 4));
+        assert_eq!((c.total(), c.unleased), (0, 4));
         // A flush of the old day that fails afterwards adds its slots back, not its sends.
         let old = Flush {
             add: 1,
             day: day(5),
-            record: 2,
+            unleased: 2,
         };
         c.finish_flush(old, false, None);
-        assert_eq!((c.total(), c.unrecorded), (0, 6));
+        assert_eq!((c.total(), c.unleased), (0, 6));
     }
 }

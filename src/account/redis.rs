@@ -59,48 +59,38 @@ end
 return {slot - now, next_tat, total}
 "#;
 
-/// Settles several gates in one call: for each, gives a lease's unused slots back, adds the
-/// slots its unleased sends used to the schedule, and adds sends to the day's count.
+/// Gives a lease's unused slots back and adds a gate's sends and unleased slots, in one call.
 ///
-/// Per gate, two KEYS (the schedule key, the count key) and five ARGV: the schedule's end the
-/// lease left (µs), how far to move it back (µs, 0: nothing to give back), sends to add to
-/// the count (0: none), slots used without a lease (0: none), the interval between slots
-/// (µs). The slots go back only while the schedule still ends where the lease left it: once
-/// another replica has reserved after them they stay used, so no slot is ever handed out
-/// twice. Unleased sends are placed from now on (they went up to a few hundred ms ago), so
-/// the schedule never ends earlier than what was really sent. Returns, per gate, `1 if
-/// given back else 0` and `today's count or -1`, one after the other.
+/// KEYS[1]: the schedule key, KEYS[2]: the count key, KEYS[3]: the unleased slots' key (as
+/// [`SharedLimiter::tally`] adds them, for the next lease to place). ARGV[1]: the schedule's
+/// end the lease left (µs), ARGV[2]: how far to move it back (µs, 0: nothing to give back),
+/// ARGV[3]: sends to add to the count (0: none), ARGV[4]: slots used without a lease (0:
+/// none), ARGV[5]: how long the unleased slots are kept (ms). The slots go back only while
+/// the schedule still ends where the lease left it: once another replica has reserved after
+/// them they stay used, so no slot is ever handed out twice. Returns `{1 if given back else
+/// 0, today's count or -1}`.
 const SETTLE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {}
-for i = 0, #KEYS / 2 - 1 do
-  local rate, count = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local a = 5 * i
-  local given = 0
-  local back = tonumber(ARGV[a + 2])
-  if back > 0 and tonumber(redis.call('GET', rate) or '-1') == tonumber(ARGV[a + 1]) then
-    redis.call('SET', rate, string.format('%.0f', tonumber(ARGV[a + 1]) - back), 'KEEPTTL')
-    given = 1
-  end
-  local record = tonumber(ARGV[a + 4])
-  if record > 0 then
-    local tat = math.max(tonumber(redis.call('GET', rate) or '0'), now) + record * tonumber(ARGV[a + 5])
-    redis.call('SET', rate, string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 60000)
-  end
-  local add = tonumber(ARGV[a + 3])
-  local total = -1
-  if add > 0 then
-    total = redis.call('INCRBY', count, add)
-    if total == add then redis.call('EXPIRE', count, 172800) end
-  end
-  out[2 * i + 1] = given
-  out[2 * i + 2] = total
+local given = 0
+local back = tonumber(ARGV[2])
+if back > 0 and tonumber(redis.call('GET', KEYS[1]) or '-1') == tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(ARGV[1]) - back), 'KEEPTTL')
+  given = 1
 end
-return out
+local unleased = tonumber(ARGV[4])
+if unleased > 0 then
+  redis.call('INCRBY', KEYS[3], unleased)
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+local add = tonumber(ARGV[3])
+local total = -1
+if add > 0 then
+  total = redis.call('INCRBY', KEYS[2], add)
+  if total == add then redis.call('EXPIRE', KEYS[2], 172800) end
+end
+return {given, total}
 "#;
 
-/// One gate's part of a [`SharedLimiter::settle`] call.
+/// What a [`SharedLimiter::settle`] call does for a gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
     /// The gate's id (see [`super::limiter::GateId`]).
@@ -111,10 +101,8 @@ pub struct Settlement {
     pub back: Option<GiveBack>,
     /// Sends to add to the day's count.
     pub add: u64,
-    /// Slots used by sends made without a lease, to add to the schedule.
-    pub record: u64,
-    /// The gate's interval between slots, in µs.
-    pub interval_us: u64,
+    /// Slots used by sends made without a lease.
+    pub unleased: u64,
 }
 
 /// What one gate adds in a [`SharedLimiter::tally`] call.
@@ -235,7 +223,7 @@ impl SharedLimiter {
         let nothing = Flush {
             add: 0,
             day: NaiveDate::default(),
-            record: 0,
+            unleased: 0,
         };
         let l = self
             .lease(appid, interval_us, tolerance_us, 1, nothing)
@@ -261,7 +249,7 @@ impl SharedLimiter {
             .arg(credit_us)
             .arg(slots)
             .arg(flush.add)
-            .arg(flush.record);
+            .arg(flush.unleased);
         let (first_offset_us, end_us, sent_today) =
             timed(call.invoke_async::<(i64, i64, i64)>(&mut conn)).await?;
         Ok(Leased {
@@ -271,34 +259,22 @@ impl SharedLimiter {
         })
     }
 
-    /// Settles every gate of `all` in one call (see [`SETTLE`]); the answers in the same
-    /// order.
-    pub async fn settle(&self, all: &[Settlement]) -> redis::RedisResult<Vec<Settled>> {
+    /// Settles one gate (see [`SETTLE`]).
+    pub async fn settle(&self, s: &Settlement) -> redis::RedisResult<Settled> {
         let mut conn = self.conn.clone();
-        let mut call = self.settle.prepare_invoke();
-        for s in all {
-            call.key(rate_key(&s.id))
-                .key(count_key(&s.id, &s.day.to_string()))
-                .arg(s.back.map_or(0, |b| b.end_us))
-                .arg(s.back.map_or(0, |b| b.span_us()))
-                .arg(s.add)
-                .arg(s.record)
-                .arg(s.interval_us);
-        }
-        let raw = timed(call.invoke_async::<Vec<i64>>(&mut conn)).await?;
-        if raw.len() != 2 * all.len() {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::TypeError,
-                "settle: one answer per gate expected",
-            )));
-        }
-        Ok(raw
-            .chunks(2)
-            .map(|r| Settled {
-                given: r[0] == 1,
-                sent_today: u64::try_from(r[1]).ok(),
-            })
-            .collect())
+        let mut call = self.settle.key(rate_key(&s.id));
+        call.key(count_key(&s.id, &s.day.to_string()))
+            .key(unleased_key(&s.id))
+            .arg(s.back.map_or(0, |b| b.end_us))
+            .arg(s.back.map_or(0, |b| b.span_us()))
+            .arg(s.add)
+            .arg(s.unleased)
+            .arg(UNLEASED_TTL_MS);
+        let (given, total) = timed(call.invoke_async::<(i64, i64)>(&mut conn)).await?;
+        Ok(Settled {
+            given: given == 1,
+            sent_today: u64::try_from(total).ok(),
+        })
     }
 
     /// Adds every gate's sends to its day count and its unleased slots to what the account's

@@ -5,7 +5,7 @@
 //! overshoot is in docs/OPERATIONS.md ("Scaling with Redis").
 //!
 //! A quiet account leases nothing: its sends go at once within [`Quiet`]'s share of the rate,
-//! and their slots are added to the schedule with the count.
+//! and their slots are added in Redis with the count, for the account's next lease to place.
 //!
 //! Redis calls: one per lease (the lease also carries the count's addition); the count of
 //! every gate goes in one call per [`FLUSH_EVERY`](super::batch::FLUSH_EVERY) ([`super::batch`]); a keeper task ticking
@@ -136,7 +136,7 @@ impl Shared {
             // Demand, for the lease's size: the sends that have no slot yet.
             let _waiting = Waiting(&self.book);
             if unleased {
-                self.count.lock().expect("count lock").unrecorded += 1;
+                self.count.lock().expect("count lock").unleased += 1;
                 self.queue_count();
                 return Paced::Unleased;
             }
@@ -314,7 +314,7 @@ impl Shared {
                 day: flush.day,
                 add: flush.add,
                 new_day,
-                unleased: flush.record,
+                unleased: flush.unleased,
             },
         ))
     }
@@ -328,17 +328,6 @@ impl Shared {
             .finish_flush(flush, reached, total);
         if !reached {
             self.queue_count();
-        }
-    }
-
-    fn settlement(&self, flush: Flush, back: Option<GiveBack>) -> Settlement {
-        Settlement {
-            id: self.id.clone(),
-            day: flush.day,
-            back,
-            add: flush.add,
-            record: flush.record,
-            interval_us: self.interval_us,
         }
     }
 
@@ -359,7 +348,7 @@ impl Shared {
     /// there is anything to do.
     async fn settle(&self, back: Option<GiveBack>) {
         let flush = self.count.lock().expect("count lock").start_flush();
-        if flush.add == 0 && flush.record == 0 && back.is_none() {
+        if flush.add == 0 && flush.unleased == 0 && back.is_none() {
             return;
         }
         let Some(redis) = self.link.get().await else {
@@ -370,12 +359,16 @@ impl Shared {
                 .finish_flush(flush, false, None);
             return;
         };
-        let done = redis.settle(&[self.settlement(flush, back)]).await;
-        let total = done
-            .as_ref()
-            .ok()
-            .and_then(|d| d.first())
-            .and_then(|d| d.sent_today);
+        let done = redis
+            .settle(&Settlement {
+                id: self.id.clone(),
+                day: flush.day,
+                back,
+                add: flush.add,
+                unleased: flush.unleased,
+            })
+            .await;
+        let total = done.as_ref().ok().and_then(|d| d.sent_today);
         self.count
             .lock()
             .expect("count lock")

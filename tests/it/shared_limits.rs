@@ -175,14 +175,14 @@ async fn serial_a_replica_killed_mid_run_loses_nothing_and_the_rest_hold_the_rat
 }
 
 /// A platform's quiet authorizers: 1,000 accounts of one replica send one message each. Each
-/// goes at once without leasing a slot, and their counts and slots reach Redis together, in a
-/// handful of pipelines (one per 250 ms tick while any is pending), not two script calls per
-/// send. Every send is then in its account's day count, and its slot waits in Redis for the
-/// account's next lease, which places it first.
+/// goes at once without leasing a slot, and Redis runs at most 20 scripts for them all (none in
+/// practice: their counts and slots go in the batch's plain commands), where the code before made a lease call and a
+/// count call per send. Every send is then in its account's day count, and its slot waits in
+/// Redis for the account's next lease, which places it first.
 /// Serial: `INFO commandstats` counts every client of the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "serial: run by scripts/test.sh under the broker lock"]
-async fn serial_quiet_accounts_send_unleased_and_are_counted_together() {
+async fn serial_quiet_accounts_send_unleased_and_are_counted_without_a_script_call() {
     let _serial = serial_broker();
     use std::sync::Arc;
     use wxdispatch::account::{AccountGate, Admission, RedisLink};

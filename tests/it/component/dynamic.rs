@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::outcomes::{platform_harness, post, push_ticket, route_url};
+use super::outcomes::{platform_harness, post, push_authorization, push_ticket, route_url};
 use super::*;
 
 /// A worker in component mode, one account configured: a merchant that authorizes the
@@ -22,12 +22,7 @@ async fn a_merchant_authorizing_while_the_worker_runs_is_sent_for_without_a_rest
     push_ticket(&h, &platform, &url).await;
     let merchant = unique("wxnew").replace('.', "");
     // 7 (群发与通知) is the set template messages need.
-    let code = h.mock.state.component_authorize(&merchant, &[1, 7]);
-    let authorized = push(
-        &platform,
-        &auth_xml(&platform, "authorized", &merchant, &code),
-    );
-    assert_eq!(post(&url, &authorized).await, (200, "success".into()));
+    push_authorization(&h, &platform, &url, "authorized", &merchant, &[1, 7]).await;
 
     let never = unique("wxnever").replace('.', "");
     let mut all = jobs_for("dyn-new", &merchant, 3);

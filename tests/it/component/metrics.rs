@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::outcomes::{platform_harness, post, push_ticket, route_url};
+use super::outcomes::{platform_harness, push_authorization, push_ticket, route_url};
 use super::*;
 
 /// The sum of the samples of `metric` whose labels include every one of `labels`.
@@ -45,9 +45,7 @@ async fn only_the_top_authorizers_have_their_own_series_and_the_rest_add_up_in_o
         .collect();
     let mut all = Vec::new();
     for (i, m) in merchants.iter().enumerate() {
-        let code = h.mock.state.component_authorize(m, &[1, 7]);
-        let authorized = push(&platform, &auth_xml(&platform, "authorized", m, &code));
-        assert_eq!(post(&url, &authorized).await, (200, "success".into()));
+        push_authorization(&h, &platform, &url, "authorized", m, &[1, 7]).await;
         all.extend(jobs_for(&format!("top{i}"), m, i + 1));
     }
     h.publish_many(&all).await;
@@ -145,12 +143,7 @@ async fn appids_that_never_authorized_take_no_place_among_the_series() {
         by_status(&out)
     );
     let merchant = unique("wxmerch").replace('.', "");
-    let code = h.mock.state.component_authorize(&merchant, &[1, 7]);
-    let authorized = push(
-        &platform,
-        &auth_xml(&platform, "authorized", &merchant, &code),
-    );
-    assert_eq!(post(&url, &authorized).await, (200, "success".into()));
+    push_authorization(&h, &platform, &url, "authorized", &merchant, &[1, 7]).await;
     h.publish_many(&jobs_for("merch", &merchant, 2)).await;
     let out = h.outcomes(3, Duration::from_secs(30)).await;
     let sent = out

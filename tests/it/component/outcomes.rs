@@ -73,6 +73,21 @@ pub(super) async fn push_ticket(h: &Harness, platform: &str, url: &str) {
     assert_eq!(post(url, &ticket).await, (200, "success".into()));
 }
 
+/// A merchant authorizes the platform for `funcs` (`kind`: `authorized` or
+/// `updateauthorized`), pushed to `url`, which answers `success`.
+pub(super) async fn push_authorization(
+    h: &Harness,
+    platform: &str,
+    url: &str,
+    kind: &str,
+    merchant: &str,
+    funcs: &[u32],
+) {
+    let code = h.mock.state.component_authorize(merchant, funcs);
+    let pushed = push(platform, &auth_xml(platform, kind, merchant, &code));
+    assert_eq!(post(url, &pushed).await, (200, "success".into()));
+}
+
 /// Posts a push to the route: its status and body.
 pub(super) async fn post(url: &str, (q, body): &(PushQuery, String)) -> (u16, String) {
     let answer = reqwest::Client::new()

@@ -9,7 +9,8 @@ use wxdispatch::job::MsgType;
 use wxdispatch::tools::mock::Behaviour;
 
 use super::outcomes::{
-    platform_config, platform_harness, platform_without_worker, post, push_ticket, route_url,
+    platform_config, platform_harness, platform_without_worker, push_authorization, push_ticket,
+    route_url,
 };
 use super::*;
 
@@ -35,12 +36,7 @@ async fn a_type_whose_permission_set_was_not_granted_is_rejected_until_it_is() {
     let url = route_url(&h);
     push_ticket(&h, &platform, &url).await;
     let merchant = unique("wxperm").replace('.', "");
-    let code = h.mock.state.component_authorize(&merchant, &[7]);
-    let authorized = push(
-        &platform,
-        &auth_xml(&platform, "authorized", &merchant, &code),
-    );
-    assert_eq!(post(&url, &authorized).await, (200, "success".into()));
+    push_authorization(&h, &platform, &url, "authorized", &merchant, &[7]).await;
 
     let mut all = jobs_for("perm-tpl", &merchant, 2);
     all.push(subscribe_job("perm-sub-1", &merchant, "perm-u1"));
@@ -77,12 +73,7 @@ async fn a_type_whose_permission_set_was_not_granted_is_rejected_until_it_is() {
         "the template catalogue only: no subscription job got as far as its catalogue check"
     );
 
-    let code = h.mock.state.component_authorize(&merchant, &[7, 89]);
-    let updated = push(
-        &platform,
-        &auth_xml(&platform, "updateauthorized", &merchant, &code),
-    );
-    assert_eq!(post(&url, &updated).await, (200, "success".into()));
+    push_authorization(&h, &platform, &url, "updateauthorized", &merchant, &[7, 89]).await;
     // Grants that refuse are trusted this long after they were read (one read per burst).
     tokio::time::sleep(wxdispatch::policy::permission::REFUSE_ON).await;
     h.publish(&subscribe_job("perm-sub-3", &merchant, "perm-u3"))
@@ -231,12 +222,7 @@ async fn a_set_revoked_on_another_replica_ends_its_jobs_and_leaves_the_account_s
     let url = route_url(&h);
     push_ticket(&h, &platform, &url).await;
     let merchant = unique("wxrevk").replace('.', "");
-    let code = h.mock.state.component_authorize(&merchant, &[7, 89]);
-    let authorized = push(
-        &platform,
-        &auth_xml(&platform, "authorized", &merchant, &code),
-    );
-    assert_eq!(post(&url, &authorized).await, (200, "success".into()));
+    push_authorization(&h, &platform, &url, "authorized", &merchant, &[7, 89]).await;
     h.publish_many(&jobs_for("rv-before", &merchant, 1)).await;
     let out = h.outcomes(2, Duration::from_secs(20)).await;
     let sent = |out: &[serde_json::Value], id: &str| {
